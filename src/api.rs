@@ -1,0 +1,96 @@
+//! The control API: HTTP over a Unix socket in `<home>/run/` that only the owner can open.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttachRequest {
+    pub path: std::path::PathBuf,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttachResponse {
+    /// The names of the clusters found through this attachment right now.
+    pub clusters: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DetachRequest {
+    pub name: String,
+}
+
+/// An error body: what went wrong, for the CLI to print.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// Whether the daemon could not be reached at all (as opposed to answering with an error).
+#[derive(Debug, thiserror::Error)]
+#[error("raywatch is not running for this home (no answer on {0})")]
+pub struct NotRunning(pub String);
+
+/// Sends one request to the daemon and returns the status and body.
+pub async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, Bytes)> {
+    let stream = match tokio::net::UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(_) => return Err(NotRunning(socket.display().to_string()).into()),
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("cannot talk HTTP to the daemon")?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "raywatch")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .context("the daemon did not answer")?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .context("the daemon's answer broke off")?
+        .to_bytes();
+    Ok((status, bytes))
+}
+
+/// Sends a request and decodes a JSON answer, turning error answers into errors.
+pub async fn call_json<T: for<'de> Deserialize<'de>>(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<T> {
+    let body = body.map(serde_json::to_vec).transpose()?;
+    let (status, bytes) = call(socket, method, path, body).await?;
+    if !(200..300).contains(&status) {
+        let msg = serde_json::from_slice::<ApiError>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        bail!("{msg}");
+    }
+    serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "the daemon sent an answer this raywatch cannot read: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })
+}

@@ -1,0 +1,602 @@
+//! The command line: parsing (clap), and one function per command.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+
+use crate::api::{self, AttachRequest, AttachResponse, DetachRequest, NotRunning};
+use crate::config::{StackConfig, parse_duration};
+use crate::home::Home;
+use crate::status::StatusReport;
+
+/// Prometheus monitoring for every Ray cluster on this machine.
+///
+/// `raywatch up` starts a private Prometheus on a free loopback port and a daemon
+/// that finds every Ray cluster (any --temp-dir), labels its targets with
+/// `ray_io_cluster`, and drops them when the cluster dies. No file to edit, no reload.
+#[derive(Parser, Debug)]
+#[command(name = "raywatch", version, propagate_version = true)]
+#[command(
+    after_help = "Examples:\n  raywatch up                     start the stack and watch /tmp/ray*\n  raywatch status                 clusters, targets and their health\n  raywatch query 'up{job=\"ray\"}'   ask this stack's Prometheus\n  raywatch attach /nfs/ray_tmp --name train\n  raywatch down"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// The stack's home folder [default: $XDG_STATE_HOME/raywatch or ~/.local/state/raywatch]
+    #[arg(long, global = true, env = "RAYWATCH_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the stack (Prometheus and the discovery daemon) in the background.
+    Up(UpArgs),
+    /// Stop the stack started by `up`; keeps its data unless --purge.
+    Down {
+        /// Also delete the home folder: data, targets, secrets and logs.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show the stack and every cluster it follows, with each target's scrape health.
+    Status {
+        /// Print the report as JSON (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an instant PromQL query against this stack's Prometheus.
+    Query {
+        /// The PromQL expression, e.g. 'ray_node_cpu_utilization{ray_io_cluster="alice-ray"}'.
+        promql: String,
+        /// Print Prometheus' own JSON response body.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a Ray temp dir, session dir or discovery file outside the watched roots.
+    Attach {
+        /// A Ray temp dir, a session dir, or a prom_metrics_service_discovery.json.
+        path: PathBuf,
+        /// The cluster's name (the `ray_io_cluster` label).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop following an attached cluster.
+    Detach {
+        /// The name the cluster has in `raywatch status`.
+        name: String,
+    },
+    /// Run the daemon in this process (what `up` starts in the background).
+    #[command(hide = true)]
+    Daemon,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Run in the foreground (for systemd, Slurm job steps, containers) instead of detaching.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Agree to download Prometheus when none is installed.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Prometheus' port on 127.0.0.1 [default: a free port, kept across restarts]
+    #[arg(long, value_name = "N", help_heading = "Prometheus")]
+    pub prometheus_port: Option<u16>,
+    /// The Prometheus binary to run.
+    #[arg(long, value_name = "PATH", help_heading = "Prometheus")]
+    pub prometheus_bin: Option<PathBuf>,
+    /// How often targets are scraped.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "Prometheus")]
+    pub scrape_interval: Duration,
+    /// How long samples are kept.
+    #[arg(long, value_name = "DURATION", default_value = "15days", value_parser = parse_duration, help_heading = "Prometheus")]
+    pub retention: Duration,
+    /// Another folder to watch for Ray temp dirs' sessions (repeatable).
+    #[arg(long = "watch", value_name = "DIR", help_heading = "Discovery")]
+    pub watch: Vec<PathBuf>,
+    /// Watch only the --watch folders, not /tmp/ray* and $RAY_TMPDIR/ray*.
+    #[arg(long, help_heading = "Discovery")]
+    pub no_default_watch: bool,
+    /// A cluster whose discovery file is not rewritten for this long is dead.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration, help_heading = "Discovery")]
+    pub liveness: Duration,
+    /// Also follow discovery files owned by this uid (repeatable).
+    #[arg(long, value_name = "UID", help_heading = "Discovery")]
+    pub trust_uid: Vec<u32>,
+}
+
+/// Entry point: runs the command and turns errors into `error:` / `Caused by:` lines.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  Caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let home = Home::resolve(cli.global.home)?;
+    match cli.command {
+        Command::Up(args) => up(&home, args),
+        Command::Down { purge } => down(&home, purge),
+        Command::Status { json } => status(&home, json),
+        Command::Query { promql, json } => query(&home, &promql, json),
+        Command::Attach { path, name } => attach(&home, path, name),
+        Command::Detach { name } => detach(&home, name),
+        Command::Daemon => {
+            init_logging();
+            crate::daemon::run(home)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAYWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn fetch_status(home: &Home) -> Result<StatusReport> {
+    api::call_json(&home.socket(), Method::GET, "/v1/status", None::<&()>).await
+}
+
+fn not_running(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<NotRunning>().is_some()
+}
+
+fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
+    let rt = runtime()?;
+    if home.exists() {
+        crate::home::check_private_dir(home.root())?;
+        if let Ok(report) = rt.block_on(fetch_status(home)) {
+            println!(
+                "raywatch is already running for {} (daemon pid {}): Prometheus at {}",
+                home.root().display(),
+                report.daemon.pid,
+                report.prometheus.url
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    home.ensure()?;
+    let bin = match crate::install::locate(args.prometheus_bin.as_deref())? {
+        Some(bin) => bin,
+        None => obtain_prometheus(&rt, args.yes)?,
+    };
+    let previous = StackConfig::load(&home.config()).ok().flatten();
+    let (port, auto) = match args.prometheus_port {
+        Some(p) => {
+            crate::ports::require_free(p, "Prometheus (--prometheus-port)")?;
+            (p, false)
+        }
+        None => match previous
+            .as_ref()
+            .filter(|c| crate::ports::is_free(c.prometheus_port))
+        {
+            Some(c) => (c.prometheus_port, true),
+            None => (crate::ports::free_port()?, true),
+        },
+    };
+    let mut watch = Vec::new();
+    for w in &args.watch {
+        let abs = std::fs::canonicalize(w).with_context(|| {
+            format!(
+                "--watch {}: no such folder; create it or fix the path",
+                w.display()
+            )
+        })?;
+        watch.push(abs);
+    }
+    let config = StackConfig {
+        prometheus_bin: bin,
+        prometheus_port: port,
+        prometheus_port_auto: auto,
+        scrape_interval: args.scrape_interval,
+        retention: args.retention,
+        default_roots: !args.no_default_watch,
+        watch,
+        liveness: args.liveness,
+        trust_uids: args.trust_uid,
+    };
+    config.save(&home.config())?;
+    if args.foreground {
+        init_logging();
+        crate::daemon::run(home.clone())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut child = spawn_daemon(home)?;
+    let report = rt.block_on(wait_ready(home, &mut child))?;
+    println!("raywatch is up ({})", home.root().display());
+    println!("  Prometheus  {}", report.prometheus.url);
+    println!(
+        "              user {}, password in {}",
+        report.prometheus.user,
+        report.prometheus.password_file.display()
+    );
+    let roots: Vec<String> = report
+        .watch
+        .roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect();
+    let watching = if config.default_roots {
+        "/tmp/ray* and $RAY_TMPDIR/ray*".to_string()
+    } else {
+        String::new()
+    };
+    println!(
+        "  watching    {}",
+        [watching, roots.join(", ")]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    println!("Start Ray clusters as usual; `raywatch status` lists what it finds.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn obtain_prometheus(rt: &tokio::runtime::Runtime, yes: bool) -> Result<PathBuf> {
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let agreed = yes
+        || (interactive
+            && {
+                eprint!(
+                    "No Prometheus found ({}).\nDownload Prometheus {} from its official release (SHA-256 checked)? [y/N] ",
+                    crate::install::search_description(),
+                    crate::install::PINNED_VERSION
+                );
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                matches!(line.trim(), "y" | "Y" | "yes")
+            });
+    if !agreed {
+        bail!(
+            "no Prometheus binary found (looked at {})\nhint: {}",
+            crate::install::search_description(),
+            crate::install::instructions()
+        );
+    }
+    match rt.block_on(crate::install::download()) {
+        Ok(p) => Ok(p),
+        Err(download_err) => match crate::install::apt_install() {
+            Ok(p) => Ok(p),
+            Err(apt_err) => bail!(
+                "could not get Prometheus: download failed ({download_err:#}); {apt_err:#}\nhint: {}",
+                crate::install::instructions()
+            ),
+        },
+    }
+}
+
+fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the raywatch executable")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.daemon_log())
+        .with_context(|| format!("cannot open {}", home.daemon_log().display()))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("daemon")
+        .arg("--home")
+        .arg(home.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the daemon gets its own session.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn().context("cannot start the raywatch daemon")
+}
+
+async fn wait_ready(home: &Home, child: &mut std::process::Child) -> Result<StatusReport> {
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message("waiting for Prometheus to be ready");
+        s.enable_steady_tick(Duration::from_millis(100));
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let result = loop {
+        if let Ok(report) = fetch_status(home).await {
+            if report.prometheus.ready {
+                break Ok(report);
+            }
+            if report.prometheus.child.crash_loop {
+                break Err(anyhow::anyhow!(
+                    "Prometheus keeps exiting ({}); see {}",
+                    report.prometheus.child.last_exit.unwrap_or_default(),
+                    home.prometheus_log().display()
+                ));
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // Lost a race with another `up` on this home: that daemon may be the one.
+            if let Ok(report) = fetch_status(home).await {
+                break Ok(report);
+            }
+            break Err(anyhow::anyhow!(
+                "the raywatch daemon exited ({status}):\n{}",
+                tail(&home.daemon_log(), 15)
+            ));
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!(
+                "Prometheus was not ready within 90 s; see {} and {}",
+                home.daemon_log().display(),
+                home.prometheus_log().display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    result
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn down(home: &Home, purge: bool) -> Result<ExitCode> {
+    if !home.exists() {
+        println!("no raywatch stack at {}", home.root().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::home::check_private_dir(home.root())?;
+    let rt = runtime()?;
+    let daemon_pid = read_pid(&home.daemon_pid());
+    let prometheus_pid = read_pid(&home.prometheus_pid());
+    let asked = rt
+        .block_on(api::call(
+            &home.socket(),
+            Method::POST,
+            "/v1/shutdown",
+            None,
+        ))
+        .is_ok();
+    // The daemon stops Prometheus itself; whatever is left (a dead daemon's
+    // child, a daemon that did not answer) is stopped here, by recorded PID, after
+    // checking that the PID still runs what raywatch started.
+    let home_str = home.root().to_string_lossy().into_owned();
+    if let Some(pid) = daemon_pid {
+        let ours = |cmd: &[String]| {
+            cmd.iter().any(|a| a == "daemon") && cmd.iter().any(|a| a == &home_str)
+        };
+        stop_pid(
+            pid,
+            ours,
+            if asked {
+                Duration::from_secs(20)
+            } else {
+                Duration::ZERO
+            },
+        );
+    }
+    if let Some(pid) = prometheus_pid {
+        let yml = format!("--config.file={}", home.prometheus_yml().display());
+        stop_pid(pid, |cmd: &[String]| cmd.contains(&yml), Duration::ZERO);
+    }
+    for f in [home.daemon_pid(), home.prometheus_pid(), home.socket()] {
+        let _ = std::fs::remove_file(f);
+    }
+    if purge {
+        std::fs::remove_dir_all(home.root())
+            .with_context(|| format!("cannot delete {}", home.root().display()))?;
+        println!("raywatch stopped; {} deleted", home.root().display());
+    } else {
+        println!(
+            "raywatch stopped (data kept in {}; `raywatch down --purge` deletes it)",
+            home.root().display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Waits up to `patience` for `pid` to exit by itself, then TERM, grace, KILL —
+/// only while it still runs a command line `is_ours` recognises.
+fn stop_pid(pid: u32, is_ours: impl Fn(&[String]) -> bool, patience: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    let still_ours =
+        || crate::procfs::alive(pid) && crate::procfs::cmdline(pid).is_some_and(|c| is_ours(&c));
+    let wait_gone = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while still_ours() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        !still_ours()
+    };
+    if wait_gone(patience) {
+        return;
+    }
+    let _ = kill(target, Signal::SIGTERM);
+    if wait_gone(Duration::from_secs(15)) {
+        return;
+    }
+    let _ = kill(target, Signal::SIGKILL);
+    wait_gone(Duration::from_secs(5));
+}
+
+fn status(home: &Home, json: bool) -> Result<ExitCode> {
+    let rt = runtime()?;
+    match rt.block_on(fetch_status(home)) {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::status::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if not_running(&e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"schema": crate::status::SCHEMA, "running": false, "home": home.root()})
+                );
+            } else {
+                println!(
+                    "raywatch is not running for {}; start it with `raywatch up`",
+                    home.root().display()
+                );
+            }
+            Ok(ExitCode::from(3))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn query(home: &Home, promql: &str, json: bool) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let client = crate::prometheus::Client::for_home(home)?;
+    let (code, body) = rt.block_on(client.query_raw(promql))?;
+    if json {
+        println!("{body}");
+        return Ok(if code == 200 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let parsed: crate::prometheus::QueryResponse = serde_json::from_str(&body)
+        .with_context(|| format!("Prometheus answered HTTP {code} with: {body}"))?;
+    if parsed.status != "success" {
+        bail!(
+            "Prometheus rejected the query: {}",
+            parsed.error.unwrap_or_else(|| format!("HTTP {code}"))
+        );
+    }
+    let data = parsed.data.context("Prometheus' answer has no data")?;
+    print!("{}", render_result(&data.result_type, &data.result));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A query result as a table: one line per series, labels then value.
+fn render_result(kind: &str, result: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match kind {
+        "vector" | "matrix" => {
+            let series = result.as_array().cloned().unwrap_or_default();
+            if series.is_empty() {
+                out.push_str("(no data)\n");
+            }
+            for s in series {
+                let labels = s["metric"]
+                    .as_object()
+                    .map(|m| {
+                        let name = m.get("__name__").and_then(|v| v.as_str()).unwrap_or("");
+                        let rest: Vec<String> = m
+                            .iter()
+                            .filter(|(k, _)| *k != "__name__")
+                            .map(|(k, v)| format!("{k}={}", v))
+                            .collect();
+                        format!("{name}{{{}}}", rest.join(", "))
+                    })
+                    .unwrap_or_default();
+                let value = if kind == "vector" {
+                    s["value"][1].as_str().unwrap_or("").to_string()
+                } else {
+                    format!(
+                        "{} samples",
+                        s["values"].as_array().map(|v| v.len()).unwrap_or(0)
+                    )
+                };
+                let _ = writeln!(out, "{labels}  {value}");
+            }
+        }
+        _ => {
+            let _ = writeln!(out, "{}", result[1].as_str().unwrap_or(&result.to_string()));
+        }
+    }
+    out
+}
+
+fn attach(home: &Home, path: PathBuf, name: Option<String>) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let abs = std::path::absolute(&path).with_context(|| format!("bad path {}", path.display()))?;
+    let req = AttachRequest { path: abs, name };
+    let resp: AttachResponse = rt
+        .block_on(api::call_json(
+            &home.socket(),
+            Method::POST,
+            "/v1/attach",
+            Some(&req),
+        ))
+        .map_err(hint_up)?;
+    if resp.clusters.is_empty() {
+        println!(
+            "attached {}; no Ray cluster there yet, it will appear when one starts",
+            path.display()
+        );
+    } else {
+        println!(
+            "attached {}: cluster {}",
+            path.display(),
+            resp.clusters.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn detach(home: &Home, name: String) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let _: serde_json::Value = rt
+        .block_on(api::call_json(
+            &home.socket(),
+            Method::POST,
+            "/v1/detach",
+            Some(&DetachRequest { name: name.clone() }),
+        ))
+        .map_err(hint_up)?;
+    println!("detached {name}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hint_up(e: anyhow::Error) -> anyhow::Error {
+    if not_running(&e) {
+        e.context("start the stack with `raywatch up` first")
+    } else {
+        e
+    }
+}

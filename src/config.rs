@@ -1,0 +1,120 @@
+//! The stack's settings, chosen at `up` and persisted in `<home>/config.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Everything the daemon needs to run a stack. Written by `up`, read by the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StackConfig {
+    /// The Prometheus binary the daemon runs.
+    pub prometheus_bin: PathBuf,
+    /// Loopback port Prometheus listens on.
+    pub prometheus_port: u16,
+    /// Whether the port was chosen by raywatch (and so may be changed on a clash).
+    pub prometheus_port_auto: bool,
+    /// Scrape (and rule evaluation) interval.
+    #[serde(with = "humantime_serde_compat")]
+    pub scrape_interval: Duration,
+    /// How long Prometheus keeps samples.
+    #[serde(with = "humantime_serde_compat")]
+    pub retention: Duration,
+    /// Watch `/tmp/ray*` and `$RAY_TMPDIR` in addition to `watch`.
+    pub default_roots: bool,
+    /// Extra folders to watch as Ray temp-dir roots.
+    pub watch: Vec<PathBuf>,
+    /// A cluster whose discovery file has not been rewritten for this long is dead.
+    #[serde(with = "humantime_serde_compat")]
+    pub liveness: Duration,
+    /// Owners (uids) of discovery files that are followed besides the stack's own user.
+    pub trust_uids: Vec<u32>,
+}
+
+impl StackConfig {
+    pub fn load(path: &Path) -> Result<Option<StackConfig>> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
+                format!(
+                    "{} is not a valid raywatch config; fix or delete it, then run `raywatch up` again",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        crate::atomic::write(path, &bytes, 0o600)
+    }
+}
+
+/// Durations as human strings ("15s", "15days") in the JSON config.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Formats a duration the way Prometheus' config wants it (`15s`, `1500ms`, `2h`).
+pub fn prometheus_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    if s != 0 && s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else if s != 0 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s != 0 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// clap value parser for durations such as `10s`, `1m`, `500ms`, `15d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 10s, 1m, 500ms"))?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?} is too short; use at least 100ms"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_durations() {
+        assert_eq!(prometheus_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(prometheus_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(prometheus_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(prometheus_duration(Duration::from_secs(15 * 86400)), "15d");
+        assert_eq!(prometheus_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn duration_flag_rejects_nonsense() {
+        assert!(parse_duration("10s").is_ok());
+        let err = parse_duration("ten").unwrap_err();
+        assert!(err.contains("\"ten\""), "{err}");
+        assert!(parse_duration("1ms").is_err());
+    }
+}

@@ -1,0 +1,851 @@
+//! The per-stack daemon: discovers clusters, keeps their targets current, runs Prometheus,
+//! and answers the control API.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use axum::Json;
+use axum::extract::State as AxState;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use crate::api::{ApiError, AttachRequest, AttachResponse, DetachRequest};
+use crate::attribution::Attribution;
+use crate::config::StackConfig;
+use crate::discovery::{self, DISCOVERY_FILE, Found};
+use crate::home::Home;
+use crate::registry::{Change, Origin, Registry, State};
+use crate::status::{self, StatusReport};
+use crate::supervisor::{Spec, Supervisor};
+use crate::targets::TargetsDir;
+use crate::watch::Watcher;
+
+/// A live cluster that missed one rewrite is re-read and its GCS asked.
+const OVERDUE: Duration = Duration::from_secs(7);
+/// The safety-net rescan, when inotify works.
+const RESCAN: Duration = Duration::from_secs(30);
+/// The rescan when inotify is unavailable.
+const RESCAN_DEGRADED: Duration = Duration::from_secs(2);
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// A path `raywatch attach` asked to follow; persisted in `<home>/attachments.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub path: PathBuf,
+    pub name: Option<String>,
+}
+
+impl Attachment {
+    fn is_root(&self) -> bool {
+        self.path.is_dir()
+    }
+
+    /// Whether a discovery file comes through this attachment.
+    fn covers(&self, file: &Path) -> bool {
+        if self.path == file {
+            return true;
+        }
+        let parent = file.parent();
+        parent == Some(&self.path) || parent.and_then(Path::parent) == Some(&self.path)
+    }
+}
+
+/// Everything the event loop and the API share, behind one lock.
+pub struct Core {
+    home: Home,
+    config: StackConfig,
+    registry: Registry,
+    targets: TargetsDir,
+    attachments: Vec<Attachment>,
+    attribution: Attribution,
+    watcher: Watcher,
+    roots: BTreeSet<PathBuf>,
+    session_dirs: BTreeSet<PathBuf>,
+    last_scan: Instant,
+    probing: HashMap<PathBuf, Instant>,
+    trusted: BTreeSet<u32>,
+}
+
+impl Core {
+    fn trusted(&self) -> impl Fn(u32) -> bool + '_ {
+        |uid| self.trusted.contains(&uid)
+    }
+
+    fn read_and_observe(&mut self, found: &Found, origin: Origin) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let read = discovery::read_listing(&found.file, self.trusted());
+        let change = self.registry.observe(found, origin, read, now, wall);
+        self.log_change(&found.file, change);
+    }
+
+    fn log_change(&self, file: &Path, change: Change) {
+        match change {
+            Change::None => {}
+            Change::Joined(name) | Change::Revived(name) => {
+                let c = self.registry.by_name(&name);
+                tracing::info!(
+                    "cluster {name} is live: {} targets, session {}, from {}",
+                    c.map(|c| c.targets.len()).unwrap_or(0),
+                    c.map(|c| c.found.session.as_str()).unwrap_or(""),
+                    file.display()
+                );
+            }
+            Change::Died(name, reason) => tracing::info!("cluster {name} is dead: {reason}"),
+            Change::Rejected(reason) => tracing::warn!("rejected {}: {reason}", file.display()),
+        }
+    }
+
+    /// Where a file comes from, if raywatch still follows it.
+    fn origin_for(&self, file: &Path) -> Option<Origin> {
+        if let Some(a) = self.attachments.iter().find(|a| a.covers(file)) {
+            return Some(Origin::Attached {
+                name: a.name.clone(),
+            });
+        }
+        let parent = file.parent()?;
+        let covered =
+            self.roots.contains(parent) || parent.parent().is_some_and(|g| self.roots.contains(g));
+        covered.then_some(Origin::Watched)
+    }
+
+    /// Rescans every root and attachment and reconciles the registry with disk.
+    fn full_scan(&mut self) {
+        self.last_scan = Instant::now();
+        let mut roots: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut parents: BTreeSet<PathBuf> = BTreeSet::new();
+        if self.config.default_roots {
+            for parent in discovery::default_root_parents() {
+                roots.extend(discovery::roots_in(&parent));
+                parents.insert(parent);
+            }
+        }
+        roots.extend(self.config.watch.iter().filter(|p| p.is_dir()).cloned());
+        parents.extend(
+            self.config
+                .watch
+                .iter()
+                .filter_map(|p| p.parent().map(Path::to_path_buf)),
+        );
+        roots.extend(
+            self.attachments
+                .iter()
+                .filter(|a| a.is_root())
+                .map(|a| a.path.clone()),
+        );
+        self.roots = roots;
+
+        let mut found: BTreeMap<PathBuf, Found> = BTreeMap::new();
+        let mut session_dirs = BTreeSet::new();
+        for root in &self.roots {
+            let scan = discovery::scan_root(root);
+            session_dirs.extend(scan.session_dirs);
+            for f in scan.found {
+                found.insert(f.file.clone(), f);
+            }
+        }
+        let mut watch_set: BTreeSet<PathBuf> = parents;
+        for a in self.attachments.iter().filter(|a| !a.is_root()) {
+            found.insert(a.path.clone(), Found::for_file(&a.path));
+            if let Some(p) = a.path.parent() {
+                watch_set.insert(p.to_path_buf());
+            }
+        }
+        for (file, f) in &found {
+            if let Some(origin) = self.origin_for(file) {
+                self.read_and_observe(f, origin);
+            }
+        }
+        let known: Vec<PathBuf> = self
+            .registry
+            .clusters()
+            .map(|c| c.found.file.clone())
+            .collect();
+        for file in known {
+            if found.contains_key(&file) {
+                continue;
+            }
+            if std::fs::symlink_metadata(&file).is_ok() && self.origin_for(&file).is_none() {
+                if let Some(c) = self.registry.forget(&file) {
+                    tracing::info!(
+                        "no longer following cluster {} ({})",
+                        c.name,
+                        file.display()
+                    );
+                }
+            } else if let Some(c) = self.registry.get(&file) {
+                let (f, o) = (c.found.clone(), c.origin.clone());
+                self.read_and_observe(&f, o);
+            }
+        }
+        let stale: Vec<PathBuf> = self
+            .registry
+            .rejections()
+            .keys()
+            .filter(|p| !found.contains_key(*p))
+            .cloned()
+            .collect();
+        for p in stale {
+            self.registry.forget_rejection(&p);
+        }
+        watch_set.extend(self.roots.iter().cloned());
+        watch_set.extend(session_dirs.iter().cloned());
+        self.session_dirs = session_dirs;
+        self.watcher.set(&watch_set);
+    }
+
+    /// Handles a batch of filesystem event paths.
+    fn handle_events(&mut self, paths: BTreeSet<PathBuf>) {
+        let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut rescan = false;
+        for p in paths {
+            let parent = p.parent().map(Path::to_path_buf);
+            if let Some(parent) = &parent
+                && self.session_dirs.contains(parent)
+            {
+                files.insert(parent.join(DISCOVERY_FILE));
+                continue;
+            }
+            if self.session_dirs.contains(&p) {
+                files.insert(p.join(DISCOVERY_FILE));
+                continue;
+            }
+            if self.attachments.iter().any(|a| !a.is_root() && a.path == p) {
+                files.insert(p);
+                continue;
+            }
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let in_root =
+                parent.as_ref().is_some_and(|d| self.roots.contains(d)) || self.roots.contains(&p);
+            let new_root = name.starts_with("ray");
+            let attached_dir = self.attachments.iter().any(|a| {
+                parent.as_deref() == Some(a.path.as_path()) || p.parent() == a.path.parent()
+            });
+            if in_root || new_root || attached_dir || self.config.watch.contains(&p) {
+                rescan = true;
+            }
+        }
+        if rescan {
+            self.full_scan();
+            return;
+        }
+        for file in files {
+            let existing = self
+                .registry
+                .get(&file)
+                .map(|c| (c.found.clone(), c.origin.clone()));
+            match existing {
+                Some((f, o)) => self.read_and_observe(&f, o),
+                None => {
+                    if let Some(origin) = self.origin_for(&file) {
+                        self.read_and_observe(&Found::for_file(&file), origin);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodic work: liveness, overdue re-reads, deletions, safety-net rescans.
+    /// Returns GCS addresses to probe for clusters that missed a rewrite.
+    fn tick(&mut self) -> Vec<(PathBuf, Vec<String>)> {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let every = if self.watcher.needs_rescan() {
+            RESCAN_DEGRADED
+        } else {
+            RESCAN
+        };
+        if now.duration_since(self.last_scan) >= every {
+            self.full_scan();
+        }
+        let overdue: Vec<(Found, Origin)> = self
+            .registry
+            .overdue(now, OVERDUE)
+            .into_iter()
+            .map(|c| (c.found.clone(), c.origin.clone()))
+            .collect();
+        let mut probes = Vec::new();
+        for (f, o) in overdue {
+            self.read_and_observe(&f, o);
+            let Some(c) = self.registry.get(&f.file) else {
+                continue;
+            };
+            if !c.is_live() || now.duration_since(c.last_change) <= OVERDUE {
+                continue;
+            }
+            if self
+                .probing
+                .get(&f.file)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3))
+            {
+                continue;
+            }
+            if let Some(addrs) = gcs_addresses(c) {
+                self.probing.insert(f.file.clone(), now);
+                probes.push((f.file.clone(), addrs));
+            }
+        }
+        for change in self.registry.tick(now, wall) {
+            self.log_change(Path::new(""), change);
+        }
+        self.targets.collect(now);
+        probes
+    }
+
+    /// Writes the target files; returns contested endpoints to resolve.
+    fn publish(&mut self) -> Vec<(String, Vec<String>)> {
+        let now = Instant::now();
+        let due = self.attribution.due(&self.registry.contested(), now);
+        let desired = self.registry.desired(&self.attribution.owners());
+        self.targets.sync(&desired, now);
+        due
+    }
+
+    fn save_attachments(&self) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(&self.attachments)?;
+        bytes.push(b'\n');
+        crate::atomic::write(&self.home.attachments(), &bytes, 0o600)
+    }
+
+    fn attach(&mut self, req: AttachRequest) -> Result<AttachResponse, String> {
+        if let Some(n) = &req.name {
+            crate::registry::validate_name(n)?;
+        }
+        let path = std::fs::canonicalize(&req.path).map_err(|e| {
+            format!(
+                "cannot attach {}: {e}; pass a Ray temp dir, a session dir or a discovery file",
+                req.path.display()
+            )
+        })?;
+        let path = if path.is_dir()
+            && path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("session_"))
+        {
+            path.join(DISCOVERY_FILE)
+        } else {
+            path
+        };
+        if let Some(n) = &req.name {
+            let taken = self.registry.clusters().any(|c| {
+                c.name == *n
+                    && c.is_live()
+                    && !(c.found.file == path || path.is_dir() && c.found.file.starts_with(&path))
+            }) || self
+                .attachments
+                .iter()
+                .any(|a| a.name.as_deref() == Some(n) && a.path != path);
+            if taken {
+                return Err(format!(
+                    "the name {n:?} is already used by another cluster; choose another --name"
+                ));
+            }
+        }
+        if !path.is_dir() {
+            discovery::read_listing(&path, self.trusted())
+                .map_err(|r| format!("cannot attach {}: it {r}", path.display()))?;
+        }
+        self.attachments.retain(|a| a.path != path);
+        self.attachments.push(Attachment {
+            path: path.clone(),
+            name: req.name,
+        });
+        self.save_attachments().map_err(|e| format!("{e:#}"))?;
+        self.full_scan();
+        let clusters = self
+            .registry
+            .clusters()
+            .filter(|c| c.found.file == path || c.found.file.starts_with(&path))
+            .map(|c| c.name.clone())
+            .collect();
+        Ok(AttachResponse { clusters })
+    }
+
+    fn detach(&mut self, name: &str) -> Result<(), String> {
+        let by_cluster = self
+            .registry
+            .by_name(name)
+            .filter(|c| matches!(c.origin, Origin::Attached { .. }))
+            .map(|c| c.found.file.clone());
+        let before = self.attachments.len();
+        self.attachments.retain(|a| {
+            let named = a.name.as_deref() == Some(name);
+            let covers = by_cluster.as_ref().is_some_and(|f| a.covers(f));
+            !(named || covers)
+        });
+        if self.attachments.len() == before {
+            return Err(format!(
+                "no attached cluster is named {name:?}; `raywatch status` lists clusters and their source"
+            ));
+        }
+        self.save_attachments().map_err(|e| format!("{e:#}"))?;
+        self.full_scan();
+        Ok(())
+    }
+
+    fn report(
+        &self,
+        shared: &Shared,
+        ready: bool,
+        health: &HashMap<(String, String), f64>,
+    ) -> StatusReport {
+        let owners = self.attribution.owners();
+        let contested = self.registry.contested();
+        let desired = self.registry.desired(&owners);
+        let clusters = self
+            .registry
+            .clusters()
+            .map(|c| {
+                let published: Vec<String> = desired.get(&c.name).map(|g| g.targets.clone()).unwrap_or_default();
+                let targets = published
+                    .iter()
+                    .map(|t| status::TargetStatus {
+                        address: t.clone(),
+                        health: match health.get(&(c.name.clone(), t.clone())) {
+                            Some(v) if *v >= 1.0 => "up",
+                            Some(_) => "down",
+                            None => "unknown",
+                        }
+                        .into(),
+                    })
+                    .collect();
+                let withheld = if c.is_live() {
+                    c.targets
+                        .iter()
+                        .filter(|t| !published.contains(t))
+                        .map(|t| status::WithheldTarget {
+                            address: t.clone(),
+                            reason: match owners.get(t) {
+                                Some(Some(s)) => format!("also listed by another cluster; its series carry session {s}"),
+                                Some(None) => "also listed by another cluster, and no claimant's session could be read from it".into(),
+                                None if contested.contains_key(t) => "also listed by another cluster; checking which one serves it".into(),
+                                None => "not published".into(),
+                            },
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let (state, dead_reason) = match &c.state {
+                    State::Live => ("live".to_string(), None),
+                    State::Dead { reason, .. } => ("dead".to_string(), Some(reason.clone())),
+                };
+                status::ClusterStatus {
+                    name: c.name.clone(),
+                    state,
+                    dead_reason,
+                    session: c.found.session.clone(),
+                    session_dir: c.found.session_dir.clone(),
+                    temp_dir: c.found.temp_dir.clone(),
+                    discovery_file: c.found.file.clone(),
+                    user: c.user.clone(),
+                    source: match c.origin {
+                        Origin::Watched => "watch".into(),
+                        Origin::Attached { .. } => "attach".into(),
+                    },
+                    last_rewrite_unix: unix(c.last_change_wall),
+                    targets,
+                    withheld,
+                }
+            })
+            .collect();
+        let rejected = self
+            .registry
+            .rejections()
+            .iter()
+            .map(|(p, r)| status::RejectedInput {
+                path: p.clone(),
+                reason: r.reason.clone(),
+                since_unix: unix(r.since),
+            })
+            .collect();
+        let port = shared.port.lock().unwrap().to_owned();
+        StatusReport {
+            schema: status::SCHEMA,
+            home: self.home.root().to_path_buf(),
+            daemon: status::DaemonStatus {
+                pid: std::process::id(),
+                started_unix: unix(shared.started),
+                socket: self.home.socket(),
+            },
+            prometheus: status::PrometheusStatus {
+                url: format!("http://127.0.0.1:{port}"),
+                port,
+                binary: self.config.prometheus_bin.clone(),
+                ready,
+                user: crate::prometheus::USER.into(),
+                password_file: self.home.prometheus_password(),
+                child: shared.prometheus.lock().unwrap().clone(),
+            },
+            watch: status::WatchStatus {
+                mode: if self.watcher.needs_rescan() {
+                    "rescan".into()
+                } else {
+                    "inotify".into()
+                },
+                roots: self.roots.iter().cloned().collect(),
+                degraded: self.watcher.degraded.clone(),
+            },
+            clusters,
+            rejected,
+            targets_error: self.targets.last_error.clone(),
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Where a cluster's GCS should answer: the port Ray recorded in the session dir,
+/// on loopback and on the hosts of its targets.
+fn gcs_addresses(c: &crate::registry::Cluster) -> Option<Vec<String>> {
+    let dir = c.found.session_dir.as_ref()?;
+    let port = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("gcs_server_port_")
+        })
+        .and_then(|e| std::fs::read_to_string(e.path()).ok())
+        .and_then(|s| s.trim().parse::<u16>().ok())?;
+    let mut hosts: Vec<String> = vec!["127.0.0.1".into()];
+    for t in &c.targets {
+        if let Some((h, _)) = t.rsplit_once(':')
+            && !hosts.iter().any(|x| x == h)
+            && hosts.len() < 4
+        {
+            hosts.push(h.to_string());
+        }
+    }
+    Some(hosts.into_iter().map(|h| format!("{h}:{port}")).collect())
+}
+
+/// Whether every address refuses connections outright (the GCS is gone).
+async fn all_refused(addrs: &[String]) -> bool {
+    for a in addrs {
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(a.as_str()),
+        )
+        .await
+        {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+            _ => return false,
+        }
+    }
+    true
+}
+
+pub struct Shared {
+    core: Mutex<Core>,
+    wake: tokio::sync::Notify,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    prometheus: Arc<Mutex<crate::supervisor::ChildStatus>>,
+    port: Arc<Mutex<u16>>,
+    client: Mutex<crate::prometheus::Client>,
+    started: SystemTime,
+}
+
+/// Runs the daemon for `home` until it is told to stop. Blocks.
+pub fn run(home: Home) -> Result<()> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    home.ensure()?;
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.daemon_lock())
+        .with_context(|| format!("cannot open {}", home.daemon_lock().display()))?;
+    let _lock =
+        match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err(_) => {
+                let pid = std::fs::read_to_string(home.daemon_pid()).unwrap_or_default();
+                bail!(
+                    "another raywatch daemon (pid {}) already runs the stack in {}",
+                    pid.trim(),
+                    home.root().display()
+                );
+            }
+        };
+    let config = StackConfig::load(&home.config())?.with_context(|| {
+        format!(
+            "{} is missing; start the stack with `raywatch up`",
+            home.config().display()
+        )
+    })?;
+    crate::atomic::write(
+        &home.daemon_pid(),
+        format!("{}\n", std::process::id()).as_bytes(),
+        0o600,
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(serve(home.clone(), config));
+    let _ = std::fs::remove_file(home.socket());
+    let _ = std::fs::remove_file(home.daemon_pid());
+    result
+}
+
+async fn serve(home: Home, config: StackConfig) -> Result<()> {
+    crate::prometheus::write_files(&home, &config)?;
+    let password = crate::prometheus::ensure_password(&home)?;
+    let port = Arc::new(Mutex::new(config.prometheus_port));
+    crate::prometheus::Ports {
+        prometheus: config.prometheus_port,
+    }
+    .save(&home)?;
+
+    // Prometheus, restarted with backoff. A port chosen by raywatch that someone
+    // took meanwhile is replaced by a fresh one.
+    let supervisor = {
+        let (home, mut config, port) = (home.clone(), config.clone(), port.clone());
+        Supervisor::start("prometheus", move || {
+            if config.prometheus_port_auto && !crate::ports::is_free(config.prometheus_port) {
+                let fresh = crate::ports::free_port()?;
+                tracing::warn!(
+                    "port {} was taken; Prometheus moves to {fresh}",
+                    config.prometheus_port
+                );
+                config.prometheus_port = fresh;
+                config.save(&home.config())?;
+                crate::prometheus::write_files(&home, &config)?;
+                crate::prometheus::Ports { prometheus: fresh }.save(&home)?;
+                *port.lock().unwrap() = fresh;
+            }
+            Ok(Spec {
+                program: config.prometheus_bin.clone(),
+                args: crate::prometheus::args(&home, &config),
+                log: home.prometheus_log(),
+                pid_file: home.prometheus_pid(),
+            })
+        })
+    };
+
+    let (fs_tx, mut fs_rx) = unbounded_channel::<PathBuf>();
+    let attachments: Vec<Attachment> = match std::fs::read(home.attachments()) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::error!(
+                "{} is not valid ({e}); starting with no attachments",
+                home.attachments().display()
+            );
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    let mut trusted: BTreeSet<u32> = config.trust_uids.iter().copied().collect();
+    trusted.insert(nix::unistd::geteuid().as_raw());
+    let core = Core {
+        targets: TargetsDir::open(home.targets_dir(), home.targets_tmp())?,
+        registry: Registry::new(config.liveness),
+        attachments,
+        attribution: Attribution::default(),
+        watcher: Watcher::new(fs_tx.clone()),
+        roots: BTreeSet::new(),
+        session_dirs: BTreeSet::new(),
+        last_scan: Instant::now(),
+        probing: HashMap::new(),
+        trusted,
+        home: home.clone(),
+        config: config.clone(),
+    };
+    let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        wake: tokio::sync::Notify::new(),
+        shutdown,
+        prometheus: supervisor.status.clone(),
+        port: port.clone(),
+        client: Mutex::new(crate::prometheus::Client::new(
+            config.prometheus_port,
+            password.clone(),
+        )),
+        started: SystemTime::now(),
+    });
+
+    // The control socket: created under umask 077, then checked to be 0600.
+    let _ = std::fs::remove_file(home.socket());
+    let listener = tokio::net::UnixListener::bind(home.socket())
+        .with_context(|| format!("cannot listen on {}", home.socket().display()))?;
+    std::fs::set_permissions(home.socket(), std::fs::Permissions::from_mode(0o600))?;
+    let app = axum::Router::new()
+        .route("/v1/status", get(status_handler))
+        .route("/v1/attach", post(attach_handler))
+        .route("/v1/detach", post(detach_handler))
+        .route("/v1/shutdown", post(shutdown_handler))
+        .with_state(shared.clone());
+    let mut api_shutdown = shutdown_rx.clone();
+    let api = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_shutdown.changed().await;
+            })
+            .await;
+    });
+
+    let (owner_tx, mut owner_rx) = unbounded_channel::<(String, Option<String>)>();
+    let (dead_tx, mut dead_rx) = unbounded_channel::<(PathBuf, String)>();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    {
+        let mut core = shared.core.lock().unwrap();
+        core.full_scan();
+        let due = core.publish();
+        drop(core);
+        spawn_resolves(&http, due, &owner_tx);
+    }
+    tracing::info!(
+        "raywatch daemon up for {} (pid {})",
+        home.root().display(),
+        std::process::id()
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut probes = Vec::new();
+        tokio::select! {
+            Some(p) = fs_rx.recv() => {
+                let mut batch = BTreeSet::from([p]);
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok(p) = fs_rx.try_recv() {
+                    batch.insert(p);
+                }
+                shared.core.lock().unwrap().handle_events(batch);
+            }
+            _ = tick.tick() => {
+                probes = shared.core.lock().unwrap().tick();
+                let p = *port.lock().unwrap();
+                let mut client = shared.client.lock().unwrap();
+                if !client.base.ends_with(&format!(":{p}")) {
+                    *client = crate::prometheus::Client::new(p, password.clone());
+                }
+            }
+            Some((ep, owner)) = owner_rx.recv() => {
+                shared.core.lock().unwrap().attribution.record(ep, owner, Instant::now());
+            }
+            Some((file, reason)) = dead_rx.recv() => {
+                let mut core = shared.core.lock().unwrap();
+                let change = core.registry.declare_dead(&file, SystemTime::now(), reason);
+                core.log_change(&file, change);
+            }
+            _ = shared.wake.notified() => {}
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = shutdown_rx.changed() => { tracing::info!("stop requested"); break; }
+        }
+        for (file, addrs) in probes {
+            let tx = dead_tx.clone();
+            tokio::spawn(async move {
+                if all_refused(&addrs).await {
+                    let _ = tx.send((
+                        file,
+                        format!("its GCS refuses connections ({})", addrs.join(", ")),
+                    ));
+                }
+            });
+        }
+        let due = shared.core.lock().unwrap().publish();
+        spawn_resolves(&http, due, &owner_tx);
+    }
+    let _ = shared.shutdown.send(true);
+    supervisor.stop().await;
+    let _ = api.await;
+    drop(fs_tx);
+    Ok(())
+}
+
+fn spawn_resolves(
+    http: &reqwest::Client,
+    due: Vec<(String, Vec<String>)>,
+    tx: &UnboundedSender<(String, Option<String>)>,
+) {
+    for (ep, claimants) in due {
+        let (http, tx) = (http.clone(), tx.clone());
+        tokio::spawn(async move {
+            let owner = crate::attribution::resolve(&http, &ep, &claimants).await;
+            match &owner {
+                Some(s) => tracing::info!(
+                    "{ep} is listed by {} clusters; it serves session {s}",
+                    claimants.len()
+                ),
+                None => tracing::warn!(
+                    "{ep} is listed by {} clusters; none could be confirmed as its owner",
+                    claimants.len()
+                ),
+            }
+            let _ = tx.send((ep, owner));
+        });
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, (StatusCode, Json<ApiError>)>;
+
+fn api_error(code: StatusCode, error: String) -> (StatusCode, Json<ApiError>) {
+    (code, Json(ApiError { error }))
+}
+
+async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<StatusReport> {
+    let client = shared.client.lock().unwrap().clone();
+    let ready = client.ready().await;
+    let mut health = HashMap::new();
+    if ready
+        && let Ok(samples) = client
+            .query(&format!("up{{job=\"{}\"}}", crate::prometheus::RAY_JOB))
+            .await
+    {
+        for s in samples {
+            let (Some(c), Some(i)) = (s.metric.get("ray_io_cluster"), s.metric.get("instance"))
+            else {
+                continue;
+            };
+            health.insert(
+                (c.clone(), i.clone()),
+                s.value.1.parse::<f64>().unwrap_or(0.0),
+            );
+        }
+    }
+    let core = shared.core.lock().unwrap();
+    Ok(Json(core.report(&shared, ready, &health)))
+}
+
+async fn attach_handler(
+    AxState(shared): AxState<Arc<Shared>>,
+    Json(req): Json<AttachRequest>,
+) -> ApiResult<AttachResponse> {
+    let result = shared.core.lock().unwrap().attach(req);
+    shared.wake.notify_one();
+    result
+        .map(Json)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))
+}
+
+async fn detach_handler(
+    AxState(shared): AxState<Arc<Shared>>,
+    Json(req): Json<DetachRequest>,
+) -> ApiResult<serde_json::Value> {
+    let result = shared.core.lock().unwrap().detach(&req.name);
+    shared.wake.notify_one();
+    result
+        .map(|()| Json(serde_json::json!({})))
+        .map_err(|e| api_error(StatusCode::NOT_FOUND, e))
+}
+
+async fn shutdown_handler(AxState(shared): AxState<Arc<Shared>>) -> Json<serde_json::Value> {
+    let _ = shared.shutdown.send(true);
+    Json(serde_json::json!({}))
+}

@@ -1,0 +1,209 @@
+//! The stack's home folder: where it lives, its layout, and the checks that keep it private.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// All paths of one stack. One stack per home; several homes may coexist.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// `--home` / `RAYWATCH_HOME`, else `$XDG_STATE_HOME/raywatch`, else
+    /// `~/.local/state/raywatch`. Never a predictable path in /tmp.
+    pub fn resolve(explicit: Option<PathBuf>) -> Result<Home> {
+        let root = match explicit {
+            Some(p) => p,
+            None => match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+                Some(state) => PathBuf::from(state).join("raywatch"),
+                None => {
+                    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context(
+                        "neither $XDG_STATE_HOME nor $HOME is set; pass --home DIR or set RAYWATCH_HOME",
+                    )?;
+                    PathBuf::from(home).join(".local/state/raywatch")
+                }
+            },
+        };
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()
+                .context("cannot read the current folder")?
+                .join(root)
+        };
+        Ok(Home { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    pub fn attachments(&self) -> PathBuf {
+        self.root.join("attachments.json")
+    }
+    pub fn prometheus_dir(&self) -> PathBuf {
+        self.root.join("prometheus")
+    }
+    pub fn prometheus_yml(&self) -> PathBuf {
+        self.prometheus_dir().join("prometheus.yml")
+    }
+    pub fn web_yml(&self) -> PathBuf {
+        self.prometheus_dir().join("web.yml")
+    }
+    pub fn prometheus_data(&self) -> PathBuf {
+        self.prometheus_dir().join("data")
+    }
+    pub fn targets_dir(&self) -> PathBuf {
+        self.root.join("targets")
+    }
+    /// Sibling of `targets/` on the same file system: temp files never appear
+    /// inside the folder Prometheus watches.
+    pub fn targets_tmp(&self) -> PathBuf {
+        self.root.join("targets.tmp")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir().join("raywatch.sock")
+    }
+    pub fn daemon_pid(&self) -> PathBuf {
+        self.run_dir().join("daemon.pid")
+    }
+    pub fn daemon_lock(&self) -> PathBuf {
+        self.run_dir().join("daemon.lock")
+    }
+    pub fn prometheus_pid(&self) -> PathBuf {
+        self.run_dir().join("prometheus.pid")
+    }
+    pub fn ports(&self) -> PathBuf {
+        self.run_dir().join("ports.json")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn daemon_log(&self) -> PathBuf {
+        self.logs_dir().join("daemon.log")
+    }
+    pub fn prometheus_log(&self) -> PathBuf {
+        self.logs_dir().join("prometheus.log")
+    }
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+    pub fn prometheus_password(&self) -> PathBuf {
+        self.secrets_dir().join("prometheus-password")
+    }
+
+    /// Whether the home exists at all (a stack may have been set up here).
+    pub fn exists(&self) -> bool {
+        self.root.exists()
+    }
+
+    /// Creates the home and its folders (0700) or checks an existing one:
+    /// it must be a real folder owned by us and writable by nobody else.
+    pub fn ensure(&self) -> Result<()> {
+        match fs::symlink_metadata(&self.root) {
+            Ok(_) => check_private_dir(&self.root)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(parent) = self.root.parent() {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .with_context(|| format!("cannot create {}", parent.display()))?;
+                }
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&self.root)
+                    .or_else(|e| {
+                        // Another `up` may have created it a moment ago.
+                        if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .with_context(|| format!("cannot create home {}", self.root.display()))?;
+                check_private_dir(&self.root)?;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot inspect home {}", self.root.display()));
+            }
+        }
+        let sock_len = self.socket().as_os_str().len();
+        if sock_len > 100 {
+            bail!(
+                "the home path {} is too long: its control socket path would be {sock_len} bytes, and Unix sockets allow about 100\n\
+                 hint: pass a shorter --home",
+                self.root.display()
+            );
+        }
+        for dir in [
+            self.prometheus_dir(),
+            self.prometheus_data(),
+            self.targets_dir(),
+            self.targets_tmp(),
+            self.run_dir(),
+            self.logs_dir(),
+            self.secrets_dir(),
+        ] {
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+                }
+            }
+            check_private_dir(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// A folder raywatch keeps private: not a symlink, owned by the effective user,
+/// not writable by group or others.
+pub fn check_private_dir(path: &Path) -> Result<()> {
+    let meta =
+        fs::symlink_metadata(path).with_context(|| format!("cannot inspect {}", path.display()))?;
+    if meta.file_type().is_symlink() {
+        bail!(
+            "{} is a symbolic link; raywatch keeps its state only in a real folder it owns\n\
+             hint: remove the link or pass another --home",
+            path.display()
+        );
+    }
+    if !meta.is_dir() {
+        bail!(
+            "{} is not a folder\nhint: pass another --home",
+            path.display()
+        );
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "{} is owned by uid {} ({}), not by you (uid {me}); refusing to use it\n\
+             hint: pass a --home that you own",
+            path.display(),
+            meta.uid(),
+            crate::procfs::user_name(meta.uid())
+        );
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        bail!(
+            "{} is writable by other users (mode {mode:o}); refusing to use it\n\
+             hint: chmod 700 {}",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}

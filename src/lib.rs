@@ -1,0 +1,27 @@
+//! raywatch: Prometheus (and Grafana) monitoring for every Ray cluster on a machine.
+//!
+//! Theory of operation: a per-user daemon watches the places Ray writes its
+//! `prom_metrics_service_discovery.json`, keeps a registry of the clusters it
+//! finds (one per Ray session), verifies and labels their targets, and writes one
+//! file_sd file per live cluster into `<home>/targets/`. The Prometheus it
+//! supervises reads that folder through a single glob, so clusters join and leave
+//! without a reload. The CLI talks to the daemon over a Unix socket only its owner
+//! can open.
+
+pub mod api;
+pub mod atomic;
+pub mod attribution;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod discovery;
+pub mod home;
+pub mod install;
+pub mod ports;
+pub mod procfs;
+pub mod prometheus;
+pub mod registry;
+pub mod status;
+pub mod supervisor;
+pub mod targets;
+pub mod watch;

@@ -1,0 +1,368 @@
+//! Prometheus as raywatch runs it: its config files (from typed structs), its secret, and a client.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{StackConfig, prometheus_duration};
+use crate::home::Home;
+
+/// The user Prometheus' basic auth knows.
+pub const USER: &str = "raywatch";
+/// The job every Ray target is scraped under.
+pub const RAY_JOB: &str = "ray";
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct PrometheusYml {
+    pub global: Global,
+    pub scrape_configs: Vec<ScrapeConfig>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct Global {
+    pub scrape_interval: String,
+    pub evaluation_interval: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct ScrapeConfig {
+    pub job_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_sd_configs: Vec<FileSdConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub static_configs: Vec<StaticConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct FileSdConfig {
+    pub files: Vec<String>,
+    pub refresh_interval: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct StaticConfig {
+    pub targets: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password_file: String,
+}
+
+/// `--web.config.file`: basic auth for every HTTP endpoint of Prometheus.
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct WebYml {
+    pub basic_auth_users: BTreeMap<String, String>,
+}
+
+/// prometheus.yml for a stack: one `ray` job reading the targets glob (so
+/// clusters come and go without a reload), and Prometheus scraping itself.
+pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
+    let interval = prometheus_duration(cfg.scrape_interval);
+    PrometheusYml {
+        global: Global {
+            scrape_interval: interval.clone(),
+            evaluation_interval: interval,
+        },
+        scrape_configs: vec![
+            ScrapeConfig {
+                job_name: RAY_JOB.into(),
+                file_sd_configs: vec![FileSdConfig {
+                    files: vec![
+                        home.targets_dir()
+                            .join("*.json")
+                            .to_string_lossy()
+                            .into_owned(),
+                    ],
+                    refresh_interval: "5m".into(),
+                }],
+                static_configs: vec![],
+                basic_auth: None,
+            },
+            ScrapeConfig {
+                job_name: "prometheus".into(),
+                file_sd_configs: vec![],
+                static_configs: vec![StaticConfig {
+                    targets: vec![format!("127.0.0.1:{}", cfg.prometheus_port)],
+                }],
+                basic_auth: Some(BasicAuth {
+                    username: USER.into(),
+                    password_file: home.prometheus_password().to_string_lossy().into_owned(),
+                }),
+            },
+        ],
+    }
+}
+
+/// The command line the daemon runs Prometheus with. No lifecycle endpoints:
+/// the daemon reloads with SIGHUP.
+pub fn args(home: &Home, cfg: &StackConfig) -> Vec<String> {
+    vec![
+        format!("--config.file={}", home.prometheus_yml().display()),
+        format!("--web.config.file={}", home.web_yml().display()),
+        format!("--storage.tsdb.path={}", home.prometheus_data().display()),
+        format!(
+            "--storage.tsdb.retention.time={}",
+            prometheus_duration(cfg.retention)
+        ),
+        format!("--web.listen-address=127.0.0.1:{}", cfg.prometheus_port),
+    ]
+}
+
+/// Writes the secret (once), web.yml and prometheus.yml. prometheus.yml is
+/// checked with promtool, when there is one, before it replaces the old file.
+pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
+    let password = ensure_password(home)?;
+    let web_ok = std::fs::read_to_string(home.web_yml())
+        .ok()
+        .and_then(|t| serde_yaml_ng::from_str::<WebYml>(&t).ok())
+        .and_then(|w| w.basic_auth_users.get(USER).cloned())
+        .is_some_and(|hash| bcrypt::verify(&password, &hash).unwrap_or(false));
+    if !web_ok {
+        let hash = bcrypt::hash(&password, 10).context("cannot hash the Prometheus password")?;
+        let web = WebYml {
+            basic_auth_users: BTreeMap::from([(USER.to_string(), hash)]),
+        };
+        crate::atomic::write(
+            &home.web_yml(),
+            serde_yaml_ng::to_string(&web)?.as_bytes(),
+            0o600,
+        )?;
+    }
+    let yml = serde_yaml_ng::to_string(&prometheus_yml(home, cfg))?;
+    let dest = home.prometheus_yml();
+    if std::fs::read_to_string(&dest).ok().as_deref() == Some(yml.as_str()) {
+        return Ok(());
+    }
+    if let Some(promtool) = promtool_beside(&cfg.prometheus_bin) {
+        let candidate = home.prometheus_dir().join("prometheus.yml.new");
+        crate::atomic::write(&candidate, yml.as_bytes(), 0o600)?;
+        let out = std::process::Command::new(&promtool)
+            .args(["check", "config", "--syntax-only"])
+            .arg(&candidate)
+            .output();
+        if let Ok(out) = out
+            && !out.status.success()
+        {
+            let _ = std::fs::remove_file(&candidate);
+            bail!(
+                "the generated {} failed `promtool check config`; the previous file is kept:\n{}",
+                dest.display(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        std::fs::rename(&candidate, &dest)
+            .with_context(|| format!("cannot move {} into place", candidate.display()))?;
+        crate::atomic::fsync_dir(&home.prometheus_dir())?;
+        return Ok(());
+    }
+    crate::atomic::write(&dest, yml.as_bytes(), 0o600)
+}
+
+fn promtool_beside(prometheus: &Path) -> Option<PathBuf> {
+    let beside = prometheus.with_file_name("promtool");
+    if beside.is_file() {
+        return Some(beside);
+    }
+    which("promtool")
+}
+
+/// The stack's Prometheus password, generated on first use (0600 in `secrets/`).
+pub fn ensure_password(home: &Home) -> Result<String> {
+    let path = home.prometheus_password();
+    match std::fs::read_to_string(&path) {
+        Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("cannot read /dev/urandom to generate a password")?;
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    crate::atomic::write(&path, format!("{password}\n").as_bytes(), 0o600)?;
+    Ok(password)
+}
+
+/// Searches PATH for an executable.
+pub fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Where the daemon publishes the ports it actually uses.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Ports {
+    pub prometheus: u16,
+}
+
+impl Ports {
+    pub fn load(home: &Home) -> Result<Ports> {
+        let path = home.ports();
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "cannot read {} (is the stack up? run `raywatch up`)",
+                path.display()
+            )
+        })?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid", path.display()))
+    }
+
+    pub fn save(&self, home: &Home) -> Result<()> {
+        crate::atomic::write(&home.ports(), &serde_json::to_vec(self)?, 0o600)
+    }
+}
+
+/// An authenticated client for one stack's Prometheus.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    password: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(port: u16, password: String) -> Client {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        Client {
+            base: format!("http://127.0.0.1:{port}"),
+            password,
+            http,
+        }
+    }
+
+    pub fn for_home(home: &Home) -> Result<Client> {
+        let ports = Ports::load(home)?;
+        let password = std::fs::read_to_string(home.prometheus_password())
+            .with_context(|| format!("cannot read {}", home.prometheus_password().display()))?;
+        Ok(Client::new(ports.prometheus, password.trim().to_string()))
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .basic_auth(USER, Some(&self.password))
+    }
+
+    /// Whether Prometheus answers /-/ready.
+    pub async fn ready(&self) -> bool {
+        match self
+            .get("/-/ready")
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        }
+    }
+
+    /// An instant query: the HTTP status and Prometheus' response body.
+    pub async fn query_raw(&self, promql: &str) -> Result<(u16, String)> {
+        let resp = self
+            .get("/api/v1/query")
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Prometheus at {}", self.base))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .text()
+            .await
+            .context("cannot read Prometheus' answer")?;
+        Ok((status, body))
+    }
+
+    /// An instant query returning its vector result, or Prometheus' error.
+    pub async fn query(&self, promql: &str) -> Result<Vec<Sample>> {
+        let (status, body) = self.query_raw(promql).await?;
+        let parsed: QueryResponse = serde_json::from_str(&body).with_context(|| {
+            format!("Prometheus answered {status} with an unexpected body: {body}")
+        })?;
+        if parsed.status != "success" {
+            bail!(
+                "Prometheus rejected the query {promql:?}: {}",
+                parsed.error.unwrap_or_else(|| format!("HTTP {status}"))
+            );
+        }
+        let data = parsed.data.context("Prometheus' answer has no data")?;
+        if data.result_type != "vector" {
+            return Ok(Vec::new());
+        }
+        Ok(serde_json::from_value(data.result).unwrap_or_default())
+    }
+}
+
+#[derive(Deserialize, Debug)]
+pub struct QueryResponse {
+    pub status: String,
+    #[serde(default)]
+    pub data: Option<QueryData>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct QueryData {
+    #[serde(rename = "resultType")]
+    pub result_type: String,
+    pub result: serde_json::Value,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Sample {
+    pub metric: BTreeMap<String, String>,
+    pub value: (f64, String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_one_ray_job_reading_the_glob() {
+        let home = Home::resolve(Some("/h".into())).unwrap();
+        let cfg = StackConfig {
+            prometheus_bin: "/usr/bin/prometheus".into(),
+            prometheus_port: 9999,
+            prometheus_port_auto: true,
+            scrape_interval: Duration::from_secs(10),
+            retention: Duration::from_secs(15 * 86400),
+            default_roots: true,
+            watch: vec![],
+            liveness: Duration::from_secs(20),
+            trust_uids: vec![],
+        };
+        let text = serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg)).unwrap();
+        let back: PrometheusYml = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(back.scrape_configs[0].job_name, "ray");
+        assert_eq!(
+            back.scrape_configs[0].file_sd_configs[0].files,
+            vec!["/h/targets/*.json"]
+        );
+        assert_eq!(back.global.scrape_interval, "10s");
+        assert!(
+            !args(&home, &cfg)
+                .iter()
+                .any(|a| a.contains("enable-lifecycle"))
+        );
+        assert!(args(&home, &cfg).contains(&"--web.listen-address=127.0.0.1:9999".to_string()));
+    }
+}

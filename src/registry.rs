@@ -1,0 +1,610 @@
+//! The cluster registry: which Ray clusters exist, their names, liveness and targets.
+//!
+//! Pure state: the daemon feeds it what it read from disk and the clock, and asks
+//! it which target groups should exist. One cluster per discovery file (that is,
+//! per Ray session for Ray ≥ 2.5x, per temp dir before).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::discovery::{Found, Listing, Rejection};
+
+/// How a cluster came to be followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Found under a watched root.
+    Watched,
+    /// Followed because of `raywatch attach`, optionally with a chosen name.
+    Attached { name: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Live,
+    Dead { since: SystemTime, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub found: Found,
+    pub origin: Origin,
+    pub uid: u32,
+    pub user: String,
+    pub targets: Vec<String>,
+    pub mtime: SystemTime,
+    /// When raywatch last saw the file change (its own clock, immune to odd mtimes).
+    pub last_change: Instant,
+    pub last_change_wall: SystemTime,
+    pub state: State,
+}
+
+impl Cluster {
+    pub fn is_live(&self) -> bool {
+        self.state == State::Live
+    }
+}
+
+/// A discovery file raywatch refused, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectionRecord {
+    pub reason: String,
+    pub since: SystemTime,
+}
+
+/// One file_sd target group, as written to `<home>/targets/<name>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetGroup {
+    pub targets: Vec<String>,
+    pub labels: BTreeMap<&'static str, String>,
+}
+
+/// Who owns an endpoint that several live clusters list: the session found in
+/// its series, or `None` when that could not be read.
+pub type Owners = HashMap<String, Option<String>>;
+
+/// What changed in one observation, for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    None,
+    Joined(String),
+    Revived(String),
+    Died(String, String),
+    Rejected(String),
+}
+
+pub struct Registry {
+    clusters: BTreeMap<PathBuf, Cluster>,
+    rejections: BTreeMap<PathBuf, RejectionRecord>,
+    liveness: Duration,
+    /// How long a dead cluster stays visible in `status`.
+    keep_dead: Duration,
+}
+
+impl Registry {
+    pub fn new(liveness: Duration) -> Registry {
+        Registry {
+            clusters: BTreeMap::new(),
+            rejections: BTreeMap::new(),
+            liveness,
+            keep_dead: Duration::from_secs(600),
+        }
+    }
+
+    pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
+        self.clusters.values()
+    }
+
+    pub fn get(&self, file: &Path) -> Option<&Cluster> {
+        self.clusters.get(file)
+    }
+
+    pub fn rejections(&self) -> &BTreeMap<PathBuf, RejectionRecord> {
+        &self.rejections
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.values().find(|c| c.name == name)
+    }
+
+    /// Records what reading `found.file` gave.
+    pub fn observe(
+        &mut self,
+        found: &Found,
+        origin: Origin,
+        read: Result<Option<Listing>, Rejection>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Change {
+        let file = found.file.clone();
+        match read {
+            Ok(None) => {
+                self.rejections.remove(&file);
+                self.mark_dead(&file, wall, "its discovery file is gone".into())
+            }
+            Err(rejection) => {
+                let reason = rejection.to_string();
+                let fresh = self
+                    .rejections
+                    .get(&file)
+                    .is_none_or(|r| r.reason != reason);
+                if fresh {
+                    self.rejections.insert(
+                        file.clone(),
+                        RejectionRecord {
+                            reason: reason.clone(),
+                            since: wall,
+                        },
+                    );
+                    Change::Rejected(reason)
+                } else {
+                    Change::None
+                }
+            }
+            Ok(Some(listing)) => {
+                self.rejections.remove(&file);
+                self.accept(found, origin, listing, now, wall)
+            }
+        }
+    }
+
+    fn accept(
+        &mut self,
+        found: &Found,
+        origin: Origin,
+        listing: Listing,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Change {
+        let stale_on_disk = wall
+            .duration_since(listing.mtime)
+            .is_ok_and(|age| age > self.liveness);
+        if let Some(c) = self.clusters.get_mut(&found.file) {
+            let changed = c.mtime != listing.mtime || c.targets != listing.targets;
+            c.targets = listing.targets;
+            if changed {
+                c.mtime = listing.mtime;
+                c.last_change = now;
+                c.last_change_wall = wall;
+            }
+            let origin_changed = c.origin != origin;
+            c.origin = origin;
+            if origin_changed {
+                let file = found.file.clone();
+                self.rename(&file);
+            }
+            let c = self.clusters.get_mut(&found.file).expect("present");
+            if !c.is_live() && changed && !stale_on_disk {
+                c.state = State::Live;
+                return Change::Revived(c.name.clone());
+            }
+            return Change::None;
+        }
+        let state = if stale_on_disk {
+            State::Dead {
+                since: wall,
+                reason: format!(
+                    "its discovery file was last written {} ago (a cluster rewrites it every 5 s)",
+                    humantime::format_duration(Duration::from_secs(
+                        wall.duration_since(listing.mtime)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0)
+                    ))
+                ),
+            }
+        } else {
+            State::Live
+        };
+        let cluster = Cluster {
+            name: String::new(),
+            found: found.clone(),
+            origin,
+            uid: listing.uid,
+            user: crate::procfs::user_name(listing.uid),
+            targets: listing.targets,
+            mtime: listing.mtime,
+            last_change: now,
+            last_change_wall: wall,
+            state,
+        };
+        let live = cluster.is_live();
+        self.clusters.insert(found.file.clone(), cluster);
+        self.rename(&found.file);
+        let name = self.clusters[&found.file].name.clone();
+        if live {
+            Change::Joined(name)
+        } else {
+            Change::None
+        }
+    }
+
+    /// Gives the cluster at `file` its base name, or a suffixed one when a live
+    /// cluster already holds it. A dead holder yields its name (and its entry).
+    fn rename(&mut self, file: &Path) {
+        let c = &self.clusters[file];
+        let base = base_name(c);
+        let holder = self
+            .clusters
+            .iter()
+            .find(|(f, o)| f.as_path() != file && o.name == base)
+            .map(|(f, o)| (f.clone(), o.is_live()));
+        let name = match holder {
+            None => base,
+            Some((f, false)) => {
+                self.clusters.remove(&f);
+                base
+            }
+            Some((_, true)) => {
+                let c = &self.clusters[file];
+                let pid = c.found.session.rsplit('_').next().unwrap_or("").to_string();
+                let candidate = format!("{base}-{pid}");
+                if !pid.is_empty() && self.clusters.values().all(|o| o.name != candidate) {
+                    candidate
+                } else {
+                    format!("{base}-{}", short_hash(&file.to_string_lossy()))
+                }
+            }
+        };
+        self.clusters.get_mut(file).expect("present").name = name;
+    }
+
+    fn mark_dead(&mut self, file: &Path, wall: SystemTime, reason: String) -> Change {
+        match self.clusters.get_mut(file) {
+            Some(c) if c.is_live() => {
+                c.state = State::Dead {
+                    since: wall,
+                    reason: reason.clone(),
+                };
+                Change::Died(c.name.clone(), reason)
+            }
+            _ => Change::None,
+        }
+    }
+
+    /// Declares a live cluster dead for a reason found elsewhere (its GCS refused).
+    pub fn declare_dead(&mut self, file: &Path, wall: SystemTime, reason: String) -> Change {
+        self.mark_dead(file, wall, reason)
+    }
+
+    /// Stops following a file (detached, or its root is no longer watched).
+    pub fn forget(&mut self, file: &Path) -> Option<Cluster> {
+        self.rejections.remove(file);
+        self.clusters.remove(file)
+    }
+
+    /// Forgets a rejection whose file is no longer looked at.
+    pub fn forget_rejection(&mut self, file: &Path) {
+        self.rejections.remove(file);
+    }
+
+    /// Applies the liveness bound; returns what died. Also drops long-dead entries.
+    pub fn tick(&mut self, now: Instant, wall: SystemTime) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let bound = self.liveness;
+        let files: Vec<PathBuf> = self
+            .clusters
+            .iter()
+            .filter(|(_, c)| c.is_live() && now.duration_since(c.last_change) > bound)
+            .map(|(f, _)| f.clone())
+            .collect();
+        for f in files {
+            let reason = format!(
+                "its discovery file was not rewritten for {} (the bound is {})",
+                humantime::format_duration(Duration::from_secs(
+                    now.duration_since(self.clusters[&f].last_change).as_secs()
+                )),
+                humantime::format_duration(bound)
+            );
+            changes.push(self.mark_dead(&f, wall, reason));
+        }
+        let keep = self.keep_dead;
+        self.clusters.retain(|_, c| match &c.state {
+            State::Live => true,
+            State::Dead { since, .. } => wall
+                .duration_since(*since)
+                .map(|d| d < keep)
+                .unwrap_or(true),
+        });
+        changes
+    }
+
+    /// Live clusters that missed at least one rewrite, oldest first: the daemon
+    /// re-reads their files and asks their GCS whether they are still there.
+    pub fn overdue(&self, now: Instant, after: Duration) -> Vec<&Cluster> {
+        self.clusters
+            .values()
+            .filter(|c| c.is_live() && now.duration_since(c.last_change) > after)
+            .collect()
+    }
+
+    /// Endpoints listed by more than one live cluster, with the claimants' sessions.
+    pub fn contested(&self) -> BTreeMap<String, Vec<String>> {
+        let mut claims: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for c in self.clusters.values().filter(|c| c.is_live()) {
+            for t in &c.targets {
+                claims
+                    .entry(t.clone())
+                    .or_default()
+                    .push(c.found.session.clone());
+            }
+        }
+        claims.retain(|_, v| v.len() > 1);
+        claims
+    }
+
+    /// The target groups that should exist now, by cluster name. An endpoint
+    /// listed by several live clusters goes only to the one whose session owns it,
+    /// and to none while that is unknown.
+    pub fn desired(&self, owners: &Owners) -> BTreeMap<String, TargetGroup> {
+        let contested = self.contested();
+        let mut out = BTreeMap::new();
+        for c in self.clusters.values().filter(|c| c.is_live()) {
+            let targets = c
+                .targets
+                .iter()
+                .filter(|t| {
+                    !contested.contains_key(*t)
+                        || owners
+                            .get(*t)
+                            .is_some_and(|o| o.as_deref() == Some(c.found.session.as_str()))
+                })
+                .cloned()
+                .collect();
+            out.insert(
+                c.name.clone(),
+                TargetGroup {
+                    targets,
+                    labels: labels(c),
+                },
+            );
+        }
+        out
+    }
+}
+
+/// The labels every target of a cluster carries.
+pub fn labels(c: &Cluster) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("ray_io_cluster", c.name.clone()),
+        ("ray_session", c.found.session.clone()),
+        (
+            "ray_temp_dir",
+            c.found.temp_dir.to_string_lossy().into_owned(),
+        ),
+        ("ray_user", c.user.clone()),
+    ])
+}
+
+/// `<user>-<temp dir name>` (`alice-ray_alice`), or the name given at attach.
+fn base_name(c: &Cluster) -> String {
+    let raw = match &c.origin {
+        Origin::Attached { name: Some(n) } => n.clone(),
+        _ => {
+            let dir = c
+                .found
+                .temp_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "root".into());
+            format!("{}-{}", c.user, dir)
+        }
+    };
+    sanitize_name(&raw)
+}
+
+/// Cluster names become file names and label values: keep them tame.
+pub fn sanitize_name(raw: &str) -> String {
+    let mut s: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        s.insert(0, 'c');
+    }
+    s
+}
+
+/// Checks a name given with `--name`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 100 {
+        return Err(format!("cluster name {name:?} must be 1 to 100 characters"));
+    }
+    if sanitize_name(name) != name {
+        return Err(format!(
+            "cluster name {name:?} may hold only letters, digits, '-', '_' and '.', and may not start with '.'"
+        ));
+    }
+    Ok(())
+}
+
+fn short_hash(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(s.as_bytes());
+    d.iter().take(3).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(temp: &str, session: &str) -> Found {
+        Found::for_file(&PathBuf::from(format!(
+            "{temp}/{session}/prom_metrics_service_discovery.json"
+        )))
+    }
+
+    fn listing(targets: &[&str], mtime: SystemTime) -> Result<Option<Listing>, Rejection> {
+        Ok(Some(Listing {
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            mtime,
+            uid: nix::unistd::geteuid().as_raw(),
+        }))
+    }
+
+    #[test]
+    fn names_are_readable_unique_and_reused_after_death() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let a = found("/tmp/ray_a", "session_x_111");
+        let b = found("/tmp/ray_a", "session_y_222");
+        r.observe(
+            &a,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], wall),
+            now,
+            wall,
+        );
+        r.observe(
+            &b,
+            Origin::Watched,
+            listing(&["127.0.0.1:2"], wall),
+            now,
+            wall,
+        );
+        let user = crate::procfs::user_name(nix::unistd::geteuid().as_raw());
+        assert_eq!(r.get(&a.file).unwrap().name, format!("{user}-ray_a"));
+        assert_eq!(r.get(&b.file).unwrap().name, format!("{user}-ray_a-222"));
+
+        // The first dies; a restart of the same temp dir takes the plain name again.
+        r.observe(&a, Origin::Watched, Ok(None), now, wall);
+        let c = found("/tmp/ray_a", "session_z_333");
+        r.observe(
+            &c,
+            Origin::Watched,
+            listing(&["127.0.0.1:3"], wall),
+            now,
+            wall,
+        );
+        assert_eq!(r.get(&c.file).unwrap().name, format!("{user}-ray_a"));
+        assert!(
+            r.get(&a.file).is_none(),
+            "the dead holder of the name is dropped"
+        );
+    }
+
+    #[test]
+    fn stale_files_are_dead_and_idle_live_ones_are_not() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let old = found("/tmp/ray_old", "session_1");
+        r.observe(
+            &old,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], wall - Duration::from_secs(60)),
+            now,
+            wall,
+        );
+        assert!(!r.get(&old.file).unwrap().is_live());
+
+        let live = found("/tmp/ray_live", "session_2");
+        r.observe(
+            &live,
+            Origin::Watched,
+            listing(&["127.0.0.1:2"], wall),
+            now,
+            wall,
+        );
+        // Rewritten every 5 s with the same content: stays live past the bound.
+        for i in 1..=10u64 {
+            let t = now + Duration::from_secs(5 * i);
+            let w = wall + Duration::from_secs(5 * i);
+            r.observe(&live, Origin::Watched, listing(&["127.0.0.1:2"], w), t, w);
+            assert!(r.tick(t, w).iter().all(|c| *c == Change::None));
+        }
+        assert!(r.get(&live.file).unwrap().is_live());
+        // Then the writer stops.
+        let later = now + Duration::from_secs(50 + 21);
+        let changes = r.tick(later, wall + Duration::from_secs(71));
+        assert!(matches!(changes[0], Change::Died(..)), "{changes:?}");
+    }
+
+    #[test]
+    fn future_mtimes_do_not_keep_a_dead_cluster_alive() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let f = found("/tmp/ray_f", "session_1");
+        let future = wall + Duration::from_secs(3600);
+        r.observe(
+            &f,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], future),
+            now,
+            wall,
+        );
+        assert!(r.get(&f.file).unwrap().is_live());
+        let t = now + Duration::from_secs(21);
+        r.observe(
+            &f,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], future),
+            t,
+            wall,
+        );
+        assert!(matches!(r.tick(t, wall)[0], Change::Died(..)));
+    }
+
+    #[test]
+    fn shared_endpoints_go_to_their_owner_only() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let a = found("/tmp/ray_a", "session_a");
+        let b = found("/tmp/ray_b", "session_b");
+        r.observe(
+            &a,
+            Origin::Watched,
+            listing(&["127.0.0.1:1", "127.0.0.1:44217"], wall),
+            now,
+            wall,
+        );
+        r.observe(
+            &b,
+            Origin::Watched,
+            listing(&["127.0.0.1:2", "127.0.0.1:44217"], wall),
+            now,
+            wall,
+        );
+        assert_eq!(r.contested().len(), 1);
+        let name_a = r.get(&a.file).unwrap().name.clone();
+        let name_b = r.get(&b.file).unwrap().name.clone();
+
+        let unresolved = r.desired(&Owners::new());
+        assert_eq!(unresolved[&name_a].targets, vec!["127.0.0.1:1"]);
+        assert_eq!(unresolved[&name_b].targets, vec!["127.0.0.1:2"]);
+
+        let owners = Owners::from([("127.0.0.1:44217".to_string(), Some("session_b".to_string()))]);
+        let d = r.desired(&owners);
+        assert_eq!(d[&name_a].targets, vec!["127.0.0.1:1"]);
+        assert_eq!(d[&name_b].targets, vec!["127.0.0.1:2", "127.0.0.1:44217"]);
+        assert_eq!(d[&name_b].labels["ray_session"], "session_b");
+    }
+
+    #[test]
+    fn attach_name_renames_and_is_validated() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let a = found("/nfs/x", "session_a");
+        r.observe(
+            &a,
+            Origin::Attached {
+                name: Some("train".into()),
+            },
+            listing(&["h:1"], wall),
+            now,
+            wall,
+        );
+        assert_eq!(r.get(&a.file).unwrap().name, "train");
+        assert!(validate_name("ok-name_1.2").is_ok());
+        assert!(validate_name("../etc").is_err());
+        assert!(validate_name("").is_err());
+    }
+}

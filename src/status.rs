@@ -1,0 +1,188 @@
+//! The `status` report: its JSON schema (stable, documented in the README) and its human form.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::supervisor::ChildStatus;
+
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub schema: u32,
+    pub home: PathBuf,
+    pub daemon: DaemonStatus,
+    pub prometheus: PrometheusStatus,
+    pub watch: WatchStatus,
+    pub clusters: Vec<ClusterStatus>,
+    pub rejected: Vec<RejectedInput>,
+    /// The last error writing `<home>/targets/`, until a write succeeds again.
+    pub targets_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub started_unix: f64,
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrometheusStatus {
+    pub url: String,
+    pub port: u16,
+    pub binary: PathBuf,
+    pub ready: bool,
+    pub user: String,
+    pub password_file: PathBuf,
+    #[serde(flatten)]
+    pub child: ChildStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchStatus {
+    /// "inotify", or "rescan" when events are unavailable.
+    pub mode: String,
+    pub roots: Vec<PathBuf>,
+    pub degraded: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    /// "live" or "dead".
+    pub state: String,
+    pub dead_reason: Option<String>,
+    pub session: String,
+    pub session_dir: Option<PathBuf>,
+    pub temp_dir: PathBuf,
+    pub discovery_file: PathBuf,
+    pub user: String,
+    /// "watch" (found under a watched root) or "attach".
+    pub source: String,
+    /// Unix time raywatch last saw the discovery file rewritten.
+    pub last_rewrite_unix: f64,
+    pub targets: Vec<TargetStatus>,
+    /// Endpoints the cluster lists that are scraped under another cluster (or none).
+    pub withheld: Vec<WithheldTarget>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub address: String,
+    /// "up", "down", or "unknown" (not scraped yet).
+    pub health: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WithheldTarget {
+    pub address: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RejectedInput {
+    pub path: PathBuf,
+    pub reason: String,
+    pub since_unix: f64,
+}
+
+/// The report as people read it.
+pub fn render(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let p = &r.prometheus;
+    let _ = writeln!(out, "raywatch stack at {}", r.home.display());
+    let _ = writeln!(out, "  daemon      pid {}", r.daemon.pid);
+    let state = if p.ready {
+        "ready".to_string()
+    } else if p.child.crash_loop {
+        "CRASH LOOP".to_string()
+    } else {
+        "not ready".to_string()
+    };
+    let _ = writeln!(
+        out,
+        "  prometheus  {}  pid {}  {state}  (restarts: {})",
+        p.url,
+        p.child
+            .pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into()),
+        p.child.restarts
+    );
+    if let Some(exit) = &p.child.last_exit {
+        let _ = writeln!(out, "              last exit: {exit}");
+    }
+    let _ = writeln!(
+        out,
+        "              user {}, password in {}",
+        p.user,
+        p.password_file.display()
+    );
+    let roots: Vec<String> = r
+        .watch
+        .roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect();
+    let _ = writeln!(
+        out,
+        "  watching    {} ({})",
+        if roots.is_empty() {
+            "nothing yet".to_string()
+        } else {
+            roots.join(", ")
+        },
+        r.watch.mode
+    );
+    if let Some(d) = &r.watch.degraded {
+        let _ = writeln!(out, "  warning     {d}");
+    }
+    if let Some(e) = &r.targets_error {
+        let _ = writeln!(out, "  ERROR       {e}");
+    }
+    let _ = writeln!(out);
+    if r.clusters.is_empty() {
+        let _ = writeln!(
+            out,
+            "no Ray clusters found yet (start one with `ray start --head`, or `raywatch attach PATH`)"
+        );
+    } else {
+        let _ = writeln!(out, "clusters:");
+        for c in &r.clusters {
+            let up = c.targets.iter().filter(|t| t.health == "up").count();
+            let _ = writeln!(
+                out,
+                "  {}  {}  {}/{} targets up  {}  {}",
+                c.name,
+                c.state,
+                up,
+                c.targets.len(),
+                c.session,
+                c.temp_dir.display()
+            );
+            if let Some(reason) = &c.dead_reason {
+                let _ = writeln!(out, "      dead: {reason}");
+            }
+            for t in &c.targets {
+                let _ = writeln!(out, "      {:<24} {}", t.address, t.health);
+            }
+            for w in &c.withheld {
+                let _ = writeln!(
+                    out,
+                    "      {:<24} not scraped here: {}",
+                    w.address, w.reason
+                );
+            }
+        }
+    }
+    if !r.rejected.is_empty() {
+        let _ = writeln!(out, "\nrejected inputs:");
+        for j in &r.rejected {
+            let _ = writeln!(out, "  {}: {}", j.path.display(), j.reason);
+        }
+    }
+    out
+}

@@ -1,0 +1,167 @@
+//! Running a child (Prometheus) under the daemon: start, restart with backoff, stop.
+//!
+//! The child gets its own process group and a parent-death signal, so it never
+//! outlives the daemon; a graceful stop is SIGTERM, a grace period, then SIGKILL
+//! to the whole group.
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// How to start the child, made afresh before every start.
+pub struct Spec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+/// What `status` shows about a supervised child.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChildStatus {
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    /// Unix time of the next start attempt while the child is down.
+    pub next_start_unix: Option<f64>,
+    /// Several exits in a row within a short time: something needs fixing.
+    pub crash_loop: bool,
+}
+
+pub struct Supervisor {
+    pub status: Arc<Mutex<ChildStatus>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const GRACE: Duration = Duration::from_secs(10);
+
+impl Supervisor {
+    /// Starts supervising. `make` builds the spec for each start (it may pick a new port).
+    pub fn start<F>(name: &'static str, mut make: F) -> Supervisor
+    where
+        F: FnMut() -> anyhow::Result<Spec> + Send + 'static,
+    {
+        let status = Arc::new(Mutex::new(ChildStatus::default()));
+        let (stop, mut stop_rx) = watch::channel(false);
+        let st = status.clone();
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            let mut quick_exits = 0u32;
+            loop {
+                let started = Instant::now();
+                match make().and_then(|spec| spawn(&spec).map(|c| (c, spec))) {
+                    Ok((mut child, spec)) => {
+                        let pid = child.id().unwrap_or(0);
+                        let _ = std::fs::write(&spec.pid_file, format!("{pid}\n"));
+                        {
+                            let mut s = st.lock().unwrap();
+                            s.pid = Some(pid);
+                            s.next_start_unix = None;
+                        }
+                        tracing::info!("{name} started (pid {pid})");
+                        tokio::select! {
+                            res = child.wait() => {
+                                let what = match res {
+                                    Ok(s) => s.to_string(),
+                                    Err(e) => e.to_string(),
+                                };
+                                tracing::warn!("{name} (pid {pid}) exited: {what}; see {}", spec.log.display());
+                                let mut s = st.lock().unwrap();
+                                s.pid = None;
+                                s.last_exit = Some(what);
+                                s.restarts += 1;
+                            }
+                            _ = stop_rx.changed() => {
+                                terminate(&mut child, pid).await;
+                                let _ = std::fs::remove_file(&spec.pid_file);
+                                st.lock().unwrap().pid = None;
+                                tracing::info!("{name} stopped");
+                                return;
+                            }
+                        }
+                        let _ = std::fs::remove_file(&spec.pid_file);
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot start {name}: {e:#}");
+                        let mut s = st.lock().unwrap();
+                        s.last_exit = Some(format!("could not start: {e:#}"));
+                        s.restarts += 1;
+                    }
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_secs(1);
+                    quick_exits = 0;
+                } else {
+                    quick_exits += 1;
+                }
+                {
+                    let mut s = st.lock().unwrap();
+                    s.crash_loop = quick_exits >= 3;
+                    let next = SystemTime::now() + backoff;
+                    s.next_start_unix = next
+                        .duration_since(UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_secs_f64());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop_rx.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        });
+        Supervisor { status, stop, task }
+    }
+
+    /// Stops the child (TERM, grace, KILL) and the supervision.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn spawn(spec: &Spec) -> anyhow::Result<tokio::process::Child> {
+    use anyhow::Context;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .with_context(|| format!("cannot open log {}", spec.log.display()))?;
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls (prctl, getppid, kill) between fork and exec.
+    unsafe {
+        let parent = nix::unistd::getpid();
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                let _ = kill(nix::unistd::getpid(), Signal::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("cannot run {}", spec.program.display()))
+}
+
+async fn terminate(child: &mut tokio::process::Child, pid: u32) {
+    let group = Pid::from_raw(pid as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
+        tracing::warn!("pid {pid} did not stop within {GRACE:?}; killing it");
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
