@@ -205,12 +205,16 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
     };
     let mut watch = Vec::new();
     for w in &args.watch {
-        let abs = std::fs::canonicalize(w).with_context(|| {
-            format!(
-                "--watch {}: no such folder; create it or fix the path",
-                w.display()
-            )
-        })?;
+        // A temp dir Ray has not created yet is fine: its parent is watched for it.
+        let abs = std::fs::canonicalize(w)
+            .or_else(|_| std::path::absolute(w))
+            .with_context(|| format!("--watch {}: not a usable path", w.display()))?;
+        if !abs.is_dir() {
+            eprintln!(
+                "note: --watch {} does not exist yet; it is picked up when Ray creates it",
+                abs.display()
+            );
+        }
         watch.push(abs);
     }
     let config = StackConfig {

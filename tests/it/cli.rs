@@ -1,0 +1,152 @@
+//! The stack's lifecycle as a user drives it: up, a second up, down, errors.
+
+use std::process::Command;
+
+use crate::support::*;
+
+#[test]
+fn up_with_a_taken_port_fails_and_names_it() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let dir = scratch();
+    let out = Command::new(raywatch_bin())
+        .args([
+            "--home",
+            dir.path().join("h").to_str().unwrap(),
+            "up",
+            "--prometheus-port",
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("port {port}")), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {}", std::process::id())),
+        "holder not named: {stderr}"
+    );
+}
+
+#[test]
+fn up_without_prometheus_says_what_to_install() {
+    let dir = scratch();
+    let empty_path = dir.path().join("bin");
+    std::fs::create_dir(&empty_path).unwrap();
+    let out = Command::new(raywatch_bin())
+        .args(["--home", dir.path().join("h").to_str().unwrap(), "up"])
+        .env("PATH", &empty_path)
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env_remove("RAYWATCH_PROMETHEUS")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no Prometheus binary found"), "{stderr}");
+    assert!(stderr.contains("apt-get install prometheus"), "{stderr}");
+    assert!(stderr.contains("--prometheus-bin"), "{stderr}");
+    assert!(stderr.contains("raywatch up --yes"), "{stderr}");
+}
+
+#[test]
+fn second_up_reports_the_running_stack_and_down_leaves_no_process() {
+    let stack = Stack::up(&["--no-default-watch"]);
+    let pids = stack.pids();
+    assert_eq!(pids.len(), 2, "daemon and prometheus pids recorded");
+
+    let again = stack.run(&["up", "--no-default-watch"]);
+    assert!(again.status.success());
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("already running"), "{stdout}");
+    assert_eq!(stack.pids(), pids, "a second up started nothing new");
+
+    // Without credentials Prometheus refuses; with them raywatch's own query works.
+    let anon = reqwest::blocking::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/api/v1/query?query=up",
+            stack.port()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(anon.status().as_u16(), 401);
+    let q = stack.run(&["query", "up{job=\"prometheus\"}", "--json"]);
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let body: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+    assert_eq!(body["status"], "success");
+
+    let down = stack.run(&["down"]);
+    assert!(down.status.success());
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
+            "pid {pid} survived down"
+        );
+    }
+    assert!(processes_mentioning(stack.home.to_str().unwrap()).is_empty());
+    let st = stack.run(&["status"]);
+    assert_eq!(
+        st.status.code(),
+        Some(3),
+        "status of a stopped stack exits 3"
+    );
+
+    let purge = stack.run(&["down", "--purge"]);
+    assert!(purge.status.success());
+    assert!(!stack.home.exists());
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+#[test]
+fn two_stacks_side_by_side_see_nothing_of_each_other() {
+    let roots = scratch();
+    let (ta, tb) = (roots.path().join("ray_one"), roots.path().join("ray_two"));
+    let a = Stack::up(&["--no-default-watch", "--watch", ta.to_str().unwrap()]);
+    let b = Stack::up(&["--no-default-watch", "--watch", tb.to_str().unwrap()]);
+    assert_ne!(a.port(), b.port());
+    assert_ne!(a.password(), b.password());
+
+    let _ha = FakeHead::start(
+        &ta,
+        "session_2026-01-01_00-00-00_000001_11",
+        vec!["127.0.0.1:1".into()],
+    );
+    let _hb = FakeHead::start(
+        &tb,
+        "session_2026-01-01_00-00-00_000002_22",
+        vec!["127.0.0.1:2".into()],
+    );
+    let name_a = format!("{}-ray_one", user());
+    let name_b = format!("{}-ray_two", user());
+    wait_for(
+        "stack a's target",
+        std::time::Duration::from_secs(20),
+        || (a.instances_of(&name_a) == ["127.0.0.1:1"]).then_some(()),
+    );
+    wait_for(
+        "stack b's target",
+        std::time::Duration::from_secs(20),
+        || (b.instances_of(&name_b) == ["127.0.0.1:2"]).then_some(()),
+    );
+    let names = |s: &Stack| -> Vec<String> {
+        s.status()["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&a), vec![name_a.clone()]);
+    assert_eq!(names(&b), vec![name_b.clone()]);
+    assert!(a.active_targets().iter().all(|(c, _)| *c == name_a));
+    assert!(b.active_targets().iter().all(|(c, _)| *c == name_b));
+}

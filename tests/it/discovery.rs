@@ -1,0 +1,187 @@
+//! Discovery with synthetic Ray heads: new roots, bad input, liveness, no reloads.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[test]
+fn a_temp_dir_created_under_tmp_after_up_is_found() {
+    let stack = Stack::up(&[]);
+    let root = tempfile::Builder::new()
+        .prefix("ray_rwtest_")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let name = format!(
+        "{}-{}",
+        user(),
+        root.path().file_name().unwrap().to_string_lossy()
+    );
+    let _head = FakeHead::start(
+        root.path(),
+        "session_2026-01-01_00-00-00_000001_7",
+        vec!["127.0.0.1:7".into()],
+    );
+    wait_for(
+        "the new root's cluster in Prometheus",
+        Duration::from_secs(20),
+        || (stack.instances_of(&name) == ["127.0.0.1:7"]).then_some(()),
+    );
+    let labels = stack
+        .active_target_labels()
+        .into_iter()
+        .find(|l| l["ray_io_cluster"] == name)
+        .unwrap();
+    assert_eq!(
+        labels["ray_session"],
+        "session_2026-01-01_00-00-00_000001_7"
+    );
+    assert_eq!(Path::new(&labels["ray_temp_dir"]), root.path());
+    assert_eq!(labels["ray_user"], user());
+}
+
+#[test]
+fn bad_discovery_files_are_reported_and_the_good_cluster_keeps_its_targets() {
+    let roots = scratch();
+    let root = roots.path().join("ray_mixed");
+    std::fs::create_dir(&root).unwrap();
+    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let good = FakeHead::start(&root, "session_good_1", vec!["127.0.0.1:11".into()]);
+    let name = format!("{}-ray_mixed", user());
+    wait_for("the good cluster", Duration::from_secs(20), || {
+        (stack.instances_of(&name) == ["127.0.0.1:11"]).then_some(())
+    });
+
+    let session = |s: &str| {
+        let d = root.join(s);
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(DISCOVERY)
+    };
+    let truncated = session("session_truncated_2");
+    std::fs::write(
+        &truncated,
+        br#"[{"labels": {"job": "ray"}, "targets": ["127.0.0.1:1"#,
+    )
+    .unwrap();
+    let garbage = session("session_garbage_3");
+    std::fs::write(&garbage, b"\x00\x01 not json at all \xff\xfe").unwrap();
+    let huge = session("session_huge_4");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let dir = session("session_dir_5");
+    std::fs::create_dir(&dir).unwrap();
+    let looped = session("session_loop_6");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let bad_target = session("session_badtarget_7");
+    write_discovery(&bad_target, &["http://127.0.0.1:80/metrics".into()]);
+
+    let expected: [(&Path, &str); 6] = [
+        (&truncated, "not valid discovery JSON"),
+        (&garbage, "not valid discovery JSON"),
+        (&huge, "over the 1048576-byte limit"),
+        (&dir, "is a directory"),
+        (&looped, "symbolic link"),
+        (&bad_target, "not host:port"),
+    ];
+    let rejected = wait_for(
+        "all six rejections in status",
+        Duration::from_secs(20),
+        || {
+            let st = stack.status();
+            let rejected = st["rejected"].as_array().unwrap().clone();
+            (rejected.len() >= expected.len()).then_some(rejected)
+        },
+    );
+    for (path, reason) in expected {
+        let hit = rejected
+            .iter()
+            .find(|r| Path::new(r["path"].as_str().unwrap()) == path);
+        let hit = hit.unwrap_or_else(|| panic!("{} not reported: {rejected:?}", path.display()));
+        assert!(
+            hit["reason"].as_str().unwrap().contains(reason),
+            "{}: {}",
+            path.display(),
+            hit["reason"]
+        );
+    }
+    let log = stack.log();
+    assert!(
+        log.contains(&format!("rejected {}", huge.display())),
+        "rejections are logged with their path"
+    );
+
+    // The daemon keeps serving the good cluster, which stays live past the liveness bound.
+    std::thread::sleep(Duration::from_secs(1));
+    let until = Instant::now() + Duration::from_secs(22);
+    while Instant::now() < until {
+        assert_eq!(stack.instances_of(&name), vec!["127.0.0.1:11".to_string()]);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let st = stack.status();
+    let live: Vec<_> = st["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "live")
+        .collect();
+    assert_eq!(live.len(), 1, "only the good cluster is live: {live:?}");
+    drop(good);
+}
+
+#[test]
+fn a_cluster_whose_file_stops_changing_leaves_and_prometheus_is_not_reloaded() {
+    let roots = scratch();
+    let root = roots.path().join("ray_life");
+    let stack = Stack::up(&[
+        "--no-default-watch",
+        "--watch",
+        root.to_str().unwrap(),
+        "--liveness",
+        "6s",
+    ]);
+    let reloaded_at = stack.own_metric("prometheus_config_last_reload_success_timestamp_seconds");
+    let name = format!("{}-ray_life", user());
+    let head = FakeHead::start(
+        &root,
+        "session_2026-01-01_00-00-00_000001_1",
+        vec!["127.0.0.1:21".into()],
+    );
+    wait_for("the cluster's target", Duration::from_secs(20), || {
+        (stack.instances_of(&name) == ["127.0.0.1:21"]).then_some(())
+    });
+    let file = head.file.clone();
+    drop(head);
+    let stopped = Instant::now();
+    wait_for(
+        "the stale cluster to leave",
+        Duration::from_secs(30),
+        || stack.instances_of(&name).is_empty().then_some(()),
+    );
+    assert!(
+        stopped.elapsed() > Duration::from_secs(5),
+        "left before the liveness bound"
+    );
+    let written = std::fs::read_to_string(stack.home.join(format!("targets/{name}.json")));
+    assert!(
+        written.as_deref().map_or(true, |t| t.trim() == "[]"),
+        "targets file emptied before deletion: {written:?}"
+    );
+
+    // The same temp dir restarted: the cluster comes back under the same name.
+    let _head2 = FakeHead::start(
+        &root,
+        "session_2026-01-01_00-05-00_000002_2",
+        vec!["127.0.0.1:22".into()],
+    );
+    wait_for("the restarted cluster", Duration::from_secs(20), || {
+        (stack.instances_of(&name) == ["127.0.0.1:22"]).then_some(())
+    });
+    assert!(file.exists());
+    assert_eq!(
+        stack.own_metric("prometheus_config_last_reload_success_timestamp_seconds"),
+        reloaded_at,
+        "Prometheus was reloaded while clusters came and went"
+    );
+}

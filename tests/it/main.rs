@@ -1,0 +1,6 @@
+//! Integration tests: the real `raywatch` binary against a real Prometheus and real Ray.
+
+mod cli;
+mod discovery;
+mod ray;
+mod support;

@@ -1,0 +1,252 @@
+//! Real Ray clusters on loopback: discovery, labels, shared ports, kill -9, attach.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn query(stack: &Stack, promql: &str) -> Vec<Value> {
+    let out = stack.run(&["query", promql, "--json"]);
+    assert!(
+        out.status.success(),
+        "query {promql} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn two_clusters_are_labelled_attributed_and_a_killed_one_leaves() {
+    let base = scratch();
+    let (ta, tb) = (base.path().join("ray_a"), base.path().join("ray_b"));
+    let stack = Stack::up(&[
+        "--no-default-watch",
+        "--watch",
+        ta.to_str().unwrap(),
+        "--watch",
+        tb.to_str().unwrap(),
+    ]);
+    let reloaded_at = stack.own_metric("prometheus_config_last_reload_success_timestamp_seconds");
+
+    // Both clusters keep Ray's fixed autoscaler/dashboard metrics ports, so both list them.
+    let mut a = RayCluster::start(&ta, true);
+    let mut b = RayCluster::start(&tb, true);
+    let (file_a, seen_a) = a.wait_discovery(Duration::from_secs(120));
+    let (file_b, seen_b) = b.wait_discovery(Duration::from_secs(120));
+    let (name_a, name_b) = (format!("{}-ray_a", user()), format!("{}-ray_b", user()));
+    let session_a = file_a
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let session_b = file_b
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+
+    for (name, port, seen) in [
+        (&name_a, a.metrics_port, seen_a),
+        (&name_b, b.metrics_port, seen_b),
+    ] {
+        let node = format!("127.0.0.1:{port}");
+        wait_for(
+            &format!("{name}'s node target in Prometheus"),
+            Duration::from_secs(60),
+            || stack.instances_of(name).contains(&node).then_some(()),
+        );
+        let took = seen.elapsed();
+        assert!(
+            took < Duration::from_secs(20),
+            "{name} appeared {took:?} after its discovery file"
+        );
+    }
+    for labels in stack.active_target_labels() {
+        let (name, session) = if labels["ray_io_cluster"] == name_a {
+            (&name_a, &session_a)
+        } else {
+            (&name_b, &session_b)
+        };
+        assert_eq!(&labels["ray_io_cluster"], name);
+        assert_eq!(&labels["ray_session"], session);
+        assert_eq!(labels["ray_user"], user());
+    }
+
+    // A node metric per cluster, through `raywatch query`, carrying its own session.
+    for (name, session) in [(&name_a, &session_a), (&name_b, &session_b)] {
+        let series = wait_for(
+            &format!("ray_node_cpu_utilization of {name}"),
+            Duration::from_secs(60),
+            || {
+                let r = query(
+                    &stack,
+                    &format!("ray_node_cpu_utilization{{ray_io_cluster=\"{name}\"}}"),
+                );
+                (!r.is_empty()).then_some(r)
+            },
+        );
+        for s in series {
+            assert_eq!(s["metric"]["SessionName"], session.as_str(), "{name}: {s}");
+        }
+    }
+
+    // 44217 / 44227 are listed by both clusters but served by one: only that one keeps them.
+    for port in [44217, 44227] {
+        let endpoint = format!("127.0.0.1:{port}");
+        let owner_session = wait_for(
+            &format!("{endpoint} to serve metrics"),
+            Duration::from_secs(60),
+            || served_session(&endpoint),
+        );
+        let owner = if owner_session == session_a {
+            &name_a
+        } else {
+            &name_b
+        };
+        assert!(
+            owner_session == session_a || owner_session == session_b,
+            "{endpoint} serves {owner_session}"
+        );
+        wait_for(
+            &format!("{endpoint} in exactly one cluster, {owner}"),
+            Duration::from_secs(30),
+            || {
+                let holders: Vec<String> = stack
+                    .active_targets()
+                    .into_iter()
+                    .filter(|(_, i)| *i == endpoint)
+                    .map(|(c, _)| c)
+                    .collect();
+                (holders == [owner.clone()]).then_some(())
+            },
+        );
+    }
+    let other = stack.status()["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["withheld"].as_array().unwrap().clone())
+        .count();
+    assert_eq!(
+        other, 2,
+        "the non-owner reports both shared endpoints as withheld"
+    );
+
+    // kill -9 of every process of b: its targets leave within 30 s, a's stay.
+    b.kill9();
+    let killed = Instant::now();
+    wait_for("b's targets to leave", Duration::from_secs(30), || {
+        stack.instances_of(&name_b).is_empty().then_some(())
+    });
+    let gone_after = killed.elapsed();
+    assert!(gone_after < Duration::from_secs(30), "took {gone_after:?}");
+    assert!(
+        stack
+            .instances_of(&name_a)
+            .contains(&format!("127.0.0.1:{}", a.metrics_port))
+    );
+    let st = stack.status();
+    let state = |n: &str| {
+        st["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .map(|c| c["state"].clone())
+    };
+    assert_eq!(state(&name_a), Some(Value::from("live")));
+    assert_eq!(state(&name_b), Some(Value::from("dead")));
+
+    // a stays live while idle, past the liveness bound.
+    std::thread::sleep(Duration::from_secs(1));
+    let until = Instant::now() + Duration::from_secs(21);
+    while Instant::now() < until {
+        assert!(
+            stack
+                .instances_of(&name_a)
+                .contains(&format!("127.0.0.1:{}", a.metrics_port)),
+            "idle live cluster dropped"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    assert_eq!(
+        stack.own_metric("prometheus_config_last_reload_success_timestamp_seconds"),
+        reloaded_at,
+        "Prometheus was reloaded while clusters came and went"
+    );
+    eprintln!("kill -9 to targets gone: {gone_after:?}");
+}
+
+#[test]
+fn attach_outside_the_roots_then_detach_and_attachments_survive_a_restart() {
+    let base = scratch();
+    let temp = base.path().join("elsewhere");
+    let stack = Stack::up(&["--no-default-watch"]);
+    let mut c = RayCluster::start(&temp, false);
+    let (file, _) = c.wait_discovery(Duration::from_secs(120));
+    let node = format!("127.0.0.1:{}", c.metrics_port);
+
+    let out = stack.run(&["attach", file.to_str().unwrap(), "--name", "nfs-train"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nfs-train"));
+    wait_for(
+        "the attached cluster's targets",
+        Duration::from_secs(30),
+        || {
+            stack
+                .instances_of("nfs-train")
+                .contains(&node)
+                .then_some(())
+        },
+    );
+    let taken = stack.run(&["attach", temp.to_str().unwrap(), "--name", "bad/name"]);
+    assert!(!taken.status.success());
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("bad/name"));
+
+    // Restart the daemon: the attachment is remembered.
+    assert!(stack.run(&["down"]).status.success());
+    assert!(
+        stack
+            .run(&["up", "--no-default-watch", "--scrape-interval", "2s"])
+            .status
+            .success()
+    );
+    wait_for(
+        "the attached cluster after a restart",
+        Duration::from_secs(30),
+        || {
+            stack
+                .instances_of("nfs-train")
+                .contains(&node)
+                .then_some(())
+        },
+    );
+
+    let out = stack.run(&["detach", "nfs-train"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the detached cluster's targets to go",
+        Duration::from_secs(20),
+        || stack.instances_of("nfs-train").is_empty().then_some(()),
+    );
+    let again = stack.run(&["detach", "nfs-train"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no attached cluster is named"));
+}

@@ -1,0 +1,418 @@
+//! Test harness: a raywatch stack in a temp home, synthetic Ray heads, real Ray clusters.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DISCOVERY: &str = "prom_metrics_service_discovery.json";
+
+pub fn raywatch_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_raywatch"))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A fresh temp dir that does not match /tmp/ray* (so no default root sees it).
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("rwtest-")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+pub fn user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A raywatch stack with its own home, stopped (and checked stopped) on drop.
+pub struct Stack {
+    pub home: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// `raywatch up` with these extra arguments; panics unless it succeeds.
+    pub fn up(args: &[&str]) -> Stack {
+        let dir = scratch();
+        let home = dir.path().join("home");
+        let stack = Stack { home, _dir: dir };
+        let out = stack.run(&[&["up", "--scrape-interval", "2s"], args].concat());
+        assert!(
+            out.status.success(),
+            "raywatch up failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            stack.log()
+        );
+        stack
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(raywatch_bin());
+        c.env("RAYWATCH_HOME", &self.home).stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("logs/daemon.log")).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.run(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn port(&self) -> u16 {
+        let ports: Value =
+            serde_json::from_slice(&std::fs::read(self.home.join("run/ports.json")).unwrap())
+                .unwrap();
+        ports["prometheus"].as_u64().unwrap() as u16
+    }
+
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(self.home.join("secrets/prometheus-password"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// An authenticated GET against this stack's Prometheus.
+    pub fn prom_get(&self, path: &str) -> reqwest::blocking::Response {
+        reqwest::blocking::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{}{path}", self.port()))
+            .basic_auth("raywatch", Some(self.password()))
+            .send()
+            .unwrap()
+    }
+
+    /// Prometheus' active targets of the `ray` job: (ray_io_cluster, instance) pairs.
+    pub fn active_targets(&self) -> Vec<(String, String)> {
+        let v: Value = self
+            .prom_get("/api/v1/targets?state=active")
+            .json()
+            .unwrap();
+        v["data"]["activeTargets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["labels"]["job"] == "ray")
+            .map(|t| {
+                (
+                    t["labels"]["ray_io_cluster"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                    t["labels"]["instance"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Labels of every active `ray` target, for label checks.
+    pub fn active_target_labels(&self) -> Vec<BTreeMap<String, String>> {
+        let v: Value = self
+            .prom_get("/api/v1/targets?state=active")
+            .json()
+            .unwrap();
+        v["data"]["activeTargets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["labels"]["job"] == "ray")
+            .map(|t| serde_json::from_value(t["labels"].clone()).unwrap())
+            .collect()
+    }
+
+    pub fn instances_of(&self, cluster: &str) -> Vec<String> {
+        self.active_targets()
+            .into_iter()
+            .filter(|(c, _)| c == cluster)
+            .map(|(_, i)| i)
+            .collect()
+    }
+
+    /// A metric of Prometheus' own /metrics page.
+    pub fn own_metric(&self, name: &str) -> f64 {
+        let text = self.prom_get("/metrics").text().unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in Prometheus' /metrics"))
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        ["run/daemon.pid", "run/prometheus.pid"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.home.join(f)).ok())
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    }
+}
+
+/// Whether any process runs with `needle` on its command line.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+        let home = self.home.to_string_lossy().into_owned();
+        let left = processes_mentioning(&home);
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("processes of {home} left after `raywatch down`: {left:?}");
+        }
+    }
+}
+
+/// Writes a discovery file atomically, as Ray does.
+pub fn write_discovery(file: &Path, targets: &[String]) {
+    let body = serde_json::json!([{"labels": {"job": "ray"}, "targets": targets}]);
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).unwrap();
+    f.write_all(body.to_string().as_bytes()).unwrap();
+    drop(f);
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+/// A synthetic Ray head: rewrites its session's discovery file every second, like
+/// Ray does every 5 s, until dropped.
+pub struct FakeHead {
+    pub file: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeHead {
+    pub fn start(temp_dir: &Path, session: &str, targets: Vec<String>) -> FakeHead {
+        let dir = temp_dir.join(session);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(DISCOVERY);
+        write_discovery(&file, &targets);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, s) = (file.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1000));
+                if !s.load(Ordering::Relaxed) && f.parent().unwrap().exists() {
+                    write_discovery(&f, &targets);
+                }
+            }
+        });
+        FakeHead {
+            file,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeHead {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `ray` executable of the test virtualenv (set up by scripts/test).
+pub fn ray_bin() -> PathBuf {
+    let p = std::env::var_os("RAYWATCH_TEST_RAY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/raywatch-venv/bin/ray")
+        });
+    assert!(
+        p.is_file(),
+        "no ray at {} (run the tests through scripts/test, which installs it)",
+        p.display()
+    );
+    p
+}
+
+/// A real single-node Ray cluster on loopback with its own temp dir and ports,
+/// started as `ray start --head --block` in its own process group so the test can
+/// kill exactly its processes (never `ray stop`).
+pub struct RayCluster {
+    pub temp_dir: PathBuf,
+    pub metrics_port: u16,
+    child: Child,
+    pgid: i32,
+}
+
+impl RayCluster {
+    /// `fixed_metric_ports`: leave Ray's default autoscaler / dashboard metrics
+    /// ports (44217 / 44227), which every cluster on the machine then lists.
+    pub fn start(temp_dir: &Path, fixed_metric_ports: bool) -> RayCluster {
+        let metrics_port = free_port();
+        let mut cmd = Command::new(ray_bin());
+        cmd.args([
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "1",
+            "--disable-usage-stats",
+        ])
+        .arg(format!("--temp-dir={}", temp_dir.display()))
+        .arg(format!("--port={}", free_port()))
+        .arg(format!("--dashboard-port={}", free_port()))
+        .arg(format!("--metrics-export-port={metrics_port}"))
+        .arg(format!("--ray-client-server-port={}", free_port()))
+        .arg(format!("--dashboard-agent-listen-port={}", free_port()))
+        .arg(format!("--dashboard-agent-grpc-port={}", free_port()))
+        .arg(format!("--runtime-env-agent-port={}", free_port()))
+        .arg("--object-store-memory=100000000")
+        .env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        .env("RAY_USAGE_STATS_ENABLED", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+        if !fixed_metric_ports {
+            cmd.env("AUTOSCALER_METRIC_PORT", free_port().to_string())
+                .env("DASHBOARD_METRIC_PORT", free_port().to_string());
+        }
+        let child = cmd.spawn().expect("ray start");
+        let pgid = child.id() as i32;
+        RayCluster {
+            temp_dir: temp_dir.to_path_buf(),
+            metrics_port,
+            child,
+            pgid,
+        }
+    }
+
+    /// Waits for the session-scoped discovery file; returns it and when it appeared.
+    pub fn wait_discovery(&mut self, limit: Duration) -> (PathBuf, Instant) {
+        wait_for("Ray's session discovery file", limit, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("ray start exited early: {status}");
+            }
+            let entries = std::fs::read_dir(&self.temp_dir).ok()?;
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("session_") && name != "session_latest" {
+                    let f = e.path().join(DISCOVERY);
+                    if f.is_file() {
+                        return Some((f, Instant::now()));
+                    }
+                }
+            }
+            None
+        })
+    }
+
+    /// SIGKILL to every process of the cluster, then waits until none is left.
+    pub fn kill9(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+        let needle = self.temp_dir.to_string_lossy().into_owned();
+        wait_for(
+            "the cluster's processes to exit",
+            Duration::from_secs(30),
+            || {
+                let left = processes_mentioning(&needle);
+                for pid in &left {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                left.is_empty().then_some(())
+            },
+        );
+    }
+}
+
+impl Drop for RayCluster {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The session a Ray metrics endpoint serves, read from its series.
+pub fn served_session(endpoint: &str) -> Option<String> {
+    let text = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap()
+        .get(format!("http://{endpoint}/metrics"))
+        .send()
+        .ok()?
+        .text()
+        .ok()?;
+    let start = text.find("SessionName=\"")? + "SessionName=\"".len();
+    let len = text[start..].find('"')?;
+    Some(text[start..start + len].to_string())
+}
