@@ -75,9 +75,28 @@ pub enum Command {
         /// The name the cluster has in `raywatch status`.
         name: String,
     },
+    /// Measure raywatch against a real Prometheus (for docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run the daemon in this process (what `up` starts in the background).
     #[command(hide = true)]
     Daemon,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Discovery-file rename to target listed by Prometheus, beside Prometheus' own floor.
+    Latency {
+        #[arg(long, default_value_t = 50)]
+        trials: usize,
+    },
+    /// The daemon's CPU and RSS with N synthetic clusters rewriting every 5 s.
+    Idle {
+        #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+        clusters: Vec<usize>,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -138,6 +157,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Query { promql, json } => query(&home, &promql, json),
         Command::Attach { path, name } => attach(&home, path, name),
         Command::Detach { name } => detach(&home, name),
+        Command::Bench(BenchCommand::Latency { trials }) => {
+            crate::bench::latency(trials)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Idle { clusters, seconds }) => {
+            crate::bench::idle(&clusters, seconds)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Daemon => {
             init_logging();
             crate::daemon::run(home)?;

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod atomic;
 pub mod attribution;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;

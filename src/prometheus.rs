@@ -274,6 +274,16 @@ impl Client {
         }
     }
 
+    /// An authenticated GET of any Prometheus path, as text.
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self
+            .get(path)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Prometheus at {}", self.base))?;
+        Ok(resp.text().await?)
+    }
+
     /// An instant query: the HTTP status and Prometheus' response body.
     pub async fn query_raw(&self, promql: &str) -> Result<(u16, String)> {
         let resp = self
