@@ -75,12 +75,39 @@ pub enum Command {
         /// The name the cluster has in `raywatch status`.
         name: String,
     },
+    /// Print shell exports for the next `ray start`: eval "$(raywatch env)".
+    ///
+    /// Points Ray's Dashboard at this stack's Prometheus (with its credentials) and
+    /// Grafana, hands out free metrics ports so clusters do not collide, and
+    /// announces the name the cluster will get.
+    Env {
+        /// The --temp-dir the next cluster will use [default: $RAY_TMPDIR/ray or /tmp/ray]
+        #[arg(long, value_name = "DIR")]
+        temp_dir: Option<PathBuf>,
+        /// The name the cluster should get (its `ray_io_cluster`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Print the Grafana URL of a cluster's Ray dashboard, and how to reach it from a laptop.
+    Open {
+        /// The cluster's name in `raywatch status`.
+        name: String,
+    },
+    /// Grafana helpers.
+    #[command(subcommand)]
+    Grafana(GrafanaCommand),
     /// Measure raywatch against a real Prometheus (for docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Run the daemon in this process (what `up` starts in the background).
     #[command(hide = true)]
     Daemon,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GrafanaCommand {
+    /// Print the provisioning folder and the lines that point an existing Grafana at it.
+    Dir,
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +146,15 @@ pub struct UpArgs {
     /// How long samples are kept.
     #[arg(long, value_name = "DURATION", default_value = "15days", value_parser = parse_duration, help_heading = "Prometheus")]
     pub retention: Duration,
+    /// The Grafana binary to run [default: $RAYWATCH_GRAFANA, `grafana` or `grafana-server` on PATH]
+    #[arg(long, value_name = "PATH", help_heading = "Grafana")]
+    pub grafana_bin: Option<PathBuf>,
+    /// Grafana's port on 127.0.0.1 [default: a free port, kept across restarts]
+    #[arg(long, value_name = "N", help_heading = "Grafana")]
+    pub grafana_port: Option<u16>,
+    /// Let anyone who can reach Grafana's port view dashboards without logging in.
+    #[arg(long, help_heading = "Grafana")]
+    pub grafana_anonymous: bool,
     /// Another folder to watch for Ray temp dirs' sessions (repeatable).
     #[arg(long = "watch", value_name = "DIR", help_heading = "Discovery")]
     pub watch: Vec<PathBuf>,
@@ -157,6 +193,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Query { promql, json } => query(&home, &promql, json),
         Command::Attach { path, name } => attach(&home, path, name),
         Command::Detach { name } => detach(&home, name),
+        Command::Env { temp_dir, name } => env(&home, temp_dir, name),
+        Command::Open { name } => open(&home, &name),
+        Command::Grafana(GrafanaCommand::Dir) => grafana_dir(&home),
         Command::Bench(BenchCommand::Latency { trials }) => {
             crate::bench::latency(trials)?;
             Ok(ExitCode::SUCCESS)
@@ -230,6 +269,24 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
             None => (crate::ports::free_port()?, true),
         },
     };
+    let grafana_bin = crate::grafana::locate(args.grafana_bin.as_deref())?;
+    let grafana_port = match args.grafana_port {
+        Some(p) => {
+            crate::ports::require_free(p, "Grafana (--grafana-port)")?;
+            p
+        }
+        None => match previous.as_ref().filter(|c| {
+            c.grafana_port != 0 && c.grafana_port != port && crate::ports::is_free(c.grafana_port)
+        }) {
+            Some(c) => c.grafana_port,
+            None => loop {
+                let p = crate::ports::free_port()?;
+                if p != port {
+                    break p;
+                }
+            },
+        },
+    };
     let mut watch = Vec::new();
     for w in &args.watch {
         // A temp dir Ray has not created yet is fine: its parent is watched for it.
@@ -254,6 +311,13 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
         watch,
         liveness: args.liveness,
         trust_uids: args.trust_uid,
+        grafana_bin,
+        grafana_port,
+        grafana_anonymous: args.grafana_anonymous,
+        prometheus_name: std::env::var("RAY_PROMETHEUS_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "Prometheus".into()),
     };
     config.save(&home.config())?;
     if args.foreground {
@@ -289,7 +353,20 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
             .collect::<Vec<_>>()
             .join("; ")
     );
-    println!("Start Ray clusters as usual; `raywatch status` lists what it finds.");
+    match &report.grafana.url {
+        Some(url) => println!(
+            "  Grafana     {url}  (admin, password in {})",
+            report.grafana.admin_password_file.display()
+        ),
+        None => println!(
+            "  Grafana     not installed; dashboards are provisioned in {} (`raywatch grafana dir`)",
+            report.grafana.provisioning_dir.display()
+        ),
+    }
+    println!(
+        "Start Ray clusters as usual (eval \"$(raywatch env)\" first wires Ray's Dashboard to this stack);"
+    );
+    println!("`raywatch status` lists what it finds.");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -630,4 +707,157 @@ fn hint_up(e: anyhow::Error) -> anyhow::Error {
     } else {
         e
     }
+}
+
+/// Quotes a value for POSIX sh.
+fn sh_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+fn ray_default_temp_dir() -> PathBuf {
+    let base = std::env::var_os("RAY_TMPDIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    base.unwrap_or_else(|| PathBuf::from("/tmp")).join("ray")
+}
+
+fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<ExitCode> {
+    use base64::Engine as _;
+    let rt = runtime()?;
+    let report = rt.block_on(fetch_status(home)).map_err(hint_up)?;
+    let temp_dir = std::path::absolute(temp_dir.unwrap_or_else(ray_default_temp_dir))?;
+    if let Some(n) = &name {
+        crate::registry::validate_name(n).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if let Some(c) = report
+        .clusters
+        .iter()
+        .find(|c| c.state == "live" && c.temp_dir == temp_dir)
+    {
+        bail!(
+            "a Ray cluster ({}) is already running in {}; give the next cluster its own temp dir\n\
+             hint: raywatch env --temp-dir {}_2",
+            c.name,
+            temp_dir.display(),
+            temp_dir.display()
+        );
+    }
+    let user = crate::procfs::user_name(nix::unistd::geteuid().as_raw());
+    let default_name = crate::registry::sanitize_name(&format!(
+        "{user}-{}",
+        temp_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let taken = |n: &str| {
+        report
+            .clusters
+            .iter()
+            .any(|c| c.state == "live" && c.name == n)
+    };
+    let chosen = match name {
+        Some(n) if taken(&n) => {
+            bail!("the name {n:?} is already used by a live cluster; choose another --name")
+        }
+        Some(n) => Some(n),
+        None if taken(&default_name) => (2..)
+            .map(|i| format!("{default_name}-{i}"))
+            .find(|n| !taken(n)),
+        None => None,
+    };
+    // Attaching makes the temp dir followed wherever it is, under the announced name.
+    std::fs::create_dir_all(&temp_dir)
+        .with_context(|| format!("cannot create {}", temp_dir.display()))?;
+    let req = AttachRequest {
+        path: temp_dir.clone(),
+        name: chosen.clone(),
+    };
+    let _: AttachResponse = rt.block_on(api::call_json(
+        &home.socket(),
+        Method::POST,
+        "/v1/attach",
+        Some(&req),
+    ))?;
+    let announced = chosen.unwrap_or(default_name);
+
+    let password = std::fs::read_to_string(home.prometheus_password())
+        .with_context(|| format!("cannot read {}", home.prometheus_password().display()))?;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        crate::prometheus::USER,
+        password.trim()
+    ));
+    let headers = serde_json::json!({"Authorization": format!("Basic {basic}")}).to_string();
+    let grafana = report
+        .grafana
+        .url
+        .clone()
+        .unwrap_or_else(|| "DISABLED".into());
+    let mut ports = Vec::new();
+    while ports.len() < 3 {
+        let p = crate::ports::free_port()?;
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    let vars: Vec<(&str, String)> = vec![
+        ("RAY_PROMETHEUS_HOST", report.prometheus.url.clone()),
+        (
+            "RAY_PROMETHEUS_NAME",
+            report.prometheus.datasource_name.clone(),
+        ),
+        ("RAY_PROMETHEUS_HEADERS", headers),
+        ("RAY_GRAFANA_HOST", grafana.clone()),
+        ("RAY_GRAFANA_IFRAME_HOST", grafana),
+        ("RAY_GRAFANA_CLUSTER_FILTER", announced.clone()),
+        ("AUTOSCALER_METRIC_PORT", ports[0].to_string()),
+        ("DASHBOARD_METRIC_PORT", ports[1].to_string()),
+        ("RAYWATCH_METRICS_EXPORT_PORT", ports[2].to_string()),
+        ("RAYWATCH_TEMP_DIR", temp_dir.display().to_string()),
+        ("RAYWATCH_CLUSTER", announced.clone()),
+    ];
+    println!("# raywatch: environment for the next `ray start` (cluster {announced})");
+    for (k, v) in vars {
+        println!("export {k}={}", sh_quote(&v));
+    }
+    println!(
+        "# then: ray start --head --temp-dir=\"$RAYWATCH_TEMP_DIR\" --metrics-export-port=\"$RAYWATCH_METRICS_EXPORT_PORT\""
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open(home: &Home, name: &str) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let report = rt.block_on(fetch_status(home)).map_err(hint_up)?;
+    let c = report
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .with_context(|| format!("no cluster is named {name:?}; `raywatch status` lists them"))?;
+    match &c.grafana_url {
+        Some(url) => println!("{url}"),
+        None => println!(
+            "Grafana is not running for this stack; with an existing Grafana, see `raywatch grafana dir`.\n\
+             Prometheus: {}/graph?g0.expr=up%7Bray_io_cluster%3D%22{name}%22%7D",
+            report.prometheus.url
+        ),
+    }
+    println!("# from a laptop: {}", crate::status::ssh_hint(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn grafana_dir(home: &Home) -> Result<ExitCode> {
+    let dir = home.grafana_dir().join("provisioning");
+    if !dir.is_dir() {
+        bail!(
+            "{} does not exist yet; run `raywatch up` first",
+            dir.display()
+        );
+    }
+    println!("{}", dir.display());
+    println!("# to use it from an existing Grafana, add to its grafana.ini:");
+    println!("[paths]");
+    println!("provisioning = {}", dir.display());
+    Ok(ExitCode::SUCCESS)
 }

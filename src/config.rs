@@ -30,6 +30,22 @@ pub struct StackConfig {
     pub liveness: Duration,
     /// Owners (uids) of discovery files that are followed besides the stack's own user.
     pub trust_uids: Vec<u32>,
+    /// The Grafana binary the daemon runs, when one was found.
+    #[serde(default)]
+    pub grafana_bin: Option<PathBuf>,
+    /// Loopback port of Grafana (reserved even when Grafana is not installed).
+    #[serde(default)]
+    pub grafana_port: u16,
+    /// Let anyone who reaches Grafana's port view dashboards without logging in.
+    #[serde(default)]
+    pub grafana_anonymous: bool,
+    /// The datasource name Ray's Dashboard expects (`RAY_PROMETHEUS_NAME`).
+    #[serde(default = "default_prometheus_name")]
+    pub prometheus_name: String,
+}
+
+fn default_prometheus_name() -> String {
+    "Prometheus".into()
 }
 
 impl StackConfig {

@@ -70,6 +70,8 @@ pub struct Core {
     last_scan: Instant,
     probing: HashMap<PathBuf, Instant>,
     trusted: BTreeSet<u32>,
+    /// Session dirs whose Grafana dashboards were copied.
+    harvested: BTreeSet<PathBuf>,
 }
 
 impl Core {
@@ -115,7 +117,20 @@ impl Core {
     }
 
     /// Rescans every root and attachment and reconciles the registry with disk.
+    /// A folder is watched only after it was first listed, so whatever appeared in
+    /// a newly watched folder meanwhile is caught by scanning again until no new
+    /// folder turns up.
     fn full_scan(&mut self) {
+        for _ in 0..4 {
+            let before = self.watcher.watched().clone();
+            self.scan_once();
+            if self.watcher.watched().is_subset(&before) {
+                break;
+            }
+        }
+    }
+
+    fn scan_once(&mut self) {
         self.last_scan = Instant::now();
         let mut roots: BTreeSet<PathBuf> = BTreeSet::new();
         let mut parents: BTreeSet<PathBuf> = BTreeSet::new();
@@ -296,7 +311,39 @@ impl Core {
             self.log_change(Path::new(""), change);
         }
         self.targets.collect(now);
+        self.harvest_dashboards();
         probes
+    }
+
+    /// Copies the Grafana dashboards Ray generated in each live session, once.
+    fn harvest_dashboards(&mut self) {
+        let dirs: Vec<PathBuf> = self
+            .registry
+            .clusters()
+            .filter(|c| c.is_live())
+            .filter_map(|c| c.found.session_dir.clone())
+            .filter(|d| !self.harvested.contains(d))
+            .collect();
+        let mut changed = false;
+        for dir in dirs {
+            match crate::grafana::harvest(&self.home, &dir, |uid| self.trusted.contains(&uid)) {
+                Ok((any, new)) => {
+                    changed |= new;
+                    if any {
+                        self.harvested.insert(dir);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cannot copy Ray's dashboards from {}: {e:#}", dir.display())
+                }
+            }
+        }
+        if changed
+            && let Err(e) =
+                crate::grafana::render_ray_dashboards(&self.home, &self.config.prometheus_name)
+        {
+            tracing::warn!("cannot write Ray's dashboards: {e:#}");
+        }
     }
 
     /// Writes the target files; returns contested endpoints to resolve.
@@ -394,6 +441,7 @@ impl Core {
         &self,
         shared: &Shared,
         ready: bool,
+        grafana_ready: bool,
         health: &HashMap<(String, String), f64>,
     ) -> StatusReport {
         let owners = self.attribution.owners();
@@ -433,6 +481,8 @@ impl Core {
                 } else {
                     Vec::new()
                 };
+                let grafana_url = (self.config.grafana_bin.is_some() && c.is_live())
+                    .then(|| crate::grafana::cluster_url(self.config.grafana_port, &c.name, &c.found.session));
                 let (state, dead_reason) = match &c.state {
                     State::Live => ("live".to_string(), None),
                     State::Dead { reason, .. } => ("dead".to_string(), Some(reason.clone())),
@@ -451,6 +501,7 @@ impl Core {
                         Origin::Attached { .. } => "attach".into(),
                     },
                     last_rewrite_unix: unix(c.last_change_wall),
+                    grafana_url,
                     targets,
                     withheld,
                 }
@@ -482,7 +533,23 @@ impl Core {
                 ready,
                 user: crate::prometheus::USER.into(),
                 password_file: self.home.prometheus_password(),
+                datasource_name: self.config.prometheus_name.clone(),
                 child: shared.prometheus.lock().unwrap().clone(),
+            },
+            grafana: status::GrafanaStatus {
+                installed: self.config.grafana_bin.is_some(),
+                binary: self.config.grafana_bin.clone(),
+                url: self
+                    .config
+                    .grafana_bin
+                    .as_ref()
+                    .map(|_| format!("http://127.0.0.1:{}", self.config.grafana_port)),
+                port: self.config.grafana_port,
+                ready: grafana_ready,
+                admin_password_file: self.home.grafana_password(),
+                provisioning_dir: self.home.grafana_dir().join("provisioning"),
+                anonymous: self.config.grafana_anonymous,
+                child: shared.grafana.lock().unwrap().clone(),
             },
             watch: status::WatchStatus {
                 mode: if self.watcher.needs_rescan() {
@@ -553,6 +620,8 @@ pub struct Shared {
     wake: tokio::sync::Notify,
     shutdown: tokio::sync::watch::Sender<bool>,
     prometheus: Arc<Mutex<crate::supervisor::ChildStatus>>,
+    grafana: Arc<Mutex<crate::supervisor::ChildStatus>>,
+    grafana_port: u16,
     port: Arc<Mutex<u16>>,
     client: Mutex<crate::prometheus::Client>,
     started: SystemTime,
@@ -603,6 +672,7 @@ pub fn run(home: Home) -> Result<()> {
 async fn serve(home: Home, config: StackConfig) -> Result<()> {
     crate::prometheus::write_files(&home, &config)?;
     let password = crate::prometheus::ensure_password(&home)?;
+    crate::grafana::write_files(&home, &config)?;
     let port = Arc::new(Mutex::new(config.prometheus_port));
     crate::prometheus::Ports {
         prometheus: config.prometheus_port,
@@ -624,6 +694,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
                 config.save(&home.config())?;
                 crate::prometheus::write_files(&home, &config)?;
                 crate::prometheus::Ports { prometheus: fresh }.save(&home)?;
+                crate::grafana::write_files(&home, &config)?;
                 *port.lock().unwrap() = fresh;
             }
             Ok(Spec {
@@ -634,6 +705,19 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
             })
         })
     };
+
+    // Grafana, when a binary was found at `up`; supervised like Prometheus.
+    let grafana = config.grafana_bin.clone().map(|bin| {
+        let home = home.clone();
+        Supervisor::start("grafana", move || {
+            Ok(Spec {
+                program: bin.clone(),
+                args: crate::grafana::command(&bin, &home),
+                log: home.grafana_log(),
+                pid_file: home.grafana_pid(),
+            })
+        })
+    });
 
     let (fs_tx, mut fs_rx) = unbounded_channel::<PathBuf>();
     let attachments: Vec<Attachment> = match std::fs::read(home.attachments()) {
@@ -659,6 +743,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         last_scan: Instant::now(),
         probing: HashMap::new(),
         trusted,
+        harvested: BTreeSet::new(),
         home: home.clone(),
         config: config.clone(),
     };
@@ -668,6 +753,11 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         wake: tokio::sync::Notify::new(),
         shutdown,
         prometheus: supervisor.status.clone(),
+        grafana: grafana
+            .as_ref()
+            .map(|g| g.status.clone())
+            .unwrap_or_default(),
+        grafana_port: config.grafana_port,
         port: port.clone(),
         client: Mutex::new(crate::prometheus::Client::new(
             config.prometheus_port,
@@ -763,6 +853,9 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         spawn_resolves(&http, due, &owner_tx);
     }
     let _ = shared.shutdown.send(true);
+    if let Some(g) = grafana {
+        g.stop().await;
+    }
     supervisor.stop().await;
     let _ = api.await;
     drop(fs_tx);
@@ -819,8 +912,18 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
             );
         }
     }
+    let grafana_ready = shared.grafana.lock().unwrap().pid.is_some()
+        && reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{}/api/health",
+                shared.grafana_port
+            ))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
     let core = shared.core.lock().unwrap();
-    Ok(Json(core.report(&shared, ready, &health)))
+    Ok(Json(core.report(&shared, ready, grafana_ready, &health)))
 }
 
 async fn attach_handler(

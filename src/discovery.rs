@@ -34,8 +34,8 @@ pub enum Rejection {
     Directory,
     #[error("is {0}, not a regular file")]
     NotRegular(&'static str),
-    #[error("is {size} bytes, over the {MAX_FILE_BYTES}-byte limit for a discovery file")]
-    TooLarge { size: u64 },
+    #[error("is {size} bytes, over the {max}-byte limit")]
+    TooLarge { size: u64, max: u64 },
     #[error(
         "is owned by uid {uid} ({user}), not by this stack's user; run `raywatch up --trust-uid {uid}` to follow it"
     )]
@@ -75,6 +75,32 @@ pub fn read_listing(
     path: &Path,
     trusted: impl Fn(u32) -> bool,
 ) -> Result<Option<Listing>, Rejection> {
+    let Some((bytes, meta)) = read_checked(path, MAX_FILE_BYTES, &trusted)? else {
+        return Ok(None);
+    };
+    let targets = parse_listing(&bytes)?;
+    Ok(Some(Listing {
+        targets,
+        mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        uid: meta.uid(),
+    }))
+}
+
+/// Reads an untrusted file with the same checks as a discovery file (regular,
+/// not a symlink, owner trusted, at most `max` bytes), returning its bytes.
+pub fn read_bounded(
+    path: &Path,
+    max: u64,
+    trusted: impl Fn(u32) -> bool,
+) -> Result<Option<Vec<u8>>, Rejection> {
+    Ok(read_checked(path, max, &trusted)?.map(|(b, _)| b))
+}
+
+fn read_checked(
+    path: &Path,
+    max: u64,
+    trusted: &dyn Fn(u32) -> bool,
+) -> Result<Option<(Vec<u8>, fs::Metadata)>, Rejection> {
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc_flags())
@@ -109,25 +135,24 @@ pub fn read_listing(
             user: crate::procfs::user_name(meta.uid()),
         });
     }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(Rejection::TooLarge { size: meta.len() });
+    if meta.len() > max {
+        return Err(Rejection::TooLarge {
+            size: meta.len(),
+            max,
+        });
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     (&mut file)
-        .take(MAX_FILE_BYTES + 1)
+        .take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Rejection::Io(e.to_string()))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
+    if bytes.len() as u64 > max {
         return Err(Rejection::TooLarge {
             size: bytes.len() as u64,
+            max,
         });
     }
-    let targets = parse_listing(&bytes)?;
-    Ok(Some(Listing {
-        targets,
-        mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        uid: meta.uid(),
-    }))
+    Ok(Some((bytes, meta)))
 }
 
 fn libc_flags() -> i32 {

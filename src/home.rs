@@ -97,6 +97,18 @@ impl Home {
     pub fn secrets_dir(&self) -> PathBuf {
         self.root.join("secrets")
     }
+    pub fn grafana_dir(&self) -> PathBuf {
+        self.root.join("grafana")
+    }
+    pub fn grafana_password(&self) -> PathBuf {
+        self.secrets_dir().join("grafana-admin-password")
+    }
+    pub fn grafana_pid(&self) -> PathBuf {
+        self.run_dir().join("grafana.pid")
+    }
+    pub fn grafana_log(&self) -> PathBuf {
+        self.logs_dir().join("grafana.log")
+    }
     pub fn prometheus_password(&self) -> PathBuf {
         self.secrets_dir().join("prometheus-password")
     }

@@ -175,8 +175,12 @@ fn promtool_beside(prometheus: &Path) -> Option<PathBuf> {
 
 /// The stack's Prometheus password, generated on first use (0600 in `secrets/`).
 pub fn ensure_password(home: &Home) -> Result<String> {
-    let path = home.prometheus_password();
-    match std::fs::read_to_string(&path) {
+    ensure_secret(&home.prometheus_password())
+}
+
+/// Reads a secret file, generating it (random, hex, 0600) when missing or empty.
+pub fn ensure_secret(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
         Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -185,10 +189,10 @@ pub fn ensure_password(home: &Home) -> Result<String> {
     let mut bytes = [0u8; 24];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("cannot read /dev/urandom to generate a password")?;
-    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    crate::atomic::write(&path, format!("{password}\n").as_bytes(), 0o600)?;
-    Ok(password)
+        .context("cannot read /dev/urandom to generate a secret")?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    crate::atomic::write(path, format!("{secret}\n").as_bytes(), 0o600)?;
+    Ok(secret)
 }
 
 /// Searches PATH for an executable.
@@ -359,6 +363,10 @@ mod tests {
             watch: vec![],
             liveness: Duration::from_secs(20),
             trust_uids: vec![],
+            grafana_bin: None,
+            grafana_port: 3999,
+            grafana_anonymous: false,
+            prometheus_name: "Prometheus".into(),
         };
         let text = serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg)).unwrap();
         let back: PrometheusYml = serde_yaml_ng::from_str(&text).unwrap();

@@ -15,6 +15,7 @@ pub struct StatusReport {
     pub home: PathBuf,
     pub daemon: DaemonStatus,
     pub prometheus: PrometheusStatus,
+    pub grafana: GrafanaStatus,
     pub watch: WatchStatus,
     pub clusters: Vec<ClusterStatus>,
     pub rejected: Vec<RejectedInput>,
@@ -37,6 +38,24 @@ pub struct PrometheusStatus {
     pub ready: bool,
     pub user: String,
     pub password_file: PathBuf,
+    /// The datasource name given to Grafana (Ray's `RAY_PROMETHEUS_NAME`).
+    pub datasource_name: String,
+    #[serde(flatten)]
+    pub child: ChildStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrafanaStatus {
+    /// Whether a Grafana binary was found at `up`.
+    pub installed: bool,
+    pub binary: Option<PathBuf>,
+    /// Set when Grafana runs (installed).
+    pub url: Option<String>,
+    pub port: u16,
+    pub ready: bool,
+    pub admin_password_file: PathBuf,
+    pub provisioning_dir: PathBuf,
+    pub anonymous: bool,
     #[serde(flatten)]
     pub child: ChildStatus,
 }
@@ -64,6 +83,8 @@ pub struct ClusterStatus {
     pub source: String,
     /// Unix time raywatch last saw the discovery file rewritten.
     pub last_rewrite_unix: f64,
+    /// Ray's default dashboard for this cluster in this stack's Grafana, when it runs.
+    pub grafana_url: Option<String>,
     pub targets: Vec<TargetStatus>,
     /// Endpoints the cluster lists that are scraped under another cluster (or none).
     pub withheld: Vec<WithheldTarget>,
@@ -163,6 +184,9 @@ pub fn render(r: &StatusReport) -> String {
                 c.session,
                 c.temp_dir.display()
             );
+            if let Some(url) = &c.grafana_url {
+                let _ = writeln!(out, "      grafana: {url}");
+            }
             if let Some(reason) = &c.dead_reason {
                 let _ = writeln!(out, "      dead: {reason}");
             }
@@ -178,6 +202,7 @@ pub fn render(r: &StatusReport) -> String {
             }
         }
     }
+    let _ = writeln!(out, "\nfrom a laptop: {}", ssh_hint(r));
     if !r.rejected.is_empty() {
         let _ = writeln!(out, "\nrejected inputs:");
         for j in &r.rejected {
@@ -185,4 +210,18 @@ pub fn render(r: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// An `ssh -L` line that forwards this stack's ports from a laptop.
+pub fn ssh_hint(r: &StatusReport) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "this-host".into());
+    let user = crate::procfs::user_name(nix::unistd::geteuid().as_raw());
+    let mut line = format!("ssh -N -L {p}:127.0.0.1:{p}", p = r.prometheus.port);
+    if r.grafana.url.is_some() {
+        line.push_str(&format!(" -L {p}:127.0.0.1:{p}", p = r.grafana.port));
+    }
+    line.push_str(&format!(" {user}@{host}"));
+    line
 }
