@@ -116,7 +116,18 @@ pub fn latency(trials: usize) -> Result<()> {
         }
     };
     let (mut through, mut own, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    // Prometheus hands discovered targets over on a 5 s tick; back-to-back trials
+    // would lock onto its phase. A random pause before each write samples it evenly.
+    let jitter = || -> Result<()> {
+        let mut b = [0u8; 2];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+        std::thread::sleep(Duration::from_millis(
+            u64::from(u16::from_le_bytes(b)) % 5000,
+        ));
+        Ok(())
+    };
     for i in 0..trials {
+        jitter()?;
         // Through raywatch: a new session's discovery file.
         let instance = format!("127.0.0.1:{}", 20000 + i);
         let session = stack.root.join(format!("session_bench_{i}"));
@@ -161,6 +172,7 @@ pub fn latency(trials: usize) -> Result<()> {
             r#"[{{"targets": ["{instance}"], "labels": {{"ray_io_cluster": "floor-{i}"}}}}]"#
         );
         let dest = stack.home.targets_dir().join(format!("floor-{i}.json"));
+        jitter()?;
         crate::atomic::write_via(&stack.home.targets_tmp(), &dest, body.as_bytes(), 0o600)?;
         let t0 = Instant::now();
         floor.push(wait_listed(&instance, t0)?);

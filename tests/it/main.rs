@@ -2,5 +2,6 @@
 
 mod cli;
 mod discovery;
+mod grafana;
 mod ray;
 mod support;

@@ -302,6 +302,7 @@ pub fn ray_bin() -> PathBuf {
 pub struct RayCluster {
     pub temp_dir: PathBuf,
     pub metrics_port: u16,
+    pub dashboard_port: u16,
     child: Child,
     pgid: i32,
 }
@@ -310,7 +311,21 @@ impl RayCluster {
     /// `fixed_metric_ports`: leave Ray's default autoscaler / dashboard metrics
     /// ports (44217 / 44227), which every cluster on the machine then lists.
     pub fn start(temp_dir: &Path, fixed_metric_ports: bool) -> RayCluster {
-        let metrics_port = free_port();
+        RayCluster::start_with_env(temp_dir, fixed_metric_ports, &[])
+    }
+
+    /// Starts with extra environment (e.g. what `raywatch env` printed); its
+    /// RAYWATCH_METRICS_EXPORT_PORT, when present, is passed as --metrics-export-port.
+    pub fn start_with_env(
+        temp_dir: &Path,
+        fixed_metric_ports: bool,
+        env: &[(String, String)],
+    ) -> RayCluster {
+        let from_env = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let metrics_port = from_env("RAYWATCH_METRICS_EXPORT_PORT")
+            .map(|p| p.parse().unwrap())
+            .unwrap_or_else(free_port);
+        let dashboard_port = free_port();
         let mut cmd = Command::new(ray_bin());
         cmd.args([
             "start",
@@ -322,7 +337,7 @@ impl RayCluster {
         ])
         .arg(format!("--temp-dir={}", temp_dir.display()))
         .arg(format!("--port={}", free_port()))
-        .arg(format!("--dashboard-port={}", free_port()))
+        .arg(format!("--dashboard-port={dashboard_port}"))
         .arg(format!("--metrics-export-port={metrics_port}"))
         .arg(format!("--ray-client-server-port={}", free_port()))
         .arg(format!("--dashboard-agent-listen-port={}", free_port()))
@@ -339,11 +354,13 @@ impl RayCluster {
             cmd.env("AUTOSCALER_METRIC_PORT", free_port().to_string())
                 .env("DASHBOARD_METRIC_PORT", free_port().to_string());
         }
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let child = cmd.spawn().expect("ray start");
         let pgid = child.id() as i32;
         RayCluster {
             temp_dir: temp_dir.to_path_buf(),
             metrics_port,
+            dashboard_port,
             child,
             pgid,
         }
@@ -415,4 +432,13 @@ pub fn served_session(endpoint: &str) -> Option<String> {
     let start = text.find("SessionName=\"")? + "SessionName=\"".len();
     let len = text[start..].find('"')?;
     Some(text[start..start + len].to_string())
+}
+
+/// Parses `export K='V'` lines as `raywatch env` prints them.
+pub fn parse_exports(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').replace("'\\''", "'")))
+        .collect()
 }
