@@ -446,6 +446,7 @@ impl Core {
     ) -> StatusReport {
         let owners = self.attribution.owners();
         let contested = self.registry.contested();
+        let locals = crate::ports::local_addresses();
         let desired = self.registry.desired(&owners);
         let clusters = self
             .registry
@@ -504,6 +505,15 @@ impl Core {
                     grafana_url,
                     targets,
                     withheld,
+                    remote_targets: c
+                        .targets
+                        .iter()
+                        .filter(|t| {
+                            t.rsplit_once(':')
+                                .is_some_and(|(h, _)| !crate::ports::is_local_host(h, &locals))
+                        })
+                        .cloned()
+                        .collect(),
                 }
             })
             .collect();

@@ -121,6 +121,7 @@ impl Home {
     /// Creates the home and its folders (0700) or checks an existing one:
     /// it must be a real folder owned by us and writable by nobody else.
     pub fn ensure(&self) -> Result<()> {
+        check_ancestors(&self.root)?;
         match fs::symlink_metadata(&self.root) {
             Ok(_) => check_private_dir(&self.root)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -216,6 +217,61 @@ pub fn check_private_dir(path: &Path) -> Result<()> {
             path.display(),
             path.display()
         );
+    }
+    Ok(())
+}
+
+/// Refuses a home reached through a path another user could redirect: every
+/// existing ancestor must be owned by root or by us, or else not writable by
+/// others (a sticky folder such as /tmp is fine: others cannot rename our entries),
+/// and a symlink on the way must belong to root or to us.
+pub fn check_ancestors(path: &Path) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut current = PathBuf::from("/");
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    for comp in parent.components().skip(1) {
+        current.push(comp);
+        let Ok(meta) = fs::symlink_metadata(&current) else {
+            break;
+        };
+        let owner_ok = meta.uid() == 0 || meta.uid() == me;
+        if meta.file_type().is_symlink() {
+            if !owner_ok {
+                bail!(
+                    "the home {} is reached through {}, a symbolic link owned by uid {} ({}), who could redirect it; refusing\n\
+                     hint: pass a --home whose path you and root control",
+                    path.display(),
+                    current.display(),
+                    meta.uid(),
+                    crate::procfs::user_name(meta.uid())
+                );
+            }
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        let others_write = mode & 0o022 != 0;
+        let sticky = mode & 0o1000 != 0;
+        if !owner_ok && others_write && !sticky {
+            bail!(
+                "the home {} lies under {}, which others can write to (mode {:o}, owner uid {}); refusing\n\
+                 hint: pass a --home under a folder only you and root can change",
+                path.display(),
+                current.display(),
+                mode & 0o7777,
+                meta.uid()
+            );
+        }
+        if !owner_ok && !others_write && meta.uid() != me {
+            // Owned by someone else but closed to others: that user could still swap it.
+            bail!(
+                "the home {} lies under {}, owned by uid {} ({}), who could replace it; refusing\n\
+                 hint: pass a --home under a folder you own",
+                path.display(),
+                current.display(),
+                meta.uid(),
+                crate::procfs::user_name(meta.uid())
+            );
+        }
     }
     Ok(())
 }

@@ -88,6 +88,9 @@ pub struct ClusterStatus {
     pub targets: Vec<TargetStatus>,
     /// Endpoints the cluster lists that are scraped under another cluster (or none).
     pub withheld: Vec<WithheldTarget>,
+    /// Targets that are not addresses of this machine: expected for a multi-node
+    /// cluster, suspicious otherwise (Prometheus scrapes whatever a file names).
+    pub remote_targets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +195,13 @@ pub fn render(r: &StatusReport) -> String {
             }
             for t in &c.targets {
                 let _ = writeln!(out, "      {:<24} {}", t.address, t.health);
+            }
+            if !c.remote_targets.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "      note: not addresses of this machine: {} (fine for a multi-node cluster)",
+                    c.remote_targets.join(", ")
+                );
             }
             for w in &c.withheld {
                 let _ = writeln!(

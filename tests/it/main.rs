@@ -4,4 +4,5 @@ mod cli;
 mod discovery;
 mod grafana;
 mod ray;
+mod security;
 mod support;

@@ -47,7 +47,7 @@ pub fn user() -> String {
 /// A raywatch stack with its own home, stopped (and checked stopped) on drop.
 pub struct Stack {
     pub home: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Stack {
@@ -55,7 +55,17 @@ impl Stack {
     pub fn up(args: &[&str]) -> Stack {
         let dir = scratch();
         let home = dir.path().join("home");
-        let stack = Stack { home, _dir: dir };
+        let mut stack = Stack::up_at(&home, args);
+        stack._dir = Some(dir);
+        stack
+    }
+
+    /// `raywatch up` with its home at `home` (the caller owns the folder around it).
+    pub fn up_at(home: &Path, args: &[&str]) -> Stack {
+        let stack = Stack {
+            home: home.to_path_buf(),
+            _dir: None,
+        };
         let out = stack.run(&[&["up", "--scrape-interval", "2s"], args].concat());
         assert!(
             out.status.success(),
@@ -64,6 +74,11 @@ impl Stack {
             stack.log()
         );
         stack
+    }
+
+    /// Takes charge of a stack someone else started (stopped on drop).
+    pub fn adopt(home: PathBuf) -> Stack {
+        Stack { home, _dir: None }
     }
 
     pub fn cmd(&self) -> Command {

@@ -1,0 +1,422 @@
+//! Isolation on a shared machine: what other local users can and cannot do to a stack.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::support::*;
+
+const OTHER: &str = "rwtest-other";
+
+/// A second local user (created once), or None when the tests cannot be root.
+fn other_user() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: creating a second local user needs root");
+        return None;
+    }
+    let lookup = || {
+        nix::unistd::User::from_name(OTHER)
+            .ok()
+            .flatten()
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+    };
+    if let Some(ids) = lookup() {
+        return Some(ids);
+    }
+    // Parallel tests may race to create it; whoever loses finds it afterwards.
+    let _ = Command::new("useradd")
+        .args(["--no-create-home", "--shell", "/usr/sbin/nologin", OTHER])
+        .output();
+    Some(lookup().expect("useradd created the second user"))
+}
+
+/// Runs a command as the other user.
+fn as_other((uid, gid): (u32, u32), args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &gid.to_string(),
+            "--clear-groups",
+            "--",
+        ])
+        .args(args)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+/// A scratch folder other users may traverse, so that only raywatch's own
+/// permissions stand between them and the stack.
+fn open_scratch() -> tempfile::TempDir {
+    let d = scratch();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+#[test]
+fn prometheus_refuses_anonymous_callers_and_has_no_lifecycle_api() {
+    let stack = Stack::up(&["--no-default-watch"]);
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", stack.port());
+    assert_eq!(
+        http.get(format!("{base}/api/v1/query?query=up"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    for path in ["/-/reload", "/-/quit"] {
+        let anon = http
+            .post(format!("{base}{path}"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(anon, 401, "{path} without credentials");
+        let authed = http
+            .post(format!("{base}{path}"))
+            .basic_auth("raywatch", Some(stack.password()))
+            .send()
+            .unwrap()
+            .status();
+        assert!(
+            !authed.is_success(),
+            "{path} with credentials answered {authed}: lifecycle endpoints must be off"
+        );
+    }
+    let wrong = http
+        .get(format!("{base}/api/v1/query?query=up"))
+        .basic_auth("raywatch", Some("guess"))
+        .send()
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    // Prometheus is still there, and raywatch's own commands authenticate.
+    wait_for(
+        "Prometheus' self-scrape through `raywatch query`",
+        Duration::from_secs(30),
+        || {
+            let q = stack.run(&["query", "up{job=\"prometheus\"}"]);
+            assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+            String::from_utf8_lossy(&q.stdout)
+                .contains("prometheus")
+                .then_some(())
+        },
+    );
+    for (path, mode) in [
+        ("secrets/prometheus-password", 0o600),
+        ("secrets", 0o700),
+        ("run/raywatch.sock", 0o600),
+        (".", 0o700),
+    ] {
+        let m = std::fs::symlink_metadata(stack.home.join(path))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(m, mode, "{path} has mode {m:o}");
+    }
+}
+
+#[test]
+fn another_user_can_neither_reach_nor_mislead_the_stack() {
+    let Some(other) = other_user() else { return };
+    let shared = open_scratch();
+    let home = shared.path().join("home");
+    let stack = Stack::up_at(&home, &[]);
+    let sock = home.join("run/raywatch.sock");
+
+    let connect = as_other(
+        other,
+        &[
+            "python3",
+            "-c",
+            &format!(
+                "import socket; socket.socket(socket.AF_UNIX).connect({:?})",
+                sock.to_str().unwrap()
+            ),
+        ],
+    );
+    assert!(
+        !connect.status.success(),
+        "the other user reached the control socket"
+    );
+    assert!(
+        String::from_utf8_lossy(&connect.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&connect.stderr)
+    );
+    let read = as_other(
+        other,
+        &[
+            "cat",
+            home.join("secrets/prometheus-password").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !read.status.success(),
+        "the other user read the Prometheus password"
+    );
+    let status = as_other(
+        other,
+        &[
+            raywatch_bin().to_str().unwrap(),
+            "--home",
+            home.to_str().unwrap(),
+            "status",
+        ],
+    );
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("clusters"),
+        "the other user saw the stack's status"
+    );
+
+    // A discovery file the other user plants in a /tmp/ray* root is not followed.
+    let planted_root = format!("/tmp/ray_rwsec_{}", std::process::id());
+    let planted = format!(
+        "{planted_root}/session_2026-01-01_00-00-00_000001_66/prom_metrics_service_discovery.json"
+    );
+    let script = format!(
+        "mkdir -p {dir} && printf '[{{\"labels\":{{}},\"targets\":[\"127.0.0.1:1\"]}}]' > {planted}",
+        dir = Path::new(&planted).parent().unwrap().display()
+    );
+    let wrote = as_other(other, &["sh", "-c", &script]);
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+    let reason = wait_for(
+        "the planted file to be rejected",
+        Duration::from_secs(20),
+        || {
+            let st = stack.status();
+            st["rejected"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["path"] == planted.as_str())
+                .map(|r| r["reason"].as_str().unwrap().to_string())
+        },
+    );
+    assert!(
+        reason.contains(&format!("owned by uid {}", other.0)) && reason.contains("--trust-uid"),
+        "{reason}"
+    );
+    let st = stack.status();
+    assert!(
+        st["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["temp_dir"] != planted_root.as_str()),
+        "a cluster was made of the other user's file"
+    );
+    let _ = std::fs::remove_dir_all(&planted_root);
+}
+
+#[test]
+fn a_home_another_user_prepared_is_refused() {
+    let Some(other) = other_user() else { return };
+    let shared = open_scratch();
+    let drop_box = shared.path().join("dropbox");
+    std::fs::create_dir(&drop_box).unwrap();
+    std::fs::set_permissions(&drop_box, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let up = |home: &Path| -> String {
+        let out = Command::new(raywatch_bin())
+            .args(["--home", home.to_str().unwrap(), "up", "--no-default-watch"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "up accepted {}", home.display());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // Pre-created folder.
+    let precreated = drop_box.join("victim");
+    assert!(
+        as_other(other, &["mkdir", precreated.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let err = up(&precreated);
+    assert!(err.contains(&format!("owned by uid {}", other.0)), "{err}");
+
+    // A symlink in its place, pointing at a folder the other user controls.
+    let theirs = drop_box.join("theirs");
+    let link = drop_box.join("link");
+    assert!(
+        as_other(other, &["mkdir", theirs.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(
+        as_other(
+            other,
+            &["ln", "-s", theirs.to_str().unwrap(), link.to_str().unwrap()]
+        )
+        .status
+        .success()
+    );
+    let err = up(&link);
+    assert!(err.contains("symbolic link"), "{err}");
+
+    // A home below a folder the other user owns (they could swap it at any time).
+    let err = up(&theirs.join("home"));
+    assert!(err.contains("could replace it"), "{err}");
+    assert!(!theirs.join("home").exists(), "nothing was created there");
+}
+
+#[test]
+fn hostile_discovery_files_are_rejected_and_the_daemon_stays_up() {
+    let roots = scratch();
+    let root = roots.path().join("ray_hostile");
+    std::fs::create_dir(&root).unwrap();
+    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let daemon_pid = stack.pids()[0];
+    let _good = FakeHead::start(&root, "session_good_1", vec!["127.0.0.1:41".into()]);
+    let _multi = FakeHead::start(
+        &root,
+        "session_multinode_9",
+        vec!["127.0.0.1:42".into(), "192.0.2.1:8080".into()],
+    );
+    let name = format!("{}-ray_hostile", user());
+    wait_for("the good cluster", Duration::from_secs(20), || {
+        (stack.instances_of(&name) == ["127.0.0.1:41"]).then_some(())
+    });
+
+    let session = |s: &str| {
+        let d = root.join(s);
+        std::fs::create_dir_all(&d).unwrap();
+        d.join(DISCOVERY)
+    };
+    let shadow = session("session_shadow_2");
+    std::os::unix::fs::symlink("/etc/shadow", &shadow).unwrap();
+    let fifo = session("session_fifo_3");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let huge = session("session_huge_4");
+    let mut big = Vec::with_capacity(100 << 20);
+    big.extend_from_slice(br#"[{"labels": {}, "targets": ["#);
+    while big.len() < 100 << 20 {
+        big.extend_from_slice(br#""127.0.0.1:1", "#);
+    }
+    big.extend_from_slice(br#""127.0.0.1:1"]}]"#);
+    std::fs::write(&huge, &big).unwrap();
+    drop(big);
+    let nested = session("session_nested_5");
+    std::fs::write(&nested, "[".repeat(100_000)).unwrap();
+    let scheme = session("session_scheme_6");
+    write_discovery(&scheme, &["file:///etc/passwd".into()]);
+    let path = session("session_path_7");
+    write_discovery(&path, &["127.0.0.1:8080/metrics".into()]);
+    let many = session("session_many_8");
+    write_discovery(
+        &many,
+        &(0..10_000)
+            .map(|i| format!("127.0.0.1:{}", 1 + i % 60000))
+            .collect::<Vec<_>>(),
+    );
+    let latin1 = session("session_latin1_10");
+    std::fs::write(
+        &latin1,
+        b"[{\"labels\": {\"job\": \"caf\xe9\"}, \"targets\": [\"127.0.0.1:1\"]}]",
+    )
+    .unwrap();
+
+    let expected: [(&Path, &str); 8] = [
+        (&shadow, "symbolic link"),
+        (&fifo, "a FIFO"),
+        (&huge, "over the 1048576-byte limit"),
+        (&nested, "not valid discovery JSON"),
+        (&scheme, "URL scheme"),
+        (&path, "has a path"),
+        (&many, "10000 targets, over the limit"),
+        (&latin1, "not UTF-8"),
+    ];
+    let rejected = wait_for(
+        "every hostile file rejected",
+        Duration::from_secs(20),
+        || {
+            let r = stack.status()["rejected"].as_array().unwrap().clone();
+            (r.len() >= expected.len()).then_some(r)
+        },
+    );
+    for (p, why) in expected {
+        let hit = rejected
+            .iter()
+            .find(|r| Path::new(r["path"].as_str().unwrap()) == p);
+        let hit = hit.unwrap_or_else(|| panic!("{} not reported: {rejected:#?}", p.display()));
+        assert!(
+            hit["reason"].as_str().unwrap().contains(why),
+            "{}: {}",
+            p.display(),
+            hit["reason"]
+        );
+    }
+    assert_eq!(stack.pids()[0], daemon_pid, "the daemon was not restarted");
+    assert!(Path::new(&format!("/proc/{daemon_pid}")).exists());
+    assert_eq!(
+        stack.instances_of(&name),
+        vec!["127.0.0.1:41".to_string()],
+        "the good cluster keeps its targets"
+    );
+
+    // A target that is not an address of this machine is scraped but flagged.
+    let st = stack.status();
+    let multi = st["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["session"] == "session_multinode_9")
+        .unwrap();
+    assert_eq!(
+        multi["remote_targets"],
+        serde_json::json!(["192.0.2.1:8080"])
+    );
+}
+
+#[test]
+fn two_ups_in_the_same_instant_both_come_up_on_different_ports() {
+    let (a, b) = (scratch(), scratch());
+    let start = |dir: &Path| {
+        Command::new(raywatch_bin())
+            .args([
+                "--home",
+                dir.join("h").to_str().unwrap(),
+                "up",
+                "--no-default-watch",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (pa, pb) = (start(a.path()), start(b.path()));
+    let (oa, ob) = (
+        pa.wait_with_output().unwrap(),
+        pb.wait_with_output().unwrap(),
+    );
+    let stacks = [
+        Stack::adopt(a.path().join("h")),
+        Stack::adopt(b.path().join("h")),
+    ];
+    assert!(
+        oa.status.success(),
+        "{}",
+        String::from_utf8_lossy(&oa.stderr)
+    );
+    assert!(
+        ob.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ob.stderr)
+    );
+    assert_ne!(stacks[0].port(), stacks[1].port());
+    for s in &stacks {
+        assert_eq!(s.status()["prometheus"]["ready"], true);
+    }
+}
