@@ -101,7 +101,11 @@ pub enum Command {
     Bench(BenchCommand),
     /// Run the daemon in this process (what `up` starts in the background).
     #[command(hide = true)]
-    Daemon,
+    Daemon {
+        /// Log to <home>/logs/daemon.log (rotated) instead of stderr.
+        #[arg(long)]
+        log_file: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,22 +208,79 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crate::bench::idle(&clusters, seconds)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Daemon => {
-            init_logging();
+        Command::Daemon { log_file } => {
+            init_logging(log_file.then(|| home.daemon_log()));
             crate::daemon::run(home)?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn init_logging() {
+fn init_logging(file: Option<PathBuf>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAYWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match file {
+        Some(path) => {
+            let log = crate::logfile::SharedLog::open(path);
+            builder
+                .with_writer(move || log.clone())
+                .with_ansi(false)
+                .try_init()
+        }
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+}
+
+/// Serialises `up` and `down` on one home: a second caller waits (up to a
+/// minute) and is told who holds the lock.
+fn lock_home(home: &Home, what: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::Write as _;
+    let path = home.run_dir().join("cli.lock");
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(home.run_dir());
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                let _ = lock.set_len(0);
+                let _ = write!(lock, "{} raywatch {what}", std::process::id());
+                return Ok(lock);
+            }
+            Err((f, _)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(_) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "another raywatch command ({}) has held {} for a minute\n\
+                     hint: wait for it to finish, or stop that process",
+                    if holder.is_empty() {
+                        "pid unknown".into()
+                    } else {
+                        format!("pid {holder}")
+                    },
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -251,6 +312,16 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
         }
     }
     home.ensure()?;
+    let lock = lock_home(home, "up")?;
+    if let Ok(report) = rt.block_on(fetch_status(home)) {
+        println!(
+            "raywatch is already running for {} (daemon pid {}): Prometheus at {}",
+            home.root().display(),
+            report.daemon.pid,
+            report.prometheus.url
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let bin = match crate::install::locate(args.prometheus_bin.as_deref())? {
         Some(bin) => bin,
         None => obtain_prometheus(&rt, args.yes)?,
@@ -321,7 +392,9 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
     };
     config.save(&home.config())?;
     if args.foreground {
-        init_logging();
+        // The daemon's own lock keeps it single; `down` must not wait on this one.
+        drop(lock);
+        init_logging(None);
         crate::daemon::run(home.clone())?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -412,9 +485,9 @@ fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
         .open(home.daemon_log())
         .with_context(|| format!("cannot open {}", home.daemon_log().display()))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("daemon")
-        .arg("--home")
+    cmd.arg("--home")
         .arg(home.root())
+        .args(["daemon", "--log-file"])
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -487,6 +560,7 @@ fn down(home: &Home, purge: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     crate::home::check_private_dir(home.root())?;
+    let _lock = lock_home(home, "down")?;
     let rt = runtime()?;
     let daemon_pid = read_pid(&home.daemon_pid());
     let prometheus_pid = read_pid(&home.prometheus_pid());
@@ -520,7 +594,20 @@ fn down(home: &Home, purge: bool) -> Result<ExitCode> {
         let yml = format!("--config.file={}", home.prometheus_yml().display());
         stop_pid(pid, |cmd: &[String]| cmd.contains(&yml), Duration::ZERO);
     }
-    for f in [home.daemon_pid(), home.prometheus_pid(), home.socket()] {
+    if let Some(pid) = read_pid(&home.grafana_pid()) {
+        let ini = home.grafana_dir().join("grafana.ini").display().to_string();
+        stop_pid(
+            pid,
+            |cmd: &[String]| cmd.iter().any(|a| a.contains(&ini)),
+            Duration::ZERO,
+        );
+    }
+    for f in [
+        home.daemon_pid(),
+        home.prometheus_pid(),
+        home.grafana_pid(),
+        home.socket(),
+    ] {
         let _ = std::fs::remove_file(f);
     }
     if purge {

@@ -679,7 +679,81 @@ pub fn run(home: Home) -> Result<()> {
     result
 }
 
+/// Stops a child a previous daemon left running (it was killed before it could),
+/// identified by its recorded PID and a command line naming this home.
+fn reap_stale_child(pid_file: &Path, marker: &str, what: &str) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let ours = || {
+        crate::procfs::alive(pid)
+            && crate::procfs::cmdline(pid).is_some_and(|c| c.iter().any(|a| a.contains(marker)))
+    };
+    if !ours() {
+        let _ = std::fs::remove_file(pid_file);
+        return;
+    }
+    tracing::warn!("stopping the {what} a previous daemon left running (pid {pid})");
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    for (signal, patience) in [
+        (nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15)),
+        (nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5)),
+    ] {
+        let _ = nix::sys::signal::kill(target, signal);
+        let deadline = Instant::now() + patience;
+        while ours() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !ours() {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// Removes temp files a killed writer left behind (`.<name>.<pid>.tmp`, and
+/// anything in `targets.tmp/`), outside the data folders.
+fn sweep_temp_files(home: &Home) {
+    fn walk(dir: &Path, skip: &[PathBuf], depth: u32) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if skip.contains(&p) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            match e.file_type() {
+                Ok(t) if t.is_dir() && depth < 6 => walk(&p, skip, depth + 1),
+                Ok(t) if t.is_file() && name.starts_with('.') && name.ends_with(".tmp") => {
+                    let _ = std::fs::remove_file(&p);
+                }
+                _ => {}
+            }
+        }
+    }
+    walk(
+        home.root(),
+        &[home.prometheus_data(), home.grafana_dir().join("data")],
+        0,
+    );
+    if let Ok(entries) = std::fs::read_dir(home.targets_tmp()) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 async fn serve(home: Home, config: StackConfig) -> Result<()> {
+    sweep_temp_files(&home);
+    let yml = home.prometheus_yml().display().to_string();
+    reap_stale_child(&home.prometheus_pid(), &yml, "Prometheus");
+    let ini = home.grafana_dir().join("grafana.ini").display().to_string();
+    reap_stale_child(&home.grafana_pid(), &ini, "Grafana");
     crate::prometheus::write_files(&home, &config)?;
     let password = crate::prometheus::ensure_password(&home)?;
     crate::grafana::write_files(&home, &config)?;
@@ -742,9 +816,14 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     };
     let mut trusted: BTreeSet<u32> = config.trust_uids.iter().copied().collect();
     trusted.insert(nix::unistd::geteuid().as_raw());
+    let targets = TargetsDir::open(home.targets_dir(), home.targets_tmp())?;
+    let mut registry = Registry::new(config.liveness);
+    for (temp_dir, session, name) in targets.previous_names() {
+        registry.prefer(temp_dir, session, name);
+    }
     let core = Core {
-        targets: TargetsDir::open(home.targets_dir(), home.targets_tmp())?,
-        registry: Registry::new(config.liveness),
+        targets,
+        registry,
         attachments,
         attribution: Attribution::default(),
         watcher: Watcher::new(fs_tx.clone()),

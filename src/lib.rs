@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod grafana;
 pub mod home;
 pub mod install;
+pub mod logfile;
 pub mod ports;
 pub mod procfs;
 pub mod prometheus;

@@ -78,6 +78,8 @@ pub enum Change {
 
 pub struct Registry {
     clusters: BTreeMap<PathBuf, Cluster>,
+    /// Names a previous daemon gave, by (temp dir, session): kept across restarts.
+    preferred: HashMap<(PathBuf, String), String>,
     rejections: BTreeMap<PathBuf, RejectionRecord>,
     liveness: Duration,
     /// How long a dead cluster stays visible in `status`.
@@ -88,10 +90,17 @@ impl Registry {
     pub fn new(liveness: Duration) -> Registry {
         Registry {
             clusters: BTreeMap::new(),
+            preferred: HashMap::new(),
             rejections: BTreeMap::new(),
             liveness,
             keep_dead: Duration::from_secs(600),
         }
+    }
+
+    /// Remembers the name a previous daemon gave to a session, so that a restart
+    /// of raywatch does not rename clusters (and so split their series).
+    pub fn prefer(&mut self, temp_dir: PathBuf, session: String, name: String) {
+        self.preferred.insert((temp_dir, session), name);
     }
 
     pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
@@ -225,7 +234,25 @@ impl Registry {
     /// cluster already holds it. A dead holder yields its name (and its entry).
     fn rename(&mut self, file: &Path) {
         let c = &self.clusters[file];
+        let remembered = match c.origin {
+            Origin::Attached { name: Some(_) } => None,
+            _ => self
+                .preferred
+                .get(&(c.found.temp_dir.clone(), c.found.session.clone()))
+                .cloned(),
+        };
         let base = base_name(c);
+        if let Some(name) = remembered
+            && self
+                .clusters
+                .iter()
+                .all(|(f, o)| f.as_path() == file || o.name != name || !o.is_live())
+        {
+            self.clusters
+                .retain(|f, o| f.as_path() == file || o.name != name);
+            self.clusters.get_mut(file).expect("present").name = name;
+            return;
+        }
         let holder = self
             .clusters
             .iter()
@@ -490,6 +517,32 @@ mod tests {
             r.get(&a.file).is_none(),
             "the dead holder of the name is dropped"
         );
+    }
+
+    #[test]
+    fn names_a_previous_daemon_gave_are_kept() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let a = found("/tmp/ray_a", "session_a_1");
+        let b = found("/tmp/ray_a", "session_b_2");
+        r.prefer(b.temp_dir.clone(), b.session.clone(), "x-ray_a".into());
+        r.prefer(a.temp_dir.clone(), a.session.clone(), "x-ray_a-1".into());
+        r.observe(
+            &a,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], wall),
+            now,
+            wall,
+        );
+        r.observe(
+            &b,
+            Origin::Watched,
+            listing(&["127.0.0.1:2"], wall),
+            now,
+            wall,
+        );
+        assert_eq!(r.get(&a.file).unwrap().name, "x-ray_a-1");
+        assert_eq!(r.get(&b.file).unwrap().name, "x-ray_a");
     }
 
     #[test]

@@ -139,6 +139,23 @@ pub fn render(r: &StatusReport) -> String {
     if let Some(exit) = &p.child.last_exit {
         let _ = writeln!(out, "              last exit: {exit}");
     }
+    if p.child.pid.is_none() && !p.child.last_output.is_empty() {
+        let _ = writeln!(out, "              its last output:");
+        for l in &p.child.last_output {
+            let _ = writeln!(out, "                {l}");
+        }
+    }
+    if let (None, Some(next)) = (p.child.pid, p.child.next_start_unix) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "              next start in {:.0} s",
+            (next - now).max(0.0)
+        );
+    }
     let _ = writeln!(
         out,
         "              user {}, password in {}",

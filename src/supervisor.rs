@@ -4,7 +4,6 @@
 //! outlives the daemon; a graceful stop is SIGTERM, a grace period, then SIGKILL
 //! to the whole group.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -33,6 +32,8 @@ pub struct ChildStatus {
     pub next_start_unix: Option<f64>,
     /// Several exits in a row within a short time: something needs fixing.
     pub crash_loop: bool,
+    /// The last lines the child printed before it last exited.
+    pub last_output: Vec<String>,
 }
 
 pub struct Supervisor {
@@ -57,10 +58,15 @@ impl Supervisor {
             let mut quick_exits = 0u32;
             loop {
                 let started = Instant::now();
-                match make().and_then(|spec| spawn(&spec).map(|c| (c, spec))) {
+                let tail = crate::logfile::Tail::default();
+                match make().and_then(|spec| spawn(&spec, &tail).map(|c| (c, spec))) {
                     Ok((mut child, spec)) => {
                         let pid = child.id().unwrap_or(0);
-                        let _ = std::fs::write(&spec.pid_file, format!("{pid}\n"));
+                        let _ = crate::atomic::write(
+                            &spec.pid_file,
+                            format!("{pid}\n").as_bytes(),
+                            0o600,
+                        );
                         {
                             let mut s = st.lock().unwrap();
                             s.pid = Some(pid);
@@ -74,9 +80,12 @@ impl Supervisor {
                                     Err(e) => e.to_string(),
                                 };
                                 tracing::warn!("{name} (pid {pid}) exited: {what}; see {}", spec.log.display());
+                                // Let the output pumps catch the last lines.
+                                tokio::time::sleep(Duration::from_millis(100)).await;
                                 let mut s = st.lock().unwrap();
                                 s.pid = None;
                                 s.last_exit = Some(what);
+                                s.last_output = tail.lines();
                                 s.restarts += 1;
                             }
                             _ = stop_rx.changed() => {
@@ -128,18 +137,14 @@ impl Supervisor {
     }
 }
 
-fn spawn(spec: &Spec) -> anyhow::Result<tokio::process::Child> {
+fn spawn(spec: &Spec, tail: &crate::logfile::Tail) -> anyhow::Result<tokio::process::Child> {
     use anyhow::Context;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log)
-        .with_context(|| format!("cannot open log {}", spec.log.display()))?;
+    let log = crate::logfile::SharedLog::open(spec.log.clone());
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.args(&spec.args)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0);
     // SAFETY: only async-signal-safe calls (prctl, getppid, kill) between fork and exec.
     unsafe {
@@ -152,8 +157,33 @@ fn spawn(spec: &Spec) -> anyhow::Result<tokio::process::Child> {
             Ok(())
         });
     }
-    cmd.spawn()
-        .with_context(|| format!("cannot run {}", spec.program.display()))
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", spec.program.display()))?;
+    // Output goes line by line to a rotating log and the tail, on their own tasks,
+    // so a chatty child never blocks on a full pipe and never fills memory.
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, log.clone(), tail.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, log, tail.clone()));
+    }
+    Ok(child)
+}
+
+async fn pump(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    mut log: crate::logfile::SharedLog,
+    tail: crate::logfile::Tail,
+) {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stream).split(b'\n');
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let _ = log.write_all(&line);
+        let _ = log.write_all(b"\n");
+        tail.push(&String::from_utf8_lossy(&line));
+    }
 }
 
 async fn terminate(child: &mut tokio::process::Child, pid: u32) {

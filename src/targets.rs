@@ -46,6 +46,29 @@ impl TargetsDir {
         })
     }
 
+    /// (temp dir, session, name) of every non-empty file found at open, so that
+    /// the registry can give the same clusters the same names again.
+    pub fn previous_names(&self) -> Vec<(PathBuf, String, String)> {
+        #[derive(serde::Deserialize)]
+        struct Group {
+            labels: BTreeMap<String, String>,
+        }
+        let mut out = Vec::new();
+        for (name, bytes) in &self.written {
+            let Ok(groups) = serde_json::from_slice::<Vec<Group>>(bytes) else {
+                continue;
+            };
+            for g in groups {
+                if let (Some(t), Some(s)) =
+                    (g.labels.get("ray_temp_dir"), g.labels.get("ray_session"))
+                {
+                    out.push((PathBuf::from(t), s.clone(), name.clone()));
+                }
+            }
+        }
+        out
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.json"))
     }

@@ -4,5 +4,6 @@ mod cli;
 mod discovery;
 mod grafana;
 mod ray;
+mod reliability;
 mod security;
 mod support;

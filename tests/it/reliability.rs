@@ -1,0 +1,597 @@
+//! Faults: killed or crashing children, a killed daemon, races, full disks, odd files.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn kill(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+fn prometheus_processes(home: &Path) -> Vec<u32> {
+    processes_mentioning(&format!(
+        "--config.file={}",
+        home.join("prometheus/prometheus.yml").display()
+    ))
+}
+
+/// Every state file of the home parses (JSON, YAML, PID numbers). Temp files and
+/// `targets.tmp/` are not state: a killed writer may leave them, and the next
+/// daemon sweeps them.
+fn assert_home_parses(home: &Path) {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ["data", "logs", "targets.tmp", "plugins"].contains(&name.as_str())
+                || name.ends_with(".tmp")
+            {
+                continue;
+            }
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                walk(&p, out);
+            } else if t.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(home, &mut files);
+    for f in files {
+        let text = std::fs::read(&f).unwrap();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".json") {
+            serde_json::from_slice::<Value>(&text)
+                .unwrap_or_else(|e| panic!("{} does not parse: {e}", f.display()));
+        } else if name.ends_with(".yml") || name.ends_with(".yaml") {
+            serde_yaml_ng::from_slice::<serde_yaml_ng::Value>(&text)
+                .unwrap_or_else(|e| panic!("{} does not parse: {e}", f.display()));
+        } else if name.ends_with(".pid") {
+            String::from_utf8_lossy(&text)
+                .trim()
+                .parse::<u32>()
+                .unwrap_or_else(|e| panic!("{} is not a PID: {e}", f.display()));
+        }
+    }
+}
+
+#[test]
+fn a_killed_prometheus_is_back_and_scraping_within_10_s() {
+    let roots = scratch();
+    let root = roots.path().join("ray_p");
+    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let _head = FakeHead::start(&root, "session_1", vec!["127.0.0.1:51".into()]);
+    let name = format!("{}-ray_p", user());
+    wait_for("the target", Duration::from_secs(20), || {
+        (stack.instances_of(&name) == ["127.0.0.1:51"]).then_some(())
+    });
+    let old = stack.pids()[1];
+    kill(old, nix::sys::signal::Signal::SIGKILL);
+    let killed = SystemTime::now();
+    let killed_at = Instant::now();
+    wait_for(
+        "a fresh scrape after the kill",
+        Duration::from_secs(10),
+        || {
+            let out = stack.run(&[
+                "query",
+                &format!("timestamp(up{{ray_io_cluster=\"{name}\"}})"),
+                "--json",
+            ]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let ts = v["data"]["result"][0]["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()?;
+            let kill_ts = killed
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            (ts > kill_ts).then_some(())
+        },
+    );
+    eprintln!(
+        "Prometheus back and scraping {:?} after kill -9",
+        killed_at.elapsed()
+    );
+    let st = stack.status();
+    assert_ne!(st["prometheus"]["pid"].as_u64().unwrap() as u32, old);
+    assert!(st["prometheus"]["restarts"].as_u64().unwrap() >= 1);
+    assert_eq!(prometheus_processes(&stack.home).len(), 1);
+}
+
+#[test]
+fn a_crash_loop_is_shown_with_its_output_and_backoff() {
+    let dir = scratch();
+    let bin = dir.path().join("prometheus");
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\necho \"boom: this prometheus cannot start ($*)\" >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.path().join("home");
+    let stack = Stack::adopt(home.clone());
+    let out = stack.run(&[
+        "up",
+        "--no-default-watch",
+        "--prometheus-bin",
+        bin.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "up succeeded with a Prometheus that cannot start"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("keeps exiting") && stderr.contains("prometheus.log"),
+        "{stderr}"
+    );
+    let st = stack.status();
+    let p = &st["prometheus"];
+    assert_eq!(p["crash_loop"], true, "{p}");
+    assert_eq!(p["ready"], false);
+    assert!(p["last_exit"].as_str().unwrap().contains("3"), "{p}");
+    assert!(
+        p["last_output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("boom")),
+        "{p}"
+    );
+    let next = p["next_start_unix"]
+        .as_f64()
+        .expect("a next retry time while down");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        next > now - 1.0,
+        "the next retry is scheduled, not overdue: {next} vs {now}"
+    );
+    // Backoff, not a busy loop: a few restarts over several seconds.
+    let r0 = p["restarts"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let r1 = stack.status()["prometheus"]["restarts"].as_u64().unwrap();
+    assert!(r1 - r0 <= 2, "{} restarts in 3 s", r1 - r0);
+    let human = String::from_utf8_lossy(&stack.run(&["status"]).stdout).into_owned();
+    assert!(
+        human.contains("CRASH LOOP") && human.contains("boom"),
+        "{human}"
+    );
+}
+
+#[test]
+fn after_the_daemon_is_killed_up_recovers_with_one_prometheus_and_reconciled_targets() {
+    let roots = scratch();
+    let root = roots.path().join("ray_r");
+    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let keep = FakeHead::start(&root, "session_keep_1", vec!["127.0.0.1:61".into()]);
+    let gone = FakeHead::start(&root, "session_gone_2", vec!["127.0.0.1:62".into()]);
+    let name = format!("{}-ray_r", user());
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = stack.active_targets().into_iter().map(|(_, i)| i).collect();
+        v.sort();
+        v
+    };
+    wait_for("both clusters", Duration::from_secs(20), || {
+        (names() == ["127.0.0.1:61", "127.0.0.1:62"]).then_some(())
+    });
+
+    let name_of = |instance: &str| {
+        stack
+            .active_targets()
+            .into_iter()
+            .find(|(_, i)| i == instance)
+            .map(|(c, _)| c)
+    };
+    let kept_name = name_of("127.0.0.1:61").unwrap();
+    assert!(kept_name.starts_with(&name));
+    let daemon = stack.pids()[0];
+    kill(daemon, nix::sys::signal::Signal::SIGKILL);
+    drop(gone); // dies while nobody watches
+    let _new = FakeHead::start(&root, "session_new_3", vec!["127.0.0.1:63".into()]);
+    wait_for("the old daemon to be gone", Duration::from_secs(10), || {
+        (!Path::new(&format!("/proc/{daemon}")).exists()).then_some(())
+    });
+
+    let out = stack.run(&[
+        "up",
+        "--no-default-watch",
+        "--watch",
+        root.to_str().unwrap(),
+        "--scrape-interval",
+        "2s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "targets reconciled: kept, new, and the dead one gone",
+        Duration::from_secs(45),
+        || (names() == ["127.0.0.1:61", "127.0.0.1:63"]).then_some(()),
+    );
+    assert_eq!(
+        prometheus_processes(&stack.home).len(),
+        1,
+        "exactly one Prometheus"
+    );
+    let st = stack.status();
+    let live: Vec<&str> = st["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "live")
+        .map(|c| c["session"].as_str().unwrap())
+        .collect();
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert_eq!(
+        name_of("127.0.0.1:61"),
+        Some(kept_name),
+        "a daemon restart does not rename a cluster"
+    );
+    drop(keep);
+}
+
+#[test]
+fn sigterm_to_the_daemon_stops_everything() {
+    let stack = Stack::up(&["--no-default-watch"]);
+    let pids = stack.pids();
+    kill(pids[0], nix::sys::signal::Signal::SIGTERM);
+    wait_for(
+        "no process of the home left",
+        Duration::from_secs(30),
+        || {
+            processes_mentioning(stack.home.to_str().unwrap())
+                .is_empty()
+                .then_some(())
+        },
+    );
+    assert_eq!(stack.run(&["status"]).status.code(), Some(3));
+}
+
+#[test]
+fn two_hundred_kill_9s_of_the_daemon_during_churn_leave_every_file_parseable() {
+    let roots = scratch();
+    let root = roots.path().join("ray_churn");
+    std::fs::create_dir(&root).unwrap();
+    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    assert!(stack.run(&["down"]).status.success());
+
+    // Churn: clusters appear and disappear every few milliseconds.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (stop, root) = (stop.clone(), root.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let d = root.join(format!("session_churn_{}", i % 40));
+                if d.exists() && i % 3 == 0 {
+                    let _ = std::fs::remove_dir_all(&d);
+                } else {
+                    let _ = std::fs::create_dir_all(&d);
+                    let _ = std::panic::catch_unwind(|| {
+                        write_discovery(
+                            &d.join(DISCOVERY),
+                            &[format!("127.0.0.1:{}", 1000 + i % 40)],
+                        )
+                    });
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let mut seed = std::process::id() as u64;
+    for round in 0..200 {
+        let mut daemon = stack.cmd().args(["daemon", "--log-file"]).spawn().unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(20 + (seed >> 33) % 300));
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        if round % 20 == 0 {
+            assert_home_parses(&stack.home);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    assert_home_parses(&stack.home);
+    // And the stack comes back from all that.
+    let out = stack.run(&[
+        "up",
+        "--no-default-watch",
+        "--watch",
+        root.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(prometheus_processes(&stack.home).len(), 1);
+    assert_home_parses(&stack.home);
+    let leftovers: Vec<_> = std::fs::read_dir(stack.home.join("targets.tmp"))
+        .unwrap()
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+#[test]
+fn a_hundred_parallel_attaches_then_detaches_end_in_the_expected_set() {
+    let base = scratch();
+    let stack = Stack::up(&["--no-default-watch"]);
+    let files: Vec<PathBuf> = (0..100)
+        .map(|i| {
+            let d = base
+                .path()
+                .join(format!("c{i}/session_2026-01-01_00-00-00_000001_{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let f = d.join(DISCOVERY);
+            write_discovery(&f, &[format!("127.0.0.1:{}", 2000 + i)]);
+            f
+        })
+        .collect();
+    let run_all = |args: Vec<Vec<String>>| {
+        let children: Vec<_> = args
+            .into_iter()
+            .map(|a| {
+                stack
+                    .cmd()
+                    .args(&a)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let live_names = || -> Vec<String> {
+        let mut v: Vec<String> = stack.status()["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["state"] == "live")
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    run_all(
+        files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                vec![
+                    "attach".into(),
+                    f.display().to_string(),
+                    "--name".into(),
+                    format!("att-{i:03}"),
+                ]
+            })
+            .collect(),
+    );
+    let expected: Vec<String> = (0..100).map(|i| format!("att-{i:03}")).collect();
+    assert_eq!(live_names(), expected);
+    let saved: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(stack.home.join("attachments.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved.len(), 100);
+
+    run_all(
+        (0..100)
+            .map(|i| vec!["detach".into(), format!("att-{i:03}")])
+            .collect(),
+    );
+    assert_eq!(live_names(), Vec::<String>::new());
+    let saved: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(stack.home.join("attachments.json")).unwrap())
+            .unwrap();
+    assert!(saved.is_empty());
+}
+
+/// A tmpfs mounted for one test, unmounted (with whatever is bound below it) on drop.
+struct Mount(Vec<PathBuf>);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_keeps_old_targets_and_recovers() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    let base = scratch();
+    let small = base.path().join("small");
+    let big = base.path().join("big");
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::create_dir_all(big.join("pdata")).unwrap();
+    std::fs::create_dir_all(big.join("gdata")).unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+            .arg(&small)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut mounts = Mount(vec![small.clone()]);
+    // The home lives on the small disk; Prometheus' and Grafana's data are bound elsewhere.
+    let home = small.join("home");
+    for (d, src) in [("prometheus/data", "pdata"), ("grafana/data", "gdata")] {
+        std::fs::create_dir_all(home.join(d)).unwrap();
+        assert!(
+            Command::new("mount")
+                .arg("--bind")
+                .arg(big.join(src))
+                .arg(home.join(d))
+                .status()
+                .unwrap()
+                .success()
+        );
+        mounts.0.push(home.join(d));
+    }
+    for d in [home.clone(), home.join("prometheus"), home.join("grafana")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let root = base.path().join("ray_disk");
+    let stack = Stack::up_at(
+        &home,
+        &["--no-default-watch", "--watch", root.to_str().unwrap()],
+    );
+    let _first = FakeHead::start(&root, "session_first_1", vec!["127.0.0.1:71".into()]);
+    let name = format!("{}-ray_disk", user());
+    wait_for("the first cluster", Duration::from_secs(20), || {
+        (stack.instances_of(&name) == ["127.0.0.1:71"]).then_some(())
+    });
+    let before = std::fs::read(home.join(format!("targets/{name}.json"))).unwrap();
+
+    // Fill the disk.
+    let filler = small.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+
+    let _second = FakeHead::start(&root, "session_second_2", vec!["127.0.0.1:72".into()]);
+    let err = wait_for("the write error in status", Duration::from_secs(20), || {
+        stack.status()["targets_error"].as_str().map(String::from)
+    });
+    assert!(err.contains("No space left"), "{err}");
+    assert_eq!(
+        std::fs::read(home.join(format!("targets/{name}.json"))).unwrap(),
+        before,
+        "the previous file is intact"
+    );
+    assert_eq!(stack.instances_of(&name), vec!["127.0.0.1:71".to_string()]);
+
+    std::fs::remove_file(&filler).unwrap();
+    let second = format!("{name}-2");
+    wait_for(
+        "recovery once space returns",
+        Duration::from_secs(20),
+        || (stack.instances_of(&second) == ["127.0.0.1:72"]).then_some(()),
+    );
+    wait_for("the error to clear", Duration::from_secs(10), || {
+        stack.status()["targets_error"].is_null().then_some(())
+    });
+    drop(stack);
+    drop(mounts);
+}
+
+#[test]
+fn odd_filesystem_states_are_survived() {
+    let roots = scratch();
+    let root = roots.path().join("ray_odd");
+    let stack = Stack::up(&[
+        "--no-default-watch",
+        "--watch",
+        root.to_str().unwrap(),
+        "--liveness",
+        "6s",
+    ]);
+    let name = format!("{}-ray_odd", user());
+
+    // A dangling session_latest next to a real session.
+    std::fs::create_dir_all(&root).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/session_x", root.join("session_latest")).unwrap();
+    let head = FakeHead::start(&root, "session_a_1", vec!["127.0.0.1:81".into()]);
+    wait_for(
+        "the cluster despite a dangling session_latest",
+        Duration::from_secs(20),
+        || (stack.instances_of(&name) == ["127.0.0.1:81"]).then_some(()),
+    );
+    assert!(stack.status()["rejected"].as_array().unwrap().is_empty());
+
+    // The discovery file replaced by a directory: reported, the cluster dies, then comes back.
+    drop(head);
+    let file = root.join("session_a_1").join(DISCOVERY);
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    wait_for("the directory reported", Duration::from_secs(20), || {
+        stack.status()["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["reason"].as_str().unwrap().contains("directory"))
+            .then_some(())
+    });
+    wait_for("the cluster to leave", Duration::from_secs(20), || {
+        stack.instances_of(&name).is_empty().then_some(())
+    });
+    std::fs::remove_dir(&file).unwrap();
+    let head = FakeHead::start(&root, "session_a_1", vec!["127.0.0.1:81".into()]);
+    wait_for("the cluster back", Duration::from_secs(20), || {
+        (stack.instances_of(&name) == ["127.0.0.1:81"]).then_some(())
+    });
+    drop(head);
+
+    // The watched root deleted and created again.
+    std::fs::remove_dir_all(&root).unwrap();
+    wait_for(
+        "the cluster gone with its root",
+        Duration::from_secs(20),
+        || stack.instances_of(&name).is_empty().then_some(()),
+    );
+    let _head = FakeHead::start(&root, "session_b_2", vec!["127.0.0.1:82".into()]);
+    wait_for(
+        "the recreated root's cluster",
+        Duration::from_secs(20),
+        || (stack.instances_of(&name) == ["127.0.0.1:82"]).then_some(()),
+    );
+
+    // A file whose mtime lies an hour ahead does not stay alive once its writer stops.
+    let future_root = roots.path().join("ray_future");
+    let stack2 = Stack::up(&[
+        "--no-default-watch",
+        "--watch",
+        future_root.to_str().unwrap(),
+        "--liveness",
+        "6s",
+    ]);
+    let session = future_root.join("session_f_1");
+    std::fs::create_dir_all(&session).unwrap();
+    let f = session.join(DISCOVERY);
+    write_discovery(&f, &["127.0.0.1:83".into()]);
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(future)
+        .unwrap();
+    let fname = format!("{}-ray_future", user());
+    wait_for("the future-dated cluster", Duration::from_secs(20), || {
+        (stack2.instances_of(&fname) == ["127.0.0.1:83"]).then_some(())
+    });
+    wait_for(
+        "the future-dated cluster to leave",
+        Duration::from_secs(25),
+        || stack2.instances_of(&fname).is_empty().then_some(()),
+    );
+}
