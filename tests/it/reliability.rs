@@ -276,7 +276,7 @@ fn two_hundred_kill_9s_of_the_daemon_during_churn_leave_every_file_parseable() {
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let d = root.join(format!("session_churn_{}", i % 40));
-                if d.exists() && i % 3 == 0 {
+                if d.exists() && i.is_multiple_of(3) {
                     let _ = std::fs::remove_dir_all(&d);
                 } else {
                     let _ = std::fs::create_dir_all(&d);
