@@ -21,6 +21,12 @@ pub struct AttachResponse {
     pub clusters: Vec<String>,
 }
 
+/// What a configuration change did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReconfigureResponse {
+    pub changes: Vec<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DetachRequest {
     pub name: String,

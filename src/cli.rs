@@ -144,12 +144,12 @@ pub struct UpArgs {
     /// The Prometheus binary to run.
     #[arg(long, value_name = "PATH", help_heading = "Prometheus")]
     pub prometheus_bin: Option<PathBuf>,
-    /// How often targets are scraped.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, help_heading = "Prometheus")]
-    pub scrape_interval: Duration,
-    /// How long samples are kept.
-    #[arg(long, value_name = "DURATION", default_value = "15days", value_parser = parse_duration, help_heading = "Prometheus")]
-    pub retention: Duration,
+    /// How often targets are scraped [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus")]
+    pub scrape_interval: Option<Duration>,
+    /// How long samples are kept [default: 15days]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus")]
+    pub retention: Option<Duration>,
     /// The Grafana binary to run [default: $RAYWATCH_GRAFANA, `grafana` or `grafana-server` on PATH]
     #[arg(long, value_name = "PATH", help_heading = "Grafana")]
     pub grafana_bin: Option<PathBuf>,
@@ -157,17 +157,27 @@ pub struct UpArgs {
     #[arg(long, value_name = "N", help_heading = "Grafana")]
     pub grafana_port: Option<u16>,
     /// Let anyone who can reach Grafana's port view dashboards without logging in.
-    #[arg(long, help_heading = "Grafana")]
+    #[arg(
+        long,
+        help_heading = "Grafana",
+        overrides_with = "no_grafana_anonymous"
+    )]
     pub grafana_anonymous: bool,
+    /// Require a login to view dashboards again (the default).
+    #[arg(long, help_heading = "Grafana")]
+    pub no_grafana_anonymous: bool,
     /// Another folder to watch for Ray temp dirs' sessions (repeatable).
     #[arg(long = "watch", value_name = "DIR", help_heading = "Discovery")]
     pub watch: Vec<PathBuf>,
     /// Watch only the --watch folders, not /tmp/ray* and $RAY_TMPDIR/ray*.
-    #[arg(long, help_heading = "Discovery")]
+    #[arg(long, help_heading = "Discovery", overrides_with = "default_watch")]
     pub no_default_watch: bool,
-    /// A cluster whose discovery file is not rewritten for this long is dead.
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration, help_heading = "Discovery")]
-    pub liveness: Duration,
+    /// Watch /tmp/ray* and $RAY_TMPDIR/ray* again (the default).
+    #[arg(long, help_heading = "Discovery")]
+    pub default_watch: bool,
+    /// A cluster whose discovery file is not rewritten for this long is dead [default: 20s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Discovery")]
+    pub liveness: Option<Duration>,
     /// Also follow discovery files owned by this uid (repeatable).
     #[arg(long, value_name = "UID", help_heading = "Discovery")]
     pub trust_uid: Vec<u32>,
@@ -297,36 +307,68 @@ fn not_running(e: &anyhow::Error) -> bool {
     e.downcast_ref::<NotRunning>().is_some()
 }
 
+/// Applies the settings given on the command line over `base`; what is not
+/// given keeps its value (settings persist in `<home>/config.json`).
+fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
+    if let Some(d) = args.scrape_interval {
+        base.scrape_interval = d;
+    }
+    if let Some(d) = args.retention {
+        base.retention = d;
+    }
+    if let Some(d) = args.liveness {
+        base.liveness = d;
+    }
+    if args.no_default_watch {
+        base.default_roots = false;
+    }
+    if args.default_watch {
+        base.default_roots = true;
+    }
+    if args.grafana_anonymous {
+        base.grafana_anonymous = true;
+    }
+    if args.no_grafana_anonymous {
+        base.grafana_anonymous = false;
+    }
+    if !args.trust_uid.is_empty() {
+        base.trust_uids = args.trust_uid.clone();
+    }
+    if !args.watch.is_empty() {
+        let mut watch = Vec::new();
+        for w in &args.watch {
+            // A temp dir Ray has not created yet is fine: its parent is watched for it.
+            let abs = std::fs::canonicalize(w)
+                .or_else(|_| std::path::absolute(w))
+                .with_context(|| format!("--watch {}: not a usable path", w.display()))?;
+            if !abs.is_dir() {
+                eprintln!(
+                    "note: --watch {} does not exist yet; it is picked up when Ray creates it",
+                    abs.display()
+                );
+            }
+            watch.push(abs);
+        }
+        base.watch = watch;
+    }
+    Ok(())
+}
+
 fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     if home.exists() {
         crate::home::check_private_dir(home.root())?;
-        if let Ok(report) = rt.block_on(fetch_status(home)) {
-            println!(
-                "raywatch is already running for {} (daemon pid {}): Prometheus at {}",
-                home.root().display(),
-                report.daemon.pid,
-                report.prometheus.url
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
     }
     home.ensure()?;
     let lock = lock_home(home, "up")?;
+    let previous = StackConfig::load(&home.config())?;
     if let Ok(report) = rt.block_on(fetch_status(home)) {
-        println!(
-            "raywatch is already running for {} (daemon pid {}): Prometheus at {}",
-            home.root().display(),
-            report.daemon.pid,
-            report.prometheus.url
-        );
-        return Ok(ExitCode::SUCCESS);
+        return reconfigure(home, &rt, &args, previous, &report);
     }
     let bin = match crate::install::locate(args.prometheus_bin.as_deref())? {
         Some(bin) => bin,
         None => obtain_prometheus(&rt, args.yes)?,
     };
-    let previous = StackConfig::load(&home.config()).ok().flatten();
     let (port, auto) = match args.prometheus_port {
         Some(p) => {
             crate::ports::require_free(p, "Prometheus (--prometheus-port)")?;
@@ -336,7 +378,7 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
             .as_ref()
             .filter(|c| crate::ports::is_free(c.prometheus_port))
         {
-            Some(c) => (c.prometheus_port, true),
+            Some(c) => (c.prometheus_port, c.prometheus_port_auto),
             None => (crate::ports::free_port()?, true),
         },
     };
@@ -358,38 +400,31 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
             },
         },
     };
-    let mut watch = Vec::new();
-    for w in &args.watch {
-        // A temp dir Ray has not created yet is fine: its parent is watched for it.
-        let abs = std::fs::canonicalize(w)
-            .or_else(|_| std::path::absolute(w))
-            .with_context(|| format!("--watch {}: not a usable path", w.display()))?;
-        if !abs.is_dir() {
-            eprintln!(
-                "note: --watch {} does not exist yet; it is picked up when Ray creates it",
-                abs.display()
-            );
-        }
-        watch.push(abs);
-    }
-    let config = StackConfig {
-        prometheus_bin: bin,
+    let mut config = previous.unwrap_or_else(|| StackConfig {
+        prometheus_bin: bin.clone(),
         prometheus_port: port,
         prometheus_port_auto: auto,
-        scrape_interval: args.scrape_interval,
-        retention: args.retention,
-        default_roots: !args.no_default_watch,
-        watch,
-        liveness: args.liveness,
-        trust_uids: args.trust_uid,
-        grafana_bin,
+        scrape_interval: Duration::from_secs(10),
+        retention: Duration::from_secs(15 * 86_400),
+        default_roots: true,
+        watch: Vec::new(),
+        liveness: Duration::from_secs(20),
+        trust_uids: Vec::new(),
+        grafana_bin: None,
         grafana_port,
-        grafana_anonymous: args.grafana_anonymous,
-        prometheus_name: std::env::var("RAY_PROMETHEUS_NAME")
-            .ok()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "Prometheus".into()),
-    };
+        grafana_anonymous: false,
+        prometheus_name: "Prometheus".into(),
+    });
+    config.prometheus_bin = bin;
+    config.prometheus_port = port;
+    config.prometheus_port_auto = auto;
+    config.grafana_bin = grafana_bin;
+    config.grafana_port = grafana_port;
+    config.prometheus_name = std::env::var("RAY_PROMETHEUS_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "Prometheus".into());
+    apply_settings(&args, &mut config)?;
     config.save(&home.config())?;
     if args.foreground {
         // The daemon's own lock keeps it single; `down` must not wait on this one.
@@ -946,5 +981,55 @@ fn grafana_dir(home: &Home) -> Result<ExitCode> {
     println!("# to use it from an existing Grafana, add to its grafana.ini:");
     println!("[paths]");
     println!("provisioning = {}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `up` on a running stack: apply changed settings, or report that it runs.
+fn reconfigure(
+    home: &Home,
+    rt: &tokio::runtime::Runtime,
+    args: &UpArgs,
+    previous: Option<StackConfig>,
+    report: &StatusReport,
+) -> Result<ExitCode> {
+    let current = previous
+        .with_context(|| format!("the running stack has no {}", home.config().display()))?;
+    let mut wanted = current.clone();
+    apply_settings(args, &mut wanted)?;
+    let port_change = args
+        .prometheus_port
+        .is_some_and(|p| p != current.prometheus_port)
+        || args.grafana_port.is_some_and(|p| p != current.grafana_port)
+        || args.prometheus_bin.is_some()
+        || args.grafana_bin.is_some();
+    if port_change {
+        bail!(
+            "raywatch is running for {}; ports and binaries change only on a fresh start\n\
+             hint: raywatch down, then raywatch up with the new flags",
+            home.root().display()
+        );
+    }
+    if wanted == current {
+        println!(
+            "raywatch is already running for {} (daemon pid {}): Prometheus at {}",
+            home.root().display(),
+            report.daemon.pid,
+            report.prometheus.url
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let resp: crate::api::ReconfigureResponse = rt
+        .block_on(api::call_json(
+            &home.socket(),
+            Method::POST,
+            "/v1/config",
+            Some(&wanted),
+        ))
+        .context("the running stack kept its previous configuration")?;
+    println!(
+        "raywatch is running for {}; applied: {}",
+        home.root().display(),
+        resp.changes.join("; ")
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -631,6 +631,9 @@ pub struct Shared {
     shutdown: tokio::sync::watch::Sender<bool>,
     prometheus: Arc<Mutex<crate::supervisor::ChildStatus>>,
     grafana: Arc<Mutex<crate::supervisor::ChildStatus>>,
+    prometheus_sup: Arc<Supervisor>,
+    grafana_sup: Option<Arc<Supervisor>>,
+    live_config: Arc<Mutex<StackConfig>>,
     grafana_port: u16,
     port: Arc<Mutex<u16>>,
     client: Mutex<crate::prometheus::Client>,
@@ -765,9 +768,11 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
 
     // Prometheus, restarted with backoff. A port chosen by raywatch that someone
     // took meanwhile is replaced by a fresh one.
+    let live_config = Arc::new(Mutex::new(config.clone()));
     let supervisor = {
-        let (home, mut config, port) = (home.clone(), config.clone(), port.clone());
+        let (home, live, port) = (home.clone(), live_config.clone(), port.clone());
         Supervisor::start("prometheus", move || {
+            let mut config = live.lock().unwrap().clone();
             if config.prometheus_port_auto && !crate::ports::is_free(config.prometheus_port) {
                 let fresh = crate::ports::free_port()?;
                 tracing::warn!(
@@ -779,6 +784,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
                 crate::prometheus::write_files(&home, &config)?;
                 crate::prometheus::Ports { prometheus: fresh }.save(&home)?;
                 crate::grafana::write_files(&home, &config)?;
+                *live.lock().unwrap() = config.clone();
                 *port.lock().unwrap() = fresh;
             }
             Ok(Spec {
@@ -791,6 +797,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     };
 
     // Grafana, when a binary was found at `up`; supervised like Prometheus.
+    let supervisor = Arc::new(supervisor);
     let grafana = config.grafana_bin.clone().map(|bin| {
         let home = home.clone();
         Supervisor::start("grafana", move || {
@@ -802,6 +809,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
             })
         })
     });
+    let grafana = grafana.map(Arc::new);
 
     let (fs_tx, mut fs_rx) = unbounded_channel::<PathBuf>();
     let attachments: Vec<Attachment> = match std::fs::read(home.attachments()) {
@@ -846,6 +854,9 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
             .as_ref()
             .map(|g| g.status.clone())
             .unwrap_or_default(),
+        prometheus_sup: supervisor.clone(),
+        grafana_sup: grafana.clone(),
+        live_config: live_config.clone(),
         grafana_port: config.grafana_port,
         port: port.clone(),
         client: Mutex::new(crate::prometheus::Client::new(
@@ -865,6 +876,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         .route("/v1/attach", post(attach_handler))
         .route("/v1/detach", post(detach_handler))
         .route("/v1/shutdown", post(shutdown_handler))
+        .route("/v1/config", post(config_handler))
         .with_state(shared.clone());
     let mut api_shutdown = shutdown_rx.clone();
     let api = tokio::spawn(async move {
@@ -942,11 +954,11 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         spawn_resolves(&http, due, &owner_tx);
     }
     let _ = shared.shutdown.send(true);
-    if let Some(g) = grafana {
+    let _ = api.await;
+    if let Some(g) = &grafana {
         g.stop().await;
     }
     supervisor.stop().await;
-    let _ = api.await;
     drop(fs_tx);
     Ok(())
 }
@@ -1040,4 +1052,92 @@ async fn detach_handler(
 async fn shutdown_handler(AxState(shared): AxState<Arc<Shared>>) -> Json<serde_json::Value> {
     let _ = shared.shutdown.send(true);
     Json(serde_json::json!({}))
+}
+
+async fn config_handler(
+    AxState(shared): AxState<Arc<Shared>>,
+    Json(wanted): Json<StackConfig>,
+) -> ApiResult<crate::api::ReconfigureResponse> {
+    let bad = |e: String| api_error(StatusCode::BAD_REQUEST, e);
+    let mut core = shared.core.lock().unwrap();
+    let old = core.config.clone();
+    if wanted.prometheus_port != old.prometheus_port
+        || wanted.prometheus_bin != old.prometheus_bin
+        || wanted.grafana_port != old.grafana_port
+        || wanted.grafana_bin != old.grafana_bin
+    {
+        return Err(bad(
+            "ports and binaries change only on a fresh start (raywatch down, then up)".into(),
+        ));
+    }
+    // Validated before anything is replaced: a bad config keeps the last good one.
+    crate::prometheus::write_files(&core.home, &wanted).map_err(|e| bad(format!("{e:#}")))?;
+    crate::grafana::write_files(&core.home, &wanted).map_err(|e| bad(format!("{e:#}")))?;
+    wanted
+        .save(&core.home.config())
+        .map_err(|e| bad(format!("{e:#}")))?;
+    let mut changes = Vec::new();
+    let mut note = |what: &str, from: String, to: String| {
+        if from != to {
+            changes.push(format!("{what} {from} -> {to}"));
+        }
+    };
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    note(
+        "scrape interval",
+        d(old.scrape_interval),
+        d(wanted.scrape_interval),
+    );
+    note("retention", d(old.retention), d(wanted.retention));
+    note("liveness", d(old.liveness), d(wanted.liveness));
+    note(
+        "default roots",
+        old.default_roots.to_string(),
+        wanted.default_roots.to_string(),
+    );
+    note(
+        "watch",
+        format!("{:?}", old.watch),
+        format!("{:?}", wanted.watch),
+    );
+    note(
+        "trusted uids",
+        format!("{:?}", old.trust_uids),
+        format!("{:?}", wanted.trust_uids),
+    );
+    note(
+        "grafana anonymous",
+        old.grafana_anonymous.to_string(),
+        wanted.grafana_anonymous.to_string(),
+    );
+
+    *shared.live_config.lock().unwrap() = wanted.clone();
+    core.registry.set_liveness(wanted.liveness);
+    core.trusted = wanted
+        .trust_uids
+        .iter()
+        .copied()
+        .chain([nix::unistd::geteuid().as_raw()])
+        .collect();
+    core.config = wanted.clone();
+    core.full_scan();
+    drop(core);
+    if wanted.retention != old.retention {
+        shared.prometheus_sup.restart();
+        changes.push("Prometheus restarted (retention is a flag)".into());
+    } else if wanted.scrape_interval != old.scrape_interval {
+        shared
+            .prometheus_sup
+            .signal(nix::sys::signal::Signal::SIGHUP);
+        changes.push("Prometheus reloaded (SIGHUP)".into());
+    }
+    if (wanted.grafana_anonymous != old.grafana_anonymous
+        || wanted.scrape_interval != old.scrape_interval)
+        && let Some(g) = &shared.grafana_sup
+    {
+        g.restart();
+    }
+    tracing::info!("configuration changed: {}", changes.join("; "));
+    shared.wake.notify_one();
+    Ok(Json(crate::api::ReconfigureResponse { changes }))
 }

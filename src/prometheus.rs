@@ -152,9 +152,10 @@ pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
         {
             let _ = std::fs::remove_file(&candidate);
             bail!(
-                "the generated {} failed `promtool check config`; the previous file is kept:\n{}",
+                "the new {} failed `promtool check config`, so the previous file is kept: {} {}",
                 dest.display(),
-                String::from_utf8_lossy(&out.stdout).trim()
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
             );
         }
         std::fs::rename(&candidate, &dest)

@@ -103,6 +103,10 @@ impl Registry {
         self.preferred.insert((temp_dir, session), name);
     }
 
+    pub fn set_liveness(&mut self, bound: Duration) {
+        self.liveness = bound;
+    }
+
     pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
         self.clusters.values()
     }

@@ -39,7 +39,8 @@ pub struct ChildStatus {
 pub struct Supervisor {
     pub status: Arc<Mutex<ChildStatus>>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    restart: watch::Sender<u64>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 const GRACE: Duration = Duration::from_secs(10);
@@ -52,6 +53,7 @@ impl Supervisor {
     {
         let status = Arc::new(Mutex::new(ChildStatus::default()));
         let (stop, mut stop_rx) = watch::channel(false);
+        let (restart, mut restart_rx) = watch::channel(0u64);
         let st = status.clone();
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_secs(1);
@@ -95,6 +97,14 @@ impl Supervisor {
                                 tracing::info!("{name} stopped");
                                 return;
                             }
+                            _ = restart_rx.changed() => {
+                                tracing::info!("restarting {name} (pid {pid}) for a configuration change");
+                                terminate(&mut child, pid).await;
+                                st.lock().unwrap().pid = None;
+                                backoff = Duration::from_secs(1);
+                                quick_exits = 0;
+                                continue;
+                            }
                         }
                         let _ = std::fs::remove_file(&spec.pid_file);
                     }
@@ -127,13 +137,34 @@ impl Supervisor {
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         });
-        Supervisor { status, stop, task }
+        Supervisor {
+            status,
+            stop,
+            restart,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Restarts the child now (a flag changed), without counting it as a crash.
+    pub fn restart(&self) {
+        self.restart.send_modify(|g| *g += 1);
+    }
+
+    /// Sends a signal to the running child, if any (SIGHUP: reload its config).
+    pub fn signal(&self, sig: Signal) -> bool {
+        match self.status.lock().unwrap().pid {
+            Some(pid) => kill(Pid::from_raw(pid as i32), sig).is_ok(),
+            None => false,
+        }
     }
 
     /// Stops the child (TERM, grace, KILL) and the supervision.
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 

@@ -595,3 +595,70 @@ fn odd_filesystem_states_are_survived() {
         || stack2.instances_of(&fname).is_empty().then_some(()),
     );
 }
+
+#[test]
+fn up_on_a_running_stack_applies_changed_settings_and_keeps_the_last_good_config() {
+    let roots = scratch();
+    let (one, two) = (roots.path().join("ray_one"), roots.path().join("ray_two"));
+    let stack = Stack::up(&["--no-default-watch", "--watch", one.to_str().unwrap()]);
+    let prometheus = stack.pids()[1];
+    let config_yaml = || -> String {
+        let v: Value = stack.prom_get("/api/v1/status/config").json().unwrap();
+        v["data"]["yaml"].as_str().unwrap().to_string()
+    };
+
+    // A new scrape interval: validated, written, Prometheus reloaded in place.
+    let out = stack.run(&["up", "--scrape-interval", "5s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("scrape interval 2s -> 5s") && said.contains("SIGHUP"),
+        "{said}"
+    );
+    wait_for("Prometheus to run with 5s", Duration::from_secs(20), || {
+        config_yaml().contains("scrape_interval: 5s").then_some(())
+    });
+    assert_eq!(stack.pids()[1], prometheus, "a reload, not a restart");
+
+    // A new watch root: its clusters are found.
+    let out = stack.run(&["up", "--watch", two.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _head = FakeHead::start(&two, "session_1", vec!["127.0.0.1:91".into()]);
+    let name = format!("{}-ray_two", user());
+    wait_for(
+        "the newly watched root's cluster",
+        Duration::from_secs(20),
+        || (stack.instances_of(&name) == ["127.0.0.1:91"]).then_some(()),
+    );
+
+    // An invalid change is refused with the reason; the last good config stays.
+    let out = stack.run(&["up", "--scrape-interval", "300years"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("promtool") && err.contains("previous") && err.contains("out of range"),
+        "{err}"
+    );
+    assert!(config_yaml().contains("scrape_interval: 5s"));
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(stack.home.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["scrape_interval"], "5s");
+    assert!(
+        std::fs::read_to_string(stack.home.join("prometheus/prometheus.yml"))
+            .unwrap()
+            .contains("scrape_interval: 5s")
+    );
+
+    // Nothing new: it just says it runs.
+    let out = stack.run(&["up"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already running"));
+    assert_eq!(stack.pids()[1], prometheus);
+}
