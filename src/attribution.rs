@@ -27,6 +27,8 @@ struct Entry {
 pub struct Attribution {
     cache: HashMap<String, Entry>,
     pending: HashMap<String, Vec<String>>,
+    /// Bumped with every answer recorded.
+    pub generation: u64,
 }
 
 impl Attribution {
@@ -56,6 +58,7 @@ impl Attribution {
     /// Stores an answer from [`resolve`].
     pub fn record(&mut self, endpoint: String, owner: Option<String>, now: Instant) {
         if let Some(claimants) = self.pending.remove(&endpoint) {
+            self.generation += 1;
             self.cache.insert(
                 endpoint,
                 Entry {

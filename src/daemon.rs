@@ -32,7 +32,8 @@ const OVERDUE: Duration = Duration::from_secs(7);
 const RESCAN: Duration = Duration::from_secs(30);
 /// The rescan when inotify is unavailable.
 const RESCAN_DEGRADED: Duration = Duration::from_secs(2);
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Coalesces a writer's burst (temp file, write, rename) into one batch.
+const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// A path `raywatch attach` asked to follow; persisted in `<home>/attachments.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,6 +73,10 @@ pub struct Core {
     trusted: BTreeSet<u32>,
     /// Session dirs whose Grafana dashboards were copied.
     harvested: BTreeSet<PathBuf>,
+    /// (registry, attribution) generations last written to `targets/`.
+    published: (u64, u64),
+    /// Aged attribution answers are re-checked at this pace even when nothing changed.
+    last_contest_check: Instant,
 }
 
 impl Core {
@@ -346,12 +351,20 @@ impl Core {
         }
     }
 
-    /// Writes the target files; returns contested endpoints to resolve.
+    /// Writes the target files when anything they depend on changed (or a
+    /// previous write failed); returns contested endpoints to resolve.
     fn publish(&mut self) -> Vec<(String, Vec<String>)> {
         let now = Instant::now();
+        let stamp = (self.registry.generation(), self.attribution.generation);
+        let recheck = now.duration_since(self.last_contest_check) >= Duration::from_secs(10);
+        if stamp == self.published && self.targets.last_error.is_none() && !recheck {
+            return Vec::new();
+        }
+        self.last_contest_check = now;
         let due = self.attribution.due(&self.registry.contested(), now);
         let desired = self.registry.desired(&self.attribution.owners());
         self.targets.sync(&desired, now);
+        self.published = stamp;
         due
     }
 
@@ -544,6 +557,7 @@ impl Core {
                 user: crate::prometheus::USER.into(),
                 password_file: self.home.prometheus_password(),
                 datasource_name: self.config.prometheus_name.clone(),
+                sd_watcher_errors: 0.0,
                 child: shared.prometheus.lock().unwrap().clone(),
             },
             grafana: status::GrafanaStatus {
@@ -841,6 +855,8 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         probing: HashMap::new(),
         trusted,
         harvested: BTreeSet::new(),
+        published: (u64::MAX, u64::MAX),
+        last_contest_check: Instant::now(),
         home: home.clone(),
         config: config.clone(),
     };
@@ -997,20 +1013,29 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     let client = shared.client.lock().unwrap().clone();
     let ready = client.ready().await;
     let mut health = HashMap::new();
-    if ready
-        && let Ok(samples) = client
-            .query(&format!("up{{job=\"{}\"}}", crate::prometheus::RAY_JOB))
+    let mut sd_errors = 0.0;
+    if ready {
+        let up = format!("up{{job=\"{}\"}}", crate::prometheus::RAY_JOB);
+        if let Ok(samples) = client.query(&up).await {
+            for s in samples {
+                let (Some(c), Some(i)) = (s.metric.get("ray_io_cluster"), s.metric.get("instance"))
+                else {
+                    continue;
+                };
+                health.insert(
+                    (c.clone(), i.clone()),
+                    s.value.1.parse::<f64>().unwrap_or(0.0),
+                );
+            }
+        }
+        if let Ok(samples) = client
+            .query("sum(prometheus_sd_file_watcher_errors_total)")
             .await
-    {
-        for s in samples {
-            let (Some(c), Some(i)) = (s.metric.get("ray_io_cluster"), s.metric.get("instance"))
-            else {
-                continue;
-            };
-            health.insert(
-                (c.clone(), i.clone()),
-                s.value.1.parse::<f64>().unwrap_or(0.0),
-            );
+        {
+            sd_errors = samples
+                .first()
+                .and_then(|s| s.value.1.parse().ok())
+                .unwrap_or(0.0);
         }
     }
     let grafana_ready = shared.grafana.lock().unwrap().pid.is_some()
@@ -1024,7 +1049,9 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
             .await
             .is_ok_and(|r| r.status().is_success());
     let core = shared.core.lock().unwrap();
-    Ok(Json(core.report(&shared, ready, grafana_ready, &health)))
+    let mut report = core.report(&shared, ready, grafana_ready, &health);
+    report.prometheus.sd_watcher_errors = sd_errors;
+    Ok(Json(report))
 }
 
 async fn attach_handler(

@@ -80,7 +80,9 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
                             .to_string_lossy()
                             .into_owned(),
                     ],
-                    refresh_interval: "5m".into(),
+                    // A safety net only: the folder is watched. Should Prometheus
+                    // fail to watch it (inotify exhausted), this bounds the delay.
+                    refresh_interval: "30s".into(),
                 }],
                 static_configs: vec![],
                 basic_auth: None,

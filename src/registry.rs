@@ -84,6 +84,9 @@ pub struct Registry {
     liveness: Duration,
     /// How long a dead cluster stays visible in `status`.
     keep_dead: Duration,
+    /// Bumped whenever what [`Registry::desired`] depends on changes: a rewrite
+    /// with the same content (Ray's idle heartbeat) leaves it alone.
+    generation: u64,
 }
 
 impl Registry {
@@ -94,6 +97,7 @@ impl Registry {
             rejections: BTreeMap::new(),
             liveness,
             keep_dead: Duration::from_secs(600),
+            generation: 0,
         }
     }
 
@@ -101,6 +105,11 @@ impl Registry {
     /// of raywatch does not rename clusters (and so split their series).
     pub fn prefer(&mut self, temp_dir: PathBuf, session: String, name: String) {
         self.preferred.insert((temp_dir, session), name);
+    }
+
+    /// Changes whenever the published target groups may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn set_liveness(&mut self, bound: Duration) {
@@ -177,6 +186,9 @@ impl Registry {
             .is_ok_and(|age| age > self.liveness);
         if let Some(c) = self.clusters.get_mut(&found.file) {
             let changed = c.mtime != listing.mtime || c.targets != listing.targets;
+            if c.targets != listing.targets {
+                self.generation += 1;
+            }
             c.targets = listing.targets;
             if changed {
                 c.mtime = listing.mtime;
@@ -192,6 +204,7 @@ impl Registry {
             let c = self.clusters.get_mut(&found.file).expect("present");
             if !c.is_live() && changed && !stale_on_disk {
                 c.state = State::Live;
+                self.generation += 1;
                 return Change::Revived(c.name.clone());
             }
             return Change::None;
@@ -224,6 +237,7 @@ impl Registry {
             state,
         };
         let live = cluster.is_live();
+        self.generation += 1;
         self.clusters.insert(found.file.clone(), cluster);
         self.rename(&found.file);
         let name = self.clusters[&found.file].name.clone();
@@ -237,6 +251,7 @@ impl Registry {
     /// Gives the cluster at `file` its base name, or a suffixed one when a live
     /// cluster already holds it. A dead holder yields its name (and its entry).
     fn rename(&mut self, file: &Path) {
+        self.generation += 1;
         let c = &self.clusters[file];
         let remembered = match c.origin {
             Origin::Attached { name: Some(_) } => None,
@@ -303,6 +318,7 @@ impl Registry {
     /// Stops following a file (detached, or its root is no longer watched).
     pub fn forget(&mut self, file: &Path) -> Option<Cluster> {
         self.rejections.remove(file);
+        self.generation += 1;
         self.clusters.remove(file)
     }
 
@@ -547,6 +563,38 @@ mod tests {
         );
         assert_eq!(r.get(&a.file).unwrap().name, "x-ray_a-1");
         assert_eq!(r.get(&b.file).unwrap().name, "x-ray_a");
+    }
+
+    #[test]
+    fn an_idle_rewrite_does_not_change_what_is_published() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let a = found("/tmp/ray_a", "session_1");
+        r.observe(
+            &a,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], wall),
+            now,
+            wall,
+        );
+        let g = r.generation();
+        let later = wall + Duration::from_secs(5);
+        r.observe(
+            &a,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], later),
+            now,
+            later,
+        );
+        assert_eq!(r.generation(), g, "same targets, new mtime");
+        r.observe(
+            &a,
+            Origin::Watched,
+            listing(&["127.0.0.1:2"], later),
+            now,
+            later,
+        );
+        assert_ne!(r.generation(), g, "new targets");
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct PrometheusStatus {
     pub password_file: PathBuf,
     /// The datasource name given to Grafana (Ray's `RAY_PROMETHEUS_NAME`).
     pub datasource_name: String,
+    /// Prometheus' own file-watch errors: above 0, it finds new target files only
+    /// on its 30 s refresh.
+    #[serde(default)]
+    pub sd_watcher_errors: f64,
     #[serde(flatten)]
     pub child: ChildStatus,
 }
@@ -178,6 +182,13 @@ pub fn render(r: &StatusReport) -> String {
         },
         r.watch.mode
     );
+    if p.sd_watcher_errors > 0.0 {
+        let _ = writeln!(
+            out,
+            "  warning     Prometheus could not watch the targets folder ({} errors); it re-reads it every 30 s",
+            p.sd_watcher_errors
+        );
+    }
     if let Some(d) = &r.watch.degraded {
         let _ = writeln!(out, "  warning     {d}");
     }
