@@ -121,6 +121,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         trials: usize,
     },
+    /// Clusters joining and leaving for a long time: memory, fds, final presence, latency.
+    Soak {
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        every: Duration,
+    },
     /// The daemon's CPU and RSS with N synthetic clusters rewriting every 5 s.
     Idle {
         #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
@@ -212,6 +221,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Grafana(GrafanaCommand::Dir) => grafana_dir(&home),
         Command::Bench(BenchCommand::Latency { trials }) => {
             crate::bench::latency(trials)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Soak {
+            clusters,
+            duration,
+            every,
+        }) => {
+            crate::bench::soak(clusters, duration, every)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Idle { clusters, seconds }) => {
