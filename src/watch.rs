@@ -18,14 +18,31 @@ pub struct Watcher {
 
 const LIMIT_HINT: &str = "raise fs.inotify.max_user_instances / fs.inotify.max_user_watches (sysctl), or stop other watchers of this user";
 
+/// Whether an event can change what raywatch discovers. Reads (open, access,
+/// close without writing) and metadata changes do not, and must be ignored:
+/// raywatch's own reads of a folder or file would otherwise wake it again, forever.
+pub fn relevant(kind: &notify::EventKind) -> bool {
+    use notify::EventKind::*;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    match kind {
+        Create(_) | Remove(_) => true,
+        Modify(ModifyKind::Metadata(_)) => false,
+        Modify(_) => true,
+        Access(AccessKind::Close(AccessMode::Write)) => true,
+        Access(_) => false,
+        Any | Other => true,
+    }
+}
+
 impl Watcher {
     pub fn new(tx: UnboundedSender<PathBuf>) -> Watcher {
         let handler = move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) => {
+            Ok(ev) if relevant(&ev.kind) => {
                 for p in ev.paths {
                     let _ = tx.send(p);
                 }
             }
+            Ok(_) => {}
             Err(e) => tracing::warn!("filesystem watch error: {e}"),
         };
         match notify::recommended_watcher(handler) {
@@ -96,5 +113,38 @@ impl Watcher {
         {
             self.degraded = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::EventKind;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, ModifyKind, RenameMode,
+    };
+
+    #[test]
+    fn reads_do_not_wake_the_daemon() {
+        assert!(!relevant(&EventKind::Access(AccessKind::Open(
+            AccessMode::Read
+        ))));
+        assert!(!relevant(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!relevant(&EventKind::Access(AccessKind::Read)));
+        assert!(!relevant(&EventKind::Modify(ModifyKind::Metadata(
+            MetadataKind::AccessTime
+        ))));
+        assert!(relevant(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(relevant(&EventKind::Create(CreateKind::File)));
+        assert!(relevant(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(relevant(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
     }
 }
