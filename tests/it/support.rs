@@ -133,23 +133,11 @@ impl Stack {
 
     /// Prometheus' active targets of the `ray` job: (ray_io_cluster, instance) pairs.
     pub fn active_targets(&self) -> Vec<(String, String)> {
-        let v: Value = self
-            .prom_get("/api/v1/targets?state=active")
-            .json()
-            .unwrap();
-        v["data"]["activeTargets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["labels"]["job"] == "ray")
-            .map(|t| {
-                (
-                    t["labels"]["ray_io_cluster"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                    t["labels"]["instance"].as_str().unwrap_or("").to_string(),
-                )
+        self.active_target_labels()
+            .into_iter()
+            .map(|mut l| {
+                let cluster = l.remove("ray_io_cluster").unwrap_or_default();
+                (cluster, l.remove("instance").unwrap_or_default())
             })
             .collect()
     }
