@@ -461,6 +461,24 @@ impl Core {
         let contested = self.registry.contested();
         let locals = crate::ports::local_addresses();
         let desired = self.registry.desired(&owners);
+        // Past discovery (two 5 s ticks), the first scrape and a margin, every
+        // published target should have an `up` series; say so when not.
+        let grace =
+            Duration::from_secs(30).max(self.config.scrape_interval * 3 + Duration::from_secs(10));
+        let unscraped_targets: Vec<String> = if ready {
+            desired
+                .iter()
+                .filter(|(name, _)| self.targets.age(name).is_some_and(|a| a > grace))
+                .flat_map(|(name, g)| {
+                    g.targets
+                        .iter()
+                        .filter(|t| !health.contains_key(&(name.clone(), (*t).clone())))
+                        .map(move |t| format!("{name}/{t}"))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let clusters = self
             .registry
             .clusters()
@@ -558,6 +576,7 @@ impl Core {
                 password_file: self.home.prometheus_password(),
                 datasource_name: self.config.prometheus_name.clone(),
                 sd_watcher_errors: 0.0,
+                unscraped_targets,
                 child: shared.prometheus.lock().unwrap().clone(),
             },
             grafana: status::GrafanaStatus {

@@ -44,6 +44,10 @@ pub struct PrometheusStatus {
     /// on its 30 s refresh.
     #[serde(default)]
     pub sd_watcher_errors: f64,
+    /// Targets raywatch published a while ago (past Prometheus' discovery and
+    /// first scrape) that Prometheus still has no `up` series for.
+    #[serde(default)]
+    pub unscraped_targets: Vec<String>,
     #[serde(flatten)]
     pub child: ChildStatus,
 }
@@ -182,6 +186,20 @@ pub fn render(r: &StatusReport) -> String {
         },
         r.watch.mode
     );
+    if !p.unscraped_targets.is_empty() {
+        let _ = writeln!(
+            out,
+            "  WARNING     Prometheus is not scraping {} published target(s) ({}); see {}",
+            p.unscraped_targets.len(),
+            p.unscraped_targets
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.home.join("logs/prometheus.log").display()
+        );
+    }
     if p.sd_watcher_errors > 0.0 {
         let _ = writeln!(
             out,

@@ -18,6 +18,8 @@ pub struct TargetsDir {
     dir: PathBuf,
     tmp: PathBuf,
     written: HashMap<String, Vec<u8>>,
+    /// When each file was last written by this daemon.
+    written_at: HashMap<String, Instant>,
     delete_at: HashMap<String, Instant>,
     grace: Duration,
     /// The last write error, shown in `status` until a write succeeds.
@@ -40,6 +42,7 @@ impl TargetsDir {
             dir,
             tmp,
             written,
+            written_at: HashMap::new(),
             delete_at: HashMap::new(),
             grace: Duration::from_secs(15),
             last_error: None,
@@ -69,6 +72,11 @@ impl TargetsDir {
         out
     }
 
+    /// How long ago this daemon last wrote a cluster's file (None: not by it).
+    pub fn age(&self, name: &str) -> Option<std::time::Duration> {
+        self.written_at.get(name).map(|t| t.elapsed())
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.json"))
     }
@@ -77,6 +85,7 @@ impl TargetsDir {
         match crate::atomic::write_via(&self.tmp, &self.path(name), &bytes, 0o644) {
             Ok(()) => {
                 self.written.insert(name.to_string(), bytes);
+                self.written_at.insert(name.to_string(), Instant::now());
                 true
             }
             Err(e) => {

@@ -31,6 +31,25 @@ fn other_user() -> Option<(u32, u32)> {
     Some(lookup().expect("useradd created the second user"))
 }
 
+/// A Python the other user can run (not a per-user shim), or None.
+fn system_python() -> Option<&'static str> {
+    let p = "/usr/bin/python3";
+    if Path::new(p).exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: no /usr/bin/python3 for the second user");
+        None
+    }
+}
+
+/// A copy of raywatch the other user can execute, wherever the repo lives.
+fn shared_raywatch(dir: &Path) -> std::path::PathBuf {
+    let dest = dir.join("raywatch");
+    std::fs::copy(raywatch_bin(), &dest).unwrap();
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dest
+}
+
 /// Runs a command as the other user.
 fn as_other((uid, gid): (u32, u32), args: &[&str]) -> Output {
     Command::new("setpriv")
@@ -418,5 +437,133 @@ fn two_ups_in_the_same_instant_both_come_up_on_different_ports() {
     assert_ne!(stacks[0].port(), stacks[1].port());
     for s in &stacks {
         assert_eq!(s.status()["prometheus"]["ready"], true);
+    }
+}
+
+#[test]
+fn without_inotify_the_daemon_rescans_and_says_so() {
+    let Some(other) = other_user() else { return };
+    let shared = open_scratch();
+    let mine = shared.path().join("o");
+    let root = mine.join("ray_noinotify");
+    std::fs::create_dir_all(&root).unwrap();
+    for d in [&mine, &root] {
+        nix::unistd::chown(
+            d.as_path(),
+            Some(nix::unistd::Uid::from_raw(other.0)),
+            Some(nix::unistd::Gid::from_raw(other.1)),
+        )
+        .unwrap();
+    }
+    let home = mine.join("home");
+    let Some(python) = system_python() else {
+        return;
+    };
+    let raywatch = shared_raywatch(shared.path());
+    // The other user's inotify instances, all taken (the limit is per user).
+    let mut hog = Command::new("setpriv")
+        .args(["--reuid", &other.0.to_string(), "--regid", &other.1.to_string(), "--clear-groups", "--"])
+        .args([python, "-c", "import ctypes,time\nl=ctypes.CDLL(None)\nn=0\nwhile l.inotify_init()>=0: n+=1\nprint(n,flush=True)\ntime.sleep(600)"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hog.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(
+        first.trim().parse::<u32>().unwrap() > 0,
+        "the hog holds inotify instances: {first}"
+    );
+
+    let rw = |args: &[&str]| {
+        as_other(
+            other,
+            &[
+                &[raywatch.to_str().unwrap(), "--home", home.to_str().unwrap()],
+                args,
+            ]
+            .concat(),
+        )
+    };
+    let up = rw(&[
+        "up",
+        "--no-default-watch",
+        "--watch",
+        root.to_str().unwrap(),
+        "--trust-uid",
+        "0",
+        "--scrape-interval",
+        "2s",
+    ]);
+    let cleanup = || {
+        let _ = rw(&["down"]);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(hog.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    if !up.status.success() {
+        cleanup();
+        panic!(
+            "up as the other user failed: {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+    }
+    let _head = FakeHead::start(&root, "session_1", vec!["127.0.0.1:93".into()]);
+    let status = || -> serde_json::Value {
+        serde_json::from_slice(&rw(&["status", "--json"]).stdout).unwrap_or_default()
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let st = wait_for(
+            "the cluster found by rescanning",
+            Duration::from_secs(20),
+            || {
+                let st = status();
+                st["clusters"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["state"] == "live")
+                    .then_some(st)
+            },
+        );
+        assert_eq!(st["watch"]["mode"], "rescan", "{}", st["watch"]);
+        assert!(
+            st["watch"]["degraded"]
+                .as_str()
+                .unwrap()
+                .contains("inotify"),
+            "{}",
+            st["watch"]
+        );
+        assert!(
+            home.join(format!("targets/{}-ray_noinotify.json", user()))
+                .exists()
+        );
+        // Prometheus (also this user's) cannot watch its targets folder either;
+        // raywatch says that it is not scraping what was published.
+        let st = wait_for(
+            "the unscraped-targets warning",
+            Duration::from_secs(60),
+            || {
+                let st = status();
+                (!st["prometheus"]["unscraped_targets"].as_array()?.is_empty()).then_some(st)
+            },
+        );
+        assert_eq!(
+            st["prometheus"]["unscraped_targets"],
+            serde_json::json!([format!("{}-ray_noinotify/127.0.0.1:93", user())])
+        );
+        let human = String::from_utf8_lossy(&rw(&["status"]).stdout).into_owned();
+        assert!(
+            human.contains("rescan") && human.contains("not scraping"),
+            "{human}"
+        );
+    }));
+    cleanup();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
     }
 }
