@@ -461,6 +461,14 @@ fn without_inotify_the_daemon_rescans_and_says_so() {
     };
     let raywatch = shared_raywatch(shared.path());
     // The other user's inotify instances, all taken (the limit is per user).
+    /// Killed and reaped on drop, whatever happens.
+    struct Hog(std::process::Child);
+    impl Drop for Hog {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut hog = Command::new("setpriv")
         .args(["--reuid", &other.0.to_string(), "--regid", &other.1.to_string(), "--clear-groups", "--"])
         .args([python, "-c", "import ctypes,time\nl=ctypes.CDLL(None)\nn=0\nwhile l.inotify_init()>=0: n+=1\nprint(n,flush=True)\ntime.sleep(600)"])
@@ -563,6 +571,7 @@ fn without_inotify_the_daemon_rescans_and_says_so() {
         );
     }));
     cleanup();
+    drop(hog);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
