@@ -474,10 +474,11 @@ fn without_inotify_the_daemon_rescans_and_says_so() {
         .args([python, "-c", "import ctypes,time\nl=ctypes.CDLL(None)\nn=0\nwhile l.inotify_init()>=0: n+=1\nprint(n,flush=True)\ntime.sleep(600)"])
         .stdout(std::process::Stdio::piped())
         .spawn()
+        .map(Hog)
         .unwrap();
     let mut first = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(hog.stdout.as_mut().unwrap()),
+        &mut std::io::BufReader::new(hog.0.stdout.as_mut().unwrap()),
         &mut first,
     )
     .unwrap();
