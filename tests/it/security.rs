@@ -509,10 +509,6 @@ fn without_inotify_the_daemon_rescans_and_says_so() {
     ]);
     let cleanup = || {
         let _ = rw(&["down"]);
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(hog.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
     };
     if !up.status.success() {
         cleanup();
