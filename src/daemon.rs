@@ -200,7 +200,20 @@ impl Core {
                 }
             } else if let Some(c) = self.registry.get(&file) {
                 let (f, o) = (c.found.clone(), c.origin.clone());
-                self.read_and_observe(&f, o);
+                let now_a_link = f.session_dir.is_none()
+                    && std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink());
+                if now_a_link {
+                    // Ray ≥ 2.5x replaced the temp-dir file with a link to its
+                    // session's file, which is followed in its own right.
+                    let change = self.registry.declare_dead(
+                        &file,
+                        SystemTime::now(),
+                        "the temp-dir discovery file became a link to a session's file (Ray ≥ 2.5x)".into(),
+                    );
+                    self.log_change(&file, change);
+                } else {
+                    self.read_and_observe(&f, o);
+                }
             }
         }
         let stale: Vec<PathBuf> = self

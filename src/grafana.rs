@@ -656,6 +656,41 @@ mod tests {
     }
 
     #[test]
+    fn each_ray_version_keeps_its_dashboards_and_the_newest_keeps_rays_uids() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().join("h"))).unwrap();
+        for v in ["2.49.0", "2.60.0"] {
+            let src = home.grafana_dir().join("sources").join(format!("ray-{v}"));
+            std::fs::create_dir_all(&src).unwrap();
+            let d = json!({"uid": "rayDefaultDashboard", "title": "Default", "tags": [format!("rayVersion:{v}")],
+                           "templating": {"list": [{"name": "datasource", "type": "datasource"}]}});
+            std::fs::write(src.join("default_grafana_dashboard.json"), d.to_string()).unwrap();
+        }
+        render_ray_dashboards(&home, "Prometheus").unwrap();
+        let read = |v: &str| -> Value {
+            let p = home
+                .grafana_dir()
+                .join("dashboards")
+                .join(format!("Ray {v}"))
+                .join("default_grafana_dashboard.json");
+            serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+        };
+        let (old, new) = (read("2.49.0"), read("2.60.0"));
+        assert_eq!(
+            new["uid"], "rayDefaultDashboard",
+            "the newest keeps Ray's uid, so Ray's links work"
+        );
+        assert_eq!(old["uid"], "rayDefaultDashboard-2-49-0");
+        assert_eq!(old["title"], "Default (Ray 2.49.0)");
+        for d in [&old, &new] {
+            assert_eq!(
+                d["templating"]["list"][0]["current"]["value"],
+                DATASOURCE_UID
+            );
+        }
+    }
+
+    #[test]
     fn older_versions_get_distinct_short_uids() {
         assert_eq!(
             versioned_uid("rayDefaultDashboard", "2.49.0"),

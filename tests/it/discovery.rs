@@ -185,3 +185,55 @@ fn a_cluster_whose_file_stops_changing_leaves_and_prometheus_is_not_reloaded() {
         "Prometheus was reloaded while clusters came and went"
     );
 }
+
+#[test]
+fn the_legacy_layout_one_file_per_temp_dir_is_followed() {
+    // Ray before 2.5x: a regular file at the temp-dir level, session_latest naming the session.
+    let roots = scratch();
+    let root = roots.path().join("ray_old");
+    let session = root.join("session_2024-01-01_00-00-00_000001_5");
+    std::fs::create_dir_all(&session).unwrap();
+    std::os::unix::fs::symlink(&session, root.join("session_latest")).unwrap();
+    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let file = root.join(DISCOVERY);
+    write_discovery(&file, &["127.0.0.1:95".into()]);
+    let name = format!("{}-ray_old", user());
+    wait_for("the legacy cluster", Duration::from_secs(20), || {
+        (stack.instances_of(&name) == ["127.0.0.1:95"]).then_some(())
+    });
+    let labels = stack
+        .active_target_labels()
+        .into_iter()
+        .find(|l| l["ray_io_cluster"] == name)
+        .unwrap();
+    assert_eq!(
+        labels["ray_session"],
+        "session_2024-01-01_00-00-00_000001_5"
+    );
+
+    // Ray ≥ 2.5x makes the temp-dir file a symlink to the session's file: only the
+    // session-scoped file counts, so the cluster is not listed twice.
+    std::fs::remove_file(&file).unwrap();
+    let scoped = session.join(DISCOVERY);
+    write_discovery(&scoped, &["127.0.0.1:95".into()]);
+    std::os::unix::fs::symlink(&scoped, &file).unwrap();
+    wait_for(
+        "one cluster, from the session-scoped file",
+        Duration::from_secs(20),
+        || {
+            let st = stack.status();
+            let live: Vec<_> = st["clusters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["state"] == "live")
+                .cloned()
+                .collect();
+            (live.len() == 1 && live[0]["discovery_file"] == scoped.to_str().unwrap()).then_some(())
+        },
+    );
+    assert!(
+        stack.status()["rejected"].as_array().unwrap().is_empty(),
+        "the temp-dir symlink is not an error"
+    );
+}

@@ -662,3 +662,40 @@ fn up_on_a_running_stack_applies_changed_settings_and_keeps_the_last_good_config
     assert!(String::from_utf8_lossy(&out.stdout).contains("already running"));
     assert_eq!(stack.pids()[1], prometheus);
 }
+
+#[test]
+fn parallel_ups_on_one_home_end_in_exactly_one_stack() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let stack = Stack::adopt(home.clone());
+    let children: Vec<_> = (0..5)
+        .map(|_| {
+            stack
+                .cmd()
+                .args(["up", "--no-default-watch"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let home_str = home.to_str().unwrap();
+    let daemons: Vec<u32> = processes_mentioning(home_str)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("daemon"))
+        })
+        .collect();
+    assert_eq!(daemons.len(), 1, "daemons: {daemons:?}");
+    assert_eq!(prometheus_processes(&home).len(), 1);
+    assert_eq!(stack.status()["prometheus"]["ready"], true);
+}
