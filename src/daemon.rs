@@ -67,6 +67,8 @@ pub struct Core {
     attribution: Attribution,
     watcher: Watcher,
     roots: BTreeSet<PathBuf>,
+    /// Folders whose new `ray*` children become roots (/tmp, $RAY_TMPDIR).
+    root_parents: BTreeSet<PathBuf>,
     session_dirs: BTreeSet<PathBuf>,
     last_scan: Instant,
     probing: HashMap<PathBuf, Instant>,
@@ -139,10 +141,12 @@ impl Core {
         self.last_scan = Instant::now();
         let mut roots: BTreeSet<PathBuf> = BTreeSet::new();
         let mut parents: BTreeSet<PathBuf> = BTreeSet::new();
+        self.root_parents.clear();
         if self.config.default_roots {
             for parent in discovery::default_root_parents() {
                 roots.extend(discovery::roots_in(&parent));
-                parents.insert(parent);
+                parents.insert(parent.clone());
+                self.root_parents.insert(parent);
             }
         }
         roots.extend(self.config.watch.iter().filter(|p| p.is_dir()).cloned());
@@ -248,8 +252,15 @@ impl Core {
                 files.insert(p.join(DISCOVERY_FILE));
                 continue;
             }
-            if self.attachments.iter().any(|a| !a.is_root() && a.path == p) {
-                files.insert(p);
+            // An attached file, or a file beside it (Ray's temp file before its rename).
+            let attached: Vec<PathBuf> = self
+                .attachments
+                .iter()
+                .filter(|a| a.path == p || (a.path.parent() == parent.as_deref() && !a.is_root()))
+                .map(|a| a.path.clone())
+                .collect();
+            if !attached.is_empty() {
+                files.extend(attached);
                 continue;
             }
             let name = p
@@ -258,11 +269,15 @@ impl Core {
                 .unwrap_or_default();
             let in_root =
                 parent.as_ref().is_some_and(|d| self.roots.contains(d)) || self.roots.contains(&p);
-            let new_root = name.starts_with("ray");
-            let attached_dir = self.attachments.iter().any(|a| {
-                parent.as_deref() == Some(a.path.as_path()) || p.parent() == a.path.parent()
-            });
-            if in_root || new_root || attached_dir || self.config.watch.contains(&p) {
+            let new_root = name.starts_with("ray")
+                && parent
+                    .as_ref()
+                    .is_some_and(|d| self.root_parents.contains(d));
+            let attached_root = self
+                .attachments
+                .iter()
+                .any(|a| parent.as_deref() == Some(a.path.as_path()) || p == a.path);
+            if in_root || new_root || attached_root || self.config.watch.contains(&p) {
                 rescan = true;
             }
         }
@@ -882,6 +897,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         attribution: Attribution::default(),
         watcher: Watcher::new(fs_tx.clone()),
         roots: BTreeSet::new(),
+        root_parents: BTreeSet::new(),
         session_dirs: BTreeSet::new(),
         last_scan: Instant::now(),
         probing: HashMap::new(),
