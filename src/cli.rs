@@ -40,7 +40,7 @@ pub struct Global {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Start the stack (Prometheus and the discovery daemon) in the background.
+    /// Start the stack (Prometheus and the discovery daemon); on a running stack, apply changed settings.
     Up(UpArgs),
     /// Stop the stack started by `up`; keeps its data unless --purge.
     Down {
@@ -175,7 +175,7 @@ pub struct UpArgs {
     /// Require a login to view dashboards again (the default).
     #[arg(long, help_heading = "Grafana")]
     pub no_grafana_anonymous: bool,
-    /// Another folder to watch for Ray temp dirs' sessions (repeatable).
+    /// A Ray temp dir to watch besides the defaults (repeatable; it may not exist yet).
     #[arg(long = "watch", value_name = "DIR", help_heading = "Discovery")]
     pub watch: Vec<PathBuf>,
     /// Watch only the --watch folders, not /tmp/ray* and $RAY_TMPDIR/ray*.
