@@ -344,7 +344,8 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
         std::thread::sleep(Duration::from_millis(200));
     }
     let pid = stack.daemon_pid()?;
-    let (_, rss0, fds0) = sample(pid)?;
+    let (ticks0, rss0, fds0) = sample(pid)?;
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
 
     // The latest join waiting to be timed, taken by the prober when it is free.
     let latest: Arc<Mutex<Option<(String, Instant)>>> = Arc::new(Mutex::new(None));
@@ -412,7 +413,8 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
         }
     }
     eprintln!();
-    let (_, rss1, fds1) = sample(pid)?;
+    let (ticks1, rss1, fds1) = sample(pid)?;
+    let cpu = (ticks1 - ticks0) as f64 / tick / start.elapsed().as_secs_f64() * 100.0;
     // Let the last changes settle (liveness bound, Prometheus' tick), then compare.
     std::thread::sleep(Duration::from_secs(30));
     let expected: BTreeSet<String> = live
@@ -448,6 +450,7 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
         rss1 as f64 / 1024.0
     );
     println!("| daemon open fds start → end | {fds0} → {fds1} |");
+    println!("| daemon CPU during the churn | {cpu:.1} % |");
     println!(
         "| final presence | {} live clusters expected, {} listed by Prometheus: {missing} missing, {extra} extra |",
         expected.len(),

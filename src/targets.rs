@@ -18,6 +18,9 @@ pub struct TargetsDir {
     dir: PathBuf,
     tmp: PathBuf,
     written: HashMap<String, Vec<u8>>,
+    /// The group behind each file this daemon wrote: equal groups are not
+    /// serialised again, so one cluster's change costs O(1), not O(clusters).
+    groups: HashMap<String, TargetGroup>,
     /// When each file was last written by this daemon.
     written_at: HashMap<String, Instant>,
     delete_at: HashMap<String, Instant>,
@@ -42,6 +45,7 @@ impl TargetsDir {
             dir,
             tmp,
             written,
+            groups: HashMap::new(),
             written_at: HashMap::new(),
             delete_at: HashMap::new(),
             grace: Duration::from_secs(15),
@@ -104,13 +108,20 @@ impl TargetsDir {
         let mut writes = 0;
         let mut ok = true;
         for (name, group) in desired {
+            self.delete_at.remove(name);
+            if self.groups.get(name) == Some(group) && self.written.contains_key(name) {
+                continue;
+            }
             let mut bytes = serde_json::to_vec_pretty(&[group]).expect("target groups serialise");
             bytes.push(b'\n');
-            self.delete_at.remove(name);
             if self.written.get(name) != Some(&bytes) {
-                ok &= self.write(name, bytes);
+                if !self.write(name, bytes) {
+                    ok = false;
+                    continue;
+                }
                 writes += 1;
             }
+            self.groups.insert(name.clone(), group.clone());
         }
         let leaving: Vec<String> = self
             .written
@@ -119,6 +130,7 @@ impl TargetsDir {
             .cloned()
             .collect();
         for name in leaving {
+            self.groups.remove(&name);
             if self.written.get(&name).map(Vec::as_slice) != Some(EMPTY) {
                 ok &= self.write(&name, EMPTY.to_vec());
                 writes += 1;
