@@ -55,6 +55,9 @@ pub struct RejectionRecord {
     pub since: SystemTime,
 }
 
+/// At most this many dead clusters are remembered for `status`.
+pub const MAX_DEAD: usize = 200;
+
 /// One file_sd target group, as written to `<home>/targets/<name>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TargetGroup {
@@ -347,6 +350,22 @@ impl Registry {
             );
             changes.push(self.mark_dead(&f, wall, reason));
         }
+        // Dead clusters stay visible for a while, but a bounded number of them:
+        // under heavy churn memory stays flat.
+        let mut dead: Vec<(SystemTime, PathBuf)> = self
+            .clusters
+            .iter()
+            .filter_map(|(f, c)| match &c.state {
+                State::Dead { since, .. } => Some((*since, f.clone())),
+                State::Live => None,
+            })
+            .collect();
+        if dead.len() > MAX_DEAD {
+            dead.sort();
+            for (_, f) in dead.iter().take(dead.len() - MAX_DEAD) {
+                self.clusters.remove(f);
+            }
+        }
         let keep = self.keep_dead;
         self.clusters.retain(|_, c| match &c.state {
             State::Live => true,
@@ -631,6 +650,32 @@ mod tests {
         let later = now + Duration::from_secs(50 + 21);
         let changes = r.tick(later, wall + Duration::from_secs(71));
         assert!(matches!(changes[0], Change::Died(..)), "{changes:?}");
+    }
+
+    #[test]
+    fn only_the_newest_dead_clusters_are_remembered() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        for i in 0..(MAX_DEAD + 50) {
+            let f = found(&format!("/tmp/ray_churn_{i}"), "session_1");
+            let w = wall + Duration::from_millis(i as u64);
+            r.observe(&f, Origin::Watched, listing(&["127.0.0.1:1"], w), now, w);
+            r.observe(&f, Origin::Watched, Ok(None), now, w);
+        }
+        r.tick(now, wall + Duration::from_secs(1));
+        assert_eq!(r.clusters().count(), MAX_DEAD);
+        assert!(
+            r.get(Path::new(
+                "/tmp/ray_churn_0/session_1/prom_metrics_service_discovery.json"
+            ))
+            .is_none()
+        );
+        assert!(
+            r.get(Path::new(
+                "/tmp/ray_churn_249/session_1/prom_metrics_service_discovery.json"
+            ))
+            .is_some()
+        );
     }
 
     #[test]
