@@ -181,7 +181,17 @@ impl Core {
             }
         }
         for (file, f) in &found {
-            if let Some(origin) = self.origin_for(file) {
+            let Some(origin) = self.origin_for(file) else {
+                continue;
+            };
+            // A live cluster's file is re-read on its own events and when it is
+            // overdue; a scan reads only what is new, dead, or now comes
+            // through another origin. So a new session costs O(1), not O(clusters).
+            let settled = self
+                .registry
+                .get(file)
+                .is_some_and(|c| c.is_live() && c.origin == origin);
+            if !settled {
                 self.read_and_observe(f, origin);
             }
         }
