@@ -353,6 +353,15 @@ impl Core {
         for change in self.registry.tick(now, wall) {
             self.log_change(Path::new(""), change);
         }
+        // Bookkeeping only for clusters that are still known.
+        let registry = &self.registry;
+        self.probing
+            .retain(|f, _| registry.get(f).is_some_and(|c| c.is_live()));
+        let sessions: BTreeSet<&PathBuf> = registry
+            .clusters()
+            .filter_map(|c| c.found.session_dir.as_ref())
+            .collect();
+        self.harvested.retain(|d| sessions.contains(d));
         self.targets.collect(now);
         self.harvest_dashboards();
         probes

@@ -156,9 +156,11 @@ impl TargetsDir {
             match fs::remove_file(self.path(&name)) {
                 Ok(()) => {
                     self.written.remove(&name);
+                    self.written_at.remove(&name);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     self.written.remove(&name);
+                    self.written_at.remove(&name);
                 }
                 Err(e) => tracing::warn!("cannot delete {}: {e}", self.path(&name).display()),
             }
