@@ -459,7 +459,17 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
     if samples.is_empty() {
         println!("| join → listed | no sample |");
     } else {
-        println!("{}", summary("join → listed (sampled)", samples));
+        let mut v = samples;
+        v.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| join → listed (sampled) | {} samples: median {:.0} ms, p95 {:.0} ms, min {:.0} ms, max {:.0} ms |",
+            v.len(),
+            ms(percentile(&v, 0.5)),
+            ms(percentile(&v, 0.95)),
+            ms(v[0]),
+            ms(v[v.len() - 1])
+        );
     }
     if missing + extra > 0 {
         bail!("{missing} clusters missing and {extra} extra in Prometheus after the soak");
