@@ -170,6 +170,28 @@ pub fn render(r: &StatusReport) -> String {
         p.user,
         p.password_file.display()
     );
+    let g = &r.grafana;
+    match &g.url {
+        Some(url) => {
+            let _ = writeln!(
+                out,
+                "  grafana     {url}  pid {}  {}  (admin, password in {})",
+                g.child
+                    .pid
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                if g.ready { "ready" } else { "not ready" },
+                g.admin_password_file.display()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  grafana     not installed; dashboards provisioned in {} (`raywatch grafana dir`)",
+                g.provisioning_dir.display()
+            );
+        }
+    }
     let roots: Vec<String> = r
         .watch
         .roots

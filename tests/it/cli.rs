@@ -76,6 +76,18 @@ fn second_up_reports_the_running_stack_and_down_leaves_no_process() {
     let body: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
     assert_eq!(body["status"], "success");
 
+    // The human status names every part of the stack, Grafana included.
+    let human = String::from_utf8_lossy(&stack.run(&["status"]).stdout).into_owned();
+    for part in [
+        "daemon",
+        "prometheus",
+        "grafana",
+        "watching",
+        "from a laptop: ssh -N -L",
+    ] {
+        assert!(human.contains(part), "status lacks {part:?}:\n{human}");
+    }
+
     let down = stack.run(&["down"]);
     assert!(down.status.success());
     for pid in pids {
