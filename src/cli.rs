@@ -373,9 +373,6 @@ fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
 
 fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
     let rt = runtime()?;
-    if home.exists() {
-        crate::home::check_private_dir(home.root())?;
-    }
     home.ensure()?;
     let lock = lock_home(home, "up")?;
     let previous = StackConfig::load(&home.config())?;
@@ -745,15 +742,7 @@ fn query(home: &Home, promql: &str, json: bool) -> Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
-    let parsed: crate::prometheus::QueryResponse = serde_json::from_str(&body)
-        .with_context(|| format!("Prometheus answered HTTP {code} with: {body}"))?;
-    if parsed.status != "success" {
-        bail!(
-            "Prometheus rejected the query: {}",
-            parsed.error.unwrap_or_else(|| format!("HTTP {code}"))
-        );
-    }
-    let data = parsed.data.context("Prometheus' answer has no data")?;
+    let data = crate::prometheus::parse_answer(promql, code, &body)?;
     print!("{}", render_result(&data.result_type, &data.result));
     Ok(ExitCode::SUCCESS)
 }

@@ -262,6 +262,13 @@ impl Client {
         Ok(Client::new(ports.prometheus, password.trim().to_string()))
     }
 
+    fn unreachable(&self) -> String {
+        format!(
+            "cannot reach Prometheus at {}\nhint: `raywatch status` shows whether the stack runs; `raywatch up` starts it",
+            self.base
+        )
+    }
+
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .get(format!("{}{path}", self.base))
@@ -287,7 +294,7 @@ impl Client {
             .get(path)
             .send()
             .await
-            .with_context(|| format!("cannot reach Prometheus at {}", self.base))?;
+            .with_context(|| self.unreachable())?;
         Ok(resp.text().await?)
     }
 
@@ -298,7 +305,7 @@ impl Client {
             .query(&[("query", promql)])
             .send()
             .await
-            .with_context(|| format!("cannot reach Prometheus at {}", self.base))?;
+            .with_context(|| self.unreachable())?;
         let status = resp.status().as_u16();
         let body = resp
             .text()
@@ -310,21 +317,26 @@ impl Client {
     /// An instant query returning its vector result, or Prometheus' error.
     pub async fn query(&self, promql: &str) -> Result<Vec<Sample>> {
         let (status, body) = self.query_raw(promql).await?;
-        let parsed: QueryResponse = serde_json::from_str(&body).with_context(|| {
-            format!("Prometheus answered {status} with an unexpected body: {body}")
-        })?;
-        if parsed.status != "success" {
-            bail!(
-                "Prometheus rejected the query {promql:?}: {}",
-                parsed.error.unwrap_or_else(|| format!("HTTP {status}"))
-            );
-        }
-        let data = parsed.data.context("Prometheus' answer has no data")?;
+        let data = parse_answer(promql, status, &body)?;
         if data.result_type != "vector" {
             return Ok(Vec::new());
         }
         Ok(serde_json::from_value(data.result).unwrap_or_default())
     }
+}
+
+/// The data of a query answer, or Prometheus' own error for it.
+pub fn parse_answer(promql: &str, status: u16, body: &str) -> Result<QueryData> {
+    let parsed: QueryResponse = serde_json::from_str(body).with_context(|| {
+        format!("Prometheus answered HTTP {status} with an unexpected body: {body}")
+    })?;
+    if parsed.status != "success" {
+        bail!(
+            "Prometheus rejected the query {promql:?}: {}",
+            parsed.error.unwrap_or_else(|| format!("HTTP {status}"))
+        );
+    }
+    parsed.data.context("Prometheus' answer has no data")
 }
 
 #[derive(Deserialize, Debug)]
