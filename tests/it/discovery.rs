@@ -42,10 +42,7 @@ fn a_temp_dir_created_under_tmp_after_up_is_found() {
 
 #[test]
 fn bad_discovery_files_are_reported_and_the_good_cluster_keeps_its_targets() {
-    let roots = scratch();
-    let root = roots.path().join("ray_mixed");
-    std::fs::create_dir(&root).unwrap();
-    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let (stack, root) = Stack::watching("ray_mixed", &[]);
     let good = FakeHead::start(&root, "session_good_1", vec!["127.0.0.1:11".into()]);
     let name = format!("{}-ray_mixed", user());
     wait_for("the good cluster", Duration::from_secs(20), || {
@@ -132,15 +129,7 @@ fn bad_discovery_files_are_reported_and_the_good_cluster_keeps_its_targets() {
 
 #[test]
 fn a_cluster_whose_file_stops_changing_leaves_and_prometheus_is_not_reloaded() {
-    let roots = scratch();
-    let root = roots.path().join("ray_life");
-    let stack = Stack::up(&[
-        "--no-default-watch",
-        "--watch",
-        root.to_str().unwrap(),
-        "--liveness",
-        "6s",
-    ]);
+    let (stack, root) = Stack::watching("ray_life", &["--liveness", "6s"]);
     let reloaded_at = stack.own_metric("prometheus_config_last_reload_success_timestamp_seconds");
     let name = format!("{}-ray_life", user());
     let head = FakeHead::start(

@@ -195,17 +195,9 @@ fn ray_dashboards_provisioned_queries_evaluate_and_env_wires_ray_dashboard() {
     let mut b = RayCluster::start_with_env(&tb, false, &env_b);
     let (file_a, _) = a.wait_discovery(Duration::from_secs(120));
     let (file_b, _) = b.wait_discovery(Duration::from_secs(120));
-    let session = |f: &Path| {
-        f.parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned()
-    };
     let clusters = [
-        (name_a.clone(), session(&file_a)),
-        ("named-one".to_string(), session(&file_b)),
+        (name_a.clone(), session_of(&file_a)),
+        ("named-one".to_string(), session_of(&file_b)),
     ];
     for (name, port) in [
         (&name_a, a.metrics_port),

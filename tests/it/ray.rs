@@ -39,20 +39,7 @@ fn two_clusters_are_labelled_attributed_and_a_killed_one_leaves() {
     let (file_a, seen_a) = a.wait_discovery(Duration::from_secs(120));
     let (file_b, seen_b) = b.wait_discovery(Duration::from_secs(120));
     let (name_a, name_b) = (format!("{}-ray_a", user()), format!("{}-ray_b", user()));
-    let session_a = file_a
-        .parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let session_b = file_b
-        .parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let (session_a, session_b) = (session_of(&file_a), session_of(&file_b));
 
     for (name, port, seen) in [
         (&name_a, a.metrics_port, seen_a),

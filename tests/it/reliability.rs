@@ -63,9 +63,7 @@ fn assert_home_parses(home: &Path) {
 
 #[test]
 fn a_killed_prometheus_is_back_and_scraping_within_10_s() {
-    let roots = scratch();
-    let root = roots.path().join("ray_p");
-    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let (stack, root) = Stack::watching("ray_p", &[]);
     let _head = FakeHead::start(&root, "session_1", vec!["127.0.0.1:51".into()]);
     let name = format!("{}-ray_p", user());
     wait_for("the target", Duration::from_secs(20), || {
@@ -171,9 +169,7 @@ fn a_crash_loop_is_shown_with_its_output_and_backoff() {
 
 #[test]
 fn after_the_daemon_is_killed_up_recovers_with_one_prometheus_and_reconciled_targets() {
-    let roots = scratch();
-    let root = roots.path().join("ray_r");
-    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let (stack, root) = Stack::watching("ray_r", &[]);
     let keep = FakeHead::start(&root, "session_keep_1", vec!["127.0.0.1:61".into()]);
     let gone = FakeHead::start(&root, "session_gone_2", vec!["127.0.0.1:62".into()]);
     let name = format!("{}-ray_r", user());
@@ -262,10 +258,7 @@ fn sigterm_to_the_daemon_stops_everything() {
 
 #[test]
 fn two_hundred_kill_9s_of_the_daemon_during_churn_leave_every_file_parseable() {
-    let roots = scratch();
-    let root = roots.path().join("ray_churn");
-    std::fs::create_dir(&root).unwrap();
-    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let (stack, root) = Stack::watching("ray_churn", &[]);
     assert!(stack.run(&["down"]).status.success());
 
     // Churn: clusters appear and disappear every few milliseconds.
@@ -343,28 +336,6 @@ fn a_hundred_parallel_attaches_then_detaches_end_in_the_expected_set() {
             f
         })
         .collect();
-    let run_all = |args: Vec<Vec<String>>| {
-        let children: Vec<_> = args
-            .into_iter()
-            .map(|a| {
-                stack
-                    .cmd()
-                    .args(&a)
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for c in children {
-            let out = c.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    };
     let live_names = || -> Vec<String> {
         let mut v: Vec<String> = stack.status()["clusters"]
             .as_array()
@@ -376,7 +347,8 @@ fn a_hundred_parallel_attaches_then_detaches_end_in_the_expected_set() {
         v.sort();
         v
     };
-    run_all(
+    run_parallel(
+        &stack,
         files
             .iter()
             .enumerate()
@@ -397,7 +369,8 @@ fn a_hundred_parallel_attaches_then_detaches_end_in_the_expected_set() {
             .unwrap();
     assert_eq!(saved.len(), 100);
 
-    run_all(
+    run_parallel(
+        &stack,
         (0..100)
             .map(|i| vec!["detach".into(), format!("att-{i:03}")])
             .collect(),
@@ -506,15 +479,7 @@ fn a_full_disk_is_reported_keeps_old_targets_and_recovers() {
 
 #[test]
 fn odd_filesystem_states_are_survived() {
-    let roots = scratch();
-    let root = roots.path().join("ray_odd");
-    let stack = Stack::up(&[
-        "--no-default-watch",
-        "--watch",
-        root.to_str().unwrap(),
-        "--liveness",
-        "6s",
-    ]);
+    let (stack, root) = Stack::watching("ray_odd", &["--liveness", "6s"]);
     let name = format!("{}-ray_odd", user());
 
     // A dangling session_latest next to a real session.
@@ -566,14 +531,7 @@ fn odd_filesystem_states_are_survived() {
     );
 
     // A file whose mtime lies an hour ahead does not stay alive once its writer stops.
-    let future_root = roots.path().join("ray_future");
-    let stack2 = Stack::up(&[
-        "--no-default-watch",
-        "--watch",
-        future_root.to_str().unwrap(),
-        "--liveness",
-        "6s",
-    ]);
+    let (stack2, future_root) = Stack::watching("ray_future", &["--liveness", "6s"]);
     let session = future_root.join("session_f_1");
     std::fs::create_dir_all(&session).unwrap();
     let f = session.join(DISCOVERY);
@@ -668,25 +626,8 @@ fn parallel_ups_on_one_home_end_in_exactly_one_stack() {
     let dir = scratch();
     let home = dir.path().join("home");
     let stack = Stack::adopt(home.clone());
-    let children: Vec<_> = (0..5)
-        .map(|_| {
-            stack
-                .cmd()
-                .args(["up", "--no-default-watch"])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let up: Vec<String> = vec!["up".into(), "--no-default-watch".into()];
+    run_parallel(&stack, vec![up; 5]);
     let home_str = home.to_str().unwrap();
     let daemons: Vec<u32> = processes_mentioning(home_str)
         .into_iter()

@@ -293,10 +293,7 @@ fn a_home_another_user_prepared_is_refused() {
 
 #[test]
 fn hostile_discovery_files_are_rejected_and_the_daemon_stays_up() {
-    let roots = scratch();
-    let root = roots.path().join("ray_hostile");
-    std::fs::create_dir(&root).unwrap();
-    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let (stack, root) = Stack::watching("ray_hostile", &[]);
     let daemon_pid = stack.pids()[0];
     let _good = FakeHead::start(&root, "session_good_1", vec!["127.0.0.1:41".into()]);
     let _multi = FakeHead::start(

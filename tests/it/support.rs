@@ -60,6 +60,18 @@ impl Stack {
         stack
     }
 
+    /// A stack that watches only one Ray temp dir, `name`, created empty next to
+    /// its home; returns the stack and that root.
+    pub fn watching(name: &str, extra: &[&str]) -> (Stack, PathBuf) {
+        let dir = scratch();
+        let root = dir.path().join(name);
+        std::fs::create_dir(&root).unwrap();
+        let watch = ["--no-default-watch", "--watch", root.to_str().unwrap()];
+        let mut stack = Stack::up_at(&dir.path().join("home"), &[&watch[..], extra].concat());
+        stack._dir = Some(dir);
+        (stack, root)
+    }
+
     /// `raywatch up` with its home at `home` (the caller owns the folder around it).
     pub fn up_at(home: &Path, args: &[&str]) -> Stack {
         let stack = Stack {
@@ -435,6 +447,40 @@ pub fn served_session(endpoint: &str) -> Option<String> {
     let start = text.find("SessionName=\"")? + "SessionName=\"".len();
     let len = text[start..].find('"')?;
     Some(text[start..start + len].to_string())
+}
+
+/// The session name of a session-scoped discovery file (its folder's name).
+pub fn session_of(file: &Path) -> String {
+    file.parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs several raywatch commands at once as separate processes; each must succeed.
+pub fn run_parallel(stack: &Stack, commands: Vec<Vec<String>>) {
+    let children: Vec<_> = commands
+        .into_iter()
+        .map(|a| {
+            stack
+                .cmd()
+                .args(&a)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Parses `export K='V'` lines as `raywatch env` prints them.
