@@ -11,6 +11,7 @@ use hyper::Method;
 
 use crate::api::{self, AttachRequest, AttachResponse, DetachRequest, NotRunning};
 use crate::config::{StackConfig, parse_duration};
+use crate::escape;
 use crate::home::Home;
 use crate::status::StatusReport;
 
@@ -198,9 +199,11 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Messages carry paths and names from outside raywatch: their control
+            // characters are shown escaped, the line breaks raywatch wrote are kept.
+            eprintln!("error: {}", escape::lines(&e.to_string()));
             for cause in e.chain().skip(1) {
-                eprintln!("  Caused by: {cause}");
+                eprintln!("  Caused by: {}", escape::lines(&cause.to_string()));
             }
             ExitCode::FAILURE
         }
@@ -280,7 +283,7 @@ fn lock_home(home: &Home, what: &str) -> Result<nix::fcntl::Flock<std::fs::File>
         .read(true)
         .write(true)
         .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+        .with_context(|| format!("cannot open {}", escape::path(&path)))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
@@ -303,7 +306,7 @@ fn lock_home(home: &Home, what: &str) -> Result<nix::fcntl::Flock<std::fs::File>
                     } else {
                         format!("pid {holder}")
                     },
-                    path.display()
+                    escape::path(&path)
                 );
             }
         }
@@ -357,11 +360,11 @@ fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
             // A temp dir Ray has not created yet is fine: its parent is watched for it.
             let abs = std::fs::canonicalize(w)
                 .or_else(|_| std::path::absolute(w))
-                .with_context(|| format!("--watch {}: not a usable path", w.display()))?;
+                .with_context(|| format!("--watch {}: not a usable path", escape::path(w)))?;
             if !abs.is_dir() {
                 eprintln!(
                     "note: --watch {} does not exist yet; it is picked up when Ray creates it",
-                    abs.display()
+                    escape::path(&abs)
                 );
             }
             watch.push(abs);
@@ -449,18 +452,18 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
     }
     let mut child = spawn_daemon(home)?;
     let report = rt.block_on(wait_ready(home, &mut child))?;
-    println!("raywatch is up ({})", home.root().display());
-    println!("  Prometheus  {}", report.prometheus.url);
+    println!("raywatch is up ({})", escape::path(home.root()));
+    println!("  Prometheus  {}", escape::text(&report.prometheus.url));
     println!(
         "              user {}, password in {}",
-        report.prometheus.user,
-        report.prometheus.password_file.display()
+        escape::text(&report.prometheus.user),
+        escape::path(&report.prometheus.password_file)
     );
     let roots: Vec<String> = report
         .watch
         .roots
         .iter()
-        .map(|r| r.display().to_string())
+        .map(|r| escape::path(r).into_owned())
         .collect();
     let watching = if config.default_roots {
         "/tmp/ray* and $RAY_TMPDIR/ray*".to_string()
@@ -477,12 +480,13 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
     );
     match &report.grafana.url {
         Some(url) => println!(
-            "  Grafana     {url}  (admin, password in {})",
-            report.grafana.admin_password_file.display()
+            "  Grafana     {}  (admin, password in {})",
+            escape::text(url),
+            escape::path(&report.grafana.admin_password_file)
         ),
         None => println!(
             "  Grafana     not installed; dashboards are provisioned in {} (`raywatch grafana dir`)",
-            report.grafana.provisioning_dir.display()
+            escape::path(&report.grafana.provisioning_dir)
         ),
     }
     println!(
@@ -532,7 +536,7 @@ fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
         .create(true)
         .append(true)
         .open(home.daemon_log())
-        .with_context(|| format!("cannot open {}", home.daemon_log().display()))?;
+        .with_context(|| format!("cannot open {}", escape::path(&home.daemon_log())))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--home")
         .arg(home.root())
@@ -568,7 +572,7 @@ async fn wait_ready(home: &Home, child: &mut std::process::Child) -> Result<Stat
                 break Err(anyhow::anyhow!(
                     "Prometheus keeps exiting ({}); see {}",
                     report.prometheus.child.last_exit.unwrap_or_default(),
-                    home.prometheus_log().display()
+                    escape::path(&home.prometheus_log())
                 ));
             }
         }
@@ -585,8 +589,8 @@ async fn wait_ready(home: &Home, child: &mut std::process::Child) -> Result<Stat
         if Instant::now() > deadline {
             break Err(anyhow::anyhow!(
                 "Prometheus was not ready within 90 s; see {} and {}",
-                home.daemon_log().display(),
-                home.prometheus_log().display()
+                escape::path(&home.daemon_log()),
+                escape::path(&home.prometheus_log())
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -605,7 +609,7 @@ fn tail(path: &Path, lines: usize) -> String {
 
 fn down(home: &Home, purge: bool) -> Result<ExitCode> {
     if !home.exists() {
-        println!("no raywatch stack at {}", home.root().display());
+        println!("no raywatch stack at {}", escape::path(home.root()));
         return Ok(ExitCode::SUCCESS);
     }
     crate::home::check_private_dir(home.root())?;
@@ -661,12 +665,12 @@ fn down(home: &Home, purge: bool) -> Result<ExitCode> {
     }
     if purge {
         std::fs::remove_dir_all(home.root())
-            .with_context(|| format!("cannot delete {}", home.root().display()))?;
-        println!("raywatch stopped; {} deleted", home.root().display());
+            .with_context(|| format!("cannot delete {}", escape::path(home.root())))?;
+        println!("raywatch stopped; {} deleted", escape::path(home.root()));
     } else {
         println!(
             "raywatch stopped (data kept in {}; `raywatch down --purge` deletes it)",
-            home.root().display()
+            escape::path(home.root())
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -721,7 +725,7 @@ fn status(home: &Home, json: bool) -> Result<ExitCode> {
             } else {
                 println!(
                     "raywatch is not running for {}; start it with `raywatch up`",
-                    home.root().display()
+                    escape::path(home.root())
                 );
             }
             Ok(ExitCode::from(3))
@@ -765,13 +769,17 @@ fn render_result(kind: &str, result: &serde_json::Value) -> String {
                         let rest: Vec<String> = m
                             .iter()
                             .filter(|(k, _)| *k != "__name__")
-                            .map(|(k, v)| format!("{k}={}", v))
+                            // `v` shows JSON-quoted (C0 controls escaped by serde);
+                            // DEL, C1 and bidi controls are escaped on top.
+                            .map(|(k, v)| {
+                                format!("{}={}", escape::text(k), escape::text(&v.to_string()))
+                            })
                             .collect();
-                        format!("{name}{{{}}}", rest.join(", "))
+                        format!("{}{{{}}}", escape::text(name), rest.join(", "))
                     })
                     .unwrap_or_default();
                 let value = if kind == "vector" {
-                    s["value"][1].as_str().unwrap_or("").to_string()
+                    escape::text(s["value"][1].as_str().unwrap_or("")).into_owned()
                 } else {
                     format!(
                         "{} samples",
@@ -782,7 +790,11 @@ fn render_result(kind: &str, result: &serde_json::Value) -> String {
             }
         }
         _ => {
-            let _ = writeln!(out, "{}", result[1].as_str().unwrap_or(&result.to_string()));
+            let _ = writeln!(
+                out,
+                "{}",
+                escape::text(result[1].as_str().unwrap_or(&result.to_string()))
+            );
         }
     }
     out
@@ -790,7 +802,8 @@ fn render_result(kind: &str, result: &serde_json::Value) -> String {
 
 fn attach(home: &Home, path: PathBuf, name: Option<String>) -> Result<ExitCode> {
     let rt = runtime()?;
-    let abs = std::path::absolute(&path).with_context(|| format!("bad path {}", path.display()))?;
+    let abs =
+        std::path::absolute(&path).with_context(|| format!("bad path {}", escape::path(&path)))?;
     let req = AttachRequest { path: abs, name };
     let resp: AttachResponse = rt
         .block_on(api::call_json(
@@ -803,13 +816,17 @@ fn attach(home: &Home, path: PathBuf, name: Option<String>) -> Result<ExitCode> 
     if resp.clusters.is_empty() {
         println!(
             "attached {}; no Ray cluster there yet, it will appear when one starts",
-            path.display()
+            escape::path(&path)
         );
     } else {
         println!(
             "attached {}: cluster {}",
-            path.display(),
-            resp.clusters.join(", ")
+            escape::path(&path),
+            resp.clusters
+                .iter()
+                .map(|c| escape::text(c))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -825,7 +842,7 @@ fn detach(home: &Home, name: String) -> Result<ExitCode> {
             Some(&DetachRequest { name: name.clone() }),
         ))
         .map_err(hint_up)?;
-    println!("detached {name}");
+    println!("detached {}", escape::text(&name));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -866,8 +883,8 @@ fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<E
             "a Ray cluster ({}) is already running in {}; give the next cluster its own temp dir\n\
              hint: raywatch env --temp-dir {}_2",
             c.name,
-            temp_dir.display(),
-            temp_dir.display()
+            escape::path(&temp_dir),
+            escape::path(&temp_dir)
         );
     }
     let user = crate::procfs::user_name(nix::unistd::geteuid().as_raw());
@@ -896,7 +913,7 @@ fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<E
     };
     // Attaching makes the temp dir followed wherever it is, under the announced name.
     std::fs::create_dir_all(&temp_dir)
-        .with_context(|| format!("cannot create {}", temp_dir.display()))?;
+        .with_context(|| format!("cannot create {}", escape::path(&temp_dir)))?;
     let req = AttachRequest {
         path: temp_dir.clone(),
         name: chosen.clone(),
@@ -910,7 +927,7 @@ fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<E
     let announced = chosen.unwrap_or(default_name);
 
     let password = std::fs::read_to_string(home.prometheus_password())
-        .with_context(|| format!("cannot read {}", home.prometheus_password().display()))?;
+        .with_context(|| format!("cannot read {}", escape::path(&home.prometheus_password())))?;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!(
         "{}:{}",
         crate::prometheus::USER,
@@ -964,11 +981,12 @@ fn open(home: &Home, name: &str) -> Result<ExitCode> {
         .find(|c| c.name == name)
         .with_context(|| format!("no cluster is named {name:?}; `raywatch status` lists them"))?;
     match &c.grafana_url {
-        Some(url) => println!("{url}"),
+        Some(url) => println!("{}", escape::text(url)),
         None => println!(
             "Grafana is not running for this stack; with an existing Grafana, see `raywatch grafana dir`.\n\
-             Prometheus: {}/graph?g0.expr=up%7Bray_io_cluster%3D%22{name}%22%7D",
-            report.prometheus.url
+             Prometheus: {}/graph?g0.expr=up%7Bray_io_cluster%3D%22{}%22%7D",
+            escape::text(&report.prometheus.url),
+            escape::text(name)
         ),
     }
     println!("# from a laptop: {}", crate::status::ssh_hint(&report));
@@ -980,7 +998,7 @@ fn grafana_dir(home: &Home) -> Result<ExitCode> {
     if !dir.is_dir() {
         bail!(
             "{} does not exist yet; run `raywatch up` first",
-            dir.display()
+            escape::path(&dir)
         );
     }
     println!("{}", dir.display());
@@ -999,7 +1017,7 @@ fn reconfigure(
     report: &StatusReport,
 ) -> Result<ExitCode> {
     let current = previous
-        .with_context(|| format!("the running stack has no {}", home.config().display()))?;
+        .with_context(|| format!("the running stack has no {}", escape::path(&home.config())))?;
     let mut wanted = current.clone();
     apply_settings(args, &mut wanted)?;
     let port_change = args
@@ -1012,15 +1030,15 @@ fn reconfigure(
         bail!(
             "raywatch is running for {}; ports and binaries change only on a fresh start\n\
              hint: raywatch down, then raywatch up with the new flags",
-            home.root().display()
+            escape::path(home.root())
         );
     }
     if wanted == current {
         println!(
             "raywatch is already running for {} (daemon pid {}): Prometheus at {}",
-            home.root().display(),
+            escape::path(home.root()),
             report.daemon.pid,
-            report.prometheus.url
+            escape::text(&report.prometheus.url)
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -1034,8 +1052,8 @@ fn reconfigure(
         .context("the running stack kept its previous configuration")?;
     println!(
         "raywatch is running for {}; applied: {}",
-        home.root().display(),
-        resp.changes.join("; ")
+        escape::path(home.root()),
+        escape::text(&resp.changes.join("; "))
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
+pub mod escape;
 pub mod grafana;
 pub mod home;
 pub mod install;

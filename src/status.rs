@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::escape;
 use crate::supervisor::ChildStatus;
 
 pub const SCHEMA: u32 = 1;
@@ -125,7 +126,7 @@ pub struct RejectedInput {
 pub fn render(r: &StatusReport) -> String {
     let mut out = String::new();
     let p = &r.prometheus;
-    let _ = writeln!(out, "raywatch stack at {}", r.home.display());
+    let _ = writeln!(out, "raywatch stack at {}", escape::path(&r.home));
     let _ = writeln!(out, "  daemon      pid {}", r.daemon.pid);
     let state = if p.ready {
         "ready".to_string()
@@ -137,7 +138,7 @@ pub fn render(r: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "  prometheus  {}  pid {}  {state}  (restarts: {})",
-        p.url,
+        escape::text(&p.url),
         p.child
             .pid
             .map(|p| p.to_string())
@@ -145,12 +146,12 @@ pub fn render(r: &StatusReport) -> String {
         p.child.restarts
     );
     if let Some(exit) = &p.child.last_exit {
-        let _ = writeln!(out, "              last exit: {exit}");
+        let _ = writeln!(out, "              last exit: {}", escape::text(exit));
     }
     if p.child.pid.is_none() && !p.child.last_output.is_empty() {
         let _ = writeln!(out, "              its last output:");
         for l in &p.child.last_output {
-            let _ = writeln!(out, "                {l}");
+            let _ = writeln!(out, "                {}", escape::text(l));
         }
     }
     if let (None, Some(next)) = (p.child.pid, p.child.next_start_unix) {
@@ -167,28 +168,29 @@ pub fn render(r: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "              user {}, password in {}",
-        p.user,
-        p.password_file.display()
+        escape::text(&p.user),
+        escape::path(&p.password_file)
     );
     let g = &r.grafana;
     match &g.url {
         Some(url) => {
             let _ = writeln!(
                 out,
-                "  grafana     {url}  pid {}  {}  (admin, password in {})",
+                "  grafana     {}  pid {}  {}  (admin, password in {})",
+                escape::text(url),
                 g.child
                     .pid
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "-".into()),
                 if g.ready { "ready" } else { "not ready" },
-                g.admin_password_file.display()
+                escape::path(&g.admin_password_file)
             );
         }
         None => {
             let _ = writeln!(
                 out,
                 "  grafana     not installed; dashboards provisioned in {} (`raywatch grafana dir`)",
-                g.provisioning_dir.display()
+                escape::path(&g.provisioning_dir)
             );
         }
     }
@@ -196,7 +198,7 @@ pub fn render(r: &StatusReport) -> String {
         .watch
         .roots
         .iter()
-        .map(|r| r.display().to_string())
+        .map(|r| escape::path(r).into_owned())
         .collect();
     let _ = writeln!(
         out,
@@ -206,7 +208,7 @@ pub fn render(r: &StatusReport) -> String {
         } else {
             roots.join(", ")
         },
-        r.watch.mode
+        escape::text(&r.watch.mode)
     );
     if !p.unscraped_targets.is_empty() {
         let _ = writeln!(
@@ -216,10 +218,10 @@ pub fn render(r: &StatusReport) -> String {
             p.unscraped_targets
                 .iter()
                 .take(3)
-                .cloned()
+                .map(|t| escape::text(t).into_owned())
                 .collect::<Vec<_>>()
                 .join(", "),
-            r.home.join("logs/prometheus.log").display()
+            escape::path(&r.home.join("logs/prometheus.log"))
         );
     }
     if p.sd_watcher_errors > 0.0 {
@@ -230,10 +232,10 @@ pub fn render(r: &StatusReport) -> String {
         );
     }
     if let Some(d) = &r.watch.degraded {
-        let _ = writeln!(out, "  warning     {d}");
+        let _ = writeln!(out, "  warning     {}", escape::text(d));
     }
     if let Some(e) = &r.targets_error {
-        let _ = writeln!(out, "  ERROR       {e}");
+        let _ = writeln!(out, "  ERROR       {}", escape::text(e));
     }
     let _ = writeln!(out);
     if r.clusters.is_empty() {
@@ -248,34 +250,44 @@ pub fn render(r: &StatusReport) -> String {
             let _ = writeln!(
                 out,
                 "  {}  {}  {}/{} targets up  {}  {}",
-                c.name,
-                c.state,
+                escape::text(&c.name),
+                escape::text(&c.state),
                 up,
                 c.targets.len(),
-                c.session,
-                c.temp_dir.display()
+                escape::text(&c.session),
+                escape::path(&c.temp_dir)
             );
             if let Some(url) = &c.grafana_url {
-                let _ = writeln!(out, "      grafana: {url}");
+                let _ = writeln!(out, "      grafana: {}", escape::text(url));
             }
             if let Some(reason) = &c.dead_reason {
-                let _ = writeln!(out, "      dead: {reason}");
+                let _ = writeln!(out, "      dead: {}", escape::text(reason));
             }
             for t in &c.targets {
-                let _ = writeln!(out, "      {:<24} {}", t.address, t.health);
+                let _ = writeln!(
+                    out,
+                    "      {:<24} {}",
+                    escape::text(&t.address),
+                    escape::text(&t.health)
+                );
             }
             if !c.remote_targets.is_empty() {
                 let _ = writeln!(
                     out,
                     "      note: not addresses of this machine: {} (fine for a multi-node cluster)",
-                    c.remote_targets.join(", ")
+                    c.remote_targets
+                        .iter()
+                        .map(|t| escape::text(t))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             for w in &c.withheld {
                 let _ = writeln!(
                     out,
                     "      {:<24} not scraped here: {}",
-                    w.address, w.reason
+                    escape::text(&w.address),
+                    escape::text(&w.reason)
                 );
             }
         }
@@ -284,7 +296,12 @@ pub fn render(r: &StatusReport) -> String {
     if !r.rejected.is_empty() {
         let _ = writeln!(out, "\nrejected inputs:");
         for j in &r.rejected {
-            let _ = writeln!(out, "  {}: {}", j.path.display(), j.reason);
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                escape::path(&j.path),
+                escape::text(&j.reason)
+            );
         }
     }
     out
@@ -300,6 +317,6 @@ pub fn ssh_hint(r: &StatusReport) -> String {
     if r.grafana.url.is_some() {
         line.push_str(&format!(" -L {p}:127.0.0.1:{p}", p = r.grafana.port));
     }
-    line.push_str(&format!(" {user}@{host}"));
+    line.push_str(&format!(" {}@{}", escape::text(&user), escape::text(&host)));
     line
 }

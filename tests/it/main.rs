@@ -2,6 +2,7 @@
 
 mod cli;
 mod discovery;
+mod escapes;
 mod grafana;
 mod ray;
 mod reliability;
