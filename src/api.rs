@@ -43,8 +43,28 @@ pub struct ApiError {
 #[error("raywatch is not running for this home (no answer on {0})")]
 pub struct NotRunning(pub String);
 
+/// How long the CLI waits for the daemon's answer: a daemon that does not
+/// answer within this is reported, never waited on forever.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Sends one request to the daemon and returns the status and body.
 pub async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, Bytes)> {
+    match tokio::time::timeout(TIMEOUT, call_untimed(socket, method, path, body)).await {
+        Ok(r) => r,
+        Err(_) => bail!(
+            "the raywatch daemon did not answer within {} s on {}\nhint: its log (<home>/logs/daemon.log) may say why; `raywatch down` stops it by PID",
+            TIMEOUT.as_secs(),
+            socket.display()
+        ),
+    }
+}
+
+async fn call_untimed(
     socket: &Path,
     method: Method,
     path: &str,

@@ -431,6 +431,7 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
         grafana_port,
         grafana_anonymous: false,
         prometheus_name: "Prometheus".into(),
+        gateway_port: 0,
     });
     config.prometheus_bin = bin;
     config.prometheus_port = port;
@@ -452,6 +453,9 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
     }
     let mut child = spawn_daemon(home)?;
     let report = rt.block_on(wait_ready(home, &mut child))?;
+    if let Some(note) = &report.prometheus.port_note {
+        eprintln!("warning: {}", escape::text(note));
+    }
     println!("raywatch is up ({})", escape::path(home.root()));
     println!("  Prometheus  {}", escape::text(&report.prometheus.url));
     println!(
@@ -569,8 +573,13 @@ async fn wait_ready(home: &Home, child: &mut std::process::Child) -> Result<Stat
                 break Ok(report);
             }
             if report.prometheus.child.crash_loop {
+                let held = report
+                    .prometheus
+                    .listener_problem
+                    .map(|p| format!("\n{p}"))
+                    .unwrap_or_default();
                 break Err(anyhow::anyhow!(
-                    "Prometheus keeps exiting ({}); see {}",
+                    "Prometheus keeps exiting ({}); see {}{held}",
                     report.prometheus.child.last_exit.unwrap_or_default(),
                     escape::path(&home.prometheus_log())
                 ));
@@ -617,14 +626,16 @@ fn down(home: &Home, purge: bool) -> Result<ExitCode> {
     let rt = runtime()?;
     let daemon_pid = read_pid(&home.daemon_pid());
     let prometheus_pid = read_pid(&home.prometheus_pid());
+    // A daemon that does not answer within 5 s is stopped by PID below.
     let asked = rt
-        .block_on(api::call(
-            &home.socket(),
-            Method::POST,
-            "/v1/shutdown",
-            None,
-        ))
-        .is_ok();
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                api::call(&home.socket(), Method::POST, "/v1/shutdown", None),
+            )
+            .await
+        })
+        .is_ok_and(|r| r.is_ok());
     // The daemon stops Prometheus itself; whatever is left (a dead daemon's
     // child, a daemon that did not answer) is stopped here, by recorded PID, after
     // checking that the PID still runs what raywatch started.
@@ -686,7 +697,7 @@ fn stop_pid(pid: u32, is_ours: impl Fn(&[String]) -> bool, patience: Duration) {
     use nix::sys::signal::{Signal, kill};
     let target = nix::unistd::Pid::from_raw(pid as i32);
     let still_ours =
-        || crate::procfs::alive(pid) && crate::procfs::cmdline(pid).is_some_and(|c| is_ours(&c));
+        || crate::proc::alive(pid) && crate::proc::cmdline(pid).is_some_and(|c| is_ours(&c));
     let wait_gone = |limit: Duration| {
         let deadline = Instant::now() + limit;
         while still_ours() && Instant::now() < deadline {
@@ -867,7 +878,6 @@ fn ray_default_temp_dir() -> PathBuf {
 }
 
 fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<ExitCode> {
-    use base64::Engine as _;
     let rt = runtime()?;
     let report = rt.block_on(fetch_status(home)).map_err(hint_up)?;
     let temp_dir = std::path::absolute(temp_dir.unwrap_or_else(ray_default_temp_dir))?;
@@ -887,7 +897,7 @@ fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<E
             escape::path(&temp_dir)
         );
     }
-    let user = crate::procfs::user_name(nix::unistd::geteuid().as_raw());
+    let user = crate::proc::user_name(nix::unistd::geteuid().as_raw());
     let default_name = crate::registry::sanitize_name(&format!(
         "{user}-{}",
         temp_dir
@@ -926,14 +936,8 @@ fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<E
     ))?;
     let announced = chosen.unwrap_or(default_name);
 
-    let password = std::fs::read_to_string(home.prometheus_password())
-        .with_context(|| format!("cannot read {}", escape::path(&home.prometheus_password())))?;
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        crate::prometheus::USER,
-        password.trim()
-    ));
-    let headers = serde_json::json!({"Authorization": format!("Basic {basic}")}).to_string();
+    // Ray gets no credential: it copies whatever it is given into
+    // world-readable files. The gateway serves this user's connections only.
     let grafana = report
         .grafana
         .url
@@ -947,12 +951,11 @@ fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<E
         }
     }
     let vars: Vec<(&str, String)> = vec![
-        ("RAY_PROMETHEUS_HOST", report.prometheus.url.clone()),
+        ("RAY_PROMETHEUS_HOST", report.gateway.url.clone()),
         (
             "RAY_PROMETHEUS_NAME",
             report.prometheus.datasource_name.clone(),
         ),
-        ("RAY_PROMETHEUS_HEADERS", headers),
         ("RAY_GRAFANA_HOST", grafana.clone()),
         ("RAY_GRAFANA_IFRAME_HOST", grafana),
         ("RAY_GRAFANA_CLUSTER_FILTER", announced.clone()),

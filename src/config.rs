@@ -39,6 +39,9 @@ pub struct StackConfig {
     /// Let anyone who reaches Grafana's port view dashboards without logging in.
     #[serde(default)]
     pub grafana_anonymous: bool,
+    /// Loopback port of the gateway Ray's Dashboard queries (0: choose one).
+    #[serde(default)]
+    pub gateway_port: u16,
     /// The datasource name Ray's Dashboard expects (`RAY_PROMETHEUS_NAME`).
     #[serde(default = "default_prometheus_name")]
     pub prometheus_name: String,

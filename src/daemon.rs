@@ -19,11 +19,13 @@ use crate::api::{ApiError, AttachRequest, AttachResponse, DetachRequest};
 use crate::attribution::Attribution;
 use crate::config::StackConfig;
 use crate::discovery::{self, DISCOVERY_FILE, Found};
+use crate::endpoints::Endpoints;
 use crate::home::Home;
 use crate::registry::{Change, Origin, Registry, State};
 use crate::status::{self, StatusReport};
 use crate::supervisor::{Spec, Supervisor};
 use crate::targets::TargetsDir;
+use crate::untrusted::{Folder, Kind};
 use crate::watch::Watcher;
 
 /// A live cluster that missed one rewrite is re-read and its GCS asked.
@@ -75,8 +77,19 @@ pub struct Core {
     trusted: BTreeSet<u32>,
     /// Session dirs whose Grafana dashboards were copied.
     harvested: BTreeSet<PathBuf>,
-    /// (registry, attribution) generations last written to `targets/`.
-    published: (u64, u64),
+    /// (registry, attribution, endpoints) generations last written to `targets/`.
+    published: (u64, u64, u64),
+    /// Who holds each listed endpoint; foreign ones are never published.
+    endpoints: Endpoints,
+    last_verify: Instant,
+    /// This machine's addresses (refreshed by full scans).
+    locals: BTreeSet<std::net::IpAddr>,
+    /// Roots that were not scanned (a symlink, not a folder), with the reason.
+    refused_roots: BTreeMap<PathBuf, String>,
+    /// Session folders of untrusted owners seen in the roots (left alone).
+    foreign_sessions: usize,
+    /// Warnings about files in Ray's folders already logged (each is logged once).
+    warned: BTreeSet<String>,
     /// Aged attribution answers are re-checked at this pace even when nothing changed.
     last_contest_check: Instant,
 }
@@ -89,6 +102,18 @@ impl Core {
     fn read_and_observe(&mut self, found: &Found, origin: Origin) {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let read = discovery::read_listing(&found.file, self.trusted());
+        if matches!(read, Ok(None))
+            && self.registry.get(&found.file).is_some_and(|c| c.is_live())
+            && found
+                .session_dir
+                .as_ref()
+                .is_some_and(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+        {
+            // The file went (moved or deleted by someone) while its session
+            // folder stays: Ray rewrites it every 5 s, so the liveness bound and
+            // the GCS decide, not whoever removed it.
+            return;
+        }
         let change = self.registry.observe(found, origin, read, now, wall);
         self.log_change(&found.file, change);
     }
@@ -139,17 +164,20 @@ impl Core {
 
     fn scan_once(&mut self) {
         self.last_scan = Instant::now();
+        self.locals = crate::ports::local_addresses();
+        let trusted = self.trusted.clone();
+        let is_trusted = |uid: u32| trusted.contains(&uid);
         let mut roots: BTreeSet<PathBuf> = BTreeSet::new();
         let mut parents: BTreeSet<PathBuf> = BTreeSet::new();
         self.root_parents.clear();
         if self.config.default_roots {
             for parent in discovery::default_root_parents() {
-                roots.extend(discovery::roots_in(&parent));
+                roots.extend(discovery::roots_in(&parent, &is_trusted));
                 parents.insert(parent.clone());
                 self.root_parents.insert(parent);
             }
         }
-        roots.extend(self.config.watch.iter().filter(|p| p.is_dir()).cloned());
+        roots.extend(self.config.watch.iter().cloned());
         parents.extend(
             self.config
                 .watch
@@ -162,17 +190,31 @@ impl Core {
                 .filter(|a| a.is_root())
                 .map(|a| a.path.clone()),
         );
-        self.roots = roots;
 
         let mut found: BTreeMap<PathBuf, Found> = BTreeMap::new();
         let mut session_dirs = BTreeSet::new();
-        for root in &self.roots {
-            let scan = discovery::scan_root(root);
+        let mut refused = BTreeMap::new();
+        let mut foreign = 0;
+        let mut scanned = BTreeSet::new();
+        for root in &roots {
+            let scan = discovery::scan_root(root, &is_trusted);
+            if let Some(r) = scan.refused {
+                refused.insert(root.clone(), r.to_string());
+                continue;
+            }
+            if std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
+                scanned.insert(root.clone());
+            }
+            foreign += scan.foreign;
             session_dirs.extend(scan.session_dirs);
             for f in scan.found {
                 found.insert(f.file.clone(), f);
             }
         }
+        // Only real folders are roots: a link is never followed into or out of one.
+        self.roots = scanned;
+        self.refused_roots = refused;
+        self.foreign_sessions = foreign;
         let mut watch_set: BTreeSet<PathBuf> = parents;
         for a in self.attachments.iter().filter(|a| !a.is_root()) {
             found.insert(a.path.clone(), Found::for_file(&a.path));
@@ -246,19 +288,32 @@ impl Core {
         self.watcher.set(&watch_set);
     }
 
-    /// Handles a batch of filesystem event paths.
+    /// Handles a batch of filesystem event paths. Each event costs what it
+    /// concerns: a session folder's own file is re-read, a new entry of a root
+    /// is looked at once (one `stat`); only a root appearing or going (or a
+    /// configured folder) rescans. Other users' folders are never entered.
     fn handle_events(&mut self, paths: BTreeSet<PathBuf>) {
         let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut new_sessions: Vec<PathBuf> = Vec::new();
         let mut rescan = false;
+        let trusted = self.trusted.clone();
+        let is_trusted = |uid: u32| trusted.contains(&uid);
         for p in paths {
             let parent = p.parent().map(Path::to_path_buf);
+            let name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
             if let Some(parent) = &parent
                 && self.session_dirs.contains(parent)
             {
-                files.insert(parent.join(DISCOVERY_FILE));
+                if name == DISCOVERY_FILE {
+                    files.insert(p);
+                }
                 continue;
             }
             if self.session_dirs.contains(&p) {
+                // The folder itself was removed, renamed or replaced.
+                if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                    self.session_dirs.remove(&p);
+                }
                 files.insert(p.join(DISCOVERY_FILE));
                 continue;
             }
@@ -273,27 +328,55 @@ impl Core {
                 files.extend(attached);
                 continue;
             }
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let in_root =
-                parent.as_ref().is_some_and(|d| self.roots.contains(d)) || self.roots.contains(&p);
-            let new_root = name.starts_with("ray")
-                && parent
-                    .as_ref()
-                    .is_some_and(|d| self.root_parents.contains(d));
-            let attached_root = self
+            if let Some(root) = parent.as_ref().filter(|d| self.roots.contains(*d)) {
+                if name == DISCOVERY_FILE {
+                    // Ray ≥ 2.5x keeps a link here to the last writer's session
+                    // file: not a cluster of its own; the scan settles a legacy
+                    // file that became one.
+                    if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                        rescan |= self.registry.get(&p).is_some_and(|c| c.is_live());
+                    } else {
+                        files.insert(p);
+                    }
+                } else if discovery::is_session_name(&name.to_string_lossy())
+                    && let Ok(Some(folder)) = Folder::open(root)
+                    && discovery::trusted_session(&folder, &name, Kind::Unknown, &is_trusted)
+                {
+                    new_sessions.push(p);
+                }
+                continue;
+            }
+            if self.roots.contains(&p) || self.config.watch.contains(&p) {
+                rescan = true;
+                continue;
+            }
+            if let Some(parent) = parent.as_ref().filter(|d| self.root_parents.contains(*d)) {
+                if name.to_string_lossy().starts_with("ray")
+                    && let Ok(Some(folder)) = Folder::open(parent)
+                    && discovery::is_default_root(&folder, &name, &is_trusted)
+                {
+                    rescan = true;
+                }
+                continue;
+            }
+            if self
                 .attachments
                 .iter()
-                .any(|a| parent.as_deref() == Some(a.path.as_path()) || p == a.path);
-            if in_root || new_root || attached_root || self.config.watch.contains(&p) {
+                .any(|a| parent.as_deref() == Some(a.path.as_path()) || p == a.path)
+            {
                 rescan = true;
             }
         }
         if rescan {
             self.full_scan();
             return;
+        }
+        if !new_sessions.is_empty() {
+            for d in new_sessions {
+                self.watcher.add(&d);
+                files.insert(d.join(DISCOVERY_FILE));
+                self.session_dirs.insert(d);
+            }
         }
         for file in files {
             let existing = self
@@ -345,7 +428,8 @@ impl Core {
             {
                 continue;
             }
-            if let Some(addrs) = gcs_addresses(c) {
+            let trusted = &self.trusted;
+            if let Some(addrs) = gcs_addresses(c, &|uid| trusted.contains(&uid), &mut self.warned) {
                 self.probing.insert(f.file.clone(), now);
                 probes.push((f.file.clone(), addrs));
             }
@@ -398,18 +482,57 @@ impl Core {
         }
     }
 
+    /// Looks up who holds every endpoint of the live clusters.
+    fn verify_endpoints(&mut self) {
+        let trusted = &self.trusted;
+        let listed = self
+            .registry
+            .clusters()
+            .filter(|c| c.is_live())
+            .flat_map(|c| c.targets.iter());
+        self.endpoints
+            .refresh(listed, &self.locals, &|uid| trusted.contains(&uid));
+        self.last_verify = Instant::now();
+    }
+
+    /// The target groups to publish: what the registry wants, less every
+    /// endpoint whose listener belongs to an untrusted uid.
+    fn desired(&self) -> BTreeMap<String, crate::registry::TargetGroup> {
+        let mut desired = self.registry.desired(&self.attribution.owners());
+        for g in desired.values_mut() {
+            g.targets.retain(|t| self.endpoints.admitted(t));
+        }
+        desired
+    }
+
     /// Writes the target files when anything they depend on changed (or a
     /// previous write failed); returns contested endpoints to resolve.
     fn publish(&mut self) -> Vec<(String, Vec<String>)> {
         let now = Instant::now();
-        let stamp = (self.registry.generation(), self.attribution.generation);
+        if self.registry.generation() != self.published.0
+            || now.duration_since(self.last_verify) >= Duration::from_secs(1)
+        {
+            self.verify_endpoints();
+        }
+        let stamp = (
+            self.registry.generation(),
+            self.attribution.generation,
+            self.endpoints.generation,
+        );
         let recheck = now.duration_since(self.last_contest_check) >= Duration::from_secs(10);
         if stamp == self.published && self.targets.last_error.is_none() && !recheck {
             return Vec::new();
         }
         self.last_contest_check = now;
-        let due = self.attribution.due(&self.registry.contested(), now);
-        let desired = self.registry.desired(&self.attribution.owners());
+        // A foreign endpoint is never scraped, not even to read its session.
+        let contested: BTreeMap<String, Vec<String>> = self
+            .registry
+            .contested()
+            .into_iter()
+            .filter(|(ep, _)| self.endpoints.admitted(ep))
+            .collect();
+        let due = self.attribution.due(&contested, now);
+        let desired = self.desired();
         self.targets.sync(&desired, now);
         self.published = stamp;
         due
@@ -507,7 +630,7 @@ impl Core {
         let owners = self.attribution.owners();
         let contested = self.registry.contested();
         let locals = crate::ports::local_addresses();
-        let desired = self.registry.desired(&owners);
+        let desired = self.desired();
         // Past discovery (two 5 s ticks), the first scrape and a margin, every
         // published target should have an `up` series; say so when not.
         let grace =
@@ -549,11 +672,12 @@ impl Core {
                         .filter(|t| !published.contains(t))
                         .map(|t| status::WithheldTarget {
                             address: t.clone(),
-                            reason: match owners.get(t) {
-                                Some(Some(s)) => format!("also listed by another cluster; its series carry session {s}"),
-                                Some(None) => "also listed by another cluster, and no claimant's session could be read from it".into(),
-                                None if contested.contains_key(t) => "also listed by another cluster; checking which one serves it".into(),
-                                None => "not published".into(),
+                            reason: match (self.endpoints.foreign(t), owners.get(t)) {
+                                (Some((uid, user)), _) => format!("its port is held by uid {uid} ({user}), not by a trusted user: never scraped"),
+                                (None, Some(Some(s))) => format!("also listed by another cluster; its series carry session {s}"),
+                                (None, Some(None)) => "also listed by another cluster, and no claimant's session could be read from it".into(),
+                                (None, None) if contested.contains_key(t) => "also listed by another cluster; checking which one serves it".into(),
+                                (None, None) => "not published".into(),
                             },
                         })
                         .collect()
@@ -604,6 +728,15 @@ impl Core {
                 reason: r.reason.clone(),
                 since_unix: unix(r.since),
             })
+            .chain(
+                self.refused_roots
+                    .iter()
+                    .map(|(p, r)| status::RejectedInput {
+                        path: p.clone(),
+                        reason: format!("(a watched root) {r}"),
+                        since_unix: unix(shared.started),
+                    }),
+            )
             .collect();
         let port = shared.port.lock().unwrap().to_owned();
         StatusReport {
@@ -624,6 +757,8 @@ impl Core {
                 datasource_name: self.config.prometheus_name.clone(),
                 sd_watcher_errors: 0.0,
                 unscraped_targets,
+                listener_problem: None,
+                port_note: shared.port_note.lock().unwrap().clone(),
                 child: shared.prometheus.lock().unwrap().clone(),
             },
             grafana: status::GrafanaStatus {
@@ -649,6 +784,21 @@ impl Core {
                 },
                 roots: self.roots.iter().cloned().collect(),
                 degraded: self.watcher.degraded.clone(),
+                foreign_session_dirs: self.foreign_sessions,
+            },
+            gateway: status::GatewayStatus {
+                url: format!("http://127.0.0.1:{}", shared.gateway.port),
+                port: shared.gateway.port,
+                refused_connections: shared
+                    .gateway
+                    .counters
+                    .refused_connections
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                refused_requests: shared
+                    .gateway
+                    .counters
+                    .refused_requests
+                    .load(std::sync::atomic::Ordering::Relaxed),
             },
             clusters,
             rejected,
@@ -663,20 +813,36 @@ fn unix(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Where a cluster's GCS should answer: the port Ray recorded in the session dir,
-/// on loopback and on the hosts of its targets.
-fn gcs_addresses(c: &crate::registry::Cluster) -> Option<Vec<String>> {
-    let dir = c.found.session_dir.as_ref()?;
-    let port = std::fs::read_dir(dir)
+/// Where a cluster's GCS should answer: the port Ray recorded in the session dir
+/// (a `gcs_server_port_*` file, read like every file of Ray's folders: see
+/// [`crate::untrusted`]), on loopback and on the hosts of its targets.
+fn gcs_addresses(
+    c: &crate::registry::Cluster,
+    trusted: &dyn Fn(u32) -> bool,
+    warned: &mut BTreeSet<String>,
+) -> Option<Vec<String>> {
+    let folder = Folder::open(c.found.session_dir.as_ref()?).ok()??;
+    let name = folder
+        .entries()
+        .into_iter()
+        .map(|(n, _)| n)
+        .find(|n| n.to_string_lossy().starts_with("gcs_server_port_"))?;
+    let contents = match folder.read(&name, 64, trusted) {
+        Ok(Some(c)) => c,
+        Ok(None) => return None,
+        Err(r) => {
+            let msg = format!("not reading {}: it {r}", folder.path.join(&name).display());
+            if warned.insert(msg.clone()) {
+                tracing::warn!("{msg}");
+            }
+            return None;
+        }
+    };
+    let port = std::str::from_utf8(&contents.bytes)
         .ok()?
-        .flatten()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("gcs_server_port_")
-        })
-        .and_then(|e| std::fs::read_to_string(e.path()).ok())
-        .and_then(|s| s.trim().parse::<u16>().ok())?;
+        .trim()
+        .parse::<u16>()
+        .ok()?;
     let mut hosts: Vec<String> = vec!["127.0.0.1".into()];
     for t in &c.targets {
         if let Some((h, _)) = t.rsplit_once(':')
@@ -705,6 +871,44 @@ async fn all_refused(addrs: &[String]) -> bool {
     true
 }
 
+/// The gateway's port and counters, for `status`.
+pub struct GatewayInfo {
+    port: u16,
+    counters: Arc<crate::gateway::Counters>,
+}
+
+/// Binds the gateway's port: the one in the config when it is still free (so
+/// Ray clusters started earlier keep reaching the stack), else a fresh one.
+fn bind_gateway(
+    home: &Home,
+    mut config: StackConfig,
+) -> Result<(tokio::net::TcpListener, StackConfig)> {
+    let bind = |port: u16| {
+        let l = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
+        l.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(l)
+    };
+    let listener = match (config.gateway_port != 0).then(|| bind(config.gateway_port)) {
+        Some(Ok(l)) => l,
+        other => {
+            if let Some(Err(e)) = other {
+                tracing::warn!(
+                    "the gateway's port {} is not available ({e}; {}); Ray clusters started with the old RAY_PROMETHEUS_HOST reach nothing of this stack: run `eval \"$(raywatch env)\"` before their next start",
+                    config.gateway_port,
+                    crate::proc::describe_holder(config.gateway_port)
+                );
+            }
+            bind(0).context("cannot listen on 127.0.0.1 for the gateway")?
+        }
+    };
+    let port = listener.local_addr()?.port();
+    if port != config.gateway_port {
+        config.gateway_port = port;
+        config.save(&home.config())?;
+    }
+    Ok((listener, config))
+}
+
 pub struct Shared {
     core: Mutex<Core>,
     wake: tokio::sync::Notify,
@@ -717,6 +921,9 @@ pub struct Shared {
     grafana_port: u16,
     port: Arc<Mutex<u16>>,
     client: Mutex<crate::prometheus::Client>,
+    /// Why Prometheus last moved to another port, if it did.
+    port_note: Arc<Mutex<Option<String>>>,
+    gateway: GatewayInfo,
     started: SystemTime,
 }
 
@@ -772,8 +979,8 @@ fn reap_stale_child(pid_file: &Path, marker: &str, what: &str) {
         return;
     };
     let ours = || {
-        crate::procfs::alive(pid)
-            && crate::procfs::cmdline(pid).is_some_and(|c| c.iter().any(|a| a.contains(marker)))
+        crate::proc::alive(pid)
+            && crate::proc::cmdline(pid).is_some_and(|c| c.iter().any(|a| a.contains(marker)))
     };
     if !ours() {
         let _ = std::fs::remove_file(pid_file);
@@ -837,32 +1044,51 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     reap_stale_child(&home.prometheus_pid(), &yml, "Prometheus");
     let ini = home.grafana_dir().join("grafana.ini").display().to_string();
     reap_stale_child(&home.grafana_pid(), &ini, "Grafana");
+    // A new password at every start: one that leaked (an old Ray file, a
+    // squatter before this fix) stops working with the next `up`.
+    let password = crate::prometheus::rotate_password(&home)?;
     crate::prometheus::write_files(&home, &config)?;
-    let password = crate::prometheus::ensure_password(&home)?;
     crate::grafana::write_files(&home, &config)?;
     let port = Arc::new(Mutex::new(config.prometheus_port));
+
+    // The gateway for Ray: held by the daemon for its whole life.
+    let (gateway_listener, config) = bind_gateway(&home, config)?;
     crate::prometheus::Ports {
         prometheus: config.prometheus_port,
+        gateway: config.gateway_port,
     }
     .save(&home)?;
+    let port_note: Arc<Mutex<Option<String>>> = Arc::default();
 
     // Prometheus, restarted with backoff. A port chosen by raywatch that someone
     // took meanwhile is replaced by a fresh one.
     let live_config = Arc::new(Mutex::new(config.clone()));
     let supervisor = {
-        let (home, live, port) = (home.clone(), live_config.clone(), port.clone());
+        let (home, live, port, note) = (
+            home.clone(),
+            live_config.clone(),
+            port.clone(),
+            port_note.clone(),
+        );
         Supervisor::start("prometheus", move || {
             let mut config = live.lock().unwrap().clone();
             if config.prometheus_port_auto && !crate::ports::is_free(config.prometheus_port) {
                 let fresh = crate::ports::free_port()?;
-                tracing::warn!(
-                    "port {} was taken; Prometheus moves to {fresh}",
-                    config.prometheus_port
+                let msg = format!(
+                    "Prometheus moved from port {} to {fresh}: the old port was {}",
+                    config.prometheus_port,
+                    crate::proc::describe_holder(config.prometheus_port)
                 );
+                tracing::warn!("{msg}");
+                *note.lock().unwrap() = Some(msg);
                 config.prometheus_port = fresh;
                 config.save(&home.config())?;
                 crate::prometheus::write_files(&home, &config)?;
-                crate::prometheus::Ports { prometheus: fresh }.save(&home)?;
+                crate::prometheus::Ports {
+                    prometheus: fresh,
+                    gateway: config.gateway_port,
+                }
+                .save(&home)?;
                 crate::grafana::write_files(&home, &config)?;
                 *live.lock().unwrap() = config.clone();
                 *port.lock().unwrap() = fresh;
@@ -922,7 +1148,13 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         probing: HashMap::new(),
         trusted,
         harvested: BTreeSet::new(),
-        published: (u64::MAX, u64::MAX),
+        published: (u64::MAX, u64::MAX, u64::MAX),
+        endpoints: Endpoints::default(),
+        last_verify: Instant::now(),
+        locals: crate::ports::local_addresses(),
+        refused_roots: BTreeMap::new(),
+        foreign_sessions: 0,
+        warned: BTreeSet::new(),
         last_contest_check: Instant::now(),
         home: home.clone(),
         config: config.clone(),
@@ -945,7 +1177,13 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         client: Mutex::new(crate::prometheus::Client::new(
             config.prometheus_port,
             password.clone(),
+            Some(home.prometheus_pid()),
         )),
+        port_note: port_note.clone(),
+        gateway: GatewayInfo {
+            port: config.gateway_port,
+            counters: Arc::default(),
+        },
         started: SystemTime::now(),
     });
 
@@ -961,6 +1199,28 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         .route("/v1/shutdown", post(shutdown_handler))
         .route("/v1/config", post(config_handler))
         .with_state(shared.clone());
+    let gateway = {
+        let upstream = Arc::new(crate::gateway::Upstream {
+            client: {
+                let shared = shared.clone();
+                Box::new(move || shared.client.lock().unwrap().clone())
+            },
+            counters: shared.gateway.counters.clone(),
+        });
+        let listener = crate::gateway::OwnerOnly::new(
+            gateway_listener,
+            nix::unistd::geteuid().as_raw(),
+            shared.gateway.counters.clone(),
+        );
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, crate::gateway::router(upstream))
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+        })
+    };
     let mut api_shutdown = shutdown_rx.clone();
     let api = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -1005,8 +1265,8 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
                 probes = shared.core.lock().unwrap().tick();
                 let p = *port.lock().unwrap();
                 let mut client = shared.client.lock().unwrap();
-                if !client.base.ends_with(&format!(":{p}")) {
-                    *client = crate::prometheus::Client::new(p, password.clone());
+                if client.port != p {
+                    *client = crate::prometheus::Client::new(p, password.clone(), Some(home.prometheus_pid()));
                 }
             }
             Some((ep, owner)) = owner_rx.recv() => {
@@ -1038,6 +1298,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     }
     let _ = shared.shutdown.send(true);
     let _ = api.await;
+    gateway.abort();
     if let Some(g) = &grafana {
         g.stop().await;
     }
@@ -1078,7 +1339,12 @@ fn api_error(code: StatusCode, error: String) -> (StatusCode, Json<ApiError>) {
 
 async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<StatusReport> {
     let client = shared.client.lock().unwrap().clone();
-    let ready = client.ready().await;
+    let readiness = client.readiness().await;
+    let ready = readiness == crate::prometheus::Readiness::Ready;
+    let listener_problem = match readiness {
+        crate::prometheus::Readiness::Refused(e) => Some(e.to_string()),
+        _ => None,
+    };
     let mut health = HashMap::new();
     let mut sd_errors = 0.0;
     if ready {
@@ -1118,6 +1384,7 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     let core = shared.core.lock().unwrap();
     let mut report = core.report(&shared, ready, grafana_ready, &health);
     report.prometheus.sd_watcher_errors = sd_errors;
+    report.prometheus.listener_problem = listener_problem;
     Ok(Json(report))
 }
 

@@ -7,10 +7,9 @@
 //! temp-dir symlink, so two clusters sharing a temp dir stay two clusters.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
-use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -23,32 +22,8 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// More targets than any Ray cluster has nodes.
 pub const MAX_TARGETS: usize = 4096;
 
-/// Why a discovery file was not followed. Shown in `status` and the log.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
-    #[error(
-        "is a symbolic link; raywatch reads only regular files (attach the file it points to if you trust it)"
-    )]
-    Symlink,
-    #[error("is a directory where a regular file was expected")]
-    Directory,
-    #[error("is {0}, not a regular file")]
-    NotRegular(&'static str),
-    #[error("is {size} bytes, over the {max}-byte limit")]
-    TooLarge { size: u64, max: u64 },
-    #[error(
-        "is owned by uid {uid} ({user}), not by this stack's user; run `raywatch up --trust-uid {uid}` to follow it"
-    )]
-    Untrusted { uid: u32, user: String },
-    #[error("is not valid discovery JSON ({0})")]
-    Parse(String),
-    #[error("lists target {target:?}, which is not host:port ({why})")]
-    BadTarget { target: String, why: String },
-    #[error("lists {0} targets, over the limit of {MAX_TARGETS}")]
-    TooManyTargets(usize),
-    #[error("cannot be read ({0})")]
-    Io(String),
-}
+pub use crate::untrusted::Rejection;
+use crate::untrusted::{Folder, Kind};
 
 /// The useful content of a valid discovery file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,95 +43,41 @@ struct Group {
     labels: BTreeMap<String, String>,
 }
 
-/// Reads a discovery file the safe way: no symlinks, regular files only, bounded
-/// size, owner checked, strict JSON, every target `host:port`.
-/// `Ok(None)` means the file does not exist (any more).
+/// Reads a discovery file the safe way (see [`crate::untrusted`]): no symlinks,
+/// regular files only, bounded size, owner checked, strict JSON, every target
+/// `host:port`. A session-scoped file is read through its session folder, which
+/// must be a real folder owned by a trusted uid. `Ok(None)`: the file (or its
+/// session folder) does not exist.
 pub fn read_listing(
     path: &Path,
     trusted: impl Fn(u32) -> bool,
 ) -> Result<Option<Listing>, Rejection> {
-    let Some((bytes, meta)) = read_checked(path, MAX_FILE_BYTES, &trusted)? else {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Rejection::Io("not a file path".into()));
+    };
+    let Some(folder) = Folder::open(parent)? else {
         return Ok(None);
     };
-    let targets = parse_listing(&bytes)?;
+    if is_session_dir_name(parent) && !trusted(folder.uid) {
+        return Err(Rejection::Untrusted {
+            uid: folder.uid,
+            user: crate::proc::user_name(folder.uid),
+        });
+    }
+    let Some(contents) = folder.read(name, MAX_FILE_BYTES, &trusted)? else {
+        return Ok(None);
+    };
+    let targets = parse_listing(&contents.bytes)?;
     Ok(Some(Listing {
         targets,
-        mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        uid: meta.uid(),
+        mtime: contents.mtime,
+        uid: contents.uid,
     }))
 }
 
-/// Reads an untrusted file with the same checks as a discovery file (regular,
-/// not a symlink, owner trusted, at most `max` bytes), returning its bytes.
-pub fn read_bounded(
-    path: &Path,
-    max: u64,
-    trusted: impl Fn(u32) -> bool,
-) -> Result<Option<Vec<u8>>, Rejection> {
-    Ok(read_checked(path, max, &trusted)?.map(|(b, _)| b))
-}
-
-fn read_checked(
-    path: &Path,
-    max: u64,
-    trusted: &dyn Fn(u32) -> bool,
-) -> Result<Option<(Vec<u8>, fs::Metadata)>, Rejection> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_flags())
-        .open(path);
-    let mut file = match file {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Err(Rejection::Symlink),
-        Err(e) => return Err(Rejection::Io(e.to_string())),
-    };
-    let meta = file.metadata().map_err(|e| Rejection::Io(e.to_string()))?;
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        return Err(Rejection::Directory);
-    }
-    if !ft.is_file() {
-        use std::os::unix::fs::FileTypeExt;
-        let kind = if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_socket() {
-            "a socket"
-        } else if ft.is_char_device() || ft.is_block_device() {
-            "a device"
-        } else {
-            "a special file"
-        };
-        return Err(Rejection::NotRegular(kind));
-    }
-    if !trusted(meta.uid()) {
-        return Err(Rejection::Untrusted {
-            uid: meta.uid(),
-            user: crate::procfs::user_name(meta.uid()),
-        });
-    }
-    if meta.len() > max {
-        return Err(Rejection::TooLarge {
-            size: meta.len(),
-            max,
-        });
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    (&mut file)
-        .take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Rejection::Io(e.to_string()))?;
-    if bytes.len() as u64 > max {
-        return Err(Rejection::TooLarge {
-            size: bytes.len() as u64,
-            max,
-        });
-    }
-    Ok(Some((bytes, meta)))
-}
-
-fn libc_flags() -> i32 {
-    nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC
+fn is_session_dir_name(dir: &Path) -> bool {
+    dir.file_name()
+        .is_some_and(|n| is_session_name(&n.to_string_lossy()))
 }
 
 /// Parses file_sd JSON strictly and returns its distinct targets.
@@ -270,42 +191,66 @@ pub struct RootScan {
     pub found: Vec<Found>,
     /// Session folders to watch for their discovery file appearing or changing.
     pub session_dirs: Vec<PathBuf>,
+    /// Session folders of untrusted owners, left alone (neither read nor watched).
+    pub foreign: usize,
+    /// Why the root itself was not scanned (a symlink, not a folder).
+    pub refused: Option<Rejection>,
 }
 
-fn is_session_name(name: &str) -> bool {
+pub fn is_session_name(name: &str) -> bool {
     name.starts_with("session_") && name != "session_latest"
 }
 
-/// Scans one Ray temp dir: every `session_*` folder (not the `session_latest`
-/// link) and, for older Ray, a regular discovery file at the top.
-pub fn scan_root(root: &Path) -> RootScan {
+/// Whether the entry `name` of an open root is a session folder raywatch
+/// follows: a real folder (not a link) owned by a trusted uid.
+pub fn trusted_session(
+    root: &Folder,
+    name: &OsStr,
+    kind: Kind,
+    trusted: &dyn Fn(u32) -> bool,
+) -> bool {
+    if !matches!(kind, Kind::Dir | Kind::Unknown) || !is_session_name(&name.to_string_lossy()) {
+        return false;
+    }
+    root.stat(name)
+        .is_some_and(|st| crate::untrusted::is_dir(&st) && trusted(st.st_uid))
+}
+
+/// Scans one Ray temp dir: every `session_*` folder that is a real folder of a
+/// trusted owner (not the `session_latest` link) and, for older Ray, a discovery
+/// file at the top. The root itself may be shared (a common `/tmp/ray`), but is
+/// never entered through a link.
+pub fn scan_root(root: &Path, trusted: &dyn Fn(u32) -> bool) -> RootScan {
     let mut scan = RootScan::default();
-    let Ok(entries) = fs::read_dir(root) else {
-        return scan;
+    let folder = match Folder::open(root) {
+        Ok(Some(f)) => f,
+        Ok(None) => return scan,
+        Err(r) => {
+            scan.refused = Some(r);
+            return scan;
+        }
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if !is_session_name(&name) {
+    for (name, kind) in folder.entries() {
+        if name == DISCOVERY_FILE {
+            // A symlink here is Ray ≥ 2.5x pointing at the last writer's session file.
+            if kind != Kind::Symlink {
+                scan.found.push(Found::for_file(&root.join(&name)));
+            }
             continue;
         }
-        let Ok(ft) = entry.file_type() else { continue };
-        if !ft.is_dir() {
+        if !is_session_name(&name.to_string_lossy()) {
             continue;
         }
-        let dir = entry.path();
+        if !trusted_session(&folder, &name, kind, trusted) {
+            scan.foreign += 1;
+            continue;
+        }
+        let dir = root.join(&name);
         let file = dir.join(DISCOVERY_FILE);
         if fs::symlink_metadata(&file).is_ok() {
             scan.found.push(Found::for_file(&file));
         }
         scan.session_dirs.push(dir);
-    }
-    let legacy = root.join(DISCOVERY_FILE);
-    if let Ok(meta) = fs::symlink_metadata(&legacy) {
-        // A symlink here is Ray ≥ 2.5x pointing at the last writer's session file.
-        if !meta.file_type().is_symlink() {
-            scan.found.push(Found::for_file(&legacy));
-        }
     }
     scan.found.sort();
     scan.session_dirs.sort();
@@ -324,16 +269,33 @@ pub fn default_root_parents() -> Vec<PathBuf> {
     parents
 }
 
-/// The `ray*` folders directly inside `parent`.
-pub fn roots_in(parent: &Path) -> Vec<PathBuf> {
-    let mut roots = Vec::new();
-    if let Ok(entries) = fs::read_dir(parent) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("ray") && entry.path().is_dir() {
-                roots.push(entry.path());
-            }
-        }
+/// Whether the entry `name` of a default root parent is a Ray temp dir to watch:
+/// a real folder named `ray*` owned by a trusted uid, or Ray's own default
+/// `ray` (commonly shared by everyone on a machine). Other users' `ray*` folders
+/// cost nothing: they are neither watched nor scanned.
+pub fn is_default_root(parent: &Folder, name: &OsStr, trusted: &dyn Fn(u32) -> bool) -> bool {
+    let text = name.to_string_lossy();
+    if !text.starts_with("ray") {
+        return false;
     }
+    parent
+        .stat(name)
+        .is_some_and(|st| crate::untrusted::is_dir(&st) && (trusted(st.st_uid) || text == "ray"))
+}
+
+/// The Ray temp dirs directly inside `parent` (see [`is_default_root`]).
+pub fn roots_in(parent: &Path, trusted: &dyn Fn(u32) -> bool) -> Vec<PathBuf> {
+    let Ok(Some(folder)) = Folder::open(parent) else {
+        return Vec::new();
+    };
+    let mut roots: Vec<PathBuf> = folder
+        .entries()
+        .into_iter()
+        .filter(|(n, k)| {
+            matches!(k, Kind::Dir | Kind::Unknown) && is_default_root(&folder, n, trusted)
+        })
+        .map(|(n, _)| parent.join(n))
+        .collect();
     roots.sort();
     roots
 }

@@ -316,20 +316,32 @@ pub fn harvest(
     session_dir: &Path,
     trusted: impl Fn(u32) -> bool,
 ) -> Result<(bool, bool)> {
-    let dir = session_dir.join("metrics/grafana/dashboards");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok((false, false));
+    // Ray's folders are world-writable: walked without following links, read
+    // through the one reader for untrusted files.
+    let dir = match crate::untrusted::Folder::open(session_dir).and_then(|s| {
+        s.map(|s| s.descend(Path::new("metrics/grafana/dashboards")))
+            .transpose()
+    }) {
+        Ok(Some(Some(d))) => d,
+        Ok(_) => return Ok((false, false)),
+        Err(r) => {
+            tracing::warn!(
+                "not reading Ray's dashboards in {}: a folder on the way {r}",
+                session_dir.display()
+            );
+            return Ok((false, false));
+        }
     };
     let mut changed = false;
     let mut any = false;
-    for e in entries.flatten() {
-        let path = e.path();
+    for (name, _) in dir.entries() {
+        let path = dir.path.join(&name);
         if path.extension().is_none_or(|x| x != "json") {
             continue;
         }
         any = true;
-        let bytes = match crate::discovery::read_bounded(&path, MAX_DASHBOARD_BYTES, &trusted) {
-            Ok(Some(b)) => b,
+        let bytes = match dir.read(&name, MAX_DASHBOARD_BYTES, &trusted) {
+            Ok(Some(c)) => c.bytes,
             Ok(None) => continue,
             Err(r) => {
                 tracing::warn!("not provisioning {}: it {r}", path.display());
@@ -355,7 +367,7 @@ pub fn harvest(
             .join("sources")
             .join(format!("ray-{version}"));
         std::fs::create_dir_all(&dest_dir)?;
-        let dest = dest_dir.join(e.file_name());
+        let dest = dest_dir.join(&name);
         if std::fs::read(&dest).ok().as_deref() != Some(bytes.as_slice()) {
             crate::atomic::write(&dest, &bytes, 0o600)?;
             changed = true;

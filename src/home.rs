@@ -206,7 +206,7 @@ pub fn check_private_dir(path: &Path) -> Result<()> {
              hint: pass a --home that you own",
             path.display(),
             meta.uid(),
-            crate::procfs::user_name(meta.uid())
+            crate::proc::user_name(meta.uid())
         );
     }
     let mode = meta.permissions().mode() & 0o777;
@@ -243,7 +243,7 @@ pub fn check_ancestors(path: &Path) -> Result<()> {
                     path.display(),
                     current.display(),
                     meta.uid(),
-                    crate::procfs::user_name(meta.uid())
+                    crate::proc::user_name(meta.uid())
                 );
             }
             continue;
@@ -269,7 +269,7 @@ pub fn check_ancestors(path: &Path) -> Result<()> {
                 path.display(),
                 current.display(),
                 meta.uid(),
-                crate::procfs::user_name(meta.uid())
+                crate::proc::user_name(meta.uid())
             );
         }
     }

@@ -181,6 +181,26 @@ pub fn ensure_password(home: &Home) -> Result<String> {
     ensure_secret(&home.prometheus_password())
 }
 
+/// Replaces the stack's Prometheus password with a fresh one (at every start
+/// of the daemon), so a password that ever leaked stops working.
+pub fn rotate_password(home: &Home) -> Result<String> {
+    let secret = random_secret()?;
+    crate::atomic::write(
+        &home.prometheus_password(),
+        format!("{secret}\n").as_bytes(),
+        0o600,
+    )?;
+    Ok(secret)
+}
+
+fn random_secret() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("cannot read /dev/urandom to generate a secret")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Reads a secret file, generating it (random, hex, 0600) when missing or empty.
 pub fn ensure_secret(path: &Path) -> Result<String> {
     match std::fs::read_to_string(path) {
@@ -189,11 +209,7 @@ pub fn ensure_secret(path: &Path) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("cannot read /dev/urandom to generate a secret")?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = random_secret()?;
     crate::atomic::write(path, format!("{secret}\n").as_bytes(), 0o600)?;
     Ok(secret)
 }
@@ -214,6 +230,9 @@ pub fn which(name: &str) -> Option<PathBuf> {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Ports {
     pub prometheus: u16,
+    /// The gateway Ray's Dashboard queries (`RAY_PROMETHEUS_HOST`).
+    #[serde(default)]
+    pub gateway: u16,
 }
 
 impl Ports {
@@ -233,24 +252,82 @@ impl Ports {
     }
 }
 
-/// An authenticated client for one stack's Prometheus.
+/// Why raywatch sent nothing to the port where the stack's Prometheus should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenerError {
+    #[error("nothing listens on 127.0.0.1:{port}, where the stack's Prometheus should be")]
+    NotListening { port: u16 },
+    #[error(
+        "127.0.0.1:{port} is held by {holder}, not by this stack's Prometheus; raywatch sent it nothing (no credentials)"
+    )]
+    Foreign { port: u16, holder: String },
+    #[error(
+        "127.0.0.1:{port} is held by another process of yours ({holder}), not by this stack's Prometheus (pid {pid}); raywatch sent it nothing"
+    )]
+    NotOurs { port: u16, pid: u32, holder: String },
+}
+
+/// Checks that `127.0.0.1:port` is held by this user and, when `pid` is known,
+/// by that very process. Credentials go only where this passed.
+pub fn verify_listener(port: u16, pid: Option<u32>) -> Result<(), ListenerError> {
+    let listeners = crate::proc::Listeners::read();
+    let Some(l) = listeners.holder(std::net::Ipv4Addr::LOCALHOST.into(), port) else {
+        return Err(ListenerError::NotListening { port });
+    };
+    if l.uid != nix::unistd::geteuid().as_raw() {
+        return Err(ListenerError::Foreign {
+            port,
+            holder: crate::proc::describe_listener(l),
+        });
+    }
+    if let Some(pid) = pid
+        && crate::proc::alive(pid)
+        && !crate::proc::holds_socket(pid, l.inode)
+    {
+        return Err(ListenerError::NotOurs {
+            port,
+            pid,
+            holder: crate::proc::describe_listener(l),
+        });
+    }
+    Ok(())
+}
+
+/// What a readiness check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    NotReady,
+    /// The port is held by someone else: nothing was sent.
+    Refused(ListenerError),
+}
+
+/// An authenticated client for one stack's Prometheus. Before every request it
+/// checks who holds the port ([`verify_listener`]): the credentials never go
+/// to a listener that is not the stack's own Prometheus.
 #[derive(Clone)]
 pub struct Client {
     pub base: String,
+    pub port: u16,
     password: String,
+    /// Where the supervisor records Prometheus' PID.
+    pid_file: Option<PathBuf>,
     http: reqwest::Client,
 }
 
 impl Client {
-    pub fn new(port: u16, password: String) -> Client {
+    pub fn new(port: u16, password: String, pid_file: Option<PathBuf>) -> Client {
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("http client");
         Client {
             base: format!("http://127.0.0.1:{port}"),
+            port,
             password,
+            pid_file,
             http,
         }
     }
@@ -259,7 +336,11 @@ impl Client {
         let ports = Ports::load(home)?;
         let password = std::fs::read_to_string(home.prometheus_password())
             .with_context(|| format!("cannot read {}", home.prometheus_password().display()))?;
-        Ok(Client::new(ports.prometheus, password.trim().to_string()))
+        Ok(Client::new(
+            ports.prometheus,
+            password.trim().to_string(),
+            Some(home.prometheus_pid()),
+        ))
     }
 
     fn unreachable(&self) -> String {
@@ -269,29 +350,50 @@ impl Client {
         )
     }
 
-    fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http
+    /// Checks the listener (see [`verify_listener`]).
+    pub fn verify(&self) -> Result<(), ListenerError> {
+        let pid = self
+            .pid_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse().ok());
+        verify_listener(self.port, pid)
+    }
+
+    fn get(&self, path: &str) -> Result<reqwest::RequestBuilder> {
+        self.verify()?;
+        Ok(self
+            .http
             .get(format!("{}{path}", self.base))
-            .basic_auth(USER, Some(&self.password))
+            .basic_auth(USER, Some(&self.password)))
+    }
+
+    /// Whether Prometheus answers /-/ready (after checking who holds its port).
+    pub async fn readiness(&self) -> Readiness {
+        if let Err(e) = self.verify() {
+            return match e {
+                ListenerError::NotListening { .. } => Readiness::NotReady,
+                e => Readiness::Refused(e),
+            };
+        }
+        let Ok(req) = self.get("/-/ready") else {
+            return Readiness::NotReady;
+        };
+        match req.timeout(Duration::from_secs(2)).send().await {
+            Ok(r) if r.status().is_success() => Readiness::Ready,
+            _ => Readiness::NotReady,
+        }
     }
 
     /// Whether Prometheus answers /-/ready.
     pub async fn ready(&self) -> bool {
-        match self
-            .get("/-/ready")
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-        {
-            Ok(r) => r.status().is_success(),
-            Err(_) => false,
-        }
+        self.readiness().await == Readiness::Ready
     }
 
     /// An authenticated GET of any Prometheus path, as text.
     pub async fn get_text(&self, path: &str) -> Result<String> {
         let resp = self
-            .get(path)
+            .get(path)?
             .send()
             .await
             .with_context(|| self.unreachable())?;
@@ -301,7 +403,7 @@ impl Client {
     /// An instant query: the HTTP status and Prometheus' response body.
     pub async fn query_raw(&self, promql: &str) -> Result<(u16, String)> {
         let resp = self
-            .get("/api/v1/query")
+            .get("/api/v1/query")?
             .query(&[("query", promql)])
             .send()
             .await
@@ -322,6 +424,38 @@ impl Client {
             return Ok(Vec::new());
         }
         Ok(serde_json::from_value(data.result).unwrap_or_default())
+    }
+
+    /// Forwards one request (for the gateway): status, headers and body of the answer.
+    pub async fn forward(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<reqwest::header::HeaderValue>,
+        body: axum::body::Bytes,
+    ) -> Result<(u16, reqwest::header::HeaderMap, axum::body::Bytes)> {
+        self.verify()?;
+        let url = match query {
+            Some(q) => format!("{}{path}?{q}", self.base),
+            None => format!("{}{path}", self.base),
+        };
+        let mut req = self
+            .http
+            .request(method, url)
+            .basic_auth(USER, Some(&self.password));
+        if let Some(ct) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.context("Prometheus' answer broke off")?;
+        Ok((status, headers, bytes))
     }
 }
 
@@ -382,6 +516,7 @@ mod tests {
             grafana_port: 3999,
             grafana_anonymous: false,
             prometheus_name: "Prometheus".into(),
+            gateway_port: 0,
         };
         let text = serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg)).unwrap();
         let back: PrometheusYml = serde_yaml_ng::from_str(&text).unwrap();

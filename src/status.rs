@@ -17,6 +17,9 @@ pub struct StatusReport {
     pub daemon: DaemonStatus,
     pub prometheus: PrometheusStatus,
     pub grafana: GrafanaStatus,
+    /// Ray's way into Prometheus (`RAY_PROMETHEUS_HOST`): serves only this user.
+    #[serde(default)]
+    pub gateway: GatewayStatus,
     pub watch: WatchStatus,
     pub clusters: Vec<ClusterStatus>,
     pub rejected: Vec<RejectedInput>,
@@ -49,8 +52,25 @@ pub struct PrometheusStatus {
     /// first scrape) that Prometheus still has no `up` series for.
     #[serde(default)]
     pub unscraped_targets: Vec<String>,
+    /// Set when Prometheus' port is held by another user or process: raywatch
+    /// then sends it nothing.
+    #[serde(default)]
+    pub listener_problem: Option<String>,
+    /// Why Prometheus last moved to another port (its port was taken), if it did.
+    #[serde(default)]
+    pub port_note: Option<String>,
     #[serde(flatten)]
     pub child: ChildStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    pub url: String,
+    pub port: u16,
+    /// Connections refused because their socket belonged to another uid.
+    pub refused_connections: u64,
+    /// Requests refused because they were not Prometheus' query API.
+    pub refused_requests: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +95,9 @@ pub struct WatchStatus {
     pub mode: String,
     pub roots: Vec<PathBuf>,
     pub degraded: Option<String>,
+    /// Session folders of other (untrusted) users in the roots: neither read nor watched.
+    #[serde(default)]
+    pub foreign_session_dirs: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +194,25 @@ pub fn render(r: &StatusReport) -> String {
         escape::text(&p.user),
         escape::path(&p.password_file)
     );
+    if let Some(problem) = &p.listener_problem {
+        let _ = writeln!(out, "  WARNING     {}", escape::text(problem));
+    }
+    if let Some(note) = &p.port_note {
+        let _ = writeln!(out, "              {}", escape::text(note));
+    }
+    if r.gateway.port != 0 {
+        let refused = r.gateway.refused_connections + r.gateway.refused_requests;
+        let _ = writeln!(
+            out,
+            "  gateway     {}  (RAY_PROMETHEUS_HOST: serves only this user, no credential{})",
+            escape::text(&r.gateway.url),
+            if refused > 0 {
+                format!("; refused {refused} from others")
+            } else {
+                String::new()
+            }
+        );
+    }
     let g = &r.grafana;
     match &g.url {
         Some(url) => {
@@ -210,6 +252,13 @@ pub fn render(r: &StatusReport) -> String {
         },
         escape::text(&r.watch.mode)
     );
+    if r.watch.foreign_session_dirs > 0 {
+        let _ = writeln!(
+            out,
+            "              {} session folder(s) of other users left alone (not read, not watched)",
+            r.watch.foreign_session_dirs
+        );
+    }
     if !p.unscraped_targets.is_empty() {
         let _ = writeln!(
             out,
@@ -312,7 +361,7 @@ pub fn ssh_hint(r: &StatusReport) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "this-host".into());
-    let user = crate::procfs::user_name(nix::unistd::geteuid().as_raw());
+    let user = crate::proc::user_name(nix::unistd::geteuid().as_raw());
     let mut line = format!("ssh -N -L {p}:127.0.0.1:{p}", p = r.prometheus.port);
     if r.grafana.url.is_some() {
         line.push_str(&format!(" -L {p}:127.0.0.1:{p}", p = r.grafana.port));

@@ -74,6 +74,13 @@ impl Watcher {
         &self.watched
     }
 
+    /// Adds one folder to the watched set (a new session folder).
+    pub fn add(&mut self, path: &std::path::Path) {
+        let mut desired = self.watched.clone();
+        desired.insert(path.to_path_buf());
+        self.set(&desired);
+    }
+
     /// Makes the watched set equal to `desired`.
     pub fn set(&mut self, desired: &BTreeSet<PathBuf>) {
         let Some(inner) = self.inner.as_mut() else {

@@ -171,11 +171,15 @@ fn ray_dashboards_provisioned_queries_evaluate_and_env_wires_ray_dashboard() {
     let name_a = get(&env_a, "RAYWATCH_CLUSTER");
     assert_eq!(name_a, format!("{}-ray_env", user()));
     assert_eq!(get(&env_b, "RAY_GRAFANA_CLUSTER_FILTER"), "named-one");
+    // Ray gets the gateway, which serves only this user, and no credential.
     assert_eq!(
         get(&env_a, "RAY_PROMETHEUS_HOST"),
-        format!("http://127.0.0.1:{}", stack.port())
+        stack.status()["gateway"]["url"].as_str().unwrap()
     );
-    assert!(get(&env_a, "RAY_PROMETHEUS_HEADERS").contains("Basic "));
+    assert!(
+        env_a.iter().all(|(k, _)| k != "RAY_PROMETHEUS_HEADERS"),
+        "credentials handed to Ray: {env_a:?}"
+    );
     assert_eq!(
         get(&env_a, "RAY_GRAFANA_HOST"),
         "DISABLED",

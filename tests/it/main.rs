@@ -1,5 +1,6 @@
 //! Integration tests: the real `raywatch` binary against a real Prometheus and real Ray.
 
+mod attacks;
 mod cli;
 mod discovery;
 mod escapes;

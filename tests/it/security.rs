@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const OTHER: &str = "rwtest-other";
+pub const OTHER: &str = "rwtest-other";
 
 /// A second local user (created once), or None when the tests cannot be root.
-fn other_user() -> Option<(u32, u32)> {
+pub fn other_user() -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: creating a second local user needs root");
         return None;
@@ -32,7 +32,7 @@ fn other_user() -> Option<(u32, u32)> {
 }
 
 /// A Python the other user can run (not a per-user shim), or None.
-fn system_python() -> Option<&'static str> {
+pub fn system_python() -> Option<&'static str> {
     let p = "/usr/bin/python3";
     if Path::new(p).exists() {
         Some(p)
@@ -51,7 +51,7 @@ fn shared_raywatch(dir: &Path) -> std::path::PathBuf {
 }
 
 /// Runs a command as the other user.
-fn as_other((uid, gid): (u32, u32), args: &[&str]) -> Output {
+pub fn as_other((uid, gid): (u32, u32), args: &[&str]) -> Output {
     Command::new("setpriv")
         .args([
             "--reuid",
@@ -69,7 +69,7 @@ fn as_other((uid, gid): (u32, u32), args: &[&str]) -> Output {
 
 /// A scratch folder other users may traverse, so that only raywatch's own
 /// permissions stand between them and the stack.
-fn open_scratch() -> tempfile::TempDir {
+pub fn open_scratch() -> tempfile::TempDir {
     let d = scratch();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
@@ -196,20 +196,46 @@ fn another_user_can_neither_reach_nor_mislead_the_stack() {
         "the other user saw the stack's status"
     );
 
-    // A discovery file the other user plants in a /tmp/ray* root is not followed.
+    // A root the other user makes under /tmp is neither followed nor watched.
     let planted_root = format!("/tmp/ray_rwsec_{}", std::process::id());
     let planted = format!(
         "{planted_root}/session_2026-01-01_00-00-00_000001_66/prom_metrics_service_discovery.json"
     );
-    let script = format!(
-        "mkdir -p {dir} && printf '[{{\"labels\":{{}},\"targets\":[\"127.0.0.1:1\"]}}]' > {planted}",
-        dir = Path::new(&planted).parent().unwrap().display()
+    let plant = |file: &str| {
+        let script = format!(
+            "mkdir -p {dir} && printf '[{{\"labels\":{{}},\"targets\":[\"127.0.0.1:1\"]}}]' > {file}",
+            dir = Path::new(file).parent().unwrap().display()
+        );
+        let wrote = as_other(other, &["sh", "-c", &script]);
+        assert!(
+            wrote.status.success(),
+            "{}",
+            String::from_utf8_lossy(&wrote.stderr)
+        );
+    };
+    plant(&planted);
+    // In a root of the stack's user that is world-writable, as Ray makes them:
+    // the other user's session folder is left alone (counted, not read), and a
+    // file planted in the user's own session folder is rejected with the reason.
+    let root = shared.path().join("ray_victim");
+    let session = root.join("session_2026-01-01_00-00-00_000001_7");
+    std::fs::create_dir_all(&session).unwrap();
+    for d in [&root, &session] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    plant(
+        &root
+            .join("session_2026-01-01_00-00-00_000001_8")
+            .join(DISCOVERY)
+            .to_string_lossy(),
     );
-    let wrote = as_other(other, &["sh", "-c", &script]);
+    let in_session = session.join(DISCOVERY).to_string_lossy().into_owned();
+    plant(&in_session);
+    let out = stack.run(&["up", "--watch", root.to_str().unwrap()]);
     assert!(
-        wrote.status.success(),
+        out.status.success(),
         "{}",
-        String::from_utf8_lossy(&wrote.stderr)
+        String::from_utf8_lossy(&out.stderr)
     );
     let reason = wait_for(
         "the planted file to be rejected",
@@ -220,7 +246,7 @@ fn another_user_can_neither_reach_nor_mislead_the_stack() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|r| r["path"] == planted.as_str())
+                .find(|r| r["path"] == in_session.as_str())
                 .map(|r| r["reason"].as_str().unwrap().to_string())
         },
     );
@@ -230,12 +256,22 @@ fn another_user_can_neither_reach_nor_mislead_the_stack() {
     );
     let st = stack.status();
     assert!(
-        st["clusters"]
+        st["watch"]["foreign_session_dirs"].as_u64().unwrap() >= 1,
+        "{st:#}"
+    );
+    assert!(
+        st["watch"]["roots"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|c| c["temp_dir"] != planted_root.as_str()),
-        "a cluster was made of the other user's file"
+            .all(|r| r != planted_root.as_str()),
+        "the other user's root is watched: {st:#}"
+    );
+    assert!(
+        st["clusters"].as_array().unwrap().iter().all(|c| {
+            c["temp_dir"] != planted_root.as_str() && c["temp_dir"] != root.to_str().unwrap()
+        }),
+        "a cluster was made of the other user's files: {st:#}"
     );
     let _ = std::fs::remove_dir_all(&planted_root);
 }

@@ -257,6 +257,17 @@ pub struct FakeHead {
 
 impl FakeHead {
     pub fn start(temp_dir: &Path, session: &str, targets: Vec<String>) -> FakeHead {
+        FakeHead::start_every(temp_dir, session, targets, Duration::from_secs(1))
+    }
+
+    /// Like [`FakeHead::start`], rewriting every `period` (Ray: 5 s), with the
+    /// session folder world-writable as Ray makes it.
+    pub fn start_every(
+        temp_dir: &Path,
+        session: &str,
+        targets: Vec<String>,
+        period: Duration,
+    ) -> FakeHead {
         let dir = temp_dir.join(session);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join(DISCOVERY);
@@ -264,10 +275,15 @@ impl FakeHead {
         let stop = Arc::new(AtomicBool::new(false));
         let (f, s) = (file.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
+            let mut last = Instant::now();
             while !s.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(1000));
-                if !s.load(Ordering::Relaxed) && f.parent().unwrap().exists() {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() >= period
+                    && !s.load(Ordering::Relaxed)
+                    && f.parent().unwrap().exists()
+                {
                     write_discovery(&f, &targets);
+                    last = Instant::now();
                 }
             }
         });
@@ -286,6 +302,95 @@ impl Drop for FakeHead {
             let _ = t.join();
         }
     }
+}
+
+/// A loopback HTTP endpoint serving fixed Prometheus text on `/metrics`, until dropped.
+pub struct MetricsEndpoint {
+    pub addr: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl MetricsEndpoint {
+    pub fn serve(text: &str) -> MetricsEndpoint {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, text) = (stop.clone(), text.to_string());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 4096];
+                        let _ = c.read(&mut buf);
+                        let _ = write!(
+                            c,
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                            text.len(),
+                            text
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        MetricsEndpoint { addr, stop }
+    }
+}
+
+impl Drop for MetricsEndpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The daemon's PID of a stack.
+pub fn daemon_pid(stack: &Stack) -> u32 {
+    std::fs::read_to_string(stack.home.join("run/daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// CPU time (user + system) a process used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3; utime and stime are fields 14 and 15.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// inotify watches a process holds (lines of its inotify descriptors' fdinfo).
+pub fn inotify_watches(pid: u32) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(e.path()) {
+            n += text
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    n
 }
 
 pub fn free_port() -> u16 {

@@ -1,0 +1,217 @@
+//! Ray's way into the stack's Prometheus: a loopback port that serves only this user, with no credential to leak.
+//!
+//! Ray's Dashboard needs to query Prometheus, and it copies whatever it is
+//! given (`RAY_PROMETHEUS_HEADERS`) into world-readable files of its session
+//! folder. So Ray gets no credential at all: `RAY_PROMETHEUS_HOST` points here.
+//! For every connection the daemon looks up the client's socket in the kernel's
+//! table (`/proc/net/tcp`) and admits it only when it belongs to the stack's own
+//! uid; then it forwards read-only Prometheus API calls, adding the credentials
+//! itself (to a listener it verified, see [`crate::prometheus::Client`]). The
+//! daemon holds this port for its whole life, so Prometheus restarts or moves
+//! never leave Ray pointing at a port someone else can take.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Largest request body forwarded (a PromQL form post).
+const MAX_BODY: usize = 1 << 20;
+
+/// The Prometheus paths Ray's Dashboard (and any reader) may use: queries and
+/// metadata, never the admin or lifecycle API.
+pub fn allowed(method: &Method, path: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "/api/v1/query",
+        "/api/v1/query_range",
+        "/api/v1/query_exemplars",
+        "/api/v1/series",
+        "/api/v1/labels",
+        "/api/v1/metadata",
+        "/api/v1/status/buildinfo",
+        "/-/healthy",
+        "/-/ready",
+    ];
+    let read = *method == Method::GET || *method == Method::HEAD;
+    let query_post = *method == Method::POST && path.starts_with("/api/v1/");
+    if !(read || query_post) {
+        return false;
+    }
+    if EXACT.contains(&path) {
+        return true;
+    }
+    // /api/v1/label/<name>/values
+    path.strip_prefix("/api/v1/label/")
+        .and_then(|rest| rest.strip_suffix("/values"))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// Counts what the gateway refused, for `status`.
+#[derive(Default)]
+pub struct Counters {
+    pub refused_connections: AtomicU64,
+    pub refused_requests: AtomicU64,
+}
+
+/// Accepts only connections whose client socket belongs to `uid`.
+pub struct OwnerOnly {
+    inner: TcpListener,
+    uid: u32,
+    counters: Arc<Counters>,
+    last_log: Option<Instant>,
+}
+
+impl OwnerOnly {
+    pub fn new(inner: TcpListener, uid: u32, counters: Arc<Counters>) -> OwnerOnly {
+        OwnerOnly {
+            inner,
+            uid,
+            counters,
+            last_log: None,
+        }
+    }
+}
+
+impl axum::serve::Listener for OwnerOnly {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            let (stream, peer) = match self.inner.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: wait, never spin.
+                    tracing::debug!("gateway accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let local = match stream.local_addr() {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            let uid = crate::proc::peer_uid(local, peer);
+            if uid == Some(self.uid) {
+                return (stream, peer);
+            }
+            self.counters
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            if self
+                .last_log
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+            {
+                self.last_log = Some(Instant::now());
+                tracing::warn!(
+                    "gateway: refused a connection from {peer} ({}); only uid {} is served",
+                    match uid {
+                        Some(u) => format!("uid {u}, {}", crate::proc::user_name(u)),
+                        None => "owner unknown".into(),
+                    },
+                    self.uid
+                );
+            }
+            drop(stream);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// What the forwarding handler needs.
+pub struct Upstream {
+    /// The verified, authenticated client of the stack's Prometheus (follows port moves).
+    pub client: Box<dyn Fn() -> crate::prometheus::Client + Send + Sync>,
+    pub counters: Arc<Counters>,
+}
+
+/// The router: every request goes through [`forward`].
+pub fn router(upstream: Arc<Upstream>) -> axum::Router {
+    axum::Router::new().fallback(forward).with_state(upstream)
+}
+
+async fn forward(State(up): State<Arc<Upstream>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    if !allowed(&method, &path) {
+        up.counters.refused_requests.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::FORBIDDEN,
+            "raywatch gateway: only Prometheus' query API is served here\n",
+        )
+            .into_response();
+    }
+    let query = req.uri().query().map(str::to_string);
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    let body: Bytes = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request too large\n").into_response(),
+    };
+    let client = (up.client)();
+    match client
+        .forward(method, &path, query.as_deref(), content_type, body)
+        .await
+    {
+        Ok((status, headers, body)) => {
+            let mut out = HeaderMap::new();
+            if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+                out.insert(header::CONTENT_TYPE, ct.clone());
+            }
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, out, body).into_response()
+        }
+        Err(e) => {
+            let mut out = HeaderMap::new();
+            out.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            (
+                StatusCode::BAD_GATEWAY,
+                out,
+                format!("raywatch gateway: {e:#}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_query_api_passes() {
+        for (m, p) in [
+            (Method::GET, "/api/v1/query"),
+            (Method::POST, "/api/v1/query_range"),
+            (Method::GET, "/api/v1/label/ray_io_cluster/values"),
+            (Method::GET, "/-/healthy"),
+        ] {
+            assert!(allowed(&m, p), "{m} {p}");
+        }
+        for (m, p) in [
+            (Method::POST, "/-/quit"),
+            (Method::POST, "/-/reload"),
+            (Method::PUT, "/api/v1/query"),
+            (Method::POST, "/api/v1/admin/tsdb/delete_series"),
+            (Method::GET, "/api/v1/admin/tsdb/snapshot"),
+            (Method::GET, "/api/v1/status/config"),
+            (Method::GET, "/api/v1/targets"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/graph"),
+            (Method::GET, "/api/v1/label/a/b/values"),
+        ] {
+            assert!(!allowed(&m, p), "{m} {p}");
+        }
+    }
+}
