@@ -38,6 +38,37 @@ pub struct ApiError {
     pub error: String,
 }
 
+/// Why the daemon refused a request. The HTTP status comes from the kind, so
+/// a failure to save is never reported as "not found".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The request itself is wrong (a bad name, a path that is not Ray's).
+    #[error("{0}")]
+    Invalid(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The daemon failed to do it (e.g. could not write its state).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Invalid(_) => 400,
+            Refusal::NotFound(_) => 404,
+            Refusal::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(s: String) -> Refusal {
+        Refusal::Invalid(s)
+    }
+}
+
 /// Whether the daemon could not be reached at all (as opposed to answering with an error).
 #[derive(Debug, thiserror::Error)]
 #[error("raywatch is not running for this home (no answer on {0})")]

@@ -536,11 +536,13 @@ fn obtain_prometheus(rt: &tokio::runtime::Runtime, yes: bool) -> Result<PathBuf>
 fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the raywatch executable")?;
+    // Not daemon.log: rotation renames that file, and a panic written to the
+    // renamed file is lost after the next rotation.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(home.daemon_log())
-        .with_context(|| format!("cannot open {}", escape::path(&home.daemon_log())))?;
+        .open(home.daemon_stderr())
+        .with_context(|| format!("cannot open {}", escape::path(&home.daemon_stderr())))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--home")
         .arg(home.root())
@@ -591,8 +593,9 @@ async fn wait_ready(home: &Home, child: &mut std::process::Child) -> Result<Stat
                 break Ok(report);
             }
             break Err(anyhow::anyhow!(
-                "the raywatch daemon exited ({status}):\n{}",
-                tail(&home.daemon_log(), 15)
+                "the raywatch daemon exited ({status}):\n{}\n{}",
+                tail(&home.daemon_log(), 10),
+                tail(&home.daemon_stderr(), 10)
             ));
         }
         if Instant::now() > deadline {
@@ -857,9 +860,11 @@ fn detach(home: &Home, name: String) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Adds the hint to start the stack to a "not running" error, after the error
+/// itself (the error stays the `error:` line).
 fn hint_up(e: anyhow::Error) -> anyhow::Error {
     if not_running(&e) {
-        e.context("start the stack with `raywatch up` first")
+        anyhow::anyhow!("{e}\nhint: start the stack with `raywatch up` first")
     } else {
         e
     }

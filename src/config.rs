@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// Everything the daemon needs to run a stack. Written by `up`, read by the daemon.
+/// Everything the daemon needs to run a stack. Written by `up`, read by the
+/// daemon, which also writes it when it changes a setting itself (a port it
+/// had to move).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StackConfig {
     /// The Prometheus binary the daemon runs.

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use crate::api::{ApiError, AttachRequest, AttachResponse, DetachRequest};
+use crate::api::{ApiError, AttachRequest, AttachResponse, DetachRequest, Refusal};
 use crate::attribution::Attribution;
 use crate::config::StackConfig;
 use crate::discovery::{self, DISCOVERY_FILE, Found};
@@ -544,7 +544,7 @@ impl Core {
         crate::atomic::write(&self.home.attachments(), &bytes, 0o600)
     }
 
-    fn attach(&mut self, req: AttachRequest) -> Result<AttachResponse, String> {
+    fn attach(&mut self, req: AttachRequest) -> Result<AttachResponse, Refusal> {
         if let Some(n) = &req.name {
             crate::registry::validate_name(n)?;
         }
@@ -573,9 +573,9 @@ impl Core {
                 .iter()
                 .any(|a| a.name.as_deref() == Some(n) && a.path != path);
             if taken {
-                return Err(format!(
+                return Err(Refusal::Invalid(format!(
                     "the name {n:?} is already used by another cluster; choose another --name"
-                ));
+                )));
             }
         }
         if !path.is_dir() {
@@ -587,7 +587,8 @@ impl Core {
             path: path.clone(),
             name: req.name,
         });
-        self.save_attachments().map_err(|e| format!("{e:#}"))?;
+        self.save_attachments()
+            .map_err(|e| Refusal::Internal(format!("cannot save the attachments: {e:#}")))?;
         self.full_scan();
         let clusters = self
             .registry
@@ -598,7 +599,7 @@ impl Core {
         Ok(AttachResponse { clusters })
     }
 
-    fn detach(&mut self, name: &str) -> Result<(), String> {
+    fn detach(&mut self, name: &str) -> Result<(), Refusal> {
         let by_cluster = self
             .registry
             .by_name(name)
@@ -611,11 +612,12 @@ impl Core {
             !(named || covers)
         });
         if self.attachments.len() == before {
-            return Err(format!(
+            return Err(Refusal::NotFound(format!(
                 "no attached cluster is named {name:?}; `raywatch status` lists clusters and their source"
-            ));
+            )));
         }
-        self.save_attachments().map_err(|e| format!("{e:#}"))?;
+        self.save_attachments()
+            .map_err(|e| Refusal::Internal(format!("cannot save the attachments: {e:#}")))?;
         self.full_scan();
         Ok(())
     }
@@ -1372,7 +1374,10 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
         }
     }
     let grafana_ready = shared.grafana.lock().unwrap().pid.is_some()
-        && reqwest::Client::new()
+        && reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("http client")
             .get(format!(
                 "http://127.0.0.1:{}/api/health",
                 shared.grafana_port
@@ -1394,9 +1399,7 @@ async fn attach_handler(
 ) -> ApiResult<AttachResponse> {
     let result = shared.core.lock().unwrap().attach(req);
     shared.wake.notify_one();
-    result
-        .map(Json)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))
+    result.map(Json).map_err(refused)
 }
 
 async fn detach_handler(
@@ -1407,7 +1410,13 @@ async fn detach_handler(
     shared.wake.notify_one();
     result
         .map(|()| Json(serde_json::json!({})))
-        .map_err(|e| api_error(StatusCode::NOT_FOUND, e))
+        .map_err(refused)
+}
+
+/// An error answer whose HTTP status comes from the refusal's kind.
+fn refused(r: Refusal) -> (StatusCode, Json<ApiError>) {
+    let code = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    api_error(code, r.to_string())
 }
 
 async fn shutdown_handler(AxState(shared): AxState<Arc<Shared>>) -> Json<serde_json::Value> {
@@ -1421,7 +1430,8 @@ async fn config_handler(
 ) -> ApiResult<crate::api::ReconfigureResponse> {
     let bad = |e: String| api_error(StatusCode::BAD_REQUEST, e);
     let mut core = shared.core.lock().unwrap();
-    let old = core.config.clone();
+    // The live settings, which include a port the supervisor moved Prometheus to.
+    let old = shared.live_config.lock().unwrap().clone();
     if wanted.prometheus_port != old.prometheus_port
         || wanted.prometheus_bin != old.prometheus_bin
         || wanted.grafana_port != old.grafana_port

@@ -426,10 +426,13 @@ fn versioned_uid(uid: &str, version: &str) -> String {
     let v = version.replace('.', "-");
     let mut out = format!("{uid}-{v}");
     if out.len() > MAX_UID {
-        out = format!(
-            "{}-{v}",
-            &uid[..MAX_UID.saturating_sub(v.len() + 1).min(uid.len())]
-        );
+        // The uid comes from Ray's session folder (untrusted): cut at a
+        // character boundary, never inside a multi-byte character.
+        let mut cut = MAX_UID.saturating_sub(v.len() + 1).min(uid.len());
+        while !uid.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out = format!("{}-{v}", &uid[..cut]);
     }
     out
 }
@@ -638,6 +641,18 @@ fn homepath(bin: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_uid_is_cut_at_a_character_boundary() {
+        // Each 'é' is two bytes: a cut by bytes lands inside one of them.
+        for pad in 0..4 {
+            let uid = format!("{}{}", "a".repeat(pad), "é".repeat(30));
+            let out = versioned_uid(&uid, "2.60.0");
+            assert!(out.len() <= MAX_UID, "{out}");
+            assert!(out.ends_with("-2-60-0"), "{out}");
+        }
+        assert_eq!(versioned_uid("rayDefault", "2.60.0"), "rayDefault-2-60-0");
+    }
 
     #[test]
     fn ini_sections_and_values() {

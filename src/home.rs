@@ -91,6 +91,11 @@ impl Home {
     pub fn daemon_log(&self) -> PathBuf {
         self.logs_dir().join("daemon.log")
     }
+    /// The daemon's own stderr (panics, errors before logging starts): never
+    /// rotated, unlike `daemon.log`, so such a message is never renamed away.
+    pub fn daemon_stderr(&self) -> PathBuf {
+        self.logs_dir().join("daemon.stderr")
+    }
     pub fn prometheus_log(&self) -> PathBuf {
         self.logs_dir().join("prometheus.log")
     }

@@ -1,8 +1,9 @@
-//! Running a child (Prometheus) under the daemon: start, restart with backoff, stop.
+//! Running a child (Prometheus or Grafana) under the daemon: start, restart with backoff, stop.
 //!
-//! The child gets its own process group and a parent-death signal, so it never
-//! outlives the daemon; a graceful stop is SIGTERM, a grace period, then SIGKILL
-//! to the whole group.
+//! The child gets its own process group and a parent-death signal, so a killed
+//! daemon takes it along (a child left by a daemon killed between fork and the
+//! signal's setup is reaped by the next `up`, by recorded PID); a graceful stop
+//! is SIGTERM, a grace period, then SIGKILL to the whole group.
 
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -162,3 +162,56 @@ fn two_stacks_side_by_side_see_nothing_of_each_other() {
     assert!(a.active_targets().iter().all(|(c, _)| *c == name_a));
     assert!(b.active_targets().iter().all(|(c, _)| *c == name_b));
 }
+
+#[test]
+fn a_command_that_needs_the_stack_says_so_then_hints() {
+    let dir = scratch();
+    let out = Command::new(raywatch_bin())
+        .env("RAYWATCH_HOME", dir.path().join("home"))
+        .args(["attach", "/tmp"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines[0].starts_with("error: raywatch is not running"),
+        "the error is not the error line: {err}"
+    );
+    assert!(
+        lines[1..]
+            .iter()
+            .any(|l| l.trim_start().starts_with("hint: start the stack")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failed_save_is_reported_as_such_and_the_daemon_writes_panics_where_rotation_cannot_lose_them()
+{
+    let (stack, root) = Stack::watching("ray_save", &[]);
+    let extra = root.join("extra");
+    std::fs::create_dir(&extra).unwrap();
+    let out = stack.run(&["attach", extra.to_str().unwrap(), "--name", "kept"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // attachments.json cannot be replaced while a folder stands in its place.
+    let file = stack.home.join("attachments.json");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let out = stack.run(&["detach", "kept"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot save the attachments") && !err.contains("no attached cluster"),
+        "{err}"
+    );
+    std::fs::remove_dir(&file).unwrap();
+
+    let pid = std::fs::read_to_string(stack.home.join("run/daemon.pid")).unwrap();
+    let stderr = std::fs::read_link(format!("/proc/{}/fd/2", pid.trim())).unwrap();
+    assert_eq!(stderr, stack.home.join("logs/daemon.stderr"));
+}

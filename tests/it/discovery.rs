@@ -143,20 +143,32 @@ fn a_cluster_whose_file_stops_changing_leaves_and_prometheus_is_not_reloaded() {
     let file = head.file.clone();
     drop(head);
     let stopped = Instant::now();
+    // The cluster's targets file must be emptied (`[]`) before it is deleted:
+    // watch it from the moment the writer stops until it is gone.
+    let targets_file = stack.home.join(format!("targets/{name}.json"));
+    let mut seen_empty = false;
     wait_for(
-        "the stale cluster to leave",
-        Duration::from_secs(30),
-        || stack.instances_of(&name).is_empty().then_some(()),
+        "the stale cluster's targets file to be emptied, then deleted",
+        Duration::from_secs(60),
+        || match std::fs::read_to_string(&targets_file) {
+            Ok(t) => {
+                seen_empty |= t.trim() == "[]";
+                None
+            }
+            Err(_) => {
+                assert!(
+                    seen_empty,
+                    "the targets file was deleted without being emptied first"
+                );
+                Some(())
+            }
+        },
     );
     assert!(
         stopped.elapsed() > Duration::from_secs(5),
         "left before the liveness bound"
     );
-    let written = std::fs::read_to_string(stack.home.join(format!("targets/{name}.json")));
-    assert!(
-        written.as_deref().map_or(true, |t| t.trim() == "[]"),
-        "targets file emptied before deletion: {written:?}"
-    );
+    assert!(stack.instances_of(&name).is_empty());
 
     // The same temp dir restarted: the cluster comes back under the same name.
     let _head2 = FakeHead::start(

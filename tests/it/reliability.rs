@@ -640,3 +640,68 @@ fn parallel_ups_on_one_home_end_in_exactly_one_stack() {
     assert_eq!(prometheus_processes(&home).len(), 1);
     assert_eq!(stack.status()["prometheus"]["ready"], true);
 }
+
+#[test]
+fn after_prometheus_moves_to_another_port_settings_apply_and_clients_follow() {
+    let (stack, _root) = Stack::watching("ray_move", &[]);
+    let old_port = stack.port();
+    let pid = prometheus_processes(&stack.home)[0];
+    // Someone takes the port the moment Prometheus dies: raywatch moves it.
+    let taker = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", old_port)) {
+                return l;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "could not take the port"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let held = taker.join().unwrap();
+    let new_port = wait_for("Prometheus on a new port", Duration::from_secs(30), || {
+        let st = stack.status();
+        let p = st["prometheus"]["port"].as_u64()? as u16;
+        (p != old_port && st["prometheus"]["ready"] == true).then_some(p)
+    });
+    drop(held);
+
+    let out = stack.run(&["up", "--scrape-interval", "5s"]);
+    assert!(
+        out.status.success(),
+        "a settings change after the move was refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("scrape interval"));
+    let st = stack.status();
+    assert_eq!(st["prometheus"]["port"], new_port);
+    assert_eq!(stack.port(), new_port, "run/ports.json");
+    let q = stack.run(&["query", "up"]);
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    // What Ray is told follows too: the gateway, which forwards to the new port.
+    let env = stack.run(&["env", "--temp-dir", _root.join("next").to_str().unwrap()]);
+    assert!(
+        env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+    let vars = parse_exports(&String::from_utf8_lossy(&env.stdout));
+    let host = &vars
+        .iter()
+        .find(|(k, _)| k == "RAY_PROMETHEUS_HOST")
+        .unwrap()
+        .1;
+    let answer: serde_json::Value = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{host}/api/v1/query?query=up"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(answer["status"], "success", "{answer}");
+}
