@@ -94,8 +94,8 @@ pub async fn resolve(
         return None;
     }
     let port: u16 = endpoint.rsplit_once(':')?.1.parse().ok()?;
-    let (pid, _) = crate::proc::port_holder(port)?;
-    let s = crate::proc::ray_session_of(pid)?;
+    let (pid, _) = crate::process::port_holder(port)?;
+    let s = crate::process::ray_session_of(pid)?;
     claimants.contains(&s).then_some(s)
 }
 

@@ -207,7 +207,7 @@ pub fn latency(trials: usize) -> Result<()> {
 }
 
 fn user() -> String {
-    crate::proc::user_name(nix::unistd::geteuid().as_raw())
+    crate::process::user_name(nix::unistd::geteuid().as_raw())
 }
 
 /// CPU ticks (user + system) and RSS (KiB) and open fds of a process.

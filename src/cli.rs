@@ -627,8 +627,8 @@ fn down(home: &Home, purge: bool) -> Result<ExitCode> {
     crate::home::check_private_dir(home.root())?;
     let _lock = lock_home(home, "down")?;
     let rt = runtime()?;
-    let daemon_pid = read_pid(&home.daemon_pid());
-    let prometheus_pid = read_pid(&home.prometheus_pid());
+    let daemon_pid = crate::process::read_pid(&home.daemon_pid());
+    let prometheus_pid = crate::process::read_pid(&home.prometheus_pid());
     // A daemon that does not answer within 5 s is stopped by PID below.
     let asked = rt
         .block_on(async {
@@ -647,7 +647,7 @@ fn down(home: &Home, purge: bool) -> Result<ExitCode> {
         let ours = |cmd: &[String]| {
             cmd.iter().any(|a| a == "daemon") && cmd.iter().any(|a| a == &home_str)
         };
-        stop_pid(
+        crate::process::stop(
             pid,
             ours,
             if asked {
@@ -659,11 +659,11 @@ fn down(home: &Home, purge: bool) -> Result<ExitCode> {
     }
     if let Some(pid) = prometheus_pid {
         let yml = format!("--config.file={}", home.prometheus_yml().display());
-        stop_pid(pid, |cmd: &[String]| cmd.contains(&yml), Duration::ZERO);
+        crate::process::stop(pid, |cmd: &[String]| cmd.contains(&yml), Duration::ZERO);
     }
-    if let Some(pid) = read_pid(&home.grafana_pid()) {
+    if let Some(pid) = crate::process::read_pid(&home.grafana_pid()) {
         let ini = home.grafana_dir().join("grafana.ini").display().to_string();
-        stop_pid(
+        crate::process::stop(
             pid,
             |cmd: &[String]| cmd.iter().any(|a| a.contains(&ini)),
             Duration::ZERO,
@@ -688,35 +688,6 @@ fn down(home: &Home, purge: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// Waits up to `patience` for `pid` to exit by itself, then TERM, grace, KILL —
-/// only while it still runs a command line `is_ours` recognises.
-fn stop_pid(pid: u32, is_ours: impl Fn(&[String]) -> bool, patience: Duration) {
-    use nix::sys::signal::{Signal, kill};
-    let target = nix::unistd::Pid::from_raw(pid as i32);
-    let still_ours =
-        || crate::proc::alive(pid) && crate::proc::cmdline(pid).is_some_and(|c| is_ours(&c));
-    let wait_gone = |limit: Duration| {
-        let deadline = Instant::now() + limit;
-        while still_ours() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        !still_ours()
-    };
-    if wait_gone(patience) {
-        return;
-    }
-    let _ = kill(target, Signal::SIGTERM);
-    if wait_gone(Duration::from_secs(15)) {
-        return;
-    }
-    let _ = kill(target, Signal::SIGKILL);
-    wait_gone(Duration::from_secs(5));
 }
 
 fn status(home: &Home, json: bool) -> Result<ExitCode> {
@@ -902,7 +873,7 @@ fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<E
             escape::path(&temp_dir)
         );
     }
-    let user = crate::proc::user_name(nix::unistd::geteuid().as_raw());
+    let user = crate::process::user_name(nix::unistd::geteuid().as_raw());
     let default_name = crate::registry::sanitize_name(&format!(
         "{user}-{}",
         temp_dir

@@ -897,7 +897,7 @@ fn bind_gateway(
                 tracing::warn!(
                     "the gateway's port {} is not available ({e}; {}); Ray clusters started with the old RAY_PROMETHEUS_HOST reach nothing of this stack: run `eval \"$(raywatch env)\"` before their next start",
                     config.gateway_port,
-                    crate::proc::describe_holder(config.gateway_port)
+                    crate::process::describe_holder(config.gateway_port)
                 );
             }
             bind(0).context("cannot listen on 127.0.0.1 for the gateway")?
@@ -974,33 +974,11 @@ pub fn run(home: Home) -> Result<()> {
 /// Stops a child a previous daemon left running (it was killed before it could),
 /// identified by its recorded PID and a command line naming this home.
 fn reap_stale_child(pid_file: &Path, marker: &str, what: &str) {
-    let Some(pid) = std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-    else {
-        return;
-    };
-    let ours = || {
-        crate::proc::alive(pid)
-            && crate::proc::cmdline(pid).is_some_and(|c| c.iter().any(|a| a.contains(marker)))
-    };
-    if !ours() {
-        let _ = std::fs::remove_file(pid_file);
-        return;
-    }
-    tracing::warn!("stopping the {what} a previous daemon left running (pid {pid})");
-    let target = nix::unistd::Pid::from_raw(pid as i32);
-    for (signal, patience) in [
-        (nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15)),
-        (nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5)),
-    ] {
-        let _ = nix::sys::signal::kill(target, signal);
-        let deadline = Instant::now() + patience;
-        while ours() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !ours() {
-            break;
+    if let Some(pid) = crate::process::read_pid(pid_file) {
+        let ours = |cmd: &[String]| cmd.iter().any(|a| a.contains(marker));
+        if crate::process::alive(pid) && crate::process::cmdline(pid).is_some_and(|c| ours(&c)) {
+            tracing::warn!("stopping the {what} a previous daemon left running (pid {pid})");
+            crate::process::stop(pid, ours, Duration::ZERO);
         }
     }
     let _ = std::fs::remove_file(pid_file);
@@ -1079,7 +1057,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
                 let msg = format!(
                     "Prometheus moved from port {} to {fresh}: the old port was {}",
                     config.prometheus_port,
-                    crate::proc::describe_holder(config.prometheus_port)
+                    crate::process::describe_holder(config.prometheus_port)
                 );
                 tracing::warn!("{msg}");
                 *note.lock().unwrap() = Some(msg);

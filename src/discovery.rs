@@ -61,7 +61,7 @@ pub fn read_listing(
     if is_session_dir_name(parent) && !trusted(folder.uid) {
         return Err(Rejection::Untrusted {
             uid: folder.uid,
-            user: crate::proc::user_name(folder.uid),
+            user: crate::process::user_name(folder.uid),
         });
     }
     let Some(contents) = folder.read(name, MAX_FILE_BYTES, &trusted)? else {

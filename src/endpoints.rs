@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use crate::proc::Listeners;
+use crate::process::Listeners;
 
 /// What holds a listed endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +109,7 @@ pub fn judge(
         Some(l) if trusted(l.uid) => Holder::Trusted,
         Some(l) => Holder::Foreign {
             uid: l.uid,
-            user: crate::proc::user_name(l.uid),
+            user: crate::process::user_name(l.uid),
         },
     }
 }

@@ -97,7 +97,7 @@ impl axum::serve::Listener for OwnerOnly {
                 Ok(a) => a,
                 Err(_) => continue,
             };
-            let uid = crate::proc::peer_uid(local, peer);
+            let uid = crate::process::peer_uid(local, peer);
             if uid == Some(self.uid) {
                 return (stream, peer);
             }
@@ -112,7 +112,7 @@ impl axum::serve::Listener for OwnerOnly {
                 tracing::warn!(
                     "gateway: refused a connection from {peer} ({}); only uid {} is served",
                     match uid {
-                        Some(u) => format!("uid {u}, {}", crate::proc::user_name(u)),
+                        Some(u) => format!("uid {u}, {}", crate::process::user_name(u)),
                         None => "owner unknown".into(),
                     },
                     self.uid

@@ -211,7 +211,7 @@ pub fn check_private_dir(path: &Path) -> Result<()> {
              hint: pass a --home that you own",
             path.display(),
             meta.uid(),
-            crate::proc::user_name(meta.uid())
+            crate::process::user_name(meta.uid())
         );
     }
     let mode = meta.permissions().mode() & 0o777;
@@ -248,7 +248,7 @@ pub fn check_ancestors(path: &Path) -> Result<()> {
                     path.display(),
                     current.display(),
                     meta.uid(),
-                    crate::proc::user_name(meta.uid())
+                    crate::process::user_name(meta.uid())
                 );
             }
             continue;
@@ -274,7 +274,7 @@ pub fn check_ancestors(path: &Path) -> Result<()> {
                 path.display(),
                 current.display(),
                 meta.uid(),
-                crate::proc::user_name(meta.uid())
+                crate::process::user_name(meta.uid())
             );
         }
     }

@@ -24,7 +24,7 @@ pub mod home;
 pub mod install;
 pub mod logfile;
 pub mod ports;
-pub mod proc;
+pub mod process;
 pub mod prometheus;
 pub mod registry;
 pub mod status;

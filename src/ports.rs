@@ -23,7 +23,7 @@ pub fn require_free(port: u16, what: &str) -> Result<()> {
     bail!(
         "port {port} on 127.0.0.1, requested for {what}, is already in use ({})\n\
          hint: pick another port, or leave the flag out and raywatch picks a free one",
-        crate::proc::describe_holder(port)
+        crate::process::describe_holder(port)
     )
 }
 

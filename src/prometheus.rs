@@ -270,24 +270,24 @@ pub enum ListenerError {
 /// Checks that `127.0.0.1:port` is held by this user and, when `pid` is known,
 /// by that very process. Credentials go only where this passed.
 pub fn verify_listener(port: u16, pid: Option<u32>) -> Result<(), ListenerError> {
-    let listeners = crate::proc::Listeners::read();
+    let listeners = crate::process::Listeners::read();
     let Some(l) = listeners.holder(std::net::Ipv4Addr::LOCALHOST.into(), port) else {
         return Err(ListenerError::NotListening { port });
     };
     if l.uid != nix::unistd::geteuid().as_raw() {
         return Err(ListenerError::Foreign {
             port,
-            holder: crate::proc::describe_listener(l),
+            holder: crate::process::describe_listener(l),
         });
     }
     if let Some(pid) = pid
-        && crate::proc::alive(pid)
-        && !crate::proc::holds_socket(pid, l.inode)
+        && crate::process::alive(pid)
+        && !crate::process::holds_socket(pid, l.inode)
     {
         return Err(ListenerError::NotOurs {
             port,
             pid,
-            holder: crate::proc::describe_listener(l),
+            holder: crate::process::describe_listener(l),
         });
     }
     Ok(())

@@ -232,7 +232,7 @@ impl Registry {
             found: found.clone(),
             origin,
             uid: listing.uid,
-            user: crate::proc::user_name(listing.uid),
+            user: crate::process::user_name(listing.uid),
             targets: listing.targets,
             mtime: listing.mtime,
             last_change: now,
@@ -537,7 +537,7 @@ mod tests {
             now,
             wall,
         );
-        let user = crate::proc::user_name(nix::unistd::geteuid().as_raw());
+        let user = crate::process::user_name(nix::unistd::geteuid().as_raw());
         assert_eq!(r.get(&a.file).unwrap().name, format!("{user}-ray_a"));
         assert_eq!(r.get(&b.file).unwrap().name, format!("{user}-ray_a-222"));
 

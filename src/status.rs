@@ -361,7 +361,7 @@ pub fn ssh_hint(r: &StatusReport) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "this-host".into());
-    let user = crate::proc::user_name(nix::unistd::geteuid().as_raw());
+    let user = crate::process::user_name(nix::unistd::geteuid().as_raw());
     let mut line = format!("ssh -N -L {p}:127.0.0.1:{p}", p = r.prometheus.port);
     if r.grafana.url.is_some() {
         line.push_str(&format!(" -L {p}:127.0.0.1:{p}", p = r.grafana.port));

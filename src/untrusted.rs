@@ -243,7 +243,7 @@ fn read_open(fd: OwnedFd, max: u64, trusted: &dyn Fn(u32) -> bool) -> Result<Con
     if !trusted(st.st_uid) {
         return Err(Rejection::Untrusted {
             uid: st.st_uid,
-            user: crate::proc::user_name(st.st_uid),
+            user: crate::process::user_name(st.st_uid),
         });
     }
     let size = st.st_size.max(0) as u64;

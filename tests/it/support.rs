@@ -206,13 +206,7 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         if pid == std::process::id() {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        {
+        if state(pid).is_none_or(|s| s == 'Z') {
             continue;
         }
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -356,14 +350,20 @@ pub fn daemon_pid(stack: &Stack) -> u32 {
         .unwrap()
 }
 
+/// A process' state letter (`R`, `S`, `Z`, …), or None when it is gone.
+pub fn state(pid: u32) -> Option<char> {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.state)
+}
+
 /// CPU time (user + system) a process used so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3; utime and stime are fields 14 and 15.
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
+    let stat = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .unwrap();
+    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
 }
 
 /// Resident memory of a process, in KiB.

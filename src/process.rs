@@ -1,9 +1,11 @@
-//! Facts about processes and sockets read from /proc: who holds a port, what a PID runs.
+//! Processes and sockets: facts from /proc (procfs crate) — who holds a port, what a PID
+//! runs — and stopping a process raywatch recorded, only while it still runs what it started.
 
 use std::collections::HashMap;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The user name of `uid`, or the number when it has none.
 pub fn user_name(uid: u32) -> String {
@@ -30,16 +32,44 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
 
 /// Whether `pid` is alive and not a zombie.
 pub fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the command name, which is in parentheses.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
+    ::procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
+}
+
+/// Reads a PID file raywatch wrote.
+pub fn read_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Stops `pid`, but only while it still runs a command line `is_ours`
+/// recognises (a recycled PID is never signalled): waits up to `patience` for it
+/// to exit by itself, then SIGTERM, 15 s of grace, then SIGKILL. Returns whether
+/// it is gone.
+pub fn stop(pid: u32, is_ours: impl Fn(&[String]) -> bool, patience: Duration) -> bool {
+    use nix::sys::signal::{Signal, kill};
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    let still_ours = || alive(pid) && cmdline(pid).is_some_and(|c| is_ours(&c));
+    let gone_within = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while still_ours() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
         }
-        Err(_) => false,
+        !still_ours()
+    };
+    if gone_within(patience) {
+        return true;
     }
+    for (signal, grace) in [
+        (Signal::SIGTERM, Duration::from_secs(15)),
+        (Signal::SIGKILL, Duration::from_secs(5)),
+    ] {
+        let _ = kill(target, signal);
+        if gone_within(grace) {
+            return true;
+        }
+    }
+    false
 }
 
 /// A TCP socket in the LISTEN state, from /proc/net/tcp and /proc/net/tcp6.
