@@ -1,47 +1,63 @@
 //! Crash-safe file writes: temp file on the same file system, fsync, rename, fsync of the folder.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// Writes `bytes` to `dest` atomically. The temp file is created in `tmp_dir`,
-/// which must be on the same file system as `dest` (usually its own folder).
-/// Readers see the old content or the new one, never a partial file.
-pub fn write_via(tmp_dir: &Path, dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let name = dest
-        .file_name()
-        .with_context(|| format!("{} has no file name", dest.display()))?;
-    let tmp = tmp_dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("cannot create temp file {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("cannot fsync {}", tmp.display()))?;
-        fs::rename(&tmp, dest)
+/// New content for a file, written and flushed to disk in a temp file on the
+/// same file system, not yet in place: check it (e.g. with promtool), then
+/// [`Staged::commit`] it.
+pub struct Staged {
+    file: tempfile::NamedTempFile,
+}
+
+/// Writes `bytes` to a temp file in `tmp_dir` (same file system as the
+/// destination), with `mode`, fsync'd. Its name starts with `.` and ends with
+/// `.tmp`, so a writer killed before the commit leaves a file the daemon sweeps.
+pub fn stage(tmp_dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<Staged> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(tmp_dir)
+        .with_context(|| format!("cannot create a temp file in {}", tmp_dir.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", file.path().display()))?;
+    Ok(Staged { file })
+}
+
+impl Staged {
+    /// Where the staged content is, for checking it.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Renames it over `dest` and makes the rename durable (fsync of the folder).
+    /// Readers see the old content or the new one, never a partial file.
+    pub fn commit(self, dest: &Path) -> Result<()> {
+        let tmp = self.file.path().to_path_buf();
+        self.file
+            .persist(dest)
+            .map_err(|e| e.error)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
         if let Some(dir) = dest.parent() {
             fsync_dir(dir)?;
         }
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
     }
-    result
+}
+
+/// Writes `bytes` to `dest` atomically. The temp file is created in `tmp_dir`,
+/// which must be on the same file system as `dest` (usually its own folder).
+pub fn write_via(tmp_dir: &Path, dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let name = dest
+        .file_name()
+        .with_context(|| format!("{} has no file name", dest.display()))?;
+    stage(tmp_dir, &name.to_string_lossy(), bytes, mode)?.commit(dest)
 }
 
 /// Writes `bytes` to `dest` atomically, with the temp file beside it.

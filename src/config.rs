@@ -18,17 +18,17 @@ pub struct StackConfig {
     /// Whether the port was chosen by raywatch (and so may be changed on a clash).
     pub prometheus_port_auto: bool,
     /// Scrape (and rule evaluation) interval.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub scrape_interval: Duration,
     /// How long Prometheus keeps samples.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub retention: Duration,
     /// Watch `/tmp/ray*` and `$RAY_TMPDIR` in addition to `watch`.
     pub default_roots: bool,
     /// Extra folders to watch as Ray temp-dir roots.
     pub watch: Vec<PathBuf>,
     /// A cluster whose discovery file has not been rewritten for this long is dead.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub liveness: Duration,
     /// Owners (uids) of discovery files that are followed besides the stack's own user.
     pub trust_uids: Vec<u32>,
@@ -75,21 +75,6 @@ impl StackConfig {
 }
 
 /// Durations as human strings ("15s", "15days") in the JSON config.
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
-
 /// Formats a duration the way Prometheus' config wants it (`15s`, `1500ms`, `2h`).
 pub fn prometheus_duration(d: Duration) -> String {
     let ms = d.as_millis();

@@ -15,8 +15,8 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-/// The file Ray's head rewrites every 5 s.
-pub const DISCOVERY_FILE: &str = "prom_metrics_service_discovery.json";
+pub use crate::ray::DISCOVERY_FILE;
+use crate::ray::is_session_name;
 /// A discovery file lists one endpoint per node plus two; nothing legitimate is this large.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// More targets than any Ray cluster has nodes.
@@ -163,7 +163,7 @@ impl Found {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if parent_name.starts_with("session_") {
+        if is_session_name(&parent_name) {
             Found {
                 file: file.to_path_buf(),
                 temp_dir: parent.parent().unwrap_or(Path::new("/")).to_path_buf(),
@@ -171,7 +171,7 @@ impl Found {
                 session: parent_name,
             }
         } else {
-            let session = fs::read_link(parent.join("session_latest"))
+            let session = fs::read_link(parent.join(crate::ray::SESSION_LATEST))
                 .ok()
                 .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_default();
@@ -195,10 +195,6 @@ pub struct RootScan {
     pub foreign: usize,
     /// Why the root itself was not scanned (a symlink, not a folder).
     pub refused: Option<Rejection>,
-}
-
-pub fn is_session_name(name: &str) -> bool {
-    name.starts_with("session_") && name != "session_latest"
 }
 
 /// Whether the entry `name` of an open root is a session folder raywatch
@@ -257,30 +253,19 @@ pub fn scan_root(root: &Path, trusted: &dyn Fn(u32) -> bool) -> RootScan {
     scan
 }
 
-/// Folders whose `ray*` children are Ray temp dirs by default: /tmp and `$RAY_TMPDIR`.
-pub fn default_root_parents() -> Vec<PathBuf> {
-    let mut parents = vec![PathBuf::from("/tmp")];
-    if let Some(dir) = std::env::var_os("RAY_TMPDIR").filter(|v| !v.is_empty()) {
-        let dir = PathBuf::from(dir);
-        if !parents.contains(&dir) {
-            parents.push(dir);
-        }
-    }
-    parents
-}
-
 /// Whether the entry `name` of a default root parent is a Ray temp dir to watch:
 /// a real folder named `ray*` owned by a trusted uid, or Ray's own default
 /// `ray` (commonly shared by everyone on a machine). Other users' `ray*` folders
 /// cost nothing: they are neither watched nor scanned.
 pub fn is_default_root(parent: &Folder, name: &OsStr, trusted: &dyn Fn(u32) -> bool) -> bool {
     let text = name.to_string_lossy();
-    if !text.starts_with("ray") {
+    if !crate::ray::is_temp_dir_name(&text) {
         return false;
     }
-    parent
-        .stat(name)
-        .is_some_and(|st| crate::untrusted::is_dir(&st) && (trusted(st.st_uid) || text == "ray"))
+    parent.stat(name).is_some_and(|st| {
+        crate::untrusted::is_dir(&st)
+            && (trusted(st.st_uid) || text == crate::ray::DEFAULT_TEMP_DIR_NAME)
+    })
 }
 
 /// The Ray temp dirs directly inside `parent` (see [`is_default_root`]).

@@ -319,7 +319,7 @@ pub fn harvest(
     // Ray's folders are world-writable: walked without following links, read
     // through the one reader for untrusted files.
     let dir = match crate::untrusted::Folder::open(session_dir).and_then(|s| {
-        s.map(|s| s.descend(Path::new("metrics/grafana/dashboards")))
+        s.map(|s| s.descend(Path::new(crate::ray::DASHBOARDS_DIR)))
             .transpose()
     }) {
         Ok(Some(Some(d))) => d,
@@ -597,8 +597,7 @@ pub fn locate(flag: Option<&Path>) -> Result<Option<PathBuf>> {
         );
         return Ok(Some(p.to_path_buf()));
     }
-    if let Some(p) = std::env::var_os("RAYWATCH_GRAFANA").filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(p);
+    if let Some(p) = crate::env::grafana_bin() {
         anyhow::ensure!(
             p.is_file(),
             "RAYWATCH_GRAFANA names {}, which is not a file",
@@ -606,7 +605,9 @@ pub fn locate(flag: Option<&Path>) -> Result<Option<PathBuf>> {
         );
         return Ok(Some(p));
     }
-    Ok(crate::prometheus::which("grafana").or_else(|| crate::prometheus::which("grafana-server")))
+    Ok(which::which("grafana")
+        .or_else(|_| which::which("grafana-server"))
+        .ok())
 }
 
 /// The command line for Grafana: `grafana server` or the older `grafana-server`.

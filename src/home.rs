@@ -18,13 +18,13 @@ impl Home {
     pub fn resolve(explicit: Option<PathBuf>) -> Result<Home> {
         let root = match explicit {
             Some(p) => p,
-            None => match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-                Some(state) => PathBuf::from(state).join("raywatch"),
+            None => match crate::env::xdg_state_home() {
+                Some(state) => state.join("raywatch"),
                 None => {
-                    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context(
+                    let home = crate::env::home_dir().context(
                         "neither $XDG_STATE_HOME nor $HOME is set; pass --home DIR or set RAYWATCH_HOME",
                     )?;
-                    PathBuf::from(home).join(".local/state/raywatch")
+                    home.join(".local/state/raywatch")
                 }
             },
         };
@@ -81,9 +81,6 @@ impl Home {
     }
     pub fn prometheus_pid(&self) -> PathBuf {
         self.run_dir().join("prometheus.pid")
-    }
-    pub fn ports(&self) -> PathBuf {
-        self.run_dir().join("ports.json")
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")

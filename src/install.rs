@@ -29,12 +29,10 @@ fn arch() -> &'static str {
 
 /// `$XDG_CACHE_HOME/raywatch` or `~/.cache/raywatch`.
 pub fn cache_dir() -> Option<PathBuf> {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(x).join("raywatch"));
+    if let Some(x) = crate::env::xdg_cache_home() {
+        return Some(x.join("raywatch"));
     }
-    std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(|h| PathBuf::from(h).join(".cache/raywatch"))
+    crate::env::home_dir().map(|h| h.join(".cache/raywatch"))
 }
 
 fn release_name() -> String {
@@ -59,10 +57,10 @@ pub fn locate(flag: Option<&Path>) -> Result<Option<PathBuf>> {
     if let Some(p) = flag {
         return check_executable(p, "--prometheus-bin").map(Some);
     }
-    if let Some(p) = std::env::var_os("RAYWATCH_PROMETHEUS").filter(|v| !v.is_empty()) {
-        return check_executable(Path::new(&p), "RAYWATCH_PROMETHEUS").map(Some);
+    if let Some(p) = crate::env::prometheus_bin() {
+        return check_executable(&p, "RAYWATCH_PROMETHEUS").map(Some);
     }
-    if let Some(p) = crate::prometheus::which("prometheus") {
+    if let Ok(p) = which::which("prometheus") {
         return Ok(Some(p));
     }
     Ok(cached_binary())
@@ -149,7 +147,7 @@ pub async fn download() -> Result<PathBuf> {
 
 /// Installs Debian's package, when raywatch is root on a machine with apt-get.
 pub fn apt_install() -> Result<PathBuf> {
-    if !nix::unistd::geteuid().is_root() || crate::prometheus::which("apt-get").is_none() {
+    if !nix::unistd::geteuid().is_root() || which::which("apt-get").is_err() {
         bail!("apt-get is not available to this user");
     }
     eprintln!("installing Debian's prometheus package with apt-get");
@@ -161,7 +159,8 @@ pub fn apt_install() -> Result<PathBuf> {
     if !status.success() {
         bail!("apt-get install prometheus failed ({status})");
     }
-    crate::prometheus::which("prometheus")
+    which::which("prometheus")
+        .ok()
         .or_else(|| Some(PathBuf::from("/usr/bin/prometheus")).filter(|p| p.is_file()))
         .context("apt-get installed prometheus, but no binary is on PATH")
 }

@@ -203,16 +203,10 @@ pub fn describe_listener(l: &Listener) -> String {
 /// The Ray session a process belongs to, read from a `session_*` component of
 /// the paths on its command line (`--session-dir=…`, `--log_dir=…/logs`).
 pub fn ray_session_of(pid: u32) -> Option<String> {
-    for arg in cmdline(pid)? {
-        let value = arg.split_once('=').map(|(_, v)| v).unwrap_or(&arg);
-        for comp in Path::new(value).components() {
-            let comp = comp.as_os_str().to_string_lossy();
-            if comp.starts_with("session_") && comp != "session_latest" {
-                return Some(comp.into_owned());
-            }
-        }
-    }
-    None
+    cmdline(pid)?.iter().find_map(|arg| {
+        let value = arg.split_once('=').map(|(_, v)| v).unwrap_or(arg);
+        crate::ray::session_in_path(Path::new(value))
+    })
 }
 
 /// Describes who holds `port`, for error messages.

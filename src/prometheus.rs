@@ -142,17 +142,21 @@ pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
     if std::fs::read_to_string(&dest).ok().as_deref() == Some(yml.as_str()) {
         return Ok(());
     }
+    // One write path: staged, checked with promtool when there is one, committed.
+    let staged = crate::atomic::stage(
+        &home.prometheus_dir(),
+        "prometheus.yml",
+        yml.as_bytes(),
+        0o600,
+    )?;
     if let Some(promtool) = promtool_beside(&cfg.prometheus_bin) {
-        let candidate = home.prometheus_dir().join("prometheus.yml.new");
-        crate::atomic::write(&candidate, yml.as_bytes(), 0o600)?;
         let out = std::process::Command::new(&promtool)
             .args(["check", "config", "--syntax-only"])
-            .arg(&candidate)
+            .arg(staged.path())
             .output();
         if let Ok(out) = out
             && !out.status.success()
         {
-            let _ = std::fs::remove_file(&candidate);
             bail!(
                 "the new {} failed `promtool check config`, so the previous file is kept: {} {}",
                 dest.display(),
@@ -160,12 +164,8 @@ pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        std::fs::rename(&candidate, &dest)
-            .with_context(|| format!("cannot move {} into place", candidate.display()))?;
-        crate::atomic::fsync_dir(&home.prometheus_dir())?;
-        return Ok(());
     }
-    crate::atomic::write(&dest, yml.as_bytes(), 0o600)
+    staged.commit(&dest)
 }
 
 fn promtool_beside(prometheus: &Path) -> Option<PathBuf> {
@@ -173,7 +173,7 @@ fn promtool_beside(prometheus: &Path) -> Option<PathBuf> {
     if beside.is_file() {
         return Some(beside);
     }
-    which("promtool")
+    which::which("promtool").ok()
 }
 
 /// The stack's Prometheus password, generated on first use (0600 in `secrets/`).
@@ -212,44 +212,6 @@ pub fn ensure_secret(path: &Path) -> Result<String> {
     let secret = random_secret()?;
     crate::atomic::write(path, format!("{secret}\n").as_bytes(), 0o600)?;
     Ok(secret)
-}
-
-/// Searches PATH for an executable.
-pub fn which(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// Where the daemon publishes the ports it actually uses.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct Ports {
-    pub prometheus: u16,
-    /// The gateway Ray's Dashboard queries (`RAY_PROMETHEUS_HOST`).
-    #[serde(default)]
-    pub gateway: u16,
-}
-
-impl Ports {
-    pub fn load(home: &Home) -> Result<Ports> {
-        let path = home.ports();
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
-                "cannot read {} (is the stack up? run `raywatch up`)",
-                path.display()
-            )
-        })?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid", path.display()))
-    }
-
-    pub fn save(&self, home: &Home) -> Result<()> {
-        crate::atomic::write(&home.ports(), &serde_json::to_vec(self)?, 0o600)
-    }
 }
 
 /// Why raywatch sent nothing to the port where the stack's Prometheus should be.
@@ -333,11 +295,17 @@ impl Client {
     }
 
     pub fn for_home(home: &Home) -> Result<Client> {
-        let ports = Ports::load(home)?;
+        // config.json holds the port in use: the daemon writes it when it moves Prometheus.
+        let config = StackConfig::load(&home.config())?.with_context(|| {
+            format!(
+                "{} is missing (is the stack up? run `raywatch up`)",
+                home.config().display()
+            )
+        })?;
         let password = std::fs::read_to_string(home.prometheus_password())
             .with_context(|| format!("cannot read {}", home.prometheus_password().display()))?;
         Ok(Client::new(
-            ports.prometheus,
+            config.prometheus_port,
             password.trim().to_string(),
             Some(home.prometheus_pid()),
         ))

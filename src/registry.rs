@@ -288,7 +288,7 @@ impl Registry {
             }
             Some((_, true)) => {
                 let c = &self.clusters[file];
-                let pid = c.found.session.rsplit('_').next().unwrap_or("").to_string();
+                let pid = crate::ray::session_pid(&c.found.session).to_string();
                 let candidate = format!("{base}-{pid}");
                 if !pid.is_empty() && self.clusters.values().all(|o| o.name != candidate) {
                     candidate

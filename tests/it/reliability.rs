@@ -678,7 +678,7 @@ fn after_prometheus_moves_to_another_port_settings_apply_and_clients_follow() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("scrape interval"));
     let st = stack.status();
     assert_eq!(st["prometheus"]["port"], new_port);
-    assert_eq!(stack.port(), new_port, "run/ports.json");
+    assert_eq!(stack.port(), new_port, "config.json");
     let q = stack.run(&["query", "up"]);
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
     // What Ray is told follows too: the gateway, which forwards to the new port.

@@ -117,11 +117,11 @@ impl Stack {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Prometheus' port, as the stack's config.json has it (the daemon keeps it current).
     pub fn port(&self) -> u16 {
-        let ports: Value =
-            serde_json::from_slice(&std::fs::read(self.home.join("run/ports.json")).unwrap())
-                .unwrap();
-        ports["prometheus"].as_u64().unwrap() as u16
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(self.home.join("config.json")).unwrap()).unwrap();
+        config["prometheus_port"].as_u64().unwrap() as u16
     }
 
     pub fn password(&self) -> String {

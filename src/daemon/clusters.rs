@@ -1,0 +1,474 @@
+//! The cluster core: reads what [`Follow`] finds, keeps the registry's clusters
+//! live or dead, verifies their endpoints, and publishes their target groups.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+use tokio::sync::watch;
+
+use super::follow::{Attachment, Follow, Scope};
+use super::probe::gcs_addresses;
+use super::{OVERDUE, RESCAN, RESCAN_DEGRADED};
+use crate::api::{AttachRequest, AttachResponse, Refusal};
+use crate::attribution::Attribution;
+use crate::config::StackConfig;
+use crate::discovery::{self, DISCOVERY_FILE, Found};
+use crate::endpoints::Endpoints;
+use crate::home::Home;
+use crate::registry::{Change, Origin, Registry};
+use crate::targets::TargetsDir;
+
+/// Everything the event loop and the API share, behind one lock.
+pub struct Core {
+    pub home: Home,
+    /// The live settings: owned by the daemon's `watch` channel, read here.
+    pub settings: watch::Receiver<StackConfig>,
+    pub registry: Registry,
+    pub targets: TargetsDir,
+    pub follow: Follow,
+    pub attribution: Attribution,
+    pub probing: HashMap<PathBuf, Instant>,
+    pub trusted: BTreeSet<u32>,
+    /// Session dirs whose Grafana dashboards were copied.
+    pub harvested: BTreeSet<PathBuf>,
+    /// (registry, attribution, endpoints) generations last written to `targets/`.
+    pub published: (u64, u64, u64),
+    /// Who holds each listed endpoint; foreign ones are never published.
+    pub endpoints: Endpoints,
+    pub last_verify: Instant,
+    /// This machine's addresses (refreshed by full scans).
+    pub locals: BTreeSet<std::net::IpAddr>,
+    /// Warnings about files in Ray's folders already logged (each is logged once).
+    pub warned: BTreeSet<String>,
+    /// Aged attribution answers are re-checked at this pace even when nothing changed.
+    pub last_contest_check: Instant,
+}
+
+impl Core {
+    fn trusted(&self) -> impl Fn(u32) -> bool + '_ {
+        |uid| self.trusted.contains(&uid)
+    }
+
+    /// Builds the core; nothing is read until the first [`Core::full_scan`].
+    pub fn new(
+        home: Home,
+        settings: watch::Receiver<StackConfig>,
+        registry: Registry,
+        targets: TargetsDir,
+        follow: Follow,
+    ) -> Core {
+        let mut trusted: BTreeSet<u32> = settings.borrow().trust_uids.iter().copied().collect();
+        trusted.insert(nix::unistd::geteuid().as_raw());
+        Core {
+            home,
+            settings,
+            registry,
+            targets,
+            follow,
+            attribution: Attribution::default(),
+            probing: HashMap::new(),
+            trusted,
+            harvested: BTreeSet::new(),
+            published: (u64::MAX, u64::MAX, u64::MAX),
+            endpoints: Endpoints::default(),
+            last_verify: Instant::now(),
+            locals: crate::ports::local_addresses(),
+            warned: BTreeSet::new(),
+            last_contest_check: Instant::now(),
+        }
+    }
+
+    /// What to follow, from the live settings.
+    fn scope<'a>(&self, settings: &'a StackConfig, trusted: &'a dyn Fn(u32) -> bool) -> Scope<'a> {
+        Scope {
+            default_roots: settings.default_roots,
+            watch: &settings.watch,
+            trusted,
+        }
+    }
+
+    fn read_and_observe(&mut self, found: &Found, origin: Origin) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let read = discovery::read_listing(&found.file, self.trusted());
+        if matches!(read, Ok(None))
+            && self.registry.get(&found.file).is_some_and(|c| c.is_live())
+            && found
+                .session_dir
+                .as_ref()
+                .is_some_and(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+        {
+            // The file went (moved or deleted by someone) while its session
+            // folder stays: Ray rewrites it every 5 s, so the liveness bound and
+            // the GCS decide, not whoever removed it.
+            return;
+        }
+        let change = self.registry.observe(found, origin, read, now, wall);
+        self.log_change(&found.file, change);
+    }
+
+    pub fn log_change(&self, file: &Path, change: Change) {
+        match change {
+            Change::None => {}
+            Change::Joined(name) | Change::Revived(name) => {
+                let c = self.registry.by_name(&name);
+                tracing::info!(
+                    "cluster {name} is live: {} targets, session {}, from {}",
+                    c.map(|c| c.targets.len()).unwrap_or(0),
+                    c.map(|c| c.found.session.as_str()).unwrap_or(""),
+                    file.display()
+                );
+            }
+            Change::Died(name, reason) => tracing::info!("cluster {name} is dead: {reason}"),
+            Change::Rejected(reason) => tracing::warn!("rejected {}: {reason}", file.display()),
+        }
+    }
+
+    /// Rescans every root and attachment and reconciles the registry with disk.
+    /// A folder is watched only after it was first listed, so whatever appeared in
+    /// a newly watched folder meanwhile is caught by scanning again until no new
+    /// folder turns up.
+    pub fn full_scan(&mut self) {
+        self.locals = crate::ports::local_addresses();
+        for _ in 0..4 {
+            let before = self.follow.watcher.watched().clone();
+            let settings = self.settings.borrow().clone();
+            let trusted = self.trusted.clone();
+            let is_trusted = |uid: u32| trusted.contains(&uid);
+            let found = self.follow.scan(&self.scope(&settings, &is_trusted));
+            self.reconcile(&found);
+            if self.follow.watcher.watched().is_subset(&before) {
+                break;
+            }
+        }
+    }
+
+    /// Brings the registry in line with the files a scan found.
+    fn reconcile(&mut self, found: &BTreeMap<PathBuf, Found>) {
+        for (file, f) in found {
+            let Some(origin) = self.follow.origin_for(file) else {
+                continue;
+            };
+            // A live cluster's file is re-read on its own events and when it is
+            // overdue; a scan reads only what is new, dead, or now comes
+            // through another origin. So a new session costs O(1), not O(clusters).
+            let settled = self
+                .registry
+                .get(file)
+                .is_some_and(|c| c.is_live() && c.origin == origin);
+            if !settled {
+                self.read_and_observe(f, origin);
+            }
+        }
+        let known: Vec<PathBuf> = self
+            .registry
+            .clusters()
+            .map(|c| c.found.file.clone())
+            .collect();
+        for file in known {
+            if found.contains_key(&file) {
+                continue;
+            }
+            if std::fs::symlink_metadata(&file).is_ok() && self.follow.origin_for(&file).is_none() {
+                if let Some(c) = self.registry.forget(&file) {
+                    tracing::info!(
+                        "no longer following cluster {} ({})",
+                        c.name,
+                        file.display()
+                    );
+                }
+            } else if let Some(c) = self.registry.get(&file) {
+                let (f, o) = (c.found.clone(), c.origin.clone());
+                let now_a_link = f.session_dir.is_none()
+                    && std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink());
+                if now_a_link {
+                    // Ray ≥ 2.5x replaced the temp-dir file with a link to its
+                    // session's file, which is followed in its own right.
+                    let change = self.registry.declare_dead(
+                        &file,
+                        SystemTime::now(),
+                        "the temp-dir discovery file became a link to a session's file (Ray ≥ 2.5x)".into(),
+                    );
+                    self.log_change(&file, change);
+                } else {
+                    self.read_and_observe(&f, o);
+                }
+            }
+        }
+        let stale: Vec<PathBuf> = self
+            .registry
+            .rejections()
+            .keys()
+            .filter(|p| !found.contains_key(*p))
+            .cloned()
+            .collect();
+        for p in stale {
+            self.registry.forget_rejection(&p);
+        }
+    }
+
+    /// Handles a batch of filesystem event paths (see [`Follow::classify`]).
+    pub fn handle_events(&mut self, paths: BTreeSet<PathBuf>) {
+        let settings = self.settings.borrow().clone();
+        let trusted = self.trusted.clone();
+        let is_trusted = |uid: u32| trusted.contains(&uid);
+        let registry = &self.registry;
+        let followed_legacy = |p: &Path| registry.get(p).is_some_and(|c| c.is_live());
+        let scope = Scope {
+            default_roots: settings.default_roots,
+            watch: &settings.watch,
+            trusted: &is_trusted,
+        };
+        let wanted = self.follow.classify(paths, &scope, &followed_legacy);
+        if wanted.rescan {
+            self.full_scan();
+            return;
+        }
+        for file in wanted.files {
+            let existing = self
+                .registry
+                .get(&file)
+                .map(|c| (c.found.clone(), c.origin.clone()));
+            match existing {
+                Some((f, o)) => self.read_and_observe(&f, o),
+                None => {
+                    if let Some(origin) = self.follow.origin_for(&file) {
+                        self.read_and_observe(&Found::for_file(&file), origin);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodic work: liveness, overdue re-reads, deletions, safety-net rescans.
+    /// Returns GCS addresses to probe for clusters that missed a rewrite.
+    pub fn tick(&mut self) -> Vec<(PathBuf, Vec<String>)> {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let every = if self.follow.watcher.needs_rescan() {
+            RESCAN_DEGRADED
+        } else {
+            RESCAN
+        };
+        if now.duration_since(self.follow.last_scan) >= every {
+            self.full_scan();
+        }
+        let overdue: Vec<(Found, Origin)> = self
+            .registry
+            .overdue(now, OVERDUE)
+            .into_iter()
+            .map(|c| (c.found.clone(), c.origin.clone()))
+            .collect();
+        let mut probes = Vec::new();
+        for (f, o) in overdue {
+            self.read_and_observe(&f, o);
+            let Some(c) = self.registry.get(&f.file) else {
+                continue;
+            };
+            if !c.is_live() || now.duration_since(c.last_change) <= OVERDUE {
+                continue;
+            }
+            if self
+                .probing
+                .get(&f.file)
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3))
+            {
+                continue;
+            }
+            let trusted = &self.trusted;
+            if let Some(addrs) = gcs_addresses(c, &|uid| trusted.contains(&uid), &mut self.warned) {
+                self.probing.insert(f.file.clone(), now);
+                probes.push((f.file.clone(), addrs));
+            }
+        }
+        for change in self.registry.tick(now, wall) {
+            self.log_change(Path::new(""), change);
+        }
+        // Bookkeeping only for clusters that are still known.
+        let registry = &self.registry;
+        self.probing
+            .retain(|f, _| registry.get(f).is_some_and(|c| c.is_live()));
+        let sessions: BTreeSet<&PathBuf> = registry
+            .clusters()
+            .filter_map(|c| c.found.session_dir.as_ref())
+            .collect();
+        self.harvested.retain(|d| sessions.contains(d));
+        self.targets.collect(now);
+        self.harvest_dashboards();
+        probes
+    }
+
+    /// Copies the Grafana dashboards Ray generated in each live session, once.
+    fn harvest_dashboards(&mut self) {
+        let dirs: Vec<PathBuf> = self
+            .registry
+            .clusters()
+            .filter(|c| c.is_live())
+            .filter_map(|c| c.found.session_dir.clone())
+            .filter(|d| !self.harvested.contains(d))
+            .collect();
+        let mut changed = false;
+        for dir in dirs {
+            match crate::grafana::harvest(&self.home, &dir, |uid| self.trusted.contains(&uid)) {
+                Ok((any, new)) => {
+                    changed |= new;
+                    if any {
+                        self.harvested.insert(dir);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cannot copy Ray's dashboards from {}: {e:#}", dir.display())
+                }
+            }
+        }
+        if changed
+            && let Err(e) = crate::grafana::render_ray_dashboards(
+                &self.home,
+                &self.settings.borrow().prometheus_name,
+            )
+        {
+            tracing::warn!("cannot write Ray's dashboards: {e:#}");
+        }
+    }
+
+    /// Looks up who holds every endpoint of the live clusters.
+    fn verify_endpoints(&mut self) {
+        let trusted = &self.trusted;
+        let listed = self
+            .registry
+            .clusters()
+            .filter(|c| c.is_live())
+            .flat_map(|c| c.targets.iter());
+        self.endpoints
+            .refresh(listed, &self.locals, &|uid| trusted.contains(&uid));
+        self.last_verify = Instant::now();
+    }
+
+    /// The target groups to publish: what the registry wants, less every
+    /// endpoint whose listener belongs to an untrusted uid.
+    pub fn desired(&self) -> BTreeMap<String, crate::registry::TargetGroup> {
+        let mut desired = self.registry.desired(&self.attribution.owners());
+        for g in desired.values_mut() {
+            g.targets.retain(|t| self.endpoints.admitted(t));
+        }
+        desired
+    }
+
+    /// Writes the target files when anything they depend on changed (or a
+    /// previous write failed); returns contested endpoints to resolve.
+    pub fn publish(&mut self) -> Vec<(String, Vec<String>)> {
+        let now = Instant::now();
+        if self.registry.generation() != self.published.0
+            || now.duration_since(self.last_verify) >= Duration::from_secs(1)
+        {
+            self.verify_endpoints();
+        }
+        let stamp = (
+            self.registry.generation(),
+            self.attribution.generation,
+            self.endpoints.generation,
+        );
+        let recheck = now.duration_since(self.last_contest_check) >= Duration::from_secs(10);
+        if stamp == self.published && self.targets.last_error.is_none() && !recheck {
+            return Vec::new();
+        }
+        self.last_contest_check = now;
+        // A foreign endpoint is never scraped, not even to read its session.
+        let contested: BTreeMap<String, Vec<String>> = self
+            .registry
+            .contested()
+            .into_iter()
+            .filter(|(ep, _)| self.endpoints.admitted(ep))
+            .collect();
+        let due = self.attribution.due(&contested, now);
+        let desired = self.desired();
+        self.targets.sync(&desired, now);
+        self.published = stamp;
+        due
+    }
+
+    fn save_attachments(&self) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(&self.follow.attachments)?;
+        bytes.push(b'\n');
+        crate::atomic::write(&self.home.attachments(), &bytes, 0o600)
+    }
+
+    pub fn attach(&mut self, req: AttachRequest) -> Result<AttachResponse, Refusal> {
+        if let Some(n) = &req.name {
+            crate::registry::validate_name(n)?;
+        }
+        let path = std::fs::canonicalize(&req.path).map_err(|e| {
+            format!(
+                "cannot attach {}: {e}; pass a Ray temp dir, a session dir or a discovery file",
+                req.path.display()
+            )
+        })?;
+        let path = if path.is_dir()
+            && path
+                .file_name()
+                .is_some_and(|n| crate::ray::is_session_name(&n.to_string_lossy()))
+        {
+            path.join(DISCOVERY_FILE)
+        } else {
+            path
+        };
+        if let Some(n) = &req.name {
+            let taken = self.registry.clusters().any(|c| {
+                c.name == *n
+                    && c.is_live()
+                    && !(c.found.file == path || path.is_dir() && c.found.file.starts_with(&path))
+            }) || self
+                .follow
+                .attachments
+                .iter()
+                .any(|a| a.name.as_deref() == Some(n) && a.path != path);
+            if taken {
+                return Err(Refusal::Invalid(format!(
+                    "the name {n:?} is already used by another cluster; choose another --name"
+                )));
+            }
+        }
+        if !path.is_dir() {
+            discovery::read_listing(&path, self.trusted())
+                .map_err(|r| format!("cannot attach {}: it {r}", path.display()))?;
+        }
+        self.follow.attachments.retain(|a| a.path != path);
+        self.follow.attachments.push(Attachment {
+            path: path.clone(),
+            name: req.name,
+        });
+        self.save_attachments()
+            .map_err(|e| Refusal::Internal(format!("cannot save the attachments: {e:#}")))?;
+        self.full_scan();
+        let clusters = self
+            .registry
+            .clusters()
+            .filter(|c| c.found.file == path || c.found.file.starts_with(&path))
+            .map(|c| c.name.clone())
+            .collect();
+        Ok(AttachResponse { clusters })
+    }
+
+    pub fn detach(&mut self, name: &str) -> Result<(), Refusal> {
+        let by_cluster = self
+            .registry
+            .by_name(name)
+            .filter(|c| matches!(c.origin, Origin::Attached { .. }))
+            .map(|c| c.found.file.clone());
+        let before = self.follow.attachments.len();
+        self.follow.attachments.retain(|a| {
+            let named = a.name.as_deref() == Some(name);
+            let covers = by_cluster.as_ref().is_some_and(|f| a.covers(f));
+            !(named || covers)
+        });
+        if self.follow.attachments.len() == before {
+            return Err(Refusal::NotFound(format!(
+                "no attached cluster is named {name:?}; `raywatch status` lists clusters and their source"
+            )));
+        }
+        self.save_attachments()
+            .map_err(|e| Refusal::Internal(format!("cannot save the attachments: {e:#}")))?;
+        self.full_scan();
+        Ok(())
+    }
+}

@@ -1,0 +1,275 @@
+//! Following roots and attachments: which folders are watched, and which discovery files they hold.
+//!
+//! A root is a Ray temp dir: found under /tmp and `$RAY_TMPDIR` (`ray*`),
+//! configured with `up --watch`, or attached. Its session folders of trusted
+//! owners are watched for their discovery file; other users' folders are left
+//! alone (neither watched nor read). This module only finds files: reading them
+//! and deciding what they mean is the cluster core's job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::discovery::{self, Found};
+use crate::ray::{self, DISCOVERY_FILE};
+use crate::registry::Origin;
+use crate::untrusted::{Folder, Kind};
+use crate::watch::Watcher;
+
+/// A path `raywatch attach` asked to follow; persisted in `<home>/attachments.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attachment {
+    pub path: PathBuf,
+    pub name: Option<String>,
+}
+
+impl Attachment {
+    pub fn is_root(&self) -> bool {
+        self.path.is_dir()
+    }
+
+    /// Whether a discovery file comes through this attachment.
+    pub fn covers(&self, file: &Path) -> bool {
+        if self.path == file {
+            return true;
+        }
+        let parent = file.parent();
+        parent == Some(&self.path) || parent.and_then(Path::parent) == Some(&self.path)
+    }
+}
+
+/// What to follow, from the live settings.
+pub struct Scope<'a> {
+    /// Watch /tmp/ray* and `$RAY_TMPDIR`/ray*.
+    pub default_roots: bool,
+    /// `up --watch` folders.
+    pub watch: &'a [PathBuf],
+    pub trusted: &'a dyn Fn(u32) -> bool,
+}
+
+/// What a batch of filesystem events asks the cluster core to do.
+#[derive(Debug, Default)]
+pub struct Wanted {
+    /// Discovery files to read again.
+    pub files: BTreeSet<PathBuf>,
+    /// A root appeared or went: list everything again.
+    pub rescan: bool,
+}
+
+/// The followed folders and the watch on them.
+pub struct Follow {
+    pub attachments: Vec<Attachment>,
+    pub watcher: Watcher,
+    /// Real folders (never links) scanned as Ray temp dirs.
+    pub roots: BTreeSet<PathBuf>,
+    /// Folders whose new `ray*` children become roots (/tmp, $RAY_TMPDIR).
+    root_parents: BTreeSet<PathBuf>,
+    /// Session folders of trusted owners, watched for their discovery file.
+    session_dirs: BTreeSet<PathBuf>,
+    /// Roots that were not scanned (a symlink, not a folder), with the reason.
+    pub refused_roots: BTreeMap<PathBuf, String>,
+    /// Session folders of untrusted owners seen in the roots (left alone).
+    pub foreign_sessions: usize,
+    pub last_scan: Instant,
+}
+
+impl Follow {
+    pub fn new(watcher: Watcher, attachments: Vec<Attachment>) -> Follow {
+        Follow {
+            attachments,
+            watcher,
+            roots: BTreeSet::new(),
+            root_parents: BTreeSet::new(),
+            session_dirs: BTreeSet::new(),
+            refused_roots: BTreeMap::new(),
+            foreign_sessions: 0,
+            last_scan: Instant::now(),
+        }
+    }
+
+    /// Where a file comes from, if raywatch follows it.
+    pub fn origin_for(&self, file: &Path) -> Option<Origin> {
+        if let Some(a) = self.attachments.iter().find(|a| a.covers(file)) {
+            return Some(Origin::Attached {
+                name: a.name.clone(),
+            });
+        }
+        let parent = file.parent()?;
+        let covered =
+            self.roots.contains(parent) || parent.parent().is_some_and(|g| self.roots.contains(g));
+        covered.then_some(Origin::Watched)
+    }
+
+    /// Lists every root and attachment, watches what should be watched, and
+    /// returns every discovery file found (one [`Found`] each).
+    pub fn scan(&mut self, scope: &Scope) -> BTreeMap<PathBuf, Found> {
+        self.last_scan = Instant::now();
+        let trusted = scope.trusted;
+        let mut roots: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut parents: BTreeSet<PathBuf> = BTreeSet::new();
+        self.root_parents.clear();
+        if scope.default_roots {
+            for parent in ray::default_temp_dir_parents() {
+                roots.extend(discovery::roots_in(&parent, trusted));
+                parents.insert(parent.clone());
+                self.root_parents.insert(parent);
+            }
+        }
+        roots.extend(scope.watch.iter().cloned());
+        parents.extend(
+            scope
+                .watch
+                .iter()
+                .filter_map(|p| p.parent().map(Path::to_path_buf)),
+        );
+        roots.extend(
+            self.attachments
+                .iter()
+                .filter(|a| a.is_root())
+                .map(|a| a.path.clone()),
+        );
+
+        let mut found: BTreeMap<PathBuf, Found> = BTreeMap::new();
+        let mut session_dirs = BTreeSet::new();
+        let mut refused = BTreeMap::new();
+        let mut foreign = 0;
+        let mut scanned = BTreeSet::new();
+        for root in &roots {
+            let scan = discovery::scan_root(root, trusted);
+            if let Some(r) = scan.refused {
+                refused.insert(root.clone(), r.to_string());
+                continue;
+            }
+            if std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
+                scanned.insert(root.clone());
+            }
+            foreign += scan.foreign;
+            session_dirs.extend(scan.session_dirs);
+            for f in scan.found {
+                found.insert(f.file.clone(), f);
+            }
+        }
+        // Only real folders are roots: a link is never followed into or out of one.
+        self.roots = scanned;
+        self.refused_roots = refused;
+        self.foreign_sessions = foreign;
+        let mut watch_set: BTreeSet<PathBuf> = parents;
+        for a in self.attachments.iter().filter(|a| !a.is_root()) {
+            found.insert(a.path.clone(), Found::for_file(&a.path));
+            if let Some(p) = a.path.parent() {
+                watch_set.insert(p.to_path_buf());
+            }
+        }
+        watch_set.extend(self.roots.iter().cloned());
+        watch_set.extend(session_dirs.iter().cloned());
+        self.session_dirs = session_dirs;
+        self.watcher.set(&watch_set);
+        found
+    }
+
+    /// Sorts a batch of event paths. Each event costs what it concerns: a
+    /// session folder's own file is read again, a new entry of a root is looked
+    /// at once (one `stat`, and a watch when it is a session of a trusted
+    /// owner); only a root appearing or going, or a configured folder, asks for
+    /// a rescan. Other users' folders are never entered. `followed_legacy` tells
+    /// whether a temp-dir-level discovery file is a live cluster's.
+    pub fn classify(
+        &mut self,
+        paths: BTreeSet<PathBuf>,
+        scope: &Scope,
+        followed_legacy: &dyn Fn(&Path) -> bool,
+    ) -> Wanted {
+        let mut wanted = Wanted::default();
+        for p in paths {
+            let parent = p.parent().map(Path::to_path_buf);
+            let name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            if let Some(parent) = &parent
+                && self.session_dirs.contains(parent)
+            {
+                if name == DISCOVERY_FILE {
+                    wanted.files.insert(p);
+                }
+                continue;
+            }
+            if self.session_dirs.contains(&p) {
+                // The folder itself was removed, renamed or replaced.
+                if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                    self.session_dirs.remove(&p);
+                }
+                wanted.files.insert(p.join(DISCOVERY_FILE));
+                continue;
+            }
+            // An attached file, or a file beside it (Ray's temp file before its rename).
+            let attached: Vec<PathBuf> = self
+                .attachments
+                .iter()
+                .filter(|a| a.path == p || (a.path.parent() == parent.as_deref() && !a.is_root()))
+                .map(|a| a.path.clone())
+                .collect();
+            if !attached.is_empty() {
+                wanted.files.extend(attached);
+                continue;
+            }
+            if let Some(root) = parent.as_ref().filter(|d| self.roots.contains(*d)) {
+                self.root_entry(root, &name, &p, scope, followed_legacy, &mut wanted);
+                continue;
+            }
+            if self.roots.contains(&p) || scope.watch.contains(&p) {
+                wanted.rescan = true;
+                continue;
+            }
+            if let Some(parent) = parent.as_ref().filter(|d| self.root_parents.contains(*d)) {
+                if ray::is_temp_dir_name(&name.to_string_lossy())
+                    && let Ok(Some(folder)) = Folder::open(parent)
+                    && discovery::is_default_root(&folder, &name, scope.trusted)
+                {
+                    wanted.rescan = true;
+                }
+                continue;
+            }
+            if self
+                .attachments
+                .iter()
+                .any(|a| parent.as_deref() == Some(a.path.as_path()) || p == a.path)
+            {
+                wanted.rescan = true;
+            }
+        }
+        wanted
+    }
+
+    /// An event for the entry `name` of a root.
+    fn root_entry(
+        &mut self,
+        root: &Path,
+        name: &OsStr,
+        path: &Path,
+        scope: &Scope,
+        followed_legacy: &dyn Fn(&Path) -> bool,
+        wanted: &mut Wanted,
+    ) {
+        if name == DISCOVERY_FILE {
+            // Ray ≥ 2.5x keeps a link here to the last writer's session file:
+            // not a cluster of its own; the scan settles a legacy file that
+            // became one.
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                wanted.rescan |= followed_legacy(path);
+            } else {
+                wanted.files.insert(path.to_path_buf());
+            }
+            return;
+        }
+        if ray::is_session_name(&name.to_string_lossy())
+            && let Ok(Some(folder)) = Folder::open(root)
+            && discovery::trusted_session(&folder, name, Kind::Unknown, scope.trusted)
+        {
+            // Watched before it is read, so a file written meanwhile is not missed.
+            self.watcher.add(path);
+            self.session_dirs.insert(path.to_path_buf());
+            wanted.files.insert(path.join(DISCOVERY_FILE));
+        }
+    }
+}

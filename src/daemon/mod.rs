@@ -1,0 +1,419 @@
+//! The per-stack daemon: follows Ray's folders, keeps every cluster's targets current,
+//! runs Prometheus (and Grafana), and answers the control API.
+//!
+//! - [`follow`]: which folders are followed and which discovery files they hold;
+//! - [`clusters`]: the cluster core (observe, liveness, endpoints, publish);
+//! - [`probe`]: asking a cluster's GCS whether it still runs;
+//! - [`report`]: the status report;
+//! - [`control`]: the control API over the Unix socket.
+//!
+//! The live settings have one owner: a `watch` channel ([`Shared::settings`])
+//! that the supervisor writes when it moves Prometheus to another port, and
+//! that `up` writes through the control API; every part reads it from there.
+
+mod clusters;
+mod control;
+mod follow;
+mod probe;
+mod report;
+
+pub use follow::Attachment;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::watch;
+
+use crate::config::StackConfig;
+use crate::home::Home;
+use crate::registry::Registry;
+use crate::supervisor::{Spec, Supervisor};
+use crate::targets::TargetsDir;
+use crate::watch::Watcher;
+use clusters::Core;
+use follow::Follow;
+
+/// A live cluster that missed one rewrite is re-read and its GCS asked.
+const OVERDUE: Duration = Duration::from_secs(7);
+/// The safety-net rescan, when inotify works.
+const RESCAN: Duration = Duration::from_secs(30);
+/// The rescan when inotify is unavailable.
+const RESCAN_DEGRADED: Duration = Duration::from_secs(2);
+/// Coalesces a writer's burst (temp file, write, rename) into one batch.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+/// The gateway's port and counters, for `status`.
+pub struct GatewayInfo {
+    port: u16,
+    counters: Arc<crate::gateway::Counters>,
+}
+
+/// Binds the gateway's port: the one in the config when it is still free (so
+/// Ray clusters started earlier keep reaching the stack), else a fresh one.
+fn bind_gateway(
+    home: &Home,
+    mut config: StackConfig,
+) -> Result<(tokio::net::TcpListener, StackConfig)> {
+    let bind = |port: u16| {
+        let l = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
+        l.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(l)
+    };
+    let listener = match (config.gateway_port != 0).then(|| bind(config.gateway_port)) {
+        Some(Ok(l)) => l,
+        other => {
+            if let Some(Err(e)) = other {
+                tracing::warn!(
+                    "the gateway's port {} is not available ({e}; {}); Ray clusters started with the old RAY_PROMETHEUS_HOST reach nothing of this stack: run `eval \"$(raywatch env)\"` before their next start",
+                    config.gateway_port,
+                    crate::process::describe_holder(config.gateway_port)
+                );
+            }
+            bind(0).context("cannot listen on 127.0.0.1 for the gateway")?
+        }
+    };
+    let port = listener.local_addr()?.port();
+    if port != config.gateway_port {
+        config.gateway_port = port;
+        config.save(&home.config())?;
+    }
+    Ok((listener, config))
+}
+
+/// What the event loop, the control API and the gateway share.
+pub struct Shared {
+    core: Mutex<Core>,
+    wake: tokio::sync::Notify,
+    shutdown: watch::Sender<bool>,
+    /// The live settings, the one owner of them (see the module's doc).
+    settings: Arc<watch::Sender<StackConfig>>,
+    prometheus: Arc<Supervisor>,
+    grafana: Option<Arc<Supervisor>>,
+    /// The verified client of Prometheus, following its port.
+    client: Mutex<crate::prometheus::Client>,
+    /// Why Prometheus last moved to another port, if it did.
+    port_note: Arc<Mutex<Option<String>>>,
+    gateway: GatewayInfo,
+    started: SystemTime,
+}
+
+/// Runs the daemon for `home` until it is told to stop. Blocks.
+pub fn run(home: Home) -> Result<()> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    home.ensure()?;
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.daemon_lock())
+        .with_context(|| format!("cannot open {}", home.daemon_lock().display()))?;
+    let _lock =
+        match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err(_) => {
+                let pid = std::fs::read_to_string(home.daemon_pid()).unwrap_or_default();
+                bail!(
+                    "another raywatch daemon (pid {}) already runs the stack in {}",
+                    pid.trim(),
+                    home.root().display()
+                );
+            }
+        };
+    let config = StackConfig::load(&home.config())?.with_context(|| {
+        format!(
+            "{} is missing; start the stack with `raywatch up`",
+            home.config().display()
+        )
+    })?;
+    crate::atomic::write(
+        &home.daemon_pid(),
+        format!("{}\n", std::process::id()).as_bytes(),
+        0o600,
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(serve(home.clone(), config));
+    let _ = std::fs::remove_file(home.socket());
+    let _ = std::fs::remove_file(home.daemon_pid());
+    result
+}
+
+/// Stops a child a previous daemon left running (it was killed before it could),
+/// identified by its recorded PID and a command line naming this home.
+fn reap_stale_child(pid_file: &Path, marker: &str, what: &str) {
+    if let Some(pid) = crate::process::read_pid(pid_file) {
+        let ours = |cmd: &[String]| cmd.iter().any(|a| a.contains(marker));
+        if crate::process::alive(pid) && crate::process::cmdline(pid).is_some_and(|c| ours(&c)) {
+            tracing::warn!("stopping the {what} a previous daemon left running (pid {pid})");
+            crate::process::stop(pid, ours, Duration::ZERO);
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// Removes temp files a killed writer left behind (`.<name>.<pid>.tmp`, and
+/// anything in `targets.tmp/`), outside the data folders.
+fn sweep_temp_files(home: &Home) {
+    fn walk(dir: &Path, skip: &[PathBuf], depth: u32) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if skip.contains(&p) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            match e.file_type() {
+                Ok(t) if t.is_dir() && depth < 6 => walk(&p, skip, depth + 1),
+                Ok(t) if t.is_file() && name.starts_with('.') && name.ends_with(".tmp") => {
+                    let _ = std::fs::remove_file(&p);
+                }
+                _ => {}
+            }
+        }
+    }
+    walk(
+        home.root(),
+        &[home.prometheus_data(), home.grafana_dir().join("data")],
+        0,
+    );
+    if let Ok(entries) = std::fs::read_dir(home.targets_tmp()) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+async fn serve(home: Home, config: StackConfig) -> Result<()> {
+    sweep_temp_files(&home);
+    let yml = home.prometheus_yml().display().to_string();
+    reap_stale_child(&home.prometheus_pid(), &yml, "Prometheus");
+    let ini = home.grafana_dir().join("grafana.ini").display().to_string();
+    reap_stale_child(&home.grafana_pid(), &ini, "Grafana");
+    // A new password at every start: one that leaked (an old Ray file, a
+    // squatter before this fix) stops working with the next `up`.
+    let password = crate::prometheus::rotate_password(&home)?;
+    crate::prometheus::write_files(&home, &config)?;
+    crate::grafana::write_files(&home, &config)?;
+    // The gateway for Ray: held by the daemon for its whole life.
+    let (gateway_listener, config) = bind_gateway(&home, config)?;
+    let settings = Arc::new(watch::channel(config.clone()).0);
+    let port_note: Arc<Mutex<Option<String>>> = Arc::default();
+
+    // Prometheus, restarted with backoff. A port chosen by raywatch that someone
+    // took meanwhile is replaced by a fresh one, in the live settings.
+    let prometheus = {
+        let (home, settings, note) = (home.clone(), settings.clone(), port_note.clone());
+        Arc::new(Supervisor::start("prometheus", move || {
+            let mut config = settings.borrow().clone();
+            if config.prometheus_port_auto && !crate::ports::is_free(config.prometheus_port) {
+                let fresh = crate::ports::free_port()?;
+                let msg = format!(
+                    "Prometheus moved from port {} to {fresh}: the old port was {}",
+                    config.prometheus_port,
+                    crate::process::describe_holder(config.prometheus_port)
+                );
+                tracing::warn!("{msg}");
+                *note.lock().unwrap() = Some(msg);
+                config.prometheus_port = fresh;
+                config.save(&home.config())?;
+                crate::prometheus::write_files(&home, &config)?;
+                crate::grafana::write_files(&home, &config)?;
+                settings.send_replace(config.clone());
+            }
+            Ok(Spec {
+                program: config.prometheus_bin.clone(),
+                args: crate::prometheus::args(&home, &config),
+                log: home.prometheus_log(),
+                pid_file: home.prometheus_pid(),
+            })
+        }))
+    };
+
+    // Grafana, when a binary was found at `up`; supervised like Prometheus.
+    let grafana = config.grafana_bin.clone().map(|bin| {
+        let home = home.clone();
+        Arc::new(Supervisor::start("grafana", move || {
+            Ok(Spec {
+                program: bin.clone(),
+                args: crate::grafana::command(&bin, &home),
+                log: home.grafana_log(),
+                pid_file: home.grafana_pid(),
+            })
+        }))
+    });
+
+    let (fs_tx, mut fs_rx) = unbounded_channel::<PathBuf>();
+    let attachments: Vec<Attachment> = match std::fs::read(home.attachments()) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::error!(
+                "{} is not valid ({e}); starting with no attachments",
+                home.attachments().display()
+            );
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    let targets = TargetsDir::open(home.targets_dir(), home.targets_tmp())?;
+    let mut registry = Registry::new(config.liveness);
+    for (temp_dir, session, name) in targets.previous_names() {
+        registry.prefer(temp_dir, session, name);
+    }
+    let core = Core::new(
+        home.clone(),
+        settings.subscribe(),
+        registry,
+        targets,
+        Follow::new(Watcher::new(fs_tx.clone()), attachments),
+    );
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        wake: tokio::sync::Notify::new(),
+        shutdown,
+        settings: settings.clone(),
+        prometheus: prometheus.clone(),
+        grafana: grafana.clone(),
+        client: Mutex::new(crate::prometheus::Client::new(
+            config.prometheus_port,
+            password.clone(),
+            Some(home.prometheus_pid()),
+        )),
+        port_note,
+        gateway: GatewayInfo {
+            port: config.gateway_port,
+            counters: Arc::default(),
+        },
+        started: SystemTime::now(),
+    });
+
+    let api = control::serve(&home, shared.clone(), shutdown_rx.clone())?;
+    let gateway = {
+        let upstream = Arc::new(crate::gateway::Upstream {
+            client: {
+                let shared = shared.clone();
+                Box::new(move || shared.client.lock().unwrap().clone())
+            },
+            counters: shared.gateway.counters.clone(),
+        });
+        let listener = crate::gateway::OwnerOnly::new(
+            gateway_listener,
+            nix::unistd::geteuid().as_raw(),
+            shared.gateway.counters.clone(),
+        );
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, crate::gateway::router(upstream))
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+        })
+    };
+
+    let (owner_tx, mut owner_rx) = unbounded_channel::<(String, Option<String>)>();
+    let (dead_tx, mut dead_rx) = unbounded_channel::<(PathBuf, String)>();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    {
+        let mut core = shared.core.lock().unwrap();
+        core.full_scan();
+        let due = core.publish();
+        drop(core);
+        spawn_resolves(&http, due, &owner_tx);
+    }
+    tracing::info!(
+        "raywatch daemon up for {} (pid {})",
+        home.root().display(),
+        std::process::id()
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut probes = Vec::new();
+        tokio::select! {
+            Some(p) = fs_rx.recv() => {
+                let mut batch = BTreeSet::from([p]);
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok(p) = fs_rx.try_recv() {
+                    batch.insert(p);
+                }
+                shared.core.lock().unwrap().handle_events(batch);
+            }
+            _ = tick.tick() => {
+                probes = shared.core.lock().unwrap().tick();
+                let port = settings.borrow().prometheus_port;
+                let mut client = shared.client.lock().unwrap();
+                if client.port != port {
+                    *client = crate::prometheus::Client::new(port, password.clone(), Some(home.prometheus_pid()));
+                }
+            }
+            Some((ep, owner)) = owner_rx.recv() => {
+                shared.core.lock().unwrap().attribution.record(ep, owner, Instant::now());
+            }
+            Some((file, reason)) = dead_rx.recv() => {
+                let mut core = shared.core.lock().unwrap();
+                let change = core.registry.declare_dead(&file, SystemTime::now(), reason);
+                core.log_change(&file, change);
+            }
+            _ = shared.wake.notified() => {}
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = shutdown_rx.changed() => { tracing::info!("stop requested"); break; }
+        }
+        for (file, addrs) in probes {
+            let tx = dead_tx.clone();
+            tokio::spawn(async move {
+                if probe::all_refused(&addrs).await {
+                    let _ = tx.send((
+                        file,
+                        format!("its GCS refuses connections ({})", addrs.join(", ")),
+                    ));
+                }
+            });
+        }
+        let due = shared.core.lock().unwrap().publish();
+        spawn_resolves(&http, due, &owner_tx);
+    }
+    let _ = shared.shutdown.send(true);
+    let _ = api.await;
+    gateway.abort();
+    if let Some(g) = &grafana {
+        g.stop().await;
+    }
+    prometheus.stop().await;
+    drop(fs_tx);
+    Ok(())
+}
+
+fn spawn_resolves(
+    http: &reqwest::Client,
+    due: Vec<(String, Vec<String>)>,
+    tx: &UnboundedSender<(String, Option<String>)>,
+) {
+    for (ep, claimants) in due {
+        let (http, tx) = (http.clone(), tx.clone());
+        tokio::spawn(async move {
+            let owner = crate::attribution::resolve(&http, &ep, &claimants).await;
+            match &owner {
+                Some(s) => tracing::info!(
+                    "{ep} is listed by {} clusters; it serves session {s}",
+                    claimants.len()
+                ),
+                None => tracing::warn!(
+                    "{ep} is listed by {} clusters; none could be confirmed as its owner",
+                    claimants.len()
+                ),
+            }
+            let _ = tx.send((ep, owner));
+        });
+    }
+}

@@ -1,0 +1,209 @@
+//! The status report: what the daemon knows of the stack and every cluster, for `raywatch status`.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::Shared;
+use super::clusters::Core;
+use crate::registry::{Origin, State};
+use crate::status;
+
+impl Core {
+    /// The status report, with what the caller learnt from Prometheus.
+    pub fn report(
+        &self,
+        shared: &Shared,
+        ready: bool,
+        grafana_ready: bool,
+        health: &HashMap<(String, String), f64>,
+    ) -> status::StatusReport {
+        let settings = self.settings.borrow().clone();
+        let owners = self.attribution.owners();
+        let contested = self.registry.contested();
+        let locals = crate::ports::local_addresses();
+        let desired = self.desired();
+        // Past discovery (two 5 s ticks), the first scrape and a margin, every
+        // published target should have an `up` series; say so when not.
+        let grace =
+            Duration::from_secs(30).max(settings.scrape_interval * 3 + Duration::from_secs(10));
+        let unscraped_targets: Vec<String> = if ready {
+            desired
+                .iter()
+                .filter(|(name, _)| self.targets.age(name).is_some_and(|a| a > grace))
+                .flat_map(|(name, g)| {
+                    g.targets
+                        .iter()
+                        .filter(|t| !health.contains_key(&(name.clone(), (*t).clone())))
+                        .map(move |t| format!("{name}/{t}"))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let clusters = self
+            .registry
+            .clusters()
+            .map(|c| {
+                let published: Vec<String> = desired.get(&c.name).map(|g| g.targets.clone()).unwrap_or_default();
+                let targets = published
+                    .iter()
+                    .map(|t| status::TargetStatus {
+                        address: t.clone(),
+                        health: match health.get(&(c.name.clone(), t.clone())) {
+                            Some(v) if *v >= 1.0 => "up",
+                            Some(_) => "down",
+                            None => "unknown",
+                        }
+                        .into(),
+                    })
+                    .collect();
+                let withheld = if c.is_live() {
+                    c.targets
+                        .iter()
+                        .filter(|t| !published.contains(t))
+                        .map(|t| status::WithheldTarget {
+                            address: t.clone(),
+                            reason: match (self.endpoints.foreign(t), owners.get(t)) {
+                                (Some((uid, user)), _) => format!("its port is held by uid {uid} ({user}), not by a trusted user: never scraped"),
+                                (None, Some(Some(s))) => format!("also listed by another cluster; its series carry session {s}"),
+                                (None, Some(None)) => "also listed by another cluster, and no claimant's session could be read from it".into(),
+                                (None, None) if contested.contains_key(t) => "also listed by another cluster; checking which one serves it".into(),
+                                (None, None) => "not published".into(),
+                            },
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let grafana_url = (settings.grafana_bin.is_some() && c.is_live())
+                    .then(|| crate::grafana::cluster_url(settings.grafana_port, &c.name, &c.found.session));
+                let (state, dead_reason) = match &c.state {
+                    State::Live => ("live".to_string(), None),
+                    State::Dead { reason, .. } => ("dead".to_string(), Some(reason.clone())),
+                };
+                status::ClusterStatus {
+                    name: c.name.clone(),
+                    state,
+                    dead_reason,
+                    session: c.found.session.clone(),
+                    session_dir: c.found.session_dir.clone(),
+                    temp_dir: c.found.temp_dir.clone(),
+                    discovery_file: c.found.file.clone(),
+                    user: c.user.clone(),
+                    source: match c.origin {
+                        Origin::Watched => "watch".into(),
+                        Origin::Attached { .. } => "attach".into(),
+                    },
+                    last_rewrite_unix: unix(c.last_change_wall),
+                    grafana_url,
+                    targets,
+                    withheld,
+                    remote_targets: c
+                        .targets
+                        .iter()
+                        .filter(|t| {
+                            t.rsplit_once(':')
+                                .is_some_and(|(h, _)| !crate::ports::is_local_host(h, &locals))
+                        })
+                        .cloned()
+                        .collect(),
+                }
+            })
+            .collect();
+        let rejected = self
+            .registry
+            .rejections()
+            .iter()
+            .map(|(p, r)| status::RejectedInput {
+                path: p.clone(),
+                reason: r.reason.clone(),
+                since_unix: unix(r.since),
+            })
+            .chain(
+                self.follow
+                    .refused_roots
+                    .iter()
+                    .map(|(p, r)| status::RejectedInput {
+                        path: p.clone(),
+                        reason: format!("(a watched root) {r}"),
+                        since_unix: unix(shared.started),
+                    }),
+            )
+            .collect();
+        let port = settings.prometheus_port;
+        status::StatusReport {
+            schema: status::SCHEMA,
+            home: self.home.root().to_path_buf(),
+            daemon: status::DaemonStatus {
+                pid: std::process::id(),
+                started_unix: unix(shared.started),
+                socket: self.home.socket(),
+            },
+            prometheus: status::PrometheusStatus {
+                url: format!("http://127.0.0.1:{port}"),
+                port,
+                binary: settings.prometheus_bin.clone(),
+                ready,
+                user: crate::prometheus::USER.into(),
+                password_file: self.home.prometheus_password(),
+                datasource_name: settings.prometheus_name.clone(),
+                sd_watcher_errors: 0.0,
+                unscraped_targets,
+                listener_problem: None,
+                port_note: shared.port_note.lock().unwrap().clone(),
+                child: shared.prometheus.status.lock().unwrap().clone(),
+            },
+            grafana: status::GrafanaStatus {
+                installed: settings.grafana_bin.is_some(),
+                binary: settings.grafana_bin.clone(),
+                url: settings
+                    .grafana_bin
+                    .as_ref()
+                    .map(|_| format!("http://127.0.0.1:{}", settings.grafana_port)),
+                port: settings.grafana_port,
+                ready: grafana_ready,
+                admin_password_file: self.home.grafana_password(),
+                provisioning_dir: self.home.grafana_dir().join("provisioning"),
+                anonymous: settings.grafana_anonymous,
+                child: shared
+                    .grafana
+                    .as_ref()
+                    .map(|g| g.status.lock().unwrap().clone())
+                    .unwrap_or_default(),
+            },
+            watch: status::WatchStatus {
+                mode: if self.follow.watcher.needs_rescan() {
+                    "rescan".into()
+                } else {
+                    "inotify".into()
+                },
+                roots: self.follow.roots.iter().cloned().collect(),
+                degraded: self.follow.watcher.degraded.clone(),
+                foreign_session_dirs: self.follow.foreign_sessions,
+            },
+            gateway: status::GatewayStatus {
+                url: format!("http://127.0.0.1:{}", shared.gateway.port),
+                port: shared.gateway.port,
+                refused_connections: shared
+                    .gateway
+                    .counters
+                    .refused_connections
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                refused_requests: shared
+                    .gateway
+                    .counters
+                    .refused_requests
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            },
+            clusters,
+            rejected,
+            targets_error: self.targets.last_error.clone(),
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,58 @@
+//! Every environment variable raywatch reads, in one place (flags that have one name it with clap's `env =`).
+//!
+//! | variable | read for |
+//! | --- | --- |
+//! | `RAYWATCH_HOME` | the stack's home (`--home`) |
+//! | `XDG_STATE_HOME`, `HOME` | the default home (`$XDG_STATE_HOME/raywatch`, else `~/.local/state/raywatch`) |
+//! | `RAYWATCH_PROMETHEUS` | the Prometheus binary, before `PATH` |
+//! | `RAYWATCH_GRAFANA` | the Grafana binary, before `PATH` |
+//! | `XDG_CACHE_HOME` | where a downloaded Prometheus is kept (else `~/.cache/raywatch`) |
+//! | `PATH` | finding `prometheus`, `promtool`, `grafana`, `grafana-server` |
+//! | `RAY_TMPDIR` | Ray's temp-dir parent, watched besides /tmp |
+//! | `RAY_PROMETHEUS_NAME` | the datasource name Ray's Dashboard expects (at `up`) |
+//! | `RAYWATCH_LOG` | the log filter (tracing's `EnvFilter` syntax, default `info`) |
+
+use std::path::PathBuf;
+
+/// A variable's value when it is set and not empty.
+fn non_empty(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
+}
+
+/// `$RAY_TMPDIR`: where Ray puts its temp dirs instead of /tmp.
+pub fn ray_tmpdir() -> Option<PathBuf> {
+    non_empty("RAY_TMPDIR").map(PathBuf::from)
+}
+
+/// `$RAYWATCH_PROMETHEUS`: the Prometheus binary to prefer.
+pub fn prometheus_bin() -> Option<PathBuf> {
+    non_empty("RAYWATCH_PROMETHEUS").map(PathBuf::from)
+}
+
+/// `$RAYWATCH_GRAFANA`: the Grafana binary to prefer.
+pub fn grafana_bin() -> Option<PathBuf> {
+    non_empty("RAYWATCH_GRAFANA").map(PathBuf::from)
+}
+
+/// `$RAY_PROMETHEUS_NAME`: the datasource name Ray's Dashboard looks for.
+pub fn ray_prometheus_name() -> Option<String> {
+    non_empty("RAY_PROMETHEUS_NAME").and_then(|v| v.into_string().ok())
+}
+
+/// `$XDG_STATE_HOME`, then `$HOME`: for the default home.
+pub fn xdg_state_home() -> Option<PathBuf> {
+    non_empty("XDG_STATE_HOME").map(PathBuf::from)
+}
+
+/// `$XDG_CACHE_HOME`: for the downloaded Prometheus.
+pub fn xdg_cache_home() -> Option<PathBuf> {
+    non_empty("XDG_CACHE_HOME").map(PathBuf::from)
+}
+
+/// `$HOME`.
+pub fn home_dir() -> Option<PathBuf> {
+    non_empty("HOME").map(PathBuf::from)
+}
+
+/// The name of the log filter variable (read by tracing-subscriber).
+pub const LOG_FILTER: &str = "RAYWATCH_LOG";
