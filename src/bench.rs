@@ -28,7 +28,7 @@ impl BenchStack {
             .tempdir_in("/tmp")?;
         let home = Home::resolve(Some(dir.path().join("home")))?;
         let root = dir.path().join("ray_bench");
-        std::fs::create_dir(&root)?;
+        fs_err::create_dir(&root)?;
         let out = Command::new(std::env::current_exe()?)
             .arg("--home")
             .arg(home.root())
@@ -49,7 +49,7 @@ impl BenchStack {
     }
 
     fn daemon_pid(&self) -> Result<u32> {
-        Ok(std::fs::read_to_string(self.home.daemon_pid())?
+        Ok(fs_err::read_to_string(self.home.daemon_pid())?
             .trim()
             .parse()?)
     }
@@ -67,11 +67,11 @@ impl Drop for BenchStack {
 
 fn write_discovery(file: &Path, target: &str) -> Result<()> {
     let tmp = file.with_extension("tmp");
-    std::fs::write(
+    fs_err::write(
         &tmp,
         format!(r#"[{{"labels": {{"job": "ray"}}, "targets": ["{target}"]}}]"#),
     )?;
-    std::fs::rename(&tmp, file)?;
+    fs_err::rename(&tmp, file)?;
     Ok(())
 }
 
@@ -131,7 +131,7 @@ pub fn latency(trials: usize) -> Result<()> {
         // Through raywatch: a new session's discovery file.
         let instance = format!("127.0.0.1:{}", 20000 + i);
         let session = stack.root.join(format!("session_bench_{i}"));
-        std::fs::create_dir(&session)?;
+        fs_err::create_dir(&session)?;
         let file = session.join(DISCOVERY_FILE);
         let targets_file = stack
             .home
@@ -143,9 +143,9 @@ pub fn latency(trials: usize) -> Result<()> {
         let deadline = t0 + Duration::from_secs(30);
         // raywatch's own share: rename to the targets file holding the target.
         while own_t.is_none() && Instant::now() < deadline {
-            if let Ok(dir) = std::fs::read_dir(stack.home.targets_dir()) {
+            if let Ok(dir) = fs_err::read_dir(stack.home.targets_dir()) {
                 for e in dir.flatten() {
-                    if std::fs::read_to_string(e.path())
+                    if fs_err::read_to_string(e.path())
                         .is_ok_and(|t| t.contains(&format!("\"{instance}\"")))
                     {
                         own_t = Some(t0.elapsed());
@@ -164,7 +164,7 @@ pub fn latency(trials: usize) -> Result<()> {
         })?);
         through.push(wait_listed(&instance, t0)?);
         // Let the synthetic cluster go, so the folder stays small.
-        std::fs::remove_dir_all(&session)?;
+        fs_err::remove_dir_all(&session)?;
 
         // The floor: the same target written straight into targets/.
         let instance = format!("127.0.0.1:{}", 40000 + i);
@@ -176,7 +176,7 @@ pub fn latency(trials: usize) -> Result<()> {
         crate::atomic::write_via(&stack.home.targets_tmp(), &dest, body.as_bytes(), 0o600)?;
         let t0 = Instant::now();
         floor.push(wait_listed(&instance, t0)?);
-        std::fs::remove_file(&dest)?;
+        fs_err::remove_file(&dest)?;
         eprint!("\rtrial {}/{trials}", i + 1);
     }
     eprintln!();
@@ -212,18 +212,18 @@ fn user() -> String {
 
 /// CPU ticks (user + system) and RSS (KiB) and open fds of a process.
 fn sample(pid: u32) -> Result<(u64, u64, usize)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let stat = fs_err::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let status = fs_err::read_to_string(format!("/proc/{pid}/status"))?;
     let rss = status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let fds = fs_err::read_dir(format!("/proc/{pid}/fd"))?.count();
     Ok((ticks, rss, fds))
 }
 
@@ -237,7 +237,7 @@ pub fn idle(counts: &[usize], seconds: u64) -> Result<()> {
         let files: Vec<PathBuf> = (0..n)
             .map(|k| {
                 let d = stack.root.join(format!("session_idle_{k}"));
-                std::fs::create_dir(&d)?;
+                fs_err::create_dir(&d)?;
                 let f = d.join(DISCOVERY_FILE);
                 write_discovery(&f, &format!("127.0.0.1:{}", 1 + k))?;
                 Ok(f)
@@ -261,7 +261,7 @@ pub fn idle(counts: &[usize], seconds: u64) -> Result<()> {
             })
         };
         let deadline = Instant::now() + Duration::from_secs(180);
-        while std::fs::read_dir(stack.home.targets_dir())?.count() < n {
+        while fs_err::read_dir(stack.home.targets_dir())?.count() < n {
             if Instant::now() > deadline {
                 bail!("not all {n} clusters were published within 180 s");
             }
@@ -303,7 +303,7 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
     let live: Arc<Mutex<Slots>> = Arc::new(Mutex::new(vec![None; clusters]));
     let join = |slot: usize, generation: u64| -> Result<(PathBuf, String)> {
         let d = stack.root.join(format!("session_soak_{slot}_{generation}"));
-        std::fs::create_dir(&d)?;
+        fs_err::create_dir(&d)?;
         let f = d.join(DISCOVERY_FILE);
         write_discovery(&f, &instance(generation))?;
         Ok((f, instance(generation)))
@@ -334,7 +334,7 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
         })
     };
     let deadline = Instant::now() + Duration::from_secs(300);
-    while std::fs::read_dir(stack.home.targets_dir())?.count() < clusters / 2 {
+    while fs_err::read_dir(stack.home.targets_dir())?.count() < clusters / 2 {
         if Instant::now() > deadline {
             bail!(
                 "the first {} clusters were not published within 300 s",
@@ -392,7 +392,7 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
         let current = live.lock().unwrap()[slot].take();
         match current {
             Some((f, _)) => {
-                std::fs::remove_dir_all(f.parent().context("session dir")?)?;
+                fs_err::remove_dir_all(f.parent().context("session dir")?)?;
                 leaves += 1;
             }
             None => {

@@ -55,7 +55,7 @@ fn default_prometheus_name() -> String {
 
 impl StackConfig {
     pub fn load(path: &Path) -> Result<Option<StackConfig>> {
-        match std::fs::read(path) {
+        match fs_err::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
                 format!(
                     "{} is not a valid raywatch config; fix or delete it, then run `raywatch up` again",

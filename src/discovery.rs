@@ -6,9 +6,9 @@
 //! reads the session-scoped file whenever there is one and never follows the
 //! temp-dir symlink, so two clusters sharing a temp dir stay two clusters.
 
+use fs_err as fs;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::fs;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;

@@ -263,7 +263,7 @@ pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
         g.join("sources"),
         home.logs_dir().join("grafana"),
     ] {
-        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        fs_err::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     crate::prometheus::ensure_secret(&home.grafana_password())?;
     crate::atomic::write(
@@ -366,9 +366,9 @@ pub fn harvest(
             .grafana_dir()
             .join("sources")
             .join(format!("ray-{version}"));
-        std::fs::create_dir_all(&dest_dir)?;
+        fs_err::create_dir_all(&dest_dir)?;
         let dest = dest_dir.join(&name);
-        if std::fs::read(&dest).ok().as_deref() != Some(bytes.as_slice()) {
+        if fs_err::read(&dest).ok().as_deref() != Some(bytes.as_slice()) {
             crate::atomic::write(&dest, &bytes, 0o600)?;
             changed = true;
         }
@@ -381,7 +381,7 @@ pub fn harvest(
 /// version suffix, each version in its own folder; all point at raywatch's datasource.
 pub fn render_ray_dashboards(home: &Home, datasource_name: &str) -> Result<()> {
     let sources = home.grafana_dir().join("sources");
-    let mut versions: Vec<String> = std::fs::read_dir(&sources)
+    let mut versions: Vec<String> = fs_err::read_dir(&sources)
         .map(|it| {
             it.flatten()
                 .filter_map(|e| {
@@ -400,9 +400,9 @@ pub fn render_ray_dashboards(home: &Home, datasource_name: &str) -> Result<()> {
             .grafana_dir()
             .join("dashboards")
             .join(format!("Ray {version}"));
-        std::fs::create_dir_all(&out_dir)?;
-        for e in std::fs::read_dir(sources.join(format!("ray-{version}")))?.flatten() {
-            let Ok(mut d) = serde_json::from_slice::<Value>(&std::fs::read(e.path())?) else {
+        fs_err::create_dir_all(&out_dir)?;
+        for e in fs_err::read_dir(sources.join(format!("ray-{version}")))?.flatten() {
+            let Ok(mut d) = serde_json::from_slice::<Value>(&fs_err::read(e.path())?) else {
                 continue;
             };
             let uid = d["uid"].as_str().unwrap_or_default().to_string();
@@ -628,7 +628,7 @@ pub fn command(bin: &Path, home: &Home) -> Vec<String> {
 
 /// Grafana's static files: beside the binary in a tarball, /usr/share/grafana in packages.
 fn homepath(bin: &Path) -> Option<PathBuf> {
-    let real = std::fs::canonicalize(bin).ok()?;
+    let real = fs_err::canonicalize(bin).ok()?;
     let candidates = [
         real.parent().and_then(Path::parent).map(Path::to_path_buf),
         Some(PathBuf::from("/usr/share/grafana")),
@@ -689,10 +689,10 @@ mod tests {
         let home = Home::resolve(Some(dir.path().join("h"))).unwrap();
         for v in ["2.49.0", "2.60.0"] {
             let src = home.grafana_dir().join("sources").join(format!("ray-{v}"));
-            std::fs::create_dir_all(&src).unwrap();
+            fs_err::create_dir_all(&src).unwrap();
             let d = json!({"uid": "rayDefaultDashboard", "title": "Default", "tags": [format!("rayVersion:{v}")],
                            "templating": {"list": [{"name": "datasource", "type": "datasource"}]}});
-            std::fs::write(src.join("default_grafana_dashboard.json"), d.to_string()).unwrap();
+            fs_err::write(src.join("default_grafana_dashboard.json"), d.to_string()).unwrap();
         }
         render_ray_dashboards(&home, "Prometheus").unwrap();
         let read = |v: &str| -> Value {
@@ -701,7 +701,7 @@ mod tests {
                 .join("dashboards")
                 .join(format!("Ray {v}"))
                 .join("default_grafana_dashboard.json");
-            serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+            serde_json::from_slice(&fs_err::read(p).unwrap()).unwrap()
         };
         let (old, new) = (read("2.49.0"), read("2.60.0"));
         assert_eq!(

@@ -1,6 +1,6 @@
 //! The stack's home folder: where it lives, its layout, and the checks that keep it private.
 
-use std::fs;
+use fs_err as fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -128,13 +128,13 @@ impl Home {
             Ok(_) => check_private_dir(&self.root)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(parent) = self.root.parent() {
-                    fs::DirBuilder::new()
+                    std::fs::DirBuilder::new()
                         .recursive(true)
                         .mode(0o700)
                         .create(parent)
                         .with_context(|| format!("cannot create {}", parent.display()))?;
                 }
-                fs::DirBuilder::new()
+                std::fs::DirBuilder::new()
                     .mode(0o700)
                     .create(&self.root)
                     .or_else(|e| {
@@ -170,7 +170,7 @@ impl Home {
             self.logs_dir(),
             self.secrets_dir(),
         ] {
-            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => {

@@ -68,7 +68,7 @@ pub fn locate(flag: Option<&Path>) -> Result<Option<PathBuf>> {
 
 fn check_executable(p: &Path, source: &str) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(p)
+    let meta = fs_err::metadata(p)
         .with_context(|| format!("{source} names {}, which does not exist", p.display()))?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         bail!(
@@ -76,7 +76,7 @@ fn check_executable(p: &Path, source: &str) -> Result<PathBuf> {
             p.display()
         );
     }
-    std::fs::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))
+    fs_err::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))
 }
 
 /// What to tell a user who has no Prometheus.
@@ -97,8 +97,7 @@ pub async fn download() -> Result<PathBuf> {
         bail!("raywatch has no pinned Prometheus checksum for {}", arch());
     };
     let cache = cache_dir().context("cannot place a cache: $HOME is unset")?;
-    std::fs::create_dir_all(&cache)
-        .with_context(|| format!("cannot create {}", cache.display()))?;
+    fs_err::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
     let url = format!(
         "https://github.com/prometheus/prometheus/releases/download/v{PINNED_VERSION}/{}.tar.gz",
         release_name()
@@ -140,7 +139,7 @@ pub async fn download() -> Result<PathBuf> {
         );
     }
     let dest = cache.join(release_name());
-    std::fs::rename(&unpacked, &dest)
+    fs_err::rename(&unpacked, &dest)
         .with_context(|| format!("cannot move the unpacked release to {}", dest.display()))?;
     Ok(dest.join("prometheus"))
 }

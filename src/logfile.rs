@@ -47,7 +47,7 @@ impl RotatingLog {
     fn rotate(&mut self) {
         let mut old = self.path.clone().into_os_string();
         old.push(".1");
-        let _ = std::fs::rename(&self.path, &old);
+        let _ = fs_err::rename(&self.path, &old);
         self.reopen();
     }
 }
@@ -132,10 +132,10 @@ mod tests {
         for _ in 0..50 {
             log.write_all(b"0123456789\n").unwrap();
         }
-        let now = std::fs::metadata(&path).unwrap().len();
-        let old = std::fs::metadata(dir.path().join("x.log.1")).unwrap().len();
+        let now = fs_err::metadata(&path).unwrap().len();
+        let old = fs_err::metadata(dir.path().join("x.log.1")).unwrap().len();
         assert!(now <= 100 && old <= 100, "{now} {old}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

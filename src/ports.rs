@@ -49,7 +49,7 @@ pub fn is_local_host(host: &str, locals: &std::collections::BTreeSet<std::net::I
     if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
         return ip.is_loopback() || locals.contains(&ip);
     }
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let hostname = fs_err::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     bare == "localhost" || bare == hostname.trim()
 }
 

@@ -1,8 +1,8 @@
 //! Processes and sockets: facts from /proc (procfs crate) — who holds a port, what a PID
 //! runs — and stopping a process raywatch recorded, only while it still runs what it started.
 
+use fs_err as fs;
 use std::collections::HashMap;
-use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};

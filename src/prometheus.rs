@@ -121,7 +121,7 @@ pub fn args(home: &Home, cfg: &StackConfig) -> Vec<String> {
 /// checked with promtool, when there is one, before it replaces the old file.
 pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
     let password = ensure_password(home)?;
-    let web_ok = std::fs::read_to_string(home.web_yml())
+    let web_ok = fs_err::read_to_string(home.web_yml())
         .ok()
         .and_then(|t| serde_yaml_ng::from_str::<WebYml>(&t).ok())
         .and_then(|w| w.basic_auth_users.get(USER).cloned())
@@ -139,7 +139,7 @@ pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
     }
     let yml = serde_yaml_ng::to_string(&prometheus_yml(home, cfg))?;
     let dest = home.prometheus_yml();
-    if std::fs::read_to_string(&dest).ok().as_deref() == Some(yml.as_str()) {
+    if fs_err::read_to_string(&dest).ok().as_deref() == Some(yml.as_str()) {
         return Ok(());
     }
     // One write path: staged, checked with promtool when there is one, committed.
@@ -203,7 +203,7 @@ fn random_secret() -> Result<String> {
 
 /// Reads a secret file, generating it (random, hex, 0600) when missing or empty.
 pub fn ensure_secret(path: &Path) -> Result<String> {
-    match std::fs::read_to_string(path) {
+    match fs_err::read_to_string(path) {
         Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -302,7 +302,7 @@ impl Client {
                 home.config().display()
             )
         })?;
-        let password = std::fs::read_to_string(home.prometheus_password())
+        let password = fs_err::read_to_string(home.prometheus_password())
             .with_context(|| format!("cannot read {}", home.prometheus_password().display()))?;
         Ok(Client::new(
             config.prometheus_port,
@@ -323,7 +323,7 @@ impl Client {
         let pid = self
             .pid_file
             .as_ref()
-            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|f| fs_err::read_to_string(f).ok())
             .and_then(|s| s.trim().parse().ok());
         verify_listener(self.port, pid)
     }

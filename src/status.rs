@@ -358,7 +358,7 @@ pub fn render(r: &StatusReport) -> String {
 
 /// An `ssh -L` line that forwards this stack's ports from a laptop.
 pub fn ssh_hint(r: &StatusReport) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host = fs_err::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "this-host".into());
     let user = crate::process::user_name(nix::unistd::geteuid().as_raw());

@@ -93,7 +93,7 @@ impl Supervisor {
                             }
                             _ = stop_rx.changed() => {
                                 terminate(&mut child, pid).await;
-                                let _ = std::fs::remove_file(&spec.pid_file);
+                                let _ = fs_err::remove_file(&spec.pid_file);
                                 st.lock().unwrap().pid = None;
                                 tracing::info!("{name} stopped");
                                 return;
@@ -107,7 +107,7 @@ impl Supervisor {
                                 continue;
                             }
                         }
-                        let _ = std::fs::remove_file(&spec.pid_file);
+                        let _ = fs_err::remove_file(&spec.pid_file);
                     }
                     Err(e) => {
                         tracing::error!("cannot start {name}: {e:#}");

@@ -1,7 +1,7 @@
 //! The file_sd folder Prometheus reads: one atomically written file per live cluster.
 
+use fs_err as fs;
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -102,7 +102,7 @@ impl Folder {
             Err(Errno::ENOENT) => Ok(None),
             // With O_DIRECTORY, a link may be reported as "not a directory".
             Err(Errno::ENOTDIR)
-                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+                if fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
             {
                 Err(Rejection::Symlink)
             }
@@ -291,7 +291,7 @@ mod tests {
     fn refuses_links_fifos_devices_and_large_files_without_blocking() {
         let d = tempfile::tempdir().unwrap();
         let dir = Folder::open(d.path()).unwrap().unwrap();
-        std::fs::write(d.path().join("ok"), b"42\n").unwrap();
+        fs_err::write(d.path().join("ok"), b"42\n").unwrap();
         let got = dir.read(OsStr::new("ok"), 16, &me).unwrap().unwrap();
         assert_eq!(got.bytes, b"42\n");
         assert_eq!(dir.read(OsStr::new("missing"), 16, &me), Ok(None));
@@ -312,7 +312,7 @@ mod tests {
             Err(Rejection::NotRegular("a FIFO"))
         );
 
-        std::fs::write(d.path().join("big"), vec![b'1'; 100]).unwrap();
+        fs_err::write(d.path().join("big"), vec![b'1'; 100]).unwrap();
         assert!(matches!(
             dir.read(OsStr::new("big"), 16, &me),
             Err(Rejection::TooLarge { size: 100, max: 16 })
@@ -321,7 +321,7 @@ mod tests {
             dir.read(OsStr::new("ok"), 16, &|_| false),
             Err(Rejection::Untrusted { .. })
         ));
-        std::fs::create_dir(d.path().join("sub")).unwrap();
+        fs_err::create_dir(d.path().join("sub")).unwrap();
         assert_eq!(
             dir.read(OsStr::new("sub"), 16, &me),
             Err(Rejection::Directory)
@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn folders_are_never_entered_through_links() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        fs_err::create_dir_all(d.path().join("a/b")).unwrap();
         symlink(d.path().join("a"), d.path().join("link")).unwrap();
         let top = Folder::open(d.path()).unwrap().unwrap();
         assert!(top.descend(Path::new("a/b")).unwrap().is_some());

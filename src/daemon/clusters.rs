@@ -97,7 +97,7 @@ impl Core {
             && found
                 .session_dir
                 .as_ref()
-                .is_some_and(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+                .is_some_and(|d| fs_err::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
         {
             // The file went (moved or deleted by someone) while its session
             // folder stays: Ray rewrites it every 5 s, so the liveness bound and
@@ -170,7 +170,7 @@ impl Core {
             if found.contains_key(&file) {
                 continue;
             }
-            if std::fs::symlink_metadata(&file).is_ok() && self.follow.origin_for(&file).is_none() {
+            if fs_err::symlink_metadata(&file).is_ok() && self.follow.origin_for(&file).is_none() {
                 if let Some(c) = self.registry.forget(&file) {
                     tracing::info!(
                         "no longer following cluster {} ({})",
@@ -181,7 +181,7 @@ impl Core {
             } else if let Some(c) = self.registry.get(&file) {
                 let (f, o) = (c.found.clone(), c.origin.clone());
                 let now_a_link = f.session_dir.is_none()
-                    && std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink());
+                    && fs_err::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_symlink());
                 if now_a_link {
                     // Ray ≥ 2.5x replaced the temp-dir file with a link to its
                     // session's file, which is followed in its own right.
@@ -397,7 +397,7 @@ impl Core {
         if let Some(n) = &req.name {
             crate::registry::validate_name(n)?;
         }
-        let path = std::fs::canonicalize(&req.path).map_err(|e| {
+        let path = fs_err::canonicalize(&req.path).map_err(|e| {
             format!(
                 "cannot attach {}: {e}; pass a Ray temp dir, a session dir or a discovery file",
                 req.path.display()

@@ -26,10 +26,10 @@ pub fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let _ = std::fs::remove_file(home.socket());
+    let _ = fs_err::remove_file(home.socket());
     let listener = tokio::net::UnixListener::bind(home.socket())
         .with_context(|| format!("cannot listen on {}", home.socket().display()))?;
-    std::fs::set_permissions(home.socket(), std::fs::Permissions::from_mode(0o600))?;
+    fs_err::set_permissions(home.socket(), std::fs::Permissions::from_mode(0o600))?;
     let app = axum::Router::new()
         .route("/v1/status", get(status_handler))
         .route("/v1/attach", post(attach_handler))

@@ -143,7 +143,7 @@ impl Follow {
                 refused.insert(root.clone(), r.to_string());
                 continue;
             }
-            if std::fs::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
+            if fs_err::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
                 scanned.insert(root.clone());
             }
             foreign += scan.foreign;
@@ -196,7 +196,7 @@ impl Follow {
             }
             if self.session_dirs.contains(&p) {
                 // The folder itself was removed, renamed or replaced.
-                if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                if !fs_err::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
                     self.session_dirs.remove(&p);
                 }
                 wanted.files.insert(p.join(DISCOVERY_FILE));
@@ -255,7 +255,7 @@ impl Follow {
             // Ray ≥ 2.5x keeps a link here to the last writer's session file:
             // not a cluster of its own; the scan settles a legacy file that
             // became one.
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            if fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
                 wanted.rescan |= followed_legacy(path);
             } else {
                 wanted.files.insert(path.to_path_buf());

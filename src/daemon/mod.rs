@@ -115,7 +115,7 @@ pub fn run(home: Home) -> Result<()> {
         match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err(_) => {
-                let pid = std::fs::read_to_string(home.daemon_pid()).unwrap_or_default();
+                let pid = fs_err::read_to_string(home.daemon_pid()).unwrap_or_default();
                 bail!(
                     "another raywatch daemon (pid {}) already runs the stack in {}",
                     pid.trim(),
@@ -138,8 +138,8 @@ pub fn run(home: Home) -> Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(serve(home.clone(), config));
-    let _ = std::fs::remove_file(home.socket());
-    let _ = std::fs::remove_file(home.daemon_pid());
+    let _ = fs_err::remove_file(home.socket());
+    let _ = fs_err::remove_file(home.daemon_pid());
     result
 }
 
@@ -153,14 +153,14 @@ fn reap_stale_child(pid_file: &Path, marker: &str, what: &str) {
             crate::process::stop(pid, ours, Duration::ZERO);
         }
     }
-    let _ = std::fs::remove_file(pid_file);
+    let _ = fs_err::remove_file(pid_file);
 }
 
 /// Removes temp files a killed writer left behind (`.<name>.<pid>.tmp`, and
 /// anything in `targets.tmp/`), outside the data folders.
 fn sweep_temp_files(home: &Home) {
     fn walk(dir: &Path, skip: &[PathBuf], depth: u32) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        let Ok(entries) = fs_err::read_dir(dir) else {
             return;
         };
         for e in entries.flatten() {
@@ -172,7 +172,7 @@ fn sweep_temp_files(home: &Home) {
             match e.file_type() {
                 Ok(t) if t.is_dir() && depth < 6 => walk(&p, skip, depth + 1),
                 Ok(t) if t.is_file() && name.starts_with('.') && name.ends_with(".tmp") => {
-                    let _ = std::fs::remove_file(&p);
+                    let _ = fs_err::remove_file(&p);
                 }
                 _ => {}
             }
@@ -183,9 +183,9 @@ fn sweep_temp_files(home: &Home) {
         &[home.prometheus_data(), home.grafana_dir().join("data")],
         0,
     );
-    if let Ok(entries) = std::fs::read_dir(home.targets_tmp()) {
+    if let Ok(entries) = fs_err::read_dir(home.targets_tmp()) {
         for e in entries.flatten() {
-            let _ = std::fs::remove_file(e.path());
+            let _ = fs_err::remove_file(e.path());
         }
     }
 }
@@ -250,7 +250,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     });
 
     let (fs_tx, mut fs_rx) = unbounded_channel::<PathBuf>();
-    let attachments: Vec<Attachment> = match std::fs::read(home.attachments()) {
+    let attachments: Vec<Attachment> = match fs_err::read(home.attachments()) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
             tracing::error!(
                 "{} is not valid ({e}); starting with no attachments",
