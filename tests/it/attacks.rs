@@ -543,12 +543,18 @@ fn a_squatted_metrics_port_is_never_scraped_under_a_cluster() {
     let squatter = Squatter::start(other, python, dir.path(), "port", &port.to_string());
     assert_eq!(squatter.port(Duration::from_secs(10)), port);
     let squatted = format!("127.0.0.1:{port}");
+    // A second squatted port, listed by one cluster only (no contest to resolve).
+    let dir2 = open_scratch();
+    let port2 = free_port();
+    let alone = Squatter::start(other, python, dir2.path(), "port", &port2.to_string());
+    assert_eq!(alone.port(Duration::from_secs(10)), port2);
+    let squatted_alone = format!("127.0.0.1:{port2}");
     let good = MetricsEndpoint::serve("ray_node_cpu_utilization{SessionName=\"session_a\"} 1\n");
-    // One cluster lists it alone, two list it together.
+    // One cluster lists one port alone, and both list the other.
     let _a = FakeHead::start(
         &root,
         "session_2026-01-01_00-00-00_000001_1",
-        vec![good.addr.clone(), squatted.clone()],
+        vec![good.addr.clone(), squatted.clone(), squatted_alone.clone()],
     );
     let _b = FakeHead::start(
         &root,
@@ -576,6 +582,20 @@ fn a_squatted_metrics_port_is_never_scraped_under_a_cluster() {
         .filter(|w| w["address"] == squatted.as_str())
         .collect();
     assert_eq!(withheld.len(), 2, "both clusters withhold it: {st:#}");
+    let alone_withheld: Vec<&Value> = st["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["withheld"].as_array().unwrap())
+        .filter(|w| w["address"] == squatted_alone.as_str())
+        .collect();
+    assert_eq!(alone_withheld.len(), 1, "{st:#}");
+    assert!(
+        alone_withheld[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("uid {} ({OTHER})", other.0))
+    );
     for w in withheld {
         assert!(
             w["reason"]
@@ -588,12 +608,16 @@ fn a_squatted_metrics_port_is_never_scraped_under_a_cluster() {
     // Two more scrape intervals: Prometheus never lists it, nobody connects to it.
     std::thread::sleep(Duration::from_secs(5));
     assert!(
-        stack.active_targets().iter().all(|(_, i)| *i != squatted),
+        stack
+            .active_targets()
+            .iter()
+            .all(|(_, i)| *i != squatted && *i != squatted_alone),
         "{:?}",
         stack.active_targets()
     );
     assert_eq!(stack.instances_of(&name_a), vec![good.addr.clone()]);
     assert_eq!(squatter.received(), "", "the squatter was contacted");
+    assert_eq!(alone.received(), "", "the lone squatter was scraped");
     let forged = stack.run(&["query", "ray_node_cpu_utilization"]);
     assert!(!String::from_utf8_lossy(&forged.stdout).contains("666"));
 }
