@@ -143,32 +143,22 @@ fn a_cluster_whose_file_stops_changing_leaves_and_prometheus_is_not_reloaded() {
     let file = head.file.clone();
     drop(head);
     let stopped = Instant::now();
-    // The cluster's targets file must be emptied (`[]`) before it is deleted:
-    // watch it from the moment the writer stops until it is gone.
-    let targets_file = stack.home.join(format!("targets/{name}.json"));
-    let mut seen_empty = false;
+    // The cluster's group leaves the targets files (which stay, in place).
+    assert!(published_group(&stack.home, &name).is_some());
     wait_for(
-        "the stale cluster's targets file to be emptied, then deleted",
+        "the stale cluster's group to leave the targets files",
         Duration::from_secs(60),
-        || match std::fs::read_to_string(&targets_file) {
-            Ok(t) => {
-                seen_empty |= t.trim() == "[]";
-                None
-            }
-            Err(_) => {
-                assert!(
-                    seen_empty,
-                    "the targets file was deleted without being emptied first"
-                );
-                Some(())
-            }
-        },
+        || published_group(&stack.home, &name).is_none().then_some(()),
     );
     assert!(
         stopped.elapsed() > Duration::from_secs(5),
         "left before the liveness bound"
     );
-    assert!(stack.instances_of(&name).is_empty());
+    wait_for(
+        "Prometheus to drop the stale cluster",
+        Duration::from_secs(30),
+        || stack.instances_of(&name).is_empty().then_some(()),
+    );
 
     // The same temp dir restarted: the cluster comes back under the same name.
     let _head2 = FakeHead::start(

@@ -442,7 +442,7 @@ fn a_full_disk_is_reported_keeps_old_targets_and_recovers() {
     wait_for("the first cluster", Duration::from_secs(20), || {
         (stack.instances_of(&name) == ["127.0.0.1:71"]).then_some(())
     });
-    let before = std::fs::read(home.join(format!("targets/{name}.json"))).unwrap();
+    let before = published_group(&home, &name).unwrap();
 
     // Fill the disk.
     let filler = small.join("filler");
@@ -457,9 +457,9 @@ fn a_full_disk_is_reported_keeps_old_targets_and_recovers() {
     });
     assert!(err.contains("No space left"), "{err}");
     assert_eq!(
-        std::fs::read(home.join(format!("targets/{name}.json"))).unwrap(),
-        before,
-        "the previous file is intact"
+        published_group(&home, &name),
+        Some(before),
+        "the previous group is intact"
     );
     assert_eq!(stack.instances_of(&name), vec!["127.0.0.1:71".to_string()]);
 

@@ -576,10 +576,7 @@ fn without_inotify_the_daemon_rescans_and_says_so() {
             "{}",
             st["watch"]
         );
-        assert!(
-            home.join(format!("targets/{}-ray_noinotify.json", user()))
-                .exists()
-        );
+        assert!(published_group(&home, &format!("{}-ray_noinotify", user())).is_some());
         // Prometheus (also this user's) cannot watch its targets folder either;
         // raywatch says that it is not scraping what was published.
         let st = wait_for(

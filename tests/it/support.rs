@@ -231,6 +231,26 @@ impl Drop for Stack {
     }
 }
 
+/// The target group raywatch publishes for `cluster` (in whichever file of
+/// `<home>/targets/` holds it), or None when none does.
+pub fn published_group(home: &Path, cluster: &str) -> Option<Value> {
+    let mut found = None;
+    for e in std::fs::read_dir(home.join("targets")).ok()?.flatten() {
+        let Ok(bytes) = std::fs::read(e.path()) else {
+            continue;
+        };
+        let groups: Vec<Value> = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|err| panic!("{} does not parse: {err}", e.path().display()));
+        for g in groups {
+            if g["labels"]["ray_io_cluster"] == cluster {
+                assert!(found.is_none(), "{cluster} is published twice");
+                found = Some(g);
+            }
+        }
+    }
+    found
+}
+
 /// Writes a discovery file atomically, as Ray does.
 pub fn write_discovery(file: &Path, targets: &[String]) {
     let body = serde_json::json!([{"labels": {"job": "ray"}, "targets": targets}]);
