@@ -7,6 +7,7 @@
 //!     gcs_server_port_<n>             the GCS port, as text
 //!     metrics/grafana/dashboards/*.json     Ray's generated Grafana dashboards
 //!   session_latest -> session_…       the last session started here
+//!   ray_current_cluster               the last cluster's GCS host:port
 //!   prom_metrics_service_discovery.json     Ray < 2.5x: the file itself;
 //!                                     Ray ≥ 2.5x: a link to the last writer's
 //! ```
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 pub const DISCOVERY_FILE: &str = "prom_metrics_service_discovery.json";
 /// The link to the last session started in a temp dir.
 pub const SESSION_LATEST: &str = "session_latest";
+/// The file at the temp-dir level recording the last cluster's GCS `host:port`.
+pub const CURRENT_CLUSTER: &str = "ray_current_cluster";
 /// The prefix of the file recording the GCS port in a session folder.
 pub const GCS_PORT_PREFIX: &str = "gcs_server_port_";
 /// Where Ray writes its Grafana dashboards, below a session folder.

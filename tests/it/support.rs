@@ -461,12 +461,22 @@ impl RayCluster {
         fixed_metric_ports: bool,
         env: &[(String, String)],
     ) -> RayCluster {
+        RayCluster::start_with(&ray_bin(), temp_dir, fixed_metric_ports, env)
+    }
+
+    /// Starts with the given `ray` executable (a Ray version of its own).
+    pub fn start_with(
+        ray: &Path,
+        temp_dir: &Path,
+        fixed_metric_ports: bool,
+        env: &[(String, String)],
+    ) -> RayCluster {
         let from_env = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let metrics_port = from_env("RAYWATCH_METRICS_EXPORT_PORT")
             .map(|p| p.parse().unwrap())
             .unwrap_or_else(free_port);
         let dashboard_port = free_port();
-        let mut cmd = Command::new(ray_bin());
+        let mut cmd = Command::new(ray);
         cmd.args([
             "start",
             "--head",
@@ -506,7 +516,8 @@ impl RayCluster {
         }
     }
 
-    /// Waits for the session-scoped discovery file; returns it and when it appeared.
+    /// Waits for the cluster's discovery file: session-scoped (Ray ≥ 2.5x), or
+    /// a regular file at the temp-dir level (older Ray); returns it and when it appeared.
     pub fn wait_discovery(&mut self, limit: Duration) -> (PathBuf, Instant) {
         wait_for("Ray's session discovery file", limit, || {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -522,7 +533,10 @@ impl RayCluster {
                     }
                 }
             }
-            None
+            let legacy = self.temp_dir.join(DISCOVERY);
+            std::fs::symlink_metadata(&legacy)
+                .is_ok_and(|m| m.is_file())
+                .then(|| (legacy, Instant::now()))
         })
     }
 
@@ -572,6 +586,43 @@ pub fn served_session(endpoint: &str) -> Option<String> {
     let start = text.find("SessionName=\"")? + "SessionName=\"".len();
     let len = text[start..].find('"')?;
     Some(text[start..start + len].to_string())
+}
+
+/// The session a cluster's discovery file belongs to: its folder's name, or
+/// for a temp-dir-level file (older Ray), where `session_latest` points.
+pub fn cluster_session(file: &Path) -> String {
+    let parent = file.parent().unwrap();
+    if parent
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("session_")
+    {
+        return session_of(file);
+    }
+    std::fs::read_link(parent.join("session_latest"))
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The `ray` executable of Ray 2.52.1 (the seed's version, temp-dir layout),
+/// from the virtualenv scripts/test sets up.
+pub fn legacy_ray_bin() -> PathBuf {
+    let p = std::env::var_os("RAYWATCH_TEST_RAY_LEGACY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/raywatch-venv-2.52.1/bin/ray")
+        });
+    assert!(
+        p.is_file(),
+        "no Ray 2.52.1 at {} (run the tests through scripts/test, which installs it)",
+        p.display()
+    );
+    p
 }
 
 /// The session name of a session-scoped discovery file (its folder's name).
