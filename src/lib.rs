@@ -20,6 +20,8 @@ pub mod endpoints;
 pub mod env;
 pub mod escape;
 pub mod gateway;
+#[cfg(test)]
+mod generated_files;
 pub mod grafana;
 pub mod home;
 pub mod install;
