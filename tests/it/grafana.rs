@@ -443,14 +443,16 @@ fn ray_dashboards_provisioned_queries_evaluate_and_env_wires_ray_dashboard() {
     assert!(String::from_utf8_lossy(&dir.stdout).contains("provisioning = "));
 }
 
+/// Needs a real Grafana, which cannot be installed on every machine: it is
+/// ignored by default, so the runner reports it as skipped, never as passed;
+/// scripts/test runs it (`--run-ignored all`) when a Grafana binary is found.
 #[test]
+#[ignore = "needs a Grafana binary (RAYWATCH_GRAFANA, or grafana / grafana-server on PATH)"]
 fn grafana_runs_and_serves_the_dashboards_when_installed() {
-    let Ok(Some(bin)) = raywatch::grafana::locate(None) else {
-        eprintln!(
-            "SKIPPED: no Grafana binary (RAYWATCH_GRAFANA, `grafana` or `grafana-server` on PATH); Grafana cannot be installed on this machine"
-        );
-        return;
-    };
+    let bin = raywatch::grafana::locate(None)
+        .ok()
+        .flatten()
+        .expect("no Grafana binary (RAYWATCH_GRAFANA, `grafana` or `grafana-server` on PATH)");
     let stack = Stack::up(&["--no-default-watch", "--grafana-bin", bin.to_str().unwrap()]);
     let st = stack.status();
     let url = st["grafana"]["url"].as_str().unwrap().to_string();
