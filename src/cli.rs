@@ -432,6 +432,7 @@ fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
         grafana_anonymous: false,
         prometheus_name: "Prometheus".into(),
         gateway_port: 0,
+        ..Default::default()
     });
     config.prometheus_bin = bin;
     config.prometheus_port = port;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Everything the daemon needs to run a stack. Written by `up`, read by the
 /// daemon, which also writes it when it changes a setting itself (a port it
 /// had to move).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StackConfig {
     /// The Prometheus binary the daemon runs.
     pub prometheus_bin: PathBuf,
@@ -47,6 +47,53 @@ pub struct StackConfig {
     /// The datasource name Ray's Dashboard expects (`RAY_PROMETHEUS_NAME`).
     #[serde(default = "default_prometheus_name")]
     pub prometheus_name: String,
+    /// Central stores every sample is also sent to (`up --remote-write URL`).
+    #[serde(default)]
+    pub remote_write: Vec<RemoteWrite>,
+    /// Prometheus runs as an agent: WAL only, no local queries (needs a remote write).
+    #[serde(default)]
+    pub agent: bool,
+    /// The `ray_host` label every series leaving this host carries (default:
+    /// the short host name).
+    #[serde(default)]
+    pub host_label: Option<String>,
+    /// Where `raywatch query` asks when Prometheus is an agent: the central
+    /// store's Prometheus-compatible API.
+    #[serde(default)]
+    pub query_url: Option<String>,
+    /// A bearer token file for `query_url`.
+    #[serde(default)]
+    pub query_bearer_file: Option<PathBuf>,
+}
+
+/// One remote-write destination. Credentials come from files only, never from
+/// the command line, and are never logged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteWrite {
+    pub url: String,
+    /// A file holding a bearer token.
+    #[serde(default)]
+    pub bearer_file: Option<PathBuf>,
+    /// A file holding `user:password`.
+    #[serde(default)]
+    pub basic_auth_file: Option<PathBuf>,
+    /// A CA bundle for an https URL.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl StackConfig {
+    /// The `ray_host` label: `--host-label`, else this machine's short host name.
+    pub fn ray_host(&self) -> String {
+        self.host_label.clone().unwrap_or_else(short_hostname)
+    }
+}
+
+/// This machine's host name up to the first dot.
+pub fn short_hostname() -> String {
+    let full = fs_err::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let full = full.trim();
+    full.split('.').next().unwrap_or(full).to_string()
 }
 
 fn default_prometheus_name() -> String {

@@ -24,6 +24,8 @@ fn example(home: &Path) -> (Home, StackConfig) {
         grafana_anonymous: false,
         prometheus_name: "Prometheus".into(),
         gateway_port: 4999,
+        host_label: Some("node-a".into()),
+        ..Default::default()
     };
     (home, cfg)
 }
@@ -66,6 +68,51 @@ fn prometheus_files() {
             .join("\n")
             .replace(&dir.path().display().to_string(), "[home]")
     );
+}
+
+#[test]
+fn prometheus_files_for_an_agent_that_remote_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, mut cfg) = example(dir.path());
+    home.ensure().unwrap();
+    cfg.prometheus_bin = dir.path().join("no-prometheus");
+    let basic = dir.path().join("central-basic");
+    fs_err::write(&basic, "alice:s3cret\n").unwrap();
+    cfg.agent = true;
+    cfg.remote_write = vec![
+        crate::config::RemoteWrite {
+            url: "https://central.example:8428/api/v1/write".into(),
+            bearer_file: Some("/etc/raywatch/token".into()),
+            basic_auth_file: None,
+            ca_file: Some("/etc/raywatch/ca.pem".into()),
+        },
+        crate::config::RemoteWrite {
+            url: "http://127.0.0.1:9009/api/v1/push".into(),
+            bearer_file: None,
+            basic_auth_file: Some(basic),
+            ca_file: None,
+        },
+    ];
+    crate::prometheus::write_files(&home, &cfg).unwrap();
+    insta::assert_snapshot!(
+        "prometheus-agent.yml",
+        read(dir.path(), "prometheus/prometheus.yml")
+    );
+    insta::assert_snapshot!(
+        "prometheus-agent-args",
+        crate::prometheus::args(&home, &cfg)
+            .join("\n")
+            .replace(&dir.path().display().to_string(), "[home]")
+    );
+    // The password went to a 0600 secret, not into prometheus.yml.
+    let secret = home.remote_write_password(1);
+    assert_eq!(fs_err::read_to_string(&secret).unwrap(), "s3cret");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs_err::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!read(dir.path(), "prometheus/prometheus.yml").contains("s3cret"));
 }
 
 #[test]

@@ -96,6 +96,16 @@ impl Home {
     pub fn prometheus_log(&self) -> PathBuf {
         self.logs_dir().join("prometheus.log")
     }
+    /// The password of the `i`-th remote write's basic auth (0600).
+    pub fn remote_write_password(&self, i: usize) -> PathBuf {
+        self.secrets_dir()
+            .join(format!("{}-password", crate::prometheus::remote_name(i)))
+    }
+    /// The user of the `i`-th remote write's basic auth.
+    pub fn remote_write_user(&self, i: usize) -> PathBuf {
+        self.secrets_dir()
+            .join(format!("{}-user", crate::prometheus::remote_name(i)))
+    }
     pub fn secrets_dir(&self) -> PathBuf {
         self.root.join("secrets")
     }

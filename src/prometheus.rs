@@ -19,12 +19,48 @@ pub const RAY_JOB: &str = "ray";
 pub struct PrometheusYml {
     pub global: Global,
     pub scrape_configs: Vec<ScrapeConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_write: Vec<RemoteWriteConfig>,
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct Global {
     pub scrape_interval: String,
     pub evaluation_interval: String,
+    /// Added to every series that leaves this Prometheus (remote write).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_labels: BTreeMap<String, String>,
+}
+
+/// One `remote_write` entry of prometheus.yml.
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct RemoteWriteConfig {
+    pub url: String,
+    /// Shown as `remote_name` on Prometheus' own remote-storage metrics.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_config: Option<TlsConfig>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct Authorization {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub credentials_file: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct TlsConfig {
+    pub ca_file: String,
+}
+
+/// The `remote_name` of the `i`-th remote write (and its password file's name).
+pub fn remote_name(i: usize) -> String {
+    format!("raywatch-rw-{i}")
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -69,7 +105,28 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
         global: Global {
             scrape_interval: interval.clone(),
             evaluation_interval: interval,
+            external_labels: BTreeMap::from([("ray_host".to_string(), cfg.ray_host())]),
         },
+        remote_write: cfg
+            .remote_write
+            .iter()
+            .enumerate()
+            .map(|(i, rw)| RemoteWriteConfig {
+                url: rw.url.clone(),
+                name: remote_name(i),
+                authorization: rw.bearer_file.as_ref().map(|f| Authorization {
+                    kind: "Bearer".into(),
+                    credentials_file: f.to_string_lossy().into_owned(),
+                }),
+                basic_auth: rw.basic_auth_file.as_ref().map(|_| BasicAuth {
+                    username: basic_auth_user(home, i).unwrap_or_default(),
+                    password_file: home.remote_write_password(i).to_string_lossy().into_owned(),
+                }),
+                tls_config: rw.ca_file.as_ref().map(|f| TlsConfig {
+                    ca_file: f.to_string_lossy().into_owned(),
+                }),
+            })
+            .collect(),
         scrape_configs: vec![
             ScrapeConfig {
                 job_name: RAY_JOB.into(),
@@ -103,24 +160,129 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
 }
 
 /// The command line the daemon runs Prometheus with. No lifecycle endpoints:
-/// the daemon reloads with SIGHUP.
+/// the daemon reloads with SIGHUP. As an agent, Prometheus keeps only a WAL
+/// (`--enable-feature=agent` on 2.x, `--agent` on 3.x) and takes no TSDB flags.
 pub fn args(home: &Home, cfg: &StackConfig) -> Vec<String> {
-    vec![
+    let mut args = vec![
         format!("--config.file={}", home.prometheus_yml().display()),
         format!("--web.config.file={}", home.web_yml().display()),
-        format!("--storage.tsdb.path={}", home.prometheus_data().display()),
-        format!(
+    ];
+    if cfg.agent {
+        match major_version(&cfg.prometheus_bin) {
+            Some(v) if v >= 3 => args.push("--agent".into()),
+            _ => args.push("--enable-feature=agent".into()),
+        }
+        args.push(format!(
+            "--storage.agent.path={}",
+            home.prometheus_dir().join("agent").display()
+        ));
+    } else {
+        args.push(format!(
+            "--storage.tsdb.path={}",
+            home.prometheus_data().display()
+        ));
+        args.push(format!(
             "--storage.tsdb.retention.time={}",
             prometheus_duration(cfg.retention)
-        ),
-        format!("--web.listen-address=127.0.0.1:{}", cfg.prometheus_port),
-    ]
+        ));
+    }
+    args.push(format!(
+        "--web.listen-address=127.0.0.1:{}",
+        cfg.prometheus_port
+    ));
+    args
+}
+
+/// The major version of a Prometheus binary (`prometheus --version`).
+pub fn major_version(bin: &Path) -> Option<u32> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    parse_major_version(&text)
+}
+
+/// `prometheus, version 2.42.0+ds (…)` → 2.
+pub fn parse_major_version(text: &str) -> Option<u32> {
+    let rest = text.split("version ").nth(1)?;
+    rest.split('.').next()?.trim().parse().ok()
+}
+
+/// Agent mode needs Prometheus ≥ 2.32.
+pub const AGENT_SINCE: (u32, u32) = (2, 32);
+
+/// The (major, minor) version of a Prometheus binary.
+pub fn version(bin: &Path) -> Option<(u32, u32)> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let rest = text.split("version ").nth(1)?;
+    let mut parts = rest.split(['.', '+', ' ', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// The user name of the `i`-th remote write's basic-auth file (read at `up`).
+fn basic_auth_user(home: &Home, i: usize) -> Option<String> {
+    fs_err::read_to_string(home.remote_write_user(i))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Splits each remote write's `user:password` file into a user file and a
+/// password file in `<home>/secrets/` (0600): Prometheus' basic auth reads the
+/// password from a file, and the user goes into prometheus.yml. The user's
+/// file is read like untrusted input (regular, owned by this user, bounded).
+pub fn write_remote_write_secrets(home: &Home, cfg: &StackConfig) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    for (i, rw) in cfg.remote_write.iter().enumerate() {
+        let Some(file) = &rw.basic_auth_file else {
+            continue;
+        };
+        let contents = crate::untrusted::read_file(file, 4096, &|uid| uid == me)
+            .map_err(|r| {
+                anyhow::anyhow!("--remote-write-basic-auth-file {}: it {r}", file.display())
+            })?
+            .with_context(|| {
+                format!(
+                    "--remote-write-basic-auth-file {} does not exist",
+                    file.display()
+                )
+            })?;
+        let text = String::from_utf8(contents.bytes).with_context(|| {
+            format!(
+                "--remote-write-basic-auth-file {} is not UTF-8",
+                file.display()
+            )
+        })?;
+        let (user, password) = text
+            .trim_end_matches(['\n', '\r'])
+            .split_once(':')
+            .with_context(|| {
+                format!(
+                    "--remote-write-basic-auth-file {} must hold user:password on one line",
+                    file.display()
+                )
+            })?;
+        crate::atomic::write(
+            &home.remote_write_user(i),
+            format!("{user}\n").as_bytes(),
+            0o600,
+        )?;
+        crate::atomic::write(&home.remote_write_password(i), password.as_bytes(), 0o600)?;
+    }
+    Ok(())
 }
 
 /// Writes the secret (once), web.yml and prometheus.yml. prometheus.yml is
 /// checked with promtool, when there is one, before it replaces the old file.
 pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
     let password = ensure_password(home)?;
+    write_remote_write_secrets(home, cfg)?;
     let web_ok = fs_err::read_to_string(home.web_yml())
         .ok()
         .and_then(|t| serde_yaml_ng::from_str::<WebYml>(&t).ok())
@@ -485,6 +647,7 @@ mod tests {
             grafana_anonymous: false,
             prometheus_name: "Prometheus".into(),
             gateway_port: 0,
+            ..Default::default()
         };
         let text = serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg)).unwrap();
         let back: PrometheusYml = serde_yaml_ng::from_str(&text).unwrap();
