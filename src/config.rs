@@ -64,6 +64,15 @@ pub struct StackConfig {
     /// A bearer token file for `query_url`.
     #[serde(default)]
     pub query_bearer_file: Option<PathBuf>,
+    /// Serve the http_sd endpoint (`GET /sd`) on this `ADDR:PORT` (off when None).
+    #[serde(default)]
+    pub sd_listen: Option<String>,
+    /// TLS certificate chain (PEM) for the http_sd endpoint.
+    #[serde(default)]
+    pub sd_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the http_sd endpoint.
+    #[serde(default)]
+    pub sd_tls_key: Option<PathBuf>,
 }
 
 /// One remote-write destination. Credentials come from files only, never from

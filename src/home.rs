@@ -96,6 +96,10 @@ impl Home {
     pub fn prometheus_log(&self) -> PathBuf {
         self.logs_dir().join("prometheus.log")
     }
+    /// The bearer token of the http_sd endpoint (0600).
+    pub fn sd_token(&self) -> PathBuf {
+        self.secrets_dir().join("sd-token")
+    }
     /// The password of the `i`-th remote write's basic auth (0600).
     pub fn remote_write_password(&self, i: usize) -> PathBuf {
         self.secrets_dir()

@@ -31,6 +31,8 @@ pub mod process;
 pub mod prometheus;
 pub mod ray;
 pub mod registry;
+pub mod remote_write;
+pub mod sd;
 pub mod status;
 pub mod supervisor;
 pub mod targets;

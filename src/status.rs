@@ -25,6 +25,22 @@ pub struct StatusReport {
     pub rejected: Vec<RejectedInput>,
     /// The last error writing `<home>/targets/`, until a write succeeds again.
     pub targets_error: Option<String>,
+    /// Every remote-write destination, from Prometheus' own metrics and log.
+    #[serde(default)]
+    pub remote_write: Vec<RemoteWriteStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RemoteWriteStatus {
+    pub url: String,
+    /// Prometheus' `remote_name` for it (`raywatch-rw-N`).
+    pub name: String,
+    pub samples_sent: f64,
+    pub samples_failed: f64,
+    pub samples_retried: f64,
+    /// The last error Prometheus logged for it (e.g. "server returned HTTP
+    /// status 401 Unauthorized"), when the last attempts failed.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +52,9 @@ pub struct DaemonStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrometheusStatus {
+    /// "server" (local TSDB, queries) or "agent" (WAL only, remote write).
+    #[serde(default)]
+    pub mode: String,
     pub url: String,
     pub port: u16,
     pub binary: PathBuf,

@@ -100,10 +100,24 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
             .send()
             .await
             .is_ok_and(|r| r.status().is_success());
-    let core = shared.core.lock().unwrap();
-    let mut report = core.report(&shared, ready, grafana_ready, &health);
+    let (mut report, log) = {
+        let core = shared.core.lock().unwrap();
+        (
+            core.report(&shared, ready, grafana_ready, &health),
+            core.home.prometheus_log(),
+        )
+    };
     report.prometheus.sd_watcher_errors = sd_errors;
     report.prometheus.listener_problem = listener_problem;
+    let settings = shared.settings.borrow().clone();
+    if !settings.remote_write.is_empty() {
+        let own = if ready {
+            client.get_text("/metrics").await.unwrap_or_default()
+        } else {
+            String::new()
+        };
+        report.remote_write = crate::remote_write::status(&settings, &own, &log);
+    }
     Ok(Json(report))
 }
 

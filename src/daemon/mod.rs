@@ -333,6 +333,13 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         std::process::id()
     );
 
+    let sd = match &config.sd_listen {
+        Some(addr) => {
+            Some(start_sd(&home, &config, addr, shared.clone(), shutdown_rx.clone()).await?)
+        }
+        None => None,
+    };
+
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -386,12 +393,70 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     let _ = shared.shutdown.send(true);
     let _ = api.await;
     gateway.abort();
+    if let Some(sd) = sd {
+        sd.abort();
+    }
     if let Some(g) = &grafana {
         g.stop().await;
     }
     prometheus.stop().await;
     drop(fs_tx);
     Ok(())
+}
+
+/// Starts the http_sd endpoint (see [`crate::sd`]) on `addr`.
+async fn start_sd(
+    home: &Home,
+    config: &StackConfig,
+    addr: &str,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let token = crate::prometheus::ensure_secret(&home.sd_token())?;
+    let tls = match (&config.sd_tls_cert, &config.sd_tls_key) {
+        (Some(cert), Some(key)) => Some(crate::sd::tls_config(cert, key)?),
+        (None, None) => None,
+        _ => bail!("--sd-tls-cert and --sd-tls-key go together"),
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for --sd-listen"))?;
+    let groups = {
+        let shared = shared.clone();
+        move || {
+            let host = shared.settings.borrow().ray_host();
+            let core = shared.core.lock().unwrap();
+            core.desired()
+                .into_values()
+                .filter(|g| !g.targets.is_empty())
+                .map(|g| {
+                    let mut labels: std::collections::BTreeMap<String, String> = g
+                        .labels
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect();
+                    labels.insert("ray_host".into(), host.clone());
+                    crate::sd::SdGroup {
+                        targets: g.targets,
+                        labels,
+                    }
+                })
+                .collect()
+        }
+    };
+    tracing::info!(
+        "http_sd endpoint on {}{} (GET /sd, bearer token in {})",
+        listener.local_addr()?,
+        if tls.is_some() { " (TLS)" } else { "" },
+        home.sd_token().display()
+    );
+    let state = Arc::new(crate::sd::SdState {
+        token,
+        groups: Box::new(groups),
+    });
+    Ok(tokio::spawn(crate::sd::serve(
+        listener, state, tls, shutdown,
+    )))
 }
 
 fn spawn_resolves(

@@ -140,6 +140,7 @@ impl Core {
                 socket: self.home.socket(),
             },
             prometheus: status::PrometheusStatus {
+                mode: if settings.agent { "agent" } else { "server" }.into(),
                 url: format!("http://127.0.0.1:{port}"),
                 port,
                 binary: settings.prometheus_bin.clone(),
@@ -198,6 +199,7 @@ impl Core {
             clusters,
             rejected,
             targets_error: self.targets.last_error.clone(),
+            remote_write: Vec::new(),
         }
     }
 }

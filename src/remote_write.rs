@@ -1,0 +1,125 @@
+//! How the remote writes fare, from Prometheus' own metrics and log: samples sent, failed, the last error.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::config::StackConfig;
+use crate::status::RemoteWriteStatus;
+
+/// The value of every `name{…remote_name="…"…}` sample in Prometheus' own
+/// exposition text, by remote name.
+fn by_remote(text: &str, name: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let Some(labels) = rest.strip_prefix('{') else {
+            continue;
+        };
+        let Some((labels, value)) = labels.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(remote) = label(labels, "remote_name") else {
+            continue;
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *out.entry(remote).or_default() += v;
+        }
+    }
+    out
+}
+
+/// A label's value in `a="x",b="y"`.
+fn label(labels: &str, key: &str) -> Option<String> {
+    let start = labels.find(&format!("{key}=\""))? + key.len() + 2;
+    let len = labels[start..].find('"')?;
+    Some(labels[start..start + len].to_string())
+}
+
+/// The last error Prometheus logged for remote `name`, if its last log line
+/// about it is an error (a later success clears it).
+pub fn last_error(log_tail: &str, name: &str) -> Option<String> {
+    let needle = format!("remote_name={name}");
+    let line = log_tail
+        .lines()
+        .rev()
+        .find(|l| l.contains(&needle) && (l.contains("err=") || l.contains("level=info")))?;
+    if !line.contains("err=") {
+        return None;
+    }
+    let err = line.split("err=").nth(1)?;
+    let err = err
+        .strip_prefix('"')
+        .map_or(err, |e| e.split('"').next().unwrap_or(e));
+    Some(err.chars().take(300).collect())
+}
+
+/// The status of every configured remote write.
+pub fn status(cfg: &StackConfig, own_metrics: &str, log: &Path) -> Vec<RemoteWriteStatus> {
+    let tail = crate::logfile::tail_text(log, 64 << 10);
+    let sent = by_remote(own_metrics, "prometheus_remote_storage_samples_total");
+    let failed = by_remote(
+        own_metrics,
+        "prometheus_remote_storage_samples_failed_total",
+    );
+    let retried = by_remote(
+        own_metrics,
+        "prometheus_remote_storage_samples_retried_total",
+    );
+    cfg.remote_write
+        .iter()
+        .enumerate()
+        .map(|(i, rw)| {
+            let name = crate::prometheus::remote_name(i);
+            RemoteWriteStatus {
+                url: redact(&rw.url),
+                samples_sent: sent.get(&name).copied().unwrap_or(0.0),
+                samples_failed: failed.get(&name).copied().unwrap_or(0.0),
+                samples_retried: retried.get(&name).copied().unwrap_or(0.0),
+                last_error: last_error(&tail, &name),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// A URL without any `user:password@` (which raywatch refuses at `up` anyway).
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) if !host.contains('/') || rest.find('@') < rest.find('/') => {
+                format!("{scheme}://[redacted]@{host}")
+            }
+            _ => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_prometheus_own_metrics_and_log() {
+        let text = "# HELP x\nprometheus_remote_storage_samples_total{remote_name=\"raywatch-rw-0\",url=\"http://a\"} 120\n\
+                    prometheus_remote_storage_samples_failed_total{remote_name=\"raywatch-rw-0\",url=\"http://a\"} 3\n";
+        assert_eq!(
+            by_remote(text, "prometheus_remote_storage_samples_total")["raywatch-rw-0"],
+            120.0
+        );
+        assert_eq!(
+            by_remote(text, "prometheus_remote_storage_samples_failed_total")["raywatch-rw-0"],
+            3.0
+        );
+        let log = "ts=1 level=error component=remote remote_name=raywatch-rw-0 url=http://a msg=\"non-recoverable error\" count=10 exemplarCount=0 err=\"server returned HTTP status 401 Unauthorized: bad\"\n";
+        assert_eq!(
+            last_error(log, "raywatch-rw-0").as_deref(),
+            Some("server returned HTTP status 401 Unauthorized: bad")
+        );
+        assert_eq!(last_error(log, "raywatch-rw-1"), None);
+        assert_eq!(redact("https://u:p@h:1/x"), "https://[redacted]@h:1/x");
+        assert_eq!(redact("http://h:1/api/v1/write"), "http://h:1/api/v1/write");
+    }
+}
