@@ -33,6 +33,7 @@ pub mod ray;
 pub mod registry;
 pub mod remote_write;
 pub mod sd;
+pub mod slurm;
 pub mod status;
 pub mod supervisor;
 pub mod targets;

@@ -1,0 +1,96 @@
+//! Slurm labels: the job a cluster's head runs in, read from the head's own environment.
+//!
+//! A Ray cluster started inside a Slurm job inherits `SLURM_JOB_ID` (and
+//! `SLURM_JOB_NAME`). raywatch finds a process of the cluster's session (a
+//! `session_*` component on its command line) owned by the cluster's uid —
+//! never another user's process — and reads those two variables from its
+//! `/proc/<pid>/environ`, once per session. Values are checked: a job id is
+//! digits (array jobs: digits, `_` and digits), a name is printable and short.
+
+use std::ffi::OsStr;
+
+/// The Slurm job of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlurmJob {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+/// The job of the session `session`, from a process of `uid` that belongs to it.
+pub fn job_of_session(session: &str, uid: u32) -> Option<SlurmJob> {
+    let all = ::procfs::process::all_processes().ok()?;
+    for p in all.flatten() {
+        if p.uid().ok() != Some(uid) {
+            continue;
+        }
+        if crate::process::ray_session_of(p.pid as u32).as_deref() != Some(session) {
+            continue;
+        }
+        let Ok(env) = p.environ() else {
+            continue;
+        };
+        let id = env.get(OsStr::new("SLURM_JOB_ID")).and_then(|v| v.to_str());
+        return id.filter(|v| valid_id(v)).map(|id| SlurmJob {
+            id: id.to_string(),
+            name: env
+                .get(OsStr::new("SLURM_JOB_NAME"))
+                .and_then(|v| v.to_str())
+                .filter(|v| valid_name(v))
+                .map(str::to_string),
+        });
+    }
+    None
+}
+
+/// `4242`, or an array task's `4242_7`.
+pub fn valid_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 32
+        && v.chars().all(|c| c.is_ascii_digit() || c == '_')
+        && v.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Printable, at most 128 characters.
+pub fn valid_name(v: &str) -> bool {
+    !v.is_empty() && v.chars().count() <= 128 && !v.chars().any(crate::escape::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_job_of_a_session_from_its_process() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true", "--session-name=session_unit_4242"])
+            .env("SLURM_JOB_ID", "4242")
+            .env("SLURM_JOB_NAME", "train")
+            .spawn()
+            .unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let mut job = None;
+        for _ in 0..50 {
+            job = job_of_session("session_unit_4242", me);
+            if job.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            job,
+            Some(SlurmJob {
+                id: "4242".into(),
+                name: Some("train".into())
+            })
+        );
+        assert_eq!(
+            job_of_session("session_unit_4242", me + 1),
+            None,
+            "other uids are not read"
+        );
+        assert!(valid_id("4242_7") && !valid_id("42; rm") && !valid_id(""));
+        assert!(!valid_name("a\u{1b}]0;x"));
+    }
+}
