@@ -1,0 +1,20 @@
+//! `raywatch bench`: hands each measurement to `crate::bench` (the numbers of docs/BENCHMARKS.md).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::args::BenchCommand;
+
+pub(super) fn bench(command: BenchCommand) -> Result<ExitCode> {
+    match command {
+        BenchCommand::Latency { trials } => crate::bench::latency(trials)?,
+        BenchCommand::Soak {
+            clusters,
+            duration,
+            every,
+        } => crate::bench::soak(clusters, duration, every)?,
+        BenchCommand::Idle { clusters, seconds } => crate::bench::idle(&clusters, seconds)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
