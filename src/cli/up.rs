@@ -96,46 +96,12 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
     }
     let mut child = spawn_daemon(home)?;
     let report = rt.block_on(wait_ready(home, &mut child))?;
-    if let Some(note) = &report.prometheus.port_note {
-        eprintln!("warning: {}", escape::text(note));
-    }
     println!("raywatch is up ({})", escape::path(home.root()));
-    println!("  Prometheus  {}", escape::text(&report.prometheus.url));
-    println!(
-        "              user {}, password in {}",
-        escape::text(&report.prometheus.user),
-        escape::path(&report.prometheus.password_file)
+    // The same lines as in `status` (a moved port's note included).
+    print!(
+        "{}",
+        crate::status::stack_lines(&report, config.default_roots)
     );
-    let roots: Vec<String> = report
-        .watch
-        .roots
-        .iter()
-        .map(|r| escape::path(r).into_owned())
-        .collect();
-    let watching = if config.default_roots {
-        "/tmp/ray* and $RAY_TMPDIR/ray*".to_string()
-    } else {
-        String::new()
-    };
-    println!(
-        "  watching    {}",
-        [watching, roots.join(", ")]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
-    match &report.grafana.url {
-        Some(url) => println!(
-            "  Grafana     {}  (admin, password in {})",
-            escape::text(url),
-            escape::path(&report.grafana.admin_password_file)
-        ),
-        None => println!(
-            "  Grafana     not installed; dashboards are provisioned in {} (`raywatch grafana dir`)",
-            escape::path(&report.grafana.provisioning_dir)
-        ),
-    }
     println!(
         "Start Ray clusters as usual (eval \"$(raywatch env)\" first wires Ray's Dashboard to this stack);"
     );
