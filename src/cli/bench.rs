@@ -1,12 +1,11 @@
 //! `raywatch bench`: hands each measurement to `crate::bench` (the numbers of docs/BENCHMARKS.md).
 
-use std::process::ExitCode;
-
 use anyhow::Result;
 
+use super::Exit;
 use super::args::BenchCommand;
 
-pub(super) fn bench(command: BenchCommand) -> Result<ExitCode> {
+pub(super) fn bench(command: BenchCommand) -> Result<Exit> {
     match command {
         BenchCommand::Latency { trials } => crate::bench::latency(trials)?,
         BenchCommand::Soak {
@@ -16,5 +15,5 @@ pub(super) fn bench(command: BenchCommand) -> Result<ExitCode> {
         } => crate::bench::soak(clusters, duration, every)?,
         BenchCommand::Idle { clusters, seconds } => crate::bench::idle(&clusters, seconds)?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }

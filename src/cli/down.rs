@@ -1,20 +1,19 @@
 //! `raywatch down`: stopping the daemon, Prometheus and Grafana by their recorded PIDs, and `--purge`.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hyper::Method;
 
-use super::{lock_home, runtime};
+use super::{Exit, lock_home, runtime};
 use crate::api;
 use crate::escape;
 use crate::home::Home;
 
-pub(super) fn down(home: &Home, purge: bool) -> Result<ExitCode> {
+pub(super) fn down(home: &Home, purge: bool) -> Result<Exit> {
     if !home.exists() {
         println!("no raywatch stack at {}", escape::path(home.root()));
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     crate::home::check_private_dir(home.root())?;
     let _lock = lock_home(home, "down")?;
@@ -79,5 +78,5 @@ pub(super) fn down(home: &Home, purge: bool) -> Result<ExitCode> {
             escape::path(home.root())
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }

@@ -2,39 +2,35 @@
 //! (gateway, Grafana, free metrics ports, the cluster's name), and the attachment of its temp dir.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
 use hyper::Method;
 
-use super::{fetch_status, hint_up, runtime};
-use crate::api::{self, AttachRequest, AttachResponse};
+use super::{Exit, Hint, call_daemon, fetch_status, runtime};
+use crate::api::{AttachRequest, AttachResponse};
 use crate::escape;
 use crate::home::Home;
 
-pub(super) fn env(
-    home: &Home,
-    temp_dir: Option<PathBuf>,
-    name: Option<String>,
-) -> Result<ExitCode> {
+pub(super) fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<Exit> {
     let rt = runtime()?;
-    let report = rt.block_on(fetch_status(home)).map_err(hint_up)?;
+    let report = rt.block_on(fetch_status(home))?;
     let temp_dir = std::path::absolute(temp_dir.unwrap_or_else(ray_default_temp_dir))?;
     if let Some(n) = &name {
-        crate::registry::validate_name(n).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::registry::validate_name(n).map_err(|e| anyhow!("{e}"))?;
     }
     if let Some(c) = report
         .clusters
         .iter()
         .find(|c| c.state == "live" && c.temp_dir == temp_dir)
     {
-        bail!(
-            "a Ray cluster ({}) is already running in {}; give the next cluster its own temp dir\n\
-             hint: raywatch env --temp-dir {}_2",
-            c.name,
-            escape::path(&temp_dir),
-            escape::path(&temp_dir)
-        );
+        return Err(Hint::attach(
+            anyhow!(
+                "a Ray cluster ({}) is already running in {}; give the next cluster its own temp dir",
+                escape::text(&c.name),
+                escape::path(&temp_dir)
+            ),
+            format!("raywatch env --temp-dir {}_2", escape::path(&temp_dir)),
+        ));
     }
     let user = crate::process::user_name(nix::unistd::geteuid().as_raw());
     let default_name = crate::registry::sanitize_name(&format!(
@@ -52,7 +48,10 @@ pub(super) fn env(
     };
     let chosen = match name {
         Some(n) if taken(&n) => {
-            bail!("the name {n:?} is already used by a live cluster; choose another --name")
+            return Err(Hint::attach(
+                anyhow!("the name {n:?} is already used by a live cluster"),
+                "choose another --name",
+            ));
         }
         Some(n) => Some(n),
         None if taken(&default_name) => (2..)
@@ -67,12 +66,8 @@ pub(super) fn env(
         path: temp_dir.clone(),
         name: chosen.clone(),
     };
-    let _: AttachResponse = rt.block_on(api::call_json(
-        &home.socket(),
-        Method::POST,
-        "/v1/attach",
-        Some(&req),
-    ))?;
+    let _: AttachResponse =
+        rt.block_on(call_daemon(home, Method::POST, "/v1/attach", Some(&req)))?;
     let announced = chosen.unwrap_or(default_name);
 
     // Ray gets no credential: it copies whatever it is given into
@@ -111,7 +106,7 @@ pub(super) fn env(
     println!(
         "# then: ray start --head --temp-dir=\"$RAYWATCH_TEMP_DIR\" --metrics-export-port=\"$RAYWATCH_METRICS_EXPORT_PORT\""
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Quotes a value for POSIX sh.

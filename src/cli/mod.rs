@@ -1,14 +1,16 @@
 //! The command line: the `main` entry, dispatch to one module per command, and what
-//! the commands share (the runtime, the home lock, the daemon's status, the error printer).
+//! the commands share (the runtime, the home lock, calls to the daemon, logging).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
 use clap::Parser;
 use hyper::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::api::{self, NotRunning};
 use crate::escape;
@@ -20,6 +22,7 @@ mod attach;
 mod bench;
 mod down;
 mod env;
+mod error;
 mod grafana;
 mod open;
 mod query;
@@ -27,25 +30,46 @@ mod status;
 mod up;
 
 pub use args::{BenchCommand, Cli, Command, Global, GrafanaCommand, UpArgs};
+pub use error::{Exit, Hint, HintExt};
 
-/// Entry point: runs the command and turns errors into `error:` / `Caused by:` lines.
+/// Entry point: runs the command; an error is printed as `error:`, `Caused by:`
+/// and `hint:` lines, and its kind becomes the exit code ([`Exit`]).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
-            // Messages carry paths and names from outside raywatch: their control
-            // characters are shown escaped, the line breaks raywatch wrote are kept.
-            eprintln!("error: {}", escape::lines(&e.to_string()));
-            for cause in e.chain().skip(1) {
-                eprintln!("  Caused by: {}", escape::lines(&cause.to_string()));
+            // --help and --version are no errors; a command line clap rejects is the user's.
+            let _ = e.print();
+            return if e.exit_code() == 0 {
+                Exit::Success
+            } else {
+                Exit::Failure
             }
-            ExitCode::FAILURE
+            .into();
         }
-    }
+    };
+    let exit = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(exit)) => exit,
+        Ok(Err(e)) => {
+            eprint!("{}", error::render(&e));
+            Exit::of(&e)
+        }
+        Err(_) => {
+            // The panic hook has printed the message and where it happened.
+            eprint!(
+                "{}",
+                error::render(&Hint::attach(
+                    anyhow!("raywatch stopped on an internal error (the panic above)"),
+                    "this is a bug in raywatch: please report it with the lines above"
+                ))
+            );
+            Exit::Internal
+        }
+    };
+    exit.into()
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli) -> Result<Exit> {
     let home = Home::resolve(cli.global.home)?;
     match cli.command {
         Command::Up(args) => up::up(&home, args),
@@ -61,7 +85,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Daemon { log_file } => {
             init_logging(log_file.then(|| home.daemon_log()));
             crate::daemon::run(home)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Success)
         }
     }
 }
@@ -118,16 +142,18 @@ fn lock_home(home: &Home, what: &str) -> Result<nix::fcntl::Flock<std::fs::File>
             }
             Err(_) => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                bail!(
-                    "another raywatch command ({}) has held {} for a minute\n\
-                     hint: wait for it to finish, or stop that process",
-                    if holder.is_empty() {
-                        "pid unknown".into()
-                    } else {
-                        format!("pid {holder}")
-                    },
-                    escape::path(&path)
-                );
+                return Err(Hint::attach(
+                    anyhow!(
+                        "another raywatch command ({}) has held {} for a minute",
+                        if holder.is_empty() {
+                            "pid unknown".into()
+                        } else {
+                            format!("pid {holder}")
+                        },
+                        escape::path(&path)
+                    ),
+                    "wait for it to finish, or stop that process",
+                ));
             }
         }
     }
@@ -139,20 +165,51 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The daemon's status report; see [`call_daemon`].
 async fn fetch_status(home: &Home) -> Result<StatusReport> {
-    api::call_json(&home.socket(), Method::GET, "/v1/status", None::<&()>).await
+    call_daemon(home, Method::GET, "/v1/status", None::<&()>).await
 }
 
-fn not_running(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<NotRunning>().is_some()
+/// One request to the daemon's control API, its JSON answer decoded. A daemon
+/// that does not answer is "raywatch is not running" (exit 3, with the hint to
+/// start it); its refusals keep their kind ([`crate::api::Refusal`]).
+async fn call_daemon<T: DeserializeOwned>(
+    home: &Home,
+    method: Method,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<T> {
+    api::call_json(&home.socket(), method, path, body)
+        .await
+        .map_err(|e| stack_down(home, e))
 }
 
-/// Adds the hint to start the stack to a "not running" error, after the error
-/// itself (the error stays the `error:` line).
-fn hint_up(e: anyhow::Error) -> anyhow::Error {
-    if not_running(&e) {
-        anyhow::anyhow!("{e}\nhint: start the stack with `raywatch up` first")
-    } else {
-        e
+/// `e`, or "raywatch is not running" when the daemon does not answer: for a
+/// command that talks to Prometheus directly, whose own error (a missing
+/// password file, a refused connection) would hide that the stack is down.
+async fn unless_stack_down(home: &Home, e: anyhow::Error) -> anyhow::Error {
+    match api::call(&home.socket(), Method::GET, "/v1/status", None).await {
+        Err(down) if not_running(&down) => stack_down(home, down),
+        _ => e,
     }
+}
+
+/// Whether `e` says that nothing answered on the control socket.
+fn not_running(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<NotRunning>())
+}
+
+/// Names the home in a "nothing answers" error and adds the hint to start
+/// the stack; any other error is returned as it is.
+fn stack_down(home: &Home, e: anyhow::Error) -> anyhow::Error {
+    if !not_running(&e) {
+        return e;
+    }
+    Hint::attach(
+        e.context(format!(
+            "raywatch is not running for {}",
+            escape::path(home.root())
+        )),
+        "start the stack with `raywatch up`",
+    )
 }

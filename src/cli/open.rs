@@ -1,21 +1,20 @@
 //! `raywatch open`: the Grafana URL of a cluster's Ray dashboard, and the `ssh -L` line to reach it.
 
-use std::process::ExitCode;
+use anyhow::Result;
 
-use anyhow::{Context, Result};
-
-use super::{fetch_status, hint_up, runtime};
+use super::{Exit, HintExt, fetch_status, runtime};
 use crate::escape;
 use crate::home::Home;
 
-pub(super) fn open(home: &Home, name: &str) -> Result<ExitCode> {
+pub(super) fn open(home: &Home, name: &str) -> Result<Exit> {
     let rt = runtime()?;
-    let report = rt.block_on(fetch_status(home)).map_err(hint_up)?;
+    let report = rt.block_on(fetch_status(home))?;
     let c = report
         .clusters
         .iter()
         .find(|c| c.name == name)
-        .with_context(|| format!("no cluster is named {name:?}; `raywatch status` lists them"))?;
+        .ok_or_else(|| anyhow::anyhow!("no cluster is named {name:?}"))
+        .hint("`raywatch status` lists the clusters")?;
     match &c.grafana_url {
         Some(url) => println!("{}", escape::text(url)),
         None => println!(
@@ -26,5 +25,5 @@ pub(super) fn open(home: &Home, name: &str) -> Result<ExitCode> {
         ),
     }
     println!("# from a laptop: {}", crate::status::ssh_hint(&report));
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }

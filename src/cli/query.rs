@@ -1,28 +1,32 @@
 //! `raywatch query`: an instant PromQL query against this stack's Prometheus, as a table or JSON.
 
-use std::process::ExitCode;
-
 use anyhow::Result;
 
-use super::runtime;
+use super::{Exit, runtime, unless_stack_down};
 use crate::escape;
 use crate::home::Home;
 
-pub(super) fn query(home: &Home, promql: &str, json: bool) -> Result<ExitCode> {
+pub(super) fn query(home: &Home, promql: &str, json: bool) -> Result<Exit> {
     let rt = runtime()?;
-    let client = crate::prometheus::Client::for_home(home)?;
-    let (code, body) = rt.block_on(client.query_raw(promql))?;
+    let answer = rt.block_on(async {
+        let client = crate::prometheus::Client::for_home(home)?;
+        client.query_raw(promql).await
+    });
+    let (code, body) = match answer {
+        Ok(answer) => answer,
+        Err(e) => return Err(rt.block_on(unless_stack_down(home, e))),
+    };
     if json {
         println!("{body}");
         return Ok(if code == 200 {
-            ExitCode::SUCCESS
+            Exit::Success
         } else {
-            ExitCode::FAILURE
+            Exit::Failure
         });
     }
     let data = crate::prometheus::parse_answer(promql, code, &body)?;
     print!("{}", render_result(&data.result_type, &data.result));
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// A query result as a table: one line per series, labels then value.

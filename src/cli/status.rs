@@ -1,14 +1,11 @@
 //! `raywatch status`: the daemon's report, as JSON or for people.
 
-use std::process::ExitCode;
-
 use anyhow::Result;
 
-use super::{fetch_status, not_running, runtime};
-use crate::escape;
+use super::{Exit, fetch_status, not_running, runtime};
 use crate::home::Home;
 
-pub(super) fn status(home: &Home, json: bool) -> Result<ExitCode> {
+pub(super) fn status(home: &Home, json: bool) -> Result<Exit> {
     let rt = runtime()?;
     match rt.block_on(fetch_status(home)) {
         Ok(report) => {
@@ -17,22 +14,18 @@ pub(super) fn status(home: &Home, json: bool) -> Result<ExitCode> {
             } else {
                 print!("{}", crate::status::render(&report));
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Success)
         }
-        Err(e) if not_running(&e) => {
-            if json {
+        Err(e) => {
+            // Scripts read a stopped stack from stdout too; the error (exit 3) and
+            // its hint go to stderr as for every command that needs the daemon.
+            if json && not_running(&e) {
                 println!(
                     "{}",
                     serde_json::json!({"schema": crate::status::SCHEMA, "running": false, "home": home.root()})
                 );
-            } else {
-                println!(
-                    "raywatch is not running for {}; start it with `raywatch up`",
-                    escape::path(home.root())
-                );
             }
-            Ok(ExitCode::from(3))
+            Err(e)
         }
-        Err(e) => Err(e),
     }
 }

@@ -3,21 +3,19 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
 use hyper::Method;
 
 use super::args::UpArgs;
-use super::{fetch_status, init_logging, lock_home, runtime};
-use crate::api;
+use super::{Exit, Hint, call_daemon, fetch_status, init_logging, lock_home, runtime};
 use crate::config::StackConfig;
 use crate::escape;
 use crate::home::Home;
 use crate::status::StatusReport;
 
-pub(super) fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
+pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     let rt = runtime()?;
     home.ensure()?;
     let lock = lock_home(home, "up")?;
@@ -92,7 +90,7 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
         drop(lock);
         init_logging(None);
         crate::daemon::run(home.clone())?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     let mut child = spawn_daemon(home)?;
     let report = rt.block_on(wait_ready(home, &mut child))?;
@@ -106,7 +104,7 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<ExitCode> {
         "Start Ray clusters as usual (eval \"$(raywatch env)\" first wires Ray's Dashboard to this stack);"
     );
     println!("`raywatch status` lists what it finds.");
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// `up` on a running stack: apply changed settings, or report that it runs.
@@ -116,7 +114,7 @@ fn reconfigure(
     args: &UpArgs,
     previous: Option<StackConfig>,
     report: &StatusReport,
-) -> Result<ExitCode> {
+) -> Result<Exit> {
     let current = previous
         .with_context(|| format!("the running stack has no {}", escape::path(&home.config())))?;
     let mut wanted = current.clone();
@@ -128,11 +126,13 @@ fn reconfigure(
         || args.prometheus_bin.is_some()
         || args.grafana_bin.is_some();
     if port_change {
-        bail!(
-            "raywatch is running for {}; ports and binaries change only on a fresh start\n\
-             hint: raywatch down, then raywatch up with the new flags",
-            escape::path(home.root())
-        );
+        return Err(Hint::attach(
+            anyhow!(
+                "raywatch is running for {}; ports and binaries change only on a fresh start",
+                escape::path(home.root())
+            ),
+            "raywatch down, then raywatch up with the new flags",
+        ));
     }
     if wanted == current {
         println!(
@@ -141,22 +141,17 @@ fn reconfigure(
             report.daemon.pid,
             escape::text(&report.prometheus.url)
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Success);
     }
     let resp: crate::api::ReconfigureResponse = rt
-        .block_on(api::call_json(
-            &home.socket(),
-            Method::POST,
-            "/v1/config",
-            Some(&wanted),
-        ))
+        .block_on(call_daemon(home, Method::POST, "/v1/config", Some(&wanted)))
         .context("the running stack kept its previous configuration")?;
     println!(
         "raywatch is running for {}; applied: {}",
         escape::path(home.root()),
         escape::text(&resp.changes.join("; "))
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Success)
 }
 
 /// Applies the settings given on the command line over `base`; what is not
@@ -221,20 +216,24 @@ fn obtain_prometheus(rt: &tokio::runtime::Runtime, yes: bool) -> Result<PathBuf>
                 matches!(line.trim(), "y" | "Y" | "yes")
             });
     if !agreed {
-        bail!(
-            "no Prometheus binary found (looked at {})\nhint: {}",
-            crate::install::search_description(),
-            crate::install::instructions()
-        );
+        return Err(Hint::attach(
+            anyhow!(
+                "no Prometheus binary found (looked at {})",
+                crate::install::search_description()
+            ),
+            crate::install::instructions(),
+        ));
     }
     match rt.block_on(crate::install::download()) {
         Ok(p) => Ok(p),
         Err(download_err) => match crate::install::apt_install() {
             Ok(p) => Ok(p),
-            Err(apt_err) => bail!(
-                "could not get Prometheus: download failed ({download_err:#}); {apt_err:#}\nhint: {}",
-                crate::install::instructions()
-            ),
+            Err(apt_err) => Err(Hint::attach(
+                anyhow!(
+                    "could not get Prometheus: download failed ({download_err:#}); {apt_err:#}"
+                ),
+                crate::install::instructions(),
+            )),
         },
     }
 }
