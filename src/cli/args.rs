@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::parse_duration;
 
@@ -89,6 +89,17 @@ pub enum Command {
     /// Grafana helpers.
     #[command(subcommand)]
     Grafana(GrafanaCommand),
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// bash: raywatch completions bash > ~/.local/share/bash-completion/completions/raywatch
+    ///
+    /// zsh:  raywatch completions zsh > ~/.zfunc/_raywatch   (a folder on your $fpath)
+    ///
+    /// fish: raywatch completions fish > ~/.config/fish/completions/raywatch.fish
+    Completions {
+        /// The shell to complete for.
+        shell: CompletionShell,
+    },
     /// Measure raywatch against a real Prometheus (for docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -99,6 +110,14 @@ pub enum Command {
         #[arg(long)]
         log_file: bool,
     },
+}
+
+/// The shells `raywatch completions` writes a script for.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand, Debug)]

@@ -20,6 +20,7 @@ use crate::status::StatusReport;
 mod args;
 mod attach;
 mod bench;
+mod completions;
 mod down;
 mod env;
 mod error;
@@ -29,7 +30,7 @@ mod query;
 mod status;
 mod up;
 
-pub use args::{BenchCommand, Cli, Command, Global, GrafanaCommand, UpArgs};
+pub use args::{BenchCommand, Cli, Command, CompletionShell, Global, GrafanaCommand, UpArgs};
 pub use error::{Exit, Hint, HintExt};
 
 /// Entry point: runs the command; an error is printed as `error:`, `Caused by:`
@@ -70,19 +71,23 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<Exit> {
-    let home = Home::resolve(cli.global.home)?;
+    // Resolved by the commands that use it: `completions` and `bench` work
+    // where $HOME is unset (packaging, containers).
+    let home = || Home::resolve(cli.global.home.clone());
     match cli.command {
-        Command::Up(args) => up::up(&home, args),
-        Command::Down { purge } => down::down(&home, purge),
-        Command::Status { json } => status::status(&home, json),
-        Command::Query { promql, json } => query::query(&home, &promql, json),
-        Command::Attach { path, name } => attach::attach(&home, path, name),
-        Command::Detach { name } => attach::detach(&home, name),
-        Command::Env { temp_dir, name } => env::env(&home, temp_dir, name),
-        Command::Open { name } => open::open(&home, &name),
-        Command::Grafana(GrafanaCommand::Dir) => grafana::dir(&home),
+        Command::Up(args) => up::up(&home()?, args),
+        Command::Down { purge } => down::down(&home()?, purge),
+        Command::Status { json } => status::status(&home()?, json),
+        Command::Query { promql, json } => query::query(&home()?, &promql, json),
+        Command::Attach { path, name } => attach::attach(&home()?, path, name),
+        Command::Detach { name } => attach::detach(&home()?, name),
+        Command::Env { temp_dir, name } => env::env(&home()?, temp_dir, name),
+        Command::Open { name } => open::open(&home()?, &name),
+        Command::Grafana(GrafanaCommand::Dir) => grafana::dir(&home()?),
+        Command::Completions { shell } => completions::completions(shell),
         Command::Bench(command) => bench::bench(command),
         Command::Daemon { log_file } => {
+            let home = home()?;
             init_logging(log_file.then(|| home.daemon_log()));
             crate::daemon::run(home)?;
             Ok(Exit::Success)

@@ -301,3 +301,31 @@ fn a_failed_save_is_reported_as_such_and_the_daemon_writes_panics_where_rotation
     let stderr = std::fs::read_link(format!("/proc/{}/fd/2", pid.trim())).unwrap();
     assert_eq!(stderr, stack.home.join("logs/daemon.stderr"));
 }
+
+#[test]
+fn completions_print_a_script_for_each_shell_that_knows_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(raywatch_bin())
+            .args(["completions", shell])
+            .env_remove("HOME")
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("RAYWATCH_HOME")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(!script.trim().is_empty(), "{shell}: empty script");
+        for word in ["raywatch", "attach", "prometheus-port"] {
+            assert!(script.contains(word), "{shell}: no {word:?} in\n{script}");
+        }
+    }
+    let unknown = Command::new(raywatch_bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+}
