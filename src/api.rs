@@ -63,6 +63,19 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// The refusal an error answer stands for, on the CLI's side of the socket:
+    /// 400 and 404 are the request's fault; any other status (500, or one the
+    /// daemon's handlers never send) is the daemon's.
+    pub fn from_status(status: u16, message: String) -> Refusal {
+        match status {
+            400 => Refusal::Invalid(message),
+            404 => Refusal::NotFound(message),
+            _ => Refusal::Internal(message),
+        }
+    }
+}
+
 impl From<String> for Refusal {
     fn from(s: String) -> Refusal {
         Refusal::Invalid(s)
@@ -71,8 +84,22 @@ impl From<String> for Refusal {
 
 /// Whether the daemon could not be reached at all (as opposed to answering with an error).
 #[derive(Debug, thiserror::Error)]
-#[error("raywatch is not running for this home (no answer on {0})")]
-pub struct NotRunning(pub String);
+#[error("no answer on {socket}")]
+pub struct NotRunning {
+    pub socket: String,
+    #[source]
+    pub cause: std::io::Error,
+}
+
+/// An answer of the daemon that this raywatch cannot read: a bug, or a daemon
+/// of another version.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon sent an answer this raywatch cannot read: {body}")]
+pub struct Unreadable {
+    pub body: String,
+    #[source]
+    pub cause: serde_json::Error,
+}
 
 /// How long the CLI waits for the daemon's answer: a daemon that does not
 /// answer within this is reported, never waited on forever.
@@ -103,7 +130,13 @@ async fn call_untimed(
 ) -> Result<(u16, Bytes)> {
     let stream = match tokio::net::UnixStream::connect(socket).await {
         Ok(s) => s,
-        Err(_) => return Err(NotRunning(socket.display().to_string()).into()),
+        Err(cause) => {
+            return Err(NotRunning {
+                socket: socket.display().to_string(),
+                cause,
+            }
+            .into());
+        }
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -142,12 +175,13 @@ pub async fn call_json<T: for<'de> Deserialize<'de>>(
         let msg = serde_json::from_slice::<ApiError>(&bytes)
             .map(|e| e.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        bail!("{msg}");
+        return Err(Refusal::from_status(status, msg).into());
     }
-    serde_json::from_slice(&bytes).with_context(|| {
-        format!(
-            "the daemon sent an answer this raywatch cannot read: {}",
-            String::from_utf8_lossy(&bytes)
-        )
+    serde_json::from_slice(&bytes).map_err(|cause| {
+        Unreadable {
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            cause,
+        }
+        .into()
     })
 }

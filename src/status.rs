@@ -170,107 +170,7 @@ pub fn render(r: &StatusReport) -> String {
     let p = &r.prometheus;
     let _ = writeln!(out, "raywatch stack at {}", escape::path(&r.home));
     let _ = writeln!(out, "  daemon      pid {}", r.daemon.pid);
-    let state = if p.ready {
-        "ready".to_string()
-    } else if p.child.crash_loop {
-        "CRASH LOOP".to_string()
-    } else {
-        "not ready".to_string()
-    };
-    let _ = writeln!(
-        out,
-        "  prometheus  {}  pid {}  {state}  (restarts: {})",
-        escape::text(&p.url),
-        p.child
-            .pid
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "-".into()),
-        p.child.restarts
-    );
-    if let Some(exit) = &p.child.last_exit {
-        let _ = writeln!(out, "              last exit: {}", escape::text(exit));
-    }
-    if p.child.pid.is_none() && !p.child.last_output.is_empty() {
-        let _ = writeln!(out, "              its last output:");
-        for l in &p.child.last_output {
-            let _ = writeln!(out, "                {}", escape::text(l));
-        }
-    }
-    if let (None, Some(next)) = (p.child.pid, p.child.next_start_unix) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let _ = writeln!(
-            out,
-            "              next start in {:.0} s",
-            (next - now).max(0.0)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "              user {}, password in {}",
-        escape::text(&p.user),
-        escape::path(&p.password_file)
-    );
-    if let Some(problem) = &p.listener_problem {
-        let _ = writeln!(out, "  WARNING     {}", escape::text(problem));
-    }
-    if let Some(note) = &p.port_note {
-        let _ = writeln!(out, "              {}", escape::text(note));
-    }
-    if r.gateway.port != 0 {
-        let refused = r.gateway.refused_connections + r.gateway.refused_requests;
-        let _ = writeln!(
-            out,
-            "  gateway     {}  (RAY_PROMETHEUS_HOST: serves only this user, no credential{})",
-            escape::text(&r.gateway.url),
-            if refused > 0 {
-                format!("; refused {refused} from others")
-            } else {
-                String::new()
-            }
-        );
-    }
-    let g = &r.grafana;
-    match &g.url {
-        Some(url) => {
-            let _ = writeln!(
-                out,
-                "  grafana     {}  pid {}  {}  (admin, password in {})",
-                escape::text(url),
-                g.child
-                    .pid
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                if g.ready { "ready" } else { "not ready" },
-                escape::path(&g.admin_password_file)
-            );
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "  grafana     not installed; dashboards provisioned in {} (`raywatch grafana dir`)",
-                escape::path(&g.provisioning_dir)
-            );
-        }
-    }
-    let roots: Vec<String> = r
-        .watch
-        .roots
-        .iter()
-        .map(|r| escape::path(r).into_owned())
-        .collect();
-    let _ = writeln!(
-        out,
-        "  watching    {} ({})",
-        if roots.is_empty() {
-            "nothing yet".to_string()
-        } else {
-            roots.join(", ")
-        },
-        escape::text(&r.watch.mode)
-    );
+    out.push_str(&stack_lines(r, false));
     if r.watch.foreign_session_dirs > 0 {
         let _ = writeln!(
             out,
@@ -375,6 +275,125 @@ pub fn render(r: &StatusReport) -> String {
     out
 }
 
+/// The lines `up` and `status` share: Prometheus (URL, PID, readiness, restarts,
+/// why it last exited, where its password is, who holds its port), the gateway,
+/// Grafana, and what is watched. `default_roots` also names the patterns
+/// `/tmp/ray*` and `$RAY_TMPDIR/ray*` on the watching line (`up` knows its
+/// settings; the report lists only the folders found).
+pub fn stack_lines(r: &StatusReport, default_roots: bool) -> String {
+    let mut out = String::new();
+    let p = &r.prometheus;
+    let state = if p.ready {
+        "ready".to_string()
+    } else if p.child.crash_loop {
+        "CRASH LOOP".to_string()
+    } else {
+        "not ready".to_string()
+    };
+    let _ = writeln!(
+        out,
+        "  prometheus  {}  pid {}  {state}  (restarts: {})",
+        escape::text(&p.url),
+        p.child
+            .pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into()),
+        p.child.restarts
+    );
+    if let Some(exit) = &p.child.last_exit {
+        let _ = writeln!(out, "              last exit: {}", escape::text(exit));
+    }
+    if p.child.pid.is_none() && !p.child.last_output.is_empty() {
+        let _ = writeln!(out, "              its last output:");
+        for l in &p.child.last_output {
+            let _ = writeln!(out, "                {}", escape::text(l));
+        }
+    }
+    if let (None, Some(next)) = (p.child.pid, p.child.next_start_unix) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "              next start in {:.0} s",
+            (next - now).max(0.0)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "              user {}, password in {}",
+        escape::text(&p.user),
+        escape::path(&p.password_file)
+    );
+    if let Some(problem) = &p.listener_problem {
+        let _ = writeln!(out, "  WARNING     {}", escape::text(problem));
+    }
+    if let Some(note) = &p.port_note {
+        let _ = writeln!(out, "              {}", escape::text(note));
+    }
+    if r.gateway.port != 0 {
+        let refused = r.gateway.refused_connections + r.gateway.refused_requests;
+        let _ = writeln!(
+            out,
+            "  gateway     {}  (RAY_PROMETHEUS_HOST: serves only this user, no credential{})",
+            escape::text(&r.gateway.url),
+            if refused > 0 {
+                format!("; refused {refused} from others")
+            } else {
+                String::new()
+            }
+        );
+    }
+    let g = &r.grafana;
+    match &g.url {
+        Some(url) => {
+            let _ = writeln!(
+                out,
+                "  grafana     {}  pid {}  {}  (admin, password in {})",
+                escape::text(url),
+                g.child
+                    .pid
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                if g.ready { "ready" } else { "not ready" },
+                escape::path(&g.admin_password_file)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  grafana     not installed; dashboards provisioned in {} (`raywatch grafana dir`)",
+                escape::path(&g.provisioning_dir)
+            );
+        }
+    }
+    let roots: Vec<String> = r
+        .watch
+        .roots
+        .iter()
+        .map(|r| escape::path(r).into_owned())
+        .collect();
+    let mut watched = Vec::new();
+    if default_roots {
+        watched.push("/tmp/ray* and $RAY_TMPDIR/ray*".to_string());
+    }
+    if !roots.is_empty() {
+        watched.push(roots.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "  watching    {} ({})",
+        if watched.is_empty() {
+            "nothing yet".to_string()
+        } else {
+            watched.join("; ")
+        },
+        escape::text(&r.watch.mode)
+    );
+    out
+}
+
 /// An `ssh -L` line that forwards this stack's ports from a laptop.
 pub fn ssh_hint(r: &StatusReport) -> String {
     let host = fs_err::read_to_string("/proc/sys/kernel/hostname")
@@ -387,4 +406,73 @@ pub fn ssh_hint(r: &StatusReport) -> String {
     }
     line.push_str(&format!(" {}@{}", escape::text(&user), escape::text(&host)));
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> StatusReport {
+        let child = serde_json::json!({
+            "pid": 7, "restarts": 0, "last_exit": null, "next_start_unix": null,
+            "crash_loop": false, "last_output": []
+        });
+        let mut prometheus = serde_json::json!({
+            "url": "http://127.0.0.1:40123", "port": 40123, "binary": "/usr/bin/prometheus",
+            "ready": true, "user": "raywatch", "password_file": "/h/secrets/prometheus-password",
+            "datasource_name": "Prometheus"
+        });
+        let mut grafana = serde_json::json!({
+            "installed": false, "binary": null, "url": null, "port": 40125, "ready": false,
+            "admin_password_file": "/h/secrets/grafana-admin-password",
+            "provisioning_dir": "/h/grafana/provisioning", "anonymous": false
+        });
+        for part in [&mut prometheus, &mut grafana] {
+            part.as_object_mut()
+                .unwrap()
+                .extend(child.as_object().unwrap().clone());
+        }
+        serde_json::from_value(serde_json::json!({
+            "schema": SCHEMA, "home": "/h",
+            "daemon": { "pid": 4242, "started_unix": 0.0, "socket": "/h/run/raywatch.sock" },
+            "prometheus": prometheus,
+            "grafana": grafana,
+            "watch": { "mode": "inotify", "roots": ["/tmp/ray", "/data/ray_\u{1b}[2J"], "degraded": null },
+            "clusters": [], "rejected": [], "targets_error": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn status_renders_the_lines_up_prints() {
+        let r = report();
+        let shared = stack_lines(&r, false);
+        assert!(render(&r).contains(&shared), "{}", render(&r));
+        for part in [
+            "  prometheus  http://127.0.0.1:40123",
+            "  grafana     not installed",
+        ] {
+            assert!(shared.contains(part), "{part:?} missing:\n{shared}");
+        }
+    }
+
+    #[test]
+    fn the_watching_line_names_the_default_patterns_when_asked_and_escapes_roots() {
+        let r = report();
+        let line = |default_roots| {
+            stack_lines(&r, default_roots)
+                .lines()
+                .find(|l| l.starts_with("  watching    "))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            line(false),
+            "  watching    /tmp/ray, /data/ray_\\e[2J (inotify)"
+        );
+        assert_eq!(
+            line(true),
+            "  watching    /tmp/ray* and $RAY_TMPDIR/ray*; /tmp/ray, /data/ray_\\e[2J (inotify)"
+        );
+    }
 }

@@ -20,8 +20,14 @@ fn up_with_a_taken_port_fails_and_names_it() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "a user error: {stderr}");
     assert!(stderr.contains(&format!("port {port}")), "{stderr}");
+    // The hint the port check writes into its message is printed last.
+    let hints = error_lines(&stderr);
+    assert!(
+        hints.len() == 1 && hints[0].starts_with("pick another port"),
+        "{stderr}"
+    );
     assert!(stderr.contains("in use"), "{stderr}");
     assert!(
         stderr.contains(&format!("pid {}", std::process::id())),
@@ -43,8 +49,12 @@ fn up_without_prometheus_says_what_to_install() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("no Prometheus binary found"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: no Prometheus binary found"),
+        "{stderr}"
+    );
+    assert_eq!(error_lines(&stderr), ["install one of:"], "{stderr}");
     assert!(stderr.contains("apt-get install prometheus"), "{stderr}");
     assert!(stderr.contains("--prometheus-bin"), "{stderr}");
     assert!(stderr.contains("raywatch up --yes"), "{stderr}");
@@ -158,27 +168,104 @@ fn two_stacks_side_by_side_see_nothing_of_each_other() {
     assert!(b.active_targets().iter().all(|(c, _)| *c == name_b));
 }
 
+/// Checks the shape of an error on stderr: `error:` first, then its `Caused by:`
+/// lines, then the hints, last. Returns the hints.
+fn error_lines(stderr: &str) -> Vec<String> {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with("error: ")),
+        "the error is not the first line: {stderr}"
+    );
+    let first_hint = lines
+        .iter()
+        .position(|l| l.starts_with("hint: "))
+        .unwrap_or(lines.len());
+    let last_cause = lines.iter().rposition(|l| l.starts_with("  Caused by: "));
+    assert!(
+        last_cause.is_none_or(|c| c < first_hint),
+        "a cause after a hint: {stderr}"
+    );
+    // A hint may run over several lines; nothing but hints follows the first one.
+    assert!(
+        lines[first_hint..]
+            .iter()
+            .all(|l| l.starts_with("hint: ") || l.starts_with("  ")),
+        "{stderr}"
+    );
+    assert!(
+        lines[first_hint..]
+            .iter()
+            .all(|l| !l.starts_with("  Caused by: ") && !l.starts_with("error: ")),
+        "{stderr}"
+    );
+    lines[first_hint..]
+        .iter()
+        .filter_map(|l| l.strip_prefix("hint: "))
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
-fn a_command_that_needs_the_stack_says_so_then_hints() {
+fn a_command_that_needs_the_stack_exits_3_with_the_cause_then_the_hint() {
     let dir = scratch();
+    let home = dir.path().join("home");
+    for args in [
+        &["attach", "/tmp"][..],
+        &["detach", "x"],
+        &["env"],
+        &["status"],
+        &["status", "--json"],
+        &["open", "x"],
+        &["query", "up"],
+    ] {
+        let out = Command::new(raywatch_bin())
+            .env("RAYWATCH_HOME", &home)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!("error: raywatch is not running for {}", home.display()),
+            "{args:?}: {err}"
+        );
+        // error → Caused by (the socket, then the OS' reason) → hint.
+        assert!(
+            lines[1].starts_with("  Caused by: no answer on ")
+                && lines[1].ends_with("run/raywatch.sock"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            lines[2], "  Caused by: No such file or directory (os error 2)",
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            error_lines(&err),
+            ["start the stack with `raywatch up`"],
+            "{args:?}: {err}"
+        );
+        assert_eq!(lines.len(), 4, "{args:?}: {err}");
+        if args == ["status", "--json"] {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["running"], false);
+        } else {
+            assert!(out.stdout.is_empty(), "{args:?}");
+        }
+    }
+    assert!(!home.exists(), "nothing was created");
+}
+
+#[test]
+fn a_command_line_clap_rejects_is_a_user_error() {
     let out = Command::new(raywatch_bin())
-        .env("RAYWATCH_HOME", dir.path().join("home"))
-        .args(["attach", "/tmp"])
+        .args(["status", "--no-such-flag"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().collect();
-    assert!(
-        lines[0].starts_with("error: raywatch is not running"),
-        "the error is not the error line: {err}"
-    );
-    assert!(
-        lines[1..]
-            .iter()
-            .any(|l| l.trim_start().starts_with("hint: start the stack")),
-        "{err}"
-    );
+    assert_eq!(out.status.code(), Some(1));
+    let help = Command::new(raywatch_bin()).arg("--help").output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
 }
 
 #[test]
@@ -199,7 +286,11 @@ fn a_failed_save_is_reported_as_such_and_the_daemon_writes_panics_where_rotation
     std::fs::create_dir(&file).unwrap();
     let out = stack.run(&["detach", "kept"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the daemon's internal error is raywatch's, not the user's: {err}"
+    );
     assert!(
         err.contains("cannot save the attachments") && !err.contains("no attached cluster"),
         "{err}"
@@ -209,4 +300,32 @@ fn a_failed_save_is_reported_as_such_and_the_daemon_writes_panics_where_rotation
     let pid = std::fs::read_to_string(stack.home.join("run/daemon.pid")).unwrap();
     let stderr = std::fs::read_link(format!("/proc/{}/fd/2", pid.trim())).unwrap();
     assert_eq!(stderr, stack.home.join("logs/daemon.stderr"));
+}
+
+#[test]
+fn completions_print_a_script_for_each_shell_that_knows_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(raywatch_bin())
+            .args(["completions", shell])
+            .env_remove("HOME")
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("RAYWATCH_HOME")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(!script.trim().is_empty(), "{shell}: empty script");
+        for word in ["raywatch", "attach", "prometheus-port"] {
+            assert!(script.contains(word), "{shell}: no {word:?} in\n{script}");
+        }
+    }
+    let unknown = Command::new(raywatch_bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
 }

@@ -1,0 +1,205 @@
+//! Every clap type of the command line: the commands, their flags, help and examples.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::parse_duration;
+
+/// Prometheus monitoring for every Ray cluster on this machine.
+///
+/// `raywatch up` starts a private Prometheus on a free loopback port and a daemon
+/// that finds every Ray cluster (any --temp-dir), labels its targets with
+/// `ray_io_cluster`, and drops them when the cluster dies. No file to edit, no reload.
+#[derive(Parser, Debug)]
+#[command(name = "raywatch", version, propagate_version = true)]
+#[command(
+    after_help = "Examples:\n  raywatch up                     start the stack and watch /tmp/ray*\n  raywatch status                 clusters, targets and their health\n  raywatch query 'up{job=\"ray\"}'   ask this stack's Prometheus\n  raywatch attach /nfs/ray_tmp --name train\n  eval \"$(raywatch env --temp-dir /tmp/ray_me)\"   then ray start\n  raywatch down"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// The stack's home folder [default: $XDG_STATE_HOME/raywatch or ~/.local/state/raywatch]
+    #[arg(long, global = true, env = "RAYWATCH_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the stack (Prometheus and the discovery daemon); on a running stack, apply changed settings.
+    Up(UpArgs),
+    /// Stop the stack started by `up`; keeps its data unless --purge.
+    Down {
+        /// Also delete the home folder: data, targets, secrets and logs.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show the stack and every cluster it follows, with each target's scrape health.
+    Status {
+        /// Print the report as JSON (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an instant PromQL query against this stack's Prometheus.
+    Query {
+        /// The PromQL expression, e.g. 'ray_node_cpu_utilization{ray_io_cluster="alice-ray"}'.
+        promql: String,
+        /// Print Prometheus' own JSON response body.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a Ray temp dir, session dir or discovery file outside the watched roots.
+    Attach {
+        /// A Ray temp dir, a session dir, or a prom_metrics_service_discovery.json.
+        path: PathBuf,
+        /// The cluster's name (the `ray_io_cluster` label).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop following an attached cluster.
+    Detach {
+        /// The name the cluster has in `raywatch status`.
+        name: String,
+    },
+    /// Print shell exports for the next `ray start`: eval "$(raywatch env)".
+    ///
+    /// Points Ray's Dashboard at this stack's Prometheus (with its credentials) and
+    /// Grafana, hands out free metrics ports so clusters do not collide, and
+    /// announces the name the cluster will get.
+    Env {
+        /// The --temp-dir the next cluster will use [default: $RAY_TMPDIR/ray or /tmp/ray]
+        #[arg(long, value_name = "DIR")]
+        temp_dir: Option<PathBuf>,
+        /// The name the cluster should get (its `ray_io_cluster`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Print the Grafana URL of a cluster's Ray dashboard, and how to reach it from a laptop.
+    Open {
+        /// The cluster's name in `raywatch status`.
+        name: String,
+    },
+    /// Grafana helpers.
+    #[command(subcommand)]
+    Grafana(GrafanaCommand),
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// bash: raywatch completions bash > ~/.local/share/bash-completion/completions/raywatch
+    ///
+    /// zsh:  raywatch completions zsh > ~/.zfunc/_raywatch   (a folder on your $fpath)
+    ///
+    /// fish: raywatch completions fish > ~/.config/fish/completions/raywatch.fish
+    Completions {
+        /// The shell to complete for.
+        shell: CompletionShell,
+    },
+    /// Measure raywatch against a real Prometheus (for docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run the daemon in this process (what `up` starts in the background).
+    #[command(hide = true)]
+    Daemon {
+        /// Log to <home>/logs/daemon.log (rotated) instead of stderr.
+        #[arg(long)]
+        log_file: bool,
+    },
+}
+
+/// The shells `raywatch completions` writes a script for.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GrafanaCommand {
+    /// Print the provisioning folder and the lines that point an existing Grafana at it.
+    Dir,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Discovery-file rename to target listed by Prometheus, beside Prometheus' own floor.
+    Latency {
+        #[arg(long, default_value_t = 50)]
+        trials: usize,
+    },
+    /// Clusters joining and leaving for a long time: memory, fds, final presence, latency.
+    Soak {
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        every: Duration,
+    },
+    /// The daemon's CPU and RSS with N synthetic clusters rewriting every 5 s.
+    Idle {
+        #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+        clusters: Vec<usize>,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Run in the foreground (for systemd, Slurm job steps, containers) instead of detaching.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Agree to download Prometheus when none is installed.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Prometheus' port on 127.0.0.1 [default: a free port, kept across restarts]
+    #[arg(long, value_name = "N", help_heading = "Prometheus")]
+    pub prometheus_port: Option<u16>,
+    /// The Prometheus binary to run.
+    #[arg(long, value_name = "PATH", help_heading = "Prometheus")]
+    pub prometheus_bin: Option<PathBuf>,
+    /// How often targets are scraped [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus")]
+    pub scrape_interval: Option<Duration>,
+    /// How long samples are kept [default: 15days]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus")]
+    pub retention: Option<Duration>,
+    /// The Grafana binary to run [default: $RAYWATCH_GRAFANA, `grafana` or `grafana-server` on PATH]
+    #[arg(long, value_name = "PATH", help_heading = "Grafana")]
+    pub grafana_bin: Option<PathBuf>,
+    /// Grafana's port on 127.0.0.1 [default: a free port, kept across restarts]
+    #[arg(long, value_name = "N", help_heading = "Grafana")]
+    pub grafana_port: Option<u16>,
+    /// Let anyone who can reach Grafana's port view dashboards without logging in.
+    #[arg(
+        long,
+        help_heading = "Grafana",
+        overrides_with = "no_grafana_anonymous"
+    )]
+    pub grafana_anonymous: bool,
+    /// Require a login to view dashboards again (the default).
+    #[arg(long, help_heading = "Grafana")]
+    pub no_grafana_anonymous: bool,
+    /// A Ray temp dir to watch besides the defaults (repeatable; it may not exist yet).
+    #[arg(long = "watch", value_name = "DIR", help_heading = "Discovery")]
+    pub watch: Vec<PathBuf>,
+    /// Watch only the --watch folders, not /tmp/ray* and $RAY_TMPDIR/ray*.
+    #[arg(long, help_heading = "Discovery", overrides_with = "default_watch")]
+    pub no_default_watch: bool,
+    /// Watch /tmp/ray* and $RAY_TMPDIR/ray* again (the default).
+    #[arg(long, help_heading = "Discovery")]
+    pub default_watch: bool,
+    /// A cluster whose discovery file is not rewritten for this long is dead [default: 20s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Discovery")]
+    pub liveness: Option<Duration>,
+    /// Also follow discovery files owned by this uid (repeatable).
+    #[arg(long, value_name = "UID", help_heading = "Discovery")]
+    pub trust_uid: Vec<u32>,
+}

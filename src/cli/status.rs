@@ -1,0 +1,31 @@
+//! `raywatch status`: the daemon's report, as JSON or for people.
+
+use anyhow::Result;
+
+use super::{Exit, fetch_status, not_running, runtime};
+use crate::home::Home;
+
+pub(super) fn status(home: &Home, json: bool) -> Result<Exit> {
+    let rt = runtime()?;
+    match rt.block_on(fetch_status(home)) {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::status::render(&report));
+            }
+            Ok(Exit::Success)
+        }
+        Err(e) => {
+            // Scripts read a stopped stack from stdout too; the error (exit 3) and
+            // its hint go to stderr as for every command that needs the daemon.
+            if json && not_running(&e) {
+                println!(
+                    "{}",
+                    serde_json::json!({"schema": crate::status::SCHEMA, "running": false, "home": home.root()})
+                );
+            }
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! `raywatch up`: starting the stack (finding Prometheus, choosing ports, spawning and
+//! waiting for the daemon), and applying changed settings to a running one.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use hyper::Method;
+
+use super::args::UpArgs;
+use super::{Exit, Hint, call_daemon, fetch_status, init_logging, lock_home, runtime};
+use crate::config::StackConfig;
+use crate::escape;
+use crate::home::Home;
+use crate::status::StatusReport;
+
+pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
+    let rt = runtime()?;
+    home.ensure()?;
+    let lock = lock_home(home, "up")?;
+    let previous = StackConfig::load(&home.config())?;
+    if let Ok(report) = rt.block_on(fetch_status(home)) {
+        return reconfigure(home, &rt, &args, previous, &report);
+    }
+    let bin = match crate::install::locate(args.prometheus_bin.as_deref())? {
+        Some(bin) => bin,
+        None => obtain_prometheus(&rt, args.yes)?,
+    };
+    let (port, auto) = match args.prometheus_port {
+        Some(p) => {
+            crate::ports::require_free(p, "Prometheus (--prometheus-port)")?;
+            (p, false)
+        }
+        None => match previous
+            .as_ref()
+            .filter(|c| crate::ports::is_free(c.prometheus_port))
+        {
+            Some(c) => (c.prometheus_port, c.prometheus_port_auto),
+            None => (crate::ports::free_port()?, true),
+        },
+    };
+    let grafana_bin = crate::grafana::locate(args.grafana_bin.as_deref())?;
+    let grafana_port = match args.grafana_port {
+        Some(p) => {
+            crate::ports::require_free(p, "Grafana (--grafana-port)")?;
+            p
+        }
+        None => match previous.as_ref().filter(|c| {
+            c.grafana_port != 0 && c.grafana_port != port && crate::ports::is_free(c.grafana_port)
+        }) {
+            Some(c) => c.grafana_port,
+            None => loop {
+                let p = crate::ports::free_port()?;
+                if p != port {
+                    break p;
+                }
+            },
+        },
+    };
+    let mut config = previous.unwrap_or_else(|| StackConfig {
+        prometheus_bin: bin.clone(),
+        prometheus_port: port,
+        prometheus_port_auto: auto,
+        scrape_interval: Duration::from_secs(10),
+        retention: Duration::from_secs(15 * 86_400),
+        default_roots: true,
+        watch: Vec::new(),
+        liveness: Duration::from_secs(20),
+        trust_uids: Vec::new(),
+        grafana_bin: None,
+        grafana_port,
+        grafana_anonymous: false,
+        prometheus_name: "Prometheus".into(),
+        gateway_port: 0,
+        ..Default::default()
+    });
+    config.prometheus_bin = bin;
+    config.prometheus_port = port;
+    config.prometheus_port_auto = auto;
+    config.grafana_bin = grafana_bin;
+    config.grafana_port = grafana_port;
+    config.prometheus_name = std::env::var("RAY_PROMETHEUS_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "Prometheus".into());
+    apply_settings(&args, &mut config)?;
+    config.save(&home.config())?;
+    if args.foreground {
+        // The daemon's own lock keeps it single; `down` must not wait on this one.
+        drop(lock);
+        init_logging(None);
+        crate::daemon::run(home.clone())?;
+        return Ok(Exit::Success);
+    }
+    let mut child = spawn_daemon(home)?;
+    let report = rt.block_on(wait_ready(home, &mut child))?;
+    println!("raywatch is up ({})", escape::path(home.root()));
+    // The same lines as in `status` (a moved port's note included).
+    print!(
+        "{}",
+        crate::status::stack_lines(&report, config.default_roots)
+    );
+    println!(
+        "Start Ray clusters as usual (eval \"$(raywatch env)\" first wires Ray's Dashboard to this stack);"
+    );
+    println!("`raywatch status` lists what it finds.");
+    Ok(Exit::Success)
+}
+
+/// `up` on a running stack: apply changed settings, or report that it runs.
+fn reconfigure(
+    home: &Home,
+    rt: &tokio::runtime::Runtime,
+    args: &UpArgs,
+    previous: Option<StackConfig>,
+    report: &StatusReport,
+) -> Result<Exit> {
+    let current = previous
+        .with_context(|| format!("the running stack has no {}", escape::path(&home.config())))?;
+    let mut wanted = current.clone();
+    apply_settings(args, &mut wanted)?;
+    let port_change = args
+        .prometheus_port
+        .is_some_and(|p| p != current.prometheus_port)
+        || args.grafana_port.is_some_and(|p| p != current.grafana_port)
+        || args.prometheus_bin.is_some()
+        || args.grafana_bin.is_some();
+    if port_change {
+        return Err(Hint::attach(
+            anyhow!(
+                "raywatch is running for {}; ports and binaries change only on a fresh start",
+                escape::path(home.root())
+            ),
+            "raywatch down, then raywatch up with the new flags",
+        ));
+    }
+    if wanted == current {
+        println!(
+            "raywatch is already running for {} (daemon pid {}): Prometheus at {}",
+            escape::path(home.root()),
+            report.daemon.pid,
+            escape::text(&report.prometheus.url)
+        );
+        return Ok(Exit::Success);
+    }
+    let resp: crate::api::ReconfigureResponse = rt
+        .block_on(call_daemon(home, Method::POST, "/v1/config", Some(&wanted)))
+        .context("the running stack kept its previous configuration")?;
+    println!(
+        "raywatch is running for {}; applied: {}",
+        escape::path(home.root()),
+        escape::text(&resp.changes.join("; "))
+    );
+    Ok(Exit::Success)
+}
+
+/// Applies the settings given on the command line over `base`; what is not
+/// given keeps its value (settings persist in `<home>/config.json`).
+fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
+    if let Some(d) = args.scrape_interval {
+        base.scrape_interval = d;
+    }
+    if let Some(d) = args.retention {
+        base.retention = d;
+    }
+    if let Some(d) = args.liveness {
+        base.liveness = d;
+    }
+    if args.no_default_watch {
+        base.default_roots = false;
+    }
+    if args.default_watch {
+        base.default_roots = true;
+    }
+    if args.grafana_anonymous {
+        base.grafana_anonymous = true;
+    }
+    if args.no_grafana_anonymous {
+        base.grafana_anonymous = false;
+    }
+    if !args.trust_uid.is_empty() {
+        base.trust_uids = args.trust_uid.clone();
+    }
+    if !args.watch.is_empty() {
+        let mut watch = Vec::new();
+        for w in &args.watch {
+            // A temp dir Ray has not created yet is fine: its parent is watched for it.
+            let abs = std::fs::canonicalize(w)
+                .or_else(|_| std::path::absolute(w))
+                .with_context(|| format!("--watch {}: not a usable path", escape::path(w)))?;
+            if !abs.is_dir() {
+                eprintln!(
+                    "note: --watch {} does not exist yet; it is picked up when Ray creates it",
+                    escape::path(&abs)
+                );
+            }
+            watch.push(abs);
+        }
+        base.watch = watch;
+    }
+    Ok(())
+}
+
+fn obtain_prometheus(rt: &tokio::runtime::Runtime, yes: bool) -> Result<PathBuf> {
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let agreed = yes
+        || (interactive
+            && {
+                eprint!(
+                    "No Prometheus found ({}).\nDownload Prometheus {} from its official release (SHA-256 checked)? [y/N] ",
+                    crate::install::search_description(),
+                    crate::install::PINNED_VERSION
+                );
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                matches!(line.trim(), "y" | "Y" | "yes")
+            });
+    if !agreed {
+        return Err(Hint::attach(
+            anyhow!(
+                "no Prometheus binary found (looked at {})",
+                crate::install::search_description()
+            ),
+            crate::install::instructions(),
+        ));
+    }
+    match rt.block_on(crate::install::download()) {
+        Ok(p) => Ok(p),
+        Err(download_err) => match crate::install::apt_install() {
+            Ok(p) => Ok(p),
+            Err(apt_err) => Err(Hint::attach(
+                anyhow!(
+                    "could not get Prometheus: download failed ({download_err:#}); {apt_err:#}"
+                ),
+                crate::install::instructions(),
+            )),
+        },
+    }
+}
+
+fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find the raywatch executable")?;
+    // Not daemon.log: rotation renames that file, and a panic written to the
+    // renamed file is lost after the next rotation.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.daemon_stderr())
+        .with_context(|| format!("cannot open {}", escape::path(&home.daemon_stderr())))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--home")
+        .arg(home.root())
+        .args(["daemon", "--log-file"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the daemon gets its own session.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn().context("cannot start the raywatch daemon")
+}
+
+async fn wait_ready(home: &Home, child: &mut std::process::Child) -> Result<StatusReport> {
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message("waiting for Prometheus to be ready");
+        s.enable_steady_tick(Duration::from_millis(100));
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let result = loop {
+        if let Ok(report) = fetch_status(home).await {
+            if report.prometheus.ready {
+                break Ok(report);
+            }
+            if report.prometheus.child.crash_loop {
+                let held = report
+                    .prometheus
+                    .listener_problem
+                    .map(|p| format!("\n{p}"))
+                    .unwrap_or_default();
+                break Err(anyhow::anyhow!(
+                    "Prometheus keeps exiting ({}); see {}{held}",
+                    report.prometheus.child.last_exit.unwrap_or_default(),
+                    escape::path(&home.prometheus_log())
+                ));
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // Lost a race with another `up` on this home: that daemon may be the one.
+            if let Ok(report) = fetch_status(home).await {
+                break Ok(report);
+            }
+            break Err(anyhow::anyhow!(
+                "the raywatch daemon exited ({status}):\n{}\n{}",
+                tail(&home.daemon_log(), 10),
+                tail(&home.daemon_stderr(), 10)
+            ));
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow::anyhow!(
+                "Prometheus was not ready within 90 s; see {} and {}",
+                escape::path(&home.daemon_log()),
+                escape::path(&home.prometheus_log())
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    result
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
