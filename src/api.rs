@@ -3,10 +3,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use axum::body::Bytes;
+pub use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -128,38 +126,46 @@ async fn call_untimed(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<(u16, Bytes)> {
-    let stream = match tokio::net::UnixStream::connect(socket).await {
-        Ok(s) => s,
-        Err(cause) => {
-            return Err(NotRunning {
-                socket: socket.display().to_string(),
-                cause,
+    // reqwest over the Unix socket; the host name is only for the request line.
+    let client = reqwest::Client::builder()
+        .unix_socket(socket)
+        .build()
+        .context("cannot build the control client")?;
+    let resp = client
+        .request(method, format!("http://raywatch{path}"))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.unwrap_or_default())
+        .send()
+        .await
+        .map_err(|e| -> anyhow::Error {
+            if e.is_connect() {
+                NotRunning {
+                    socket: socket.display().to_string(),
+                    cause: io_cause(&e),
+                }
+                .into()
+            } else {
+                anyhow::Error::new(e).context("the daemon did not answer")
             }
-            .into());
-        }
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("cannot talk HTTP to the daemon")?;
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "raywatch")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .context("the daemon did not answer")?;
+        })?;
     let status = resp.status().as_u16();
     let bytes = resp
-        .into_body()
-        .collect()
+        .bytes()
         .await
-        .context("the daemon's answer broke off")?
-        .to_bytes();
+        .context("the daemon's answer broke off")?;
     Ok((status, bytes))
+}
+
+/// The operating system's error behind a failed connect, for the message.
+fn io_cause(e: &reqwest::Error) -> std::io::Error {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return std::io::Error::new(io.kind(), io.to_string());
+        }
+        source = s.source();
+    }
+    std::io::Error::other(e.to_string())
 }
 
 /// Sends a request and decodes a JSON answer, turning error answers into errors.

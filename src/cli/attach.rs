@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::api::Method;
 use anyhow::{Context, Result};
-use hyper::Method;
 
 use super::{Exit, call_daemon, runtime};
 use crate::api::{AttachRequest, AttachResponse, DetachRequest};

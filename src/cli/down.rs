@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use crate::api::Method;
 use anyhow::{Context, Result};
-use hyper::Method;
 
 use super::{Exit, lock_home, runtime};
 use crate::api;

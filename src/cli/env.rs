@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::api::Method;
 use anyhow::{Context, Result, anyhow};
-use hyper::Method;
 
 use super::{Exit, Hint, call_daemon, fetch_status, runtime};
 use crate::api::{AttachRequest, AttachResponse};
@@ -14,7 +14,7 @@ use crate::home::Home;
 pub(super) fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) -> Result<Exit> {
     let rt = runtime()?;
     let report = rt.block_on(fetch_status(home))?;
-    let temp_dir = std::path::absolute(temp_dir.unwrap_or_else(ray_default_temp_dir))?;
+    let temp_dir = std::path::absolute(temp_dir.unwrap_or_else(crate::ray::default_temp_dir))?;
     if let Some(n) = &name {
         crate::registry::validate_name(n).map_err(|e| anyhow!("{e}"))?;
     }
@@ -112,11 +112,4 @@ pub(super) fn env(home: &Home, temp_dir: Option<PathBuf>, name: Option<String>) 
 /// Quotes a value for POSIX sh.
 fn sh_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
-}
-
-fn ray_default_temp_dir() -> PathBuf {
-    let base = std::env::var_os("RAY_TMPDIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from);
-    base.unwrap_or_else(|| PathBuf::from("/tmp")).join("ray")
 }

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::api::Method;
 use anyhow::{Context, Result, anyhow};
 use clap::Parser;
-use hyper::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

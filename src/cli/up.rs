@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::api::Method;
 use anyhow::{Context, Result, anyhow};
-use hyper::Method;
 
 use super::args::UpArgs;
 use super::{Exit, Hint, call_daemon, fetch_status, init_logging, lock_home, runtime};
@@ -80,10 +80,8 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     config.prometheus_port_auto = auto;
     config.grafana_bin = grafana_bin;
     config.grafana_port = grafana_port;
-    config.prometheus_name = std::env::var("RAY_PROMETHEUS_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "Prometheus".into());
+    config.prometheus_name =
+        crate::env::ray_prometheus_name().unwrap_or_else(|| "Prometheus".into());
     apply_settings(&args, &mut config)?;
     config.save(&home.config())?;
     if args.foreground {
