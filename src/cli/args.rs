@@ -34,7 +34,7 @@ pub struct Global {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start the stack (Prometheus and the discovery daemon); on a running stack, apply changed settings.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Stop the stack started by `up`; keeps its data unless --purge.
     Down {
         /// Also delete the home folder: data, targets, secrets and logs.
@@ -96,6 +96,23 @@ pub enum Command {
     /// zsh:  raywatch completions zsh > ~/.zfunc/_raywatch   (a folder on your $fpath)
     ///
     /// fish: raywatch completions fish > ~/.config/fish/completions/raywatch.fish
+    /// Print the scrape config a central Prometheus or vmagent uses to discover
+    /// the clusters of hosts running `raywatch up --sd-listen`.
+    FleetConfig {
+        /// A host's http_sd endpoint, HOST:PORT (repeatable).
+        #[arg(long = "host", value_name = "HOST:PORT", required = true)]
+        hosts: Vec<String>,
+        /// Where the central side keeps a copy of the hosts' sd-token.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/prometheus/raywatch-sd-token"
+        )]
+        token_file: PathBuf,
+        /// The hosts serve https (--sd-tls-cert).
+        #[arg(long)]
+        tls: bool,
+    },
     Completions {
         /// The shell to complete for.
         shell: CompletionShell,
@@ -202,4 +219,61 @@ pub struct UpArgs {
     /// Also follow discovery files owned by this uid (repeatable).
     #[arg(long, value_name = "UID", help_heading = "Discovery")]
     pub trust_uid: Vec<u32>,
+    /// Also send every sample to this remote-write URL (repeatable; replaces the saved list).
+    #[arg(long, value_name = "URL", help_heading = "Fleet")]
+    pub remote_write: Vec<String>,
+    /// A file with the bearer token for the --remote-write URLs given with it.
+    #[arg(long, value_name = "FILE", help_heading = "Fleet")]
+    pub remote_write_bearer_file: Option<PathBuf>,
+    /// A file with `user:password` for the --remote-write URLs given with it.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Fleet",
+        conflicts_with = "remote_write_bearer_file"
+    )]
+    pub remote_write_basic_auth_file: Option<PathBuf>,
+    /// A CA bundle (PEM) for https --remote-write URLs.
+    #[arg(long, value_name = "FILE", help_heading = "Fleet")]
+    pub remote_write_ca_file: Option<PathBuf>,
+    /// Stop sending to the remote-write URLs saved earlier.
+    #[arg(long, help_heading = "Fleet", conflicts_with = "remote_write")]
+    pub no_remote_write: bool,
+    /// Run Prometheus as an agent: WAL only, no local queries (needs --remote-write).
+    #[arg(long, help_heading = "Fleet", overrides_with = "no_agent")]
+    pub agent: bool,
+    /// Run Prometheus with its local TSDB again (the default).
+    #[arg(long, help_heading = "Fleet")]
+    pub no_agent: bool,
+    /// The `ray_host` label of every series leaving this host [default: the short host name]
+    #[arg(long, value_name = "NAME", help_heading = "Fleet")]
+    pub host_label: Option<String>,
+    /// The central store's Prometheus-compatible API, for `raywatch query` in agent mode.
+    #[arg(long, value_name = "URL", help_heading = "Fleet")]
+    pub query_url: Option<String>,
+    /// A file with the bearer token for --query-url.
+    #[arg(long, value_name = "FILE", help_heading = "Fleet")]
+    pub query_bearer_file: Option<PathBuf>,
+    /// Serve every cluster's targets in http_sd format at GET /sd on ADDR:PORT (bearer token).
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Fleet")]
+    pub sd_listen: Option<String>,
+    /// Stop serving http_sd (the default).
+    #[arg(long, help_heading = "Fleet", conflicts_with = "sd_listen")]
+    pub no_sd_listen: bool,
+    /// TLS certificate chain (PEM) for --sd-listen.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Fleet",
+        requires = "sd_tls_key"
+    )]
+    pub sd_tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --sd-listen.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "Fleet",
+        requires = "sd_tls_cert"
+    )]
+    pub sd_tls_key: Option<PathBuf>,
 }

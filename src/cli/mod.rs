@@ -24,6 +24,7 @@ mod completions;
 mod down;
 mod env;
 mod error;
+mod fleet;
 mod grafana;
 mod open;
 mod query;
@@ -75,7 +76,7 @@ fn run(cli: Cli) -> Result<Exit> {
     // where $HOME is unset (packaging, containers).
     let home = || Home::resolve(cli.global.home.clone());
     match cli.command {
-        Command::Up(args) => up::up(&home()?, args),
+        Command::Up(args) => up::up(&home()?, *args),
         Command::Down { purge } => down::down(&home()?, purge),
         Command::Status { json } => status::status(&home()?, json),
         Command::Query { promql, json } => query::query(&home()?, &promql, json),
@@ -85,6 +86,11 @@ fn run(cli: Cli) -> Result<Exit> {
         Command::Open { name } => open::open(&home()?, &name),
         Command::Grafana(GrafanaCommand::Dir) => grafana::dir(&home()?),
         Command::Completions { shell } => completions::completions(shell),
+        Command::FleetConfig {
+            hosts,
+            token_file,
+            tls,
+        } => fleet::fleet_config(&hosts, &token_file, tls),
         Command::Bench(command) => bench::bench(command),
         Command::Daemon { log_file } => {
             let home = home()?;

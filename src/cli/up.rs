@@ -9,6 +9,7 @@ use crate::api::Method;
 use anyhow::{Context, Result, anyhow};
 
 use super::args::UpArgs;
+use super::error::HintExt;
 use super::{Exit, Hint, call_daemon, fetch_status, init_logging, lock_home, runtime};
 use crate::config::StackConfig;
 use crate::escape;
@@ -180,6 +181,7 @@ fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     if !args.trust_uid.is_empty() {
         base.trust_uids = args.trust_uid.clone();
     }
+    apply_fleet(args, base)?;
     if !args.watch.is_empty() {
         let mut watch = Vec::new();
         for w in &args.watch {
@@ -196,6 +198,134 @@ fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
             watch.push(abs);
         }
         base.watch = watch;
+    }
+    Ok(())
+}
+
+/// An absolute path to a credentials file that exists (its content is read
+/// by Prometheus or at `up`, never printed).
+fn credential_file(flag: &str, p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).with_context(|| format!("{flag} {}", escape::path(p)))?;
+    if !abs.is_file() {
+        return Err(anyhow::anyhow!(
+            "{flag} {} is not a file",
+            escape::path(&abs)
+        ))
+        .hint("give the path of a file that holds the credential (never the credential itself)");
+    }
+    Ok(abs)
+}
+
+/// An http(s) URL without credentials in it.
+fn checked_url(flag: &str, url: &str) -> Result<String> {
+    let ok_scheme = url.starts_with("http://") || url.starts_with("https://");
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or("");
+    let host_part = rest.split('/').next().unwrap_or("");
+    if !ok_scheme || host_part.is_empty() {
+        return Err(anyhow::anyhow!(
+            "{flag} {url:?} is not an http:// or https:// URL"
+        ));
+    }
+    if host_part.contains('@') {
+        return Err(anyhow::anyhow!(
+            "{flag}: the URL carries credentials (user:password@), which would end up in files and logs"
+        ))
+        .hint("put them in a file and pass --remote-write-basic-auth-file or --remote-write-bearer-file");
+    }
+    Ok(url.to_string())
+}
+
+/// The fleet settings (remote write, agent mode, host label, central query, http_sd).
+fn apply_fleet(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
+    use crate::config::RemoteWrite;
+    if args.no_remote_write {
+        base.remote_write.clear();
+    }
+    if !args.remote_write.is_empty() {
+        let bearer = args
+            .remote_write_bearer_file
+            .as_deref()
+            .map(|p| credential_file("--remote-write-bearer-file", p))
+            .transpose()?;
+        let basic = args
+            .remote_write_basic_auth_file
+            .as_deref()
+            .map(|p| credential_file("--remote-write-basic-auth-file", p))
+            .transpose()?;
+        let ca = args
+            .remote_write_ca_file
+            .as_deref()
+            .map(|p| credential_file("--remote-write-ca-file", p))
+            .transpose()?;
+        base.remote_write = args
+            .remote_write
+            .iter()
+            .map(|u| {
+                Ok(RemoteWrite {
+                    url: checked_url("--remote-write", u)?,
+                    bearer_file: bearer.clone(),
+                    basic_auth_file: basic.clone(),
+                    ca_file: ca.clone(),
+                })
+            })
+            .collect::<Result<_>>()?;
+    } else if args.remote_write_bearer_file.is_some()
+        || args.remote_write_basic_auth_file.is_some()
+        || args.remote_write_ca_file.is_some()
+    {
+        return Err(anyhow::anyhow!(
+            "--remote-write-*-file applies to the --remote-write URLs given with it"
+        ))
+        .hint("repeat the --remote-write URL(s) with the credential flag");
+    }
+    if args.agent {
+        base.agent = true;
+    }
+    if args.no_agent {
+        base.agent = false;
+    }
+    if base.agent && base.remote_write.is_empty() {
+        return Err(anyhow::anyhow!(
+            "--agent keeps no local data: it needs at least one --remote-write URL to send it to"
+        ))
+        .hint("add --remote-write URL, or drop --agent");
+    }
+    if let Some(h) = &args.host_label {
+        let ok = !h.is_empty()
+            && h.len() <= 128
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return Err(anyhow::anyhow!(
+                "--host-label {h:?}: use letters, digits, '-', '_' or '.' (at most 128)"
+            ));
+        }
+        base.host_label = Some(h.clone());
+    }
+    if let Some(u) = &args.query_url {
+        base.query_url = Some(
+            checked_url("--query-url", u)?
+                .trim_end_matches('/')
+                .to_string(),
+        );
+    }
+    if let Some(f) = &args.query_bearer_file {
+        base.query_bearer_file = Some(credential_file("--query-bearer-file", f)?);
+    }
+    if args.no_sd_listen {
+        base.sd_listen = None;
+        base.sd_tls_cert = None;
+        base.sd_tls_key = None;
+    }
+    if let Some(addr) = &args.sd_listen {
+        addr.parse::<std::net::SocketAddr>().map_err(|_| {
+            anyhow::anyhow!("--sd-listen {addr:?} is not ADDR:PORT (e.g. 0.0.0.0:9464)")
+        })?;
+        base.sd_listen = Some(addr.clone());
+    }
+    if let (Some(c), Some(k)) = (&args.sd_tls_cert, &args.sd_tls_key) {
+        base.sd_tls_cert = Some(credential_file("--sd-tls-cert", c)?);
+        base.sd_tls_key = Some(credential_file("--sd-tls-key", k)?);
     }
     Ok(())
 }

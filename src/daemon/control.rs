@@ -164,9 +164,13 @@ async fn config_handler(
         || wanted.prometheus_bin != old.prometheus_bin
         || wanted.grafana_port != old.grafana_port
         || wanted.grafana_bin != old.grafana_bin
+        || wanted.sd_listen != old.sd_listen
+        || wanted.sd_tls_cert != old.sd_tls_cert
+        || wanted.sd_tls_key != old.sd_tls_key
     {
         return Err(bad(
-            "ports and binaries change only on a fresh start (raywatch down, then up)".into(),
+            "ports, binaries and --sd-listen change only on a fresh start (raywatch down, then up)"
+                .into(),
         ));
     }
     // Validated before anything is replaced: a bad config keeps the last good one.
@@ -209,6 +213,27 @@ async fn config_handler(
         old.grafana_anonymous.to_string(),
         wanted.grafana_anonymous.to_string(),
     );
+    let urls = |c: &StackConfig| {
+        c.remote_write
+            .iter()
+            .map(|r| crate::remote_write::redact(&r.url))
+            .collect::<Vec<_>>()
+    };
+    note(
+        "remote write",
+        format!("{:?}", urls(&old)),
+        format!("{:?}", urls(&wanted)),
+    );
+    note("agent", old.agent.to_string(), wanted.agent.to_string());
+    note("ray_host", old.ray_host(), wanted.ray_host());
+    note(
+        "query url",
+        format!("{:?}", old.query_url),
+        format!("{:?}", wanted.query_url),
+    );
+    let reload = wanted.scrape_interval != old.scrape_interval
+        || wanted.remote_write != old.remote_write
+        || wanted.ray_host() != old.ray_host();
 
     shared.settings.send_replace(wanted.clone());
     core.registry.set_liveness(wanted.liveness);
@@ -220,10 +245,10 @@ async fn config_handler(
         .collect();
     core.full_scan();
     drop(core);
-    if wanted.retention != old.retention {
+    if wanted.retention != old.retention || wanted.agent != old.agent {
         shared.prometheus.restart();
-        changes.push("Prometheus restarted (retention is a flag)".into());
-    } else if wanted.scrape_interval != old.scrape_interval {
+        changes.push("Prometheus restarted (retention and agent mode are flags)".into());
+    } else if reload {
         shared.prometheus.signal(nix::sys::signal::Signal::SIGHUP);
         changes.push("Prometheus reloaded (SIGHUP)".into());
     }
