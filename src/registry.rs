@@ -40,6 +40,9 @@ pub struct Cluster {
     pub last_change: Instant,
     pub last_change_wall: SystemTime,
     pub state: State,
+    /// The Slurm job its head runs in: None until looked up, then Some(None)
+    /// when it runs in none.
+    pub slurm: Option<Option<crate::slurm::SlurmJob>>,
 }
 
 impl Cluster {
@@ -238,6 +241,7 @@ impl Registry {
             last_change: now,
             last_change_wall: wall,
             state,
+            slurm: None,
         };
         let live = cluster.is_live();
         self.generation += 1;
@@ -310,6 +314,23 @@ impl Registry {
                 Change::Died(c.name.clone(), reason)
             }
             _ => Change::None,
+        }
+    }
+
+    /// Live clusters whose Slurm job was not looked up yet.
+    pub fn slurm_unknown(&self) -> Vec<(PathBuf, String, u32)> {
+        self.clusters
+            .values()
+            .filter(|c| c.is_live() && c.slurm.is_none())
+            .map(|c| (c.found.file.clone(), c.found.session.clone(), c.uid))
+            .collect()
+    }
+
+    /// Records a cluster's Slurm job (once per session).
+    pub fn set_slurm(&mut self, file: &Path, job: Option<crate::slurm::SlurmJob>) {
+        if let Some(c) = self.clusters.get_mut(file) {
+            c.slurm = Some(job);
+            self.generation += 1;
         }
     }
 
@@ -433,7 +454,7 @@ impl Registry {
 
 /// The labels every target of a cluster carries.
 pub fn labels(c: &Cluster) -> BTreeMap<&'static str, String> {
-    BTreeMap::from([
+    let mut labels = BTreeMap::from([
         ("ray_io_cluster", c.name.clone()),
         ("ray_session", c.found.session.clone()),
         (
@@ -441,7 +462,14 @@ pub fn labels(c: &Cluster) -> BTreeMap<&'static str, String> {
             c.found.temp_dir.to_string_lossy().into_owned(),
         ),
         ("ray_user", c.user.clone()),
-    ])
+    ]);
+    if let Some(Some(job)) = &c.slurm {
+        labels.insert("slurm_job_id", job.id.clone());
+        if let Some(name) = &job.name {
+            labels.insert("slurm_job_name", name.clone());
+        }
+    }
+    labels
 }
 
 /// `<user>-<temp dir name>` (`alice-ray_alice`), or the name given at attach.

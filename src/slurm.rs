@@ -16,8 +16,10 @@ pub struct SlurmJob {
     pub name: Option<String>,
 }
 
-/// The job of the session `session`, from a process of `uid` that belongs to it.
-pub fn job_of_session(session: &str, uid: u32) -> Option<SlurmJob> {
+/// The job of the session `session`, from a process of `uid` that belongs to
+/// it: `None` when no such process was found (look again later), `Some(None)`
+/// when it runs outside Slurm.
+pub fn lookup(session: &str, uid: u32) -> Option<Option<SlurmJob>> {
     let all = ::procfs::process::all_processes().ok()?;
     for p in all.flatten() {
         if p.uid().ok() != Some(uid) {
@@ -30,7 +32,40 @@ pub fn job_of_session(session: &str, uid: u32) -> Option<SlurmJob> {
             continue;
         };
         let id = env.get(OsStr::new("SLURM_JOB_ID")).and_then(|v| v.to_str());
-        return id.filter(|v| valid_id(v)).map(|id| SlurmJob {
+        return Some(id.filter(|v| valid_id(v)).map(|id| {
+            SlurmJob {
+                id: id.to_string(),
+                name: env
+                    .get(OsStr::new("SLURM_JOB_NAME"))
+                    .and_then(|v| v.to_str())
+                    .filter(|v| valid_name(v))
+                    .map(str::to_string),
+            }
+        }));
+    }
+    None
+}
+
+/// [`lookup`] for several sessions in one pass over /proc: the sessions a
+/// process was found for, each with its job (or None outside Slurm).
+pub fn lookup_many(
+    wanted: &std::collections::HashSet<(String, u32)>,
+) -> std::collections::HashMap<String, Option<SlurmJob>> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(all) = ::procfs::process::all_processes() else {
+        return out;
+    };
+    for p in all.flatten() {
+        let Ok(uid) = p.uid() else { continue };
+        let Some(session) = crate::process::ray_session_of(p.pid as u32) else {
+            continue;
+        };
+        if out.contains_key(&session) || !wanted.contains(&(session.clone(), uid)) {
+            continue;
+        }
+        let Ok(env) = p.environ() else { continue };
+        let id = env.get(OsStr::new("SLURM_JOB_ID")).and_then(|v| v.to_str());
+        let job = id.filter(|v| valid_id(v)).map(|id| SlurmJob {
             id: id.to_string(),
             name: env
                 .get(OsStr::new("SLURM_JOB_NAME"))
@@ -38,8 +73,14 @@ pub fn job_of_session(session: &str, uid: u32) -> Option<SlurmJob> {
                 .filter(|v| valid_name(v))
                 .map(str::to_string),
         });
+        out.insert(session, job);
     }
-    None
+    out
+}
+
+/// The job of the session `session`, if a process of it runs in one.
+pub fn job_of_session(session: &str, uid: u32) -> Option<SlurmJob> {
+    lookup(session, uid).flatten()
 }
 
 /// `4242`, or an array task's `4242_7`.

@@ -44,7 +44,12 @@ pub struct Core {
     pub warned: BTreeSet<String>,
     /// Aged attribution answers are re-checked at this pace even when nothing changed.
     pub last_contest_check: Instant,
+    /// Ticks spent looking for a new cluster's process (for its Slurm job).
+    pub slurm_tries: HashMap<PathBuf, u32>,
 }
+
+/// How many times raywatch looks for a new cluster's process.
+const SLURM_TRIES: u32 = 10;
 
 impl Core {
     fn trusted(&self) -> impl Fn(u32) -> bool + '_ {
@@ -77,6 +82,36 @@ impl Core {
             locals: crate::ports::local_addresses(),
             warned: BTreeSet::new(),
             last_contest_check: Instant::now(),
+            slurm_tries: HashMap::new(),
+        }
+    }
+
+    /// The Slurm job of new live clusters, from a process of their session (one
+    /// pass over /proc for all of them); a cluster whose head is not found
+    /// after [`SLURM_TRIES`] looks (a remote head, a synthetic file) gets none.
+    fn look_up_slurm(&mut self) {
+        let unknown = self.registry.slurm_unknown();
+        if unknown.is_empty() {
+            return;
+        }
+        let wanted: std::collections::HashSet<(String, u32)> =
+            unknown.iter().map(|(_, s, u)| (s.clone(), *u)).collect();
+        let found = crate::slurm::lookup_many(&wanted);
+        for (file, session, _) in unknown {
+            match found.get(&session) {
+                Some(job) => {
+                    self.slurm_tries.remove(&file);
+                    self.registry.set_slurm(&file, job.clone());
+                }
+                None => {
+                    let tries = self.slurm_tries.entry(file.clone()).or_default();
+                    *tries += 1;
+                    if *tries >= SLURM_TRIES {
+                        self.slurm_tries.remove(&file);
+                        self.registry.set_slurm(&file, None);
+                    }
+                }
+            }
         }
     }
 
@@ -357,6 +392,9 @@ impl Core {
     /// Writes the target files when anything they depend on changed (or a
     /// previous write failed); returns contested endpoints to resolve.
     pub fn publish(&mut self) -> Vec<(String, Vec<String>)> {
+        // Before a new cluster is first published, so its series carry the
+        // Slurm labels from their first sample.
+        self.look_up_slurm();
         let now = Instant::now();
         if self.registry.generation() != self.published.0
             || now.duration_since(self.last_verify) >= Duration::from_secs(1)
