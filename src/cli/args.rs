@@ -102,11 +102,12 @@ pub enum Command {
         /// A host's http_sd endpoint, HOST:PORT (repeatable).
         #[arg(long = "host", value_name = "HOST:PORT", required = true)]
         hosts: Vec<String>,
-        /// Where the central side keeps a copy of the hosts' sd-token.
+        /// Where the central side keeps a copy of each host's sd-token; `{host}`
+        /// is replaced by the host (each host has its own token).
         #[arg(
             long,
             value_name = "FILE",
-            default_value = "/etc/prometheus/raywatch-sd-token"
+            default_value = "/etc/prometheus/raywatch-sd-{host}.token"
         )]
         token_file: PathBuf,
         /// The hosts serve https (--sd-tls-cert).

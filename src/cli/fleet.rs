@@ -63,7 +63,10 @@ pub fn config(hosts: &[String], token_file: &Path, tls: bool) -> Result<String> 
                     refresh_interval: "15s".into(),
                     authorization: Authorization {
                         kind: "Bearer".into(),
-                        credentials_file: token_file.display().to_string(),
+                        credentials_file: token_file.display().to_string().replace(
+                            "{host}",
+                            h.rsplit_once(':').map_or(h.as_str(), |(host, _)| host),
+                        ),
                     },
                     tls_config: tls.then(|| Tls {
                         ca_file: "/etc/prometheus/raywatch-ca.pem".into(),
@@ -74,7 +77,7 @@ pub fn config(hosts: &[String], token_file: &Path, tls: bool) -> Result<String> 
     };
     Ok(format!(
         "# raywatch fleet-config: every Ray cluster of {} host(s), by http_sd.\n\
-         # Copy each host's <home>/secrets/sd-token to {} (0600).\n{}",
+         # Copy each host's <home>/secrets/sd-token to {} (0600; {{host}}: the host).\n{}",
         hosts.len(),
         token_file.display(),
         serde_yaml_ng::to_string(&fleet)?
