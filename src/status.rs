@@ -171,6 +171,26 @@ pub fn render(r: &StatusReport) -> String {
     let _ = writeln!(out, "raywatch stack at {}", escape::path(&r.home));
     let _ = writeln!(out, "  daemon      pid {}", r.daemon.pid);
     out.push_str(&stack_lines(r, false));
+    if p.mode == "agent" {
+        let _ = writeln!(
+            out,
+            "              agent mode: no local data; `raywatch query` asks --query-url"
+        );
+    }
+    for rw in &r.remote_write {
+        let _ = writeln!(
+            out,
+            "  remote write {}  sent {:.0}, failed {:.0}, retried {:.0}{}",
+            escape::text(&rw.url),
+            rw.samples_sent,
+            rw.samples_failed,
+            rw.samples_retried,
+            rw.last_error
+                .as_deref()
+                .map(|e| format!("\n              FAILING: {}", escape::text(e)))
+                .unwrap_or_default()
+        );
+    }
     if r.watch.foreign_session_dirs > 0 {
         let _ = writeln!(
             out,

@@ -4,6 +4,7 @@ mod attacks;
 mod cli;
 mod discovery;
 mod escapes;
+mod fleet;
 mod grafana;
 mod ray;
 mod reliability;
