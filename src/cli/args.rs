@@ -86,16 +86,6 @@ pub enum Command {
         /// The cluster's name in `raywatch status`.
         name: String,
     },
-    /// Grafana helpers.
-    #[command(subcommand)]
-    Grafana(GrafanaCommand),
-    /// Print the shell completion script for bash, zsh or fish.
-    ///
-    /// bash: raywatch completions bash > ~/.local/share/bash-completion/completions/raywatch
-    ///
-    /// zsh:  raywatch completions zsh > ~/.zfunc/_raywatch   (a folder on your $fpath)
-    ///
-    /// fish: raywatch completions fish > ~/.config/fish/completions/raywatch.fish
     /// Print the scrape config a central Prometheus or vmagent uses to discover
     /// the clusters of hosts running `raywatch up --sd-listen`.
     FleetConfig {
@@ -114,6 +104,16 @@ pub enum Command {
         #[arg(long)]
         tls: bool,
     },
+    /// Grafana helpers.
+    #[command(subcommand)]
+    Grafana(GrafanaCommand),
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// bash: raywatch completions bash > ~/.local/share/bash-completion/completions/raywatch
+    ///
+    /// zsh:  raywatch completions zsh > ~/.zfunc/_raywatch   (a folder on your $fpath)
+    ///
+    /// fish: raywatch completions fish > ~/.config/fish/completions/raywatch.fish
     Completions {
         /// The shell to complete for.
         shell: CompletionShell,

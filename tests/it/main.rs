@@ -9,4 +9,5 @@ mod grafana;
 mod ray;
 mod reliability;
 mod security;
+mod snapshots;
 mod support;

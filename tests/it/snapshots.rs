@@ -1,0 +1,80 @@
+//! Snapshots (insta) of what people read: `--help`, human `status`, `env`; homes, ports and pids filtered.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Filters for what changes from run to run: the scratch folders, ports, pids, the user.
+fn filters(stack: &Stack) -> Vec<(String, String)> {
+    let scratch = stack.home.parent().unwrap().display().to_string();
+    vec![
+        (regex_escape(&scratch), "[scratch]".into()),
+        (format!(r"\b{}\b", regex_escape(&user())), "[user]".into()),
+        (r"127\.0\.0\.1:\d+".into(), "127.0.0.1:[port]".into()),
+        (r"pid \d+".into(), "pid [pid]".into()),
+        (r"'\d{4,5}'".into(), "'[port]'".into()),
+        (r"-L \d+:".into(), "-L [port]:".into()),
+        (r"(?m)@\S+$".into(), "@[host]".into()),
+    ]
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if "\\.+*?()|[]{}^$#&-~".contains(c) {
+                format!("\\{c}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn with_filters(f: Vec<(String, String)>, check: impl FnOnce()) {
+    let mut settings = insta::Settings::clone_current();
+    for (re, to) in f {
+        settings.add_filter(&re, to);
+    }
+    settings.bind(check);
+}
+
+#[test]
+fn help_texts() {
+    for args in [&["--help"][..], &["up", "--help"], &["env", "--help"]] {
+        let out = std::process::Command::new(raywatch_bin())
+            .args(args)
+            .env("COLUMNS", "100")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let name = format!(
+            "help-{}",
+            args.join("-").trim_start_matches('-').replace("--", "")
+        );
+        insta::assert_snapshot!(name, String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+#[test]
+fn human_status_and_env() {
+    let (stack, root) = Stack::watching("ray_snap", &[]);
+    let _head = FakeHead::start(
+        &root,
+        "session_2026-01-01_00-00-00_000001_7",
+        vec!["127.0.0.1:7".into()],
+    );
+    let name = format!("{}-ray_snap", user());
+    wait_for("the cluster, scraped", Duration::from_secs(30), || {
+        let st = stack.status();
+        let c = st["clusters"].as_array()?.first()?.clone();
+        (c["name"] == name.as_str() && c["targets"][0]["health"] != "unknown").then_some(())
+    });
+    let status = stack.run(&["status"]);
+    assert!(status.status.success());
+    let env = stack.run(&["env", "--temp-dir", root.join("next").to_str().unwrap()]);
+    assert!(env.status.success());
+    with_filters(filters(&stack), || {
+        insta::assert_snapshot!("status", String::from_utf8_lossy(&status.stdout));
+        insta::assert_snapshot!("env", String::from_utf8_lossy(&env.stdout));
+    });
+}
