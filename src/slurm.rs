@@ -16,38 +16,9 @@ pub struct SlurmJob {
     pub name: Option<String>,
 }
 
-/// The job of the session `session`, from a process of `uid` that belongs to
-/// it: `None` when no such process was found (look again later), `Some(None)`
-/// when it runs outside Slurm.
-pub fn lookup(session: &str, uid: u32) -> Option<Option<SlurmJob>> {
-    let all = ::procfs::process::all_processes().ok()?;
-    for p in all.flatten() {
-        if p.uid().ok() != Some(uid) {
-            continue;
-        }
-        if crate::process::ray_session_of(p.pid as u32).as_deref() != Some(session) {
-            continue;
-        }
-        let Ok(env) = p.environ() else {
-            continue;
-        };
-        let id = env.get(OsStr::new("SLURM_JOB_ID")).and_then(|v| v.to_str());
-        return Some(id.filter(|v| valid_id(v)).map(|id| {
-            SlurmJob {
-                id: id.to_string(),
-                name: env
-                    .get(OsStr::new("SLURM_JOB_NAME"))
-                    .and_then(|v| v.to_str())
-                    .filter(|v| valid_name(v))
-                    .map(str::to_string),
-            }
-        }));
-    }
-    None
-}
-
-/// [`lookup`] for several sessions in one pass over /proc: the sessions a
-/// process was found for, each with its job (or None outside Slurm).
+/// The Slurm jobs of several sessions `(session, uid)`, in one pass over
+/// /proc: for each session a process of that uid was found for, its job (None
+/// outside Slurm). A session missing from the answer had no process yet.
 pub fn lookup_many(
     wanted: &std::collections::HashSet<(String, u32)>,
 ) -> std::collections::HashMap<String, Option<SlurmJob>> {
@@ -78,11 +49,6 @@ pub fn lookup_many(
     out
 }
 
-/// The job of the session `session`, if a process of it runs in one.
-pub fn job_of_session(session: &str, uid: u32) -> Option<SlurmJob> {
-    lookup(session, uid).flatten()
-}
-
 /// `4242`, or an array task's `4242_7`.
 pub fn valid_id(v: &str) -> bool {
     !v.is_empty()
@@ -109,27 +75,28 @@ mod tests {
             .spawn()
             .unwrap();
         let me = nix::unistd::geteuid().as_raw();
+        let ask = |uid: u32| {
+            let wanted = std::collections::HashSet::from([("session_unit_4242".to_string(), uid)]);
+            lookup_many(&wanted).remove("session_unit_4242")
+        };
         let mut job = None;
         for _ in 0..50 {
-            job = job_of_session("session_unit_4242", me);
+            job = ask(me);
             if job.is_some() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        let other = ask(me + 1);
         let _ = child.kill();
         let _ = child.wait();
+        assert_eq!(other, None, "other uids' processes are not read");
         assert_eq!(
             job,
-            Some(SlurmJob {
+            Some(Some(SlurmJob {
                 id: "4242".into(),
                 name: Some("train".into())
-            })
-        );
-        assert_eq!(
-            job_of_session("session_unit_4242", me + 1),
-            None,
-            "other uids are not read"
+            }))
         );
         assert!(valid_id("4242_7") && !valid_id("42; rm") && !valid_id(""));
         assert!(!valid_name("a\u{1b}]0;x"));

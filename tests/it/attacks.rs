@@ -622,16 +622,13 @@ fn a_squatted_metrics_port_is_never_scraped_under_a_cluster() {
     assert!(!String::from_utf8_lossy(&forged.stdout).contains("666"));
 }
 
-#[test]
-fn links_shared_roots_and_moved_files_make_no_phantom_cluster() {
-    let Some(other) = other_user() else { return };
-    let dir = open_scratch();
-    // $RAY_TMPDIR stands in for /tmp: sticky and world-writable, like it.
-    let parent = dir.path().join("tmp");
+/// A stack with the default roots, whose `$RAY_TMPDIR` is `<dir>/tmp`, made
+/// sticky and world-writable like /tmp: returns the stack and that folder.
+fn stack_with_tmpdir(dir: &Path) -> (Stack, PathBuf) {
+    let parent = dir.join("tmp");
     std::fs::create_dir(&parent).unwrap();
     std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let home = dir.path().join("home");
-    let stack = Stack::adopt(home.clone());
+    let stack = Stack::adopt(dir.join("home"));
     let out = stack
         .cmd()
         .env("RAY_TMPDIR", &parent)
@@ -643,6 +640,14 @@ fn links_shared_roots_and_moved_files_make_no_phantom_cluster() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (stack, parent)
+}
+
+#[test]
+fn links_shared_roots_and_moved_files_make_no_phantom_cluster() {
+    let Some(other) = other_user() else { return };
+    let dir = open_scratch();
+    let (stack, parent) = stack_with_tmpdir(dir.path());
 
     // The victim's cluster, rewriting every 5 s like Ray, in a world-writable root.
     let victim_root = parent.join("ray_victim");
@@ -759,22 +764,7 @@ fn another_users_folder_flood_costs_the_daemon_nothing() {
         return;
     };
     let dir = open_scratch();
-    let parent = dir.path().join("tmp");
-    std::fs::create_dir(&parent).unwrap();
-    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let home = dir.path().join("home");
-    let stack = Stack::adopt(home.clone());
-    let out = stack
-        .cmd()
-        .env("RAY_TMPDIR", &parent)
-        .args(["up", "--scrape-interval", "2s"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stack, parent) = stack_with_tmpdir(dir.path());
     let pid = daemon_pid(&stack);
 
     // 100 000 session folders in the other user's root, then 1000 renames a
