@@ -84,6 +84,9 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     config.prometheus_name =
         crate::env::ray_prometheus_name().unwrap_or_else(|| "Prometheus".into());
     apply_settings(&args, &mut config)?;
+    if config.agent {
+        check_agent_support(&config.prometheus_bin)?;
+    }
     config.save(&home.config())?;
     if args.foreground {
         // The daemon's own lock keeps it single; `down` must not wait on this one.
@@ -233,6 +236,21 @@ fn checked_url(flag: &str, url: &str) -> Result<String> {
         .hint("put them in a file and pass --remote-write-basic-auth-file or --remote-write-bearer-file");
     }
     Ok(url.to_string())
+}
+
+/// Agent mode exists since Prometheus 2.32: an older binary (such as the 2.28
+/// release `up --yes` downloads) is refused with the version it needs.
+fn check_agent_support(bin: &Path) -> Result<()> {
+    let (want_major, want_minor) = crate::prometheus::AGENT_SINCE;
+    match crate::prometheus::version(bin) {
+        Some((major, minor)) if (major, minor) >= (want_major, want_minor) => Ok(()),
+        found => Err(anyhow::anyhow!(
+            "--agent needs Prometheus {want_major}.{want_minor} or newer; {} is {}",
+            escape::path(bin),
+            found.map_or("of unknown version".to_string(), |(a, b)| format!("{a}.{b}"))
+        ))
+        .hint("install a newer Prometheus (e.g. apt-get install prometheus) and pass --prometheus-bin, or drop --agent"),
+    }
 }
 
 /// The fleet settings (remote write, agent mode, host label, central query, http_sd).

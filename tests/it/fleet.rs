@@ -579,3 +579,33 @@ fn a_central_prometheus_discovers_both_hosts_by_http_sd() {
     let _ = prom.kill();
     let _ = prom.wait();
 }
+
+#[test]
+fn agent_mode_names_the_prometheus_version_it_needs() {
+    let dir = scratch();
+    // A "Prometheus" older than agent mode (the release `up --yes` downloads is 2.28).
+    let old = dir.path().join("prometheus");
+    std::fs::write(
+        &old,
+        "#!/bin/sh\necho 'prometheus, version 2.28.1 (branch: HEAD, revision: b0944590)'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(raywatch_bin())
+        .env("RAYWATCH_HOME", dir.path().join("home"))
+        .args([
+            "up",
+            "--agent",
+            "--remote-write",
+            "http://127.0.0.1:9/api/v1/write",
+        ])
+        .arg("--prometheus-bin")
+        .arg(&old)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("2.32") && err.contains("2.28"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+}
