@@ -468,6 +468,7 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     lags.truncate(samples);
+    let floor = victoria_floor(&rt, &http, &vm, samples)?;
     // Context: what else this Prometheus sends, and its queue settings.
     let rate = rt
         .block_on(vm.query(
@@ -481,6 +482,7 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
         })
         .and_then(|s| s.parse::<f64>().ok());
     let queue = queue_config(&rt, &stack.home).unwrap_or_else(|e| format!("unknown ({e})"));
+    let within_1s = lags.iter().filter(|d| **d < Duration::from_secs(1)).count();
     println!("| path | samples | median | p95 | min | max |");
     println!("| --- | --- | --- | --- | --- | --- |");
     println!(
@@ -491,7 +493,16 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
             0
         )
     );
+    println!(
+        "{}",
+        row(
+            "floor: a sample imported straight into VictoriaMetrics (/api/v1/import) → returned by /api/v1/export",
+            floor,
+            0
+        )
+    );
     println!();
+    println!("scraped → queryable under 1 s: {within_1s} of {samples} samples");
     println!(
         "distinct values among the timed samples: {} (one series, scraped every 1 s)",
         values.len()
@@ -510,6 +521,67 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
     }
     println!("queue_config (Prometheus' defaults, from /api/v1/status/config): {queue}");
     Ok(())
+}
+
+/// VictoriaMetrics' own share: a sample (timestamped now) imported straight
+/// into it, to the first export that returns it; `trials` times, each after a
+/// random 0–1 s pause (so the trials do not lock onto its flush ticks), after
+/// one untimed import that registers the series.
+fn victoria_floor(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    vm: &Victoria,
+    trials: usize,
+) -> Result<Vec<Duration>> {
+    const FLOOR: &str = "raywatch_bench_floor";
+    let mut out = Vec::new();
+    // The first import registers the series (slower, and not what is timed).
+    for i in 0..=trials {
+        let mut b = [0u8; 2];
+        std::io::Read::read_exact(&mut fs_err::File::open("/dev/urandom")?, &mut b)?;
+        std::thread::sleep(Duration::from_millis(
+            u64::from(u16::from_le_bytes(b)) % 1000,
+        ));
+        let ts = unix_ms() as i64;
+        let line =
+            format!(r#"{{"metric":{{"__name__":"{FLOOR}"}},"values":[{i}],"timestamps":[{ts}]}}"#);
+        let t0 = Instant::now();
+        rt.block_on(async {
+            http.post(format!("{}/api/v1/import", vm.url()))
+                .body(line)
+                .send()
+                .await?
+                .error_for_status()
+        })?;
+        let took = wait_for(
+            "an imported sample in VictoriaMetrics",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || {
+                let body = rt
+                    .block_on(async {
+                        http.get(format!("{}/api/v1/export", vm.url()))
+                            .query(&[
+                                ("match[]", FLOOR.to_string()),
+                                ("start", (ts / 1000 - 60).to_string()),
+                            ])
+                            .send()
+                            .await?
+                            .text()
+                            .await
+                    })
+                    .ok()?;
+                export_samples(&body)
+                    .iter()
+                    .any(|(t, _)| *t == ts)
+                    .then(|| t0.elapsed())
+            },
+        )?;
+        if i > 0 {
+            out.push(took);
+        }
+    }
+    Ok(out)
 }
 
 /// The first remote write's queue_config as the running Prometheus has it (defaults filled in).
