@@ -75,7 +75,7 @@ fn write_discovery(file: &Path, target: &str) -> Result<()> {
     Ok(())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
@@ -211,7 +211,7 @@ fn user() -> String {
 }
 
 /// CPU ticks (user + system) and RSS (KiB) and open fds of a process.
-fn sample(pid: u32) -> Result<(u64, u64, usize)> {
+pub(crate) fn sample(pid: u32) -> Result<(u64, u64, usize)> {
     let stat = fs_err::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();

@@ -12,6 +12,7 @@ pub mod api;
 pub mod atomic;
 pub mod attribution;
 pub mod bench;
+pub mod bench_fleet;
 pub mod cli;
 pub mod config;
 pub mod daemon;

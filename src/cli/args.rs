@@ -167,6 +167,35 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Remote-write lag: a sample's scrape to queryable in a local VictoriaMetrics.
+    FleetLag {
+        /// Samples to time (one series, scraped every 1 s).
+        #[arg(long, default_value_t = 60)]
+        samples: usize,
+    },
+    /// Prometheus' RSS and disk, full mode beside agent mode, both remote-writing.
+    Agent {
+        #[arg(long, default_value_t = 100)]
+        clusters: usize,
+        /// Gauges per synthetic cluster.
+        #[arg(long, default_value_t = 200)]
+        series: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        scrape_interval: Duration,
+        /// Scraping time measured, once every cluster is up.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Response time and size of the http_sd endpoint (`up --sd-listen`).
+    Sd {
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        /// Targets per synthetic cluster.
+        #[arg(long, default_value_t = 3)]
+        targets: usize,
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -1,4 +1,4 @@
-//! `raywatch bench`: hands each measurement to `crate::bench` (the numbers of docs/BENCHMARKS.md).
+//! `raywatch bench`: hands each measurement to `crate::bench` or `crate::bench_fleet` (the numbers of docs/BENCHMARKS.md).
 
 use anyhow::Result;
 
@@ -14,6 +14,18 @@ pub(super) fn bench(command: BenchCommand) -> Result<Exit> {
             every,
         } => crate::bench::soak(clusters, duration, every)?,
         BenchCommand::Idle { clusters, seconds } => crate::bench::idle(&clusters, seconds)?,
+        BenchCommand::FleetLag { samples } => crate::bench_fleet::fleet_lag(samples)?,
+        BenchCommand::Agent {
+            clusters,
+            series,
+            scrape_interval,
+            duration,
+        } => crate::bench_fleet::agent(clusters, series, scrape_interval, duration)?,
+        BenchCommand::Sd {
+            clusters,
+            targets,
+            requests,
+        } => crate::bench_fleet::sd(clusters, targets, requests)?,
     }
     Ok(Exit::Success)
 }
