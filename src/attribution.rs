@@ -29,6 +29,8 @@ pub struct Attribution {
     pending: HashMap<String, Vec<String>>,
     /// Bumped with every answer recorded.
     pub generation: u64,
+    /// Endpoints answered since [`Attribution::take_changed`].
+    changed: Vec<String>,
 }
 
 impl Attribution {
@@ -59,6 +61,7 @@ impl Attribution {
     pub fn record(&mut self, endpoint: String, owner: Option<String>, now: Instant) {
         if let Some(claimants) = self.pending.remove(&endpoint) {
             self.generation += 1;
+            self.changed.push(endpoint.clone());
             self.cache.insert(
                 endpoint,
                 Entry {
@@ -68,6 +71,16 @@ impl Attribution {
                 },
             );
         }
+    }
+
+    /// The session found to own `endpoint`, if one was.
+    pub fn owner(&self, endpoint: &str) -> Option<&str> {
+        self.cache.get(endpoint).and_then(|e| e.owner.as_deref())
+    }
+
+    /// The endpoints answered since the last call.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.changed)
     }
 
     pub fn owners(&self) -> Owners {

@@ -4,6 +4,7 @@
 //! and synthetic Ray heads: discovery files written the way Ray writes them
 //! (temp file, then rename).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -53,6 +54,167 @@ impl BenchStack {
             .trim()
             .parse()?)
     }
+
+    fn prometheus_pid(&self) -> Result<u32> {
+        Ok(fs_err::read_to_string(self.home.prometheus_pid())?
+            .trim()
+            .parse()?)
+    }
+
+    /// Every target raywatch has written to `targets/` (whatever the file layout).
+    fn published(&self) -> BTreeSet<String> {
+        published_in(&self.home.targets_dir())
+    }
+
+    /// Waits until `targets/` lists at least `n` targets.
+    fn wait_published(&self, n: usize, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.published().len() < n {
+            if Instant::now() > deadline {
+                bail!("not all {n} clusters were published within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// The daemon's and Prometheus' CPU, from now on.
+    fn meter(&self) -> Result<Meter> {
+        Meter::start(self.daemon_pid()?, self.prometheus_pid()?)
+    }
+
+    /// The targets Prometheus lists as active (job `ray`).
+    fn listed(&self, rt: &tokio::runtime::Runtime) -> Result<BTreeSet<String>> {
+        let client = crate::prometheus::Client::for_home(&self.home)?;
+        let body = rt.block_on(client.get_text("/api/v1/targets?state=active"))?;
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(v["data"]["activeTargets"]
+            .as_array()
+            .context("no activeTargets")?
+            .iter()
+            .filter(|t| t["labels"]["job"] == "ray")
+            .filter_map(|t| t["labels"]["instance"].as_str().map(String::from))
+            .collect())
+    }
+}
+
+/// Every target listed in the file_sd files of `dir`.
+fn published_in(dir: &Path) -> BTreeSet<String> {
+    #[derive(serde::Deserialize)]
+    struct Group {
+        targets: Vec<String>,
+    }
+    let mut out = BTreeSet::new();
+    for e in fs_err::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().extension().is_some_and(|x| x == "json")
+            && let Ok(bytes) = fs_err::read(e.path())
+            && let Ok(groups) = serde_json::from_slice::<Vec<Group>>(&bytes)
+        {
+            out.extend(groups.into_iter().flat_map(|g| g.targets));
+        }
+    }
+    out
+}
+
+/// CPU time (user + system, all threads, from /proc) of the daemon and of
+/// Prometheus since a start: each process' own time, robust to other load.
+struct Meter {
+    pids: [u32; 2],
+    start: [u64; 2],
+    at: Instant,
+    tick: f64,
+}
+
+impl Meter {
+    fn start(daemon: u32, prometheus: u32) -> Result<Meter> {
+        let pids = [daemon, prometheus];
+        Ok(Meter {
+            start: [sample(pids[0])?.0, sample(pids[1])?.0],
+            pids,
+            at: Instant::now(),
+            tick: nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64,
+        })
+    }
+
+    /// (daemon, Prometheus) CPU in % of one core since the start.
+    fn percent(&self) -> Result<(f64, f64)> {
+        let secs = self.at.elapsed().as_secs_f64();
+        let pct = |i: usize| -> Result<f64> {
+            let now = sample(self.pids[i])?.0;
+            Ok(now.saturating_sub(self.start[i]) as f64 / self.tick / secs * 100.0)
+        };
+        Ok((pct(0)?, pct(1)?))
+    }
+}
+
+/// Synthetic Ray heads that rewrite their discovery files every 5 s, the writes
+/// spread evenly (like Ray's heads, also when idle), until dropped.
+struct Rewriter {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Rewriter {
+    /// `files` with their targets, each written once now, then every 5 s.
+    fn start(files: Vec<(PathBuf, String)>) -> Rewriter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let gap = Duration::from_secs(5) / files.len().max(1) as u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let round = Instant::now();
+                    for (k, (f, target)) in files.iter().enumerate() {
+                        let _ = write_discovery(f, target);
+                        // Paced by the clock, not by sleeps, so a slow write does not stretch the round.
+                        let due = round + gap * (k as u32 + 1);
+                        if let Some(d) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(d);
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                    }
+                    if files.is_empty() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+        };
+        Rewriter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Rewriter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `n` synthetic clusters in `root` (`session_<prefix>_<k>`, target port `first_port + k`),
+/// their files written once; returns (file, target) of each.
+fn make_clusters(
+    root: &Path,
+    prefix: &str,
+    n: usize,
+    first_port: usize,
+) -> Result<Vec<(PathBuf, String)>> {
+    (0..n)
+        .map(|k| {
+            let d = root.join(format!("session_{prefix}_{k}"));
+            fs_err::create_dir(&d)?;
+            let f = d.join(DISCOVERY_FILE);
+            let target = format!("127.0.0.1:{}", first_port + k);
+            write_discovery(&f, &target)?;
+            Ok((f, target))
+        })
+        .collect()
 }
 
 impl Drop for BenchStack {
@@ -80,20 +242,111 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn summary(name: &str, mut v: Vec<Duration>) -> String {
+fn summary(name: &str, background: usize, mut v: Vec<Duration>) -> String {
     v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     format!(
-        "| {name} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+        "| {name} | {background} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
         v.len(),
-        percentile(&v, 0.5).as_secs_f64() * 1e3,
-        percentile(&v, 0.95).as_secs_f64() * 1e3,
-        v[0].as_secs_f64() * 1e3,
-        v[v.len() - 1].as_secs_f64() * 1e3
+        ms(percentile(&v, 0.5)),
+        ms(percentile(&v, 0.95)),
+        ms(percentile(&v, 0.99)),
+        ms(v[0]),
+        ms(v[v.len() - 1])
     )
+}
+
+/// A random duration below `max` (from /dev/urandom: no RNG crate for one bench).
+fn random_below(max: Duration) -> Result<Duration> {
+    let mut b = [0u8; 4];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+    let ms = max.as_millis().max(1) as u64;
+    Ok(Duration::from_millis(u64::from(u32::from_le_bytes(b)) % ms))
+}
+
+/// Tells when a target reaches a file of `targets/`: woken by inotify on the
+/// folder (raywatch renames every file into place), so the wait costs one read
+/// of the file that changed, not a poll of every file.
+struct TargetsWatch {
+    dir: PathBuf,
+    rx: std::sync::mpsc::Receiver<(PathBuf, Instant)>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl TargetsWatch {
+    fn new(dir: &Path) -> Result<TargetsWatch> {
+        use notify::Watcher as _;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                let at = Instant::now();
+                if let Ok(ev) = res
+                    && matches!(
+                        ev.kind,
+                        notify::EventKind::Create(_) | notify::EventKind::Modify(_)
+                    )
+                {
+                    for p in ev.paths {
+                        let _ = tx.send((p, at));
+                    }
+                }
+            })?;
+        watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(TargetsWatch {
+            dir: dir.to_path_buf(),
+            rx,
+            _watcher: watcher,
+        })
+    }
+
+    /// Drops events of earlier writes.
+    fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    /// When a file of the folder first held `"instance"` (at the event that
+    /// announced it), waiting at most `limit` from `t0`.
+    fn wait_for(&self, instance: &str, t0: Instant, limit: Duration) -> Result<Duration> {
+        let needle = format!("\"{instance}\"");
+        let holds = |p: &Path| {
+            fs_err::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        };
+        let deadline = t0 + limit;
+        let mut last_poll = Instant::now();
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok((p, at)) => {
+                    if p.parent() == Some(self.dir.as_path()) && holds(&p) {
+                        return Ok(at.saturating_duration_since(t0));
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(e) => bail!("the watch on targets/ stopped: {e}"),
+            }
+            // A safety net, should an event be missed: the whole folder, rarely.
+            if last_poll.elapsed() > Duration::from_secs(1) {
+                last_poll = Instant::now();
+                if published_in(&self.dir).contains(instance) {
+                    return Ok(t0.elapsed());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("raywatch did not write {instance} to targets/ within {limit:?}");
+            }
+        }
+    }
 }
 
 /// Rename-to-listed latency: through raywatch, and straight into targets/ (Prometheus' floor).
 pub fn latency(trials: usize) -> Result<()> {
+    latency_with(trials, 0, false)
+}
+
+/// Rename-to-listed latency with `background` live clusters (rewritten every
+/// 5 s) beside the trials. `own_only` measures raywatch's share alone
+/// (rename → its targets file written): no wait for Prometheus, no floor,
+/// trials 0–500 ms apart instead of 0–5 s.
+pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<()> {
     let stack = BenchStack::up()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -115,15 +368,27 @@ pub fn latency(trials: usize) -> Result<()> {
             std::thread::sleep(Duration::from_millis(10));
         }
     };
+    // Background clusters, ports 1..=background: live, rewritten every 5 s.
+    let _rewriter = if background > 0 {
+        let files = make_clusters(&stack.root, "bg", background, 1)?;
+        let r = Rewriter::start(files);
+        stack.wait_published(background, Duration::from_secs(180))?;
+        std::thread::sleep(Duration::from_secs(5));
+        Some(r)
+    } else {
+        None
+    };
+    let watch = TargetsWatch::new(&stack.home.targets_dir())?;
     let (mut through, mut own, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     // Prometheus hands discovered targets over on a 5 s tick; back-to-back trials
     // would lock onto its phase. A random pause before each write samples it evenly.
+    let pause = if own_only {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(5)
+    };
     let jitter = || -> Result<()> {
-        let mut b = [0u8; 2];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
-        std::thread::sleep(Duration::from_millis(
-            u64::from(u16::from_le_bytes(b)) % 5000,
-        ));
+        std::thread::sleep(random_below(pause)?);
         Ok(())
     };
     for i in 0..trials {
@@ -133,38 +398,22 @@ pub fn latency(trials: usize) -> Result<()> {
         let session = stack.root.join(format!("session_bench_{i}"));
         fs_err::create_dir(&session)?;
         let file = session.join(DISCOVERY_FILE);
-        let targets_file = stack
-            .home
-            .targets_dir()
-            .join(format!("{}-ray_bench-{i}.json", user()));
+        watch.drain();
         write_discovery(&file, &instance)?;
         let t0 = Instant::now();
-        let mut own_t = None;
-        let deadline = t0 + Duration::from_secs(30);
         // raywatch's own share: rename to the targets file holding the target.
-        while own_t.is_none() && Instant::now() < deadline {
-            if let Ok(dir) = fs_err::read_dir(stack.home.targets_dir()) {
-                for e in dir.flatten() {
-                    if fs_err::read_to_string(e.path())
-                        .is_ok_and(|t| t.contains(&format!("\"{instance}\"")))
-                    {
-                        own_t = Some(t0.elapsed());
-                    }
-                }
-            }
-            if own_t.is_none() {
-                std::thread::sleep(Duration::from_micros(500));
-            }
+        own.push(watch.wait_for(&instance, t0, Duration::from_secs(30))?);
+        if !own_only {
+            through.push(wait_listed(&instance, t0)?);
         }
-        own.push(own_t.with_context(|| {
-            format!(
-                "raywatch never wrote {instance} ({})",
-                targets_file.display()
-            )
-        })?);
-        through.push(wait_listed(&instance, t0)?);
         // Let the synthetic cluster go, so the folder stays small.
         fs_err::remove_dir_all(&session)?;
+        if own_only {
+            // Its leave is published before the next trial starts.
+            std::thread::sleep(Duration::from_millis(50));
+            eprint!("\rtrial {}/{trials}", i + 1);
+            continue;
+        }
 
         // The floor: the same target written straight into targets/.
         let instance = format!("127.0.0.1:{}", 40000 + i);
@@ -180,34 +429,24 @@ pub fn latency(trials: usize) -> Result<()> {
         eprint!("\rtrial {}/{trials}", i + 1);
     }
     eprintln!();
-    println!("| path | trials | median | p95 | min | max |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    println!(
-        "{}",
-        summary(
+    println!("| path | background clusters | trials | median | p95 | p99 | min | max |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let row = |name: &str, v: Vec<Duration>| println!("{}", summary(name, background, v));
+    if !own_only {
+        row(
             "discovery file rename → listed in /api/v1/targets (through raywatch)",
-            through
-        )
-    );
-    println!(
-        "{}",
-        summary(
+            through,
+        );
+        row(
             "file_sd file rename → listed (Prometheus' own floor)",
-            floor
-        )
-    );
-    println!(
-        "{}",
-        summary(
-            "discovery file rename → raywatch's targets file written (raywatch's share)",
-            own
-        )
+            floor,
+        );
+    }
+    row(
+        "discovery file rename → raywatch's targets file written (raywatch's share)",
+        own,
     );
     Ok(())
-}
-
-fn user() -> String {
-    crate::process::user_name(nix::unistd::geteuid().as_raw())
 }
 
 /// CPU ticks (user + system) and RSS (KiB) and open fds of a process.
@@ -227,59 +466,94 @@ pub(crate) fn sample(pid: u32) -> Result<(u64, u64, usize)> {
     Ok((ticks, rss, fds))
 }
 
-/// The daemon's CPU and memory with N synthetic clusters rewriting their files every 5 s.
+/// The daemon's (and Prometheus') CPU and the daemon's memory with N
+/// synthetic clusters rewriting their files every 5 s.
 pub fn idle(counts: &[usize], seconds: u64) -> Result<()> {
-    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    println!("| clusters | daemon CPU | daemon RSS | daemon open fds | window |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| clusters | daemon CPU | Prometheus CPU | daemon RSS | daemon open fds | window |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     for &n in counts {
         let stack = BenchStack::up()?;
-        let files: Vec<PathBuf> = (0..n)
-            .map(|k| {
-                let d = stack.root.join(format!("session_idle_{k}"));
-                fs_err::create_dir(&d)?;
-                let f = d.join(DISCOVERY_FILE);
-                write_discovery(&f, &format!("127.0.0.1:{}", 1 + k))?;
-                Ok(f)
-            })
-            .collect::<Result<_>>()?;
         // Like Ray: every file rewritten every 5 s, the writes spread evenly.
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (stop, files) = (stop.clone(), files.clone());
-            std::thread::spawn(move || {
-                let gap = Duration::from_secs(5) / files.len().max(1) as u32;
-                while !stop.load(Ordering::Relaxed) {
-                    for (k, f) in files.iter().enumerate() {
-                        let _ = write_discovery(f, &format!("127.0.0.1:{}", 1 + k));
-                        std::thread::sleep(gap);
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                    }
-                }
-            })
-        };
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while fs_err::read_dir(stack.home.targets_dir())?.count() < n {
-            if Instant::now() > deadline {
-                bail!("not all {n} clusters were published within 180 s");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let _rewriter = Rewriter::start(make_clusters(&stack.root, "idle", n, 1)?);
+        stack.wait_published(n, Duration::from_secs(180))?;
         std::thread::sleep(Duration::from_secs(5));
-        let pid = stack.daemon_pid()?;
-        let (t0, _, _) = sample(pid)?;
-        let start = Instant::now();
+        let meter = stack.meter()?;
         std::thread::sleep(Duration::from_secs(seconds));
-        let (t1, rss, fds) = sample(pid)?;
-        let cpu = (t1 - t0) as f64 / tick / start.elapsed().as_secs_f64() * 100.0;
+        let (daemon, prometheus) = meter.percent()?;
+        let (_, rss, fds) = sample(stack.daemon_pid()?)?;
         println!(
-            "| {n} | {cpu:.2} % | {:.1} MiB | {fds} | {seconds} s |",
+            "| {n} | {daemon:.2} % | {prometheus:.2} % | {:.1} MiB | {fds} | {seconds} s |",
             rss as f64 / 1024.0
         );
-        stop.store(true, Ordering::Relaxed);
-        let _ = writer.join();
+    }
+    Ok(())
+}
+
+/// `clusters` new sessions at once (Ray-style writes, as fast as they go),
+/// then rewritten every 5 s: both processes' CPU over the next `seconds`, the
+/// busiest 5 s of Prometheus, and the time until raywatch wrote every target
+/// and until Prometheus listed every one.
+pub fn join(clusters: usize, seconds: u64) -> Result<()> {
+    let stack = BenchStack::up()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::sleep(Duration::from_secs(5));
+    let prometheus_pid = stack.prometheus_pid()?;
+    let meter = stack.meter()?;
+    let t0 = Instant::now();
+    let files = make_clusters(&stack.root, "join", clusters, 1)?;
+    let created = t0.elapsed();
+    let expected: BTreeSet<String> = files.iter().map(|(_, t)| t.clone()).collect();
+    let _rewriter = Rewriter::start(files);
+    let (mut written, mut listed) = (None, None);
+    // Prometheus' CPU each second, for its busiest 5 s.
+    let mut per_second: Vec<u64> = vec![sample(prometheus_pid)?.0];
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    let window = Duration::from_secs(seconds);
+    while t0.elapsed() < window {
+        let second = Instant::now();
+        if written.is_none() && stack.published().is_superset(&expected) {
+            written = Some(t0.elapsed());
+        }
+        // Asked once a second until every target is listed (the answer is
+        // large: asking costs Prometheus a little CPU of its own).
+        if listed.is_none() && stack.listed(&rt).is_ok_and(|l| l.is_superset(&expected)) {
+            listed = Some(t0.elapsed());
+        }
+        if let Some(d) = Duration::from_secs(1).checked_sub(second.elapsed()) {
+            std::thread::sleep(d);
+        }
+        per_second.push(sample(prometheus_pid)?.0);
+    }
+    let (daemon, prometheus) = meter.percent()?;
+    let peak = per_second
+        .windows(6)
+        .map(|w| (w[5] - w[0]) as f64 / tick / 5.0 * 100.0)
+        .fold(0.0, f64::max);
+    let secs = |d: Option<Duration>| match d {
+        Some(d) => format!("{:.1} s", d.as_secs_f64()),
+        None => format!("not within {seconds} s"),
+    };
+    println!("| join | value |");
+    println!("| --- | --- |");
+    println!(
+        "| clusters created at once | {clusters} (in {:.1} s), then rewritten every 5 s |",
+        created.as_secs_f64()
+    );
+    println!("| daemon CPU over {seconds} s | {daemon:.1} % |");
+    println!("| Prometheus CPU over {seconds} s | {prometheus:.1} % |");
+    println!("| Prometheus CPU, busiest 5 s | {peak:.1} % |");
+    println!(
+        "| creation start → raywatch wrote every target | {} |",
+        secs(written)
+    );
+    println!(
+        "| creation start → Prometheus lists every target | {} |",
+        secs(listed)
+    );
+    if written.is_none() || listed.is_none() {
+        bail!("not every cluster was published and listed within {seconds} s");
     }
     Ok(())
 }
@@ -288,7 +562,6 @@ pub fn idle(counts: &[usize], seconds: u64) -> Result<()> {
 /// RSS and fds at start and end, the final presence of every cluster in
 /// Prometheus, and join-to-listed latency sampled throughout.
 pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> {
-    use std::collections::BTreeSet;
     use std::sync::Mutex;
     let stack = BenchStack::up()?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -333,19 +606,10 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
             }
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while fs_err::read_dir(stack.home.targets_dir())?.count() < clusters / 2 {
-        if Instant::now() > deadline {
-            bail!(
-                "the first {} clusters were not published within 300 s",
-                clusters / 2
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    stack.wait_published(clusters / 2, Duration::from_secs(300))?;
     let pid = stack.daemon_pid()?;
-    let (ticks0, rss0, fds0) = sample(pid)?;
-    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    let (_, rss0, fds0) = sample(pid)?;
+    let meter = stack.meter()?;
 
     // The latest join waiting to be timed, taken by the prober when it is free.
     let latest: Arc<Mutex<Option<(String, Instant)>>> = Arc::new(Mutex::new(None));
@@ -413,8 +677,8 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
         }
     }
     eprintln!();
-    let (ticks1, rss1, fds1) = sample(pid)?;
-    let cpu = (ticks1 - ticks0) as f64 / tick / start.elapsed().as_secs_f64() * 100.0;
+    let (cpu, prometheus_cpu) = meter.percent()?;
+    let (_, rss1, fds1) = sample(pid)?;
     // Let the last changes settle (liveness bound, Prometheus' tick), then compare.
     std::thread::sleep(Duration::from_secs(30));
     let expected: BTreeSet<String> = live
@@ -451,6 +715,7 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
     );
     println!("| daemon open fds start → end | {fds0} → {fds1} |");
     println!("| daemon CPU during the churn | {cpu:.1} % |");
+    println!("| Prometheus CPU during the churn | {prometheus_cpu:.1} % |");
     println!(
         "| final presence | {} live clusters expected, {} listed by Prometheus: {missing} missing, {extra} extra |",
         expected.len(),

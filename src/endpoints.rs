@@ -7,6 +7,10 @@
 //! published, and again every second while it is, raywatch looks up the
 //! socket listening on it in the kernel's table: a listener owned by an
 //! untrusted uid is withheld, whichever and however many clusters list it.
+//!
+//! The per-second look is cheap: one read of the listening sockets (netlink,
+//! see [`Listeners::read`]) compared with the previous one; only endpoints on a
+//! port whose listeners changed are judged again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -30,11 +34,84 @@ pub enum Holder {
 #[derive(Default)]
 pub struct Endpoints {
     verdicts: HashMap<String, Holder>,
+    /// The listening sockets the verdicts were last checked against (None:
+    /// judge every endpoint again at the next [`Endpoints::update`]).
+    table: Option<Listeners>,
     /// Bumped when the set of foreign endpoints changes.
     pub generation: u64,
 }
 
+fn port_of(endpoint: &str) -> Option<u16> {
+    endpoint.rsplit_once(':')?.1.parse().ok()
+}
+
 impl Endpoints {
+    /// Makes the next [`Endpoints::update`] judge every endpoint again (the
+    /// trusted uids or this machine's addresses may have changed).
+    pub fn invalidate(&mut self) {
+        self.table = None;
+    }
+
+    /// Keeps the verdicts current as the listed endpoints change; returns the
+    /// endpoints whose verdict changed (or that got their first one).
+    ///
+    /// Of the `touched` endpoints (whose claimants changed), those no longer
+    /// `listed` are forgotten and those without a verdict are judged against a
+    /// fresh read of the socket table. With `recheck` (every second), or after
+    /// [`Endpoints::invalidate`], the table is read and compared with the one
+    /// of the last check: the endpoints on ports whose listeners changed are
+    /// judged again (all of them after an invalidation).
+    pub fn update<'a>(
+        &mut self,
+        touched: impl IntoIterator<Item = &'a String>,
+        listed: &dyn Fn(&str) -> bool,
+        recheck: bool,
+        locals: &BTreeSet<IpAddr>,
+        trusted: &dyn Fn(u32) -> bool,
+    ) -> Vec<String> {
+        let foreign = |h: Option<&Holder>| matches!(h, Some(Holder::Foreign { .. }));
+        let mut changed = Vec::new();
+        let mut foreign_changed = false;
+        let mut fresh: Option<Listeners> = None;
+        for ep in touched {
+            if !listed(ep) {
+                foreign_changed |= foreign(self.verdicts.remove(ep.as_str()).as_ref());
+                continue;
+            }
+            if !self.verdicts.contains_key(ep.as_str()) {
+                let table = fresh.get_or_insert_with(Listeners::read);
+                let verdict = judge(ep, table, locals, trusted);
+                foreign_changed |= foreign(Some(&verdict));
+                self.verdicts.insert(ep.clone(), verdict);
+                changed.push(ep.clone());
+            }
+        }
+        if recheck || self.table.is_none() {
+            let table = fresh.take().unwrap_or_else(Listeners::read);
+            let ports = self.table.as_ref().map(|old| table.changed_ports(old));
+            if ports.as_ref().is_none_or(|p| !p.is_empty()) {
+                for (ep, verdict) in self.verdicts.iter_mut() {
+                    if let Some(ports) = &ports
+                        && !port_of(ep).is_some_and(|p| ports.contains(&p))
+                    {
+                        continue;
+                    }
+                    let now = judge(ep, &table, locals, trusted);
+                    if now != *verdict {
+                        foreign_changed |= foreign(Some(verdict)) != foreign(Some(&now));
+                        *verdict = now;
+                        changed.push(ep.clone());
+                    }
+                }
+            }
+            self.table = Some(table);
+        }
+        if foreign_changed {
+            self.generation += 1;
+        }
+        changed
+    }
+
     /// Looks up every endpoint in one read of the socket tables.
     pub fn refresh<'a>(
         &mut self,
@@ -142,5 +219,40 @@ mod tests {
             judge("192.0.2.1:80", &Listeners::read(), &locals, &|_| true),
             Holder::Remote
         );
+    }
+
+    #[test]
+    fn updates_judge_new_endpoints_and_only_ports_whose_listener_changed() {
+        let locals = crate::ports::local_addresses();
+        let me = nix::unistd::geteuid().as_raw();
+        let others = |u: u32| u != me;
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ep =
+            |l: &std::net::TcpListener| format!("127.0.0.1:{}", l.local_addr().unwrap().port());
+        let (ea, eb) = (ep(&a), ep(&b));
+        let listed: std::collections::BTreeSet<String> = [ea.clone(), eb.clone()].into();
+        let is_listed = |e: &str| listed.contains(e);
+        let mut e = Endpoints::default();
+        // Our own listeners, judged against "everyone but me is trusted": foreign.
+        let changed = e.update(&listed, &is_listed, false, &locals, &others);
+        assert_eq!(changed.len(), 2);
+        assert!(!e.admitted(&ea) && !e.admitted(&eb));
+        assert_eq!(e.generation, 1);
+        // Nothing changed: nothing judged again.
+        assert!(e.update([], &is_listed, true, &locals, &others).is_empty());
+        // One listener goes: only its endpoint changes verdict.
+        drop(a);
+        assert_eq!(
+            e.update([], &is_listed, true, &locals, &others),
+            vec![ea.clone()]
+        );
+        assert!(e.admitted(&ea), "nobody listens: admitted");
+        assert!(!e.admitted(&eb));
+        // An endpoint no longer listed is forgotten.
+        let none = |_: &str| false;
+        e.update([&eb], &none, false, &locals, &others);
+        assert!(!e.admitted(&eb) && e.foreign(&eb).is_none());
+        drop(b);
     }
 }

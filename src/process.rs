@@ -72,8 +72,8 @@ pub fn stop(pid: u32, is_ours: impl Fn(&[String]) -> bool, patience: Duration) -
     false
 }
 
-/// A TCP socket in the LISTEN state, from /proc/net/tcp and /proc/net/tcp6.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A TCP socket in the LISTEN state, from the kernel's socket tables.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Listener {
     pub addr: SocketAddr,
     pub uid: u32,
@@ -81,28 +81,65 @@ pub struct Listener {
 }
 
 /// Every listening TCP socket of this network namespace, by port.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Listeners {
     by_port: HashMap<u16, Vec<Listener>>,
 }
 
 impl Listeners {
-    /// Reads the kernel's socket tables (both families).
+    /// Reads the kernel's listening sockets (both families): through netlink's
+    /// sock_diag, which walks only the listening sockets (tens of microseconds),
+    /// else from /proc/net/tcp{,6}, whose reading walks the whole connection hash
+    /// table (milliseconds, however few sockets there are).
     pub fn read() -> Listeners {
+        let all = sock_diag::listeners().unwrap_or_else(|e| {
+            tracing::debug!("sock_diag: {e}; reading /proc/net/tcp instead");
+            Listeners::from_procfs()
+        });
+        Listeners::from_list(all)
+    }
+
+    fn from_list(all: Vec<Listener>) -> Listeners {
         let mut by_port: HashMap<u16, Vec<Listener>> = HashMap::new();
-        let tables = [::procfs::net::tcp(), ::procfs::net::tcp6()];
-        for entry in tables.into_iter().flat_map(|t| t.unwrap_or_default()) {
-            if entry.state != ::procfs::net::TcpState::Listen {
-                continue;
-            }
-            let addr = unmap(entry.local_address);
-            by_port.entry(addr.port()).or_default().push(Listener {
-                addr,
-                uid: entry.uid,
-                inode: entry.inode,
-            });
+        for l in all {
+            by_port.entry(l.addr.port()).or_default().push(l);
+        }
+        // Sorted, so that two reads of an unchanged table compare equal.
+        for v in by_port.values_mut() {
+            v.sort();
         }
         Listeners { by_port }
+    }
+
+    /// The listening sockets, from /proc/net/tcp and /proc/net/tcp6.
+    fn from_procfs() -> Vec<Listener> {
+        let tables = [::procfs::net::tcp(), ::procfs::net::tcp6()];
+        tables
+            .into_iter()
+            .flat_map(|t| t.unwrap_or_default())
+            .filter(|entry| entry.state == ::procfs::net::TcpState::Listen)
+            .map(|entry| Listener {
+                addr: unmap(entry.local_address),
+                uid: entry.uid,
+                inode: entry.inode,
+            })
+            .collect()
+    }
+
+    /// The ports whose listeners differ between `self` and `other`.
+    pub fn changed_ports(&self, other: &Listeners) -> std::collections::BTreeSet<u16> {
+        let mut out = std::collections::BTreeSet::new();
+        for (port, v) in &self.by_port {
+            if other.by_port.get(port) != Some(v) {
+                out.insert(*port);
+            }
+        }
+        for port in other.by_port.keys() {
+            if !self.by_port.contains_key(port) {
+                out.insert(*port);
+            }
+        }
+        out
     }
 
     /// The socket that accepts connections to `ip:port`: one bound to that
@@ -217,6 +254,126 @@ pub fn describe_holder(port: u16) -> String {
     }
 }
 
+/// Listening TCP sockets through netlink's `NETLINK_SOCK_DIAG` (see `sock_diag(7)`):
+/// a dump request for the LISTEN state only, answered from the kernel's
+/// listening hash without walking established connections.
+mod sock_diag {
+    use super::{Listener, unmap};
+    use nix::libc;
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
+        socket,
+    };
+    use std::io::{Error, ErrorKind, Result};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const NLM_F_REQUEST: u16 = 0x1;
+    const NLM_F_DUMP: u16 = 0x300;
+    const TCP_LISTEN: u32 = 10;
+    /// `struct nlmsghdr`.
+    const HEADER: usize = 16;
+    /// `struct inet_diag_req_v2`.
+    const REQUEST: usize = 56;
+    /// `struct inet_diag_msg`.
+    const MESSAGE: usize = 72;
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    fn u16_at(b: &[u8], at: usize) -> u16 {
+        u16::from_ne_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+    }
+
+    /// Every listening TCP socket, IPv4 and IPv6.
+    pub fn listeners() -> Result<Vec<Listener>> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        for (seq, family) in [(1u32, libc::AF_INET), (2, libc::AF_INET6)] {
+            let mut req = [0u8; HEADER + REQUEST];
+            req[0..4].copy_from_slice(&((HEADER + REQUEST) as u32).to_ne_bytes());
+            req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+            req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+            req[8..12].copy_from_slice(&seq.to_ne_bytes());
+            req[HEADER] = family as u8;
+            req[HEADER + 1] = libc::IPPROTO_TCP as u8;
+            req[HEADER + 4..HEADER + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+            sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &req,
+                &NetlinkAddr::new(0, 0),
+                MsgFlags::empty(),
+            )?;
+            'dump: loop {
+                let n = recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &mut buf,
+                    MsgFlags::empty(),
+                )?;
+                if n == 0 {
+                    return Err(Error::new(ErrorKind::UnexpectedEof, "netlink closed"));
+                }
+                let mut at = 0;
+                while at + HEADER <= n {
+                    let len = u32_at(&buf, at) as usize;
+                    if len < HEADER || at + len > n {
+                        return Err(Error::new(ErrorKind::InvalidData, "bad netlink message"));
+                    }
+                    match u16_at(&buf, at + 4) {
+                        NLMSG_DONE => break 'dump,
+                        NLMSG_ERROR => {
+                            let errno = i32::from_ne_bytes(
+                                buf[at + HEADER..at + HEADER + 4]
+                                    .try_into()
+                                    .expect("4 bytes"),
+                            );
+                            return Err(Error::from_raw_os_error(-errno));
+                        }
+                        SOCK_DIAG_BY_FAMILY if len >= HEADER + MESSAGE => {
+                            out.push(parse(&buf[at + HEADER..at + len])?);
+                        }
+                        _ => {}
+                    }
+                    at += (len + 3) & !3;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One `struct inet_diag_msg`.
+    fn parse(m: &[u8]) -> Result<Listener> {
+        let port = u16::from_be_bytes([m[4], m[5]]);
+        let ip = match i32::from(m[0]) {
+            libc::AF_INET => IpAddr::V4(Ipv4Addr::new(m[8], m[9], m[10], m[11])),
+            libc::AF_INET6 => {
+                let b: [u8; 16] = m[8..24].try_into().expect("16 bytes");
+                IpAddr::V6(Ipv6Addr::from(b))
+            }
+            f => {
+                return Err(Error::new(
+                    ErrorKind::InvalidData,
+                    format!("address family {f}"),
+                ));
+            }
+        };
+        Ok(Listener {
+            addr: unmap(SocketAddr::new(ip, port)),
+            uid: u32_at(m, 64),
+            inode: u64::from(u32_at(m, 68)),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +392,30 @@ mod tests {
         assert_eq!(l.uid, nix::unistd::geteuid().as_raw());
         assert!(holds_socket(pid, l.inode));
         assert!(!holds_socket(1, l.inode));
+    }
+
+    #[test]
+    fn sock_diag_lists_what_proc_net_tcp_lists() {
+        let l4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let l6 = std::net::TcpListener::bind("[::1]:0").ok();
+        let netlink = sock_diag::listeners().expect("sock_diag works here");
+        let procfs = Listeners::from_procfs();
+        // Other tests open and close listeners meanwhile: compare ours.
+        let ours = [
+            Some(l4.local_addr().unwrap()),
+            l6.as_ref().map(|l| l.local_addr().unwrap()),
+        ];
+        for addr in ours.into_iter().flatten() {
+            let find = |v: &[Listener]| v.iter().find(|l| l.addr == addr).cloned();
+            let got = find(&netlink).expect("listed by sock_diag");
+            assert_eq!(got.uid, nix::unistd::geteuid().as_raw());
+            assert_eq!(Some(got), find(&procfs), "sock_diag and /proc agree");
+        }
+        let port = l4.local_addr().unwrap().port();
+        let before = Listeners::read();
+        drop(l4);
+        let after = Listeners::read();
+        assert!(after.changed_ports(&before).contains(&port));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! it which target groups should exist. One cluster per discovery file (that is,
 //! per Ray session for Ray ≥ 2.5x, per temp dir before).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -93,7 +93,19 @@ pub struct Registry {
     /// Bumped whenever what [`Registry::desired`] depends on changes: a rewrite
     /// with the same content (Ray's idle heartbeat) leaves it alone.
     generation: u64,
+    /// The live clusters listing each endpoint, kept as clusters change (so a
+    /// join or leave costs what it touches, not a pass over every cluster).
+    claims: HashMap<String, BTreeSet<PathBuf>>,
+    /// Endpoints listed by more than one live cluster.
+    contested: BTreeSet<String>,
+    /// Files whose published group may have changed since [`Registry::take_changes`].
+    changed_files: BTreeSet<PathBuf>,
+    /// Endpoints whose set of live claimants changed since [`Registry::take_changes`].
+    changed_endpoints: BTreeSet<String>,
 }
+
+/// What a cluster contributes to the published groups: its name and targets, while live.
+type Contribution = Option<(String, Vec<String>)>;
 
 impl Registry {
     pub fn new(liveness: Duration) -> Registry {
@@ -104,7 +116,80 @@ impl Registry {
             liveness,
             keep_dead: Duration::from_secs(600),
             generation: 0,
+            claims: HashMap::new(),
+            contested: BTreeSet::new(),
+            changed_files: BTreeSet::new(),
+            changed_endpoints: BTreeSet::new(),
         }
+    }
+
+    fn contribution(&self, file: &Path) -> Contribution {
+        self.clusters
+            .get(file)
+            .filter(|c| c.is_live())
+            .map(|c| (c.name.clone(), c.targets.clone()))
+    }
+
+    /// Records what a change of the cluster at `file` did to the published
+    /// groups, given its contribution before: the file is marked changed, and
+    /// the claims of the endpoints it added or dropped are updated.
+    fn settle(&mut self, file: &Path, before: Contribution) {
+        let after = self.contribution(file);
+        if after == before {
+            return;
+        }
+        self.changed_files.insert(file.to_path_buf());
+        let old = before.map(|(_, t)| t).unwrap_or_default();
+        let new = after.map(|(_, t)| t).unwrap_or_default();
+        for ep in old.iter().filter(|t| !new.contains(t)) {
+            if let Some(files) = self.claims.get_mut(ep) {
+                files.remove(file);
+                if files.is_empty() {
+                    self.claims.remove(ep);
+                }
+            }
+            self.claims_changed(ep);
+        }
+        for ep in new.iter().filter(|t| !old.contains(t)) {
+            self.claims
+                .entry(ep.clone())
+                .or_default()
+                .insert(file.to_path_buf());
+            self.claims_changed(ep);
+        }
+    }
+
+    fn claims_changed(&mut self, ep: &str) {
+        if self.claims.get(ep).is_some_and(|f| f.len() > 1) {
+            self.contested.insert(ep.to_string());
+        } else {
+            self.contested.remove(ep);
+        }
+        self.changed_endpoints.insert(ep.to_string());
+    }
+
+    /// The files whose published group may have changed, and the endpoints
+    /// whose claimants changed, since the last call.
+    pub fn take_changes(&mut self) -> (BTreeSet<PathBuf>, BTreeSet<String>) {
+        (
+            std::mem::take(&mut self.changed_files),
+            std::mem::take(&mut self.changed_endpoints),
+        )
+    }
+
+    /// The live clusters (their files) that list `endpoint`.
+    pub fn claimants(&self, endpoint: &str) -> impl Iterator<Item = &PathBuf> {
+        self.claims.get(endpoint).into_iter().flatten()
+    }
+
+    /// Whether a live cluster lists `endpoint`.
+    pub fn is_listed(&self, endpoint: &str) -> bool {
+        self.claims.contains_key(endpoint)
+    }
+
+    /// Every endpoint a live cluster lists.
+    pub fn listed(&self) -> impl Iterator<Item = &String> {
+        self.claims.keys()
     }
 
     /// Remembers the name a previous daemon gave to a session, so that a restart
@@ -140,6 +225,21 @@ impl Registry {
 
     /// Records what reading `found.file` gave.
     pub fn observe(
+        &mut self,
+        found: &Found,
+        origin: Origin,
+        read: Result<Option<Listing>, Rejection>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Change {
+        let file = found.file.clone();
+        let before = self.contribution(&file);
+        let change = self.observe_inner(found, origin, read, now, wall);
+        self.settle(&file, before);
+        change
+    }
+
+    fn observe_inner(
         &mut self,
         found: &Found,
         origin: Origin,
@@ -311,7 +411,9 @@ impl Registry {
                     since: wall,
                     reason: reason.clone(),
                 };
-                Change::Died(c.name.clone(), reason)
+                let name = c.name.clone();
+                self.generation += 1;
+                Change::Died(name, reason)
             }
             _ => Change::None,
         }
@@ -336,14 +438,20 @@ impl Registry {
 
     /// Declares a live cluster dead for a reason found elsewhere (its GCS refused).
     pub fn declare_dead(&mut self, file: &Path, wall: SystemTime, reason: String) -> Change {
-        self.mark_dead(file, wall, reason)
+        let before = self.contribution(file);
+        let change = self.mark_dead(file, wall, reason);
+        self.settle(file, before);
+        change
     }
 
     /// Stops following a file (detached, or its root is no longer watched).
     pub fn forget(&mut self, file: &Path) -> Option<Cluster> {
         self.rejections.remove(file);
         self.generation += 1;
-        self.clusters.remove(file)
+        let before = self.contribution(file);
+        let gone = self.clusters.remove(file);
+        self.settle(file, before);
+        gone
     }
 
     /// Forgets a rejection whose file is no longer looked at.
@@ -369,19 +477,22 @@ impl Registry {
                 )),
                 humantime::format_duration(bound)
             );
+            let before = self.contribution(&f);
             changes.push(self.mark_dead(&f, wall, reason));
+            self.settle(&f, before);
         }
         // Dead clusters stay visible for a while, but a bounded number of them:
         // under heavy churn memory stays flat.
-        let mut dead: Vec<(SystemTime, PathBuf)> = self
-            .clusters
-            .iter()
-            .filter_map(|(f, c)| match &c.state {
-                State::Dead { since, .. } => Some((*since, f.clone())),
-                State::Live => None,
-            })
-            .collect();
-        if dead.len() > MAX_DEAD {
+        let dead_count = self.clusters.values().filter(|c| !c.is_live()).count();
+        if dead_count > MAX_DEAD {
+            let mut dead: Vec<(SystemTime, PathBuf)> = self
+                .clusters
+                .iter()
+                .filter_map(|(f, c)| match &c.state {
+                    State::Dead { since, .. } => Some((*since, f.clone())),
+                    State::Live => None,
+                })
+                .collect();
             dead.sort();
             for (_, f) in dead.iter().take(dead.len() - MAX_DEAD) {
                 self.clusters.remove(f);
@@ -409,46 +520,69 @@ impl Registry {
 
     /// Endpoints listed by more than one live cluster, with the claimants' sessions.
     pub fn contested(&self) -> BTreeMap<String, Vec<String>> {
-        let mut claims: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for c in self.clusters.values().filter(|c| c.is_live()) {
-            for t in &c.targets {
-                claims
-                    .entry(t.clone())
-                    .or_default()
-                    .push(c.found.session.clone());
-            }
-        }
-        claims.retain(|_, v| v.len() > 1);
-        claims
+        self.contested
+            .iter()
+            .map(|ep| {
+                let sessions = self
+                    .claimants(ep)
+                    .filter_map(|f| self.clusters.get(f))
+                    .map(|c| c.found.session.clone())
+                    .collect();
+                (ep.clone(), sessions)
+            })
+            .collect()
+    }
+
+    /// Whether more than one live cluster lists `endpoint`.
+    pub fn is_contested(&self, endpoint: &str) -> bool {
+        self.contested.contains(endpoint)
+    }
+
+    /// Whether a live cluster may publish `target`: it lists it alone, or its
+    /// session was found to own it.
+    fn publishable<'o>(
+        &self,
+        c: &Cluster,
+        target: &str,
+        owner: &dyn Fn(&str) -> Option<&'o str>,
+    ) -> bool {
+        !self.is_contested(target) || owner(target) == Some(c.found.session.as_str())
+    }
+
+    /// The target group the cluster at `file` should publish now (with its
+    /// name), when it is live: its targets less contested ones it does not own
+    /// and those `admitted` refuses.
+    pub fn group_for<'o>(
+        &self,
+        file: &Path,
+        owner: &dyn Fn(&str) -> Option<&'o str>,
+        admitted: &dyn Fn(&str) -> bool,
+    ) -> Option<(String, TargetGroup)> {
+        let c = self.clusters.get(file).filter(|c| c.is_live())?;
+        let targets = c
+            .targets
+            .iter()
+            .filter(|t| self.publishable(c, t, owner) && admitted(t))
+            .cloned()
+            .collect();
+        Some((
+            c.name.clone(),
+            TargetGroup {
+                targets,
+                labels: labels(c),
+            },
+        ))
     }
 
     /// The target groups that should exist now, by cluster name. An endpoint
     /// listed by several live clusters goes only to the one whose session owns it,
     /// and to none while that is unknown.
     pub fn desired(&self, owners: &Owners) -> BTreeMap<String, TargetGroup> {
-        let contested = self.contested();
-        let mut out = BTreeMap::new();
-        for c in self.clusters.values().filter(|c| c.is_live()) {
-            let targets = c
-                .targets
-                .iter()
-                .filter(|t| {
-                    !contested.contains_key(*t)
-                        || owners
-                            .get(*t)
-                            .is_some_and(|o| o.as_deref() == Some(c.found.session.as_str()))
-                })
-                .cloned()
-                .collect();
-            out.insert(
-                c.name.clone(),
-                TargetGroup {
-                    targets,
-                    labels: labels(c),
-                },
-            );
-        }
-        out
+        let owner = |t: &str| owners.get(t).and_then(|o| o.as_deref());
+        self.clusters
+            .keys()
+            .filter_map(|f| self.group_for(f, &owner, &|_| true))
+            .collect()
     }
 }
 

@@ -27,6 +27,14 @@ const EMPTY: &[u8] = b"[]\n";
 /// How many files the groups are spread over.
 pub const SHARDS: usize = 16;
 
+/// Shard writes are paced beyond a burst: Prometheus re-reads every file of its
+/// glob on each file event, so a thousand clusters joining at once must not
+/// cost it a thousand re-reads. A lone change is written at once (it finds the
+/// bucket full); a burst costs at most this many writes a second.
+pub const WRITES_PER_SECOND: u32 = 16;
+/// The bucket's size: one write of every shard.
+const BURST: f64 = SHARDS as f64;
+
 /// The shard a cluster's group lives in (FNV-1a of its name: stable across
 /// runs and releases, unlike the standard library's hasher).
 pub fn shard_of(name: &str) -> usize {
@@ -58,8 +66,12 @@ pub struct TargetsDir {
     members: Vec<BTreeSet<String>>,
     /// What each shard file holds on disk (None: not written by this daemon yet).
     on_disk: Vec<Option<Vec<u8>>>,
-    /// Shards whose content changed since they were last written.
-    dirty: BTreeSet<usize>,
+    /// Shards whose content changed since they were last written, with when
+    /// they first changed (written oldest first).
+    dirty: BTreeMap<usize, Instant>,
+    /// Writes allowed now (see [`WRITES_PER_SECOND`]), as of `refilled`.
+    tokens: f64,
+    refilled: Instant,
     /// Clusters whose group changed and is not on disk yet.
     pending: BTreeSet<String>,
     /// When each cluster's current group reached the disk.
@@ -97,7 +109,12 @@ impl TargetsDir {
             groups: HashMap::new(),
             members: vec![BTreeSet::new(); SHARDS],
             // Shards a previous daemon wrote are rewritten on the first sync.
-            dirty: (0..SHARDS).filter(|i| on_disk[*i].is_some()).collect(),
+            dirty: (0..SHARDS)
+                .filter(|i| on_disk[*i].is_some())
+                .map(|i| (i, Instant::now()))
+                .collect(),
+            tokens: BURST,
+            refilled: Instant::now(),
             on_disk,
             pending: BTreeSet::new(),
             written_at: HashMap::new(),
@@ -143,21 +160,7 @@ impl TargetsDir {
     /// only the shards they live in are written. Returns how many files were written.
     pub fn sync(&mut self, desired: &BTreeMap<String, TargetGroup>, now: Instant) -> usize {
         for (name, group) in desired {
-            if self.groups.get(name).is_some_and(|p| p.group == *group) {
-                continue;
-            }
-            let json = serde_json::to_vec_pretty(group).expect("target groups serialise");
-            let shard = shard_of(name);
-            self.members[shard].insert(name.clone());
-            self.groups.insert(
-                name.clone(),
-                Published {
-                    group: group.clone(),
-                    json,
-                },
-            );
-            self.dirty.insert(shard);
-            self.pending.insert(name.clone());
+            self.upsert(name, group);
         }
         if self.groups.len() > desired.len() {
             let leaving: Vec<String> = self
@@ -167,22 +170,86 @@ impl TargetsDir {
                 .cloned()
                 .collect();
             for name in leaving {
-                let shard = shard_of(&name);
-                self.groups.remove(&name);
-                self.members[shard].remove(&name);
-                self.written_at.remove(&name);
-                self.pending.remove(&name);
-                self.dirty.insert(shard);
+                self.remove(&name);
             }
         }
+        self.flush(now)
+    }
+
+    /// Sets one cluster's group (written at the next [`TargetsDir::flush`]);
+    /// the same group again costs a comparison.
+    pub fn upsert(&mut self, name: &str, group: &TargetGroup) {
+        if self.groups.get(name).is_some_and(|p| p.group == *group) {
+            return;
+        }
+        let json = serde_json::to_vec_pretty(group).expect("target groups serialise");
+        let shard = shard_of(name);
+        self.members[shard].insert(name.to_string());
+        self.groups.insert(
+            name.to_string(),
+            Published {
+                group: group.clone(),
+                json,
+            },
+        );
+        self.dirty.entry(shard).or_insert_with(Instant::now);
+        self.pending.insert(name.to_string());
+    }
+
+    /// Removes one cluster's group (at the next [`TargetsDir::flush`]).
+    pub fn remove(&mut self, name: &str) {
+        if self.groups.remove(name).is_none() {
+            return;
+        }
+        let shard = shard_of(name);
+        self.members[shard].remove(name);
+        self.written_at.remove(name);
+        self.pending.remove(name);
+        self.dirty.entry(shard).or_insert_with(Instant::now);
+    }
+
+    /// The groups as last set, by name.
+    pub fn groups(&self) -> BTreeMap<&str, &TargetGroup> {
+        self.groups
+            .iter()
+            .map(|(n, p)| (n.as_str(), &p.group))
+            .collect()
+    }
+
+    /// When shards wait for the pace (see [`WRITES_PER_SECOND`]): the time to
+    /// call [`TargetsDir::flush`] again.
+    pub fn next_write(&self) -> Option<Instant> {
+        if self.dirty.is_empty() || self.tokens >= 1.0 {
+            return None;
+        }
+        let wait = (1.0 - self.tokens) / f64::from(WRITES_PER_SECOND);
+        Some(self.refilled + Duration::from_secs_f64(wait))
+    }
+
+    /// Writes the shards whose groups changed (and those a failed write left),
+    /// oldest change first, as the pace allows; returns how many files were written.
+    pub fn flush(&mut self, now: Instant) -> usize {
+        if self.dirty.is_empty() && self.leftovers.len() == self.delete_at.len() {
+            return 0;
+        }
+        let mut attempted = false;
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * f64::from(WRITES_PER_SECOND)).min(BURST);
+        self.refilled = now;
+        let mut order: Vec<(Instant, usize)> = self.dirty.iter().map(|(s, t)| (*t, *s)).collect();
+        order.sort();
+        let allowed = self.tokens.floor().max(0.0) as usize;
         let mut writes = 0;
         let mut ok = true;
-        for shard in std::mem::take(&mut self.dirty) {
+        for (since, shard) in order.into_iter().take(allowed) {
+            attempted = true;
+            self.dirty.remove(&shard);
             let bytes = self.render(shard);
             let on_disk = if self.on_disk[shard].as_deref() == Some(bytes.as_slice()) {
                 Ok(())
             } else {
                 let path = self.dir.join(shard_file(shard));
+                self.tokens -= 1.0;
                 crate::atomic::write_via(&self.tmp, &path, &bytes, 0o644).map(|()| {
                     self.on_disk[shard] = Some(bytes);
                     writes += 1;
@@ -204,7 +271,7 @@ impl TargetsDir {
                 Err(e) => {
                     let path = self.dir.join(shard_file(shard));
                     ok = false;
-                    self.dirty.insert(shard);
+                    self.dirty.insert(shard, since);
                     let msg = format!("{e:#}");
                     if self.last_error.as_deref() != Some(&msg) {
                         tracing::error!("cannot write {}: {msg}", path.display());
@@ -214,7 +281,7 @@ impl TargetsDir {
             }
         }
         self.retire_leftovers(now);
-        if ok && writes > 0 {
+        if ok && attempted {
             self.last_error = None;
         }
         writes
@@ -311,7 +378,7 @@ mod tests {
         fs::create_dir(&dir).unwrap();
         fs::create_dir(&tmp).unwrap();
         let mut t = TargetsDir::open(dir.clone(), tmp).unwrap();
-        let now = Instant::now();
+        let mut now = Instant::now();
         let mut desired: BTreeMap<String, TargetGroup> = (0..100)
             .map(|i| {
                 (
@@ -330,11 +397,13 @@ mod tests {
         assert!(t.age("c1").is_some());
 
         desired.insert("c1".into(), group("c1", "127.0.0.1:999"));
+        now += Duration::from_secs(1);
         assert_eq!(t.sync(&desired, now), 1, "one changed group, one file");
         let text = fs::read_to_string(dir.join(shard_file(shard_of("c1")))).unwrap();
         assert!(text.contains("127.0.0.1:999"), "{text}");
 
         desired.remove("c2");
+        now += Duration::from_secs(1);
         assert_eq!(t.sync(&desired, now), 1);
         let all = shards(&dir);
         assert_eq!(all.len(), 99);
@@ -365,6 +434,41 @@ mod tests {
         );
         t.collect(now + Duration::from_secs(16));
         assert!(!dir.join("old-one.json").exists());
+    }
+
+    #[test]
+    fn writes_beyond_a_burst_are_paced() {
+        let home = tempfile::tempdir().unwrap();
+        let (dir, tmp) = (home.path().join("targets"), home.path().join("targets.tmp"));
+        fs::create_dir(&dir).unwrap();
+        fs::create_dir(&tmp).unwrap();
+        let mut t = TargetsDir::open(dir.clone(), tmp).unwrap();
+        let start = Instant::now();
+        // A burst: every shard changes, again and again, within a second.
+        let mut writes = 0;
+        for round in 0..10u32 {
+            let now = start + Duration::from_millis(u64::from(round) * 50);
+            for i in 0..100 {
+                let name = format!("c{i}");
+                t.upsert(
+                    &name,
+                    &group(&name, &format!("127.0.0.1:{}", 1 + i + 100 * round)),
+                );
+            }
+            writes += t.flush(now);
+        }
+        // 16 at once, then 16 a second for the 450 ms that followed.
+        assert!(writes <= SHARDS + 8, "{writes} writes");
+        let next = t.next_write().expect("shards wait");
+        assert!(next > start + Duration::from_millis(450));
+        // Once the pace allows, everything is written.
+        t.flush(start + Duration::from_secs(2));
+        assert!(t.next_write().is_none());
+        assert_eq!(shards(&dir).len(), 100);
+        // A lone change later is written at once.
+        let later = start + Duration::from_secs(5);
+        t.upsert("c1", &group("c1", "127.0.0.1:9"));
+        assert_eq!(t.flush(later), 1);
     }
 
     #[test]

@@ -93,6 +93,17 @@ fn file_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY
 }
 
+/// Opens a file with [`file_flags`], and without updating its access time
+/// when the kernel allows it (the file is this user's): reading Ray's file
+/// every 5 s must not cost a metadata write each time. A file of another
+/// user is opened as before (`O_NOATIME` is refused for it).
+fn open_file(open: impl Fn(OFlag) -> nix::Result<OwnedFd>) -> nix::Result<OwnedFd> {
+    match open(file_flags() | OFlag::O_NOATIME) {
+        Err(Errno::EPERM) => open(file_flags()),
+        other => other,
+    }
+}
+
 impl Folder {
     /// Opens `path` as a folder; a symlink at its last component is refused.
     /// `Ok(None)`: it does not exist.
@@ -193,7 +204,7 @@ impl Folder {
         max: u64,
         trusted: &dyn Fn(u32) -> bool,
     ) -> Result<Option<Contents>, Rejection> {
-        match nix::fcntl::openat(&self.fd, name, file_flags(), Mode::empty()) {
+        match open_file(|flags| nix::fcntl::openat(&self.fd, name, flags, Mode::empty())) {
             Ok(fd) => read_open(fd, max, trusted).map(Some),
             Err(Errno::ENOENT) => Ok(None),
             Err(Errno::EISDIR) => Err(Rejection::Directory),
@@ -210,7 +221,7 @@ pub fn read_file(
     max: u64,
     trusted: &dyn Fn(u32) -> bool,
 ) -> Result<Option<Contents>, Rejection> {
-    match nix::fcntl::open(path, file_flags(), Mode::empty()) {
+    match open_file(|flags| nix::fcntl::open(path, flags, Mode::empty())) {
         Ok(fd) => read_open(fd, max, trusted).map(Some),
         Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Ok(None),
         Err(Errno::EISDIR) => Err(Rejection::Directory),
@@ -250,17 +261,13 @@ fn read_open(fd: OwnedFd, max: u64, trusted: &dyn Fn(u32) -> bool) -> Result<Con
     if size > max {
         return Err(Rejection::TooLarge { size, max });
     }
+    // At most the size the file had when it was checked (not over `max`),
+    // read in one go: no second read to find the end of a regular file.
     let mut bytes = Vec::with_capacity(size as usize);
     std::fs::File::from(fd)
-        .take(max + 1)
+        .take(size)
         .read_to_end(&mut bytes)
         .map_err(|e| Rejection::Io(e.to_string()))?;
-    if bytes.len() as u64 > max {
-        return Err(Rejection::TooLarge {
-            size: bytes.len() as u64,
-            max,
-        });
-    }
     let mtime = SystemTime::UNIX_EPOCH
         + Duration::new(
             st.st_mtime.max(0) as u64,

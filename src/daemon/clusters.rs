@@ -20,6 +20,14 @@ use crate::home::Home;
 use crate::registry::{Change, Origin, Registry};
 use crate::targets::TargetsDir;
 
+/// Endpoints are checked against the socket table this often.
+const VERIFY: Duration = Duration::from_secs(1);
+/// Aged attribution answers are looked at this often, even when nothing changed.
+const CONTEST_CHECK: Duration = Duration::from_secs(10);
+/// The published groups are compared with a full recomputation this often
+/// (a safety net: the groups are kept current incrementally).
+const RECONCILE: Duration = Duration::from_secs(60);
+
 /// Everything the event loop and the API share, behind one lock.
 pub struct Core {
     pub home: Home,
@@ -33,8 +41,12 @@ pub struct Core {
     pub trusted: BTreeSet<u32>,
     /// Session dirs whose Grafana dashboards were copied.
     pub harvested: BTreeSet<PathBuf>,
-    /// (registry, attribution, endpoints) generations last written to `targets/`.
-    pub published: (u64, u64, u64),
+    /// The name each file's group is published under, and back.
+    published_as: HashMap<PathBuf, String>,
+    published_by: HashMap<String, PathBuf>,
+    /// Every group must be recomputed at the next publish (at start).
+    publish_all: bool,
+    pub last_reconcile: Instant,
     /// Who holds each listed endpoint; foreign ones are never published.
     pub endpoints: Endpoints,
     pub last_verify: Instant,
@@ -76,7 +88,10 @@ impl Core {
             probing: HashMap::new(),
             trusted,
             harvested: BTreeSet::new(),
-            published: (u64::MAX, u64::MAX, u64::MAX),
+            published_as: HashMap::new(),
+            published_by: HashMap::new(),
+            publish_all: true,
+            last_reconcile: Instant::now(),
             endpoints: Endpoints::default(),
             last_verify: Instant::now(),
             locals: crate::ports::local_addresses(),
@@ -166,6 +181,8 @@ impl Core {
     /// folder turns up.
     pub fn full_scan(&mut self) {
         self.locals = crate::ports::local_addresses();
+        // The addresses or the trusted uids may have changed: every endpoint is judged again.
+        self.endpoints.invalidate();
         for _ in 0..4 {
             let before = self.follow.watcher.watched().clone();
             let settings = self.settings.borrow().clone();
@@ -366,19 +383,6 @@ impl Core {
         }
     }
 
-    /// Looks up who holds every endpoint of the live clusters.
-    fn verify_endpoints(&mut self) {
-        let trusted = &self.trusted;
-        let listed = self
-            .registry
-            .clusters()
-            .filter(|c| c.is_live())
-            .flat_map(|c| c.targets.iter());
-        self.endpoints
-            .refresh(listed, &self.locals, &|uid| trusted.contains(&uid));
-        self.last_verify = Instant::now();
-    }
-
     /// The target groups to publish: what the registry wants, less every
     /// endpoint whose listener belongs to an untrusted uid.
     pub fn desired(&self) -> BTreeMap<String, crate::registry::TargetGroup> {
@@ -389,40 +393,138 @@ impl Core {
         desired
     }
 
+    /// Recomputes the group of the cluster at `file` and hands it to `targets`.
+    fn republish(&mut self, file: &Path) {
+        let attribution = &self.attribution;
+        let endpoints = &self.endpoints;
+        let owner = |t: &str| attribution.owner(t);
+        let admitted = |t: &str| endpoints.admitted(t);
+        let group = self.registry.group_for(file, &owner, &admitted);
+        if let Some(old) = self.published_as.get(file).cloned()
+            && group.as_ref().is_none_or(|(name, _)| *name != old)
+        {
+            self.published_as.remove(file);
+            if self.published_by.get(&old).is_some_and(|f| f == file) {
+                self.published_by.remove(&old);
+                self.targets.remove(&old);
+            }
+        }
+        if let Some((name, group)) = group {
+            if let Some(other) = self.published_by.get(&name)
+                && other != file
+            {
+                // The name passed from a cluster that left to this one.
+                self.published_as.remove(other);
+            }
+            self.published_by.insert(name.clone(), file.to_path_buf());
+            self.published_as.insert(file.to_path_buf(), name.clone());
+            self.targets.upsert(&name, &group);
+        }
+    }
+
     /// Writes the target files when anything they depend on changed (or a
     /// previous write failed); returns contested endpoints to resolve.
+    ///
+    /// The work is proportional to what changed: the registry reports the
+    /// clusters and endpoints a change touched, the endpoint check the
+    /// verdicts that changed, attribution the answers it recorded; only the
+    /// groups of the clusters concerned are recomputed, and only their shards
+    /// written.
     pub fn publish(&mut self) -> Vec<(String, Vec<String>)> {
         // Before a new cluster is first published, so its series carry the
         // Slurm labels from their first sample.
         self.look_up_slurm();
         let now = Instant::now();
-        if self.registry.generation() != self.published.0
-            || now.duration_since(self.last_verify) >= Duration::from_secs(1)
-        {
-            self.verify_endpoints();
+        let (mut dirty, touched) = self.registry.take_changes();
+        if std::mem::take(&mut self.publish_all) {
+            dirty.extend(self.registry.clusters().map(|c| c.found.file.clone()));
         }
-        let stamp = (
-            self.registry.generation(),
-            self.attribution.generation,
-            self.endpoints.generation,
+        // An endpoint whose claimants changed: each claimant's group may change
+        // (it became contested, or stopped being).
+        for ep in &touched {
+            dirty.extend(self.registry.claimants(ep).cloned());
+        }
+        let recheck = now.duration_since(self.last_verify) >= VERIFY;
+        if recheck {
+            self.last_verify = now;
+        }
+        let trusted = &self.trusted;
+        let registry = &self.registry;
+        let verdicts = self.endpoints.update(
+            &touched,
+            &|ep| registry.is_listed(ep),
+            recheck,
+            &self.locals,
+            &|uid| trusted.contains(&uid),
         );
-        let recheck = now.duration_since(self.last_contest_check) >= Duration::from_secs(10);
-        if stamp == self.published && self.targets.last_error.is_none() && !recheck {
-            return Vec::new();
+        let answered = self.attribution.take_changed();
+        for ep in verdicts.iter().chain(&answered) {
+            dirty.extend(self.registry.claimants(ep).cloned());
         }
-        self.last_contest_check = now;
-        // A foreign endpoint is never scraped, not even to read its session.
-        let contested: BTreeMap<String, Vec<String>> = self
-            .registry
-            .contested()
-            .into_iter()
-            .filter(|(ep, _)| self.endpoints.admitted(ep))
-            .collect();
-        let due = self.attribution.due(&contested, now);
-        let desired = self.desired();
-        self.targets.sync(&desired, now);
-        self.published = stamp;
+        // Contested endpoints to (re)resolve: when claims or verdicts changed,
+        // and every 10 s for answers that aged. A foreign endpoint is never
+        // scraped, not even to read its session.
+        let contest_check = now.duration_since(self.last_contest_check) >= CONTEST_CHECK;
+        let due = if contest_check || !touched.is_empty() || !verdicts.is_empty() {
+            self.last_contest_check = now;
+            let contested: BTreeMap<String, Vec<String>> = self
+                .registry
+                .contested()
+                .into_iter()
+                .filter(|(ep, _)| self.endpoints.admitted(ep))
+                .collect();
+            self.attribution.due(&contested, now)
+        } else {
+            Vec::new()
+        };
+        for file in &dirty {
+            self.republish(file);
+        }
+        if now.duration_since(self.last_reconcile) >= RECONCILE {
+            self.last_reconcile = now;
+            self.reconcile_published();
+        } else {
+            #[cfg(debug_assertions)]
+            self.assert_published();
+        }
+        self.targets.flush(now);
         due
+    }
+
+    /// The safety net: the published groups against a full recomputation.
+    fn reconcile_published(&mut self) {
+        let desired = self.desired();
+        let current: BTreeMap<String, crate::registry::TargetGroup> = self
+            .targets
+            .groups()
+            .into_iter()
+            .map(|(n, g)| (n.to_string(), g.clone()))
+            .collect();
+        if current != desired {
+            tracing::error!(
+                "the published target groups differed from the clusters' (a raywatch bug): rewriting them"
+            );
+            self.published_as.clear();
+            self.published_by.clear();
+            self.publish_all = true;
+            self.targets.sync(&desired, Instant::now());
+        }
+    }
+
+    /// In debug builds (the tests), every publish checks the incremental groups.
+    #[cfg(debug_assertions)]
+    fn assert_published(&self) {
+        let desired = self.desired();
+        let current: BTreeMap<&str, &crate::registry::TargetGroup> = self.targets.groups();
+        let wanted: BTreeMap<&str, &crate::registry::TargetGroup> =
+            desired.iter().map(|(n, g)| (n.as_str(), g)).collect();
+        assert_eq!(current, wanted, "incremental publishing diverged");
+    }
+
+    /// When the event loop must run again without an event: target files
+    /// waiting for the write pace.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.targets.next_write()
     }
 
     fn save_attachments(&self) -> Result<()> {

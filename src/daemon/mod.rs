@@ -346,6 +346,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut probes = Vec::new();
+        let wake_at = shared.core.lock().unwrap().next_deadline();
         tokio::select! {
             Some(p) = fs_rx.recv() => {
                 let mut batch = BTreeSet::from([p]);
@@ -372,6 +373,8 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
                 core.log_change(&file, change);
             }
             _ = shared.wake.notified() => {}
+            // Target files waiting for the write pace go out below.
+            _ = sleep_until(wake_at) => {}
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = shutdown_rx.changed() => { tracing::info!("stop requested"); break; }
@@ -457,6 +460,14 @@ async fn start_sd(
     Ok(tokio::spawn(crate::sd::serve(
         listener, state, tls, shutdown,
     )))
+}
+
+/// Sleeps until `at` (forever when there is none).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn spawn_resolves(
