@@ -11,6 +11,7 @@
 //! | `RAY_TMPDIR` | Ray's temp-dir parent, watched besides /tmp |
 //! | `RAY_PROMETHEUS_NAME` | the datasource name Ray's Dashboard expects (at `up`) |
 //! | `RAYWATCH_LOG` | the log filter (tracing's `EnvFilter` syntax, default `info`) |
+//! | `RAYWATCH_BIN` | `raywatch-bench` only: the `raywatch` binary to measure (else the one beside it) |
 
 use std::path::PathBuf;
 
@@ -52,6 +53,11 @@ pub fn xdg_cache_home() -> Option<PathBuf> {
 /// `$HOME`.
 pub fn home_dir() -> Option<PathBuf> {
     non_empty("HOME").map(PathBuf::from)
+}
+
+/// `$RAYWATCH_BIN`: the `raywatch` binary `raywatch-bench` runs.
+pub fn raywatch_bin() -> Option<PathBuf> {
+    non_empty("RAYWATCH_BIN").map(PathBuf::from)
 }
 
 /// The name of the log filter variable (read by tracing-subscriber).

@@ -2,8 +2,8 @@
 //!
 //! Theory of operation: a per-user daemon watches the places Ray writes its
 //! `prom_metrics_service_discovery.json`, keeps a registry of the clusters it
-//! finds (one per Ray session), verifies and labels their targets, and writes one
-//! file_sd file per live cluster into `<home>/targets/`. The Prometheus it
+//! finds (one per Ray session), verifies and labels their targets, and writes every live
+//! cluster's group into a few file_sd shards in `<home>/targets/`. The Prometheus it
 //! supervises reads that folder through a single glob, so clusters join and leave
 //! without a reload. The CLI talks to the daemon over a Unix socket only its owner
 //! can open.
@@ -11,8 +11,8 @@
 pub mod api;
 pub mod atomic;
 pub mod attribution;
+#[cfg(feature = "bench")]
 pub mod bench;
-pub mod bench_fleet;
 pub mod cli;
 pub mod config;
 pub mod daemon;

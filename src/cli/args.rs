@@ -118,9 +118,6 @@ pub enum Command {
         /// The shell to complete for.
         shell: CompletionShell,
     },
-    /// Measure raywatch against a real Prometheus (for docs/BENCHMARKS.md).
-    #[command(subcommand)]
-    Bench(BenchCommand),
     /// Run the daemon in this process (what `up` starts in the background).
     #[command(hide = true)]
     Daemon {
@@ -142,60 +139,6 @@ pub enum CompletionShell {
 pub enum GrafanaCommand {
     /// Print the provisioning folder and the lines that point an existing Grafana at it.
     Dir,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Discovery-file rename to target listed by Prometheus, beside Prometheus' own floor.
-    Latency {
-        #[arg(long, default_value_t = 50)]
-        trials: usize,
-    },
-    /// Clusters joining and leaving for a long time: memory, fds, final presence, latency.
-    Soak {
-        #[arg(long, default_value_t = 1000)]
-        clusters: usize,
-        #[arg(long, default_value = "10m", value_parser = parse_duration)]
-        duration: Duration,
-        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-        every: Duration,
-    },
-    /// The daemon's CPU and RSS with N synthetic clusters rewriting every 5 s.
-    Idle {
-        #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
-        clusters: Vec<usize>,
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
-    },
-    /// Remote-write lag: a sample's scrape to queryable in a local VictoriaMetrics.
-    FleetLag {
-        /// Samples to time (one series, scraped every 1 s).
-        #[arg(long, default_value_t = 60)]
-        samples: usize,
-    },
-    /// Prometheus' RSS and disk, full mode beside agent mode, both remote-writing.
-    Agent {
-        #[arg(long, default_value_t = 100)]
-        clusters: usize,
-        /// Gauges per synthetic cluster.
-        #[arg(long, default_value_t = 200)]
-        series: usize,
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        scrape_interval: Duration,
-        /// Scraping time measured, once every cluster is up.
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
-        duration: Duration,
-    },
-    /// Response time and size of the http_sd endpoint (`up --sd-listen`).
-    Sd {
-        #[arg(long, default_value_t = 1000)]
-        clusters: usize,
-        /// Targets per synthetic cluster.
-        #[arg(long, default_value_t = 3)]
-        targets: usize,
-        #[arg(long, default_value_t = 300)]
-        requests: usize,
-    },
 }
 
 #[derive(Args, Debug)]

@@ -19,7 +19,6 @@ use crate::status::StatusReport;
 
 mod args;
 mod attach;
-mod bench;
 mod completions;
 mod down;
 mod env;
@@ -31,7 +30,7 @@ mod query;
 mod status;
 mod up;
 
-pub use args::{BenchCommand, Cli, Command, CompletionShell, Global, GrafanaCommand, UpArgs};
+pub use args::{Cli, Command, CompletionShell, Global, GrafanaCommand, UpArgs};
 pub use error::{Exit, Hint, HintExt};
 
 /// Entry point: runs the command; an error is printed as `error:`, `Caused by:`
@@ -72,7 +71,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<Exit> {
-    // Resolved by the commands that use it: `completions` and `bench` work
+    // Resolved by the commands that use it: `completions` works
     // where $HOME is unset (packaging, containers).
     let home = || Home::resolve(cli.global.home.clone());
     match cli.command {
@@ -91,7 +90,6 @@ fn run(cli: Cli) -> Result<Exit> {
             token_file,
             tls,
         } => fleet::fleet_config(&hosts, &token_file, tls),
-        Command::Bench(command) => bench::bench(command),
         Command::Daemon { log_file } => {
             let home = home()?;
             init_logging(log_file.then(|| home.daemon_log()));

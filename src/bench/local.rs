@@ -1,6 +1,6 @@
-//! `raywatch bench`: the measurements behind docs/BENCHMARKS.md, run against a real stack.
+//! `raywatch-bench latency | join | idle | soak`: the single-machine figures of docs/BENCHMARKS.md.
 //!
-//! Each benchmark starts its own stack (this binary, a temp home, `--no-default-watch`)
+//! Each benchmark starts its own stack (the raywatch binary, a temp home, `--no-default-watch`)
 //! and synthetic Ray heads: discovery files written the way Ray writes them
 //! (temp file, then rename).
 
@@ -30,7 +30,7 @@ impl BenchStack {
         let home = Home::resolve(Some(dir.path().join("home")))?;
         let root = dir.path().join("ray_bench");
         fs_err::create_dir(&root)?;
-        let out = Command::new(std::env::current_exe()?)
+        let out = Command::new(super::raywatch_exe()?)
             .arg("--home")
             .arg(home.root())
             .args(["up", "--no-default-watch", "--watch"])
@@ -219,7 +219,7 @@ fn make_clusters(
 
 impl Drop for BenchStack {
     fn drop(&mut self) {
-        let _ = Command::new(std::env::current_exe().unwrap_or_default())
+        let _ = Command::new(super::raywatch_exe().unwrap_or_default())
             .arg("--home")
             .arg(self.home.root())
             .args(["down", "--purge"])

@@ -1,6 +1,6 @@
-//! `raywatch bench fleet-lag | agent | sd`: the fleet figures of docs/BENCHMARKS.md.
+//! `raywatch-bench fleet-lag | agent | sd`: the fleet figures of docs/BENCHMARKS.md.
 //!
-//! Like [`crate::bench`], each benchmark starts its own stacks (this binary, a
+//! Like [`super::local`], each benchmark starts its own stacks (the raywatch binary, a
 //! temp home, `--no-default-watch`) and synthetic Ray heads (discovery files
 //! written like Ray's: temp file, then rename, rewritten every 5 s). What a
 //! fleet adds: a central VictoriaMetrics on a free loopback port (in its own
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::bench::{percentile, sample};
+use super::local::{percentile, sample};
 use crate::discovery::DISCOVERY_FILE;
 use crate::home::Home;
 
@@ -66,7 +66,7 @@ fn row(name: &str, mut v: Vec<Duration>, unit_ms_decimals: usize) -> String {
     )
 }
 
-/// A stack of this binary in a temp home, watching its own Ray root, with extra `up` flags.
+/// A stack of the raywatch binary in a temp home, watching its own Ray root, with extra `up` flags.
 struct FleetStack {
     home: Home,
     root: PathBuf,
@@ -87,7 +87,7 @@ impl FleetStack {
             root,
             _dir: dir,
         };
-        let out = Command::new(std::env::current_exe()?)
+        let out = Command::new(super::raywatch_exe()?)
             .arg("--home")
             .arg(stack.home.root())
             .args(["up", "--no-default-watch", "--watch"])
@@ -116,7 +116,7 @@ impl FleetStack {
 
 impl Drop for FleetStack {
     fn drop(&mut self) {
-        let _ = Command::new(std::env::current_exe().unwrap_or_default())
+        let _ = Command::new(super::raywatch_exe().unwrap_or_default())
             .arg("--home")
             .arg(self.home.root())
             .args(["down", "--purge"])

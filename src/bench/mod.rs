@@ -1,0 +1,151 @@
+//! `raywatch-bench`: the measurements behind docs/BENCHMARKS.md, a binary of its own.
+//!
+//! Built only with the `bench` feature (`cargo build --release --features bench
+//! --bin raywatch-bench`), so the shipped `raywatch` neither carries nor lists
+//! it. Every benchmark runs the real `raywatch` binary (the one beside this
+//! one, or `$RAYWATCH_BIN`) against a real Prometheus, in temp homes it removes.
+
+pub mod fleet;
+pub mod local;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::parse_duration;
+
+/// Measure raywatch against a real Prometheus (the figures of docs/BENCHMARKS.md).
+#[derive(Parser, Debug)]
+#[command(name = "raywatch-bench", version)]
+pub struct BenchCli {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Discovery-file rename to target listed by Prometheus, beside Prometheus' own floor.
+    Latency {
+        #[arg(long, default_value_t = 50)]
+        trials: usize,
+        /// Live clusters (rewritten every 5 s) beside the trials.
+        #[arg(long, default_value_t = 0)]
+        background: usize,
+        /// Only raywatch's share (rename → its targets file written), trials 0–500 ms apart.
+        #[arg(long)]
+        own_only: bool,
+    },
+    /// N sessions at once: both processes' CPU after, and the time until all are listed.
+    Join {
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Clusters joining and leaving for a long time: memory, fds, final presence, latency.
+    Soak {
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        every: Duration,
+    },
+    /// The daemon's and Prometheus' CPU and RSS with N synthetic clusters rewriting every 5 s.
+    Idle {
+        #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+        clusters: Vec<usize>,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Remote-write lag: a sample's scrape to queryable in a local VictoriaMetrics.
+    FleetLag {
+        /// Samples to time (one series, scraped every 1 s).
+        #[arg(long, default_value_t = 60)]
+        samples: usize,
+    },
+    /// Prometheus' RSS and disk, full mode beside agent mode, both remote-writing.
+    Agent {
+        #[arg(long, default_value_t = 100)]
+        clusters: usize,
+        /// Gauges per synthetic cluster.
+        #[arg(long, default_value_t = 200)]
+        series: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        scrape_interval: Duration,
+        /// Scraping time measured, once every cluster is up.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Response time and size of the http_sd endpoint (`up --sd-listen`).
+    Sd {
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        /// Targets per synthetic cluster.
+        #[arg(long, default_value_t = 3)]
+        targets: usize,
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+    },
+}
+
+/// The `raywatch` binary the benchmarks run: `$RAYWATCH_BIN`, else the one beside this binary.
+pub fn raywatch_exe() -> Result<PathBuf> {
+    if let Some(bin) = crate::env::raywatch_bin() {
+        return Ok(bin);
+    }
+    let me = std::env::current_exe().context("cannot find this binary's path")?;
+    let beside = me.with_file_name("raywatch");
+    if !beside.is_file() {
+        anyhow::bail!(
+            "no raywatch binary beside {} (build it: cargo build --release), or set RAYWATCH_BIN",
+            me.display()
+        );
+    }
+    Ok(beside)
+}
+
+/// Runs one benchmark; prints its figures (Markdown rows) on stdout.
+pub fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Latency {
+            trials,
+            background,
+            own_only,
+        } => local::latency_with(trials, background, own_only),
+        BenchCommand::Join { clusters, seconds } => local::join(clusters, seconds),
+        BenchCommand::Soak {
+            clusters,
+            duration,
+            every,
+        } => local::soak(clusters, duration, every),
+        BenchCommand::Idle { clusters, seconds } => local::idle(&clusters, seconds),
+        BenchCommand::FleetLag { samples } => fleet::fleet_lag(samples),
+        BenchCommand::Agent {
+            clusters,
+            series,
+            scrape_interval,
+            duration,
+        } => fleet::agent(clusters, series, scrape_interval, duration),
+        BenchCommand::Sd {
+            clusters,
+            targets,
+            requests,
+        } => fleet::sd(clusters, targets, requests),
+    }
+}
+
+/// The `raywatch-bench` binary's main.
+pub fn main() -> ExitCode {
+    let cli = BenchCli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
