@@ -11,6 +11,8 @@
 //! | `RAY_TMPDIR` | Ray's temp-dir parent, watched besides /tmp |
 //! | `RAY_PROMETHEUS_NAME` | the datasource name Ray's Dashboard expects (at `up`) |
 //! | `RAYWATCH_LOG` | the log filter (tracing's `EnvFilter` syntax, default `info`) |
+//! | `NO_COLOR` | `top` draws without colours when set (no-color.org) |
+//! | `RAYWATCH_TOP_DEAD_FOR` | `top`: how long a dead cluster stays on screen (default 10m; tests shorten it) |
 //! | `RAYWATCH_BIN` | `raywatch-bench` only: the `raywatch` binary to measure (else the one beside it) |
 
 use std::path::PathBuf;
@@ -58,6 +60,16 @@ pub fn home_dir() -> Option<PathBuf> {
 /// `$RAYWATCH_BIN`: the `raywatch` binary `raywatch-bench` runs.
 pub fn raywatch_bin() -> Option<PathBuf> {
     non_empty("RAYWATCH_BIN").map(PathBuf::from)
+}
+
+/// `$NO_COLOR`: set and not empty, `top` uses no colours.
+pub fn no_color() -> Option<std::ffi::OsString> {
+    non_empty("NO_COLOR")
+}
+
+/// `$RAYWATCH_TOP_DEAD_FOR`: how long `top` keeps a dead cluster on screen (a duration, e.g. `20s`).
+pub fn top_dead_for() -> Option<String> {
+    non_empty("RAYWATCH_TOP_DEAD_FOR").and_then(|v| v.into_string().ok())
 }
 
 /// The name of the log filter variable (read by tracing-subscriber).

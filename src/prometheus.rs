@@ -490,6 +490,11 @@ impl Client {
         verify_listener(self.port, pid)
     }
 
+    /// A GET of `path` carrying the password, once the listener is verified.
+    pub fn authed_get(&self, path: &str) -> Result<reqwest::RequestBuilder> {
+        self.get(path)
+    }
+
     fn get(&self, path: &str) -> Result<reqwest::RequestBuilder> {
         self.verify()?;
         Ok(self
@@ -587,35 +592,6 @@ impl Client {
         let bytes = resp.bytes().await.context("Prometheus' answer broke off")?;
         Ok((status, headers, bytes))
     }
-}
-
-/// An instant query against a central store's Prometheus-compatible API
-/// (`raywatch query` in agent mode), with a bearer token from a file.
-pub async fn query_central(
-    base: &str,
-    bearer_file: Option<&Path>,
-    promql: &str,
-) -> Result<(u16, String)> {
-    let mut req = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?
-        .get(format!("{}/api/v1/query", base.trim_end_matches('/')))
-        .query(&[("query", promql)]);
-    if let Some(f) = bearer_file {
-        let me = nix::unistd::geteuid().as_raw();
-        let token = crate::untrusted::read_file(f, 16 << 10, &|uid| uid == me)
-            .map_err(|r| anyhow::anyhow!("--query-bearer-file {}: it {r}", f.display()))?
-            .with_context(|| format!("--query-bearer-file {} does not exist", f.display()))?;
-        req = req.bearer_auth(String::from_utf8_lossy(&token.bytes).trim());
-    }
-    let resp = req.send().await.with_context(|| {
-        format!(
-            "cannot reach the central store at {}",
-            crate::remote_write::redact(base)
-        )
-    })?;
-    let status = resp.status().as_u16();
-    Ok((status, resp.text().await?))
 }
 
 /// The data of a query answer, or Prometheus' own error for it.

@@ -15,7 +15,7 @@ use crate::config::parse_duration;
 #[derive(Parser, Debug)]
 #[command(name = "raywatch", version, propagate_version = true)]
 #[command(
-    after_help = "Examples:\n  raywatch up                     start the stack and watch /tmp/ray*\n  raywatch status                 clusters, targets and their health\n  raywatch query 'up{job=\"ray\"}'   ask this stack's Prometheus\n  raywatch attach /nfs/ray_tmp --name train\n  eval \"$(raywatch env --temp-dir /tmp/ray_me)\"   then ray start\n  raywatch down"
+    after_help = "Examples:\n  raywatch up                     start the stack and watch /tmp/ray*\n  raywatch status                 clusters, targets and their health\n  raywatch query 'up{job=\"ray\"}'   ask this stack's Prometheus\n  raywatch top                    every cluster on one screen\n  raywatch attach /nfs/ray_tmp --name train\n  eval \"$(raywatch env --temp-dir /tmp/ray_me)\"   then ray start\n  raywatch down"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -55,6 +55,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every Ray cluster on one terminal screen (live, with 15-minute history), like htop.
+    ///
+    /// Reads this stack's Prometheus (or a Prometheus-compatible API with --prometheus)
+    /// through a few batched PromQL queries per refresh. Keys are in the footer; `?` shows
+    /// them all. `--once` prints one snapshot for scripts.
+    Top(TopArgs),
     /// Follow a Ray temp dir, session dir or discovery file outside the watched roots.
     Attach {
         /// A Ray temp dir, a session dir, or a prom_metrics_service_discovery.json.
@@ -125,6 +131,34 @@ pub enum Command {
         #[arg(long)]
         log_file: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// How often the screen refreshes.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Print one snapshot of the clusters view as a table and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: print it as JSON (the same fields).
+    #[arg(long, requires = "once")]
+    pub json: bool,
+    /// Read this Prometheus-compatible API (Prometheus, VictoriaMetrics, Thanos, Mimir)
+    /// instead of this stack's: e.g. a central store's fleet.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// A file with the bearer token for --prometheus.
+    #[arg(long, value_name = "FILE", requires = "prometheus")]
+    pub bearer_file: Option<PathBuf>,
+    /// A file with `user:password` for --prometheus.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "prometheus",
+        conflicts_with = "bearer_file"
+    )]
+    pub basic_auth_file: Option<PathBuf>,
 }
 
 /// The shells `raywatch completions` writes a script for.

@@ -28,9 +28,10 @@ mod grafana;
 mod open;
 mod query;
 mod status;
+mod top;
 mod up;
 
-pub use args::{Cli, Command, CompletionShell, Global, GrafanaCommand, UpArgs};
+pub use args::{Cli, Command, CompletionShell, Global, GrafanaCommand, TopArgs, UpArgs};
 pub use error::{Exit, Hint, HintExt};
 
 /// Entry point: runs the command; an error is printed as `error:`, `Caused by:`
@@ -79,6 +80,7 @@ fn run(cli: Cli) -> Result<Exit> {
         Command::Down { purge } => down::down(&home()?, purge),
         Command::Status { json } => status::status(&home()?, json),
         Command::Query { promql, json } => query::query(&home()?, &promql, json),
+        Command::Top(args) => top::top(home, args),
         Command::Attach { path, name } => attach::attach(&home()?, path, name),
         Command::Detach { name } => attach::detach(&home()?, name),
         Command::Env { temp_dir, name } => env::env(&home()?, temp_dir, name),

@@ -2,35 +2,16 @@
 
 use anyhow::Result;
 
-use super::error::HintExt;
 use super::{Exit, runtime, unless_stack_down};
 use crate::escape;
 use crate::home::Home;
 
 pub(super) fn query(home: &Home, promql: &str, json: bool) -> Result<Exit> {
     let rt = runtime()?;
-    let config = crate::config::StackConfig::load(&home.config())?;
-    let answer = match config.as_ref().filter(|c| c.agent) {
-        // An agent keeps no data: the central store answers.
-        Some(c) => {
-            let Some(url) = &c.query_url else {
-                return Err(anyhow::anyhow!(
-                    "Prometheus runs as an agent here: it keeps no data to query"
-                ))
-                .hint(
-                    "ask the central store: raywatch up --query-url URL [--query-bearer-file FILE]",
-                );
-            };
-            rt.block_on(crate::prometheus::query_central(
-                url,
-                c.query_bearer_file.as_deref(),
-                promql,
-            ))
-        }
-        None => rt.block_on(async {
-            let client = crate::prometheus::Client::for_home(home)?;
-            client.query_raw(promql).await
-        }),
+    // The stack's Prometheus, or in agent mode the central store (`up --query-url`).
+    let answer = match crate::promql::QueryApi::for_home(home) {
+        Ok(api) => rt.block_on(api.instant_raw(promql)),
+        Err(e) => Err(e),
     };
     let (code, body) = match answer {
         Ok(answer) => answer,

@@ -1,0 +1,70 @@
+//! `raywatch top`: picks the query API (this stack's Prometheus or `--prometheus URL`), then runs
+//! the screen of [`crate::top::ui`] or prints one snapshot (`--once [--json]`).
+
+use std::io::IsTerminal;
+
+use anyhow::{Result, anyhow};
+
+use super::error::HintExt;
+use super::{Exit, TopArgs, runtime, unless_stack_down};
+use crate::home::Home;
+use crate::promql::{Counter, QueryApi};
+use crate::top;
+
+pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit> {
+    let dead_for = match crate::env::top_dead_for() {
+        Some(v) => {
+            crate::config::parse_duration(&v).map_err(|e| anyhow!("RAYWATCH_TOP_DEAD_FOR: {e}"))?
+        }
+        None => top::DEAD_FOR,
+    };
+    let rt = runtime()?;
+    let (api, home) = match &args.prometheus {
+        Some(url) => (
+            QueryApi::remote(
+                url,
+                args.bearer_file.as_deref(),
+                args.basic_auth_file.as_deref(),
+            )?,
+            None,
+        ),
+        None => {
+            let home = home()?;
+            let api = match QueryApi::for_home(&home) {
+                Ok(api) => api,
+                Err(e) => return Err(rt.block_on(unless_stack_down(&home, e))),
+            };
+            (api, Some(home))
+        }
+    };
+    if !args.once && !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
+        return Err(anyhow!("raywatch top needs a terminal"))
+            .hint("for scripts and logs: raywatch top --once [--json]");
+    }
+    let api = api.counted(Counter::default());
+    let first = rt.block_on(top::fetch_clusters(&api, dead_for, false));
+    let mut first = match (first, &home) {
+        (Ok(c), _) => c,
+        (Err(e), Some(home)) => return Err(rt.block_on(unless_stack_down(home, e))),
+        (Err(e), None) => return Err(e),
+    };
+    if !args.once {
+        drop(rt);
+        top::ui::run(api, home, first, args.interval, dead_for)?;
+        return Ok(Exit::Success);
+    }
+    top::model::sort(&mut first.clusters, top::model::Column::Name, false);
+    if args.json {
+        let snapshot = top::model::Snapshot {
+            schema: 1,
+            source: api.api.describe(),
+            time_unix: first.time_unix,
+            queries: first.queries,
+            clusters: &first.clusters,
+        };
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        print!("{}", top::model::text_table(&first.clusters));
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,125 @@
+//! `raywatch top`: every Ray cluster of this stack's Prometheus (or a central store) on one
+//! terminal screen, from a constant number of batched PromQL queries per refresh.
+//!
+//! [`queries`] writes the PromQL, [`model`] turns answers into rows (and `--once` text or
+//! JSON), [`ui`] draws them with ratatui and reads the keys. A refresh is [`fetch_clusters`]
+//! (two queries: one instant, one range) and, in the cluster view, [`fetch_cluster`] (two more).
+
+pub mod model;
+pub mod queries;
+pub mod ui;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+
+use crate::home::Home;
+use crate::promql::Counted;
+use model::{Cluster, Key, Node};
+
+/// How long a dead cluster stays on screen, greyed ($RAYWATCH_TOP_DEAD_FOR shortens it for tests).
+pub const DEAD_FOR: Duration = Duration::from_secs(600);
+/// How far back `h` (every remembered cluster) looks.
+pub const REMEMBER_ALL: Duration = Duration::from_secs(24 * 3600);
+/// The sparkline column's window and resolution.
+pub const SPARK_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub const SPARK_POINTS: u32 = 30;
+
+/// What a refresh of the clusters view found.
+#[derive(Debug, Clone)]
+pub struct Clusters {
+    pub clusters: Vec<Cluster>,
+    pub time_unix: f64,
+    /// Requests it cost, and how long they took.
+    pub queries: u64,
+    pub took: Duration,
+}
+
+/// What a refresh of one cluster's view found.
+#[derive(Debug, Clone, Default)]
+pub struct Detail {
+    pub nodes: Vec<Node>,
+    pub charts: BTreeMap<String, Vec<Option<f64>>>,
+    pub window: Duration,
+    pub grafana_url: Option<String>,
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// The range `[start, end]` of `window` ending at the last multiple of `step` (so the
+/// points of successive refreshes line up).
+fn grid(window: Duration, points: u32) -> (f64, f64, Duration) {
+    let step = window / points;
+    let s = step.as_secs_f64();
+    let end = (now_unix() / s).floor() * s;
+    (end - window.as_secs_f64(), end, step)
+}
+
+/// Every cluster (live, and dead for less than `dead_for`; every one remembered
+/// in the last day when `show_all`) with its sparkline: two queries, sent together.
+pub async fn fetch_clusters(api: &Counted, dead_for: Duration, show_all: bool) -> Result<Clusters> {
+    let t0 = Instant::now();
+    let before = api.counter.get();
+    let remember = if show_all { REMEMBER_ALL } else { dead_for };
+    let (start, end, step) = grid(SPARK_WINDOW, SPARK_POINTS);
+    let table = queries::clusters(remember);
+    let spark = queries::sparklines();
+    let (samples, series) = tokio::join!(api.instant(&table), api.range(&spark, start, end, step));
+    let now = now_unix();
+    let mut clusters = model::clusters(&samples?, now, (!show_all).then_some(dead_for));
+    model::add_sparklines(&mut clusters, &series?, start, end, step.as_secs_f64());
+    Ok(Clusters {
+        clusters,
+        time_unix: now,
+        queries: api.counter.get() - before,
+        took: t0.elapsed(),
+    })
+}
+
+/// One cluster's nodes and charts over `window`, and its Grafana URL when this
+/// stack's Grafana runs (from the daemon, when `home` is given).
+pub async fn fetch_cluster(
+    api: &Counted,
+    key: &Key,
+    window: Duration,
+    home: Option<&Home>,
+) -> Result<Detail> {
+    let (host, name, _) = key;
+    let (start, end, step) = grid(window, 60);
+    let (nodes, charts) = (queries::nodes(host, name), queries::charts(host, name));
+    let (samples, series) = tokio::join!(api.instant(&nodes), api.range(&charts, start, end, step));
+    let grafana_url = match home {
+        Some(home) if host.is_empty() => grafana_url(home, name).await,
+        _ => None,
+    };
+    Ok(Detail {
+        nodes: model::nodes(&samples?),
+        charts: model::charts(&series?, start, end, step.as_secs_f64()),
+        window,
+        grafana_url,
+    })
+}
+
+/// The Grafana URL of a cluster's Ray dashboard, from the daemon's status report.
+async fn grafana_url(home: &Home, name: &str) -> Option<String> {
+    let report: crate::status::StatusReport = crate::api::call_json(
+        &home.socket(),
+        crate::api::Method::GET,
+        "/v1/status",
+        None::<&()>,
+    )
+    .await
+    .ok()?;
+    report
+        .clusters
+        .into_iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.grafana_url)
+}

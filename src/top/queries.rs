@@ -1,0 +1,268 @@
+//! The PromQL of `raywatch top`: a few batched expressions, each answering for every cluster at once.
+//!
+//! Every per-cluster value is one branch `label_replace(sum by (K) (…), "rw_field", "<name>", "", "")`
+//! of a single `or` expression, so a refresh costs a constant number of queries whatever
+//! the number of clusters. Ray's metric names moved between versions (OpenCensus, then
+//! OpenTelemetry export; `ray_object_store_used_memory` beside `ray_resources`), so a
+//! value with two sources is `(first) or (second)`, per cluster. A value no source has
+//! is absent from the answer, and shows as `–`.
+
+use std::time::Duration;
+
+/// The label that names a branch's field in a batched answer.
+pub const FIELD: &str = "rw_field";
+
+/// What identifies a cluster: its host (`ray_host`, set on series that left the
+/// machine: a central store), its name and its user.
+pub const KEY: &str = "ray_host, ray_io_cluster, ray_user";
+
+/// Series of raywatch's clusters only.
+const OURS: &str = r#"ray_io_cluster!="""#;
+
+/// Ray's task states counted as running and as pending (summed over owner and
+/// executor, whose `SUBMITTED_TO_WORKER` -1 cancels the owner's +1 once a task runs).
+pub const RUNNING_STATES: &str = "RUNNING|RUNNING_IN_RAY_GET|RUNNING_IN_RAY_WAIT";
+pub const PENDING_STATES: &str = "PENDING.*|SUBMITTED_TO_WORKER";
+
+fn branch(name: &str, expr: &str) -> String {
+    format!(r#"label_replace({expr}, "{FIELD}", "{name}", "", "")"#)
+}
+
+fn sum(metric: &str, extra: &str) -> String {
+    format!("sum by ({KEY}) ({metric}{{{OURS}{extra}}})")
+}
+
+/// A PromQL duration for `d` (whole milliseconds, at least 1 s).
+pub fn duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1000))
+}
+
+/// The clusters view in one instant query: every field of every cluster, plus
+/// `last_seen` of each cluster whose targets were scraped within `remember`.
+pub fn clusters(remember: Duration) -> String {
+    let tasks = |states: &str| sum("ray_tasks", &format!(r#",State=~"{states}""#));
+    let failed = format!(r#"ray_tasks{{{OURS},State="FAILED"}}"#);
+    // last_seen to within `step`: the newest evaluation of the subquery that found a sample.
+    let step = remember / 60;
+    let branches = [
+        branch("targets", &format!("count by ({KEY}) (up{{{OURS}}})")),
+        branch(
+            "targets_down",
+            &format!("count by ({KEY}) (up{{{OURS}}} == 0)"),
+        ),
+        branch("samples", &sum("scrape_samples_scraped", "")),
+        branch(
+            "last_seen",
+            &format!(
+                "max by ({KEY}) (max_over_time(timestamp(last_over_time(up{{{OURS}}}[{s}]))[{r}:{s}]))",
+                s = duration(step),
+                r = duration(remember)
+            ),
+        ),
+        branch(
+            "started",
+            &format!("min by ({KEY}) (process_start_time_seconds{{{OURS}}})"),
+        ),
+        branch(
+            "nodes_up",
+            &format!("count by ({KEY}) (ray_node_cpu_utilization{{{OURS}}})"),
+        ),
+        branch(
+            "nodes_total",
+            &format!(
+                "{} or {}",
+                sum("ray_cluster_active_nodes", ""),
+                sum("autoscaler_active_nodes", "")
+            ),
+        ),
+        branch(
+            "cpu",
+            &format!(
+                "(sum by ({KEY}) (ray_node_cpu_utilization{{{OURS}}} * ray_node_cpu_count{{{OURS}}}) / {}) or avg by ({KEY}) (ray_node_cpu_utilization{{{OURS}}})",
+                sum("ray_node_cpu_count", "")
+            ),
+        ),
+        branch("cpus", &sum("ray_node_cpu_count", "")),
+        branch("mem_used", &sum("ray_node_mem_used", "")),
+        branch("mem_total", &sum("ray_node_mem_total", "")),
+        branch("gpus", &sum("ray_node_gpus_available", "")),
+        branch(
+            "gpus_used",
+            &sum("ray_resources", r#",Name="GPU",State="USED""#),
+        ),
+        branch(
+            "gpu_util",
+            &format!("avg by ({KEY}) (ray_node_gpus_utilization{{{OURS}}})"),
+        ),
+        branch("gram_used_mib", &sum("ray_node_gram_used", "")),
+        branch(
+            "gram_total_mib",
+            &format!(
+                "{} + {}",
+                sum("ray_node_gram_used", ""),
+                sum("ray_node_gram_available", "")
+            ),
+        ),
+        branch(
+            "store_used",
+            &format!(
+                "{} or {}",
+                sum("ray_object_store_used_memory", ""),
+                sum(
+                    "ray_resources",
+                    r#",Name="object_store_memory",State="USED""#
+                )
+            ),
+        ),
+        branch(
+            "store_total",
+            &format!(
+                "({} + {}) or {}",
+                sum("ray_object_store_used_memory", ""),
+                sum("ray_object_store_available_memory", ""),
+                sum(
+                    "ray_resources",
+                    r#",Name="object_store_memory",State=~"USED|AVAILABLE""#
+                )
+            ),
+        ),
+        branch("tasks_any", &sum("ray_tasks", "")),
+        branch("tasks_running", &tasks(RUNNING_STATES)),
+        branch("tasks_pending", &tasks(PENDING_STATES)),
+        branch(
+            "tasks_pending_before",
+            &format!(r#"sum by ({KEY}) (ray_tasks{{{OURS},State=~"{PENDING_STATES}"}} offset 2m)"#),
+        ),
+        branch("tasks_finished", &sum("ray_tasks", r#",State="FINISHED""#)),
+        // Failures since 5 minutes ago; a series younger than that counts whole.
+        branch(
+            "tasks_failed_5m",
+            &format!("sum by ({KEY}) (({failed} - {failed} offset 5m) or {failed})"),
+        ),
+    ];
+    branches.join(" or ")
+}
+
+/// The sparkline column: each cluster's average CPU and GPU utilisation, as a range query.
+pub fn sparklines() -> String {
+    [
+        branch(
+            "cpu",
+            &format!("avg by ({KEY}) (ray_node_cpu_utilization{{{OURS}}})"),
+        ),
+        branch(
+            "gpu",
+            &format!("avg by ({KEY}) (ray_node_gpus_utilization{{{OURS}}})"),
+        ),
+    ]
+    .join(" or ")
+}
+
+/// Escapes a label value for a PromQL string literal.
+pub fn literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The selector of one cluster's series.
+pub fn selector(host: &str, name: &str) -> String {
+    format!(
+        "ray_io_cluster={},ray_host={}",
+        literal(name),
+        literal(host)
+    )
+}
+
+/// The cluster view's per-node values of one cluster, in one instant query.
+pub fn nodes(host: &str, name: &str) -> String {
+    let sel = selector(host, name);
+    let raw = |field: &str, metric: &str| branch(field, &format!("{metric}{{{sel}}}"));
+    let by_address = |field: &str, metric: &str| {
+        branch(
+            field,
+            &format!("sum by (NodeAddress, instance) ({metric}{{{sel}}})"),
+        )
+    };
+    [
+        raw("cpu", "ray_node_cpu_utilization"),
+        raw("cpus", "ray_node_cpu_count"),
+        raw("mem_used", "ray_node_mem_used"),
+        raw("mem_total", "ray_node_mem_total"),
+        raw("disk_used", "ray_node_disk_usage"),
+        raw("disk_free", "ray_node_disk_free"),
+        raw("gpu_util", "ray_node_gpus_utilization"),
+        raw("gram_used_mib", "ray_node_gram_used"),
+        raw("gram_free_mib", "ray_node_gram_available"),
+        format!(
+            "{} or {}",
+            by_address("store_used", "ray_object_store_used_memory"),
+            branch(
+                "store_used",
+                &format!(
+                    r#"sum by (NodeAddress, instance) (ray_resources{{{sel},Name="object_store_memory",State="USED"}})"#
+                )
+            )
+        ),
+        format!(
+            "{} or {}",
+            by_address("store_free", "ray_object_store_available_memory"),
+            branch(
+                "store_free",
+                &format!(
+                    r#"sum by (NodeAddress, instance) (ray_resources{{{sel},Name="object_store_memory",State="AVAILABLE"}})"#
+                )
+            )
+        ),
+    ]
+    .join(" or ")
+}
+
+/// The cluster view's charts: CPU, GPU and memory (%) and running / pending tasks, as a range query.
+pub fn charts(host: &str, name: &str) -> String {
+    let sel = selector(host, name);
+    [
+        branch("cpu", &format!("avg(ray_node_cpu_utilization{{{sel}}})")),
+        branch("gpu", &format!("avg(ray_node_gpus_utilization{{{sel}}})")),
+        branch(
+            "mem",
+            &format!("100 * sum(ray_node_mem_used{{{sel}}}) / sum(ray_node_mem_total{{{sel}}})"),
+        ),
+        branch(
+            "running",
+            &format!(r#"clamp_min(sum(ray_tasks{{{sel},State=~"{RUNNING_STATES}"}}), 0)"#),
+        ),
+        branch(
+            "pending",
+            &format!(r#"clamp_min(sum(ray_tasks{{{sel},State=~"{PENDING_STATES}"}}), 0)"#),
+        ),
+    ]
+    .join(" or ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes() {
+        assert_eq!(literal(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(selector("", "x"), r#"ray_io_cluster="x",ray_host="""#);
+    }
+
+    #[test]
+    fn the_clusters_query_does_not_name_a_cluster() {
+        let q = clusters(Duration::from_secs(600));
+        assert!(!q.contains("ray_io_cluster=\""), "{q}");
+        assert!(q.contains("[600000ms:10000ms]"), "{q}");
+    }
+}
