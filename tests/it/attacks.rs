@@ -218,6 +218,11 @@ fn after_a_kill_9_of_prometheus_a_squatter_on_its_port_gets_nothing() {
         "{err}"
     );
     assert!(!String::from_utf8_lossy(&q.stdout).contains("forged"));
+    // `top` uses the same verified client: a clear error, not a screen of forged values.
+    let t = stack.run(&["top", "--once"]);
+    let err = String::from_utf8_lossy(&t.stderr);
+    assert!(!t.status.success(), "top answered through the squatter");
+    assert!(err.contains("sent it nothing"), "{err}");
     let problem = wait_for(
         "status to name the holder of Prometheus' port",
         Duration::from_secs(20),

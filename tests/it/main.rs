@@ -12,3 +12,4 @@ mod reliability;
 mod security;
 mod snapshots;
 mod support;
+mod top;

@@ -1,0 +1,635 @@
+//! `raywatch top`: snapshots of real Ray clusters, GPU columns from Ray's GPU series, dead clusters
+//! greyed then gone, the real screen driven in tmux, and hostile inputs.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// `top --once --json` of a stack, parsed.
+fn snapshot(stack: &Stack, env: &[(&str, &str)]) -> Value {
+    let out = stack
+        .cmd()
+        .args(["top", "--once", "--json"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "top --once --json failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn cluster<'a>(snap: &'a Value, name: &str) -> Option<&'a Value> {
+    snap["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+/// A scalar from `raywatch query` (None when the answer is empty).
+fn query_value(stack: &Stack, promql: &str) -> Option<f64> {
+    let out = stack.run(&["query", promql, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    body["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+}
+
+/// A Ray driver running a workload against a cluster, killed (with its group) on drop.
+struct Driver {
+    child: Child,
+}
+
+const WORKLOAD: &str = r#"
+import sys, time, ray
+ray.init(address=open(sys.argv[1]).read().strip())
+@ray.remote
+def short():
+    return 1
+@ray.remote
+def busy(seconds):
+    end = time.time() + seconds
+    x = 0
+    while time.time() < end:
+        x += 1
+    return x
+assert sum(ray.get([short.remote() for _ in range(int(sys.argv[2]))])) == int(sys.argv[2])
+refs = [busy.remote(600) for _ in range(int(sys.argv[3]))]
+print("ready", flush=True)
+time.sleep(600)
+"#;
+
+impl Driver {
+    /// Runs `finished` short tasks, then keeps `long` busy tasks submitted (one
+    /// CPU: one runs, the others wait).
+    fn start(ray: &Path, temp_dir: &Path, finished: usize, long: usize) -> Driver {
+        let script = temp_dir.with_extension("workload.py");
+        std::fs::write(&script, WORKLOAD).unwrap();
+        let python = ray.with_file_name("python");
+        let address = wait_for("the cluster's GCS address", Duration::from_secs(60), || {
+            let f = temp_dir.join("ray_current_cluster");
+            std::fs::read_to_string(&f)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .map(|_| f)
+        });
+        let child = Command::new(python)
+            .arg(&script)
+            .arg(&address)
+            .arg(finished.to_string())
+            .arg(long.to_string())
+            .env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            .env("RAY_USAGE_STATS_ENABLED", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Driver { child }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// A tmux session of its own (its own socket), killed on drop.
+struct Tmux {
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    fn start(width: u16, height: u16) -> Tmux {
+        let dir = scratch();
+        let t = Tmux {
+            socket: dir.path().join("tmux.sock"),
+            _dir: dir,
+        };
+        let out = t.tmux(&[
+            "new-session",
+            "-d",
+            "-x",
+            &width.to_string(),
+            "-y",
+            &height.to_string(),
+            "sh",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .unwrap()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "0"];
+        args.extend_from_slice(keys);
+        assert!(self.tmux(&args).status.success());
+    }
+
+    fn literal(&self, text: &str) {
+        assert!(
+            self.tmux(&["send-keys", "-t", "0", "-l", text])
+                .status
+                .success()
+        );
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-t", "0"]).stdout).into_owned()
+    }
+
+    fn wait_screen(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        let found = wait_for_opt(Duration::from_secs(30), || {
+            last = self.screen();
+            f(&last).then(|| last.clone())
+        });
+        found.unwrap_or_else(|| panic!("timed out waiting for {what}; the screen:\n{last}"))
+    }
+
+    /// `#{alternate_on} #{cursor_flag}` of the pane.
+    fn modes(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .tmux(&["display", "-p", "-t", "0", "#{alternate_on} #{cursor_flag}"])
+                .stdout,
+        )
+        .trim()
+        .to_string()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
+fn wait_for_opt<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Two real clusters (Ray 2.60 busy, Ray 2.52.1 with a few finished tasks): the
+/// snapshot lists both with their names, one node each, CPU, and task counts equal
+/// to Ray's own `ray_tasks`; then the real screen, driven in tmux.
+#[test]
+fn ray_two_real_clusters_in_top_once_json_and_on_the_screen() {
+    let base = scratch();
+    let (ta, tb) = (base.path().join("ray_busy"), base.path().join("ray_calm"));
+    let stack = Stack::up(&[
+        "--no-default-watch",
+        "--watch",
+        ta.to_str().unwrap(),
+        "--watch",
+        tb.to_str().unwrap(),
+    ]);
+    let mut a = RayCluster::start_with(&ray_bin(), &ta, false, &[]);
+    let mut b = RayCluster::start_with(&legacy_ray_bin(), &tb, false, &[]);
+    a.wait_discovery(Duration::from_secs(120));
+    b.wait_discovery(Duration::from_secs(120));
+    let _busy = Driver::start(&ray_bin(), &ta, 5, 3);
+    let _calm = Driver::start(&legacy_ray_bin(), &tb, 2, 0);
+    let (name_a, name_b) = (
+        format!("{}-ray_busy", user()),
+        format!("{}-ray_calm", user()),
+    );
+
+    let snap = wait_for(
+        "both clusters with their workloads in top --once --json",
+        Duration::from_secs(180),
+        || {
+            let s = snapshot(&stack, &[]);
+            let (ca, cb) = (cluster(&s, &name_a)?, cluster(&s, &name_b)?);
+            (ca["tasks_finished"] == 5
+                && ca["tasks_running"] == 1
+                && ca["tasks_pending"] == 2
+                && cb["tasks_finished"] == 2
+                && ca["nodes_up"] == 1
+                && cb["nodes_up"] == 1)
+                .then_some(s)
+        },
+    );
+    assert_eq!(snap["clusters"].as_array().unwrap().len(), 2, "{snap:#}");
+    assert!(snap["queries"].as_u64().unwrap() <= 3, "{snap:#}");
+    let (ca, cb) = (
+        cluster(&snap, &name_a).unwrap(),
+        cluster(&snap, &name_b).unwrap(),
+    );
+    for c in [ca, cb] {
+        assert_eq!(c["state"], "live");
+        assert_eq!(c["user"], user());
+        assert_eq!(c["nodes_total"], 1, "{c:#}");
+        assert_eq!(c["targets_down"], 0, "{c:#}");
+        assert!(c["mem_total_bytes"].as_f64().unwrap() > 0.0, "{c:#}");
+        assert!(
+            c["object_store_total_bytes"].as_f64().unwrap() > 0.0,
+            "{c:#}"
+        );
+        assert!(c["samples_per_scrape"].as_f64().unwrap() > 0.0, "{c:#}");
+        assert!(c["age_seconds"].as_f64().unwrap() > 0.0, "{c:#}");
+        // No GPU on this machine: absent, never 0.
+        assert!(
+            c["gpus"].is_null() && c["gpu_util_percent"].is_null(),
+            "{c:#}"
+        );
+    }
+    assert!(ca["cpu_percent"].as_f64().unwrap() > 0.0, "{ca:#}");
+    assert_eq!(cb["tasks_running"], 0, "{cb:#}");
+    // The counts are Ray's own ray_tasks series, summed.
+    for (name, state, want) in [
+        (&name_a, "FINISHED", 5.0),
+        (&name_a, "RUNNING", 1.0),
+        (&name_b, "FINISHED", 2.0),
+    ] {
+        let got = query_value(
+            &stack,
+            &format!(r#"sum(ray_tasks{{ray_io_cluster="{name}",State="{state}"}})"#),
+        );
+        assert_eq!(got, Some(want), "{name} {state}");
+    }
+
+    // The plain table names both.
+    let out = stack.run(&["top", "--once"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&name_a) && table.contains(&name_b),
+        "{table}"
+    );
+
+    // The real screen.
+    let tmux = Tmux::start(200, 40);
+    let cmd = format!(
+        "RAYWATCH_HOME='{}' '{}' top --interval 1s",
+        stack.home.display(),
+        raywatch_bin().display()
+    );
+    tmux.literal(&cmd);
+    tmux.keys(&["Enter"]);
+    tmux.wait_screen("both clusters on the home screen", |s| {
+        s.contains(&name_a) && s.contains(&name_b) && s.contains("q quit")
+    });
+    assert_eq!(
+        tmux.modes().split(' ').next(),
+        Some("1"),
+        "not on the alternate screen"
+    );
+    // Filter: only the busy one is left.
+    tmux.keys(&["/"]);
+    tmux.literal("busy");
+    tmux.keys(&["Enter"]);
+    tmux.wait_screen("the filter to keep only the busy cluster", |s| {
+        s.contains(&name_a) && !s.contains(&name_b) && s.contains("filter: busy")
+    });
+    tmux.keys(&["Escape"]);
+    tmux.wait_screen("the filter cleared", |s| {
+        s.contains(&name_a) && s.contains(&name_b)
+    });
+    // Sort: the next column (USER), then reversed.
+    tmux.keys(&["s"]);
+    tmux.wait_screen("sorting by user", |s| s.contains("sort: USER ▼"));
+    tmux.keys(&["S"]);
+    tmux.wait_screen("the sort reversed", |s| s.contains("sort: USER ▲"));
+    // Into the first row's cluster, then back.
+    tmux.keys(&["g", "Enter"]);
+    let node = tmux.wait_screen("the cluster view with its node", |s| {
+        s.contains("INSTANCE") && s.contains("head") && s.contains("Esc back")
+    });
+    assert!(
+        node.contains(&format!("127.0.0.1:{}", a.metrics_port))
+            || node.contains(&format!("127.0.0.1:{}", b.metrics_port)),
+        "{node}"
+    );
+    tmux.keys(&["Escape"]);
+    tmux.wait_screen("the clusters view again", |s| {
+        s.contains("CLUSTER") && s.contains(&name_b)
+    });
+    tmux.keys(&["q"]);
+    wait_for(
+        "the terminal back to normal",
+        Duration::from_secs(10),
+        || (tmux.modes() == "0 1").then_some(()),
+    );
+    assert!(
+        !tmux.screen().contains("Enter open"),
+        "the UI is still on screen"
+    );
+}
+
+/// Ray's per-node series as a Ray 2.60 node on a host with two GPUs exports them.
+fn gpu_node_metrics(session: &str) -> String {
+    let node = format!(
+        r#"IsHeadNode="true",RayNodeType="head",SessionName="{session}",Version="2.60.0",ip="127.0.0.1""#
+    );
+    let mut text = String::new();
+    for (metric, v) in [
+        ("ray_node_cpu_utilization", "40"),
+        ("ray_node_cpu_count", "8"),
+        ("ray_node_mem_used", "2147483648"),
+        ("ray_node_mem_total", "8589934592"),
+    ] {
+        text.push_str(&format!("# TYPE {metric} gauge\n{metric}{{{node}}} {v}\n"));
+    }
+    for metric in [
+        "ray_node_gpus_available",
+        "ray_node_gpus_utilization",
+        "ray_node_gram_used",
+    ] {
+        text.push_str(&format!("# TYPE {metric} gauge\n"));
+        for (idx, util, gram) in [("0", "30", "1024"), ("1", "70", "3072")] {
+            let v = match metric {
+                "ray_node_gpus_available" => "1",
+                "ray_node_gpus_utilization" => util,
+                _ => gram,
+            };
+            text.push_str(&format!(
+                r#"{metric}{{{node},GpuIndex="{idx}",GpuDeviceName="NVIDIA A10G",GpuUuid="GPU-{idx}"}} {v}"#
+            ));
+            text.push('\n');
+        }
+    }
+    text
+}
+
+#[test]
+fn gpu_columns_show_the_values_of_rays_gpu_series() {
+    let (stack, root) = Stack::watching("ray_gpu", &[]);
+    let endpoint = MetricsEndpoint::serve(&gpu_node_metrics("session_gpu_1"));
+    let _head = FakeHead::start(&root, "session_gpu_1", vec![endpoint.addr.clone()]);
+    let name = format!("{}-ray_gpu", user());
+    let c = wait_for("the GPU cluster in top", Duration::from_secs(60), || {
+        let s = snapshot(&stack, &[]);
+        cluster(&s, &name).filter(|c| !c["gpus"].is_null()).cloned()
+    });
+    assert_eq!(c["gpus"], 2.0, "{c:#}");
+    assert_eq!(c["gpu_util_percent"], 50.0, "{c:#}");
+    assert_eq!(c["gpu_mem_used_bytes"], 4096.0 * 1048576.0, "{c:#}");
+    // Ray's gram_available is not served: the total is unknown, not 0.
+    assert!(c["gpu_mem_total_bytes"].is_null(), "{c:#}");
+    assert_eq!(c["cpu_percent"], 40.0, "{c:#}");
+    // Nothing exports object store or task series here: absent, not 0.
+    assert!(
+        c["object_store_used_bytes"].is_null() && c["tasks_running"].is_null(),
+        "{c:#}"
+    );
+    let out = stack.run(&["top", "--once"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table.lines().find(|l| l.contains(&name)).unwrap();
+    assert!(
+        row.contains("–/2") && row.contains(" 50 ") && row.contains("4.0G/–"),
+        "{table}"
+    );
+    // The GPU sparkline is chosen once there is GPU history.
+    let c = wait_for("a GPU sparkline", Duration::from_secs(90), || {
+        let s = snapshot(&stack, &[]);
+        cluster(&s, &name)
+            .filter(|c| c["spark_kind"] == "gpu")
+            .cloned()
+    });
+    assert!(
+        c["spark"].as_array().unwrap().iter().any(|v| v == 50.0),
+        "{c:#}"
+    );
+}
+
+#[test]
+fn a_dead_cluster_is_shown_dead_then_leaves_after_its_bound() {
+    let (stack, root) = Stack::watching("ray_short", &["--liveness", "6s"]);
+    let endpoint = MetricsEndpoint::serve(&gpu_node_metrics("session_short_1"));
+    let head = FakeHead::start(&root, "session_short_1", vec![endpoint.addr.clone()]);
+    let name = format!("{}-ray_short", user());
+    let env = [("RAYWATCH_TOP_DEAD_FOR", "20s")];
+    wait_for("the cluster live in top", Duration::from_secs(60), || {
+        let s = snapshot(&stack, &env);
+        cluster(&s, &name)
+            .filter(|c| c["state"] == "live")
+            .map(|_| ())
+    });
+    drop(head);
+    let dead = wait_for("the cluster dead in top", Duration::from_secs(60), || {
+        let s = snapshot(&stack, &env);
+        cluster(&s, &name).filter(|c| c["state"] == "dead").cloned()
+    });
+    let died = std::time::Instant::now();
+    assert!(dead["last_seen_unix"].as_f64().unwrap() > 0.0, "{dead:#}");
+    assert!(
+        dead["cpu_percent"].is_null(),
+        "a dead cluster shows no live values: {dead:#}"
+    );
+    let out = stack
+        .cmd()
+        .args(["top", "--once"])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dead"));
+    wait_for(
+        "the dead cluster to leave top",
+        Duration::from_secs(60),
+        || {
+            let s = snapshot(&stack, &env);
+            cluster(&s, &name).is_none().then_some(())
+        },
+    );
+    assert!(
+        died.elapsed() > Duration::from_secs(5),
+        "it left {:?} after it was seen dead, well before its 20 s bound",
+        died.elapsed()
+    );
+}
+
+#[test]
+fn without_a_stack_top_says_so_instead_of_drawing() {
+    let dir = scratch();
+    let out = Command::new(raywatch_bin())
+        .env("RAYWATCH_HOME", dir.path().join("home"))
+        .args(["top", "--once"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("raywatch is not running") && err.contains("raywatch up"),
+        "{err}"
+    );
+    let out = Command::new(raywatch_bin())
+        .args([
+            "top",
+            "--once",
+            "--prometheus",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach"),
+        "{out:?}"
+    );
+}
+
+/// A Prometheus-compatible API on loopback that answers every request with `body`
+/// and records the requests' headers.
+struct FakeApi {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeApi {
+    fn serve(body: String) -> FakeApi {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for mut c in l.incoming().flatten() {
+                let mut buf = [0u8; 8192];
+                let n = c.read(&mut buf).unwrap_or(0);
+                s.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    body.len(),
+                    body
+                );
+            }
+        });
+        FakeApi { url, seen }
+    }
+}
+
+#[test]
+fn a_central_stores_hostile_labels_are_escaped_and_credentials_come_from_safe_files_only() {
+    // A label value with an OSC title sequence and a cursor move, as a hostile host could set.
+    let evil = "evil\u{1b}]0;pwned\u{7}\u{1b}[2Jname";
+    let body = serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"rw_field": "targets", "ray_io_cluster": evil, "ray_user": "mallory", "ray_host": "h\u{1b}[31m"}, "value": [1.0, "1"]},
+    ]}})
+    .to_string();
+    let api = FakeApi::serve(body);
+    let dir = scratch();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let out = Command::new(raywatch_bin())
+        .args(["top", "--once", "--prometheus", &api.url, "--bearer-file"])
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert!(text.contains(r"evil\e]0;pwned\a\e[2Jname"), "{text}");
+    let seen = api.seen.lock().unwrap().join("\n");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("authorization: bearer s3cret"),
+        "{seen}"
+    );
+
+    // A credential file that is a link, a FIFO or too big is refused, naming it; nothing is sent.
+    let before = api.seen.lock().unwrap().len();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&token, &link).unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits(0o600).unwrap()).unwrap();
+    let huge = dir.path().join("huge");
+    std::fs::write(&huge, vec![b'x'; 1 << 20]).unwrap();
+    for (file, why) in [(&link, "link"), (&fifo, "FIFO"), (&huge, "")] {
+        let out = Command::new(raywatch_bin())
+            .args([
+                "top",
+                "--once",
+                "--prometheus",
+                &api.url,
+                "--basic-auth-file",
+            ])
+            .arg(file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(file.to_str().unwrap()) && err.contains(why),
+            "{err}"
+        );
+    }
+    assert_eq!(api.seen.lock().unwrap().len(), before, "a request went out");
+}
+
+/// Another local user's token file is not trusted for --bearer-file.
+#[test]
+fn another_users_credential_file_is_refused() {
+    let Some(other) = crate::security::other_user() else {
+        return;
+    };
+    let dir = crate::security::open_scratch();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "planted\n").unwrap();
+    nix::unistd::chown(
+        &token,
+        Some(nix::unistd::Uid::from_raw(other.0)),
+        Some(nix::unistd::Gid::from_raw(other.1)),
+    )
+    .unwrap();
+    let api = FakeApi::serve("{}".into());
+    let out = Command::new(raywatch_bin())
+        .args(["top", "--once", "--prometheus", &api.url, "--bearer-file"])
+        .arg(&token)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(crate::security::OTHER), "{err}");
+    assert!(api.seen.lock().unwrap().is_empty(), "a request went out");
+}
