@@ -67,14 +67,14 @@ fn row(name: &str, mut v: Vec<Duration>, unit_ms_decimals: usize) -> String {
 }
 
 /// A stack of the raywatch binary in a temp home, watching its own Ray root, with extra `up` flags.
-struct FleetStack {
-    home: Home,
-    root: PathBuf,
+pub(crate) struct FleetStack {
+    pub(crate) home: Home,
+    pub(crate) root: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl FleetStack {
-    fn up(extra: &[&str]) -> Result<FleetStack> {
+    pub(crate) fn up(extra: &[&str]) -> Result<FleetStack> {
         let dir = tempfile::Builder::new()
             .prefix("rwfleet-")
             .tempdir_in("/tmp")?;
@@ -216,18 +216,18 @@ impl Drop for Victoria {
 }
 
 /// The text an endpoint serves: called with the endpoint's index at every scrape.
-type Body = Arc<dyn Fn(usize) -> String + Send + Sync>;
+pub(crate) type Body = Arc<dyn Fn(usize) -> String + Send + Sync>;
 
 /// N metrics endpoints on free loopback ports (`GET /metrics`), served by one
 /// thread of this process until dropped.
-struct Endpoints {
-    addrs: Vec<String>,
+pub(crate) struct Endpoints {
+    pub(crate) addrs: Vec<String>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Endpoints {
-    fn serve(n: usize, body: Body) -> Result<Endpoints> {
+    pub(crate) fn serve(n: usize, body: Body) -> Result<Endpoints> {
         let listeners = (0..n)
             .map(|_| {
                 let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -307,13 +307,13 @@ fn write_listing(file: &Path, targets: &[String]) -> Result<()> {
 
 /// Synthetic Ray heads: one session per listing under `root`, each discovery
 /// file rewritten every 5 s like Ray's head does (the writes spread evenly).
-struct Heads {
+pub(crate) struct Heads {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Heads {
-    fn start(root: &Path, listings: Vec<Vec<String>>) -> Result<Heads> {
+    pub(crate) fn start(root: &Path, listings: Vec<Vec<String>>) -> Result<Heads> {
         let files = listings
             .into_iter()
             .enumerate()

@@ -7,6 +7,7 @@
 
 pub mod fleet;
 pub mod local;
+pub mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,14 @@ pub enum BenchCommand {
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         duration: Duration,
     },
+    /// One refresh of `raywatch top` with N synthetic clusters: wall time, queries, RSS.
+    Top {
+        #[arg(long, value_delimiter = ',', default_value = "20,1000")]
+        clusters: Vec<usize>,
+        /// Refreshes timed at each count.
+        #[arg(long, default_value_t = 100)]
+        refreshes: usize,
+    },
     /// Response time and size of the http_sd endpoint (`up --sd-listen`).
     Sd {
         #[arg(long, default_value_t = 1000)]
@@ -135,6 +144,10 @@ pub fn run(command: BenchCommand) -> Result<()> {
             targets,
             requests,
         } => fleet::sd(clusters, targets, requests),
+        BenchCommand::Top {
+            clusters,
+            refreshes,
+        } => top::top(&clusters, refreshes),
     }
 }
 

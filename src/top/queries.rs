@@ -24,12 +24,34 @@ const OURS: &str = r#"ray_io_cluster!="""#;
 pub const RUNNING_STATES: &str = "RUNNING|RUNNING_IN_RAY_GET|RUNNING_IN_RAY_WAIT";
 pub const PENDING_STATES: &str = "PENDING.*|SUBMITTED_TO_WORKER";
 
+/// How far back a Ray series' last sample still counts. Ray's exporters report every
+/// few seconds and some versions drop a gauge from a scrape between two reports
+/// (Prometheus then marks it stale), so a plain selector flickers between a value and
+/// nothing; the newest sample within this window does not.
+pub const FRESH: &str = "60s";
+
+/// `metric{selector}`'s newest sample within [`FRESH`], `offset` ago when given.
+fn fresh(metric: &str, selector: &str, offset: Option<&str>) -> String {
+    match offset {
+        Some(o) => format!("last_over_time({metric}{{{selector}}}[{FRESH}] offset {o})"),
+        None => format!("last_over_time({metric}{{{selector}}}[{FRESH}])"),
+    }
+}
+
 fn branch(name: &str, expr: &str) -> String {
     format!(r#"label_replace({expr}, "{FIELD}", "{name}", "", "")"#)
 }
 
 fn sum(metric: &str, extra: &str) -> String {
-    format!("sum by ({KEY}) ({metric}{{{OURS}{extra}}})")
+    format!(
+        "sum by ({KEY}) ({})",
+        fresh(metric, &format!("{OURS}{extra}"), None)
+    )
+}
+
+/// A Ray series of raywatch's clusters, fresh (see [`FRESH`]).
+fn ours(metric: &str) -> String {
+    fresh(metric, OURS, None)
 }
 
 /// A PromQL duration for `d` (whole milliseconds, at least 1 s).
@@ -41,7 +63,9 @@ pub fn duration(d: Duration) -> String {
 /// `last_seen` of each cluster whose targets were scraped within `remember`.
 pub fn clusters(remember: Duration) -> String {
     let tasks = |states: &str| sum("ray_tasks", &format!(r#",State=~"{states}""#));
-    let failed = format!(r#"ray_tasks{{{OURS},State="FAILED"}}"#);
+    let failed_sel = format!(r#"{OURS},State="FAILED""#);
+    let failed = fresh("ray_tasks", &failed_sel, None);
+    let failed_before = fresh("ray_tasks", &failed_sel, Some("5m"));
     // last_seen to within `step`: the newest evaluation of the subquery that found a sample.
     let step = remember / 60;
     let branches = [
@@ -61,11 +85,11 @@ pub fn clusters(remember: Duration) -> String {
         ),
         branch(
             "started",
-            &format!("min by ({KEY}) (process_start_time_seconds{{{OURS}}})"),
+            &format!("min by ({KEY}) ({})", ours("process_start_time_seconds")),
         ),
         branch(
             "nodes_up",
-            &format!("count by ({KEY}) (ray_node_cpu_utilization{{{OURS}}})"),
+            &format!("count by ({KEY}) ({})", ours("ray_node_cpu_utilization")),
         ),
         branch(
             "nodes_total",
@@ -78,8 +102,10 @@ pub fn clusters(remember: Duration) -> String {
         branch(
             "cpu",
             &format!(
-                "(sum by ({KEY}) (ray_node_cpu_utilization{{{OURS}}} * ray_node_cpu_count{{{OURS}}}) / {}) or avg by ({KEY}) (ray_node_cpu_utilization{{{OURS}}})",
-                sum("ray_node_cpu_count", "")
+                "(sum by ({KEY}) ({u} * {c}) / {}) or avg by ({KEY}) ({u})",
+                sum("ray_node_cpu_count", ""),
+                u = ours("ray_node_cpu_utilization"),
+                c = ours("ray_node_cpu_count"),
             ),
         ),
         branch("cpus", &sum("ray_node_cpu_count", "")),
@@ -92,7 +118,7 @@ pub fn clusters(remember: Duration) -> String {
         ),
         branch(
             "gpu_util",
-            &format!("avg by ({KEY}) (ray_node_gpus_utilization{{{OURS}}})"),
+            &format!("avg by ({KEY}) ({})", ours("ray_node_gpus_utilization")),
         ),
         branch("gram_used_mib", &sum("ray_node_gram_used", "")),
         branch(
@@ -137,7 +163,7 @@ pub fn clusters(remember: Duration) -> String {
         // Failures since 5 minutes ago; a series younger than that counts whole.
         branch(
             "tasks_failed_5m",
-            &format!("sum by ({KEY}) (({failed} - {failed} offset 5m) or {failed})"),
+            &format!("sum by ({KEY}) (({failed} - {failed_before}) or {failed})"),
         ),
     ];
     branches.join(" or ")
@@ -148,11 +174,11 @@ pub fn sparklines() -> String {
     [
         branch(
             "cpu",
-            &format!("avg by ({KEY}) (ray_node_cpu_utilization{{{OURS}}})"),
+            &format!("avg by ({KEY}) ({})", ours("ray_node_cpu_utilization")),
         ),
         branch(
             "gpu",
-            &format!("avg by ({KEY}) (ray_node_gpus_utilization{{{OURS}}})"),
+            &format!("avg by ({KEY}) ({})", ours("ray_node_gpus_utilization")),
         ),
     ]
     .join(" or ")
@@ -186,11 +212,14 @@ pub fn selector(host: &str, name: &str) -> String {
 /// The cluster view's per-node values of one cluster, in one instant query.
 pub fn nodes(host: &str, name: &str) -> String {
     let sel = selector(host, name);
-    let raw = |field: &str, metric: &str| branch(field, &format!("{metric}{{{sel}}}"));
+    let raw = |field: &str, metric: &str| branch(field, &fresh(metric, &sel, None));
     let by_address = |field: &str, metric: &str| {
         branch(
             field,
-            &format!("sum by (NodeAddress, instance) ({metric}{{{sel}}})"),
+            &format!(
+                "sum by (NodeAddress, instance) ({})",
+                fresh(metric, &sel, None)
+            ),
         )
     };
     [
@@ -209,7 +238,12 @@ pub fn nodes(host: &str, name: &str) -> String {
             branch(
                 "store_used",
                 &format!(
-                    r#"sum by (NodeAddress, instance) (ray_resources{{{sel},Name="object_store_memory",State="USED"}})"#
+                    "sum by (NodeAddress, instance) ({})",
+                    fresh(
+                        "ray_resources",
+                        &format!(r#"{sel},Name="object_store_memory",State="USED""#),
+                        None
+                    )
                 )
             )
         ),
@@ -219,7 +253,12 @@ pub fn nodes(host: &str, name: &str) -> String {
             branch(
                 "store_free",
                 &format!(
-                    r#"sum by (NodeAddress, instance) (ray_resources{{{sel},Name="object_store_memory",State="AVAILABLE"}})"#
+                    "sum by (NodeAddress, instance) ({})",
+                    fresh(
+                        "ray_resources",
+                        &format!(r#"{sel},Name="object_store_memory",State="AVAILABLE""#),
+                        None
+                    )
                 )
             )
         ),
@@ -230,20 +269,26 @@ pub fn nodes(host: &str, name: &str) -> String {
 /// The cluster view's charts: CPU, GPU and memory (%) and running / pending tasks, as a range query.
 pub fn charts(host: &str, name: &str) -> String {
     let sel = selector(host, name);
+    let f = |metric: &str| fresh(metric, &sel, None);
+    let tasks = |states: &str| fresh("ray_tasks", &format!(r#"{sel},State=~"{states}""#), None);
     [
-        branch("cpu", &format!("avg(ray_node_cpu_utilization{{{sel}}})")),
-        branch("gpu", &format!("avg(ray_node_gpus_utilization{{{sel}}})")),
+        branch("cpu", &format!("avg({})", f("ray_node_cpu_utilization"))),
+        branch("gpu", &format!("avg({})", f("ray_node_gpus_utilization"))),
         branch(
             "mem",
-            &format!("100 * sum(ray_node_mem_used{{{sel}}}) / sum(ray_node_mem_total{{{sel}}})"),
+            &format!(
+                "100 * sum({}) / sum({})",
+                f("ray_node_mem_used"),
+                f("ray_node_mem_total")
+            ),
         ),
         branch(
             "running",
-            &format!(r#"clamp_min(sum(ray_tasks{{{sel},State=~"{RUNNING_STATES}"}}), 0)"#),
+            &format!("clamp_min(sum({}), 0)", tasks(RUNNING_STATES)),
         ),
         branch(
             "pending",
-            &format!(r#"clamp_min(sum(ray_tasks{{{sel},State=~"{PENDING_STATES}"}}), 0)"#),
+            &format!("clamp_min(sum({}), 0)", tasks(PENDING_STATES)),
         ),
     ]
     .join(" or ")

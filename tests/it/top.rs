@@ -51,6 +51,13 @@ fn query_value(stack: &Stack, promql: &str) -> Option<f64> {
 /// A Ray driver running a workload against a cluster, killed (with its group) on drop.
 struct Driver {
     child: Child,
+    log: PathBuf,
+}
+
+impl Driver {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 const WORKLOAD: &str = r#"
@@ -95,11 +102,14 @@ impl Driver {
             .env("RAY_USAGE_STATS_ENABLED", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(temp_dir.with_extension("driver.log")).unwrap())
             .process_group(0)
             .spawn()
             .unwrap();
-        Driver { child }
+        Driver {
+            child,
+            log: temp_dir.with_extension("driver.log"),
+        }
     }
 }
 
@@ -236,11 +246,10 @@ fn ray_two_real_clusters_in_top_once_json_and_on_the_screen() {
         format!("{}-ray_calm", user()),
     );
 
-    let snap = wait_for(
-        "both clusters with their workloads in top --once --json",
-        Duration::from_secs(180),
-        || {
+    let mut last = Value::Null;
+    let snap = wait_for_opt(Duration::from_secs(180), || {
             let s = snapshot(&stack, &[]);
+            last = s.clone();
             let (ca, cb) = (cluster(&s, &name_a)?, cluster(&s, &name_b)?);
             (ca["tasks_finished"] == 5
                 && ca["tasks_running"] == 1
@@ -249,8 +258,14 @@ fn ray_two_real_clusters_in_top_once_json_and_on_the_screen() {
                 && ca["nodes_up"] == 1
                 && cb["nodes_up"] == 1)
                 .then_some(s)
-        },
-    );
+        })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for both clusters with their workloads; last snapshot:\n{last:#}\nbusy driver: {}\ncalm driver: {}",
+            _busy.log(),
+            _calm.log()
+        )
+    });
     assert_eq!(snap["clusters"].as_array().unwrap().len(), 2, "{snap:#}");
     assert!(snap["queries"].as_u64().unwrap() <= 3, "{snap:#}");
     let (ca, cb) = (

@@ -1,0 +1,221 @@
+//! `raywatch-bench top`: what one refresh of `raywatch top` costs with N synthetic clusters
+//! (wall time, PromQL requests), and the RSS of `raywatch top` itself.
+//!
+//! Each synthetic cluster is a session under the stack's root whose one target serves the
+//! per-node series a Ray 2.60 head exports (CPU, memory, object store, a few task states;
+//! every tenth with two GPUs), so every branch of the batched queries has data.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::fleet::{Endpoints, FleetStack, Heads};
+use super::local::percentile;
+use crate::promql::{Counter, QueryApi};
+
+/// The text of synthetic cluster `i`'s node endpoint.
+fn node_metrics(i: usize) -> String {
+    let node = format!(
+        r#"IsHeadNode="true",RayNodeType="head",SessionName="session_top_{i}",Version="2.60.0",ip="127.0.0.1""#
+    );
+    let addr =
+        format!(r#"Component="raylet",NodeAddress="127.0.0.1",SessionName="session_top_{i}""#);
+    let mut t = String::new();
+    let cpu = (i * 7) % 100;
+    for (m, v) in [
+        ("ray_node_cpu_utilization", cpu.to_string()),
+        ("ray_node_cpu_count", "8".into()),
+        ("ray_node_mem_used", (1u64 << 30).to_string()),
+        ("ray_node_mem_total", (16u64 << 30).to_string()),
+        ("ray_node_disk_usage", (10u64 << 30).to_string()),
+        ("ray_node_disk_free", (90u64 << 30).to_string()),
+    ] {
+        t.push_str(&format!("{m}{{{node}}} {v}\n"));
+    }
+    t.push_str(&format!("ray_object_store_used_memory{{{addr}}} 1000000\n"));
+    t.push_str(&format!(
+        "ray_object_store_available_memory{{{addr}}} 99000000\n"
+    ));
+    t.push_str(&format!(
+        "ray_cluster_active_nodes{{SessionName=\"session_top_{i}\",node_type=\"node_{i}\"}} 1\n"
+    ));
+    for (state, v) in [
+        ("FINISHED", i % 50),
+        ("RUNNING", 1),
+        ("PENDING_NODE_ASSIGNMENT", i % 3),
+        ("FAILED", i % 2),
+    ] {
+        t.push_str(&format!(
+            "ray_tasks{{Name=\"f\",Source=\"owner\",State=\"{state}\",IsRetry=\"0\",SessionName=\"session_top_{i}\"}} {v}\n"
+        ));
+    }
+    t.push_str("process_start_time_seconds 1.7e9\n");
+    if i % 10 == 0 {
+        for g in 0..2 {
+            let gpu = format!(r#"{node},GpuIndex="{g}",GpuDeviceName="NVIDIA A10G""#);
+            t.push_str(&format!("ray_node_gpus_available{{{gpu}}} 1\n"));
+            t.push_str(&format!(
+                "ray_node_gpus_utilization{{{gpu}}} {}\n",
+                (i + g * 40) % 100
+            ));
+            t.push_str(&format!("ray_node_gram_used{{{gpu}}} 4096\n"));
+            t.push_str(&format!("ray_node_gram_available{{{gpu}}} 20480\n"));
+        }
+    }
+    t
+}
+
+/// Peak RSS (KiB) of a finished child, from wait4's rusage.
+fn wait_peak_kib(child: std::process::Child) -> Result<(std::process::ExitStatus, u64)> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut status = 0;
+    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes only into the two locals given.
+    let r = unsafe { nix::libc::wait4(pid.as_raw(), &mut status, 0, &mut usage) };
+    anyhow::ensure!(r == pid.as_raw(), "wait4 failed");
+    use std::os::unix::process::ExitStatusExt;
+    Ok((
+        std::process::ExitStatus::from_raw(status),
+        usage.ru_maxrss as u64,
+    ))
+}
+
+/// One refresh of `top` at each cluster count: wall time (p50, p95), requests per refresh,
+/// and the peak RSS of `raywatch top --once --json` and of the screen (in tmux, when present).
+pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
+    println!(
+        "| clusters | refreshes | p50 ms | p95 ms | queries/refresh | cluster view p95 ms | top --once RSS MiB | top screen RSS MiB |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for &n in counts {
+        let stack = FleetStack::up(&["--scrape-interval", "5s"])?;
+        let endpoints = Endpoints::serve(n, Arc::new(node_metrics))?;
+        let _heads = Heads::start(
+            &stack.root,
+            endpoints.addrs.iter().map(|a| vec![a.clone()]).collect(),
+        )?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let api = QueryApi::for_home(&stack.home)?.counted(Counter::default());
+        // Every cluster live, with a minute of history for the sparklines.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let c = rt.block_on(crate::top::fetch_clusters(
+                &api,
+                crate::top::DEAD_FOR,
+                false,
+            ))?;
+            let live = c
+                .clusters
+                .iter()
+                .filter(|c| c.is_live() && c.cpu_percent.is_some())
+                .count();
+            if live >= n {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {live} of {n} clusters live after 300 s"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        std::thread::sleep(Duration::from_secs(60));
+        let mut took = Vec::new();
+        let mut queries = Vec::new();
+        let mut first = None;
+        for _ in 0..refreshes {
+            let t0 = Instant::now();
+            let c = rt.block_on(crate::top::fetch_clusters(
+                &api,
+                crate::top::DEAD_FOR,
+                false,
+            ))?;
+            took.push(t0.elapsed());
+            queries.push(c.queries);
+            first.get_or_insert_with(|| c.clusters[0].key());
+        }
+        took.sort();
+        let key = first.context("no cluster")?;
+        let mut detail = Vec::new();
+        for _ in 0..refreshes.min(50) {
+            let t0 = Instant::now();
+            rt.block_on(crate::top::fetch_cluster(
+                &api,
+                &key,
+                Duration::from_secs(900),
+                None,
+            ))?;
+            detail.push(t0.elapsed());
+        }
+        detail.sort();
+        let exe = super::raywatch_exe()?;
+        let once = Command::new(&exe)
+            .arg("--home")
+            .arg(stack.home.root())
+            .args(["top", "--once", "--json"])
+            .stdout(Stdio::null())
+            .spawn()?;
+        let (status, once_kib) = wait_peak_kib(once)?;
+        anyhow::ensure!(status.success(), "raywatch top --once failed");
+        let screen = screen_rss_kib(&exe, &stack)
+            .map_or("–".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+        queries.sort();
+        queries.dedup();
+        println!(
+            "| {n} | {refreshes} | {} | {} | {} | {} | {:.1} | {screen} |",
+            ms(percentile(&took, 0.5)),
+            ms(percentile(&took, 0.95)),
+            queries
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            ms(percentile(&detail, 0.95)),
+            once_kib as f64 / 1024.0,
+        );
+    }
+    Ok(())
+}
+
+/// The peak RSS (KiB) of `raywatch top` on a 200×50 tmux screen after 30 refreshes
+/// every 500 ms, or None without tmux.
+fn screen_rss_kib(exe: &std::path::Path, stack: &FleetStack) -> Option<u64> {
+    let dir = tempfile::Builder::new()
+        .prefix("rwtop-")
+        .tempdir_in("/tmp")
+        .ok()?;
+    let socket = dir.path().join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+    };
+    let pidfile = dir.path().join("pid");
+    let cmd = format!(
+        "echo $$ > '{}'; exec '{}' --home '{}' top --interval 500ms",
+        pidfile.display(),
+        exe.display(),
+        stack.home.root().display()
+    );
+    let out = tmux(&["new-session", "-d", "-x", "200", "-y", "50", &cmd]).ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    std::thread::sleep(Duration::from_secs(16));
+    let pid = fs_err::read_to_string(&pidfile).ok()?;
+    let status = fs_err::read_to_string(format!("/proc/{}/status", pid.trim())).ok();
+    let _ = tmux(&["send-keys", "-t", "0", "q"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = tmux(&["kill-server"]);
+    status?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
