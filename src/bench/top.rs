@@ -52,7 +52,7 @@ fn node_metrics(i: usize) -> String {
         ));
     }
     t.push_str("process_start_time_seconds 1.7e9\n");
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         for g in 0..2 {
             let gpu = format!(r#"{node},GpuIndex="{g}",GpuDeviceName="NVIDIA A10G""#);
             t.push_str(&format!("ray_node_gpus_available{{{gpu}}} 1\n"));

@@ -37,7 +37,8 @@ pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit
             (api, Some(home))
         }
     };
-    if !args.once && !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
+    let terminal = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if !args.once && !terminal {
         return Err(anyhow!("raywatch top needs a terminal"))
             .hint("for scripts and logs: raywatch top --once [--json]");
     }

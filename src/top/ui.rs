@@ -913,9 +913,21 @@ mod tests {
         let train = row_of(&text, "alice-ray_train");
         let line = text.lines().nth(train as usize).unwrap();
         let x = |needle: &str| line[..line.find(needle).unwrap()].chars().count() as u16;
-        assert_eq!(buf[(x(" 1 ") + 1, train)].fg, Color::Red, "targets down: {line}");
-        assert_eq!(buf[(x("9.0G/10.0G"), train)].fg, Color::Red, "store full: {line}");
-        assert_eq!(buf[(x("8/40"), train)].fg, Color::Red, "pending growing: {line}");
+        assert_eq!(
+            buf[(x(" 1 ") + 1, train)].fg,
+            Color::Red,
+            "targets down: {line}"
+        );
+        assert_eq!(
+            buf[(x("9.0G/10.0G"), train)].fg,
+            Color::Red,
+            "store full: {line}"
+        );
+        assert_eq!(
+            buf[(x("8/40"), train)].fg,
+            Color::Red,
+            "pending growing: {line}"
+        );
         assert_eq!(buf[(x("87"), train)].fg, Color::Reset, "{line}");
         assert_eq!(buf[(0, row_of(&text, "bob-ray"))].fg, Color::Reset);
     }
