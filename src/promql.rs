@@ -156,11 +156,7 @@ impl QueryApi {
     /// An instant query's vector.
     pub async fn instant(&self, promql: &str) -> Result<Vec<crate::prometheus::Sample>> {
         let (status, body) = self.instant_raw(promql).await?;
-        let data = parse_answer(promql, status, &body)?;
-        if data.result_type != "vector" {
-            return Ok(Vec::new());
-        }
-        serde_json::from_value(data.result).context("Prometheus' vector does not parse")
+        decode(promql, status, &body, "vector")
     }
 
     /// A range query's matrix, `start` to `end` (unix seconds) every `step`.
@@ -187,11 +183,7 @@ impl QueryApi {
                 ],
             )
             .await?;
-        let data = parse_answer(promql, status, &body)?;
-        if data.result_type != "matrix" {
-            return Ok(Vec::new());
-        }
-        serde_json::from_value(data.result).context("Prometheus' matrix does not parse")
+        decode(promql, status, &body, "matrix")
     }
 
     /// The same API, counting every request into `counter`.
@@ -250,6 +242,50 @@ impl Remote {
             http,
         })
     }
+}
+
+/// A query answer straight into its typed result (no JSON tree in between: at 1000
+/// clusters that tree was most of `top`'s memory).
+#[derive(Deserialize)]
+struct Answer<T> {
+    status: String,
+    #[serde(default = "Option::default")]
+    data: Option<AnswerData<T>>,
+}
+
+#[derive(Deserialize)]
+struct AnswerData<T> {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: T,
+}
+
+/// The `want` ("vector" or "matrix") result of an answer; an empty one when Prometheus
+/// answered another type; Prometheus' own error when it refused the query.
+fn decode<T: serde::de::DeserializeOwned + Default>(
+    promql: &str,
+    status: u16,
+    body: &str,
+    want: &str,
+) -> Result<T> {
+    if let Ok(Answer {
+        status: s,
+        data: Some(data),
+    }) = serde_json::from_str::<Answer<T>>(body)
+        && s == "success"
+    {
+        return Ok(if data.result_type == want {
+            data.result
+        } else {
+            T::default()
+        });
+    }
+    // Not the expected shape: Prometheus' error, or an empty result of another type.
+    let data = parse_answer(promql, status, body)?;
+    if data.result_type == want {
+        anyhow::bail!("Prometheus' {want} for {promql:?} does not parse");
+    }
+    Ok(T::default())
 }
 
 /// The body of an answer, at most [`MAX_ANSWER`] bytes.

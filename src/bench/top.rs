@@ -151,6 +151,36 @@ pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
             detail.push(t0.elapsed());
         }
         detail.sort();
+        // Where a refresh's time goes: the instant query's HTTP round trip, its decoding, the range query.
+        let table = crate::top::queries::clusters(crate::top::DEAD_FOR);
+        let spark = crate::top::queries::sparklines();
+        let (mut http, mut whole, mut range, mut size) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        for _ in 0..20 {
+            let t0 = Instant::now();
+            let (_, body) = rt.block_on(api.api.instant_raw(&table))?;
+            http.push(t0.elapsed());
+            size = body.len();
+            let t0 = Instant::now();
+            rt.block_on(api.api.instant(&table))?;
+            whole.push(t0.elapsed());
+            let now = crate::top::now_unix();
+            let t0 = Instant::now();
+            rt.block_on(
+                api.api
+                    .range(&spark, now - 900.0, now, Duration::from_secs(30)),
+            )?;
+            range.push(t0.elapsed());
+        }
+        for v in [&mut http, &mut whole, &mut range] {
+            v.sort();
+        }
+        eprintln!(
+            "{n} clusters: instant query p50 {:.1} ms HTTP, {:.1} ms with decoding, answer {} KiB; range query p50 {:.1} ms",
+            percentile(&http, 0.5).as_secs_f64() * 1000.0,
+            percentile(&whole, 0.5).as_secs_f64() * 1000.0,
+            size / 1024,
+            percentile(&range, 0.5).as_secs_f64() * 1000.0
+        );
         let exe = super::raywatch_exe()?;
         let once = Command::new(&exe)
             .arg("--home")

@@ -72,6 +72,11 @@ impl Cluster {
         )
     }
 
+    /// [`Cluster::key`] without copies, for comparisons.
+    pub fn key_ref(&self) -> (&str, &str, &str) {
+        (self.host.as_deref().unwrap_or(""), &self.name, &self.user)
+    }
+
     pub fn is_live(&self) -> bool {
         self.state == Some(State::Live)
     }
@@ -316,23 +321,27 @@ impl Column {
                 (None, None) => std::cmp::Ordering::Equal,
             },
         };
-        by.then_with(|| a.key().cmp(&b.key()))
+        by.then_with(|| a.key_ref().cmp(&b.key_ref()))
     }
 }
 
-/// Sorts by `column`: numbers biggest first, text A–Z, absent values last; `reverse` flips it.
-pub fn sort(clusters: &mut [Cluster], column: Column, reverse: bool) {
+/// The order of the clusters view by `column`: numbers biggest first, text A–Z,
+/// absent values last; `reverse` flips it.
+pub fn order(column: Column, reverse: bool, a: &Cluster, b: &Cluster) -> std::cmp::Ordering {
     let text = matches!(
         column,
         Column::Name | Column::User | Column::Host | Column::State
     );
-    clusters.sort_by(|a, b| {
-        let o = match (text, column.number(a), column.number(b)) {
-            (false, Some(x), Some(y)) => y.total_cmp(&x).then_with(|| a.key().cmp(&b.key())),
-            _ => column.compare(a, b),
-        };
-        if reverse { o.reverse() } else { o }
-    });
+    let o = match (text, column.number(a), column.number(b)) {
+        (false, Some(x), Some(y)) => y.total_cmp(&x).then_with(|| a.key_ref().cmp(&b.key_ref())),
+        _ => column.compare(a, b),
+    };
+    if reverse { o.reverse() } else { o }
+}
+
+/// Sorts in the [`order`] of `column`.
+pub fn sort(clusters: &mut [Cluster], column: Column, reverse: bool) {
+    clusters.sort_by(|a, b| order(column, reverse, a, b));
 }
 
 /// Whether a cluster matches the filter text (in its name, user or host; case-insensitive).

@@ -16,8 +16,12 @@ pub const FIELD: &str = "rw_field";
 /// machine: a central store), its name and its user.
 pub const KEY: &str = "ray_host, ray_io_cluster, ray_user";
 
-/// Series of raywatch's clusters only.
+/// Series of raywatch's clusters only. Ray's own metrics go without it (a label-exists
+/// matcher costs Prometheus a merge of every cluster's postings, per selector): only
+/// raywatch's targets carry them, and a group without a cluster name is dropped when
+/// the answer is read.
 const OURS: &str = r#"ray_io_cluster!="""#;
+const RAY: &str = "";
 
 /// Ray's task states counted as running and as pending (summed over owner and
 /// executor, whose `SUBMITTED_TO_WORKER` -1 cancels the owner's +1 once a task runs).
@@ -42,16 +46,21 @@ fn branch(name: &str, expr: &str) -> String {
     format!(r#"label_replace({expr}, "{FIELD}", "{name}", "", "")"#)
 }
 
+/// The matchers of a Ray series: [`RAY`] and `extra` (`,Name="GPU"` …).
+fn ray_selector(extra: &str) -> String {
+    format!("{RAY}{extra}").trim_start_matches(',').to_string()
+}
+
 fn sum(metric: &str, extra: &str) -> String {
     format!(
         "sum by ({KEY}) ({})",
-        fresh(metric, &format!("{OURS}{extra}"), None)
+        fresh(metric, &ray_selector(extra), None)
     )
 }
 
-/// A Ray series of raywatch's clusters, fresh (see [`FRESH`]).
+/// A Ray series, fresh (see [`FRESH`]).
 fn ours(metric: &str) -> String {
-    fresh(metric, OURS, None)
+    fresh(metric, &ray_selector(""), None)
 }
 
 /// A PromQL duration for `d` (whole milliseconds, at least 1 s).
@@ -63,7 +72,7 @@ pub fn duration(d: Duration) -> String {
 /// `last_seen` of each cluster whose targets were scraped within `remember`.
 pub fn clusters(remember: Duration) -> String {
     let tasks = |states: &str| sum("ray_tasks", &format!(r#",State=~"{states}""#));
-    let failed_sel = format!(r#"{OURS},State="FAILED""#);
+    let failed_sel = ray_selector(r#",State="FAILED""#);
     let failed = fresh("ray_tasks", &failed_sel, None);
     let failed_before = fresh("ray_tasks", &failed_sel, Some("5m"));
     // last_seen to within `step`: the newest evaluation of the subquery that found a sample.
@@ -74,7 +83,10 @@ pub fn clusters(remember: Duration) -> String {
             "targets_down",
             &format!("count by ({KEY}) (up{{{OURS}}} == 0)"),
         ),
-        branch("samples", &sum("scrape_samples_scraped", "")),
+        branch(
+            "samples",
+            &format!("sum by ({KEY}) (scrape_samples_scraped{{{OURS}}})"),
+        ),
         branch(
             "last_seen",
             &format!(
@@ -85,7 +97,10 @@ pub fn clusters(remember: Duration) -> String {
         ),
         branch(
             "started",
-            &format!("min by ({KEY}) ({})", ours("process_start_time_seconds")),
+            &format!(
+                "min by ({KEY}) ({})",
+                fresh("process_start_time_seconds", OURS, None)
+            ),
         ),
         branch(
             "nodes_up",
@@ -157,7 +172,14 @@ pub fn clusters(remember: Duration) -> String {
         branch("tasks_pending", &tasks(PENDING_STATES)),
         branch(
             "tasks_pending_before",
-            &format!(r#"sum by ({KEY}) (ray_tasks{{{OURS},State=~"{PENDING_STATES}"}} offset 2m)"#),
+            &format!(
+                "sum by ({KEY}) ({})",
+                fresh(
+                    "ray_tasks",
+                    &ray_selector(&format!(r#",State=~"{PENDING_STATES}""#)),
+                    Some("2m")
+                )
+            ),
         ),
         branch("tasks_finished", &sum("ray_tasks", r#",State="FINISHED""#)),
         // Failures since 5 minutes ago; a series younger than that counts whole.

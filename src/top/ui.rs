@@ -93,39 +93,33 @@ impl App {
 
     /// The rows of the clusters view: filtered, sorted.
     pub fn visible(&self) -> Vec<&Cluster> {
-        let mut v: Vec<Cluster> = self
+        let mut v: Vec<&Cluster> = self
             .clusters
             .iter()
             .filter(|c| model::matches(c, &self.filter))
-            .cloned()
             .collect();
-        model::sort(&mut v, self.sort, self.reverse);
-        let order: Vec<Key> = v.iter().map(Cluster::key).collect();
-        order
-            .iter()
-            .filter_map(|k| self.clusters.iter().find(|c| &c.key() == k))
-            .collect()
+        v.sort_by(|a, b| model::order(self.sort, self.reverse, a, b));
+        v
     }
 
     fn selected_index(&self, rows: &[&Cluster]) -> Option<usize> {
         if rows.is_empty() {
             return None;
         }
-        Some(
-            self.selected
-                .as_ref()
-                .and_then(|k| rows.iter().position(|c| &c.key() == k))
-                .unwrap_or(0),
-        )
+        let found = self.selected.as_ref().and_then(|(h, n, u)| {
+            rows.iter()
+                .position(|c| c.key_ref() == (h.as_str(), n.as_str(), u.as_str()))
+        });
+        Some(found.unwrap_or(0))
     }
 
     fn move_selection(&mut self, by: isize) {
-        let keys: Vec<Key> = self.visible().iter().map(|c| c.key()).collect();
-        let Some(i) = self.selected_index(&self.visible()) else {
+        let rows = self.visible();
+        let Some(i) = self.selected_index(&rows) else {
             return;
         };
-        let j = (i as isize + by).clamp(0, keys.len() as isize - 1) as usize;
-        self.selected = Some(keys[j].clone());
+        let j = (i as isize + by).clamp(0, rows.len() as isize - 1) as usize;
+        self.selected = Some(rows[j].key());
     }
 
     /// Applies one key.

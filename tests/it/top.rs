@@ -360,6 +360,15 @@ fn ray_two_real_clusters_in_top_once_json_and_on_the_screen() {
     tmux.wait_screen("the clusters view again", |s| {
         s.contains("CLUSTER") && s.contains(&name_b)
     });
+    // A resize redraws at the new size: the footer moves to the new last line.
+    assert!(
+        tmux.tmux(&["resize-window", "-t", "0", "-x", "120", "-y", "20"])
+            .status
+            .success()
+    );
+    tmux.wait_screen("a redraw at 120x20", |s| {
+        s.lines().nth(19).is_some_and(|l| l.starts_with("q quit"))
+    });
     tmux.keys(&["q"]);
     wait_for(
         "the terminal back to normal",
@@ -647,4 +656,20 @@ fn another_users_credential_file_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(crate::security::OTHER), "{err}");
     assert!(api.seen.lock().unwrap().is_empty(), "a request went out");
+}
+
+#[test]
+fn an_oversized_answer_is_refused_not_held() {
+    let body = format!(
+        r#"{{"status": "success", "data": {{"resultType": "vector", "result": [], "pad": "{}"}}}}"#,
+        "x".repeat(65 << 20)
+    );
+    let api = FakeApi::serve(body);
+    let out = Command::new(raywatch_bin())
+        .args(["top", "--once", "--prometheus", &api.url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("over 64 MiB"), "{err}");
 }
