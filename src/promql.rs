@@ -43,12 +43,23 @@ pub enum Auth {
     Basic { user: String, password: String },
 }
 
-/// One series of a range query.
+/// One series of a range query, its labels read into `M`.
 #[derive(Deserialize, Debug, Clone)]
-pub struct RangeSeries {
-    pub metric: BTreeMap<String, String>,
+pub struct Series<M> {
+    pub metric: M,
     pub values: Vec<(f64, String)>,
 }
+
+/// One sample of an instant query, its labels read into `M` (a struct of the labels
+/// wanted keeps no copy of the others).
+#[derive(Deserialize, Debug, Clone)]
+pub struct Point<M> {
+    pub metric: M,
+    pub value: (f64, String),
+}
+
+/// A range series with every label.
+pub type RangeSeries = Series<BTreeMap<String, String>>;
 
 /// Counts the requests a [`QueryApi`] sent (for `top`'s "queries per refresh").
 #[derive(Clone, Default)]
@@ -159,14 +170,23 @@ impl QueryApi {
         decode(promql, status, &body, "vector")
     }
 
-    /// A range query's matrix, `start` to `end` (unix seconds) every `step`.
-    pub async fn range(
+    /// An instant query's vector, labels read into `M`.
+    pub async fn instant_as<M: serde::de::DeserializeOwned>(
+        &self,
+        promql: &str,
+    ) -> Result<Vec<Point<M>>> {
+        let (status, body) = self.instant_raw(promql).await?;
+        decode(promql, status, &body, "vector")
+    }
+
+    /// A range query's matrix, `start` to `end` (unix seconds) every `step`, labels read into `M`.
+    pub async fn range<M: serde::de::DeserializeOwned>(
         &self,
         promql: &str,
         start: f64,
         end: f64,
         step: Duration,
-    ) -> Result<Vec<RangeSeries>> {
+    ) -> Result<Vec<Series<M>>> {
         let (start, end, step) = (
             format!("{start:.3}"),
             format!("{end:.3}"),
@@ -205,13 +225,21 @@ impl Counted {
         self.api.instant(promql).await
     }
 
-    pub async fn range(
+    pub async fn instant_as<M: serde::de::DeserializeOwned>(
+        &self,
+        promql: &str,
+    ) -> Result<Vec<Point<M>>> {
+        self.counter.bump();
+        self.api.instant_as(promql).await
+    }
+
+    pub async fn range<M: serde::de::DeserializeOwned>(
         &self,
         promql: &str,
         start: f64,
         end: f64,
         step: Duration,
-    ) -> Result<Vec<RangeSeries>> {
+    ) -> Result<Vec<Series<M>>> {
         self.counter.bump();
         self.api.range(promql, start, end, step).await
     }

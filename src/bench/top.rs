@@ -153,8 +153,10 @@ pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
         detail.sort();
         // Where a refresh's time goes: the instant query's HTTP round trip, its decoding, the range query.
         let table = crate::top::queries::clusters(crate::top::DEAD_FOR);
+        let parts = crate::top::queries::clusters_split(crate::top::DEAD_FOR, 3);
         let spark = crate::top::queries::sparklines();
-        let (mut http, mut whole, mut range, mut size) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        let (mut http, mut whole, mut range, mut split, mut size) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
         for _ in 0..20 {
             let t0 = Instant::now();
             let (_, body) = rt.block_on(api.api.instant_raw(&table))?;
@@ -163,23 +165,58 @@ pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
             let t0 = Instant::now();
             rt.block_on(api.api.instant(&table))?;
             whole.push(t0.elapsed());
+            let t0 = Instant::now();
+            let (x, y, z) = rt.block_on(async {
+                tokio::join!(
+                    api.api.instant_raw(&parts[0]),
+                    api.api.instant_raw(&parts[1]),
+                    api.api.instant_raw(&parts[2])
+                )
+            });
+            x?;
+            y?;
+            z?;
+            split.push(t0.elapsed());
             let now = crate::top::now_unix();
             let t0 = Instant::now();
-            rt.block_on(
-                api.api
-                    .range(&spark, now - 900.0, now, Duration::from_secs(30)),
-            )?;
+            rt.block_on(api.api.range::<crate::top::model::Labels>(
+                &spark,
+                now - 900.0,
+                now,
+                Duration::from_secs(30),
+            ))?;
             range.push(t0.elapsed());
         }
-        for v in [&mut http, &mut whole, &mut range] {
+        for b in crate::top::queries::clusters_branches(crate::top::DEAD_FOR) {
+            let mut t = Vec::new();
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                rt.block_on(api.api.instant_raw(&b))?;
+                t.push(t0.elapsed());
+            }
+            t.sort();
+            let name = b
+                .rsplit("\"rw_field\", \"")
+                .next()
+                .unwrap_or("")
+                .split('"')
+                .next()
+                .unwrap_or("");
+            eprintln!(
+                "  branch {name}: p50 {:.1} ms",
+                percentile(&t, 0.5).as_secs_f64() * 1000.0
+            );
+        }
+        for v in [&mut http, &mut whole, &mut range, &mut split] {
             v.sort();
         }
         eprintln!(
-            "{n} clusters: instant query p50 {:.1} ms HTTP, {:.1} ms with decoding, answer {} KiB; range query p50 {:.1} ms",
+            "{n} clusters: one instant query p50 {:.1} ms HTTP, {:.1} ms with decoding, answer {} KiB; range query p50 {:.1} ms; the same in three parts side by side p50 {:.1} ms HTTP",
             percentile(&http, 0.5).as_secs_f64() * 1000.0,
             percentile(&whole, 0.5).as_secs_f64() * 1000.0,
             size / 1024,
-            percentile(&range, 0.5).as_secs_f64() * 1000.0
+            percentile(&range, 0.5).as_secs_f64() * 1000.0,
+            percentile(&split, 0.5).as_secs_f64() * 1000.0
         );
         let exe = super::raywatch_exe()?;
         let once = Command::new(&exe)

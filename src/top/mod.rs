@@ -3,7 +3,7 @@
 //!
 //! [`queries`] writes the PromQL, [`model`] turns answers into rows (and `--once` text or
 //! JSON), [`ui`] draws them with ratatui and reads the keys. A refresh is [`fetch_clusters`]
-//! (two queries: one instant, one range) and, in the cluster view, [`fetch_cluster`] (two more).
+//! (four queries sent together: the clusters' values in three parts, the sparklines) and, in the cluster view, [`fetch_cluster`] (two more).
 
 pub mod model;
 pub mod queries;
@@ -63,17 +63,27 @@ fn grid(window: Duration, points: u32) -> (f64, f64, Duration) {
 }
 
 /// Every cluster (live, and dead for less than `dead_for`; every one remembered
-/// in the last day when `show_all`) with its sparkline: two queries, sent together.
+/// in the last day when `show_all`) with its sparkline: four queries, sent together.
 pub async fn fetch_clusters(api: &Counted, dead_for: Duration, show_all: bool) -> Result<Clusters> {
     let t0 = Instant::now();
     let before = api.counter.get();
     let remember = if show_all { REMEMBER_ALL } else { dead_for };
     let (start, end, step) = grid(SPARK_WINDOW, SPARK_POINTS);
-    let table = queries::clusters(remember);
+    let [a, b, c]: [String; 3] = queries::clusters_split(remember, 3)
+        .try_into()
+        .expect("three parts");
     let spark = queries::sparklines();
-    let (samples, series) = tokio::join!(api.instant(&table), api.range(&spark, start, end, step));
+    let (a, b, c, series) = tokio::join!(
+        api.instant_as::<model::Labels>(&a),
+        api.instant_as::<model::Labels>(&b),
+        api.instant_as::<model::Labels>(&c),
+        api.range::<model::Labels>(&spark, start, end, step)
+    );
+    let mut samples = a?;
+    samples.extend(b?);
+    samples.extend(c?);
     let now = now_unix();
-    let mut clusters = model::clusters(&samples?, now, (!show_all).then_some(dead_for));
+    let mut clusters = model::clusters(&samples, now, (!show_all).then_some(dead_for));
     model::add_sparklines(&mut clusters, &series?, start, end, step.as_secs_f64());
     Ok(Clusters {
         clusters,
@@ -94,7 +104,10 @@ pub async fn fetch_cluster(
     let (host, name, _) = key;
     let (start, end, step) = grid(window, 60);
     let (nodes, charts) = (queries::nodes(host, name), queries::charts(host, name));
-    let (samples, series) = tokio::join!(api.instant(&nodes), api.range(&charts, start, end, step));
+    let (samples, series) = tokio::join!(
+        api.instant(&nodes),
+        api.range::<BTreeMap<String, String>>(&charts, start, end, step)
+    );
     let grafana_url = match home {
         Some(home) if host.is_empty() => grafana_url(home, name).await,
         _ => None,

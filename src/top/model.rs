@@ -10,7 +10,30 @@ use serde::Serialize;
 use super::queries::FIELD;
 use crate::escape;
 use crate::prometheus::Sample;
-use crate::promql::RangeSeries;
+use crate::promql::{Point, RangeSeries, Series};
+
+/// The labels of a batched per-cluster answer; any other label is skipped unread.
+#[derive(serde::Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct Labels {
+    #[serde(default)]
+    pub rw_field: String,
+    #[serde(default)]
+    pub ray_host: String,
+    #[serde(default)]
+    pub ray_io_cluster: String,
+    #[serde(default)]
+    pub ray_user: String,
+}
+
+impl Labels {
+    fn key(&self) -> Key {
+        (
+            self.ray_host.clone(),
+            self.ray_io_cluster.clone(),
+            self.ray_user.clone(),
+        )
+    }
+}
 
 /// Whether a cluster's targets are scraped now.
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -34,8 +57,8 @@ pub struct Cluster {
     pub age_seconds: Option<f64>,
     pub nodes_up: Option<u64>,
     pub nodes_total: Option<u64>,
+    /// The average of its nodes' CPU %.
     pub cpu_percent: Option<f64>,
-    pub cpus: Option<f64>,
     pub mem_used_bytes: Option<f64>,
     pub mem_total_bytes: Option<f64>,
     pub gpus: Option<f64>,
@@ -97,13 +120,8 @@ impl Cluster {
     }
 }
 
-fn key_of(metric: &BTreeMap<String, String>) -> Key {
-    let get = |k: &str| metric.get(k).cloned().unwrap_or_default();
-    (get("ray_host"), get("ray_io_cluster"), get("ray_user"))
-}
-
-fn value(s: &Sample) -> Option<f64> {
-    s.value.1.parse::<f64>().ok().filter(|v| v.is_finite())
+fn value(v: &(f64, String)) -> Option<f64> {
+    v.1.parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
 fn count(v: Option<f64>) -> Option<u64> {
@@ -113,16 +131,17 @@ fn count(v: Option<f64>) -> Option<u64> {
 /// The clusters of one batched answer ([`super::queries::clusters`]) at `now`:
 /// live ones (targets scraped now) and those dead for less than `dead_for`
 /// (every remembered one when `dead_for` is None).
-pub fn clusters(samples: &[Sample], now: f64, dead_for: Option<Duration>) -> Vec<Cluster> {
+pub fn clusters(samples: &[Point<Labels>], now: f64, dead_for: Option<Duration>) -> Vec<Cluster> {
     let mut fields: BTreeMap<Key, BTreeMap<&str, f64>> = BTreeMap::new();
     for s in samples {
-        let (Some(field), Some(v)) = (s.metric.get(FIELD), value(s)) else {
+        let Some(v) = value(&s.value) else { continue };
+        if s.metric.rw_field.is_empty() || s.metric.ray_io_cluster.is_empty() {
             continue;
-        };
+        }
         fields
-            .entry(key_of(&s.metric))
+            .entry(s.metric.key())
             .or_default()
-            .insert(field.as_str(), v);
+            .insert(s.metric.rw_field.as_str(), v);
     }
     let mut out = Vec::new();
     for ((host, name, user), f) in fields {
@@ -139,7 +158,16 @@ pub fn clusters(samples: &[Sample], now: f64, dead_for: Option<Duration>) -> Vec
             }
         }
         // A cluster that ran a task exports ray_tasks: its states without a series are 0.
-        let tasks = |k: &str| count(get(k).or(get("tasks_any").map(|_| 0.0)));
+        let any_tasks = [
+            "tasks_running",
+            "tasks_pending",
+            "tasks_finished",
+            "tasks_failed_5m",
+        ]
+        .iter()
+        .any(|k| f.contains_key(k));
+        let tasks = |k: &str| count(get(k).or(any_tasks.then_some(0.0)));
+        let plus = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
         let mib = |v: Option<f64>| v.map(|v| v * 1024.0 * 1024.0);
         let mut c = Cluster {
             name,
@@ -165,16 +193,15 @@ pub fn clusters(samples: &[Sample], now: f64, dead_for: Option<Duration>) -> Vec
             c.nodes_up = count(get("nodes_up").or(get("nodes_total").map(|_| 0.0)));
             c.nodes_total = count(get("nodes_total")).or(c.nodes_up);
             c.cpu_percent = get("cpu");
-            c.cpus = get("cpus");
             c.mem_used_bytes = get("mem_used");
             c.mem_total_bytes = get("mem_total");
             c.gpus = get("gpus");
             c.gpus_used = get("gpus_used");
             c.gpu_util_percent = get("gpu_util");
             c.gpu_mem_used_bytes = mib(get("gram_used_mib"));
-            c.gpu_mem_total_bytes = mib(get("gram_total_mib"));
+            c.gpu_mem_total_bytes = mib(plus(get("gram_used_mib"), get("gram_free_mib")));
             c.object_store_used_bytes = get("store_used");
-            c.object_store_total_bytes = get("store_total");
+            c.object_store_total_bytes = plus(get("store_used"), get("store_free"));
             c.tasks_running = tasks("tasks_running");
             c.tasks_pending = tasks("tasks_pending");
             c.tasks_pending_before = count(get("tasks_pending_before"));
@@ -190,16 +217,14 @@ pub fn clusters(samples: &[Sample], now: f64, dead_for: Option<Duration>) -> Vec
 /// range answer of [`super::queries::sparklines`] taken `start` to `end` every `step`.
 pub fn add_sparklines(
     clusters: &mut [Cluster],
-    series: &[RangeSeries],
+    series: &[Series<Labels>],
     start: f64,
     end: f64,
     step: f64,
 ) {
-    let mut by: BTreeMap<(Key, &str), &RangeSeries> = BTreeMap::new();
+    let mut by: BTreeMap<(Key, &str), &[(f64, String)]> = BTreeMap::new();
     for s in series {
-        if let Some(field) = s.metric.get(FIELD) {
-            by.insert((key_of(&s.metric), field.as_str()), s);
-        }
+        by.insert((s.metric.key(), s.metric.rw_field.as_str()), &s.values);
     }
     for c in clusters {
         let kind = if c.gpus.unwrap_or(0.0) > 0.0 && by.contains_key(&(c.key(), "gpu")) {
@@ -215,10 +240,10 @@ pub fn add_sparklines(
 }
 
 /// A range series on a fixed grid, `None` where it has no sample.
-pub fn points(s: &RangeSeries, start: f64, end: f64, step: f64) -> Vec<Option<f64>> {
+pub fn points(values: &[(f64, String)], start: f64, end: f64, step: f64) -> Vec<Option<f64>> {
     let n = ((end - start) / step).round() as usize + 1;
     let mut out = vec![None; n];
-    for (t, v) in &s.values {
+    for (t, v) in values {
         let i = ((t - start) / step).round();
         if i >= 0.0 && (i as usize) < n {
             out[i as usize] = v.parse::<f64>().ok().filter(|v| v.is_finite());
@@ -540,7 +565,7 @@ pub fn nodes(samples: &[Sample]) -> Vec<Node> {
     let mut disk_free: BTreeMap<String, f64> = BTreeMap::new();
     let mut gram_free: BTreeMap<(String, String), f64> = BTreeMap::new();
     for s in samples {
-        let (Some(field), Some(v)) = (s.metric.get(FIELD), value(s)) else {
+        let (Some(field), Some(v)) = (s.metric.get(FIELD), value(&s.value)) else {
             continue;
         };
         let m = &s.metric;
@@ -643,7 +668,7 @@ pub fn charts(
         .iter()
         .filter_map(|s| {
             let field = s.metric.get(FIELD)?;
-            Some((field.clone(), points(s, start, end, step)))
+            Some((field.clone(), points(&s.values, start, end, step)))
         })
         .collect()
 }
@@ -652,13 +677,14 @@ pub fn charts(
 mod tests {
     use super::*;
 
-    fn sample(field: &str, name: &str, v: &str) -> Sample {
-        Sample {
-            metric: BTreeMap::from([
-                (FIELD.to_string(), field.to_string()),
-                ("ray_io_cluster".to_string(), name.to_string()),
-                ("ray_user".to_string(), "alice".to_string()),
-            ]),
+    fn sample(field: &str, name: &str, v: &str) -> Point<Labels> {
+        Point {
+            metric: Labels {
+                rw_field: field.into(),
+                ray_io_cluster: name.into(),
+                ray_user: "alice".into(),
+                ..Default::default()
+            },
             value: (0.0, v.to_string()),
         }
     }
@@ -671,7 +697,10 @@ mod tests {
         assert_eq!(c[0].tasks_running, None, "no ray_tasks: no task count");
         assert_eq!(c[0].targets_down, Some(0));
         let c = clusters(
-            &[sample("targets", "a", "2"), sample("tasks_any", "a", "3")],
+            &[
+                sample("targets", "a", "2"),
+                sample("tasks_finished", "a", "3"),
+            ],
             100.0,
             None,
         );

@@ -71,13 +71,28 @@ pub fn duration(d: Duration) -> String {
 /// The clusters view in one instant query: every field of every cluster, plus
 /// `last_seen` of each cluster whose targets were scraped within `remember`.
 pub fn clusters(remember: Duration) -> String {
+    clusters_branches(remember).join(" or ")
+}
+
+/// [`clusters`] as `parts` queries of about equal cost, for Prometheus to evaluate
+/// side by side (it runs queries in parallel, one branch after the other within one).
+pub fn clusters_split(remember: Duration, parts: usize) -> Vec<String> {
+    let mut out = vec![Vec::new(); parts.max(1)];
+    for (i, b) in clusters_branches(remember).into_iter().enumerate() {
+        out[i % parts.max(1)].push(b);
+    }
+    out.into_iter().map(|b| b.join(" or ")).collect()
+}
+
+/// The branches of [`clusters`], each a whole expression (for measuring them one by one).
+pub fn clusters_branches(remember: Duration) -> Vec<String> {
     let tasks = |states: &str| sum("ray_tasks", &format!(r#",State=~"{states}""#));
     let failed_sel = ray_selector(r#",State="FAILED""#);
     let failed = fresh("ray_tasks", &failed_sel, None);
     let failed_before = fresh("ray_tasks", &failed_sel, Some("5m"));
     // last_seen to within `step`: the newest evaluation of the subquery that found a sample.
     let step = remember / 60;
-    let branches = [
+    vec![
         branch("targets", &format!("count by ({KEY}) (up{{{OURS}}})")),
         branch(
             "targets_down",
@@ -114,16 +129,11 @@ pub fn clusters(remember: Duration) -> String {
                 sum("autoscaler_active_nodes", "")
             ),
         ),
+        // The nodes' average CPU % (a weighting by cores cost a join per refresh).
         branch(
             "cpu",
-            &format!(
-                "(sum by ({KEY}) ({u} * {c}) / {}) or avg by ({KEY}) ({u})",
-                sum("ray_node_cpu_count", ""),
-                u = ours("ray_node_cpu_utilization"),
-                c = ours("ray_node_cpu_count"),
-            ),
+            &format!("avg by ({KEY}) ({})", ours("ray_node_cpu_utilization")),
         ),
-        branch("cpus", &sum("ray_node_cpu_count", "")),
         branch("mem_used", &sum("ray_node_mem_used", "")),
         branch("mem_total", &sum("ray_node_mem_total", "")),
         branch("gpus", &sum("ray_node_gpus_available", "")),
@@ -136,14 +146,7 @@ pub fn clusters(remember: Duration) -> String {
             &format!("avg by ({KEY}) ({})", ours("ray_node_gpus_utilization")),
         ),
         branch("gram_used_mib", &sum("ray_node_gram_used", "")),
-        branch(
-            "gram_total_mib",
-            &format!(
-                "{} + {}",
-                sum("ray_node_gram_used", ""),
-                sum("ray_node_gram_available", "")
-            ),
-        ),
+        branch("gram_free_mib", &sum("ray_node_gram_available", "")),
         branch(
             "store_used",
             &format!(
@@ -156,18 +159,16 @@ pub fn clusters(remember: Duration) -> String {
             ),
         ),
         branch(
-            "store_total",
+            "store_free",
             &format!(
-                "({} + {}) or {}",
-                sum("ray_object_store_used_memory", ""),
+                "{} or {}",
                 sum("ray_object_store_available_memory", ""),
                 sum(
                     "ray_resources",
-                    r#",Name="object_store_memory",State=~"USED|AVAILABLE""#
+                    r#",Name="object_store_memory",State="AVAILABLE""#
                 )
             ),
         ),
-        branch("tasks_any", &sum("ray_tasks", "")),
         branch("tasks_running", &tasks(RUNNING_STATES)),
         branch("tasks_pending", &tasks(PENDING_STATES)),
         branch(
@@ -187,8 +188,7 @@ pub fn clusters(remember: Duration) -> String {
             "tasks_failed_5m",
             &format!("sum by ({KEY}) (({failed} - {failed_before}) or {failed})"),
         ),
-    ];
-    branches.join(" or ")
+    ]
 }
 
 /// The sparkline column: each cluster's average CPU and GPU utilisation, as a range query.
