@@ -67,19 +67,32 @@ fn node_metrics(i: usize) -> String {
     t
 }
 
-/// Peak RSS (KiB) of a finished child, from wait4's rusage.
-fn wait_peak_kib(child: std::process::Child) -> Result<(std::process::ExitStatus, u64)> {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let mut status = 0;
-    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 writes only into the two locals given.
-    let r = unsafe { nix::libc::wait4(pid.as_raw(), &mut status, 0, &mut usage) };
-    anyhow::ensure!(r == pid.as_raw(), "wait4 failed");
-    use std::os::unix::process::ExitStatusExt;
-    Ok((
-        std::process::ExitStatus::from_raw(status),
-        usage.ru_maxrss as u64,
-    ))
+/// Peak RSS (KiB) of `raywatch top --once --json`: its VmHWM, read until it exits. Its
+/// stdout is drained only after a second, so with a large answer it waits on the pipe
+/// after its peak. (wait4's ru_maxrss would count the bench's own pages, which a
+/// vfork-spawned child shares until it execs.)
+fn once_peak_kib(mut child: std::process::Child) -> Result<(std::process::ExitStatus, u64)> {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let drain = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+    });
+    let mut peak = 0;
+    loop {
+        if let Some(kib) = fs_err::read_to_string(&status_file).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        }) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            let _ = drain.join();
+            return Ok((status, peak));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// One refresh of `top` at each cluster count: wall time (p50, p95), requests per refresh,
@@ -223,9 +236,9 @@ pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
             .arg("--home")
             .arg(stack.home.root())
             .args(["top", "--once", "--json"])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()?;
-        let (status, once_kib) = wait_peak_kib(once)?;
+        let (status, once_kib) = once_peak_kib(once)?;
         anyhow::ensure!(status.success(), "raywatch top --once failed");
         let screen = screen_rss_kib(&exe, &stack)
             .map_or("–".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
