@@ -91,6 +91,15 @@ pub fn clusters(remember: Duration) -> String {
     join_or(&clusters_branches(remember))
 }
 
+/// [`clusters_split`] with each part a plain chain `a or b or c …` (for comparison).
+pub fn clusters_split_chained(remember: Duration, parts: usize) -> Vec<String> {
+    let mut out = vec![Vec::new(); parts.max(1)];
+    for (i, b) in clusters_branches(remember).into_iter().enumerate() {
+        out[i % parts.max(1)].push(b);
+    }
+    out.into_iter().map(|b| b.join(" or ")).collect()
+}
+
 /// [`clusters`] as `parts` queries of about equal cost, for Prometheus to evaluate
 /// side by side (it runs queries in parallel, one branch after the other within one).
 pub fn clusters_split(remember: Duration, parts: usize) -> Vec<String> {

@@ -58,6 +58,8 @@ pub struct App {
     pub took: Duration,
     pub interval: Duration,
     pub dead_for: Duration,
+    /// The first row shown of the clusters view (kept between frames, like a scroll position).
+    offset: std::cell::Cell<usize>,
 }
 
 impl App {
@@ -81,6 +83,7 @@ impl App {
             took: Duration::ZERO,
             interval,
             dead_for,
+            offset: std::cell::Cell::new(0),
         }
     }
 
@@ -301,7 +304,20 @@ impl App {
     }
 
     fn render_clusters(&self, f: &mut Frame, area: Rect) {
-        let rows = self.visible();
+        let all = self.visible();
+        // Only the rows that fit are built (a thousand clusters cost a screenful).
+        let height = area.height.saturating_sub(1).max(1) as usize;
+        let selected = self.selected_index(&all);
+        let mut offset = self.offset.get().min(all.len().saturating_sub(1));
+        if let Some(i) = selected {
+            if i < offset {
+                offset = i;
+            } else if i >= offset + height {
+                offset = i + 1 - height;
+            }
+        }
+        self.offset.set(offset);
+        let rows = &all[offset.min(all.len())..(offset + height).min(all.len())];
         let mut titles: Vec<String> = Column::ALL
             .iter()
             .map(|c| {
@@ -366,14 +382,13 @@ impl App {
             })
             .collect();
         let header = Row::new(titles).style(Style::default().add_modifier(Modifier::BOLD));
-        let empty = rows.is_empty();
         let table = Table::new(table_rows, widths)
             .header(header)
             .column_spacing(1)
             .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED));
-        let mut state = TableState::default().with_selected(self.selected_index(&rows));
+        let mut state = TableState::default().with_selected(selected.map(|i| i - offset));
         f.render_stateful_widget(table, area, &mut state);
-        if empty {
+        if all.is_empty() {
             let msg = if self.clusters.is_empty() {
                 "no Ray cluster yet: start one (see `raywatch env`)"
             } else {
@@ -973,6 +988,27 @@ mod tests {
         assert_eq!(app.on_key(key(KeyCode::Char('x'))), Action::None);
         assert!(!app.help);
         assert_eq!(app.on_key(key(KeyCode::Char('q'))), Action::Quit);
+    }
+
+    #[test]
+    fn only_a_screenful_of_many_clusters_is_drawn_and_the_selection_stays_on_screen() {
+        let mut app = app(true);
+        let many: Vec<Cluster> = (0..1000)
+            .map(|i| Cluster {
+                name: format!("c{i:04}"),
+                user: "u".into(),
+                state: Some(State::Live),
+                ..Default::default()
+            })
+            .collect();
+        app.clusters = many;
+        let key = |c: KeyCode| KeyEvent::new(c, KeyModifiers::NONE);
+        app.on_key(key(KeyCode::Char('G')));
+        let (text, _) = screen(&app, 120, 20);
+        assert!(text.contains("c0999") && !text.contains("c0000"), "{text}");
+        app.on_key(key(KeyCode::Char('g')));
+        let (text, _) = screen(&app, 120, 20);
+        assert!(text.contains("c0000") && !text.contains("c0999"), "{text}");
     }
 
     #[test]
