@@ -62,7 +62,11 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     };
     let mut health = HashMap::new();
     let mut sd_errors = 0.0;
+    let mut sizes = crate::guard::ScrapeSizes::default();
     if ready {
+        if let Ok(samples) = client.query(&crate::guard::ScrapeSizes::promql()).await {
+            sizes = crate::guard::ScrapeSizes::from_samples(&samples);
+        }
         let up = format!("up{{job=\"{}\"}}", crate::prometheus::RAY_JOB);
         if let Ok(samples) = client.query(&up).await {
             for s in samples {
@@ -108,6 +112,8 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
         )
     };
     report.prometheus.sd_watcher_errors = sd_errors;
+    let limit = shared.settings.borrow().sample_limit;
+    crate::guard::annotate(&mut report, &health, &sizes, limit);
     report.prometheus.listener_problem = listener_problem;
     let settings = shared.settings.borrow().clone();
     if !settings.remote_write.is_empty() {
@@ -231,9 +237,21 @@ async fn config_handler(
         format!("{:?}", old.query_url),
         format!("{:?}", wanted.query_url),
     );
+    note(
+        "sample limit",
+        old.sample_limit.to_string(),
+        wanted.sample_limit.to_string(),
+    );
+    note(
+        "dropped labels",
+        format!("{:?}", old.drop_labels),
+        format!("{:?}", wanted.drop_labels),
+    );
     let reload = wanted.scrape_interval != old.scrape_interval
         || wanted.remote_write != old.remote_write
-        || wanted.ray_host() != old.ray_host();
+        || wanted.ray_host() != old.ray_host()
+        || wanted.sample_limit != old.sample_limit
+        || wanted.drop_labels != old.drop_labels;
 
     shared.settings.send_replace(wanted.clone());
     core.registry.set_liveness(wanted.liveness);
