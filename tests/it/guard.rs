@@ -165,7 +165,7 @@ fn with_ray_a_300000_series_target_is_refused_by_the_limit_while_a_real_cluster_
                 .iter()
                 .all(|t| t["health"] == "up" && t["sample_limit_exceeded"].is_null());
             (all_up
-                && c["targets"].as_array()?.len() >= 1
+                && !c["targets"].as_array()?.is_empty()
                 && c["samples_per_scrape"].as_f64()? > 0.0)
                 .then_some(st)
         },
