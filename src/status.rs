@@ -84,6 +84,11 @@ pub struct PrometheusStatus {
     /// Labels removed from every series before it is stored (`up --drop-label`).
     #[serde(default)]
     pub drop_labels: Vec<String>,
+    /// Scrapes Prometheus refused for exceeding the sample limit since it started
+    /// (`prometheus_target_scrapes_exceeded_sample_limit_total`): catches a target
+    /// that crosses the limit only now and then.
+    #[serde(default)]
+    pub scrapes_over_sample_limit: f64,
     #[serde(flatten)]
     pub child: ChildStatus,
 }
@@ -210,10 +215,18 @@ pub fn render(r: &StatusReport) -> String {
     }
     let _ = writeln!(
         out,
-        "  limits      {} samples per scrape per target{}",
+        "  limits      {} samples per scrape per target{}{}",
         p.sample_limit
             .map(|n| n.to_string())
             .unwrap_or_else(|| "no limit on".into()),
+        if p.scrapes_over_sample_limit > 0.0 {
+            format!(
+                " ({:.0} scrapes refused since Prometheus started)",
+                p.scrapes_over_sample_limit
+            )
+        } else {
+            String::new()
+        },
         if p.drop_labels.is_empty() {
             String::new()
         } else {

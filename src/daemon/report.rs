@@ -158,6 +158,7 @@ impl Core {
                 port_note: shared.port_note.lock().unwrap().clone(),
                 sample_limit: settings.sample_limit.get(),
                 drop_labels: settings.drop_labels.clone(),
+                scrapes_over_sample_limit: 0.0,
                 child: shared.prometheus.status.lock().unwrap().clone(),
             },
             grafana: status::GrafanaStatus {

@@ -123,6 +123,13 @@ fn with_ray_a_300000_series_target_is_refused_by_the_limit_while_a_real_cluster_
         assert!(note.contains(part), "{part:?} missing from {note:?}");
     }
     assert_eq!(st["prometheus"]["sample_limit"], 200_000, "{st:#}");
+    assert!(
+        st["prometheus"]["scrapes_over_sample_limit"]
+            .as_f64()
+            .unwrap()
+            >= 1.0,
+        "{st:#}"
+    );
     // Prometheus agrees on why: its own lastError for that target.
     let targets: Value = stack
         .prom_get("/api/v1/targets?state=active")
