@@ -252,6 +252,13 @@ fn with_ray_a_300000_series_target_is_refused_by_the_limit_while_a_real_cluster_
         target(&st, &flood, &flood_ep.addr).is_some_and(|t| t["sample_limit_exceeded"].is_string()),
         "{st:#}"
     );
+    let prometheus = stack.pids()[1];
+    eprintln!(
+        "Prometheus refusing a {FLOOD_SERIES}-series target every 2 s: RSS {} MiB, head series {}, CPU {:.1} s so far",
+        rss_kib(prometheus) / 1024,
+        stack.own_metric("prometheus_tsdb_head_series"),
+        cpu_seconds(prometheus)
+    );
     drop(ray);
 }
 
