@@ -687,6 +687,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_hand_edited_config_that_drops_a_label_raywatch_needs_is_refused_before_any_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().join("home"))).unwrap();
+        home.ensure().unwrap();
+        let cfg = StackConfig {
+            prometheus_bin: dir.path().join("no-prometheus"),
+            prometheus_port: 9999,
+            scrape_interval: Duration::from_secs(10),
+            drop_labels: vec!["ray_io_cluster".into()],
+            ..Default::default()
+        };
+        let err = format!("{:#}", write_files(&home, &cfg).unwrap_err());
+        assert!(err.contains("config.json"), "{err}");
+        assert!(
+            err.contains("\"ray_io_cluster\" would break raywatch"),
+            "{err}"
+        );
+        assert!(!home.prometheus_yml().exists());
+    }
+
+    #[test]
     fn config_has_one_ray_job_reading_the_glob() {
         let home = Home::resolve(Some("/h".into())).unwrap();
         let cfg = StackConfig {
