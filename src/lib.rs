@@ -24,6 +24,7 @@ pub mod gateway;
 #[cfg(test)]
 mod generated_files;
 pub mod grafana;
+pub mod guard;
 pub mod home;
 pub mod install;
 pub mod logfile;

@@ -55,6 +55,9 @@ impl Core {
                             None => "unknown",
                         }
                         .into(),
+                        // Filled in by crate::guard::annotate.
+                        samples_per_scrape: None,
+                        sample_limit_exceeded: None,
                     })
                     .collect();
                 let withheld = if c.is_live() {
@@ -107,6 +110,7 @@ impl Core {
                         })
                         .cloned()
                         .collect(),
+                    samples_per_scrape: None,
                 }
             })
             .collect();
@@ -152,6 +156,9 @@ impl Core {
                 unscraped_targets,
                 listener_problem: None,
                 port_note: shared.port_note.lock().unwrap().clone(),
+                sample_limit: settings.sample_limit.get(),
+                drop_labels: settings.drop_labels.clone(),
+                scrapes_over_sample_limit: 0.0,
                 child: shared.prometheus.status.lock().unwrap().clone(),
             },
             grafana: status::GrafanaStatus {

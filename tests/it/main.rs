@@ -7,6 +7,7 @@ mod discovery;
 mod escapes;
 mod fleet;
 mod grafana;
+mod guard;
 mod ray;
 mod reliability;
 mod security;
