@@ -673,3 +673,49 @@ fn an_oversized_answer_is_refused_not_held() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("over 64 MiB"), "{err}");
 }
+
+/// Ctrl-C and SIGTERM end the screen as `q` does: the terminal is back to normal.
+#[test]
+fn ctrl_c_and_sigterm_restore_the_terminal() {
+    let (stack, root) = Stack::watching("ray_sig", &[]);
+    let endpoint = MetricsEndpoint::serve(&gpu_node_metrics("session_sig_1"));
+    let _head = FakeHead::start(&root, "session_sig_1", vec![endpoint.addr.clone()]);
+    let name = format!("{}-ray_sig", user());
+    wait_for("the cluster in top", Duration::from_secs(60), || {
+        cluster(&snapshot(&stack, &[]), &name).map(|_| ())
+    });
+    let tmux = Tmux::start(160, 30);
+    let cmd = format!(
+        "'{}' --home '{}' top",
+        raywatch_bin().display(),
+        stack.home.display()
+    );
+    for how in ["C-c", "SIGTERM"] {
+        tmux.literal(&cmd);
+        tmux.keys(&["Enter"]);
+        tmux.wait_screen("the screen", |s| s.contains(&name) && s.contains("q quit"));
+        assert_eq!(tmux.modes(), "1 0", "the screen is up ({how})");
+        if how == "C-c" {
+            tmux.keys(&["C-c"]);
+        } else {
+            let pids: Vec<u32> = processes_mentioning(&stack.home.display().to_string())
+                .into_iter()
+                .filter(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"top"))
+                })
+                .collect();
+            assert_eq!(pids.len(), 1, "{pids:?}");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pids[0] as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+        }
+        wait_for(
+            &format!("the terminal back to normal after {how}"),
+            Duration::from_secs(10),
+            || (tmux.modes() == "0 1").then_some(()),
+        );
+    }
+}
