@@ -657,6 +657,13 @@ pub fn run(
     interval: Duration,
     dead_for: Duration,
 ) -> Result<()> {
+    // One malloc arena for both threads: a refresh is decoded on the fetching thread
+    // and freed on this one, and with an arena each the two peaks add up.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter (glibc takes its own lock).
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
     let mut app = App::new(api.api.describe(), colour_wanted(), interval, dead_for);
     app.set_clusters(first);
     let (req_tx, req_rx) = mpsc::channel::<Request>();
