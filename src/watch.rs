@@ -18,6 +18,7 @@
 //! one wake-up a second instead of two hundred.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -307,8 +308,11 @@ impl Watcher {
         }
     }
 
-    /// The paths of the quiet folders' events since the last call (without waiting).
-    pub fn drain_quiet(&mut self) -> BTreeSet<PathBuf> {
+    /// The paths of the quiet folders' events since the last call (without
+    /// waiting): events about the folders themselves, and about the entries
+    /// whose name is `wanted` (the others, such as a writer's temp file, are
+    /// dropped before any path is made).
+    pub fn drain_quiet(&mut self, wanted: &OsStr) -> BTreeSet<PathBuf> {
         let mut paths = BTreeSet::new();
         let Some(q) = self.quiet.as_mut() else {
             return paths;
@@ -331,6 +335,12 @@ impl Watcher {
                     paths.insert(overflow_marker());
                     continue;
                 }
+                if event.mask.contains(EventMask::IGNORED) {
+                    ignored.push(event.wd.clone());
+                }
+                if event.name.is_some_and(|n| n != wanted) {
+                    continue;
+                }
                 let Some(dir) = q.by_wd.get(&event.wd) else {
                     continue;
                 };
@@ -338,9 +348,6 @@ impl Watcher {
                     Some(name) => dir.join(name),
                     None => dir.clone(),
                 });
-                if event.mask.contains(EventMask::IGNORED) {
-                    ignored.push(event.wd.clone());
-                }
             }
             for wd in ignored {
                 if let Some(p) = q.by_wd.remove(&wd) {

@@ -318,7 +318,10 @@ impl Core {
             self.full_scan();
         }
         // Live clusters' rewrites, gathered by the quiet watch since the last tick.
-        let quiet = self.follow.watcher.drain_quiet();
+        let quiet = self
+            .follow
+            .watcher
+            .drain_quiet(std::ffi::OsStr::new(DISCOVERY_FILE));
         if !quiet.is_empty() {
             self.handle_events(quiet);
         }
