@@ -108,6 +108,14 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
         )
     };
     report.prometheus.sd_watcher_errors = sd_errors;
+    if let Some(dir) = report.prometheus.data_dir.clone() {
+        // A walk of the data folder (a few hundred files): off the event loop.
+        let (bytes, free) = tokio::task::spawn_blocking(move || crate::prometheus::disk_use(&dir))
+            .await
+            .unwrap_or((0, None));
+        report.prometheus.data_bytes = Some(bytes);
+        report.prometheus.data_free_bytes = free;
+    }
     report.prometheus.listener_problem = listener_problem;
     let settings = shared.settings.borrow().clone();
     if !settings.remote_write.is_empty() {

@@ -152,6 +152,11 @@ impl Core {
                 unscraped_targets,
                 listener_problem: None,
                 port_note: shared.port_note.lock().unwrap().clone(),
+                data_dir: (!settings.agent).then(|| self.home.prometheus_data()),
+                data_bytes: None,
+                data_free_bytes: None,
+                retention: (!settings.agent)
+                    .then(|| crate::config::prometheus_duration(settings.retention)),
                 child: shared.prometheus.status.lock().unwrap().clone(),
             },
             grafana: status::GrafanaStatus {
