@@ -76,6 +76,8 @@ pub(super) fn export(
             }
         }
     };
+    // Nothing is in Prometheus past now (a margin may reach beyond it).
+    let to = to.min(now);
     if from >= to {
         return Err(anyhow!(
             "--from ({}) is not before --to ({})",

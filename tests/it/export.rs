@@ -229,13 +229,25 @@ fn ray_cluster_export_round_trips_through_promtool_into_a_fresh_prometheus() {
         || history_entry(&stack, &name).filter(|e| e["state"] == "ended"),
     );
 
+    // Its targets gone from Prometheus, nothing more of it arrives.
+    wait_for(
+        "the cluster's targets to go",
+        Duration::from_secs(60),
+        || stack.instances_of(&name).is_empty().then_some(()),
+    );
     let out_dir = scratch();
     let (plain, gz) = (out_dir.path().join("a.om"), out_dir.path().join("a.om.gz"));
     export(&stack, &[&name, "--out", plain.to_str().unwrap()]);
     export(&stack, &[&name, "--out", gz.to_str().unwrap()]);
     let text = std::fs::read(&plain).unwrap();
     assert!(text.ends_with(b"# EOF\n"));
-    assert_eq!(gunzip(&gz), text, "the .gz holds the same export");
+    let unzipped = gunzip(&gz);
+    assert!(
+        unzipped == text,
+        "the .gz holds another export ({} bytes, the plain one {})",
+        unzipped.len(),
+        text.len()
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777,
@@ -247,13 +259,51 @@ fn ray_cluster_export_round_trips_through_promtool_into_a_fresh_prometheus() {
     let last = entry["ended_unix"].as_f64().unwrap() + 60.0;
     let n = assert_same_samples(&stack, &fresh, &selector, first, last);
     assert!(n >= 60, "only {n} samples of ray_node_cpu_utilization");
-    // And every series of the cluster made it.
-    let window = (last - first).ceil() as u64 + 1;
-    let count = format!("count(count_over_time({{ray_io_cluster=\"{name}\"}}[{window}s]))");
-    assert_eq!(
-        stack_query(&stack, &count, last)[0]["value"][1],
-        fresh.query(&count, last)[0]["value"][1]
+    // And every series of the cluster made it, with its labels.
+    let sel = format!("{{ray_io_cluster=\"{name}\"}}");
+    let ours = series(
+        &format!("http://127.0.0.1:{}", stack.port()),
+        Some(&stack.password()),
+        &sel,
+        first,
+        last,
     );
+    let theirs = series(
+        &format!("http://127.0.0.1:{}", fresh.port),
+        None,
+        &sel,
+        first,
+        last,
+    );
+    assert!(ours.len() > 50, "only {} series", ours.len());
+    assert_eq!(ours, theirs);
+}
+
+/// The label sets of the series matching `selector` in `[from, to]`, sorted.
+fn series(base: &str, password: Option<&str>, selector: &str, from: f64, to: f64) -> Vec<String> {
+    let mut req = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{base}/api/v1/series"))
+        .query(&[
+            ("match[]", selector),
+            ("start", &format!("{from:.3}")),
+            ("end", &format!("{to:.3}")),
+        ]);
+    if let Some(p) = password {
+        req = req.basic_auth("raywatch", Some(p));
+    }
+    let v: Value = req.send().unwrap().json().unwrap();
+    assert_eq!(v["status"], "success", "{v}");
+    let mut out: Vec<String> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    out.sort();
+    out
 }
 
 /// Label values with quotes, backslashes, newlines and escape sequences, a
