@@ -438,7 +438,7 @@ pub fn disk_use(dir: &Path) -> (u64, Option<u64>) {
     }
     let free = nix::sys::statvfs::statvfs(dir)
         .ok()
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);
+        .map(|s| s.blocks_available() * s.fragment_size());
     (walk(dir, 0), free)
 }
 

@@ -366,3 +366,28 @@ fn history_escapes_what_came_from_outside() {
     );
     assert!(text.contains("\\e]0;pwned"), "{text}");
 }
+
+/// `status` shows the disk Prometheus' data uses, the space left, and the
+/// retention, 30 days by default.
+#[test]
+fn status_shows_prometheus_disk_use_and_a_30_day_default_retention() {
+    let stack = Stack::up(&["--no-default-watch"]);
+    let s = stack.status();
+    let p = &s["prometheus"];
+    assert_eq!(p["retention"], "30d", "{p}");
+    assert!(p["data_bytes"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["data_free_bytes"].as_u64().unwrap() > 0, "{p}");
+    assert_eq!(
+        p["data_dir"].as_str().unwrap(),
+        stack.home.join("prometheus/data").to_str().unwrap()
+    );
+    let text = String::from_utf8(stack.run(&["status"]).stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("  data        "))
+        .unwrap_or_else(|| panic!("no data line:\n{text}"));
+    assert!(
+        line.contains("(retention 30d; ") && line.contains(" free)"),
+        "{line}"
+    );
+}
