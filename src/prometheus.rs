@@ -556,8 +556,13 @@ impl Client {
     }
 
     /// A GET of one of Prometheus' JSON APIs (`/api/v1/...`) with these
-    /// parameters: its `data`, or Prometheus' error for the request.
-    pub async fn api_get(&self, path: &str, params: &[(&str, &str)]) -> Result<serde_json::Value> {
+    /// parameters: its `data`, decoded straight from the body into `T`, or
+    /// Prometheus' error for the request.
+    pub async fn api_get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> Result<T> {
         let resp = self
             .get(path)?
             .timeout(Duration::from_secs(120))
@@ -571,16 +576,15 @@ impl Client {
             .await
             .context("cannot read Prometheus' answer")?;
         #[derive(Deserialize)]
-        struct Answer {
+        struct Answer<T> {
             status: String,
-            #[serde(default)]
-            data: serde_json::Value,
+            data: Option<T>,
             #[serde(default)]
             error: Option<String>,
         }
-        let answer: Answer = serde_json::from_slice(&body).with_context(|| {
+        let answer: Answer<T> = serde_json::from_slice(&body).with_context(|| {
             format!(
-                "Prometheus answered {path} with HTTP {status} and an unexpected body: {}",
+                "Prometheus answered {path} with HTTP {status} and a body raywatch cannot read: {}",
                 String::from_utf8_lossy(&body[..body.len().min(300)])
             )
         })?;
@@ -590,7 +594,9 @@ impl Client {
                 answer.error.unwrap_or_else(|| format!("HTTP {status}"))
             );
         }
-        Ok(answer.data)
+        answer
+            .data
+            .with_context(|| format!("Prometheus' answer to {path} has no data"))
     }
 
     /// An instant query: the HTTP status and Prometheus' response body.
