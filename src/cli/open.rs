@@ -102,3 +102,59 @@ pub fn past_url(config: &StackConfig, e: &Entry) -> String {
     .map(|u| u.to_string())
     .unwrap_or(base)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Identity;
+
+    fn entry() -> Entry {
+        Entry {
+            cluster: Identity {
+                id: "x".into(),
+                name: "alice-ray".into(),
+                session: "session_2026-11-27_13-26-35_555015_2972".into(),
+                session_dir: None,
+                temp_dir: "/tmp/ray".into(),
+                discovery_file: "/tmp/ray/f".into(),
+                user: "alice".into(),
+                host: "h".into(),
+                source: "watch".into(),
+                slurm_job_id: None,
+                slurm_job_name: None,
+            },
+            first_seen_unix: 1_795_785_995.0,
+            last_seen_unix: 1_795_791_731.0,
+            ended_unix: Some(1_795_791_738.0),
+            end_reason: Some("gone".into()),
+        }
+    }
+
+    #[test]
+    fn a_past_cluster_opens_over_its_life() {
+        let mut config = StackConfig {
+            prometheus_port: 9999,
+            grafana_port: 3999,
+            grafana_bin: Some("/usr/sbin/grafana".into()),
+            ..Default::default()
+        };
+        let grafana = past_url(&config, &entry());
+        assert!(
+            grafana.starts_with("http://127.0.0.1:3999/d/")
+                && grafana.contains("var-Cluster=alice-ray")
+                && grafana.ends_with("&from=1795785935000&to=1795791798000"),
+            "{grafana}"
+        );
+        config.grafana_bin = None;
+        let prom = past_url(&config, &entry());
+        let url = reqwest::Url::parse(&prom).unwrap();
+        let q: std::collections::BTreeMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(url.port(), Some(9999));
+        assert_eq!(
+            q["g0.expr"],
+            "ray_node_cpu_utilization{ray_io_cluster=\"alice-ray\",ray_session=\"session_2026-11-27_13-26-35_555015_2972\"}"
+        );
+        assert_eq!(q["g0.range_input"], "5863s");
+        assert_eq!(q["g0.end_input"], "2026-11-27 15:03:18");
+    }
+}

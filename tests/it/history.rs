@@ -391,3 +391,86 @@ fn status_shows_prometheus_disk_use_and_a_30_day_default_retention() {
         "{line}"
     );
 }
+
+/// With the stack down, `history` still lists a cluster (state unknown) and
+/// `open` still prints its range; a history file that is a FIFO or absurdly
+/// large is refused by name, without hanging, and the daemon runs on without it.
+#[test]
+fn history_and_open_work_with_the_stack_down_and_odd_history_files_are_refused() {
+    let (stack, root) = Stack::watching("ray_hdown", &[]);
+    let head = FakeHead::start(
+        &root,
+        "session_2026-01-01_00-00-00_000000_9",
+        vec!["127.0.0.1:9".into()],
+    );
+    let name = format!("{}-ray_hdown", user());
+    wait_for(
+        "the cluster in the history",
+        Duration::from_secs(30),
+        || {
+            history(&stack)
+                .into_iter()
+                .find(|c| c["name"] == name.as_str())
+        },
+    );
+    drop(head);
+    assert!(stack.run(&["down"]).status.success());
+    let e = history(&stack)
+        .into_iter()
+        .find(|c| c["name"] == name.as_str())
+        .unwrap();
+    assert_eq!(e["state"], "unknown", "{e}");
+    let out = stack.run(&["open", &name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("/graph?") && text.contains("raywatch is not running"),
+        "{text}"
+    );
+    // An unknown name with the stack down: "not running" (exit 3).
+    assert_eq!(stack.run(&["open", "no-such"]).status.code(), Some(3));
+
+    let file = stack.home.join("history.jsonl");
+    std::fs::remove_file(&file).unwrap();
+    nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let started = std::time::Instant::now();
+    let out = stack.run(&["history"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("history.jsonl") && err.contains("not a regular file"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The daemon starts anyway, and says why it records no history.
+    let out = stack.run(&[
+        "up",
+        "--no-default-watch",
+        "--watch",
+        root.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the daemon's complaint", Duration::from_secs(10), || {
+        stack
+            .log()
+            .contains("the cluster history is not recorded")
+            .then_some(())
+    });
+    assert!(stack.run(&["down"]).status.success());
+
+    std::fs::remove_file(&file).unwrap();
+    let f = std::fs::File::create(&file).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let out = stack.run(&["history"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("more than raywatch ever writes"), "{err}");
+}
