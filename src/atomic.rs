@@ -1,4 +1,5 @@
-//! Crash-safe file writes: temp file on the same file system, fsync, rename, fsync of the folder.
+//! Crash-safe file writes: temp file on the same file system, fsync, rename, fsync of the folder;
+//! and, for files recomputed at every start, the same replace without the fsyncs.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -83,6 +84,31 @@ pub fn write_via(tmp_dir: &Path, dest: &Path, bytes: &[u8], mode: u32) -> Result
     stage(tmp_dir, &name.to_string_lossy(), bytes, mode)?.commit(dest)
 }
 
+/// Replaces `dest` with `bytes` the way [`write_via`] does (readers see the
+/// old content or the new, never a partial file), without making it durable:
+/// for files the daemon recomputes at every start (Prometheus' targets), where
+/// two fsyncs per write would only add milliseconds to every cluster's
+/// registration.
+pub fn replace_via(tmp_dir: &Path, dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = dest
+        .file_name()
+        .with_context(|| format!("{} has no file name", dest.display()))?;
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(tmp_dir)
+        .with_context(|| format!("cannot create a temp file in {}", tmp_dir.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("cannot write {}", file.path().display()))?;
+    let tmp = file.path().to_path_buf();
+    file.persist(dest)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
+    Ok(())
+}
+
 /// Writes `bytes` to `dest` atomically, with the temp file beside it.
 pub fn write(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = dest
@@ -101,6 +127,16 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replace_without_fsync_replaces_content_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("shard.json");
+        replace_via(dir.path(), &dest, b"old", 0o644).unwrap();
+        replace_via(dir.path(), &dest, b"new", 0o644).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn replaces_content_and_leaves_no_temp_file() {

@@ -73,6 +73,14 @@ pub struct StackConfig {
     /// TLS private key (PEM) for the http_sd endpoint.
     #[serde(default)]
     pub sd_tls_key: Option<PathBuf>,
+    /// Samples one scrape of one target may carry (`up --sample-limit N`);
+    /// a target over it is refused whole, the others are unaffected.
+    #[serde(default)]
+    pub sample_limit: crate::guard::SampleLimit,
+    /// Labels removed from every scraped series before it is stored
+    /// (`up --drop-label NAME`), checked by [`crate::guard::check_drop_label`].
+    #[serde(default)]
+    pub drop_labels: Vec<String>,
 }
 
 /// One remote-write destination. Credentials come from files only, never from

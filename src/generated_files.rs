@@ -25,6 +25,7 @@ fn example(home: &Path) -> (Home, StackConfig) {
         prometheus_name: "Prometheus".into(),
         gateway_port: 4999,
         host_label: Some("node-a".into()),
+        drop_labels: vec!["WorkerId".into()],
         ..Default::default()
     };
     (home, cfg)

@@ -25,6 +25,7 @@ pub mod gateway;
 #[cfg(test)]
 mod generated_files;
 pub mod grafana;
+pub mod guard;
 pub mod history;
 pub mod home;
 pub mod install;

@@ -72,6 +72,19 @@ pub struct ScrapeConfig {
     pub static_configs: Vec<StaticConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
+    /// Samples one scrape may carry; over it the whole scrape fails (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metric_relabel_configs: Vec<RelabelConfig>,
+}
+
+/// One `metric_relabel_configs` entry (raywatch writes only `labeldrop`).
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct RelabelConfig {
+    pub action: String,
+    /// Matched against whole label names (Prometheus anchors it).
+    pub regex: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -143,6 +156,16 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
                 }],
                 static_configs: vec![],
                 basic_auth: None,
+                sample_limit: Some(cfg.sample_limit.0),
+                // Checked names (crate::guard): letters, digits and '_' need no escaping.
+                metric_relabel_configs: cfg
+                    .drop_labels
+                    .iter()
+                    .map(|l| RelabelConfig {
+                        action: "labeldrop".into(),
+                        regex: l.clone(),
+                    })
+                    .collect(),
             },
             ScrapeConfig {
                 job_name: "prometheus".into(),
@@ -154,6 +177,8 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
                     username: USER.into(),
                     password_file: home.prometheus_password().to_string_lossy().into_owned(),
                 }),
+                sample_limit: None,
+                metric_relabel_configs: vec![],
             },
         ],
     }
@@ -281,6 +306,9 @@ pub fn write_remote_write_secrets(home: &Home, cfg: &StackConfig) -> Result<()> 
 /// Writes the secret (once), web.yml and prometheus.yml. prometheus.yml is
 /// checked with promtool, when there is one, before it replaces the old file.
 pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
+    // A hand-edited config.json gets the same checks as `up --drop-label`.
+    crate::guard::drop_labels(&cfg.drop_labels)
+        .with_context(|| format!("{} has a bad drop_labels entry", home.config().display()))?;
     let password = ensure_password(home)?;
     write_remote_write_secrets(home, cfg)?;
     let web_ok = fs_err::read_to_string(home.web_yml())
@@ -726,6 +754,27 @@ pub struct Sample {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hand_edited_config_that_drops_a_label_raywatch_needs_is_refused_before_any_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().join("home"))).unwrap();
+        home.ensure().unwrap();
+        let cfg = StackConfig {
+            prometheus_bin: dir.path().join("no-prometheus"),
+            prometheus_port: 9999,
+            scrape_interval: Duration::from_secs(10),
+            drop_labels: vec!["ray_io_cluster".into()],
+            ..Default::default()
+        };
+        let err = format!("{:#}", write_files(&home, &cfg).unwrap_err());
+        assert!(err.contains("config.json"), "{err}");
+        assert!(
+            err.contains("\"ray_io_cluster\" would break raywatch"),
+            "{err}"
+        );
+        assert!(!home.prometheus_yml().exists());
+    }
 
     #[test]
     fn config_has_one_ray_job_reading_the_glob() {

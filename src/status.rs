@@ -90,6 +90,17 @@ pub struct PrometheusStatus {
     /// How long samples are kept (`--retention`), e.g. "30d".
     #[serde(default)]
     pub retention: Option<String>,
+    /// Samples one scrape of one target may carry (`up --sample-limit`); null: no limit.
+    #[serde(default)]
+    pub sample_limit: Option<u64>,
+    /// Labels removed from every series before it is stored (`up --drop-label`).
+    #[serde(default)]
+    pub drop_labels: Vec<String>,
+    /// Scrapes Prometheus refused for exceeding the sample limit since it started
+    /// (`prometheus_target_scrapes_exceeded_sample_limit_total`): catches a target
+    /// that crosses the limit only now and then.
+    #[serde(default)]
+    pub scrapes_over_sample_limit: f64,
     #[serde(flatten)]
     pub child: ChildStatus,
 }
@@ -154,6 +165,10 @@ pub struct ClusterStatus {
     /// Targets that are not addresses of this machine: expected for a multi-node
     /// cluster, suspicious otherwise (Prometheus scrapes whatever a file names).
     pub remote_targets: Vec<String>,
+    /// Samples the last scrape of all its targets carried (Prometheus'
+    /// `scrape_samples_scraped`); null before the first scrape.
+    #[serde(default)]
+    pub samples_per_scrape: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +176,13 @@ pub struct TargetStatus {
     pub address: String,
     /// "up", "down", or "unknown" (not scraped yet).
     pub health: String,
+    /// Samples its last scrape carried; null before the first scrape.
+    #[serde(default)]
+    pub samples_per_scrape: Option<f64>,
+    /// Set when its scrapes fail for carrying more samples than the sample
+    /// limit: what it carries, the limit, and the flag that raises it.
+    #[serde(default)]
+    pub sample_limit_exceeded: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,6 +223,56 @@ pub fn render(r: &StatusReport) -> String {
                 .as_deref()
                 .map(|e| format!("\n              FAILING: {}", escape::text(e)))
                 .unwrap_or_default()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  limits      {} samples per scrape per target{}{}",
+        p.sample_limit
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "no limit on".into()),
+        if p.scrapes_over_sample_limit > 0.0 {
+            format!(
+                " ({:.0} scrapes refused since Prometheus started)",
+                p.scrapes_over_sample_limit
+            )
+        } else {
+            String::new()
+        },
+        if p.drop_labels.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; labels dropped: {}",
+                p.drop_labels
+                    .iter()
+                    .map(|l| escape::text(l).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    let refused: Vec<String> = r
+        .clusters
+        .iter()
+        .flat_map(|c| {
+            c.targets
+                .iter()
+                .filter(|t| t.sample_limit_exceeded.is_some())
+                .map(move |t| format!("{}/{}", escape::text(&c.name), escape::text(&t.address)))
+        })
+        .collect();
+    if !refused.is_empty() {
+        let _ = writeln!(
+            out,
+            "  WARNING     the sample limit refuses {} target(s): {} (raise it with `raywatch up --sample-limit N`)",
+            refused.len(),
+            refused
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if r.watch.foreign_session_dirs > 0 {
@@ -249,11 +321,14 @@ pub fn render(r: &StatusReport) -> String {
             let up = c.targets.iter().filter(|t| t.health == "up").count();
             let _ = writeln!(
                 out,
-                "  {}  {}  {}/{} targets up  {}  {}",
+                "  {}  {}  {}/{} targets up{}  {}  {}",
                 escape::text(&c.name),
                 escape::text(&c.state),
                 up,
                 c.targets.len(),
+                c.samples_per_scrape
+                    .map(|n| format!("  {n:.0} samples/scrape"))
+                    .unwrap_or_default(),
                 escape::text(&c.session),
                 escape::path(&c.temp_dir)
             );
@@ -266,10 +341,16 @@ pub fn render(r: &StatusReport) -> String {
             for t in &c.targets {
                 let _ = writeln!(
                     out,
-                    "      {:<24} {}",
+                    "      {:<24} {}{}",
                     escape::text(&t.address),
-                    escape::text(&t.health)
+                    escape::text(&t.health),
+                    t.samples_per_scrape
+                        .map(|n| format!("  {n:.0} samples/scrape"))
+                        .unwrap_or_default()
                 );
+                if let Some(note) = &t.sample_limit_exceeded {
+                    let _ = writeln!(out, "        OVER SAMPLE LIMIT: {}", escape::text(note));
+                }
             }
             if !c.remote_targets.is_empty() {
                 let _ = writeln!(
@@ -515,6 +596,70 @@ mod tests {
             "  grafana     not installed",
         ] {
             assert!(shared.contains(part), "{part:?} missing:\n{shared}");
+        }
+    }
+
+    #[test]
+    fn a_target_over_the_sample_limit_is_flagged_with_the_limit_and_the_flag_escaped() {
+        let mut r = report();
+        r.prometheus.sample_limit = Some(200_000);
+        r.prometheus.drop_labels = vec!["WorkerId".into()];
+        let target = |address: &str, health: &str, n: f64| TargetStatus {
+            address: address.into(),
+            health: health.into(),
+            samples_per_scrape: Some(n),
+            sample_limit_exceeded: None,
+        };
+        let cluster: ClusterStatus = serde_json::from_value(serde_json::json!({
+            "name": "alice-ray_\u{1b}[2J", "state": "live", "dead_reason": null,
+            "session": "session_1", "session_dir": null, "temp_dir": "/tmp/ray_x",
+            "discovery_file": "/tmp/ray_x/d.json", "user": "alice", "source": "watch",
+            "last_rewrite_unix": 0.0, "grafana_url": null, "targets": [],
+            "withheld": [], "remote_targets": []
+        }))
+        .unwrap();
+        r.clusters = vec![ClusterStatus {
+            targets: vec![
+                target("127.0.0.1:1", "down", 300_000.0),
+                target("127.0.0.1:2", "up", 12.0),
+            ],
+            ..cluster
+        }];
+        let health = std::collections::HashMap::from([
+            (
+                ("alice-ray_\u{1b}[2J".to_string(), "127.0.0.1:1".to_string()),
+                0.0,
+            ),
+            (
+                ("alice-ray_\u{1b}[2J".to_string(), "127.0.0.1:2".to_string()),
+                1.0,
+            ),
+        ]);
+        let sizes = crate::guard::ScrapeSizes(
+            health
+                .keys()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        if k.1.ends_with(":1") { 300_000.0 } else { 12.0 },
+                    )
+                })
+                .collect(),
+        );
+        crate::guard::annotate(&mut r, &health, &sizes, crate::guard::SampleLimit(200_000));
+        assert_eq!(r.clusters[0].samples_per_scrape, Some(300_012.0));
+        assert!(r.clusters[0].targets[1].sample_limit_exceeded.is_none());
+        let text = render(&r);
+        assert!(!text.contains('\u{1b}'), "{text}");
+        for part in [
+            "  limits      200000 samples per scrape per target; labels dropped: WorkerId",
+            "WARNING     the sample limit refuses 1 target(s): alice-ray_\\e[2J/127.0.0.1:1",
+            "300012 samples/scrape",
+            "127.0.0.1:1              down  300000 samples/scrape",
+            "OVER SAMPLE LIMIT: refused: its scrapes carry 300000 samples, over the sample limit of 200000",
+            "`raywatch up --sample-limit 380000`",
+        ] {
+            assert!(text.contains(part), "{part:?} missing:\n{text}");
         }
     }
 

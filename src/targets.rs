@@ -250,7 +250,7 @@ impl TargetsDir {
             } else {
                 let path = self.dir.join(shard_file(shard));
                 self.tokens -= 1.0;
-                crate::atomic::write_via(&self.tmp, &path, &bytes, 0o644).map(|()| {
+                crate::atomic::replace_via(&self.tmp, &path, &bytes, 0o644).map(|()| {
                     self.on_disk[shard] = Some(bytes);
                     writes += 1;
                 })
@@ -316,7 +316,7 @@ impl TargetsDir {
         for name in names {
             let path = self.dir.join(&name);
             if self.leftovers[&name] != EMPTY
-                && crate::atomic::write_via(&self.tmp, &path, EMPTY, 0o644).is_err()
+                && crate::atomic::replace_via(&self.tmp, &path, EMPTY, 0o644).is_err()
             {
                 continue;
             }

@@ -270,32 +270,35 @@ fn random_below(max: Duration) -> Result<Duration> {
 struct TargetsWatch {
     dir: PathBuf,
     rx: std::sync::mpsc::Receiver<(PathBuf, Instant)>,
-    _watcher: notify::RecommendedWatcher,
 }
 
 impl TargetsWatch {
     fn new(dir: &Path) -> Result<TargetsWatch> {
-        use notify::Watcher as _;
+        use inotify::{Inotify, WatchMask};
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let mut inotify = Inotify::init().context("inotify")?;
+        inotify
+            .watches()
+            .add(dir, WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO)
+            .with_context(|| format!("watching {}", dir.display()))?;
+        let folder = dir.to_path_buf();
+        // Ends with the benchmark's process (the thread blocks in read).
+        std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 64 * 1024];
+            while let Ok(events) = inotify.read_events_blocking(&mut buffer) {
                 let at = Instant::now();
-                if let Ok(ev) = res
-                    && matches!(
-                        ev.kind,
-                        notify::EventKind::Create(_) | notify::EventKind::Modify(_)
-                    )
-                {
-                    for p in ev.paths {
-                        let _ = tx.send((p, at));
+                for ev in events {
+                    if let Some(name) = ev.name
+                        && tx.send((folder.join(name), at)).is_err()
+                    {
+                        return;
                     }
                 }
-            })?;
-        watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+            }
+        });
         Ok(TargetsWatch {
             dir: dir.to_path_buf(),
             rx,
-            _watcher: watcher,
         })
     }
 

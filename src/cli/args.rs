@@ -197,6 +197,17 @@ pub struct UpArgs {
     /// How long samples are kept [default: 30days]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus")]
     pub retention: Option<Duration>,
+    /// Samples one scrape of one target may carry; a target over it is refused whole
+    /// and `status` says so, the other targets keep being scraped (0: no limit) [default: 200000]
+    #[arg(long, value_name = "N", help_heading = "Cardinality")]
+    pub sample_limit: Option<u64>,
+    /// Remove this label from every scraped series before it is stored, e.g. WorkerId
+    /// (repeatable; replaces the saved list). Series that differed only by it collide.
+    #[arg(long = "drop-label", value_name = "NAME", help_heading = "Cardinality")]
+    pub drop_label: Vec<String>,
+    /// Stop dropping the labels saved earlier.
+    #[arg(long, help_heading = "Cardinality", conflicts_with = "drop_label")]
+    pub no_drop_label: bool,
     /// The Grafana binary to run [default: $RAYWATCH_GRAFANA, `grafana` or `grafana-server` on PATH]
     #[arg(long, value_name = "PATH", help_heading = "Grafana")]
     pub grafana_bin: Option<PathBuf>,

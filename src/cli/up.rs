@@ -184,6 +184,17 @@ fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     if !args.trust_uid.is_empty() {
         base.trust_uids = args.trust_uid.clone();
     }
+    if let Some(n) = args.sample_limit {
+        base.sample_limit = crate::guard::SampleLimit(n);
+    }
+    if args.no_drop_label {
+        base.drop_labels.clear();
+    }
+    if !args.drop_label.is_empty() {
+        base.drop_labels = crate::guard::drop_labels(&args.drop_label).hint(
+            "name a label of the series themselves (e.g. WorkerId); `raywatch query '{ray_io_cluster=\"NAME\"}'` shows them",
+        )?;
+    }
     apply_fleet(args, base)?;
     if !args.watch.is_empty() {
         let mut watch = Vec::new();

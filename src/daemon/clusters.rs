@@ -1,7 +1,7 @@
 //! The cluster core: reads what [`Follow`] finds, keeps the registry's clusters
 //! live or dead, verifies their endpoints, and publishes their target groups.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +27,10 @@ const CONTEST_CHECK: Duration = Duration::from_secs(10);
 /// The published groups are compared with a full recomputation this often
 /// (a safety net: the groups are kept current incrementally).
 const RECONCILE: Duration = Duration::from_secs(60);
+/// The first and the longest pause between looks for a session's Grafana
+/// dashboards (Ray writes them as its Dashboard starts).
+const HARVEST_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const HARVEST_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Everything the event loop and the API share, behind one lock.
 pub struct Core {
@@ -41,6 +45,12 @@ pub struct Core {
     pub trusted: BTreeSet<u32>,
     /// Session dirs whose Grafana dashboards were copied.
     pub harvested: BTreeSet<PathBuf>,
+    /// Session dirs whose dashboards are not there yet: when to look again,
+    /// and the pause after that (doubling up to [`HARVEST_BACKOFF_MAX`]), so
+    /// clusters without dashboards cost no folder walk every second.
+    harvest_retry: HashMap<PathBuf, (Instant, Duration)>,
+    /// The registry generation the per-cluster bookkeeping of `tick` last saw.
+    bookkept_generation: Option<u64>,
     /// The name each file's group is published under, and back.
     published_as: HashMap<PathBuf, String>,
     published_by: HashMap<String, PathBuf>,
@@ -94,6 +104,8 @@ impl Core {
             probing: HashMap::new(),
             trusted,
             harvested: BTreeSet::new(),
+            harvest_retry: HashMap::new(),
+            bookkept_generation: None,
             published_as: HashMap::new(),
             published_by: HashMap::new(),
             publish_all: true,
@@ -314,6 +326,14 @@ impl Core {
         if now.duration_since(self.follow.last_scan) >= every {
             self.full_scan();
         }
+        // Live clusters' rewrites, gathered by the quiet watch since the last tick.
+        let quiet = self
+            .follow
+            .watcher
+            .drain_quiet(std::ffi::OsStr::new(DISCOVERY_FILE));
+        if !quiet.is_empty() {
+            self.handle_events(quiet);
+        }
         let overdue: Vec<(Found, Origin)> = self
             .registry
             .overdue(now, OVERDUE)
@@ -345,29 +365,47 @@ impl Core {
         for change in self.registry.tick(now, wall) {
             self.log_change(Path::new(""), change);
         }
-        // Bookkeeping only for clusters that are still known.
+        // Bookkeeping only for clusters that are still known, redone only
+        // when the clusters changed: an idle tick costs no walk of them all.
         let registry = &self.registry;
         self.probing
             .retain(|f, _| registry.get(f).is_some_and(|c| c.is_live()));
-        let sessions: BTreeSet<&PathBuf> = registry
-            .clusters()
-            .filter_map(|c| c.found.session_dir.as_ref())
-            .collect();
-        self.harvested.retain(|d| sessions.contains(d));
+        let generation = registry.generation();
+        let changed = self.bookkept_generation != Some(generation);
+        if changed {
+            self.bookkept_generation = Some(generation);
+            let sessions: HashSet<&PathBuf> = registry
+                .clusters()
+                .filter_map(|c| c.found.session_dir.as_ref())
+                .collect();
+            let live: BTreeSet<PathBuf> = registry
+                .clusters()
+                .filter(|c| c.is_live())
+                .filter_map(|c| c.found.session_dir.clone())
+                .collect();
+            self.follow.watcher.set_quiet(&live);
+            self.harvested.retain(|d| sessions.contains(d));
+            self.harvest_retry.retain(|d, _| sessions.contains(d));
+        }
         self.targets.collect(now);
-        self.harvest_dashboards();
+        if changed || self.harvest_retry.values().any(|(at, _)| now >= *at) {
+            self.harvest_dashboards();
+        }
         self.record_history();
         probes
     }
 
     /// Copies the Grafana dashboards Ray generated in each live session, once.
     fn harvest_dashboards(&mut self) {
+        let now = Instant::now();
         let dirs: Vec<PathBuf> = self
             .registry
             .clusters()
             .filter(|c| c.is_live())
-            .filter_map(|c| c.found.session_dir.clone())
-            .filter(|d| !self.harvested.contains(d))
+            .filter_map(|c| c.found.session_dir.as_ref())
+            .filter(|d| !self.harvested.contains(*d))
+            .filter(|d| self.harvest_retry.get(*d).is_none_or(|(at, _)| now >= *at))
+            .cloned()
             .collect();
         let mut changed = false;
         for dir in dirs {
@@ -375,11 +413,15 @@ impl Core {
                 Ok((any, new)) => {
                     changed |= new;
                     if any {
+                        self.harvest_retry.remove(&dir);
                         self.harvested.insert(dir);
+                    } else {
+                        self.harvest_later(dir, now);
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("cannot copy Ray's dashboards from {}: {e:#}", dir.display())
+                    tracing::warn!("cannot copy Ray's dashboards from {}: {e:#}", dir.display());
+                    self.harvest_later(dir, now);
                 }
             }
         }
@@ -391,6 +433,17 @@ impl Core {
         {
             tracing::warn!("cannot write Ray's dashboards: {e:#}");
         }
+    }
+
+    /// Schedules the next look for `dir`'s dashboards, each pause twice the last.
+    fn harvest_later(&mut self, dir: PathBuf, now: Instant) {
+        let pause = self
+            .harvest_retry
+            .get(&dir)
+            .map_or(HARVEST_BACKOFF_MIN, |(_, p)| {
+                (*p * 2).min(HARVEST_BACKOFF_MAX)
+            });
+        self.harvest_retry.insert(dir, (now + pause, pause));
     }
 
     /// The target groups to publish: what the registry wants, less every

@@ -62,7 +62,21 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     };
     let mut health = HashMap::new();
     let mut sd_errors = 0.0;
+    let mut sizes = crate::guard::ScrapeSizes::default();
+    let mut over_limit_scrapes = 0.0;
     if ready {
+        if let Ok(samples) = client.query(&crate::guard::ScrapeSizes::promql()).await {
+            sizes = crate::guard::ScrapeSizes::from_samples(&samples);
+        }
+        if let Ok(samples) = client
+            .query("sum(prometheus_target_scrapes_exceeded_sample_limit_total)")
+            .await
+        {
+            over_limit_scrapes = samples
+                .first()
+                .and_then(|s| s.value.1.parse().ok())
+                .unwrap_or(0.0);
+        }
         let up = format!("up{{job=\"{}\"}}", crate::prometheus::RAY_JOB);
         if let Ok(samples) = client.query(&up).await {
             for s in samples {
@@ -116,6 +130,9 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
         report.prometheus.data_bytes = Some(bytes);
         report.prometheus.data_free_bytes = free;
     }
+    let limit = shared.settings.borrow().sample_limit;
+    crate::guard::annotate(&mut report, &health, &sizes, limit);
+    report.prometheus.scrapes_over_sample_limit = over_limit_scrapes;
     report.prometheus.listener_problem = listener_problem;
     let settings = shared.settings.borrow().clone();
     if !settings.remote_write.is_empty() {
@@ -239,9 +256,21 @@ async fn config_handler(
         format!("{:?}", old.query_url),
         format!("{:?}", wanted.query_url),
     );
+    note(
+        "sample limit",
+        old.sample_limit.to_string(),
+        wanted.sample_limit.to_string(),
+    );
+    note(
+        "dropped labels",
+        format!("{:?}", old.drop_labels),
+        format!("{:?}", wanted.drop_labels),
+    );
     let reload = wanted.scrape_interval != old.scrape_interval
         || wanted.remote_write != old.remote_write
-        || wanted.ray_host() != old.ray_host();
+        || wanted.ray_host() != old.ray_host()
+        || wanted.sample_limit != old.sample_limit
+        || wanted.drop_labels != old.drop_labels;
 
     shared.settings.send_replace(wanted.clone());
     core.registry.set_liveness(wanted.liveness);

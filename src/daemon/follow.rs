@@ -184,6 +184,11 @@ impl Follow {
     ) -> Wanted {
         let mut wanted = Wanted::default();
         for p in paths {
+            if p == crate::watch::overflow_marker() {
+                // Events were lost: everything is looked at again.
+                wanted.rescan = true;
+                continue;
+            }
             let parent = p.parent().map(Path::to_path_buf);
             let name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
             if let Some(parent) = &parent

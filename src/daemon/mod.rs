@@ -45,8 +45,10 @@ const OVERDUE: Duration = Duration::from_secs(7);
 const RESCAN: Duration = Duration::from_secs(30);
 /// The rescan when inotify is unavailable.
 const RESCAN_DEGRADED: Duration = Duration::from_secs(2);
-/// Coalesces a writer's burst (temp file, write, rename) into one batch.
-const DEBOUNCE: Duration = Duration::from_millis(5);
+/// Coalesces a writer's burst (temp file, write, rename) into one batch. Only
+/// prompt events pay it (live clusters' rewrites are drained once a second),
+/// so it is kept below the registration budget's noise.
+const DEBOUNCE: Duration = Duration::from_millis(1);
 
 /// The gateway's port and counters, for `status`.
 pub struct GatewayInfo {

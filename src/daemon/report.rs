@@ -55,6 +55,9 @@ impl Core {
                             None => "unknown",
                         }
                         .into(),
+                        // Filled in by crate::guard::annotate.
+                        samples_per_scrape: None,
+                        sample_limit_exceeded: None,
                     })
                     .collect();
                 let withheld = if c.is_live() {
@@ -107,6 +110,7 @@ impl Core {
                         })
                         .cloned()
                         .collect(),
+                    samples_per_scrape: None,
                 }
             })
             .collect();
@@ -157,6 +161,9 @@ impl Core {
                 data_free_bytes: None,
                 retention: (!settings.agent)
                     .then(|| crate::config::prometheus_duration(settings.retention)),
+                sample_limit: settings.sample_limit.get(),
+                drop_labels: settings.drop_labels.clone(),
+                scrapes_over_sample_limit: 0.0,
                 child: shared.prometheus.status.lock().unwrap().clone(),
             },
             grafana: status::GrafanaStatus {

@@ -8,6 +8,7 @@ mod escapes;
 mod export;
 mod fleet;
 mod grafana;
+mod guard;
 mod history;
 mod ray;
 mod reliability;
