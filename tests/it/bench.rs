@@ -1,25 +1,20 @@
 //! `raywatch-bench`, the measurements' binary (feature `bench`): it runs, and the shipped binary does not list it.
 
-use std::process::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
 
-use crate::support::raywatch_bin;
+use crate::support::{raywatch, raywatch_bin};
 
 #[test]
 fn raywatch_does_not_list_bench() {
-    let out = Command::new(raywatch_bin()).arg("--help").output().unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success());
-    assert!(
-        !help.contains("bench"),
-        "raywatch --help lists bench:\n{help}"
-    );
-    let out = Command::new(raywatch_bin()).arg("bench").output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "raywatch bench must be an unknown command"
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"));
+    raywatch(&["--help"])
+        .assert()
+        .success()
+        .stdout(contains("bench").not());
+    raywatch(&["bench"])
+        .assert()
+        .code(1)
+        .stderr(contains("unrecognized subcommand"));
 }
 
 /// A short real run keeps the benchmark code working: a stack, two synthetic
@@ -27,7 +22,7 @@ fn raywatch_does_not_list_bench() {
 #[cfg(feature = "bench")]
 #[test]
 fn idle_bench_measures_a_real_stack() {
-    let out = Command::new(env!("CARGO_BIN_EXE_raywatch-bench"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raywatch-bench"))
         .args(["idle", "--clusters", "2", "--seconds", "2"])
         .env("RAYWATCH_BIN", raywatch_bin())
         .output()

@@ -2,6 +2,9 @@
 
 use std::process::Command;
 
+use predicates::prelude::*;
+use predicates::str::contains;
+
 use crate::support::*;
 
 #[test]
@@ -218,11 +221,12 @@ fn a_command_that_needs_the_stack_exits_3_with_the_cause_then_the_hint() {
         &["open", "x"],
         &["query", "up"],
     ] {
-        let out = Command::new(raywatch_bin())
+        let out = raywatch(args)
             .env("RAYWATCH_HOME", &home)
-            .args(args)
-            .output()
-            .unwrap();
+            .assert()
+            .code(3)
+            .get_output()
+            .clone();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
         let lines: Vec<&str> = err.lines().collect();
@@ -259,13 +263,14 @@ fn a_command_that_needs_the_stack_exits_3_with_the_cause_then_the_hint() {
 
 #[test]
 fn a_command_line_clap_rejects_is_a_user_error() {
-    let out = Command::new(raywatch_bin())
-        .args(["status", "--no-such-flag"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let help = Command::new(raywatch_bin()).arg("--help").output().unwrap();
-    assert_eq!(help.status.code(), Some(0));
+    raywatch(&["status", "--no-such-flag"])
+        .assert()
+        .code(1)
+        .stderr(contains("--no-such-flag"));
+    raywatch(&["--help"])
+        .assert()
+        .success()
+        .stdout(contains("Usage: raywatch"));
 }
 
 #[test]
@@ -284,17 +289,12 @@ fn a_failed_save_is_reported_as_such_and_the_daemon_writes_panics_where_rotation
     let file = stack.home.join("attachments.json");
     std::fs::remove_file(&file).unwrap();
     std::fs::create_dir(&file).unwrap();
-    let out = stack.run(&["detach", "kept"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "the daemon's internal error is raywatch's, not the user's: {err}"
-    );
-    assert!(
-        err.contains("cannot save the attachments") && !err.contains("no attached cluster"),
-        "{err}"
-    );
+    // The daemon's internal error is raywatch's (2), not the user's.
+    stack
+        .raywatch(&["detach", "kept"])
+        .assert()
+        .code(2)
+        .stderr(contains("cannot save the attachments").and(contains("no attached cluster").not()));
     std::fs::remove_dir(&file).unwrap();
 
     let pid = std::fs::read_to_string(stack.home.join("run/daemon.pid")).unwrap();
@@ -305,27 +305,20 @@ fn a_failed_save_is_reported_as_such_and_the_daemon_writes_panics_where_rotation
 #[test]
 fn completions_print_a_script_for_each_shell_that_knows_the_commands() {
     for shell in ["bash", "zsh", "fish"] {
-        let out = Command::new(raywatch_bin())
-            .args(["completions", shell])
+        raywatch(&["completions", shell])
             .env_remove("HOME")
             .env_remove("XDG_STATE_HOME")
             .env_remove("RAYWATCH_HOME")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{shell}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let script = String::from_utf8(out.stdout).unwrap();
-        assert!(!script.trim().is_empty(), "{shell}: empty script");
-        for word in ["raywatch", "attach", "prometheus-port"] {
-            assert!(script.contains(word), "{shell}: no {word:?} in\n{script}");
-        }
+            .assert()
+            .success()
+            .stdout(
+                contains("raywatch")
+                    .and(contains("attach"))
+                    .and(contains("prometheus-port")),
+            );
     }
-    let unknown = Command::new(raywatch_bin())
-        .args(["completions", "tcsh"])
-        .output()
-        .unwrap();
-    assert_eq!(unknown.status.code(), Some(1));
+    raywatch(&["completions", "tcsh"])
+        .assert()
+        .code(1)
+        .stderr(contains("tcsh"));
 }

@@ -17,6 +17,15 @@ pub fn raywatch_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_raywatch"))
 }
 
+/// The real binary as a test drives it (assert_cmd): these arguments, stdin
+/// closed; `.env(..)` to adjust, then `.assert()` checks the exit code,
+/// stdout and stderr (with `predicates`), or `.output()` for the raw output.
+pub fn raywatch(args: &[&str]) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::new(raywatch_bin());
+    c.args(args).write_stdin("");
+    c
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -96,6 +105,13 @@ impl Stack {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(raywatch_bin());
         c.env("RAYWATCH_HOME", &self.home).stdin(Stdio::null());
+        c
+    }
+
+    /// [`raywatch`] against this stack's home.
+    pub fn raywatch(&self, args: &[&str]) -> assert_cmd::Command {
+        let mut c = raywatch(args);
+        c.env("RAYWATCH_HOME", &self.home);
         c
     }
 
