@@ -3,7 +3,9 @@
 use predicates::prelude::*;
 use predicates::str::contains;
 
-use crate::support::{raywatch, raywatch_bin};
+use crate::support::raywatch;
+#[cfg(feature = "bench")]
+use crate::support::raywatch_bin;
 
 #[test]
 fn raywatch_does_not_list_bench() {
@@ -48,7 +50,7 @@ fn idle_bench_measures_a_real_stack() {
 #[cfg(feature = "bench")]
 #[test]
 fn export_bench_measures_a_real_export() {
-    let out = Command::new(env!("CARGO_BIN_EXE_raywatch-bench"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raywatch-bench"))
         .args(["export", "--series", "12", "--span", "10m"])
         .env("RAYWATCH_BIN", raywatch_bin())
         .output()
