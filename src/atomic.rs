@@ -31,7 +31,26 @@ pub fn stage(tmp_dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<Stag
     Ok(Staged { file })
 }
 
+/// An empty temp file beside `dest`, for content written in pieces (a
+/// stream): write through [`Staged::file`], then [`Staged::commit`] it, which
+/// syncs it first. Until then `dest` is untouched.
+pub fn stage_stream(dest: &Path, mode: u32) -> Result<Staged> {
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .with_context(|| format!("{} has no file name", dest.display()))?;
+    stage(dir, &name.to_string_lossy(), b"", mode)
+}
+
 impl Staged {
+    /// The temp file, to write the content to.
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_file_mut()
+    }
+
     /// Where the staged content is, for checking it.
     pub fn path(&self) -> &Path {
         self.file.path()
@@ -41,6 +60,10 @@ impl Staged {
     /// Readers see the old content or the new one, never a partial file.
     pub fn commit(self, dest: &Path) -> Result<()> {
         let tmp = self.file.path().to_path_buf();
+        self.file
+            .as_file()
+            .sync_all()
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         self.file
             .persist(dest)
             .map_err(|e| e.error)

@@ -14,7 +14,7 @@ fn example(home: &Path) -> (Home, StackConfig) {
         prometheus_port: 9999,
         prometheus_port_auto: true,
         scrape_interval: Duration::from_secs(10),
-        retention: Duration::from_secs(15 * 86400),
+        retention: Duration::from_secs(30 * 86400),
         default_roots: true,
         watch: vec![],
         liveness: Duration::from_secs(20),

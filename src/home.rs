@@ -47,6 +47,10 @@ impl Home {
     pub fn attachments(&self) -> PathBuf {
         self.root.join("attachments.json")
     }
+    /// Every cluster's life, append-only (see [`crate::history`]).
+    pub fn history(&self) -> PathBuf {
+        self.root.join("history.jsonl")
+    }
     pub fn prometheus_dir(&self) -> PathBuf {
         self.root.join("prometheus")
     }

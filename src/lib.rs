@@ -20,11 +20,13 @@ pub mod discovery;
 pub mod endpoints;
 pub mod env;
 pub mod escape;
+pub mod export;
 pub mod gateway;
 #[cfg(test)]
 mod generated_files;
 pub mod grafana;
 pub mod guard;
+pub mod history;
 pub mod home;
 pub mod install;
 pub mod logfile;

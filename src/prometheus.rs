@@ -445,6 +445,31 @@ pub fn verify_listener(port: u16, pid: Option<u32>) -> Result<(), ListenerError>
     Ok(())
 }
 
+/// The disk Prometheus' data uses: the bytes of every file under `dir` (not
+/// following links), and the space left to it on that file system.
+pub fn disk_use(dir: &Path) -> (u64, Option<u64>) {
+    fn walk(dir: &Path, depth: u32) -> u64 {
+        let Ok(entries) = fs_err::read_dir(dir) else {
+            return 0;
+        };
+        let mut total = 0;
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() && depth < 8 => total += walk(&e.path(), depth + 1),
+                Ok(t) if t.is_file() => {
+                    total += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+        total
+    }
+    let free = nix::sys::statvfs::statvfs(dir)
+        .ok()
+        .map(|s| s.blocks_available() * s.fragment_size());
+    (walk(dir, 0), free)
+}
+
 /// What a readiness check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -561,6 +586,50 @@ impl Client {
             .await
             .with_context(|| self.unreachable())?;
         Ok(resp.text().await?)
+    }
+
+    /// A GET of one of Prometheus' JSON APIs (`/api/v1/...`) with these
+    /// parameters: its `data`, decoded straight from the body into `T`, or
+    /// Prometheus' error for the request.
+    pub async fn api_get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> Result<T> {
+        let resp = self
+            .get(path)?
+            .timeout(Duration::from_secs(120))
+            .query(params)
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .context("cannot read Prometheus' answer")?;
+        #[derive(Deserialize)]
+        struct Answer<T> {
+            status: String,
+            data: Option<T>,
+            #[serde(default)]
+            error: Option<String>,
+        }
+        let answer: Answer<T> = serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "Prometheus answered {path} with HTTP {status} and a body raywatch cannot read: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            )
+        })?;
+        if answer.status != "success" {
+            bail!(
+                "Prometheus refused {path}: {}",
+                answer.error.unwrap_or_else(|| format!("HTTP {status}"))
+            );
+        }
+        answer
+            .data
+            .with_context(|| format!("Prometheus' answer to {path} has no data"))
     }
 
     /// An instant query: the HTTP status and Prometheus' response body.

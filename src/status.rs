@@ -78,6 +78,18 @@ pub struct PrometheusStatus {
     /// Why Prometheus last moved to another port (its port was taken), if it did.
     #[serde(default)]
     pub port_note: Option<String>,
+    /// Where Prometheus keeps its data (`--storage.tsdb.path`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Bytes of Prometheus' data on disk (blocks, WAL, head chunks).
+    #[serde(default)]
+    pub data_bytes: Option<u64>,
+    /// Bytes left to it on that file system.
+    #[serde(default)]
+    pub data_free_bytes: Option<u64>,
+    /// How long samples are kept (`--retention`), e.g. "30d".
+    #[serde(default)]
+    pub retention: Option<String>,
     /// Samples one scrape of one target may carry (`up --sample-limit`); null: no limit.
     #[serde(default)]
     pub sample_limit: Option<u64>,
@@ -433,6 +445,18 @@ pub fn stack_lines(r: &StatusReport, default_roots: bool) -> String {
     if let Some(note) = &p.port_note {
         let _ = writeln!(out, "              {}", escape::text(note));
     }
+    if let Some(bytes) = p.data_bytes {
+        let _ = writeln!(
+            out,
+            "  data        {} in {} (retention {}{})",
+            human_bytes(bytes),
+            p.data_dir.as_deref().map(escape::path).unwrap_or_default(),
+            escape::text(p.retention.as_deref().unwrap_or("?")),
+            p.data_free_bytes
+                .map(|f| format!("; {} free", human_bytes(f)))
+                .unwrap_or_default()
+        );
+    }
     if r.gateway.port != 0 {
         let refused = r.gateway.refused_connections + r.gateway.refused_requests;
         let _ = writeln!(
@@ -493,6 +517,24 @@ pub fn stack_lines(r: &StatusReport, default_roots: bool) -> String {
         escape::text(&r.watch.mode)
     );
     out
+}
+
+/// Bytes for people: `812 KiB`, `1.4 GiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else if v < 10.0 {
+        format!("{v:.1} {}", UNITS[i])
+    } else {
+        format!("{v:.0} {}", UNITS[i])
+    }
 }
 
 /// An `ssh -L` line that forwards this stack's ports from a laptop.

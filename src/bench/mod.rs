@@ -5,6 +5,7 @@
 //! it. Every benchmark runs the real `raywatch` binary (the one beside this
 //! one, or `$RAYWATCH_BIN`) against a real Prometheus, in temp homes it removes.
 
+pub mod export;
 pub mod fleet;
 pub mod local;
 pub mod top;
@@ -89,6 +90,21 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         refreshes: usize,
     },
+    /// `raywatch export` of a cluster with an hour of data: samples/s and peak RSS.
+    Export {
+        /// Series of the synthetic cluster, one run per count.
+        #[arg(long, value_delimiter = ',', default_value = "900,9000")]
+        series: Vec<usize>,
+        /// Series per metric name (an idle 1-node Ray 2.60: about 900 series of 157 names).
+        #[arg(long, default_value_t = 6)]
+        per_metric: usize,
+        /// How much data each series has.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        span: Duration,
+        /// One sample per series this often.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        interval: Duration,
+    },
     /// Response time and size of the http_sd endpoint (`up --sd-listen`).
     Sd {
         #[arg(long, default_value_t = 1000)]
@@ -132,6 +148,12 @@ pub fn run(command: BenchCommand) -> Result<()> {
             every,
         } => local::soak(clusters, duration, every),
         BenchCommand::Idle { clusters, seconds } => local::idle(&clusters, seconds),
+        BenchCommand::Export {
+            series,
+            per_metric,
+            span,
+            interval,
+        } => export::export(&series, per_metric, span, interval),
         BenchCommand::FleetLag { samples } => fleet::fleet_lag(samples),
         BenchCommand::Agent {
             clusters,

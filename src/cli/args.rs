@@ -88,9 +88,45 @@ pub enum Command {
         name: Option<String>,
     },
     /// Print the Grafana URL of a cluster's Ray dashboard, and how to reach it from a laptop.
+    ///
+    /// For a cluster that ended, the URL shows the time range of its life
+    /// (Grafana, else Prometheus' graph page).
     Open {
-        /// The cluster's name in `raywatch status`.
+        /// The cluster's name in `raywatch status` or `raywatch history`.
         name: String,
+    },
+    /// List the clusters this stack saw, past and present: first and last seen, why each ended.
+    History {
+        /// Only clusters seen within this long (e.g. 7d, 12h) [default: all]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// Print JSON (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one cluster's series as OpenMetrics text, for `promtool tsdb create-blocks-from openmetrics`.
+    ///
+    /// Covers the cluster's life (from `raywatch history`) unless --from/--to
+    /// say otherwise; gzip when FILE ends in .gz. Streams: memory stays bounded
+    /// whatever the cluster's size.
+    #[command(
+        after_help = "Examples:\n  raywatch export alice-ray_alice --out alice.om.gz\n  raywatch export train --from 2026-11-27T13:00:00Z --to 2h --out train.om\n  promtool tsdb create-blocks-from openmetrics train.om ./data   # into any Prometheus"
+    )]
+    Export {
+        /// The cluster's name in `raywatch history`.
+        name: String,
+        /// The file to write (.gz: gzip-compressed).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Start: RFC 3339 (2026-11-27T13:00:00Z), Unix seconds, or a duration ago (2h) [default: first seen]
+        #[arg(long, value_name = "TIME", value_parser = crate::export::parse_time)]
+        from: Option<f64>,
+        /// End, in the same forms [default: last seen, or now while it lives]
+        #[arg(long, value_name = "TIME", value_parser = crate::export::parse_time)]
+        to: Option<f64>,
+        /// Which of the clusters that had this name (their session, from `raywatch history`) [default: the newest]
+        #[arg(long)]
+        session: Option<String>,
     },
     /// Print the scrape config a central Prometheus or vmagent uses to discover
     /// the clusters of hosts running `raywatch up --sd-listen`.
@@ -192,7 +228,7 @@ pub struct UpArgs {
     /// How often targets are scraped [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus")]
     pub scrape_interval: Option<Duration>,
-    /// How long samples are kept [default: 15days]
+    /// How long samples are kept [default: 30days]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus")]
     pub retention: Option<Duration>,
     /// Samples one scrape of one target may carry; a target over it is refused whole

@@ -23,8 +23,10 @@ mod completions;
 mod down;
 mod env;
 mod error;
+mod export;
 mod fleet;
 mod grafana;
+mod history;
 mod open;
 mod query;
 mod status;
@@ -85,6 +87,14 @@ fn run(cli: Cli) -> Result<Exit> {
         Command::Detach { name } => attach::detach(&home()?, name),
         Command::Env { temp_dir, name } => env::env(&home()?, temp_dir, name),
         Command::Open { name } => open::open(&home()?, &name),
+        Command::History { since, json } => history::history(&home()?, since, json),
+        Command::Export {
+            name,
+            out,
+            from,
+            to,
+            session,
+        } => export::export(&home()?, &name, session.as_deref(), from, to, &out),
         Command::Grafana(GrafanaCommand::Dir) => grafana::dir(&home()?),
         Command::Completions { shell } => completions::completions(shell),
         Command::FleetConfig {

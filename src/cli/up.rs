@@ -64,7 +64,7 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
         prometheus_port: port,
         prometheus_port_auto: auto,
         scrape_interval: Duration::from_secs(10),
-        retention: Duration::from_secs(15 * 86_400),
+        retention: Duration::from_secs(30 * 86_400),
         default_roots: true,
         watch: Vec::new(),
         liveness: Duration::from_secs(20),

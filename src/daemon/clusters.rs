@@ -68,6 +68,12 @@ pub struct Core {
     pub last_contest_check: Instant,
     /// Ticks spent looking for a new cluster's process (for its Slurm job).
     pub slurm_tries: HashMap<PathBuf, u32>,
+    /// The cluster history (None when its file could not be opened: logged).
+    pub history: Option<crate::history::HistoryLog>,
+    /// When live clusters were last recorded alive in the history.
+    pub last_heartbeat: Instant,
+    /// Whether the history was reconciled with the clusters found at start.
+    pub history_reconciled: bool,
 }
 
 /// How many times raywatch looks for a new cluster's process.
@@ -110,6 +116,9 @@ impl Core {
             warned: BTreeSet::new(),
             last_contest_check: Instant::now(),
             slurm_tries: HashMap::new(),
+            history: None,
+            last_heartbeat: Instant::now(),
+            history_reconciled: false,
         }
     }
 
@@ -382,6 +391,7 @@ impl Core {
         if changed || self.harvest_retry.values().any(|(at, _)| now >= *at) {
             self.harvest_dashboards();
         }
+        self.record_history();
         probes
     }
 

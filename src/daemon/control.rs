@@ -122,6 +122,14 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
         )
     };
     report.prometheus.sd_watcher_errors = sd_errors;
+    if let Some(dir) = report.prometheus.data_dir.clone() {
+        // A walk of the data folder (a few hundred files): off the event loop.
+        let (bytes, free) = tokio::task::spawn_blocking(move || crate::prometheus::disk_use(&dir))
+            .await
+            .unwrap_or((0, None));
+        report.prometheus.data_bytes = Some(bytes);
+        report.prometheus.data_free_bytes = free;
+    }
     let limit = shared.settings.borrow().sample_limit;
     crate::guard::annotate(&mut report, &health, &sizes, limit);
     report.prometheus.scrapes_over_sample_limit = over_limit_scrapes;

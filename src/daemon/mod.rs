@@ -4,6 +4,7 @@
 //! - [`follow`]: which folders are followed and which discovery files they hold;
 //! - [`clusters`]: the cluster core (observe, liveness, endpoints, publish);
 //! - [`probe`]: asking a cluster's GCS whether it still runs;
+//! - [`lifecycle`]: each cluster's life, recorded in the history;
 //! - [`report`]: the status report;
 //! - [`control`]: the control API over the Unix socket.
 //!
@@ -14,6 +15,7 @@
 mod clusters;
 mod control;
 mod follow;
+mod lifecycle;
 mod probe;
 mod report;
 
@@ -267,13 +269,14 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     for (temp_dir, session, name) in targets.previous_names() {
         registry.prefer(temp_dir, session, name);
     }
-    let core = Core::new(
+    let mut core = Core::new(
         home.clone(),
         settings.subscribe(),
         registry,
         targets,
         Follow::new(Watcher::new(fs_tx.clone()), attachments),
     );
+    core.open_history();
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         core: Mutex::new(core),

@@ -156,6 +156,11 @@ impl Core {
                 unscraped_targets,
                 listener_problem: None,
                 port_note: shared.port_note.lock().unwrap().clone(),
+                data_dir: (!settings.agent).then(|| self.home.prometheus_data()),
+                data_bytes: None,
+                data_free_bytes: None,
+                retention: (!settings.agent)
+                    .then(|| crate::config::prometheus_duration(settings.retention)),
                 sample_limit: settings.sample_limit.get(),
                 drop_labels: settings.drop_labels.clone(),
                 scrapes_over_sample_limit: 0.0,

@@ -3,7 +3,9 @@
 use predicates::prelude::*;
 use predicates::str::contains;
 
-use crate::support::{raywatch, raywatch_bin};
+use crate::support::raywatch;
+#[cfg(feature = "bench")]
+use crate::support::raywatch_bin;
 
 #[test]
 fn raywatch_does_not_list_bench() {
@@ -41,4 +43,28 @@ fn idle_bench_measures_a_real_stack() {
         row.matches(" % |").count() == 2 && row.contains("MiB"),
         "row: {row}"
     );
+}
+
+/// The export benchmark, small: an hour's blocks of a few series, exported
+/// plain and gzip, every synthesised sample accounted for.
+#[cfg(feature = "bench")]
+#[test]
+fn export_bench_measures_a_real_export() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raywatch-bench"))
+        .args(["export", "--series", "12", "--span", "10m"])
+        .env("RAYWATCH_BIN", raywatch_bin())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "raywatch-bench export failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 12 series × (10 min / 10 s + 1) samples.
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| 12 (6 per metric) | 732 |"))
+        .unwrap_or_else(|| panic!("no row for 12 series in:\n{stdout}"));
+    assert!(row.contains("MiB"), "row: {row}");
 }

@@ -15,6 +15,10 @@ fn filters(stack: &Stack) -> Vec<(String, String)> {
         (r"'\d{4,5}'".into(), "'[port]'".into()),
         (r"-L \d+:".into(), "-L [port]:".into()),
         (r"(?m)@\S+$".into(), "@[host]".into()),
+        (
+            r"\b\d+(\.\d)? (B|KiB|MiB|GiB|TiB)\b".into(),
+            "[size]".into(),
+        ),
     ]
 }
 

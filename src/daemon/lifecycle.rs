@@ -1,0 +1,136 @@
+//! Each cluster's life as the daemon sees it, recorded in the history
+//! ([`crate::history`]): first seen, identity changes, heartbeats, and the end.
+
+use std::collections::BTreeSet;
+use std::time::{Instant, SystemTime};
+
+use super::clusters::Core;
+use crate::history::{self, HistoryLog, Identity, Record};
+use crate::registry::{Cluster, Origin, State};
+
+impl Core {
+    /// Opens the history file; a failure is logged and the daemon runs without it.
+    pub fn open_history(&mut self) {
+        let keep = self.settings.borrow().retention;
+        match HistoryLog::open(&self.home.history(), keep) {
+            Ok(log) => {
+                if log.history.skipped_lines > 0 {
+                    tracing::warn!(
+                        "{}: skipped {} line(s) that did not parse",
+                        self.home.history().display(),
+                        log.history.skipped_lines
+                    );
+                }
+                self.history = Some(log);
+            }
+            Err(e) => tracing::error!("the cluster history is not recorded: {e:#}"),
+        }
+    }
+
+    /// Brings the history in line with the registry (once a second): a live
+    /// cluster it does not know (or knows as ended, or under another name or
+    /// Slurm job) is recorded as seen; a cluster it knows as live that is dead
+    /// or no longer followed is recorded as ended; every [`history::HEARTBEAT`]
+    /// the live ones are recorded alive. All in one append.
+    pub fn record_history(&mut self) {
+        let Some(log) = self.history.as_mut() else {
+            return;
+        };
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let t = history::unix(wall);
+        let settings = self.settings.borrow().clone();
+        log.keep = settings.retention;
+        let host = settings.ray_host();
+        let mut records = Vec::new();
+        let mut present = BTreeSet::new();
+        let mut live = Vec::new();
+        for c in self.registry.clusters() {
+            let ident = identity(c, &host);
+            present.insert(ident.id.clone());
+            let known = log.history.entries.get(&ident.id);
+            match &c.state {
+                State::Live => {
+                    live.push(ident.id.clone());
+                    if known.is_none_or(|e| e.ended() || e.cluster != ident) {
+                        records.push(Record::Seen { t, cluster: ident });
+                    }
+                }
+                State::Dead { since, reason } => {
+                    // Dead on first sight (an old session folder) is no
+                    // cluster this stack saw live: not history.
+                    let Some(e) = known.filter(|e| !e.ended()) else {
+                        continue;
+                    };
+                    // The last rewrite raywatch saw, or for a cluster that
+                    // died while the daemon was down, its file's last write.
+                    let last = history::unix(c.mtime.min(c.last_change_wall).min(wall));
+                    let reason = if self.history_reconciled {
+                        reason.clone()
+                    } else {
+                        format!("found ended when raywatch restarted: {reason}")
+                    };
+                    records.push(Record::Ended {
+                        t: history::unix(*since),
+                        id: ident.id,
+                        last_seen: last.max(e.last_seen_unix),
+                        reason,
+                    });
+                }
+            }
+        }
+        // Live in the history, unknown to the registry: its files went while
+        // raywatch was down, or it is no longer followed (detached, unwatched).
+        for e in log.history.entries.values() {
+            if e.ended() || present.contains(&e.cluster.id) {
+                continue;
+            }
+            let reason = if self.history_reconciled {
+                "no longer followed (detached, or its folder is no longer watched)"
+            } else {
+                "found ended when raywatch restarted: its discovery file is gone"
+            };
+            records.push(Record::Ended {
+                t,
+                id: e.cluster.id.clone(),
+                last_seen: if self.history_reconciled {
+                    t
+                } else {
+                    e.last_seen_unix
+                },
+                reason: reason.into(),
+            });
+        }
+        self.history_reconciled = true;
+        if !live.is_empty() && now.duration_since(self.last_heartbeat) >= history::HEARTBEAT {
+            self.last_heartbeat = now;
+            records.push(Record::Alive { t, ids: live });
+        }
+        if let Err(e) = log.append(records) {
+            tracing::warn!("cannot record the cluster history: {e:#}");
+        }
+    }
+}
+
+/// A cluster's identity as the history keeps it.
+fn identity(c: &Cluster, host: &str) -> Identity {
+    let (job_id, job_name) = match &c.slurm {
+        Some(Some(job)) => (Some(job.id.clone()), job.name.clone()),
+        _ => (None, None),
+    };
+    Identity {
+        id: history::cluster_id(&c.found.file, &c.found.session),
+        name: c.name.clone(),
+        session: c.found.session.clone(),
+        session_dir: c.found.session_dir.clone(),
+        temp_dir: c.found.temp_dir.clone(),
+        discovery_file: c.found.file.clone(),
+        user: c.user.clone(),
+        host: host.to_string(),
+        source: match c.origin {
+            Origin::Watched => "watch".into(),
+            Origin::Attached { .. } => "attach".into(),
+        },
+        slurm_job_id: job_id,
+        slurm_job_name: job_name,
+    }
+}
