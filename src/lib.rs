@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
+pub mod doctor;
 pub mod endpoints;
 pub mod env;
 pub mod escape;

@@ -151,6 +151,11 @@ impl Listeners {
             .or_else(|| all.iter().find(|l| l.addr.ip().is_unspecified()))
     }
 
+    /// Every listening socket, in no particular order.
+    pub fn all(&self) -> impl Iterator<Item = &Listener> {
+        self.by_port.values().flatten()
+    }
+
     /// Any socket listening on `port`, whatever its address.
     pub fn any_on(&self, port: u16) -> Option<&Listener> {
         self.by_port.get(&port)?.first()

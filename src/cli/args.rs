@@ -41,6 +41,17 @@ pub enum Command {
         #[arg(long)]
         purge: bool,
     },
+    /// Check this machine for what breaks Ray monitoring; one line per check with its fix.
+    ///
+    /// Exits 0 when no check finds a problem, 1 otherwise.
+    Doctor {
+        /// Print the findings as JSON (schema in the README).
+        #[arg(long)]
+        json: bool,
+        /// Look at these Ray temp dirs instead of /tmp/ray* and $RAY_TMPDIR/ray* (for tests).
+        #[arg(long = "root", value_name = "DIR", hide = true)]
+        roots: Vec<PathBuf>,
+    },
     /// Show the stack and every cluster it follows, with each target's scrape health.
     Status {
         /// Print the report as JSON (schema in the README).

@@ -20,6 +20,7 @@ use crate::status::StatusReport;
 mod args;
 mod attach;
 mod completions;
+mod doctor;
 mod down;
 mod env;
 mod error;
@@ -95,6 +96,7 @@ fn run(cli: Cli) -> Result<Exit> {
             to,
             session,
         } => export::export(&home()?, &name, session.as_deref(), from, to, &out),
+        Command::Doctor { json, roots } => doctor::doctor(&home()?, json, roots),
         Command::Grafana(GrafanaCommand::Dir) => grafana::dir(&home()?),
         Command::Completions { shell } => completions::completions(shell),
         Command::FleetConfig {
