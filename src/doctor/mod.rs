@@ -171,14 +171,14 @@ pub fn run(scope: &Scope) -> Vec<Finding> {
     let sessions = sessions(&scope.roots);
     let procs = Procs::read();
     let home = Home::resolve(Some(scope.home.clone())).ok();
-    let mut out = Vec::new();
-    out.push(shared_temp_dir(&sessions));
-    out.push(fixed_ports(&sessions));
-    out.push(foreign_servers(home.as_ref(), &procs));
-    out.push(stale_discovery_files(&sessions));
-    out.push(inotify_limits(&procs, read_limit("max_user_instances")));
-    out.push(home_permissions(&scope.home));
-    out
+    vec![
+        shared_temp_dir(&sessions),
+        fixed_ports(&sessions),
+        foreign_servers(home.as_ref(), &procs),
+        stale_discovery_files(&sessions),
+        inotify_limits(&procs, read_limit("max_user_instances")),
+        home_permissions(&scope.home),
+    ]
 }
 
 /// Several live sessions in one temp dir, or session folders of several owners.
@@ -221,7 +221,10 @@ fn shared_temp_dir(sessions: &[Session]) -> Finding {
         }
     }
     if evidence.is_empty() {
-        return Finding::ok(CHECK, "every Ray temp dir holds at most one live session of one user");
+        return Finding::ok(
+            CHECK,
+            "every Ray temp dir holds at most one live session of one user",
+        );
     }
     Finding {
         check: CHECK,
@@ -266,15 +269,21 @@ fn fixed_ports(sessions: &[Session]) -> Finding {
         }
     }
     if evidence.is_empty() {
-        return Finding::ok(CHECK, "no live cluster uses Ray's fixed metrics ports 44217/44227");
+        return Finding::ok(
+            CHECK,
+            "no live cluster uses Ray's fixed metrics ports 44217/44227",
+        );
     }
     Finding {
         check: CHECK,
         status: Status::Warning,
-        summary: "a cluster uses Ray's fixed metrics ports; a second cluster on this machine collides".into(),
+        summary:
+            "a cluster uses Ray's fixed metrics ports; a second cluster on this machine collides"
+                .into(),
         evidence,
         fix: Some(
-            "start clusters with free metrics ports: `eval \"$(raywatch env)\"` before `ray start`".into(),
+            "start clusters with free metrics ports: `eval \"$(raywatch env)\"` before `ray start`"
+                .into(),
         ),
     }
 }
@@ -377,7 +386,10 @@ fn foreign_servers(home: Option<&Home>, procs: &Procs) -> Finding {
         evidence.push(crate::escape::text(&line).into_owned());
     }
     if evidence.is_empty() {
-        return Finding::ok(CHECK, "no other Prometheus or Grafana listens on this machine");
+        return Finding::ok(
+            CHECK,
+            "no other Prometheus or Grafana listens on this machine",
+        );
     }
     Finding {
         check: CHECK,
@@ -393,8 +405,10 @@ fn foreign_servers(home: Option<&Home>, procs: &Procs) -> Finding {
 }
 
 /// Whether the Prometheus on `127.0.0.1:port` has its lifecycle API on without
-/// auth: a GET of `/-/quit` (harmless: only a POST stops it) answers 405 then,
-/// 403 when the API is off. `None`: no answer within 2 s.
+/// auth: a GET of `/api/v1/status/flags` (harmless, read-only) answered without
+/// credentials shows `web.enable-lifecycle`. A GET of `/-/quit` cannot tell: its
+/// router answers 405 to a GET whether the API is on or off. `Some(false)`: the
+/// flag is off or the API wants credentials; `None`: no answer within 2 s.
 pub fn lifecycle_open(port: u16) -> Option<bool> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -407,12 +421,24 @@ pub fn lifecycle_open(port: u16) -> Option<bool> {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .ok()?;
-        let r = client
-            .get(format!("http://127.0.0.1:{port}/-/quit"))
+        let mut r = client
+            .get(format!("http://127.0.0.1:{port}/api/v1/status/flags"))
             .send()
             .await
             .ok()?;
-        Some(r.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED)
+        if !r.status().is_success() {
+            return Some(false);
+        }
+        // Another user's server: read at most 1 MiB of its answer.
+        let mut bytes = Vec::new();
+        while let Some(chunk) = r.chunk().await.ok()? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > 1 << 20 {
+                return None;
+            }
+        }
+        let body: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        Some(body["data"]["web.enable-lifecycle"] == "true")
     })
 }
 
@@ -506,7 +532,10 @@ pub fn home_permissions(home: &Path) -> Finding {
                 show(path),
                 crate::process::user_name(meta.uid())
             ));
-            fixes.push(format!("use a home of your own (--home), not {}", show(path)));
+            fixes.push(format!(
+                "use a home of your own (--home), not {}",
+                show(path)
+            ));
         }
         if meta.mode() & bad_bits != 0 {
             evidence.push(format!("{} has mode {:o}", show(path), meta.mode() & 0o777));
@@ -525,3 +554,34 @@ pub fn home_permissions(home: &Path) -> Finding {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn procs(instances: usize) -> Procs {
+        Procs {
+            sockets: HashMap::new(),
+            inotify_instances: instances,
+        }
+    }
+
+    #[test]
+    fn inotify_warns_above_80_percent_with_the_sysctl() {
+        assert_eq!(inotify_limits(&procs(80), Some(100)).status, Status::Ok);
+        let f = inotify_limits(&procs(81), Some(100));
+        assert_eq!(f.status, Status::Warning);
+        assert_eq!(
+            f.fix.as_deref(),
+            Some("raise the limit: sudo sysctl fs.inotify.max_user_instances=1024")
+        );
+        assert_eq!(inotify_limits(&procs(1), None).status, Status::Skipped);
+    }
+
+    #[test]
+    fn this_process_inotify_instance_is_counted() {
+        let before = Procs::read().inotify_instances;
+        let fd = inotify::Inotify::init();
+        assert!(fd.is_ok());
+        assert_eq!(Procs::read().inotify_instances, before + 1);
+    }
+}

@@ -4,6 +4,7 @@ mod attacks;
 mod bench;
 mod cli;
 mod discovery;
+mod doctor;
 mod escapes;
 mod export;
 mod fleet;
