@@ -74,6 +74,8 @@ pub struct Core {
     pub last_heartbeat: Instant,
     /// Whether the history was reconciled with the clusters found at start.
     pub history_reconciled: bool,
+    /// The registry generation the history last caught up with.
+    pub history_generation: Option<u64>,
 }
 
 /// How many times raywatch looks for a new cluster's process.
@@ -119,6 +121,7 @@ impl Core {
             history: None,
             last_heartbeat: Instant::now(),
             history_reconciled: false,
+            history_generation: None,
         }
     }
 

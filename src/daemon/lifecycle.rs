@@ -37,6 +37,16 @@ impl Core {
             return;
         };
         let (now, wall) = (Instant::now(), SystemTime::now());
+        // Nothing to record unless the clusters changed (the registry's
+        // generation counts births, deaths, names and Slurm jobs) or a
+        // heartbeat is due: an idle second costs no walk of every cluster.
+        let generation = self.registry.generation();
+        let heartbeat_due = now.duration_since(self.last_heartbeat) >= history::HEARTBEAT;
+        if self.history_reconciled && self.history_generation == Some(generation) && !heartbeat_due
+        {
+            return;
+        }
+        self.history_generation = Some(generation);
         let t = history::unix(wall);
         let settings = self.settings.borrow().clone();
         log.keep = settings.retention;
@@ -101,7 +111,7 @@ impl Core {
             });
         }
         self.history_reconciled = true;
-        if !live.is_empty() && now.duration_since(self.last_heartbeat) >= history::HEARTBEAT {
+        if !live.is_empty() && heartbeat_due {
             self.last_heartbeat = now;
             records.push(Record::Alive { t, ids: live });
         }
