@@ -19,22 +19,29 @@ fn raywatch_does_not_list_bench() {
         .stderr(contains("unrecognized subcommand"));
 }
 
+/// Runs `raywatch-bench` against this build's raywatch; its stdout, once it succeeded.
+#[cfg(feature = "bench")]
+fn bench_stdout(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raywatch-bench"))
+        .args(args)
+        .env("RAYWATCH_BIN", raywatch_bin())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "raywatch-bench {args:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A short real run keeps the benchmark code working: a stack, two synthetic
 /// clusters, and a row of figures.
 #[cfg(feature = "bench")]
 #[test]
 fn idle_bench_measures_a_real_stack() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raywatch-bench"))
-        .args(["idle", "--clusters", "2", "--seconds", "2"])
-        .env("RAYWATCH_BIN", raywatch_bin())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "raywatch-bench idle failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = bench_stdout(&["idle", "--clusters", "2", "--seconds", "2"]);
     let row = stdout
         .lines()
         .find(|l| l.starts_with("| 2 |"))
@@ -50,17 +57,7 @@ fn idle_bench_measures_a_real_stack() {
 #[cfg(feature = "bench")]
 #[test]
 fn export_bench_measures_a_real_export() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raywatch-bench"))
-        .args(["export", "--series", "12", "--span", "10m"])
-        .env("RAYWATCH_BIN", raywatch_bin())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "raywatch-bench export failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = bench_stdout(&["export", "--series", "12", "--span", "10m"]);
     // 12 series × (10 min / 10 s + 1) samples.
     let row = stdout
         .lines()
