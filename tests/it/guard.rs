@@ -101,14 +101,19 @@ fn with_ray_a_300000_series_target_is_refused_by_the_limit_while_a_real_cluster_
     let node = format!("127.0.0.1:{}", ray.metrics_port);
 
     // status flags the flooding target, naming the limit and the flag that raises it.
+    // The flag comes from the target's own scrape and the count of refused scrapes from
+    // Prometheus' scrape of itself, so the two can arrive one scrape interval apart.
     let st = wait_for(
-        "status to flag the flooding target",
+        "status to flag the flooding target and count its refused scrapes",
         Duration::from_secs(90),
         || {
             let st = stack.status();
-            target(&st, &flood, &flood_ep.addr)
-                .is_some_and(|t| t["sample_limit_exceeded"].is_string())
-                .then_some(st)
+            let flagged = target(&st, &flood, &flood_ep.addr)
+                .is_some_and(|t| t["sample_limit_exceeded"].is_string());
+            let counted = st["prometheus"]["scrapes_over_sample_limit"]
+                .as_f64()
+                .is_some_and(|n| n >= 1.0);
+            (flagged && counted).then_some(st)
         },
     );
     let t = target(&st, &flood, &flood_ep.addr).unwrap();
