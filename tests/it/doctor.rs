@@ -121,11 +121,13 @@ fn doctor_two_live_sessions_in_one_temp_dir() {
     let f = finding(&report, "shared_temp_dir");
     assert_eq!(status(&f), "problem", "{f}");
     assert_eq!(code, 1);
+    let fix = f["fix"].as_str().unwrap();
     assert!(
-        f["fix"]
-            .as_str()
-            .unwrap()
-            .contains("eval \"$(raywatch env)\"")
+        fix.contains(&format!(
+            "eval \"$(raywatch env --temp-dir {}_2)\"",
+            m.root.display()
+        )),
+        "{fix}"
     );
     let evidence = f["evidence"].to_string();
     assert!(evidence.contains("session_a_1") && evidence.contains("session_b_2"));
