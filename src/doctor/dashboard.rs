@@ -102,6 +102,14 @@ fn describe(p: &Proc) -> String {
     )
 }
 
+/// Whether a dashboard serves a temp dir doctor looks at (every one, without `--root`).
+fn in_scope(m: &Machine, p: &Proc) -> bool {
+    let Some(roots) = &m.only_roots else {
+        return true;
+    };
+    flag(&p.cmdline, "temp-dir").is_some_and(|t| roots.iter().any(|r| r == std::path::Path::new(t)))
+}
+
 /// The `RAY_PROMETHEUS_HOST` of a process of this user, `None` when unset.
 /// `Err` when its environment cannot be read (it exited meanwhile).
 fn prometheus_host(pid: u32) -> Result<Option<String>, ()> {
@@ -124,17 +132,19 @@ pub(super) fn dashboard_wiring(m: &Machine) -> Finding {
             .map(|c| format!("http://127.0.0.1:{}", c.gateway_port)),
     };
     let mut evidence = Vec::new();
-    let mut wired = 0;
+    let (mut wired, mut seen) = (0, 0);
     // Only this user's processes: another user's environment is not ours to read.
     for p in m
         .procs
         .list
         .iter()
         .filter(|p| p.uid == m.me && is_dashboard(&p.cmdline))
+        .filter(|p| in_scope(m, p))
     {
         let Ok(host) = prometheus_host(p.pid) else {
             continue;
         };
+        seen += 1;
         match wiring(host.as_deref(), gateway.as_deref()) {
             Wiring::Stack => wired += 1,
             Wiring::Unknown(_) => {}
@@ -171,7 +181,7 @@ pub(super) fn dashboard_wiring(m: &Machine) -> Finding {
         CHECK,
         Status::Warning,
         format!(
-            "{} live Ray Dashboard(s) of yours do not ask this stack: their Metrics tab shows nothing or another Prometheus' data",
+            "{} of {seen} live Ray Dashboard(s) of yours do not ask this stack: their Metrics tab shows nothing or another Prometheus' data",
             evidence.len()
         ),
     )

@@ -180,6 +180,8 @@ pub struct Machine {
     /// The daemon's status report, or why there is none.
     pub report: Result<StatusReport, String>,
     pub sessions: Vec<sessions::Session>,
+    /// The temp dirs of `--root`, when given: Ray processes elsewhere are not looked at.
+    pub only_roots: Option<Vec<PathBuf>>,
     pub procs: Procs,
     pub listeners: crate::process::Listeners,
     pub inotify: InotifyLimits,
@@ -201,6 +203,7 @@ impl Machine {
             config,
             report,
             sessions: sessions::sessions(&roots),
+            only_roots: (!scope.roots.is_empty()).then(|| scope.roots.clone()),
             procs: Procs::read(),
             listeners: crate::process::Listeners::read(),
             inotify: InotifyLimits::read(),
