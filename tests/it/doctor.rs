@@ -127,14 +127,17 @@ fn status(f: &Value) -> &str {
 fn doctor_clean_machine_reports_no_problem() {
     let m = Machine::new();
     let (code, report) = m.json();
+    assert_eq!(report["findings"].as_array().unwrap().len(), 10, "{report}");
     for f in report["findings"].as_array().unwrap() {
-        // Other Prometheus servers of other tests may run on this machine meanwhile.
-        if f["check"] != "foreign_prometheus" {
-            assert!(
-                matches!(status(f), "ok" | "skipped"),
-                "{f} on a clean machine"
-            );
+        // Machine-wide: other tests' Prometheus servers and inotify watchers
+        // (the limits are per user) come and go meanwhile.
+        if f["check"] == "foreign_prometheus" || f["check"] == "inotify_limits" {
+            continue;
         }
+        assert!(
+            matches!(status(f), "ok" | "skipped"),
+            "{f} on a clean machine"
+        );
     }
     if status(&finding(&report, "foreign_prometheus")) != "problem" {
         assert_eq!(code, 0, "{report}");
@@ -507,8 +510,9 @@ fn doctor_targets_down_and_a_failing_remote_write_then_a_clean_stack() {
     });
     // A running, healthy stack: nothing but ok (other tests' servers aside).
     for f in report["findings"].as_array().unwrap() {
-        if f["check"] != "foreign_prometheus" {
-            assert_eq!(status(f), "ok", "{f} on a healthy stack");
+        match f["check"].as_str().unwrap() {
+            "foreign_prometheus" | "inotify_limits" => {}
+            _ => assert_eq!(status(f), "ok", "{f} on a healthy stack"),
         }
     }
 }
@@ -605,6 +609,24 @@ fn doctor_attack_another_users_session_folder_in_a_shared_temp_dir() {
     assert_eq!(status(&m.finding("shared_temp_dir")), "ok");
 }
 
+/// `doctor --json` run by the other user (with a copy of raywatch it may execute).
+fn doctor_as_other(other: (u32, u32), exe: &Path, home: &Path, root: &Path) -> Value {
+    let out = as_other(
+        other,
+        &[
+            exe.to_str().unwrap(),
+            "--home",
+            home.to_str().unwrap(),
+            "doctor",
+            "--json",
+            "--root",
+            root.to_str().unwrap(),
+        ],
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
 #[test]
 fn doctor_attack_another_users_prometheus_is_found_from_its_command_line() {
     // Here the other user runs doctor: this user's Prometheus is the foreign one, and
@@ -618,22 +640,7 @@ fn doctor_attack_another_users_prometheus_is_found_from_its_command_line() {
     let data = scratch();
     let prom = Prometheus::start(&data.path().join("p"), port, true);
     let home = dir.path().join("their-home");
-    let run = || {
-        let out = as_other(
-            other,
-            &[
-                exe.to_str().unwrap(),
-                "--home",
-                home.to_str().unwrap(),
-                "doctor",
-                "--json",
-                "--root",
-                root.to_str().unwrap(),
-            ],
-        );
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
-    };
+    let run = || doctor_as_other(other, &exe, &home, &root);
     let needle = format!("127.0.0.1:{port}");
     let line = wait_for(
         "the other user's doctor to see this user's Prometheus",
@@ -757,4 +764,76 @@ fn doctor_attack_hostile_fake_prometheus_servers_neither_hang_nor_bloat_doctor()
         assert!(line.contains("did not answer within 2 s"), "{line}");
     }
     assert!(!text.contains('\x1b'), "{text:?}");
+}
+
+#[test]
+fn doctor_inotify_instances_near_the_limit() {
+    // The limit is per user: the other user (whose processes are only the tests')
+    // takes 81 % of its instances, and runs doctor.
+    let Some(other) = other_user() else { return };
+    let Some(python) = system_python() else {
+        return;
+    };
+    let max: u64 = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let hold = max * 81 / 100 + 1;
+    let dir = open_scratch();
+    let exe = shared_raywatch(dir.path());
+    let root = dir.path().join("ray_tmp");
+    std::fs::create_dir(&root).unwrap();
+    let home = dir.path().join("their-home");
+    let script = format!(
+        "import ctypes, sys, time\nlibc = ctypes.CDLL(None)\nfds = [libc.inotify_init() for _ in range({hold})]\nassert all(f >= 0 for f in fds), fds\nprint('ready', flush=True)\ntime.sleep(120)\n"
+    );
+    let mut holder = Killed(
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                &other.0.to_string(),
+                "--regid",
+                &other.1.to_string(),
+                "--clear-groups",
+                "--",
+                python,
+                "-c",
+                &script,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the other user could not take {hold} inotify instances"
+    );
+    let f = finding(
+        &doctor_as_other(other, &exe, &home, &root),
+        "inotify_limits",
+    );
+    assert_eq!(status(&f), "warning", "{f}");
+    assert!(evidence(&f).contains("max_user_instances"), "{f}");
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap()
+            .contains("sudo sysctl fs.inotify.max_user_instances="),
+        "{f}"
+    );
+    drop(holder);
+    let f = finding(
+        &doctor_as_other(other, &exe, &home, &root),
+        "inotify_limits",
+    );
+    assert_eq!(status(&f), "ok", "{f}");
 }
