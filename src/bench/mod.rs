@@ -5,6 +5,7 @@
 //! it. Every benchmark runs the real `raywatch` binary (the one beside this
 //! one, or `$RAYWATCH_BIN`) against a real Prometheus, in temp homes it removes.
 
+pub mod doctor;
 pub mod export;
 pub mod fleet;
 pub mod local;
@@ -105,6 +106,14 @@ pub enum BenchCommand {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         interval: Duration,
     },
+    /// `raywatch doctor --json` with N live synthetic clusters and the stack up: wall time, peak RSS.
+    Doctor {
+        #[arg(long, default_value_t = 20)]
+        clusters: usize,
+        /// Runs timed.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Response time and size of the http_sd endpoint (`up --sd-listen`).
     Sd {
         #[arg(long, default_value_t = 1000)]
@@ -170,6 +179,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             clusters,
             refreshes,
         } => top::top(&clusters, refreshes),
+        BenchCommand::Doctor { clusters, runs } => doctor::doctor(clusters, runs),
     }
 }
 

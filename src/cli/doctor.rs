@@ -19,7 +19,10 @@ struct Report<'a> {
 }
 
 pub(super) fn doctor(home: &Home, json: bool, roots: Vec<PathBuf>) -> Result<Exit> {
-    let findings = doctor::run(&Scope::new(home, roots));
+    let findings = doctor::run(&Scope {
+        home: home.clone(),
+        roots,
+    });
     let problems = findings
         .iter()
         .filter(|f| f.status == Status::Problem)

@@ -65,3 +65,28 @@ fn export_bench_measures_a_real_export() {
         .unwrap_or_else(|| panic!("no row for 12 series in:\n{stdout}"));
     assert!(row.contains("MiB"), "row: {row}");
 }
+
+/// The doctor benchmark, small: a stack, three live synthetic clusters, a row of figures.
+#[cfg(feature = "bench")]
+#[test]
+fn doctor_bench_times_doctor_on_a_real_stack() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raywatch-bench"))
+        .args(["doctor", "--clusters", "3", "--runs", "3"])
+        .env("RAYWATCH_BIN", raywatch_bin())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "raywatch-bench doctor failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| 3 | 3 |"))
+        .unwrap_or_else(|| panic!("no row for 3 clusters in:\n{stdout}"));
+    assert!(
+        row.matches(" ms |").count() == 3 && row.contains("MiB"),
+        "row: {row}"
+    );
+}

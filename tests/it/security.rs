@@ -43,7 +43,7 @@ pub fn system_python() -> Option<&'static str> {
 }
 
 /// A copy of raywatch the other user can execute, wherever the repo lives.
-fn shared_raywatch(dir: &Path) -> std::path::PathBuf {
+pub fn shared_raywatch(dir: &Path) -> std::path::PathBuf {
     let dest = dir.join("raywatch");
     std::fs::copy(raywatch_bin(), &dest).unwrap();
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
