@@ -81,6 +81,10 @@ pub struct StackConfig {
     /// (`up --drop-label NAME`), checked by [`crate::guard::check_drop_label`].
     #[serde(default)]
     pub drop_labels: Vec<String>,
+    /// Do not record `raywatch top`'s per-cluster values (`up --no-top-rules`): saves
+    /// Prometheus their evaluation each scrape interval; `top` then asks them live.
+    #[serde(default)]
+    pub no_top_rules: bool,
 }
 
 /// One remote-write destination. Credentials come from files only, never from

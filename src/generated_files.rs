@@ -64,6 +64,10 @@ fn prometheus_files() {
     );
     insta::assert_snapshot!("web.yml", read(dir.path(), "prometheus/web.yml"));
     insta::assert_snapshot!(
+        "top-rules.yml",
+        read(dir.path(), "prometheus/top-rules.yml")
+    );
+    insta::assert_snapshot!(
         "prometheus-args",
         crate::prometheus::args(&home, &cfg)
             .join("\n")
@@ -114,6 +118,36 @@ fn prometheus_files_for_an_agent_that_remote_writes() {
         0o600
     );
     assert!(!read(dir.path(), "prometheus/prometheus.yml").contains("s3cret"));
+    // An agent evaluates no rules.
+    assert!(!home.top_rules().exists());
+}
+
+#[test]
+fn prometheus_yml_that_remote_writes_keeps_tops_recorded_series_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, mut cfg) = example(dir.path());
+    home.ensure().unwrap();
+    cfg.prometheus_bin = dir.path().join("no-prometheus");
+    cfg.remote_write = vec![crate::config::RemoteWrite {
+        url: "http://127.0.0.1:8428/api/v1/write".into(),
+        bearer_file: None,
+        basic_auth_file: None,
+        ca_file: None,
+    }];
+    crate::prometheus::write_files(&home, &cfg).unwrap();
+    insta::assert_snapshot!(
+        "prometheus-remote-write.yml",
+        read(dir.path(), "prometheus/prometheus.yml")
+    );
+    // Without the rules (`up --no-top-rules`) neither the rules nor the drop.
+    cfg.no_top_rules = true;
+    crate::prometheus::write_files(&home, &cfg).unwrap();
+    let yml = read(dir.path(), "prometheus/prometheus.yml");
+    assert!(
+        !yml.contains("rule_files") && !yml.contains("raywatch_top"),
+        "{yml}"
+    );
+    assert!(!home.top_rules().exists());
 }
 
 #[test]

@@ -57,6 +57,10 @@ impl Home {
     pub fn prometheus_yml(&self) -> PathBuf {
         self.prometheus_dir().join("prometheus.yml")
     }
+    /// The recording rules of `raywatch top` (see [`crate::top::rules`]).
+    pub fn top_rules(&self) -> PathBuf {
+        self.prometheus_dir().join("top-rules.yml")
+    }
     pub fn web_yml(&self) -> PathBuf {
         self.prometheus_dir().join("web.yml")
     }

@@ -18,6 +18,9 @@ pub const RAY_JOB: &str = "ray";
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct PrometheusYml {
     pub global: Global,
+    /// The rules files (`raywatch top`'s recording rules; none on an agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_files: Vec<String>,
     pub scrape_configs: Vec<ScrapeConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_write: Vec<RemoteWriteConfig>,
@@ -44,6 +47,9 @@ pub struct RemoteWriteConfig {
     pub basic_auth: Option<BasicAuth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_config: Option<TlsConfig>,
+    /// What is not sent: `top`'s recorded series stay home (see [`prometheus_yml`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_relabel_configs: Vec<RelabelConfig>,
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -79,9 +85,12 @@ pub struct ScrapeConfig {
     pub metric_relabel_configs: Vec<RelabelConfig>,
 }
 
-/// One `metric_relabel_configs` entry (raywatch writes only `labeldrop`).
+/// One `metric_relabel_configs` or `write_relabel_configs` entry (raywatch writes
+/// `labeldrop`, and `drop` by metric name).
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct RelabelConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_labels: Vec<String>,
     pub action: String,
     /// Matched against whole label names (Prometheus anchors it).
     pub regex: String,
@@ -110,15 +119,31 @@ pub struct WebYml {
     pub basic_auth_users: BTreeMap<String, String>,
 }
 
+/// Whether the stack's Prometheus records `raywatch top`'s rules: not when told
+/// not to, nor as an agent (which evaluates no rules and keeps nothing to read).
+pub fn records_top_rules(cfg: &StackConfig) -> bool {
+    !cfg.no_top_rules && !cfg.agent
+}
+
 /// prometheus.yml for a stack: one `ray` job reading the targets glob (so
 /// clusters come and go without a reload), and Prometheus scraping itself.
+/// Remote writes leave out `top`'s recorded series: they are derived from the
+/// samples sent, keyed without `ray_host` until the external label is added, and a
+/// central store holding them for some hosts only would mislead a `top` there
+/// (which asks live, see [`crate::top::source`]).
 pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
     let interval = prometheus_duration(cfg.scrape_interval);
+    let rules = records_top_rules(cfg);
     PrometheusYml {
         global: Global {
             scrape_interval: interval.clone(),
             evaluation_interval: interval,
             external_labels: BTreeMap::from([("ray_host".to_string(), cfg.ray_host())]),
+        },
+        rule_files: if rules {
+            vec![home.top_rules().to_string_lossy().into_owned()]
+        } else {
+            vec![]
         },
         remote_write: cfg
             .remote_write
@@ -138,6 +163,15 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
                 tls_config: rw.ca_file.as_ref().map(|f| TlsConfig {
                     ca_file: f.to_string_lossy().into_owned(),
                 }),
+                write_relabel_configs: if rules {
+                    vec![RelabelConfig {
+                        source_labels: vec!["__name__".into()],
+                        action: "drop".into(),
+                        regex: format!("{}.*", crate::top::rules::PREFIX),
+                    }]
+                } else {
+                    vec![]
+                },
             })
             .collect(),
         scrape_configs: vec![
@@ -162,6 +196,7 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
                     .drop_labels
                     .iter()
                     .map(|l| RelabelConfig {
+                        source_labels: vec![],
                         action: "labeldrop".into(),
                         regex: l.clone(),
                     })
@@ -327,35 +362,66 @@ pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
             0o600,
         )?;
     }
+    // The rules first: the prometheus.yml naming them may be read at any moment.
+    let rules = records_top_rules(cfg);
+    if rules {
+        let file = crate::top::rules::rule_file(&prometheus_duration(cfg.scrape_interval));
+        let text = serde_yaml_ng::to_string(&file)?;
+        write_checked(home, cfg, &home.top_rules(), &text, &["check", "rules"])?;
+    }
     let yml = serde_yaml_ng::to_string(&prometheus_yml(home, cfg))?;
-    let dest = home.prometheus_yml();
-    if fs_err::read_to_string(&dest).ok().as_deref() == Some(yml.as_str()) {
+    write_checked(
+        home,
+        cfg,
+        &home.prometheus_yml(),
+        &yml,
+        &["check", "config", "--syntax-only"],
+    )?;
+    if !rules {
+        // No longer named by prometheus.yml: a stale copy would only mislead a reader.
+        match fs_err::remove_file(home.top_rules()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Writes `text` to `dest` in Prometheus' folder unless it holds it already: staged
+/// (0600), checked with `promtool <check…>` when there is a promtool, committed.
+fn write_checked(
+    home: &Home,
+    cfg: &StackConfig,
+    dest: &Path,
+    text: &str,
+    check: &[&str],
+) -> Result<()> {
+    if fs_err::read_to_string(dest).ok().as_deref() == Some(text) {
         return Ok(());
     }
-    // One write path: staged, checked with promtool when there is one, committed.
-    let staged = crate::atomic::stage(
-        &home.prometheus_dir(),
-        "prometheus.yml",
-        yml.as_bytes(),
-        0o600,
-    )?;
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("a generated file has no name")?;
+    let staged = crate::atomic::stage(&home.prometheus_dir(), name, text.as_bytes(), 0o600)?;
     if let Some(promtool) = promtool_beside(&cfg.prometheus_bin) {
         let out = std::process::Command::new(&promtool)
-            .args(["check", "config", "--syntax-only"])
+            .args(check)
             .arg(staged.path())
             .output();
         if let Ok(out) = out
             && !out.status.success()
         {
             bail!(
-                "the new {} failed `promtool check config`, so the previous file is kept: {} {}",
+                "the new {} failed `promtool {}`, so the previous file is kept: {} {}",
                 dest.display(),
+                check.join(" "),
                 String::from_utf8_lossy(&out.stdout).trim(),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
     }
-    staged.commit(&dest)
+    staged.commit(dest)
 }
 
 fn promtool_beside(prometheus: &Path) -> Option<PathBuf> {

@@ -58,6 +58,23 @@ pub struct Point<M> {
     pub value: (f64, String),
 }
 
+/// One rule group of `/api/v1/rules`: its name and its rules' names and health.
+#[derive(Deserialize, Debug, Clone)]
+pub struct RuleGroup {
+    pub name: String,
+    #[serde(default)]
+    pub rules: Vec<RuleState>,
+}
+
+/// One rule of a [`RuleGroup`].
+#[derive(Deserialize, Debug, Clone)]
+pub struct RuleState {
+    pub name: String,
+    /// `ok`, `err` or `unknown` (not evaluated yet).
+    #[serde(default)]
+    pub health: String,
+}
+
 /// A range series with every label.
 pub type RangeSeries = Series<BTreeMap<String, String>>;
 
@@ -204,6 +221,32 @@ impl QueryApi {
             )
             .await?;
         decode(promql, status, &body, "matrix")
+    }
+
+    /// The recording rules the API evaluates (`/api/v1/rules?type=record`), by group.
+    pub async fn recording_rules(&self) -> Result<Vec<RuleGroup>> {
+        let path = "/api/v1/rules";
+        let (status, body) = self.get(path, &[("type", "record")]).await?;
+        #[derive(Deserialize)]
+        struct Groups {
+            groups: Vec<RuleGroup>,
+        }
+        #[derive(Deserialize)]
+        struct Rules {
+            status: String,
+            #[serde(default)]
+            data: Option<Groups>,
+        }
+        let answer: Rules = serde_json::from_str(&body).with_context(|| {
+            format!(
+                "{} answered {path} with HTTP {status} and a body raywatch cannot read",
+                self.describe()
+            )
+        })?;
+        match answer.data {
+            Some(d) if answer.status == "success" => Ok(d.groups),
+            _ => anyhow::bail!("{} refused {path} (HTTP {status})", self.describe()),
+        }
     }
 
     /// The same API, counting every request into `counter`.

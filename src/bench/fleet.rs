@@ -104,7 +104,7 @@ impl FleetStack {
         Ok(stack)
     }
 
-    fn prometheus_pid(&self) -> Result<u32> {
+    pub(crate) fn prometheus_pid(&self) -> Result<u32> {
         crate::process::read_pid(&self.home.prometheus_pid()).with_context(|| {
             format!(
                 "no Prometheus PID in {}",

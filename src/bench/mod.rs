@@ -90,6 +90,9 @@ pub enum BenchCommand {
         /// Refreshes timed at each count.
         #[arg(long, default_value_t = 100)]
         refreshes: usize,
+        /// Start the stacks with `up --no-top-rules` (top asks every value live).
+        #[arg(long)]
+        no_top_rules: bool,
     },
     /// `raywatch export` of a cluster with an hour of data: samples/s and peak RSS.
     Export {
@@ -178,7 +181,8 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Top {
             clusters,
             refreshes,
-        } => top::top(&clusters, refreshes),
+            no_top_rules,
+        } => top::top(&clusters, refreshes, no_top_rules),
         BenchCommand::Doctor { clusters, runs } => doctor::doctor(clusters, runs),
     }
 }

@@ -96,14 +96,20 @@ fn once_peak_kib(mut child: std::process::Child) -> Result<(std::process::ExitSt
 }
 
 /// One refresh of `top` at each cluster count: wall time (p50, p95), requests per refresh,
-/// and the peak RSS of `raywatch top --once --json` and of the screen (in tmux, when present).
-pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
+/// where the values came from (recording rules or live), Prometheus' CPU over a minute
+/// without `top` (the rules' evaluation is in it), and the peak RSS of
+/// `raywatch top --once --json` and of the screen (in tmux, when present).
+pub fn top(counts: &[usize], refreshes: usize, no_top_rules: bool) -> Result<()> {
     println!(
-        "| clusters | refreshes | p50 ms | p95 ms | queries/refresh | cluster view p95 ms | top --once RSS MiB | top screen RSS MiB |"
+        "| clusters | refreshes | values | p50 ms | p95 ms | queries/refresh | cluster view p95 ms | Prometheus CPU, a minute without top | top --once RSS MiB | top screen RSS MiB |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for &n in counts {
-        let stack = FleetStack::up(&["--scrape-interval", "5s"])?;
+        let mut args = vec!["--scrape-interval", "5s"];
+        if no_top_rules {
+            args.push("--no-top-rules");
+        }
+        let stack = FleetStack::up(&args)?;
         let endpoints = Endpoints::serve(n, Arc::new(node_metrics))?;
         let _heads = Heads::start(
             &stack.root,
@@ -113,11 +119,13 @@ pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
             .enable_all()
             .build()?;
         let api = QueryApi::for_home(&stack.home)?.counted(Counter::default());
+        let source = rt.block_on(crate::top::source(&api));
         // Every cluster live, with a minute of history for the sparklines.
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let c = rt.block_on(crate::top::fetch_clusters(
                 &api,
+                source,
                 crate::top::DEAD_FOR,
                 false,
             ))?;
@@ -135,7 +143,14 @@ pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
             );
             std::thread::sleep(Duration::from_secs(2));
         }
+        // Prometheus' CPU over that minute: scrapes, and the rules' evaluation when recorded.
+        let prometheus = stack.prometheus_pid()?;
+        let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+        let (cpu0, t0) = (super::local::sample(prometheus)?.0, Instant::now());
         std::thread::sleep(Duration::from_secs(60));
+        let quiet_cpu =
+            (super::local::sample(prometheus)?.0 - cpu0) as f64 / tick / t0.elapsed().as_secs_f64()
+                * 100.0;
         let mut took = Vec::new();
         let mut queries = Vec::new();
         let mut first = None;
@@ -143,6 +158,7 @@ pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
             let t0 = Instant::now();
             let c = rt.block_on(crate::top::fetch_clusters(
                 &api,
+                source,
                 crate::top::DEAD_FOR,
                 false,
             ))?;
@@ -151,6 +167,29 @@ pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
             first.get_or_insert_with(|| c.clusters[0].key());
         }
         took.sort();
+        // The same refreshes asked live, back to back with those above (the machine's
+        // load changes between runs; this compares both on one stack, one minute).
+        if source == crate::top::Source::Recorded {
+            let mut live = Vec::new();
+            for _ in 0..refreshes {
+                let t0 = Instant::now();
+                rt.block_on(crate::top::fetch_clusters(
+                    &api,
+                    crate::top::Source::Live,
+                    crate::top::DEAD_FOR,
+                    false,
+                ))?;
+                live.push(t0.elapsed());
+            }
+            live.sort();
+            eprintln!(
+                "{n} clusters: the same refresh asked live: p50 {:.1} ms, p95 {:.1} ms (recorded: p50 {:.1} ms, p95 {:.1} ms)",
+                percentile(&live, 0.5).as_secs_f64() * 1000.0,
+                percentile(&live, 0.95).as_secs_f64() * 1000.0,
+                percentile(&took, 0.5).as_secs_f64() * 1000.0,
+                percentile(&took, 0.95).as_secs_f64() * 1000.0
+            );
+        }
         let key = first.context("no cluster")?;
         let mut detail = Vec::new();
         for _ in 0..refreshes.min(50) {
@@ -260,8 +299,12 @@ pub fn top(counts: &[usize], refreshes: usize) -> Result<()> {
         let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
         queries.sort();
         queries.dedup();
+        let values = match source {
+            crate::top::Source::Recorded => "recorded",
+            crate::top::Source::Live => "live",
+        };
         println!(
-            "| {n} | {refreshes} | {} | {} | {} | {} | {:.1} | {screen} |",
+            "| {n} | {refreshes} | {values} | {} | {} | {} | {} | {quiet_cpu:.1} % | {:.1} | {screen} |",
             ms(percentile(&took, 0.5)),
             ms(percentile(&took, 0.95)),
             queries

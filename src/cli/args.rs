@@ -206,6 +206,10 @@ pub struct TopArgs {
         conflicts_with = "bearer_file"
     )]
     pub basic_auth_file: Option<PathBuf>,
+    /// Ask every value live even where the stack's Prometheus records top's rules
+    /// (slower at many clusters; to compare, or to rule out the rules).
+    #[arg(long)]
+    pub live: bool,
 }
 
 /// The shells `raywatch completions` writes a script for.
@@ -250,6 +254,13 @@ pub struct UpArgs {
     /// (repeatable; replaces the saved list). Series that differed only by it collide.
     #[arg(long = "drop-label", value_name = "NAME", help_heading = "Cardinality")]
     pub drop_label: Vec<String>,
+    /// Do not record `raywatch top`'s per-cluster values (saves Prometheus their
+    /// evaluation every scrape interval; `top` then asks them live, slower at many clusters).
+    #[arg(long, help_heading = "Prometheus", overrides_with = "top_rules")]
+    pub no_top_rules: bool,
+    /// Record them again (the default).
+    #[arg(long, help_heading = "Prometheus")]
+    pub top_rules: bool,
     /// Stop dropping the labels saved earlier.
     #[arg(long, help_heading = "Cardinality", conflicts_with = "drop_label")]
     pub no_drop_label: bool,

@@ -43,7 +43,12 @@ pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit
             .hint("for scripts and logs: raywatch top --once [--json]");
     }
     let api = api.counted(Counter::default());
-    let first = rt.block_on(top::fetch_clusters(&api, dead_for, false));
+    let source = if args.live {
+        top::Source::Live
+    } else {
+        rt.block_on(top::source(&api))
+    };
+    let first = rt.block_on(top::fetch_clusters(&api, source, dead_for, false));
     let mut first = match (first, &home) {
         (Ok(c), _) => c,
         (Err(e), Some(home)) => return Err(rt.block_on(unless_stack_down(home, e))),
@@ -51,7 +56,7 @@ pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit
     };
     if !args.once {
         drop(rt);
-        top::ui::run(api, home, first, args.interval, dead_for)?;
+        top::ui::run(api, source, home, first, args.interval, dead_for)?;
         return Ok(Exit::Success);
     }
     top::model::sort(&mut first.clusters, top::model::Column::Name, false);
@@ -59,6 +64,7 @@ pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit
         let snapshot = top::model::Snapshot {
             schema: 1,
             source: api.api.describe(),
+            values: source,
             time_unix: first.time_unix,
             queries: first.queries,
             clusters: &first.clusters,

@@ -187,6 +187,12 @@ fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     if let Some(n) = args.sample_limit {
         base.sample_limit = crate::guard::SampleLimit(n);
     }
+    if args.no_top_rules {
+        base.no_top_rules = true;
+    }
+    if args.top_rules {
+        base.no_top_rules = false;
+    }
     if args.no_drop_label {
         base.drop_labels.clear();
     }

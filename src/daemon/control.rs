@@ -266,7 +266,13 @@ async fn config_handler(
         format!("{:?}", old.drop_labels),
         format!("{:?}", wanted.drop_labels),
     );
+    note(
+        "top's recording rules",
+        (!old.no_top_rules).to_string(),
+        (!wanted.no_top_rules).to_string(),
+    );
     let reload = wanted.scrape_interval != old.scrape_interval
+        || wanted.no_top_rules != old.no_top_rules
         || wanted.remote_write != old.remote_write
         || wanted.ray_host() != old.ray_host()
         || wanted.sample_limit != old.sample_limit

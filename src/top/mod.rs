@@ -3,10 +3,14 @@
 //!
 //! [`queries`] writes the PromQL, [`model`] turns answers into rows (and `--once` text or
 //! JSON), [`ui`] draws them with ratatui and reads the keys. A refresh is [`fetch_clusters`]
-//! (four queries sent together: the clusters' values in three parts, the sparklines) and, in the cluster view, [`fetch_cluster`] (two more).
+//! and, in the cluster view, [`fetch_cluster`] (two more queries). Where the stack's
+//! Prometheus records [`rules`], a refresh reads them (two queries: the clusters'
+//! values, the sparklines); elsewhere it asks the values live (four queries sent
+//! together: the values in three parts, the sparklines). [`source`] tells which, once.
 
 pub mod model;
 pub mod queries;
+pub mod rules;
 pub mod ui;
 
 use std::collections::BTreeMap;
@@ -62,13 +66,60 @@ fn grid(window: Duration, points: u32) -> (f64, f64, Duration) {
     (end - window.as_secs_f64(), end, step)
 }
 
+/// Where a refresh reads the per-cluster values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The series [`rules`] records (the stack's own Prometheus).
+    Recorded,
+    /// The live expressions of [`queries`] (a store without the rules, or `--live`).
+    Live,
+}
+
+/// Whether `api` records [`rules`] (one request to `/api/v1/rules`, at start). Asked
+/// of the rules rather than of the recorded series: with no cluster yet there are no
+/// series either way, and a central store holding a few hosts' recorded series would
+/// show only those. An API without the rules API (or a failing one) is read live.
+pub async fn source(api: &Counted) -> Source {
+    match api.api.recording_rules().await {
+        Ok(groups) if rules::recorded(&groups) => Source::Recorded,
+        Ok(_) => Source::Live,
+        Err(e) => {
+            tracing::debug!("no recording rules, so live queries: {e:#}");
+            Source::Live
+        }
+    }
+}
+
 /// Every cluster (live, and dead for less than `dead_for`; every one remembered
-/// in the last day when `show_all`) with its sparkline: four queries, sent together.
-pub async fn fetch_clusters(api: &Counted, dead_for: Duration, show_all: bool) -> Result<Clusters> {
+/// in the last day when `show_all`) with its sparkline: from the recorded series
+/// two queries, live four, sent together.
+pub async fn fetch_clusters(
+    api: &Counted,
+    source: Source,
+    dead_for: Duration,
+    show_all: bool,
+) -> Result<Clusters> {
     let t0 = Instant::now();
     let before = api.counter.get();
     let remember = if show_all { REMEMBER_ALL } else { dead_for };
     let (start, end, step) = grid(SPARK_WINDOW, SPARK_POINTS);
+    if source == Source::Recorded {
+        let (table, spark) = (rules::clusters(remember), rules::sparklines());
+        let (samples, series) = tokio::join!(
+            api.instant_as::<model::Labels>(&table),
+            api.range::<model::Labels>(&spark, start, end, step)
+        );
+        let now = now_unix();
+        let mut clusters = model::clusters(&samples?, now, (!show_all).then_some(dead_for));
+        model::add_sparklines(&mut clusters, &series?, start, end, step.as_secs_f64());
+        return Ok(Clusters {
+            clusters,
+            time_unix: now,
+            queries: api.counter.get() - before,
+            took: t0.elapsed(),
+        });
+    }
     let [a, b, c]: [String; 3] = queries::clusters_split(remember, 3)
         .try_into()
         .expect("three parts");

@@ -523,6 +523,9 @@ pub struct Snapshot<'a> {
     pub schema: u32,
     /// Where the values come from ("this stack's Prometheus at …" or the `--prometheus` URL).
     pub source: String,
+    /// Whether the per-cluster values were read from the recording rules' series
+    /// (`recorded`) or asked live (`live`).
+    pub values: super::Source,
     pub time_unix: f64,
     /// PromQL requests this snapshot cost.
     pub queries: u64,

@@ -59,7 +59,8 @@ pub fn join_or(branches: &[String]) -> String {
     }
 }
 
-fn branch(name: &str, expr: &str) -> String {
+/// `expr` with its field named in [`FIELD`].
+pub fn branch(name: &str, expr: &str) -> String {
     format!(r#"label_replace({expr}, "{FIELD}", "{name}", "", "")"#)
 }
 
@@ -112,70 +113,82 @@ pub fn clusters_split(remember: Duration, parts: usize) -> Vec<String> {
 
 /// The branches of [`clusters`], each a whole expression (for measuring them one by one).
 pub fn clusters_branches(remember: Duration) -> Vec<String> {
+    let mut out: Vec<String> = cluster_values()
+        .into_iter()
+        .map(|(name, expr)| branch(name, &expr))
+        .collect();
+    out.insert(3, branch("last_seen", &last_seen(remember)));
+    out
+}
+
+/// The newest scrape (unix seconds) of each cluster's targets within `remember`, to
+/// within `remember / 60`: the newest evaluation of the subquery that found a sample.
+fn last_seen(remember: Duration) -> String {
+    let step = remember / 60;
+    format!(
+        "max by ({KEY}) (max_over_time(timestamp(last_over_time(up{{{OURS}}}[{s}]))[{r}:{s}]))",
+        s = duration(step),
+        r = duration(remember)
+    )
+}
+
+/// Every per-cluster value but `last_seen` (which depends on the window remembered), by
+/// field name: what [`clusters`] asks live and what [`super::rules`] records.
+pub fn cluster_values() -> Vec<(&'static str, String)> {
     let tasks = |states: &str| sum("ray_tasks", &format!(r#",State=~"{states}""#));
     let failed_sel = ray_selector(r#",State="FAILED""#);
     let failed = fresh("ray_tasks", &failed_sel, None);
     let failed_before = fresh("ray_tasks", &failed_sel, Some("5m"));
-    // last_seen to within `step`: the newest evaluation of the subquery that found a sample.
-    let step = remember / 60;
     vec![
-        branch("targets", &format!("count by ({KEY}) (up{{{OURS}}})")),
-        branch(
+        ("targets", format!("count by ({KEY}) (up{{{OURS}}})")),
+        (
             "targets_down",
-            &format!("count by ({KEY}) (up{{{OURS}}} == 0)"),
+            format!("count by ({KEY}) (up{{{OURS}}} == 0)"),
         ),
-        branch(
+        (
             "samples",
-            &format!("sum by ({KEY}) (scrape_samples_scraped{{{OURS}}})"),
+            format!("sum by ({KEY}) (scrape_samples_scraped{{{OURS}}})"),
         ),
-        branch(
-            "last_seen",
-            &format!(
-                "max by ({KEY}) (max_over_time(timestamp(last_over_time(up{{{OURS}}}[{s}]))[{r}:{s}]))",
-                s = duration(step),
-                r = duration(remember)
-            ),
-        ),
-        branch(
+        (
             "started",
-            &format!(
+            format!(
                 "min by ({KEY}) ({})",
                 fresh("process_start_time_seconds", OURS, None)
             ),
         ),
-        branch(
+        (
             "nodes_up",
-            &format!("count by ({KEY}) ({})", ours("ray_node_cpu_utilization")),
+            format!("count by ({KEY}) ({})", ours("ray_node_cpu_utilization")),
         ),
-        branch(
+        (
             "nodes_total",
-            &format!(
+            format!(
                 "{} or {}",
                 sum("ray_cluster_active_nodes", ""),
                 sum("autoscaler_active_nodes", "")
             ),
         ),
         // The nodes' average CPU % (a weighting by cores cost a join per refresh).
-        branch(
+        (
             "cpu",
-            &format!("avg by ({KEY}) ({})", ours("ray_node_cpu_utilization")),
+            format!("avg by ({KEY}) ({})", ours("ray_node_cpu_utilization")),
         ),
-        branch("mem_used", &sum("ray_node_mem_used", "")),
-        branch("mem_total", &sum("ray_node_mem_total", "")),
-        branch("gpus", &sum("ray_node_gpus_available", "")),
-        branch(
+        ("mem_used", sum("ray_node_mem_used", "")),
+        ("mem_total", sum("ray_node_mem_total", "")),
+        ("gpus", sum("ray_node_gpus_available", "")),
+        (
             "gpus_used",
-            &sum("ray_resources", r#",Name="GPU",State="USED""#),
+            sum("ray_resources", r#",Name="GPU",State="USED""#),
         ),
-        branch(
+        (
             "gpu_util",
-            &format!("avg by ({KEY}) ({})", ours("ray_node_gpus_utilization")),
+            format!("avg by ({KEY}) ({})", ours("ray_node_gpus_utilization")),
         ),
-        branch("gram_used_mib", &sum("ray_node_gram_used", "")),
-        branch("gram_free_mib", &sum("ray_node_gram_available", "")),
-        branch(
+        ("gram_used_mib", sum("ray_node_gram_used", "")),
+        ("gram_free_mib", sum("ray_node_gram_available", "")),
+        (
             "store_used",
-            &format!(
+            format!(
                 "{} or {}",
                 sum("ray_object_store_used_memory", ""),
                 sum(
@@ -184,9 +197,9 @@ pub fn clusters_branches(remember: Duration) -> Vec<String> {
                 )
             ),
         ),
-        branch(
+        (
             "store_free",
-            &format!(
+            format!(
                 "{} or {}",
                 sum("ray_object_store_available_memory", ""),
                 sum(
@@ -195,11 +208,11 @@ pub fn clusters_branches(remember: Duration) -> Vec<String> {
                 )
             ),
         ),
-        branch("tasks_running", &tasks(RUNNING_STATES)),
-        branch("tasks_pending", &tasks(PENDING_STATES)),
-        branch(
+        ("tasks_running", tasks(RUNNING_STATES)),
+        ("tasks_pending", tasks(PENDING_STATES)),
+        (
             "tasks_pending_before",
-            &format!(
+            format!(
                 "sum by ({KEY}) ({})",
                 fresh(
                     "ray_tasks",
@@ -208,11 +221,11 @@ pub fn clusters_branches(remember: Duration) -> Vec<String> {
                 )
             ),
         ),
-        branch("tasks_finished", &sum("ray_tasks", r#",State="FINISHED""#)),
+        ("tasks_finished", sum("ray_tasks", r#",State="FINISHED""#)),
         // Failures since 5 minutes ago; a series younger than that counts whole.
-        branch(
+        (
             "tasks_failed_5m",
-            &format!("sum by ({KEY}) (({failed} - {failed_before}) or {failed})"),
+            format!("sum by ({KEY}) (({failed} - {failed_before}) or {failed})"),
         ),
     ]
 }

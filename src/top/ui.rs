@@ -652,6 +652,7 @@ enum Reply {
 /// taken before the screen changed (so a stack that is down is a plain error).
 pub fn run(
     api: crate::promql::Counted,
+    source: super::Source,
     home: Option<crate::home::Home>,
     first: Clusters,
     interval: Duration,
@@ -664,7 +665,11 @@ pub fn run(
     unsafe {
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
     }
-    let mut app = App::new(api.api.describe(), colour_wanted(), interval, dead_for);
+    let from = match source {
+        super::Source::Recorded => format!("{}, recorded values", api.api.describe()),
+        super::Source::Live => api.api.describe(),
+    };
+    let mut app = App::new(from, colour_wanted(), interval, dead_for);
     app.set_clusters(first);
     let (req_tx, req_rx) = mpsc::channel::<Request>();
     let (rep_tx, rep_rx) = mpsc::channel::<Reply>();
@@ -684,10 +689,10 @@ pub fn run(
                 }
                 let reply = match req {
                     Request::Clusters { show_all } => Reply::Clusters(
-                        rt.block_on(super::fetch_clusters(&api, dead_for, show_all)),
+                        rt.block_on(super::fetch_clusters(&api, source, dead_for, show_all)),
                     ),
                     Request::Cluster { key, window } => {
-                        let c = rt.block_on(super::fetch_clusters(&api, dead_for, false));
+                        let c = rt.block_on(super::fetch_clusters(&api, source, dead_for, false));
                         let d =
                             rt.block_on(super::fetch_cluster(&api, &key, window, home.as_ref()));
                         let _ = rep_tx.send(Reply::Clusters(c));

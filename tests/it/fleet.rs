@@ -275,6 +275,72 @@ fn a_prometheus_remote_write_receiver_works_as_the_central_store_too() {
     );
 }
 
+/// `top`'s recorded series stay on the host (the remote write drops them), and `top`
+/// against the central store, which has no rules, asks live: the same values.
+#[test]
+fn tops_recorded_series_stay_home_and_top_at_the_central_store_asks_live() {
+    let vm = Central::victoria();
+    let write = vm.write_url();
+    let (stack, root) = host_stack("node-a", &["--remote-write", &write]);
+    let _c = fake_cluster(&root, "session_2026-01-01_00-00-00_000001_1");
+    let name = format!("{}-ray_node-a", user());
+    let recorded = |promql: &str| {
+        let out = stack.run(&["query", promql, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    };
+    // Recorded here at time `t`…
+    let t = wait_for(
+        "top's recorded series locally",
+        Duration::from_secs(60),
+        || {
+            recorded("timestamp(raywatch_top:cpu)")
+                .first()
+                .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+        },
+    );
+    // …and samples scraped after `t` arrived centrally: the recorded ones would have too.
+    wait_for(
+        "samples newer than the recorded series centrally",
+        Duration::from_secs(60),
+        || {
+            vm.query("max(timestamp(ray_node_cpu_utilization))")
+                .first()
+                .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+                .filter(|&c| c > t + 2.0)
+        },
+    );
+    let leaked = vm.query(r#"count({__name__=~"raywatch_top:.*"})"#);
+    assert!(
+        leaked.is_empty(),
+        "recorded series reached the central store: {leaked:?}"
+    );
+    // top at the central store: live values, the same CPU, the host named.
+    let out = stack.run(&["top", "--once", "--json", "--prometheus", &vm.url()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snap["values"], "live", "{snap:#}");
+    let c = snap["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name.as_str() && c["host"] == "node-a")
+        .unwrap_or_else(|| panic!("{snap:#}"));
+    assert_eq!(c["cpu_percent"], 5.0, "{c:#}");
+    let here = stack.run(&["top", "--once", "--json"]);
+    let here: Value = serde_json::from_slice(&here.stdout).unwrap();
+    assert_eq!(here["values"], "recorded", "{here:#}");
+}
+
 #[test]
 fn agent_mode_keeps_no_local_data_and_query_asks_the_central_store() {
     let vm = Central::victoria();

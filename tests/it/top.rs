@@ -26,6 +26,22 @@ fn snapshot(stack: &Stack, env: &[(&str, &str)]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `top --once --json` with more arguments, parsed.
+fn snapshot_args(stack: &Stack, args: &[&str]) -> Value {
+    let out = stack
+        .cmd()
+        .args(["top", "--once", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "top --once --json failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn cluster<'a>(snap: &'a Value, name: &str) -> Option<&'a Value> {
     snap["clusters"]
         .as_array()
@@ -267,7 +283,9 @@ fn ray_two_real_clusters_in_top_once_json_and_on_the_screen() {
         )
     });
     assert_eq!(snap["clusters"].as_array().unwrap().len(), 2, "{snap:#}");
-    assert_eq!(snap["queries"], 4, "{snap:#}");
+    // Read from the stack's recording rules: two requests, whatever the clusters.
+    assert_eq!(snap["values"], "recorded", "{snap:#}");
+    assert_eq!(snap["queries"], 2, "{snap:#}");
     let (ca, cb) = (
         cluster(&snap, &name_a).unwrap(),
         cluster(&snap, &name_b).unwrap(),
@@ -292,6 +310,27 @@ fn ray_two_real_clusters_in_top_once_json_and_on_the_screen() {
     }
     assert!(ca["cpu_percent"].as_f64().unwrap() > 0.0, "{ca:#}");
     assert_eq!(cb["tasks_running"], 0, "{cb:#}");
+    // The same values asked live (both Ray versions' names): the steady ones agree.
+    let live = snapshot_args(&stack, &["--live"]);
+    assert_eq!(live["values"], "live", "{live:#}");
+    for (name, rec) in [(&name_a, ca), (&name_b, cb)] {
+        let l = cluster(&live, name).unwrap_or_else(|| panic!("{live:#}"));
+        for k in [
+            "state",
+            "nodes_up",
+            "nodes_total",
+            "targets",
+            "targets_down",
+            "mem_total_bytes",
+            "object_store_total_bytes",
+            "tasks_finished",
+            "tasks_running",
+            "tasks_pending",
+            "gpus",
+        ] {
+            assert_eq!(rec[k], l[k], "{name} {k}: recorded {rec:#}\nlive {l:#}");
+        }
+    }
     // The counts are Ray's own ray_tasks series, summed.
     for (name, state, want) in [
         (&name_a, "FINISHED", 5.0),
@@ -455,6 +494,120 @@ fn gpu_columns_show_the_values_of_rays_gpu_series() {
         c["spark"].as_array().unwrap().iter().any(|v| v == 50.0),
         "{c:#}"
     );
+}
+
+/// Ray's series with every kind of value `top` shows, constant: a 2.60 node with GPUs,
+/// object store, tasks (one failed) and a process start time.
+fn every_value_metrics(session: &str) -> String {
+    let mut text = gpu_node_metrics(session);
+    let s = format!(r#"SessionName="{session}""#);
+    text.push_str(&format!(
+        "ray_object_store_used_memory{{{s},NodeAddress=\"127.0.0.1\"}} 1000000\n\
+         ray_object_store_available_memory{{{s},NodeAddress=\"127.0.0.1\"}} 3000000\n\
+         ray_cluster_active_nodes{{{s},node_type=\"head\"}} 1\n\
+         ray_resources{{{s},Name=\"GPU\",State=\"USED\"}} 1\n\
+         ray_tasks{{{s},State=\"RUNNING\",Name=\"f\"}} 2\n\
+         ray_tasks{{{s},State=\"PENDING_NODE_ASSIGNMENT\",Name=\"f\"}} 3\n\
+         ray_tasks{{{s},State=\"FINISHED\",Name=\"f\"}} 40\n\
+         ray_tasks{{{s},State=\"FAILED\",Name=\"f\"}} 1\n\
+         process_start_time_seconds 1700000000\n"
+    ));
+    text
+}
+
+/// A cluster's row without what moves with the clock.
+fn timeless(c: &Value) -> Value {
+    let mut c = c.clone();
+    for k in ["last_seen_unix", "age_seconds", "spark", "spark_kind"] {
+        c.as_object_mut().unwrap().remove(k);
+    }
+    c
+}
+
+#[test]
+fn recorded_values_are_the_live_values_in_two_queries_not_four() {
+    let (stack, root) = Stack::watching("ray_rec", &[]);
+    let endpoint = MetricsEndpoint::serve(&every_value_metrics("session_rec_1"));
+    let _head = FakeHead::start(&root, "session_rec_1", vec![endpoint.addr.clone()]);
+    let name = format!("{}-ray_rec", user());
+    // Recorded once per scrape interval: polled until every field has its value.
+    let recorded = wait_for(
+        "the recorded cluster in top",
+        Duration::from_secs(60),
+        || {
+            let s = snapshot(&stack, &[]);
+            cluster(&s, &name)
+                .filter(|c| !c["tasks_failed_5m"].is_null() && !c["gpus_used"].is_null())
+                .map(|c| (s.clone(), c.clone()))
+        },
+    );
+    let (snap, rec) = recorded;
+    assert_eq!(snap["values"], "recorded", "{snap:#}");
+    assert_eq!(snap["queries"], 2, "{snap:#}");
+    let live_snap = snapshot_args(&stack, &["--live"]);
+    assert_eq!(live_snap["values"], "live", "{live_snap:#}");
+    assert_eq!(live_snap["queries"], 4, "{live_snap:#}");
+    let live = cluster(&live_snap, &name).unwrap();
+    assert_eq!(timeless(&rec), timeless(live), "recorded vs live");
+    // Not a vacuous match: the values are there, and right.
+    for (k, v) in [
+        ("cpu_percent", 40.0),
+        ("gpus", 2.0),
+        ("gpus_used", 1.0),
+        ("object_store_used_bytes", 1e6),
+        ("object_store_total_bytes", 4e6),
+        ("tasks_running", 2.0),
+        ("tasks_pending", 3.0),
+        ("tasks_finished", 40.0),
+        ("tasks_failed_5m", 1.0),
+        ("nodes_total", 1.0),
+    ] {
+        assert_eq!(rec[k], v, "{k}: {rec:#}");
+    }
+    assert!(rec["age_seconds"].as_f64().unwrap() > 0.0, "{rec:#}");
+    assert!(rec["gpu_mem_total_bytes"].is_null(), "{rec:#}");
+}
+
+#[test]
+fn without_the_rules_top_asks_live_and_up_turns_them_back_on() {
+    let (stack, root) = Stack::watching("ray_norules", &["--no-top-rules"]);
+    let yml = std::fs::read_to_string(stack.home.join("prometheus/prometheus.yml")).unwrap();
+    assert!(!yml.contains("rule_files"), "{yml}");
+    let endpoint = MetricsEndpoint::serve(&every_value_metrics("session_nr_1"));
+    let _head = FakeHead::start(&root, "session_nr_1", vec![endpoint.addr.clone()]);
+    let name = format!("{}-ray_norules", user());
+    let live = wait_for("the cluster in top, live", Duration::from_secs(60), || {
+        let s = snapshot(&stack, &[]);
+        assert_eq!(s["values"], "live", "{s:#}");
+        cluster(&s, &name)
+            .filter(|c| !c["cpu_percent"].is_null())
+            .cloned()
+    });
+    assert_eq!(live["cpu_percent"], 40.0, "{live:#}");
+    // `up --top-rules` on the running stack: Prometheus reloads with the rules.
+    let out = stack.run(&["up", "--top-rules"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("recording rules"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let rec = wait_for(
+        "the cluster in top, recorded",
+        Duration::from_secs(60),
+        || {
+            let s = snapshot(&stack, &[]);
+            (s["values"] == "recorded")
+                .then(|| cluster(&s, &name).cloned())
+                .flatten()
+                .filter(|c| !c["tasks_failed_5m"].is_null())
+        },
+    );
+    assert_eq!(timeless(&rec), timeless(&live));
 }
 
 #[test]
@@ -629,6 +782,52 @@ fn a_central_stores_hostile_labels_are_escaped_and_credentials_come_from_safe_fi
         );
     }
     assert_eq!(api.seen.lock().unwrap().len(), before, "a request went out");
+}
+
+/// A store claiming `top`'s rules gets the recorded queries (two), and what it answers
+/// is escaped like any other answer; a hostile rules answer's own text shows nowhere.
+#[test]
+fn a_store_claiming_the_rules_is_read_as_recorded_and_still_escaped() {
+    let evil = "evil\u{1b}]0;pwned\u{7}name";
+    let rules: Vec<Value> = raywatch::top::rules::records()
+        .into_iter()
+        .map(|r| serde_json::json!({"name": r, "health": "ok\u{1b}[2J", "type": "recording"}))
+        .collect();
+    // One body for every request: a rules answer and a vector at once (unknown fields are skipped).
+    let body = serde_json::json!({"status": "success", "data": {
+        "groups": [{"name": raywatch::top::rules::GROUP, "rules": rules}],
+        "resultType": "vector", "result": [
+            {"metric": {"rw_field": "targets", "ray_io_cluster": evil, "ray_user": "mallory"}, "value": [1.0, "1"]},
+            {"metric": {"rw_field": "cpu", "ray_io_cluster": evil, "ray_user": "mallory"}, "value": [1.0, "12"]},
+        ]}})
+    .to_string();
+    let api = FakeApi::serve(body);
+    let run = |args: &[&str]| {
+        let out = Command::new(raywatch_bin())
+            .args(["top", "--once", "--prometheus", &api.url])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let snap: Value = serde_json::from_str(&run(&["--json"])).unwrap();
+    assert_eq!(snap["values"], "recorded", "{snap:#}");
+    assert_eq!(snap["queries"], 2, "{snap:#}");
+    assert_eq!(snap["clusters"][0]["cpu_percent"], 12.0, "{snap:#}");
+    let text = run(&[]);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert!(text.contains(r"evil\e]0;pwned\aname"), "{text}");
+    let seen = api.seen.lock().unwrap().join("\n");
+    assert!(seen.contains("GET /api/v1/rules?type=record"), "{seen}");
+    assert!(seen.contains("raywatch_top"), "{seen}");
 }
 
 /// Another local user's token file is not trusted for --bearer-file.
