@@ -463,6 +463,7 @@ fn gpu_columns_show_the_values_of_rays_gpu_series() {
     let name = format!("{}-ray_gpu", user());
     let c = wait_for("the GPU cluster in top", Duration::from_secs(60), || {
         let s = snapshot(&stack, &[]);
+        assert_eq!(s["values"], "recorded", "{s:#}");
         cluster(&s, &name).filter(|c| !c["gpus"].is_null()).cloned()
     });
     assert_eq!(c["gpus"], 2.0, "{c:#}");
@@ -626,6 +627,7 @@ fn a_dead_cluster_is_shown_dead_then_leaves_after_its_bound() {
     drop(head);
     let dead = wait_for("the cluster dead in top", Duration::from_secs(60), || {
         let s = snapshot(&stack, &env);
+        assert_eq!(s["values"], "recorded", "{s:#}");
         cluster(&s, &name).filter(|c| c["state"] == "dead").cloned()
     });
     let died = std::time::Instant::now();
