@@ -105,13 +105,21 @@ pub async fn fetch_clusters(
     let remember = if show_all { REMEMBER_ALL } else { dead_for };
     let (start, end, step) = grid(SPARK_WINDOW, SPARK_POINTS);
     if source == Source::Recorded {
-        let (table, spark) = (rules::clusters(remember), rules::sparklines());
-        let (samples, series) = tokio::join!(
-            api.instant_as::<model::Labels>(&table),
+        let [a, b, seen]: [String; 3] = rules::clusters(remember, 2)
+            .try_into()
+            .expect("two parts and last_seen");
+        let spark = rules::sparklines();
+        let (a, b, seen, series) = tokio::join!(
+            api.instant_as::<model::Labels>(&a),
+            api.instant_as::<model::Labels>(&b),
+            api.instant_as::<model::Labels>(&seen),
             api.range::<model::Labels>(&spark, start, end, step)
         );
+        let mut samples = a?;
+        samples.extend(b?);
+        samples.extend(seen?);
         let now = now_unix();
-        let mut clusters = model::clusters(&samples?, now, (!show_all).then_some(dead_for));
+        let mut clusters = model::clusters(&samples, now, (!show_all).then_some(dead_for));
         model::add_sparklines(&mut clusters, &series?, start, end, step.as_secs_f64());
         return Ok(Clusters {
             clusters,

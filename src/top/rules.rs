@@ -4,12 +4,13 @@
 //! Evaluating the per-cluster values live costs Prometheus a few hundred milliseconds per
 //! refresh at 1000 clusters ([`super::queries::cluster_values`]). Recorded once per
 //! scrape interval by the rule group [`GROUP`], a refresh only selects the recorded
-//! series: `raywatch_top:<field>` for every field, keyed like the live values
-//! (`ray_host`, `ray_io_cluster`, `ray_user`), same expressions, so the same
+//! series: `raywatch_top:<field>{rw_field="<field>"}` for every field, keyed like the
+//! live values (`ray_host`, `ray_io_cluster`, `ray_user`), same expressions, so the same
 //! semantics (Ray's name alternatives, absent values absent, never a 0 instead).
 //! `last_seen` honours `top`'s window: [`SCRAPED`] holds each cluster's newest scrape
 //! time at every evaluation, and `top` takes its newest sample within the window.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,10 @@ pub struct Group {
 pub struct Rule {
     pub record: String,
     pub expr: String,
+    /// Set on every recorded series: its field in [`FIELD`], so that reading
+    /// them is a plain selector (no `label_replace` over every series per refresh).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The names of every series `top` reads from the rules.
@@ -62,12 +67,14 @@ pub fn rule_file(interval: &str) -> RuleFile {
         .map(|(field, expr)| Rule {
             record: format!("{PREFIX}{field}"),
             expr,
+            labels: BTreeMap::from([(FIELD.to_string(), field.to_string())]),
         })
         .collect();
     rules.push(Rule {
         record: SCRAPED.into(),
         // A target gone is marked stale at once: its `up` leaves the answer.
         expr: format!("max by ({KEY}) (timestamp(up))"),
+        labels: BTreeMap::new(),
     });
     RuleFile {
         groups: vec![Group {
@@ -92,18 +99,24 @@ pub fn recorded(groups: &[RuleGroup]) -> bool {
     })
 }
 
-/// The clusters view in one instant query of the recorded series: every field, and
-/// `last_seen` of each cluster scraped within `remember`.
-pub fn clusters(remember: Duration) -> String {
-    format!(
-        r#"label_replace({{__name__=~"{p}.+",__name__!="{SCRAPED}"}}, "{FIELD}", "$1", "__name__", "{p}(.+)") or {}"#,
-        branch(
+/// The clusters view from the recorded series in `parts + 1` instant queries, for
+/// Prometheus to answer side by side: the fields split in `parts` selectors (the
+/// answer is most of the time: about 20 series per cluster), and `last_seen` of each
+/// cluster scraped within `remember`.
+pub fn clusters(remember: Duration, parts: usize) -> Vec<String> {
+    let mut fields = vec![Vec::new(); parts.max(1)];
+    for (i, (field, _)) in cluster_values().into_iter().enumerate() {
+        fields[i % parts.max(1)].push(field);
+    }
+    fields
+        .into_iter()
+        // The fields' names are literal in a regex (letters, digits, '_').
+        .map(|f| format!(r#"{{__name__=~"{PREFIX}({})"}}"#, f.join("|")))
+        .chain([branch(
             "last_seen",
-            &format!("max_over_time({SCRAPED}[{}])", duration(remember))
-        ),
-        // PREFIX's characters are literal in a regex.
-        p = PREFIX,
-    )
+            &format!("max_over_time({SCRAPED}[{}])", duration(remember)),
+        )])
+        .collect()
 }
 
 /// The sparkline column (each cluster's average CPU and GPU %) from the recorded series.
@@ -158,7 +171,26 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
         );
-        assert!(clusters(Duration::from_secs(600)).contains("[600000ms]"));
+        let parts = clusters(Duration::from_secs(600), 2);
+        assert_eq!(parts.len(), 3);
+        assert!(parts[2].contains("[600000ms]"), "{parts:?}");
+        // Every field asked once.
+        for (field, _) in cluster_values() {
+            let asked = parts
+                .iter()
+                .filter(|p| {
+                    p.contains(&format!("|{field}|"))
+                        || p.contains(&format!("({field}|"))
+                        || p.contains(&format!("|{field})"))
+                })
+                .count();
+            assert_eq!(asked, 1, "{field}: {parts:?}");
+        }
+        assert!(
+            cluster_values()
+                .iter()
+                .all(|(f, _)| f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        );
     }
 }
 
@@ -178,18 +210,17 @@ mod promtool {
         file.groups.push(Group {
             name: "reads".into(),
             interval: "1m".into(),
-            rules: [
-                clusters(Duration::from_secs(600)),
-                clusters(super::super::REMEMBER_ALL),
-                sparklines(),
-            ]
-            .into_iter()
-            .enumerate()
-            .map(|(i, expr)| Rule {
-                record: format!("top:read{i}"),
-                expr,
-            })
-            .collect(),
+            rules: clusters(Duration::from_secs(600), 2)
+                .into_iter()
+                .chain(clusters(super::super::REMEMBER_ALL, 3))
+                .chain([sparklines()])
+                .enumerate()
+                .map(|(i, expr)| Rule {
+                    record: format!("top:read{i}"),
+                    expr,
+                    labels: BTreeMap::new(),
+                })
+                .collect(),
         });
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.yml");
