@@ -312,8 +312,9 @@ impl Watcher {
     /// waiting): events about the folders themselves, and about the entries
     /// whose name is `wanted` (the others, such as a writer's temp file, are
     /// dropped before any path is made).
-    pub fn drain_quiet(&mut self, wanted: &OsStr) -> BTreeSet<PathBuf> {
-        let mut paths = BTreeSet::new();
+    /// A path can come more than once; [`crate::daemon::follow::Follow::classify`] folds them.
+    pub fn drain_quiet(&mut self, wanted: &OsStr) -> Vec<PathBuf> {
+        let mut paths = Vec::new();
         let Some(q) = self.quiet.as_mut() else {
             return paths;
         };
@@ -325,14 +326,14 @@ impl Watcher {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!("cannot read filesystem events ({e}): rescanning");
-                    paths.insert(overflow_marker());
+                    paths.push(overflow_marker());
                     break;
                 }
             };
             let mut ignored = Vec::new();
             for event in events {
                 if event.mask.contains(EventMask::Q_OVERFLOW) {
-                    paths.insert(overflow_marker());
+                    paths.push(overflow_marker());
                     continue;
                 }
                 if event.mask.contains(EventMask::IGNORED) {
@@ -344,7 +345,7 @@ impl Watcher {
                 let Some(dir) = q.by_wd.get(&event.wd) else {
                     continue;
                 };
-                paths.insert(match event.name {
+                paths.push(match event.name {
                     Some(name) => dir.join(name),
                     None => dir.clone(),
                 });

@@ -285,7 +285,7 @@ impl Core {
     }
 
     /// Handles a batch of filesystem event paths (see [`Follow::classify`]).
-    pub fn handle_events(&mut self, paths: BTreeSet<PathBuf>) {
+    pub fn handle_events(&mut self, paths: Vec<PathBuf>) {
         let settings = self.settings.borrow().clone();
         let trusted = self.trusted.clone();
         let is_trusted = |uid: u32| trusted.contains(&uid);

@@ -6,7 +6,7 @@
 //! alone (neither watched nor read). This module only finds files: reading them
 //! and deciding what they mean is the cluster core's job.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,8 +53,8 @@ pub struct Scope<'a> {
 /// What a batch of filesystem events asks the cluster core to do.
 #[derive(Debug, Default)]
 pub struct Wanted {
-    /// Discovery files to read again.
-    pub files: BTreeSet<PathBuf>,
+    /// Discovery files to read again, each once, in byte order.
+    pub files: Vec<PathBuf>,
     /// A root appeared or went: list everything again.
     pub rescan: bool,
 }
@@ -68,7 +68,7 @@ pub struct Follow {
     /// Folders whose new `ray*` children become roots (/tmp, $RAY_TMPDIR).
     root_parents: BTreeSet<PathBuf>,
     /// Session folders of trusted owners, watched for their discovery file.
-    session_dirs: BTreeSet<PathBuf>,
+    session_dirs: HashSet<PathBuf>,
     /// Roots that were not scanned (a symlink, not a folder), with the reason.
     pub refused_roots: BTreeMap<PathBuf, String>,
     /// Session folders of untrusted owners seen in the roots (left alone).
@@ -83,7 +83,7 @@ impl Follow {
             watcher,
             roots: BTreeSet::new(),
             root_parents: BTreeSet::new(),
-            session_dirs: BTreeSet::new(),
+            session_dirs: HashSet::new(),
             refused_roots: BTreeMap::new(),
             foreign_sessions: 0,
             last_scan: Instant::now(),
@@ -133,7 +133,7 @@ impl Follow {
         );
 
         let mut found: BTreeMap<PathBuf, Found> = BTreeMap::new();
-        let mut session_dirs = BTreeSet::new();
+        let mut session_dirs = HashSet::new();
         let mut refused = BTreeMap::new();
         let mut foreign = 0;
         let mut scanned = BTreeSet::new();
@@ -178,13 +178,13 @@ impl Follow {
     /// whether a temp-dir-level discovery file is a live cluster's.
     pub fn classify(
         &mut self,
-        paths: BTreeSet<PathBuf>,
+        paths: Vec<PathBuf>,
         scope: &Scope,
         followed_legacy: &dyn Fn(&Path) -> bool,
     ) -> Wanted {
         let mut wanted = Wanted::default();
         for p in paths {
-            if p == crate::watch::overflow_marker() {
+            if p.as_os_str().is_empty() {
                 // Events were lost: everything is looked at again.
                 wanted.rescan = true;
                 continue;
@@ -195,7 +195,7 @@ impl Follow {
                 && self.session_dirs.contains(parent)
             {
                 if name == DISCOVERY_FILE {
-                    wanted.files.insert(p);
+                    wanted.files.push(p);
                 }
                 continue;
             }
@@ -204,7 +204,7 @@ impl Follow {
                 if !fs_err::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
                     self.session_dirs.remove(&p);
                 }
-                wanted.files.insert(p.join(DISCOVERY_FILE));
+                wanted.files.push(p.join(DISCOVERY_FILE));
                 continue;
             }
             // An attached file, or a file beside it (Ray's temp file before its rename).
@@ -244,6 +244,10 @@ impl Follow {
             }
         }
         wanted
+            .files
+            .sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+        wanted.files.dedup();
+        wanted
     }
 
     /// An event for the entry `name` of a root.
@@ -263,7 +267,7 @@ impl Follow {
             if fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
                 wanted.rescan |= followed_legacy(path);
             } else {
-                wanted.files.insert(path.to_path_buf());
+                wanted.files.push(path.to_path_buf());
             }
             return;
         }
@@ -274,7 +278,7 @@ impl Follow {
             // Watched before it is read, so a file written meanwhile is not missed.
             self.watcher.add(path);
             self.session_dirs.insert(path.to_path_buf());
-            wanted.files.insert(path.join(DISCOVERY_FILE));
+            wanted.files.push(path.join(DISCOVERY_FILE));
         }
     }
 }

@@ -21,7 +21,6 @@ mod report;
 
 pub use follow::Attachment;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -354,10 +353,10 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         let wake_at = shared.core.lock().unwrap().next_deadline();
         tokio::select! {
             Some(p) = fs_rx.recv() => {
-                let mut batch = BTreeSet::from([p]);
+                let mut batch = vec![p];
                 tokio::time::sleep(DEBOUNCE).await;
                 while let Ok(p) = fs_rx.try_recv() {
-                    batch.insert(p);
+                    batch.push(p);
                 }
                 shared.core.lock().unwrap().handle_events(batch);
             }

@@ -641,6 +641,23 @@ pub fn legacy_ray_bin() -> PathBuf {
     p
 }
 
+/// The `ray` executable of Ray 2.40.0, the oldest release `raywatch top` reads
+/// (OpenCensus-era metric names), from the virtualenv scripts/test sets up.
+pub fn oldest_ray_bin() -> PathBuf {
+    let p = std::env::var_os("RAYWATCH_TEST_RAY_OLDEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/raywatch-venv-2.40.0/bin/ray")
+        });
+    assert!(
+        p.is_file(),
+        "no Ray 2.40.0 at {} (run the tests through scripts/test, which installs it)",
+        p.display()
+    );
+    p
+}
+
 /// The session name of a session-scoped discovery file (its folder's name).
 pub fn session_of(file: &Path) -> String {
     file.parent()

@@ -420,6 +420,68 @@ fn ray_two_real_clusters_in_top_once_json_and_on_the_screen() {
     );
 }
 
+/// Ray 2.40, the oldest release `top` reads (OpenCensus-era metric names, its
+/// discovery file at the temp-dir level): a busy cluster fills the same columns
+/// as Ray 2.60's, task counts equal to its own `ray_tasks`, and what it lacks
+/// (GPUs here) is absent, never 0.
+#[test]
+fn ray_oldest_supported_ray_2_40_fills_the_same_columns() {
+    let base = scratch();
+    let root = base.path().join("ray_old");
+    let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
+    let ray = oldest_ray_bin();
+    let mut head = RayCluster::start_with(&ray, &root, false, &[]);
+    head.wait_discovery(Duration::from_secs(120));
+    let driver = Driver::start(&ray, &root, 3, 2);
+    let name = format!("{}-ray_old", user());
+
+    let mut last = Value::Null;
+    let snap = wait_for_opt(Duration::from_secs(180), || {
+        let s = snapshot(&stack, &[]);
+        last = s.clone();
+        let c = cluster(&s, &name)?;
+        (c["tasks_finished"] == 3
+            && c["tasks_running"] == 1
+            && c["tasks_pending"] == 1
+            && c["nodes_up"] == 1
+            && c["cpu_percent"].as_f64().is_some_and(|v| v > 0.0))
+        .then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for the Ray 2.40 cluster with its workload; last snapshot:\n{last:#}\ndriver: {}",
+            driver.log()
+        )
+    });
+    let c = cluster(&snap, &name).unwrap();
+    assert_eq!(c["state"], "live", "{c:#}");
+    assert_eq!(c["nodes_total"], 1, "{c:#}");
+    assert_eq!(c["targets_down"], 0, "{c:#}");
+    for field in [
+        "mem_used_bytes",
+        "mem_total_bytes",
+        "object_store_total_bytes",
+        "samples_per_scrape",
+        "age_seconds",
+    ] {
+        assert!(
+            c[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} missing or zero: {c:#}"
+        );
+    }
+    assert!(
+        c["gpus"].is_null() && c["gpu_util_percent"].is_null(),
+        "{c:#}"
+    );
+    for (state, want) in [("FINISHED", 3.0), ("RUNNING", 1.0)] {
+        let got = query_value(
+            &stack,
+            &format!(r#"sum(ray_tasks{{ray_io_cluster="{name}",State="{state}"}})"#),
+        );
+        assert_eq!(got, Some(want), "{state}");
+    }
+}
+
 /// Ray's per-node series as a Ray 2.60 node on a host with two GPUs exports them.
 fn gpu_node_metrics(session: &str) -> String {
     let node = format!(
