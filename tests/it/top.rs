@@ -480,6 +480,24 @@ fn ray_oldest_supported_ray_2_40_fills_the_same_columns() {
         );
         assert_eq!(got, Some(want), "{state}");
     }
+    // Read from the recording rules; asked live, Ray 2.40's names give the same values.
+    assert_eq!(snap["values"], "recorded", "{snap:#}");
+    let live = snapshot_args(&stack, &["--live"]);
+    let l = cluster(&live, &name).unwrap_or_else(|| panic!("{live:#}"));
+    for k in [
+        "state",
+        "nodes_up",
+        "nodes_total",
+        "targets",
+        "mem_total_bytes",
+        "object_store_total_bytes",
+        "tasks_finished",
+        "tasks_running",
+        "tasks_pending",
+        "gpus",
+    ] {
+        assert_eq!(c[k], l[k], "{k}: recorded {c:#}\nlive {l:#}");
+    }
 }
 
 /// Ray's per-node series as a Ray 2.60 node on a host with two GPUs exports them.
