@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -87,21 +87,11 @@ impl Squatter {
         std::fs::write(&script, SQUATTER).unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
         let (log, ready) = (drop.join("requests.log"), drop.join("port"));
-        let child = Command::new("setpriv")
-            .args([
-                "--reuid",
-                &other.0.to_string(),
-                "--regid",
-                &other.1.to_string(),
-                "--clear-groups",
-                "--",
-                python,
-            ])
+        let child = command_as(other, python)
             .arg(&script)
             .args([mode, arg])
             .arg(&log)
             .arg(&ready)
-            .env("HOME", "/nonexistent")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -785,20 +775,7 @@ fn another_users_folder_flood_costs_the_daemon_nothing() {
     let script_file = dir.path().join("flood.py");
     std::fs::write(&script_file, script).unwrap();
     std::fs::set_permissions(&script_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut flooder = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &other.0.to_string(),
-            "--regid",
-            &other.1.to_string(),
-            "--clear-groups",
-            "--",
-            python,
-        ])
-        .arg(&script_file)
-        .env("HOME", "/nonexistent")
-        .spawn()
-        .unwrap();
+    let mut flooder = command_as(other, python).arg(&script_file).spawn().unwrap();
     wait_for("the folders made", Duration::from_secs(120), || {
         flood.join("made").exists().then_some(())
     });

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::security::{OTHER, as_other, open_scratch, other_user, shared_raywatch, system_python};
 use crate::support::{
-    FakeHead, MetricsEndpoint, RayCluster, Stack, free_port, raywatch, scratch, wait_for,
-    write_discovery,
+    FakeHead, MetricsEndpoint, RayCluster, Stack, command_as, free_port, raywatch, scratch,
+    wait_for, write_discovery,
 };
 
 const DISCOVERY: &str = "prom_metrics_service_discovery.json";
@@ -693,18 +693,8 @@ while True:
     let exec = format!(
         "import os; os.execv({python:?}, ['prometheus', '-c', {server:?}, '--web.listen-address=127.0.0.1:{port}'])"
     );
-    Command::new("setpriv")
-        .args([
-            "--reuid",
-            &other.0.to_string(),
-            "--regid",
-            &other.1.to_string(),
-            "--clear-groups",
-            "--",
-            python,
-            "-c",
-            &exec,
-        ])
+    command_as(other, python)
+        .args(["-c", &exec])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -789,18 +779,8 @@ fn doctor_inotify_instances_near_the_limit() {
         "import ctypes, sys, time\nlibc = ctypes.CDLL(None)\nfds = [libc.inotify_init() for _ in range({hold})]\nassert all(f >= 0 for f in fds), fds\nprint('ready', flush=True)\ntime.sleep(120)\n"
     );
     let mut holder = Killed(
-        Command::new("setpriv")
-            .args([
-                "--reuid",
-                &other.0.to_string(),
-                "--regid",
-                &other.1.to_string(),
-                "--clear-groups",
-                "--",
-                python,
-                "-c",
-                &script,
-            ])
+        command_as(other, python)
+            .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()

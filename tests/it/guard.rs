@@ -23,24 +23,10 @@ fn flood_body(n: usize) -> String {
     body
 }
 
-/// The series the store holds for `promql` at this instant (`raywatch query --json`).
-fn query(stack: &Stack, promql: &str) -> Vec<Value> {
-    let out = stack.run(&["query", promql, "--json"]);
-    assert!(
-        out.status.success(),
-        "query {promql} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
-    body["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// The single value of a scalar-like query (`count(...)`), 0 when empty.
 fn value(stack: &Stack, promql: &str) -> f64 {
-    query(stack, promql)
+    stack
+        .query(promql)
         .first()
         .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse().ok()))
         .unwrap_or(0.0)
@@ -236,7 +222,7 @@ fn with_ray_a_300000_series_target_is_refused_by_the_limit_while_a_real_cluster_
         Duration::from_secs(30),
         || (value(&stack, worker_series) == 0.0).then_some(()),
     );
-    let tasks = query(&stack, "rw_guard_tasks");
+    let tasks = stack.query("rw_guard_tasks");
     assert_eq!(tasks.len(), 2, "{tasks:?}");
     for s in &tasks {
         assert!(s["metric"].get("WorkerId").is_none(), "{s}");

@@ -6,20 +6,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn query(stack: &Stack, promql: &str) -> Vec<Value> {
-    let out = stack.run(&["query", promql, "--json"]);
-    assert!(
-        out.status.success(),
-        "query {promql} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
-    body["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// Ray 2.60 writes its discovery file in the session folder (and a link at
 /// the temp-dir level).
 #[test]
@@ -95,10 +81,9 @@ fn two_clusters(ray: &std::path::Path, session_scoped: bool) {
             &format!("ray_node_cpu_utilization of {name}"),
             Duration::from_secs(60),
             || {
-                let r = query(
-                    &stack,
-                    &format!("ray_node_cpu_utilization{{ray_io_cluster=\"{name}\"}}"),
-                );
+                let r = stack.query(&format!(
+                    "ray_node_cpu_utilization{{ray_io_cluster=\"{name}\"}}"
+                ));
                 (!r.is_empty()).then_some(r)
             },
         );

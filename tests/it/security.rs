@@ -52,17 +52,8 @@ pub fn shared_raywatch(dir: &Path) -> std::path::PathBuf {
 
 /// Runs a command as the other user.
 pub fn as_other((uid, gid): (u32, u32), args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &gid.to_string(),
-            "--clear-groups",
-            "--",
-        ])
-        .args(args)
-        .env("HOME", "/nonexistent")
+    command_as((uid, gid), args[0])
+        .args(&args[1..])
         .output()
         .unwrap()
 }
@@ -502,9 +493,8 @@ fn without_inotify_the_daemon_rescans_and_says_so() {
             let _ = self.0.wait();
         }
     }
-    let mut hog = Command::new("setpriv")
-        .args(["--reuid", &other.0.to_string(), "--regid", &other.1.to_string(), "--clear-groups", "--"])
-        .args([python, "-c", "import ctypes,time\nl=ctypes.CDLL(None)\nn=0\nwhile l.inotify_init()>=0: n+=1\nprint(n,flush=True)\ntime.sleep(600)"])
+    let mut hog = command_as(other, python)
+        .args(["-c", "import ctypes,time\nl=ctypes.CDLL(None)\nn=0\nwhile l.inotify_init()>=0: n+=1\nprint(n,flush=True)\ntime.sleep(600)"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map(Hog)

@@ -133,6 +133,22 @@ impl Stack {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The series the stack's Prometheus holds for `promql` at this instant
+    /// (`raywatch query --json`).
+    pub fn query(&self, promql: &str) -> Vec<Value> {
+        let out = self.run(&["query", promql, "--json"]);
+        assert!(
+            out.status.success(),
+            "query {promql} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Prometheus' port, as the stack's config.json has it (the daemon keeps it current).
     pub fn port(&self) -> u16 {
         let config: Value =
@@ -656,6 +672,23 @@ pub fn oldest_ray_bin() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// `program` run as another local user (`setpriv`: that uid and gid, no
+/// supplementary groups, a HOME that does not exist).
+pub fn command_as((uid, gid): (u32, u32), program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid",
+        &uid.to_string(),
+        "--regid",
+        &gid.to_string(),
+        "--clear-groups",
+        "--",
+    ])
+    .arg(program)
+    .env("HOME", "/nonexistent");
+    cmd
 }
 
 /// The session name of a session-scoped discovery file (its folder's name).
