@@ -12,26 +12,20 @@ use crate::support::*;
 
 /// `top --once --json` of a stack, parsed.
 fn snapshot(stack: &Stack, env: &[(&str, &str)]) -> Value {
-    let out = stack
-        .cmd()
-        .args(["top", "--once", "--json"])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "top --once --json failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    snapshot_with(stack, &[], env)
 }
 
 /// `top --once --json` with more arguments, parsed.
 fn snapshot_args(stack: &Stack, args: &[&str]) -> Value {
+    snapshot_with(stack, args, &[])
+}
+
+fn snapshot_with(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> Value {
     let out = stack
         .cmd()
         .args(["top", "--once", "--json"])
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
