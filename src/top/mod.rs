@@ -195,3 +195,27 @@ async fn grafana_url(home: &Home, name: &str) -> Option<String> {
         .find(|c| c.name == name)
         .and_then(|c| c.grafana_url)
 }
+
+/// Asserts that `promtool check rules` accepts `text` as a rules file (promtool
+/// parses every expression in it as PromQL); says SKIPPED without a promtool.
+#[cfg(test)]
+pub(crate) fn assert_promtool_accepts_rules(text: &str) {
+    let Ok(promtool) = which::which("promtool") else {
+        eprintln!("SKIPPED: no promtool");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
