@@ -76,10 +76,12 @@ fn two_clusters(ray: &std::path::Path, session_scoped: bool) {
     }
 
     // A node metric per cluster, through `raywatch query`, carrying its own session.
+    // Ray's node reporter starts after the discovery file, and later still on a
+    // loaded machine (60 s was once not enough in a full run): two minutes.
     for (name, session) in [(&name_a, &session_a), (&name_b, &session_b)] {
         let series = wait_for(
             &format!("ray_node_cpu_utilization of {name}"),
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             || {
                 let r = stack.query(&format!(
                     "ray_node_cpu_utilization{{ray_io_cluster=\"{name}\"}}"
