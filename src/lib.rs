@@ -36,6 +36,8 @@ pub mod process;
 pub mod prometheus;
 pub mod promql;
 pub mod ray;
+pub mod ray_auth;
+pub mod ray_dashboard;
 pub mod registry;
 pub mod remote_write;
 pub mod sd;

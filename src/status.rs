@@ -169,6 +169,26 @@ pub struct ClusterStatus {
     /// `scrape_samples_scraped`); null before the first scrape.
     #[serde(default)]
     pub samples_per_scrape: Option<f64>,
+    /// The cluster's Ray Dashboard and whether its job API demands Ray's token
+    /// (filled in by `raywatch status` itself: the daemon does not ask).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<DashboardStatus>,
+}
+
+/// A live cluster's Ray Dashboard, as `raywatch status` found it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DashboardStatus {
+    pub url: String,
+    pub pid: u32,
+    /// "token" (jobs need Ray's token), "open" (any local user can submit jobs,
+    /// which run as the cluster's user) or "unknown".
+    pub job_api: String,
+    /// Why `job_api` is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The file the Dashboard takes its token from (`null`: from its environment, or no token auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -196,6 +216,24 @@ pub struct RejectedInput {
     pub path: PathBuf,
     pub reason: String,
     pub since_unix: f64,
+}
+
+/// A Dashboard's URL and what its job API demands, for people.
+pub fn dashboard_line(d: &DashboardStatus) -> String {
+    let url = escape::text(&d.url);
+    match d.job_api.as_str() {
+        "open" => format!(
+            "{url}  OPEN: its job API runs any local user's code as you (restart the cluster after `eval \"$(raywatch env)\"`)"
+        ),
+        "token" => match &d.token_file {
+            Some(f) => format!("{url}  token auth on (token in {})", escape::path(f)),
+            None => format!("{url}  token auth on"),
+        },
+        _ => format!(
+            "{url}  job API not checked: {}",
+            escape::text(d.detail.as_deref().unwrap_or("no answer"))
+        ),
+    }
 }
 
 /// The report as people read it.
@@ -334,6 +372,9 @@ pub fn render(r: &StatusReport) -> String {
             );
             if let Some(url) = &c.grafana_url {
                 let _ = writeln!(out, "      grafana: {}", escape::text(url));
+            }
+            if let Some(d) = &c.dashboard {
+                let _ = writeln!(out, "      dashboard: {}", dashboard_line(d));
             }
             if let Some(reason) = &c.dead_reason {
                 let _ = writeln!(out, "      dead: {}", escape::text(reason));

@@ -87,9 +87,10 @@ pub enum Command {
     },
     /// Print shell exports for the next `ray start`: eval "$(raywatch env)".
     ///
-    /// Points Ray's Dashboard at this stack's Prometheus (with its credentials) and
-    /// Grafana, hands out free metrics ports so clusters do not collide, and
-    /// announces the name the cluster will get.
+    /// Points Ray's Dashboard at this stack's Prometheus and Grafana, hands out
+    /// free metrics ports so clusters do not collide, announces the name the
+    /// cluster will get, and turns Ray's token auth on (Ray >= 2.52) with a
+    /// private token file, so no other user can submit jobs to the cluster.
     Env {
         /// The --temp-dir the next cluster will use [default: $RAY_TMPDIR/ray or /tmp/ray]
         #[arg(long, value_name = "DIR")]
@@ -97,6 +98,9 @@ pub enum Command {
         /// The name the cluster should get (its `ray_io_cluster`).
         #[arg(long)]
         name: Option<String>,
+        /// Leave Ray's token auth off: the Dashboard's job API then runs any local user's code as you.
+        #[arg(long)]
+        no_ray_auth: bool,
     },
     /// Print the Grafana URL of a cluster's Ray dashboard, and how to reach it from a laptop.
     ///

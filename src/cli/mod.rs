@@ -86,7 +86,11 @@ fn run(cli: Cli) -> Result<Exit> {
         Command::Top(args) => top::top(home, args),
         Command::Attach { path, name } => attach::attach(&home()?, path, name),
         Command::Detach { name } => attach::detach(&home()?, name),
-        Command::Env { temp_dir, name } => env::env(&home()?, temp_dir, name),
+        Command::Env {
+            temp_dir,
+            name,
+            no_ray_auth,
+        } => env::env(&home()?, temp_dir, name, !no_ray_auth),
         Command::Open { name } => open::open(&home()?, &name),
         Command::History { since, json } => history::history(&home()?, since, json),
         Command::Export {

@@ -16,7 +16,10 @@ const MARGIN_SECS: f64 = 60.0;
 pub(super) fn open(home: &Home, name: &str) -> Result<Exit> {
     let rt = runtime()?;
     let report = match rt.block_on(fetch_status(home)) {
-        Ok(r) => Some(r),
+        Ok(mut r) => {
+            rt.block_on(crate::ray_dashboard::annotate(&mut r));
+            Some(r)
+        }
         Err(e) if not_running(&e) => {
             // A past cluster's URL can still be printed; the stack must run to show it.
             if History::load(&home.history())?.find(name, None).is_none() {
@@ -41,6 +44,9 @@ pub(super) fn open(home: &Home, name: &str) -> Result<Exit> {
                 escape::text(name)
             ),
         }
+        if let Some(d) = &c.dashboard {
+            println!("{}", dashboard_sign_in(d));
+        }
         println!("# from a laptop: {}", crate::status::ssh_hint(report));
         return Ok(Exit::Success);
     }
@@ -56,6 +62,24 @@ pub(super) fn open(home: &Home, name: &str) -> Result<Exit> {
         None => println!("# raywatch is not running: `raywatch up` to view it"),
     }
     Ok(Exit::Success)
+}
+
+/// How to open a live cluster's Ray Dashboard: where its token is (never the token itself).
+fn dashboard_sign_in(d: &crate::status::DashboardStatus) -> String {
+    let url = escape::text(&d.url);
+    match (d.job_api.as_str(), &d.token_file) {
+        ("token", Some(f)) => format!(
+            "# Ray Dashboard: {url} (token auth on: when it asks, paste the token from {}; `cat` it in your own terminal, never into a log)",
+            escape::path(f)
+        ),
+        ("token", None) => format!(
+            "# Ray Dashboard: {url} (token auth on: its token is in the RAY_AUTH_TOKEN it was started with)"
+        ),
+        ("open", _) => format!(
+            "# Ray Dashboard: {url} (WARNING: no token auth: any local user can submit jobs that run as you; restart the cluster after `eval \"$(raywatch env)\"`)"
+        ),
+        _ => format!("# Ray Dashboard: {url}"),
+    }
 }
 
 /// The URL of a past cluster over its life: Ray's dashboard in this stack's

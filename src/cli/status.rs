@@ -8,7 +8,8 @@ use crate::home::Home;
 pub(super) fn status(home: &Home, json: bool) -> Result<Exit> {
     let rt = runtime()?;
     match rt.block_on(fetch_status(home)) {
-        Ok(report) => {
+        Ok(mut report) => {
+            rt.block_on(crate::ray_dashboard::annotate(&mut report));
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -111,6 +111,7 @@ impl Core {
                         .cloned()
                         .collect(),
                     samples_per_scrape: None,
+                    dashboard: None,
                 }
             })
             .collect();

@@ -15,19 +15,8 @@ pub const PROMETHEUS_HOST: &str = "RAY_PROMETHEUS_HOST";
 /// What Ray's Dashboard asks when `RAY_PROMETHEUS_HOST` is unset.
 pub const RAY_DEFAULT_PROMETHEUS: &str = "http://localhost:9090";
 
-/// Whether a command line is Ray's Dashboard head (`…/ray/dashboard/dashboard.py`).
-pub fn is_dashboard(cmdline: &[String]) -> bool {
-    cmdline
-        .iter()
-        .take(4)
-        .any(|a| a.ends_with("/dashboard/dashboard.py"))
-}
-
-/// The value of `--name=value` on a command line.
-fn flag<'a>(cmdline: &'a [String], name: &str) -> Option<&'a str> {
-    let prefix = format!("--{name}=");
-    cmdline.iter().find_map(|a| a.strip_prefix(&prefix))
-}
+use crate::ray_dashboard::flag;
+pub use crate::ray_dashboard::is_dashboard;
 
 /// A URL's host and port, `localhost` read as 127.0.0.1.
 fn endpoint(url: &str) -> Option<(IpAddr, u16)> {
@@ -103,7 +92,7 @@ fn describe(p: &Proc) -> String {
 }
 
 /// Whether a dashboard serves a temp dir doctor looks at (every one, without `--root`).
-fn in_scope(m: &Machine, p: &Proc) -> bool {
+pub(super) fn in_scope(m: &Machine, p: &Proc) -> bool {
     let Some(roots) = &m.only_roots else {
         return true;
     };

@@ -12,10 +12,12 @@
 //! | --- | --- |
 //! | `sessions.rs` | `shared_temp_dir`, `fixed_ports`, `stale_discovery_files` |
 //! | `dashboard.rs` | `dashboard_wiring` |
+//! | `auth.rs` | `dashboard_auth`, `ray_token_file` |
 //! | `servers.rs` | `foreign_prometheus` |
 //! | `inotify.rs` | `inotify_limits` |
 //! | `stack.rs` | `prometheus_disk`, `targets_down`, `remote_write`, `home_permissions` |
 
+mod auth;
 mod dashboard;
 mod inotify;
 mod servers;
@@ -292,6 +294,8 @@ pub fn run(scope: &Scope) -> Vec<Finding> {
         sessions::shared_temp_dir(&m),
         sessions::fixed_ports(&m),
         dashboard::dashboard_wiring(&m),
+        auth::dashboard_auth(&m),
+        auth::ray_token_file(&m),
         servers::foreign_servers(&m),
         sessions::stale_discovery_files(&m),
         inotify::inotify_check(&m),

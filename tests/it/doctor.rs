@@ -127,7 +127,7 @@ fn status(f: &Value) -> &str {
 fn doctor_clean_machine_reports_no_problem() {
     let m = Machine::new();
     let (code, report) = m.json();
-    assert_eq!(report["findings"].as_array().unwrap().len(), 10, "{report}");
+    assert_eq!(report["findings"].as_array().unwrap().len(), 12, "{report}");
     for f in report["findings"].as_array().unwrap() {
         // Machine-wide: other tests' Prometheus servers and inotify watchers
         // (the limits are per user) come and go meanwhile.

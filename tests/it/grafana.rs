@@ -224,17 +224,7 @@ fn ray_dashboards_provisioned_queries_evaluate_and_env_wires_ray_dashboard() {
         "Ray Dashboard's /api/prometheus_health",
         Duration::from_secs(60),
         || {
-            let r = reqwest::blocking::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap()
-                .get(format!(
-                    "http://127.0.0.1:{}/api/prometheus_health",
-                    a.dashboard_port
-                ))
-                .send()
-                .ok()?;
+            let r = a.dashboard_get("/api/prometheus_health")?;
             r.status().is_success().then(|| r.json().ok()).flatten()
         },
     );

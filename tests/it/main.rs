@@ -12,6 +12,7 @@ mod grafana;
 mod guard;
 mod history;
 mod ray;
+mod rayauth;
 mod reliability;
 mod security;
 mod snapshots;

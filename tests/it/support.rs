@@ -475,6 +475,8 @@ pub struct RayCluster {
     pub temp_dir: PathBuf,
     pub metrics_port: u16,
     pub dashboard_port: u16,
+    /// The file of Ray's token, when the cluster was started with token auth (`RAY_AUTH_TOKEN_PATH`).
+    pub token_file: Option<PathBuf>,
     child: Child,
     pgid: i32,
 }
@@ -528,6 +530,8 @@ impl RayCluster {
         .arg("--object-store-memory=100000000")
         .env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         .env("RAY_USAGE_STATS_ENABLED", "0")
+        // Explicit: Ray turns token auth on by itself once ~/.ray/auth_token exists.
+        .env("RAY_AUTH_MODE", "disabled")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -537,15 +541,37 @@ impl RayCluster {
                 .env("DASHBOARD_METRIC_PORT", free_port().to_string());
         }
         cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // An empty RAY_AUTH_MODE in `env` means: leave it unset (Ray decides).
+        if from_env("RAY_AUTH_MODE").is_some_and(|m| m.is_empty()) {
+            cmd.env_remove("RAY_AUTH_MODE");
+        }
+        let token_file = from_env("RAY_AUTH_TOKEN_PATH").map(PathBuf::from);
         let child = cmd.spawn().expect("ray start");
         let pgid = child.id() as i32;
         RayCluster {
             temp_dir: temp_dir.to_path_buf(),
             metrics_port,
             dashboard_port,
+            token_file,
             child,
             pgid,
         }
+    }
+
+    /// A GET on the cluster's Dashboard, with Ray's token when it has one
+    /// (`token_file`); `None` when it does not answer.
+    pub fn dashboard_get(&self, path: &str) -> Option<reqwest::blocking::Response> {
+        let mut req = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{}{path}", self.dashboard_port));
+        if let Some(f) = &self.token_file {
+            let token = std::fs::read_to_string(f).unwrap();
+            req = req.bearer_auth(token.trim());
+        }
+        req.send().ok()
     }
 
     /// Waits for the cluster's discovery file: session-scoped (Ray ≥ 2.5x), or
