@@ -343,3 +343,56 @@ fn with_rays_own_token_file_a_cluster_is_fully_monitored_and_a_readable_file_is_
 
     assert_death_noticed(&stack, &name, &mut ray);
 }
+
+#[test]
+fn env_refuses_a_temp_dir_another_user_created_unless_trusted() {
+    let Some(other) = other_user() else { return };
+    let dir = open_scratch();
+    let stack = Stack::up_at(&dir.path().join("home"), &["--no-default-watch"]);
+    // The other user prepares, in /tmp, the folder the victim is about to name.
+    let temp_dir = PathBuf::from(format!("/tmp/ray_rwprepared_{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(temp_dir.clone());
+    let out =
+        crate::security::as_other(other, &["mkdir", "-m", "0777", temp_dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = stack.run(&["env", "--temp-dir", temp_dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "env accepted another user's folder: {err}"
+    );
+    assert!(
+        err.contains(crate::security::OTHER)
+            && err.contains("not to you")
+            && err.contains("--trust-uid"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A link is refused too, whoever made it.
+    let link = dir.path().join("ray_link");
+    std::os::unix::fs::symlink(&temp_dir, &link).unwrap();
+    let out = stack.run(&["env", "--temp-dir", link.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    drop(stack);
+
+    // Trusting that user's uid lets it through.
+    let stack = Stack::up_at(
+        &dir.path().join("home2"),
+        &["--no-default-watch", "--trust-uid", &other.0.to_string()],
+    );
+    let out = stack.run(&["env", "--temp-dir", temp_dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
