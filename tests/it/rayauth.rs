@@ -396,3 +396,30 @@ fn env_refuses_a_temp_dir_another_user_created_unless_trusted() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn env_says_plainly_when_the_ray_on_path_has_no_token_auth() {
+    let dir = open_scratch();
+    let stack = Stack::up_at(&dir.path().join("home"), &["--no-default-watch"]);
+    let env_with_ray = |ray: &Path, temp: &str| {
+        let path = format!("{}:/usr/bin:/bin", ray.parent().unwrap().display());
+        stack
+            .cmd()
+            .args(["env", "--temp-dir"])
+            .arg(dir.path().join(temp))
+            .env("PATH", path)
+            .output()
+            .unwrap()
+    };
+    let old = env_with_ray(&oldest_ray_bin(), "ray_old");
+    assert!(old.status.success());
+    let err = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        err.contains("Ray 2.40.0") && err.contains("has no token auth"),
+        "{err}"
+    );
+    let new = env_with_ray(&ray_bin(), "ray_new");
+    assert!(new.status.success());
+    let err = String::from_utf8_lossy(&new.stderr);
+    assert!(!err.contains("token auth"), "{err}");
+}
