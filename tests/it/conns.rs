@@ -206,6 +206,7 @@ fn doctor_stays_small_beside_processes_with_huge_command_lines() {
     );
     let peak = children_max_rss_kib();
     drop(others);
+    eprintln!("doctor's peak resident size: {peak} KiB");
     assert!(
         peak < 50 << 10,
         "doctor's peak resident size: {} MiB beside 150 processes of 5 MiB of command line",
@@ -331,5 +332,17 @@ fn status_names_the_user_holding_connections_to_a_prometheus_not_ready() {
     let text = stack.run(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains(&expected), "{text}");
+    let doctor = stack.run(&["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&doctor.stdout)));
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "targets_down")
+        .unwrap_or_else(|| panic!("no targets_down in {report}"))
+        .clone();
+    assert_eq!(finding["status"], "problem", "{finding}");
+    assert!(finding.to_string().contains(&expected), "{finding}");
     drop(stopped);
 }
