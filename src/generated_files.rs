@@ -69,7 +69,7 @@ fn prometheus_files() {
     );
     insta::assert_snapshot!(
         "prometheus-args",
-        crate::prometheus::args(&home, &cfg)
+        crate::prometheus::args_for(&home, &cfg, 20_000)
             .join("\n")
             .replace(&dir.path().display().to_string(), "[home]")
     );
@@ -105,7 +105,7 @@ fn prometheus_files_for_an_agent_that_remote_writes() {
     );
     insta::assert_snapshot!(
         "prometheus-agent-args",
-        crate::prometheus::args(&home, &cfg)
+        crate::prometheus::args_for(&home, &cfg, 20_000)
             .join("\n")
             .replace(&dir.path().display().to_string(), "[home]")
     );

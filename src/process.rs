@@ -16,18 +16,87 @@ pub fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| uid.to_string())
 }
 
-/// The command line of `pid`, split at NULs.
+/// How much of a process' command line raywatch reads: every flag it looks at
+/// comes early (a raylet names its session in its first argument), and a process
+/// may carry megabytes of arguments (another user's, to make raywatch hold them).
+pub const CMDLINE_LIMIT: usize = 8 * 1024;
+
+/// How much of a process' environment raywatch reads, and of one variable in it.
+pub const ENVIRON_LIMIT: u64 = 1024 * 1024;
+pub const ENV_ENTRY_LIMIT: usize = 4 * 1024;
+
+/// The command line of `pid`, split at NULs: the arguments that end within its
+/// first [`CMDLINE_LIMIT`] bytes (an argument cut by the limit is left out).
 pub fn cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    if raw.is_empty() {
-        return None;
+    use std::io::Read;
+    let mut raw = Vec::with_capacity(1024);
+    fs::File::open(format!("/proc/{pid}/cmdline"))
+        .ok()?
+        .take(CMDLINE_LIMIT as u64 + 1)
+        .read_to_end(&mut raw)
+        .ok()?;
+    Some(split_cmdline(&raw, CMDLINE_LIMIT)).filter(|args| !args.is_empty())
+}
+
+/// The arguments of a raw `/proc/<pid>/cmdline` read up to `limit` bytes (one
+/// more byte tells that it went on): a last argument cut by the limit is dropped.
+fn split_cmdline(raw: &[u8], limit: usize) -> Vec<String> {
+    let raw = if raw.len() > limit {
+        let kept = &raw[..limit];
+        match kept.iter().rposition(|b| *b == 0) {
+            Some(end) => &kept[..end],
+            None => &[][..],
+        }
+    } else {
+        raw
+    };
+    raw.split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// The variables `names` of `pid`'s environment (those it has), read as a stream:
+/// at most [`ENVIRON_LIMIT`] bytes of it, and a variable longer than
+/// [`ENV_ENTRY_LIMIT`] is skipped, so a huge environment is never held.
+pub fn env_vars(pid: u32, names: &[&str]) -> std::io::Result<HashMap<String, String>> {
+    let file = std::fs::File::open(format!("/proc/{pid}/environ"))?;
+    read_env_vars(std::io::Read::take(file, ENVIRON_LIMIT), names)
+}
+
+fn read_env_vars(
+    stream: impl std::io::Read,
+    names: &[&str],
+) -> std::io::Result<HashMap<String, String>> {
+    use std::io::{BufRead, Read};
+    let mut reader = std::io::BufReader::with_capacity(8 * 1024, stream);
+    let mut out = HashMap::new();
+    let mut entry = Vec::with_capacity(ENV_ENTRY_LIMIT);
+    loop {
+        entry.clear();
+        let n = (&mut reader)
+            .take(ENV_ENTRY_LIMIT as u64)
+            .read_until(0, &mut entry)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if entry.last() != Some(&0) && n == ENV_ENTRY_LIMIT {
+            // Longer than any variable raywatch wants: skip the rest of it.
+            reader.skip_until(0)?;
+            continue;
+        }
+        let entry = entry.strip_suffix(&[0]).unwrap_or(&entry);
+        let Some(eq) = entry.iter().position(|b| *b == b'=') else {
+            continue;
+        };
+        let (name, value) = (&entry[..eq], &entry[eq + 1..]);
+        if let Some(name) = names.iter().find(|n| n.as_bytes() == name) {
+            out.insert(
+                (*name).to_string(),
+                String::from_utf8_lossy(value).into_owned(),
+            );
+        }
     }
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect(),
-    )
 }
 
 /// Whether `pid` is alive and not a zombie.
@@ -173,6 +242,43 @@ fn unmap(a: SocketAddr) -> SocketAddr {
     }
 }
 
+/// A TCP socket of the kernel's tables: its two ends and its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Socket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub uid: u32,
+    pub inode: u64,
+}
+
+/// The established connections to the server at `server`, counted by the uid
+/// owning their client end (from sock_diag, else /proc/net/tcp{,6}), most first.
+pub fn connections_to(server: SocketAddr) -> Vec<(u32, usize)> {
+    let server = unmap(server);
+    let sockets = sock_diag::established().unwrap_or_else(|e| {
+        tracing::debug!("sock_diag: {e}; reading /proc/net/tcp instead");
+        let tables = [::procfs::net::tcp(), ::procfs::net::tcp6()];
+        tables
+            .into_iter()
+            .flat_map(|t| t.unwrap_or_default())
+            .filter(|e| e.state == ::procfs::net::TcpState::Established)
+            .map(|e| Socket {
+                local: unmap(e.local_address),
+                remote: unmap(e.remote_address),
+                uid: e.uid,
+                inode: e.inode,
+            })
+            .collect()
+    });
+    let mut by_uid: HashMap<u32, usize> = HashMap::new();
+    for s in sockets.iter().filter(|s| s.remote == server) {
+        *by_uid.entry(s.uid).or_default() += 1;
+    }
+    let mut out: Vec<(u32, usize)> = by_uid.into_iter().collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
 /// The uid owning the client end of a TCP connection that a server socket at
 /// `server` accepted from `peer`: the kernel's table lists the client's socket
 /// with `peer` as its local and `server` as its remote address.
@@ -263,7 +369,7 @@ pub fn describe_holder(port: u16) -> String {
 /// a dump request for the LISTEN state only, answered from the kernel's
 /// listening hash without walking established connections.
 mod sock_diag {
-    use super::{Listener, unmap};
+    use super::{Listener, Socket, unmap};
     use nix::libc;
     use nix::sys::socket::{
         AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
@@ -277,6 +383,7 @@ mod sock_diag {
     const NLMSG_DONE: u16 = 3;
     const NLM_F_REQUEST: u16 = 0x1;
     const NLM_F_DUMP: u16 = 0x300;
+    const TCP_ESTABLISHED: u32 = 1;
     const TCP_LISTEN: u32 = 10;
     /// `struct nlmsghdr`.
     const HEADER: usize = 16;
@@ -295,6 +402,23 @@ mod sock_diag {
 
     /// Every listening TCP socket, IPv4 and IPv6.
     pub fn listeners() -> Result<Vec<Listener>> {
+        Ok(dump(1 << TCP_LISTEN)?
+            .into_iter()
+            .map(|s| Listener {
+                addr: s.local,
+                uid: s.uid,
+                inode: s.inode,
+            })
+            .collect())
+    }
+
+    /// Every established TCP connection's socket, IPv4 and IPv6.
+    pub fn established() -> Result<Vec<Socket>> {
+        dump(1 << TCP_ESTABLISHED)
+    }
+
+    /// Every TCP socket in one of the `states` (a bit mask of `1 << state`).
+    fn dump(states: u32) -> Result<Vec<Socket>> {
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Datagram,
@@ -311,7 +435,7 @@ mod sock_diag {
             req[8..12].copy_from_slice(&seq.to_ne_bytes());
             req[HEADER] = family as u8;
             req[HEADER + 1] = libc::IPPROTO_TCP as u8;
-            req[HEADER + 4..HEADER + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+            req[HEADER + 4..HEADER + 8].copy_from_slice(&states.to_ne_bytes());
             sendto(
                 std::os::fd::AsRawFd::as_raw_fd(&fd),
                 &req,
@@ -355,24 +479,32 @@ mod sock_diag {
         Ok(out)
     }
 
-    /// One `struct inet_diag_msg`.
-    fn parse(m: &[u8]) -> Result<Listener> {
-        let port = u16::from_be_bytes([m[4], m[5]]);
-        let ip = match i32::from(m[0]) {
-            libc::AF_INET => IpAddr::V4(Ipv4Addr::new(m[8], m[9], m[10], m[11])),
+    /// One `struct inet_diag_msg`: family, state, …, then `inet_diag_sockid`
+    /// (source and destination port, source and destination address), …, uid, inode.
+    fn parse(m: &[u8]) -> Result<Socket> {
+        let ip = |at: usize| match i32::from(m[0]) {
+            libc::AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+                m[at],
+                m[at + 1],
+                m[at + 2],
+                m[at + 3],
+            ))),
             libc::AF_INET6 => {
-                let b: [u8; 16] = m[8..24].try_into().expect("16 bytes");
-                IpAddr::V6(Ipv6Addr::from(b))
+                let b: [u8; 16] = m[at..at + 16].try_into().expect("16 bytes");
+                Ok(IpAddr::V6(Ipv6Addr::from(b)))
             }
-            f => {
-                return Err(Error::new(
-                    ErrorKind::InvalidData,
-                    format!("address family {f}"),
-                ));
-            }
+            f => Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("address family {f}"),
+            )),
         };
-        Ok(Listener {
-            addr: unmap(SocketAddr::new(ip, port)),
+        let (sport, dport) = (
+            u16::from_be_bytes([m[4], m[5]]),
+            u16::from_be_bytes([m[6], m[7]]),
+        );
+        Ok(Socket {
+            local: unmap(SocketAddr::new(ip(8)?, sport)),
+            remote: unmap(SocketAddr::new(ip(24)?, dport)),
             uid: u32_at(m, 64),
             inode: u64::from(u32_at(m, 68)),
         })
@@ -421,6 +553,62 @@ mod tests {
         drop(l4);
         let after = Listeners::read();
         assert!(after.changed_ports(&before).contains(&port));
+    }
+
+    #[test]
+    fn a_long_command_line_is_read_only_up_to_the_limit() {
+        let raw = b"python\0--session-dir=/tmp/ray/session_1\0xxxxxxxxxxxxxxxxxx\0";
+        assert_eq!(
+            split_cmdline(raw, raw.len()),
+            [
+                "python",
+                "--session-dir=/tmp/ray/session_1",
+                "xxxxxxxxxxxxxxxxxx"
+            ]
+        );
+        // Cut inside the third argument: it is left out, not kept half.
+        assert_eq!(
+            split_cmdline(&raw[..45], 44),
+            ["python", "--session-dir=/tmp/ray/session_1"]
+        );
+        assert!(split_cmdline(&[b'a'; 20], 10).is_empty());
+        let me = std::process::id();
+        let args = cmdline(me).expect("our own command line");
+        assert!(args.iter().map(String::len).sum::<usize>() <= CMDLINE_LIMIT);
+    }
+
+    #[test]
+    fn env_vars_picks_the_wanted_ones_and_skips_huge_entries() {
+        let huge = format!("HUGE={}", "x".repeat(3 * ENV_ENTRY_LIMIT));
+        let raw = format!("A=1\0{huge}\0SLURM_JOB_ID=4242\0B\0SLURM_JOB_NAME=train\0");
+        let got =
+            read_env_vars(raw.as_bytes(), &["SLURM_JOB_ID", "SLURM_JOB_NAME", "HUGE"]).unwrap();
+        assert_eq!(got.get("SLURM_JOB_ID").map(String::as_str), Some("4242"));
+        assert_eq!(got.get("SLURM_JOB_NAME").map(String::as_str), Some("train"));
+        assert_eq!(
+            got.get("HUGE"),
+            None,
+            "longer than a variable raywatch reads"
+        );
+        let path = std::env::var("PATH").unwrap();
+        let mine = env_vars(std::process::id(), &["PATH"]).unwrap();
+        if path.len() < ENV_ENTRY_LIMIT {
+            assert_eq!(mine.get("PATH"), Some(&path));
+        }
+    }
+
+    #[test]
+    fn connections_to_a_server_are_counted_by_the_clients_uid() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(connections_to(addr), vec![]);
+        // Never accepted, as with a server at its connection limit: still counted.
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        assert_eq!(connections_to(addr), vec![(me, 3)]);
+        drop(clients);
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! `SLURM_JOB_NAME`). raywatch finds a process of the cluster's session (a
 //! `session_*` component on its command line) owned by the cluster's uid —
 //! never another user's process — and reads those two variables from its
-//! `/proc/<pid>/environ`, once per session. Values are checked: a job id is
+//! `/proc/<pid>/environ` (a bounded part of it), once per session. Values are checked: a job id is
 //! digits (array jobs: digits, `_` and digits), a name is printable and short.
 
-use std::ffi::OsStr;
+const JOB_ID: &str = "SLURM_JOB_ID";
+const JOB_NAME: &str = "SLURM_JOB_NAME";
 
 /// The Slurm job of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,15 +35,12 @@ pub fn lookup_many(
         if out.contains_key(&session) || !wanted.contains(&(session.clone(), uid)) {
             continue;
         }
-        let Ok(env) = p.environ() else { continue };
-        let id = env.get(OsStr::new("SLURM_JOB_ID")).and_then(|v| v.to_str());
-        let job = id.filter(|v| valid_id(v)).map(|id| SlurmJob {
-            id: id.to_string(),
-            name: env
-                .get(OsStr::new("SLURM_JOB_NAME"))
-                .and_then(|v| v.to_str())
-                .filter(|v| valid_name(v))
-                .map(str::to_string),
+        let Ok(env) = crate::process::env_vars(p.pid as u32, &[JOB_ID, JOB_NAME]) else {
+            continue;
+        };
+        let job = env.get(JOB_ID).filter(|v| valid_id(v)).map(|id| SlurmJob {
+            id: id.clone(),
+            name: env.get(JOB_NAME).filter(|v| valid_name(v)).cloned(),
         });
         out.insert(session, job);
     }

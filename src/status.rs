@@ -75,6 +75,10 @@ pub struct PrometheusStatus {
     /// then sends it nothing.
     #[serde(default)]
     pub listener_problem: Option<String>,
+    /// When Prometheus is not ready: the other users holding connections to its
+    /// port (`600 connections to Prometheus' port 40125 held by uid 1001 (bob)`).
+    #[serde(default)]
+    pub connections_held: Option<String>,
     /// Why Prometheus last moved to another port (its port was taken), if it did.
     #[serde(default)]
     pub port_note: Option<String>,
@@ -483,6 +487,9 @@ pub fn stack_lines(r: &StatusReport, default_roots: bool) -> String {
     if let Some(problem) = &p.listener_problem {
         let _ = writeln!(out, "  WARNING     {}", escape::text(problem));
     }
+    if let Some(held) = &p.connections_held {
+        let _ = writeln!(out, "  WARNING     {}", escape::text(held));
+    }
     if let Some(note) = &p.port_note {
         let _ = writeln!(out, "              {}", escape::text(note));
     }
@@ -578,6 +585,32 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// Connections another user holds to Prometheus' port that are worth naming
+/// when it is not ready: a few may be a port scan, this many hold it up.
+pub const HELD_CONNECTIONS_NAMED: usize = 10;
+
+/// The other users (not `me`) holding at least [`HELD_CONNECTIONS_NAMED`] of the
+/// connections `by_uid` to Prometheus' `port`, as one line; None when none does.
+pub fn connections_held(by_uid: &[(u32, usize)], me: u32, port: u16) -> Option<String> {
+    let named: Vec<String> = by_uid
+        .iter()
+        .filter(|(uid, n)| *uid != me && *n >= HELD_CONNECTIONS_NAMED)
+        .map(|(uid, n)| {
+            format!(
+                "{n} connections to Prometheus' port {port} held by uid {uid} ({})",
+                crate::process::user_name(*uid)
+            )
+        })
+        .collect();
+    (!named.is_empty()).then(|| {
+        format!(
+            "{}: Prometheus takes a limited number and closes idle ones after {}",
+            named.join("; "),
+            crate::prometheus::READ_TIMEOUT
+        )
+    })
+}
+
 /// An `ssh -L` line that forwards this stack's ports from a laptop.
 pub fn ssh_hint(r: &StatusReport) -> String {
     let host = fs_err::read_to_string("/proc/sys/kernel/hostname")
@@ -625,6 +658,25 @@ mod tests {
             "clusters": [], "rejected": [], "targets_error": null
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn connections_held_by_another_user_are_named_with_their_count() {
+        let by_uid = [(1001, 600), (1000, 40), (1002, 3)];
+        let line = connections_held(&by_uid, 1000, 40123).unwrap();
+        assert!(
+            line.starts_with("600 connections to Prometheus' port 40123 held by uid 1001 ("),
+            "{line}"
+        );
+        assert!(
+            !line.contains("uid 1000") && !line.contains("uid 1002"),
+            "{line}"
+        );
+        assert_eq!(connections_held(&[(1000, 600)], 1000, 40123), None);
+        let mut r = report();
+        r.prometheus.ready = false;
+        r.prometheus.connections_held = Some(line.clone());
+        assert!(stack_lines(&r, false).contains(&format!("  WARNING     {line}")));
     }
 
     #[test]

@@ -56,9 +56,23 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     let client = shared.client.lock().unwrap().clone();
     let readiness = client.readiness().await;
     let ready = readiness == crate::prometheus::Readiness::Ready;
-    let listener_problem = match readiness {
+    let listener_problem = match &readiness {
         crate::prometheus::Readiness::Refused(e) => Some(e.to_string()),
         _ => None,
+    };
+    // Not ready: whether other users hold its connections (a walk of the kernel's
+    // established connections, off the event loop).
+    let connections_held = if readiness == crate::prometheus::Readiness::NotReady {
+        let port = client.port;
+        tokio::task::spawn_blocking(move || {
+            let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let by_uid = crate::process::connections_to(server);
+            crate::status::connections_held(&by_uid, nix::unistd::geteuid().as_raw(), port)
+        })
+        .await
+        .unwrap_or(None)
+    } else {
+        None
     };
     let mut health = HashMap::new();
     let mut sd_errors = 0.0;
@@ -134,6 +148,7 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     crate::guard::annotate(&mut report, &health, &sizes, limit);
     report.prometheus.scrapes_over_sample_limit = over_limit_scrapes;
     report.prometheus.listener_problem = listener_problem;
+    report.prometheus.connections_held = connections_held;
     let settings = shared.settings.borrow().clone();
     if !settings.remote_write.is_empty() {
         let own = if ready {

@@ -156,6 +156,7 @@ impl Core {
                 sd_watcher_errors: 0.0,
                 unscraped_targets,
                 listener_problem: None,
+                connections_held: None,
                 port_note: shared.port_note.lock().unwrap().clone(),
                 data_dir: (!settings.agent).then(|| self.home.prometheus_data()),
                 data_bytes: None,

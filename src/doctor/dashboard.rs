@@ -102,12 +102,8 @@ pub(super) fn in_scope(m: &Machine, p: &Proc) -> bool {
 /// The `RAY_PROMETHEUS_HOST` of a process of this user, `None` when unset.
 /// `Err` when its environment cannot be read (it exited meanwhile).
 fn prometheus_host(pid: u32) -> Result<Option<String>, ()> {
-    let env = ::procfs::process::Process::new(pid as i32)
-        .and_then(|p| p.environ())
-        .map_err(|_| ())?;
-    Ok(env
-        .get(std::ffi::OsStr::new(PROMETHEUS_HOST))
-        .map(|v| v.to_string_lossy().into_owned()))
+    let mut env = crate::process::env_vars(pid, &[PROMETHEUS_HOST]).map_err(|_| ())?;
+    Ok(env.remove(PROMETHEUS_HOST))
 }
 
 pub(super) fn dashboard_wiring(m: &Machine) -> Finding {

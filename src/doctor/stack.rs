@@ -128,6 +128,21 @@ pub(super) fn targets_down(m: &Machine) -> Finding {
         Err(f) => return f,
     };
     if !r.prometheus.ready {
+        if let Some(held) = &r.prometheus.connections_held {
+            return Finding::new(
+                CHECK,
+                Status::Problem,
+                format!(
+                    "the stack's Prometheus ({}) is not ready: other users hold its connections",
+                    r.prometheus.url
+                ),
+            )
+            .with(
+                vec![crate::escape::text(held).into_owned()],
+                "ask that user (or the administrators) to stop the process holding them; \
+                 Prometheus closes idle connections by itself within a minute",
+            );
+        }
         return Finding::new(
             CHECK,
             Status::Problem,

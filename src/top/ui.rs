@@ -1,5 +1,10 @@
 //! The terminal screen of `raywatch top`: the clusters view, one cluster's view, help, keys,
 //! and a terminal that is restored on every way out (quit, error, signal, panic).
+//!
+//! A terminal that goes away (a dropped SSH connection, a killed tmux session) ends
+//! `top` at once, restoring and printing nothing: keys are read on a thread of their
+//! own (crossterm's reader spins on a hung-up terminal instead of failing), and the
+//! screen's loop watches the terminal for a hangup and SIGHUP/SIGTERM for a stop.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -616,8 +621,31 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
-/// Puts the terminal back: normal screen, cooked mode, cursor shown.
+/// Whether the terminal on stdin or stdout has hung up or failed (its pty closed:
+/// the SSH connection dropped, the tmux session killed): then there is nothing
+/// to draw on, read from or restore.
+pub fn terminal_gone() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    let mut fds = [
+        PollFd::new(stdin.as_fd(), PollFlags::empty()),
+        PollFd::new(stdout.as_fd(), PollFlags::empty()),
+    ];
+    if poll(&mut fds, PollTimeout::ZERO).is_err() {
+        return false;
+    }
+    let bad = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+    fds.iter()
+        .any(|fd| fd.revents().is_some_and(|r| r.intersects(bad)))
+}
+
+/// Puts the terminal back: normal screen, cooked mode, cursor shown; nothing
+/// when the terminal is gone.
 pub fn restore_terminal() {
+    if terminal_gone() {
+        return;
+    }
     let _ = ratatui::crossterm::terminal::disable_raw_mode();
     let mut out = std::io::stdout();
     let _ = ratatui::crossterm::execute!(
@@ -748,69 +776,104 @@ pub fn run(
             window: WINDOWS[app.window],
         },
     };
+    // Keys on a thread of their own: on a terminal that hung up, crossterm's
+    // reader loops forever instead of failing, and this loop must still see it.
+    let (key_tx, key_rx) = mpsc::channel::<std::io::Result<Event>>();
+    std::thread::Builder::new()
+        .name("top-keys".into())
+        .spawn(move || {
+            loop {
+                let ev = event::read();
+                let failed = ev.is_err();
+                if key_tx.send(ev).is_err() || failed {
+                    return;
+                }
+            }
+        })?;
     let mut dirty = true;
     let mut last_drawn = Instant::now();
-    while !STOP.load(Ordering::Relaxed) {
-        if dirty || last_drawn.elapsed() >= Duration::from_millis(500) {
-            terminal.draw(|f| app.render(f, Some(refreshed.elapsed())))?;
-            last_drawn = Instant::now();
-            dirty = false;
-        }
-        if !in_flight && Instant::now() >= next {
-            req_tx.send(request(&app))?;
-            in_flight = true;
-        }
-        if event::poll(Duration::from_millis(100))? {
-            match event::read()? {
-                Event::Key(k) => {
-                    dirty = true;
-                    match app.on_key(k) {
-                        Action::Quit => break,
-                        Action::Refresh => {
-                            req_tx.send(request(&app))?;
-                            in_flight = true;
+    let outcome: Result<()> = 'screen: {
+        while !STOP.load(Ordering::Relaxed) && !terminal_gone() {
+            if dirty || last_drawn.elapsed() >= Duration::from_millis(500) {
+                if let Err(e) = terminal.draw(|f| app.render(f, Some(refreshed.elapsed()))) {
+                    break 'screen Err(e.into());
+                }
+                last_drawn = Instant::now();
+                dirty = false;
+            }
+            if !in_flight && Instant::now() >= next {
+                req_tx.send(request(&app))?;
+                in_flight = true;
+            }
+            let event = match key_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(event)) => Some(event),
+                Ok(Err(e)) => break 'screen Err(e.into()),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break 'screen Err(anyhow::anyhow!("the terminal's input ended"));
+                }
+            };
+            if let Some(event) = event {
+                match event {
+                    Event::Key(k) => {
+                        dirty = true;
+                        match app.on_key(k) {
+                            Action::Quit => break,
+                            Action::Refresh => {
+                                req_tx.send(request(&app))?;
+                                in_flight = true;
+                            }
+                            Action::None => {}
                         }
-                        Action::None => {}
                     }
-                }
-                Event::Resize(..) => {
-                    terminal.autoresize()?;
-                    dirty = true;
-                }
-                _ => {}
-            }
-        }
-        while let Ok(reply) = rep_rx.try_recv() {
-            dirty = true;
-            match reply {
-                Reply::Clusters(Ok(c)) => {
-                    app.set_clusters(c);
-                    refreshed = Instant::now();
-                    if app.view == View::Clusters {
-                        in_flight = false;
-                        next = Instant::now() + interval;
+                    Event::Resize(..) => {
+                        if let Err(e) = terminal.autoresize() {
+                            break 'screen Err(e.into());
+                        }
+                        dirty = true;
                     }
-                }
-                Reply::Clusters(Err(e)) => {
-                    app.error = Some(format!("refresh failed: {e:#}"));
-                    if app.view == View::Clusters {
-                        in_flight = false;
-                        next = Instant::now() + interval;
-                    }
-                }
-                Reply::Cluster(key, d) => {
-                    in_flight = false;
-                    next = Instant::now() + interval;
-                    match d {
-                        Ok(d) => app.detail = Some((key, d)),
-                        Err(e) => app.error = Some(format!("refresh failed: {e:#}")),
-                    }
+                    _ => {}
                 }
             }
+            while let Ok(reply) = rep_rx.try_recv() {
+                dirty = true;
+                match reply {
+                    Reply::Clusters(Ok(c)) => {
+                        app.set_clusters(c);
+                        refreshed = Instant::now();
+                        if app.view == View::Clusters {
+                            in_flight = false;
+                            next = Instant::now() + interval;
+                        }
+                    }
+                    Reply::Clusters(Err(e)) => {
+                        app.error = Some(format!("refresh failed: {e:#}"));
+                        if app.view == View::Clusters {
+                            in_flight = false;
+                            next = Instant::now() + interval;
+                        }
+                    }
+                    Reply::Cluster(key, d) => {
+                        in_flight = false;
+                        next = Instant::now() + interval;
+                        match d {
+                            Ok(d) => app.detail = Some((key, d)),
+                            Err(e) => app.error = Some(format!("refresh failed: {e:#}")),
+                        }
+                    }
+                }
+            }
         }
+        Ok(())
+    };
+    if terminal_gone() {
+        // Nothing to restore, and nobody to tell: ratatui's drop would write to
+        // the dead terminal and report the failure on it.
+        std::mem::forget(terminal);
+        return Ok(());
     }
     drop(terminal);
-    Ok(())
+    outcome
 }
 
 #[cfg(test)]

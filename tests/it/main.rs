@@ -3,6 +3,7 @@
 mod attacks;
 mod bench;
 mod cli;
+mod conns;
 mod discovery;
 mod doctor;
 mod escapes;

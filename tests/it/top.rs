@@ -134,13 +134,13 @@ impl Drop for Driver {
 }
 
 /// A tmux session of its own (its own socket), killed on drop.
-struct Tmux {
+pub(crate) struct Tmux {
     socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Tmux {
-    fn start(width: u16, height: u16) -> Tmux {
+    pub(crate) fn start(width: u16, height: u16) -> Tmux {
         let dir = scratch();
         let t = Tmux {
             socket: dir.path().join("tmux.sock"),
@@ -163,7 +163,7 @@ impl Tmux {
         t
     }
 
-    fn tmux(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn tmux(&self, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
             .arg("-S")
             .arg(&self.socket)
@@ -173,13 +173,13 @@ impl Tmux {
             .unwrap()
     }
 
-    fn keys(&self, keys: &[&str]) {
+    pub(crate) fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", "0"];
         args.extend_from_slice(keys);
         assert!(self.tmux(&args).status.success());
     }
 
-    fn literal(&self, text: &str) {
+    pub(crate) fn literal(&self, text: &str) {
         assert!(
             self.tmux(&["send-keys", "-t", "0", "-l", text])
                 .status
@@ -187,11 +187,11 @@ impl Tmux {
         );
     }
 
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-t", "0"]).stdout).into_owned()
     }
 
-    fn wait_screen(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_screen(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
         let mut last = String::new();
         let found = wait_for_opt(Duration::from_secs(30), || {
             last = self.screen();
@@ -201,7 +201,7 @@ impl Tmux {
     }
 
     /// `#{alternate_on} #{cursor_flag}` of the pane.
-    fn modes(&self) -> String {
+    pub(crate) fn modes(&self) -> String {
         String::from_utf8_lossy(
             &self
                 .tmux(&["display", "-p", "-t", "0", "#{alternate_on} #{cursor_flag}"])
