@@ -7,7 +7,6 @@
 //! the socket listening there belongs to the dashboard's user.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -243,38 +242,22 @@ pub fn probe_all_blocking(ds: &[Dashboard]) -> Vec<JobApi> {
 /// `RAY_AUTH_TOKEN_PATH`, else Ray's default file (`None`: the token is in
 /// its environment, `RAY_AUTH_TOKEN`). Only this user's processes are read.
 pub fn token_source(pid: u32) -> Option<PathBuf> {
-    let env = environ_head(pid)?;
-    let var = |name: &str| {
-        env.split(|b| *b == 0)
-            .find_map(|kv| kv.strip_prefix(name.as_bytes())?.strip_prefix(b"="))
-    };
-    if let Some(p) = var(crate::ray_auth::TOKEN_PATH_VAR) {
-        return Some(PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+    let env = crate::process::env_vars(
+        pid,
+        &[crate::ray_auth::TOKEN_PATH_VAR, "RAY_AUTH_TOKEN", "HOME"],
+    )
+    .ok()?;
+    if let Some(p) = env.get(crate::ray_auth::TOKEN_PATH_VAR) {
+        return Some(PathBuf::from(p));
     }
-    if var("RAY_AUTH_TOKEN").is_some() {
+    if env.contains_key("RAY_AUTH_TOKEN") {
         return None;
     }
     // Ray's default file, in the Dashboard's own home.
-    match var("HOME") {
-        Some(home) => Some(
-            Path::new(std::ffi::OsStr::from_bytes(home))
-                .join(".ray")
-                .join("auth_token"),
-        ),
+    match env.get("HOME") {
+        Some(home) => Some(Path::new(home).join(".ray").join("auth_token")),
         None => crate::ray_auth::ray_default_token_file(),
     }
-}
-
-/// At most the first 256 KiB of a process's environment.
-fn environ_head(pid: u32) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    std::fs::File::open(format!("/proc/{pid}/environ"))
-        .ok()?
-        .take(256 << 10)
-        .read_to_end(&mut out)
-        .ok()?;
-    Some(out)
 }
 
 /// The Ray version a Dashboard runs, from the `ray-X.Y.Z.dist-info` beside its package.
