@@ -45,6 +45,7 @@ pub mod slurm;
 pub mod status;
 pub mod supervisor;
 pub mod targets;
+pub mod temp_dir;
 pub mod top;
 pub mod untrusted;
 pub mod watch;

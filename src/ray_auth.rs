@@ -8,7 +8,7 @@
 //! (0700), 0600, generated once and never replaced (live clusters hold it),
 //! and is handed to Ray by `RAY_AUTH_TOKEN_PATH`.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -29,8 +29,9 @@ pub fn token_path(home: &Home) -> PathBuf {
 
 /// The token file: created once (32 random bytes, hex, no newline: Ray compares
 /// the file's bytes), or checked to be a regular file of ours that nobody else
-/// can read (group/other bits are removed when found).
-pub fn ensure_token(home: &Home) -> Result<PathBuf> {
+/// can read. One others could read is replaced by a new token; the answer then
+/// says so (`true`): clusters started with the old one keep it until they restart.
+pub fn ensure_token(home: &Home) -> Result<(PathBuf, bool)> {
     let path = token_path(home);
     match std::fs::symlink_metadata(&path) {
         Ok(m) => {
@@ -42,9 +43,8 @@ pub fn ensure_token(home: &Home) -> Result<PathBuf> {
                 );
             }
             if m.mode() & 0o077 != 0 {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .with_context(|| format!("cannot make {} private", path.display()))?;
-                tracing::warn!("{} was readable by others: made 0600", path.display());
+                write_new(&path)?;
+                return Ok((path, true));
             }
             if m.len() == 0 {
                 write_new(&path)?;
@@ -53,7 +53,7 @@ pub fn ensure_token(home: &Home) -> Result<PathBuf> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_new(&path)?,
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
-    Ok(path)
+    Ok((path, false))
 }
 
 fn write_new(path: &Path) -> Result<()> {
@@ -144,6 +144,7 @@ pub fn dist_info_version(site_packages: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn versions_with_and_without_token_auth() {
@@ -181,6 +182,7 @@ mod tests {
         let sp = dir.path().join("site-packages");
         std::fs::create_dir_all(sp.join("ray-2.60.0.dist-info")).unwrap();
         std::fs::create_dir_all(sp.join("rich-13.0.0.dist-info")).unwrap();
+        std::fs::create_dir_all(sp.join("ray-2.9.0.dist-info")).unwrap();
         assert_eq!(dist_info_version(&sp).as_deref(), Some("2.60.0"));
     }
 }

@@ -127,15 +127,6 @@ impl JobApi {
 
 /// Asks a Dashboard's job API, without a credential, whether it runs anyone's code.
 pub async fn probe(d: &Dashboard, listeners: &crate::process::Listeners) -> JobApi {
-    let too_old = d
-        .version
-        .as_deref()
-        .and_then(crate::ray_auth::parse_version)
-        .is_some_and(|v| !crate::ray_auth::has_token_auth(v));
-    if too_old {
-        // No token auth in this Ray: its job API takes anyone's jobs.
-        return JobApi::Open;
-    }
     let locals = crate::ports::local_addresses();
     if !(d.addr.ip().is_loopback() || locals.contains(&d.addr.ip())) {
         return JobApi::Unknown(format!("{} is not an address of this machine", d.addr));
@@ -168,6 +159,8 @@ pub async fn probe(d: &Dashboard, listeners: &crate::process::Listeners) -> JobA
         Ok(r) => match r.status().as_u16() {
             200 => JobApi::Open,
             401 | 403 => JobApi::Token,
+            // This Ray has no token auth: its job API takes anyone's jobs.
+            _ if too_old(d) => JobApi::Open,
             s => JobApi::Unknown(format!("GET /api/jobs/ answered {s}")),
         },
         Err(e) if e.is_timeout() => {
@@ -175,6 +168,14 @@ pub async fn probe(d: &Dashboard, listeners: &crate::process::Listeners) -> JobA
         }
         Err(e) => JobApi::Unknown(format!("no answer: {e}")),
     }
+}
+
+/// Whether a Dashboard's Ray predates token auth.
+fn too_old(d: &Dashboard) -> bool {
+    d.version
+        .as_deref()
+        .and_then(crate::ray_auth::parse_version)
+        .is_some_and(|v| !crate::ray_auth::has_token_auth(v))
 }
 
 /// Probes several Dashboards side by side, answers in their order.

@@ -1,7 +1,6 @@
 //! `raywatch env`: shell exports that wire the next `ray start` to this stack
 //! (gateway, Grafana, free metrics ports, the cluster's name), and the attachment of its temp dir.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use crate::api::Method;
@@ -20,8 +19,7 @@ pub(super) fn env(
 ) -> Result<Exit> {
     let rt = runtime()?;
     let report = rt.block_on(fetch_status(home))?;
-    let temp_dir = std::path::absolute(temp_dir.unwrap_or_else(crate::ray::default_temp_dir))?;
-    check_temp_dir_owner(home, &temp_dir)?;
+    let temp_dir = choose_temp_dir(home, temp_dir, &report)?;
     if let Some(n) = &name {
         crate::registry::validate_name(n).map_err(|e| anyhow!("{e}"))?;
     }
@@ -85,7 +83,7 @@ pub(super) fn env(
         .clone()
         .unwrap_or_else(|| "DISABLED".into());
     let mut ports = Vec::new();
-    while ports.len() < 3 {
+    while ports.len() < 4 {
         let p = crate::ports::free_port()?;
         if !ports.contains(&p) {
             ports.push(p);
@@ -103,11 +101,24 @@ pub(super) fn env(
         ("AUTOSCALER_METRIC_PORT", ports[0].to_string()),
         ("DASHBOARD_METRIC_PORT", ports[1].to_string()),
         ("RAYWATCH_METRICS_EXPORT_PORT", ports[2].to_string()),
+        // A free Dashboard port, and Ray's job CLI pointed at it: its default
+        // (127.0.0.1:8265) may be another user's listener, which would get the token.
+        ("RAYWATCH_DASHBOARD_PORT", ports[3].to_string()),
+        (
+            "RAY_API_SERVER_ADDRESS",
+            format!("http://127.0.0.1:{}", ports[3]),
+        ),
         ("RAYWATCH_TEMP_DIR", temp_dir.display().to_string()),
         ("RAYWATCH_CLUSTER", announced.clone()),
     ];
     let auth_note = if ray_auth {
-        let token = crate::ray_auth::ensure_token(home)?;
+        let (token, replaced) = crate::ray_auth::ensure_token(home)?;
+        if replaced {
+            eprintln!(
+                "warning: {} was readable by other users: raywatch wrote a new token; clusters started with the old one keep it until they restart",
+                escape::path(&token)
+            );
+        }
         vars.push((crate::ray_auth::MODE_VAR, "token".into()));
         vars.push((crate::ray_auth::TOKEN_PATH_VAR, token.display().to_string()));
         warn_if_ray_lacks_token_auth();
@@ -123,56 +134,61 @@ pub(super) fn env(
         "# Ray's token auth is off (--no-ray-auth): every local user can submit jobs to this cluster".into()
     };
     println!("# raywatch: environment for the next `ray start` (cluster {announced})");
+    if ray_auth {
+        // Ray prefers RAY_AUTH_TOKEN to the file: a token from elsewhere must not win.
+        println!("unset RAY_AUTH_TOKEN");
+    }
     for (k, v) in vars {
         println!("export {k}={}", sh_quote(&v));
     }
     println!("{auth_note}");
     println!(
-        "# then: ray start --head --temp-dir=\"$RAYWATCH_TEMP_DIR\" --metrics-export-port=\"$RAYWATCH_METRICS_EXPORT_PORT\""
+        "# then: ray start --head --temp-dir=\"$RAYWATCH_TEMP_DIR\" --metrics-export-port=\"$RAYWATCH_METRICS_EXPORT_PORT\" --dashboard-port=\"$RAYWATCH_DASHBOARD_PORT\""
     );
     Ok(Exit::Success)
 }
 
-/// Refuses a temp dir that is a link, or a folder another user made (they
-/// could then move or replace the sessions Ray writes into it), unless the
-/// stack trusts its owner (`up --trust-uid`).
-fn check_temp_dir_owner(home: &Home, temp_dir: &std::path::Path) -> Result<()> {
-    let Ok(m) = std::fs::symlink_metadata(temp_dir) else {
-        return Ok(());
+/// The temp dir for the next cluster: the one named, checked (refused when
+/// another user could redirect or replace it, a warning when others can reach
+/// it), else the first of `ray`, `ray_2`, … without a live cluster in this
+/// user's private folder.
+fn choose_temp_dir(
+    home: &Home,
+    named: Option<PathBuf>,
+    report: &crate::status::StatusReport,
+) -> Result<PathBuf> {
+    let refused = |e: crate::temp_dir::Refused| {
+        let hint = e.hint();
+        Hint::attach(anyhow!(e), hint)
     };
-    let shown = escape::path(temp_dir);
-    if m.file_type().is_symlink() {
-        return Err(Hint::attach(
-            anyhow!("{shown} is a symbolic link; Ray's temp dir must be a real folder"),
-            format!(
-                "give the cluster a folder of its own: raywatch env --temp-dir {shown}_{}",
-                user_suffix()
-            ),
-        ));
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    let owner = m.uid();
-    let trusted = crate::config::StackConfig::load(&home.config())
+    let Some(named) = named else {
+        let base = crate::temp_dir::private_base().map_err(refused)?;
+        let busy = |p: &std::path::Path| {
+            report
+                .clusters
+                .iter()
+                .any(|c| c.state == "live" && c.temp_dir == p)
+        };
+        let dir = std::iter::once(base.join("ray"))
+            .chain((2..).map(|i| base.join(format!("ray_{i}"))))
+            .find(|p| !busy(p))
+            .expect("an unbounded sequence has a free entry");
+        return Ok(dir);
+    };
+    let path = crate::temp_dir::normalize(&std::path::absolute(named)?);
+    let trust = crate::config::StackConfig::load(&home.config())
         .ok()
         .flatten()
-        .is_some_and(|c| c.trust_uids.contains(&owner));
-    if owner == me || owner == 0 || trusted {
-        return Ok(());
+        .map(|c| c.trust_uids)
+        .unwrap_or_default();
+    let reach = crate::temp_dir::check(&path, &|uid| trust.contains(&uid)).map_err(refused)?;
+    if reach == crate::temp_dir::Reach::Open {
+        eprintln!(
+            "warning: other users can reach {}: Ray makes its temp and session folders writable by everyone, so they can replace the Dashboard's sockets (and catch Ray's token), read its logs and plant links; `raywatch env` without --temp-dir uses a private folder",
+            escape::path(&path)
+        );
     }
-    Err(Hint::attach(
-        anyhow!(
-            "{shown} belongs to {} (uid {owner}), not to you: they could move, replace or read what Ray writes there",
-            escape::text(&crate::process::user_name(owner))
-        ),
-        format!(
-            "give the cluster a folder of its own: raywatch env --temp-dir {shown}_{}; or, if you trust that user, `raywatch up --trust-uid {owner}`",
-            user_suffix()
-        ),
-    ))
-}
-
-fn user_suffix() -> String {
-    crate::registry::sanitize_name(&crate::process::user_name(nix::unistd::geteuid().as_raw()))
+    Ok(path)
 }
 
 /// Says on stderr when the `ray` on PATH cannot use a token (or cannot be found).

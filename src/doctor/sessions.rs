@@ -140,7 +140,7 @@ pub(super) fn shared_temp_dir(m: &Machine) -> Finding {
     .with(
         evidence,
         format!(
-            "give each cluster its own temp dir: before each `ray start`, run `eval \"$(raywatch env --temp-dir {next})\"` (a fresh folder per cluster), then `ray start --head --temp-dir=\"$RAYWATCH_TEMP_DIR\" --metrics-export-port=\"$RAYWATCH_METRICS_EXPORT_PORT\"`"
+            "give each cluster its own temp dir: before each `ray start`, run `eval \"$(raywatch env --temp-dir {next})\"` (a fresh folder per cluster), then `ray start --head --temp-dir=\"$RAYWATCH_TEMP_DIR\" --metrics-export-port=\"$RAYWATCH_METRICS_EXPORT_PORT\" --dashboard-port=\"$RAYWATCH_DASHBOARD_PORT\"`"
         ),
     )
 }

@@ -154,10 +154,41 @@ fn the_readme_flow_turns_rays_token_auth_on_and_another_user_cannot_submit_jobs(
     };
     let dir = open_scratch();
     let stack = Stack::up_at(&dir.path().join("home"), &["--no-default-watch"]);
-    let temp_dir = PathBuf::from(format!("/tmp/ray_rwauth_{}", std::process::id()));
-    let _cleanup = RemoveOnDrop(temp_dir.clone());
-    let (env, text) = env_for(&stack, &temp_dir, &[]);
+    // The README's flow: `eval "$(raywatch env)"`, the private default temp dir
+    // (under $RAY_TMPDIR, here the test's scratch folder).
+    let env_default = || {
+        let out = stack
+            .cmd()
+            .arg("env")
+            .env("RAY_TMPDIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (parse_exports(&text), text)
+    };
+    let (env, text) = env_default();
     let name = var(&env, "RAYWATCH_CLUSTER").unwrap();
+    let temp_dir = PathBuf::from(var(&env, "RAYWATCH_TEMP_DIR").unwrap());
+    let private = dir
+        .path()
+        .join(format!("raywatch-{}", nix::unistd::geteuid()));
+    assert_eq!(temp_dir, private.join("ray"));
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    assert!(text.contains("unset RAY_AUTH_TOKEN"), "{text}");
+    let api = var(&env, "RAY_API_SERVER_ADDRESS").unwrap();
+    assert_eq!(
+        api,
+        format!(
+            "http://127.0.0.1:{}",
+            var(&env, "RAYWATCH_DASHBOARD_PORT").unwrap()
+        )
+    );
 
     // The token: raywatch's own file, private, handed over by path, never printed.
     assert_eq!(var(&env, "RAY_AUTH_MODE").as_deref(), Some("token"));
@@ -169,11 +200,7 @@ fn the_readme_flow_turns_rays_token_auth_on_and_another_user_cannot_submit_jobs(
     assert!(token.len() >= 32, "{token:?}");
     assert!(!text.contains(&token), "env printed the token: {text}");
     // Generated once: a second `env` hands out the same file and token.
-    let (env2, _) = env_for(
-        &stack,
-        &PathBuf::from(format!("{}_b", temp_dir.display())),
-        &[],
-    );
+    let (env2, _) = env_default();
     assert_eq!(
         var(&env2, "RAY_AUTH_TOKEN_PATH"),
         var(&env, "RAY_AUTH_TOKEN_PATH")
@@ -188,6 +215,15 @@ fn the_readme_flow_turns_rays_token_auth_on_and_another_user_cannot_submit_jobs(
             .filter(|r| r.status().is_success())
             .map(|_| ())
     });
+
+    // Ray made its folders 0777, but the other user cannot reach them (nor
+    // replace the Dashboard's sockets to catch the token).
+    let ls = crate::security::as_other(other, &["ls", temp_dir.to_str().unwrap()]);
+    assert!(
+        !ls.status.success(),
+        "the other user listed {}",
+        temp_dir.display()
+    );
 
     // The other user's job submission is refused, and nothing runs.
     let marker = dir.path().join("pwned");
@@ -345,56 +381,115 @@ fn with_rays_own_token_file_a_cluster_is_fully_monitored_and_a_readable_file_is_
 }
 
 #[test]
-fn env_refuses_a_temp_dir_another_user_created_unless_trusted() {
+fn env_refuses_a_temp_dir_another_user_created_or_can_redirect_unless_trusted() {
     let Some(other) = other_user() else { return };
     let dir = open_scratch();
     let stack = Stack::up_at(&dir.path().join("home"), &["--no-default-watch"]);
-    // The other user prepares, in /tmp, the folder the victim is about to name.
-    let temp_dir = PathBuf::from(format!("/tmp/ray_rwprepared_{}", std::process::id()));
-    let _cleanup = RemoveOnDrop(temp_dir.clone());
-    let out =
-        crate::security::as_other(other, &["mkdir", "-m", "0777", temp_dir.to_str().unwrap()]);
+    let refused = |temp_dir: &Path, why: &str| {
+        let out = stack.run(&["env", "--temp-dir", temp_dir.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "env accepted {}: {err}",
+            temp_dir.display()
+        );
+        assert!(err.contains(why), "{err}");
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        err
+    };
+    // The other user prepares, in /tmp, the folder the victim is about to name,
+    // a folder to put it in, and a link to their own folder.
+    let mine = format!("/tmp/ray_rwprepared_{}", std::process::id());
+    let prepared = PathBuf::from(&mine);
+    let parent = PathBuf::from(format!("{mine}_parent"));
+    let link = PathBuf::from(format!("{mine}_link"));
+    let _cleanup = [&prepared, &parent, &link].map(|p| RemoveOnDrop(p.clone()));
+    for args in [
+        vec!["mkdir", "-m", "0777", prepared.to_str().unwrap()],
+        vec!["mkdir", "-m", "0777", parent.to_str().unwrap()],
+        vec!["ln", "-s", parent.to_str().unwrap(), link.to_str().unwrap()],
+    ] {
+        let out = crate::security::as_other(other, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let err = refused(&prepared, "not to you");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = stack.run(&["env", "--temp-dir", temp_dir.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "env accepted another user's folder: {err}"
-    );
-    assert!(
-        err.contains(crate::security::OTHER)
-            && err.contains("not to you")
-            && err.contains("--trust-uid"),
+        err.contains(crate::security::OTHER) && err.contains("--trust-uid"),
         "{err}"
     );
-    assert!(
-        out.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    refused(&parent.join("ray"), "not to you");
+    refused(&link.join("ray"), "symbolic link owned by");
+    refused(
+        &PathBuf::from(format!("{}/", link.display())),
+        "symbolic link",
     );
-    // A link is refused too, whoever made it.
-    let link = dir.path().join("ray_link");
-    std::os::unix::fs::symlink(&temp_dir, &link).unwrap();
-    let out = stack.run(&["env", "--temp-dir", link.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&link);
+
+    // The private default's folder, squatted by the other user, is refused too.
+    let shared = dir.path().join("shared_tmp");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let squat = shared.join(format!("raywatch-{}", nix::unistd::geteuid()));
+    let out = crate::security::as_other(other, &["mkdir", "-m", "0777", squat.to_str().unwrap()]);
+    assert!(out.status.success());
+    let out = stack
+        .cmd()
+        .arg("env")
+        .env("RAY_TMPDIR", &shared)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not to you"));
+
+    // A temp dir others can reach works, with a warning.
+    let open = dir.path().join("ray_reachable");
+    let out = stack.run(&["env", "--temp-dir", open.to_str().unwrap()]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("other users can reach"), "{err}");
     drop(stack);
 
-    // Trusting that user's uid lets it through.
+    // Trusting that user's uid lets their folder through.
     let stack = Stack::up_at(
         &dir.path().join("home2"),
         &["--no-default-watch", "--trust-uid", &other.0.to_string()],
     );
-    let out = stack.run(&["env", "--temp-dir", temp_dir.to_str().unwrap()]);
+    let out = stack.run(&["env", "--temp-dir", prepared.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_token_file_others_could_read_is_replaced() {
+    let dir = open_scratch();
+    let stack = Stack::up_at(&dir.path().join("home"), &["--no-default-watch"]);
+    let (env, _) = env_for(&stack, &dir.path().join("ray_a"), &[]);
+    let token_file = PathBuf::from(var(&env, "RAY_AUTH_TOKEN_PATH").unwrap());
+    let old = std::fs::read_to_string(&token_file).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = stack.run(&[
+        "env",
+        "--temp-dir",
+        dir.path().join("ray_b").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrote a new token"), "{err}");
+    let new = std::fs::read_to_string(&token_file).unwrap();
+    assert_ne!(new, old);
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 #[test]

@@ -509,7 +509,9 @@ impl RayCluster {
         let metrics_port = from_env("RAYWATCH_METRICS_EXPORT_PORT")
             .map(|p| p.parse().unwrap())
             .unwrap_or_else(free_port);
-        let dashboard_port = free_port();
+        let dashboard_port = from_env("RAYWATCH_DASHBOARD_PORT")
+            .map(|p| p.parse().unwrap())
+            .unwrap_or_else(free_port);
         let mut cmd = Command::new(ray);
         cmd.args([
             "start",
