@@ -484,3 +484,96 @@ for _ in range(50):
     s.close()
 print("DONE 50", flush=True)
 "#;
+
+/// Sets the soft limit on open files of process `pid` (prlimit), back to what it was on drop.
+struct SoftLimit {
+    pid: u32,
+    was: String,
+}
+
+impl SoftLimit {
+    fn set(pid: u32, soft: usize) -> SoftLimit {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let was = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .unwrap()
+            .to_string();
+        let guard = SoftLimit { pid, was };
+        guard.prlimit(&soft.to_string());
+        guard
+    }
+
+    fn prlimit(&self, soft: &str) {
+        let out = Command::new("prlimit")
+            .args(["--pid", &self.pid.to_string(), &format!("--nofile={soft}:")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "prlimit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for SoftLimit {
+    fn drop(&mut self) {
+        let was = self.was.clone();
+        self.prlimit(&was);
+    }
+}
+
+#[test]
+fn a_daemon_out_of_descriptors_keeps_its_clusters_and_says_why() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no prlimit (util-linux) to take the daemon's descriptors away");
+        return;
+    }
+    let (stack, root) = Stack::watching("ray_emfile", &["--liveness", "6s"]);
+    let endpoint = MetricsEndpoint::serve("ray_node_cpu_utilization 5\n");
+    let _heads: Vec<FakeHead> = (1..=2)
+        .map(|i| {
+            FakeHead::start(
+                &root,
+                &format!("session_2026-01-01_00-00-00_00000{i}_{i}"),
+                vec![endpoint.addr.clone()],
+            )
+        })
+        .collect();
+    wait_for("two live clusters", Duration::from_secs(30), || {
+        let states = cluster_states(&stack.status());
+        (states.len() == 2 && states.iter().all(|(_, s)| s == "live")).then_some(())
+    });
+    let daemon = daemon_pid(&stack);
+
+    // No descriptor left to open a folder or a file with, for twice the liveness bound.
+    let limit = SoftLimit::set(daemon, open_descriptors(daemon).saturating_sub(4).max(8));
+    let started = Instant::now();
+    wait_for(
+        "a read to fail for want of descriptors",
+        Duration::from_secs(20),
+        || stack.log().contains("cannot be read for now").then_some(()),
+    );
+    while started.elapsed() < Duration::from_secs(13) {
+        assert!(
+            !stack.log().contains("is dead"),
+            "a cluster was declared dead for a read that failed:\n{}",
+            stack.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(limit);
+
+    // Descriptors again: both clusters are still live, and nothing is left rejected.
+    wait_for("the clusters read again", Duration::from_secs(20), || {
+        let status = stack.status();
+        let states = cluster_states(&status);
+        (states.len() == 2
+            && states.iter().all(|(_, s)| s == "live")
+            && status["rejected"] == serde_json::json!([]))
+        .then_some(())
+    });
+    assert!(!stack.log().contains("is dead"), "{}", stack.log());
+}
