@@ -62,7 +62,7 @@ pub struct Counters {
 /// The gateway's bounds: Ray's Dashboards and this user's tools hold a few
 /// connections each; idle keep-alive ones close after the deadline.
 pub const LIMITS: crate::listen::Limits = crate::listen::Limits {
-    max_connections: 256,
+    max_connections: 512,
     header_timeout: Duration::from_secs(30),
 };
 

@@ -182,6 +182,21 @@ fn idle_connections_to_the_sd_port_neither_exhaust_the_daemon_nor_end_its_cluste
         .unwrap()
         .to_string();
     let daemon = daemon_pid(&stack);
+    // The daemon raised its soft limit to the hard one.
+    let limits = std::fs::read_to_string(format!("/proc/{daemon}/limits")).unwrap();
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(
+        files[0], files[1],
+        "the soft limit was not raised: {files:?}"
+    );
+    let before = open_descriptors(daemon);
 
     let (_attack, ready) = Attacker::start(
         other,
@@ -216,6 +231,9 @@ fn idle_connections_to_the_sd_port_neither_exhaust_the_daemon_nor_end_its_cluste
         most_fds = most_fds.max(open_descriptors(daemon));
         std::thread::sleep(Duration::from_millis(500));
     }
+    eprintln!(
+        "the daemon held {before} descriptors before the attack, at most {most_fds} during it"
+    );
     // The cap holds whatever the limit: 1100 connections never all get a descriptor.
     assert!(
         most_fds < 512,
