@@ -595,3 +595,113 @@ fn a_daemon_out_of_descriptors_keeps_its_clusters_and_says_why() {
     });
     assert!(!stack.log().contains("is dead"), "{}", stack.log());
 }
+
+#[test]
+fn over_tls_the_sd_port_is_bounded_too_and_serves_only_get_sd() {
+    let Some(other) = other_user() else { return };
+    let Some(python) = system_python() else {
+        return;
+    };
+    let dir = scratch();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        // Not a CA: rustls refuses a CA certificate as a server's own.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    if !made.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: openssl could not make a test certificate");
+        return;
+    }
+    let root = dir.path().join("ray_tls");
+    std::fs::create_dir(&root).unwrap();
+    let port = free_port();
+    let sd = format!("127.0.0.1:{port}");
+    let stack = Stack::up_at(
+        &dir.path().join("home"),
+        &[
+            "--no-default-watch",
+            "--watch",
+            root.to_str().unwrap(),
+            "--sd-listen",
+            &sd,
+            "--sd-tls-cert",
+            cert.to_str().unwrap(),
+            "--sd-tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let endpoint = MetricsEndpoint::serve("ray_node_cpu_utilization 5\n");
+    let _head = FakeHead::start(
+        &root,
+        "session_2026-01-01_00-00-00_000001_1",
+        vec![endpoint.addr.clone()],
+    );
+    let token = std::fs::read_to_string(stack.home.join("secrets/sd-token")).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+        )
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("https://{sd}/sd");
+    let groups: Value = wait_for("the groups over TLS", Duration::from_secs(20), || {
+        let v: Value = match client.get(&url).bearer_auth(token.trim()).send() {
+            Ok(r) => r.json().ok()?,
+            Err(e) => {
+                eprintln!("GET {url}: {e:?}");
+                return None;
+            }
+        };
+        (!v.as_array()?.is_empty()).then_some(v)
+    });
+    assert!(
+        groups[0]["labels"]["ray_io_cluster"].is_string(),
+        "{groups}"
+    );
+    let post = client.post(&url).bearer_auth(token.trim()).send().unwrap();
+    assert_eq!(post.status().as_u16(), 404);
+
+    // The other user's connections that never start a handshake hold no more
+    // than the cap of descriptors, and go at the deadline.
+    let daemon = daemon_pid(&stack);
+    let (attack, ready) = Attacker::start(
+        other,
+        python,
+        IDLE_CONNECTIONS,
+        &[port.to_string(), "300".into()],
+    );
+    eprintln!("attacker: {ready}");
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut most_fds = 0;
+    while Instant::now() < until {
+        most_fds = most_fds.max(open_descriptors(daemon));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        most_fds < 200,
+        "the daemon held {most_fds} descriptors for 300 silent TLS clients"
+    );
+    drop(attack);
+    wait_for("GET /sd over TLS again", Duration::from_secs(30), || {
+        client
+            .get(&url)
+            .bearer_auth(token.trim())
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+    });
+}
