@@ -5,7 +5,8 @@
 //! folder. So Ray gets no credential at all: `RAY_PROMETHEUS_HOST` points here.
 //! For every connection the daemon asks the kernel (sock_diag) about the
 //! client's socket, that one socket by its address, and admits the connection
-//! only when that socket is established and belongs to the stack's own uid; then it forwards read-only Prometheus API calls, adding the credentials
+//! only when that socket is established and belongs to the stack's own uid;
+//! then it forwards read-only Prometheus API calls, adding the credentials
 //! itself (to a listener it verified, see [`crate::prometheus::Client`]). The
 //! daemon holds this port for its whole life, so Prometheus restarts or moves
 //! never leave Ray pointing at a port someone else can take.
