@@ -3,16 +3,17 @@
 //! Ray's Dashboard needs to query Prometheus, and it copies whatever it is
 //! given (`RAY_PROMETHEUS_HEADERS`) into world-readable files of its session
 //! folder. So Ray gets no credential at all: `RAY_PROMETHEUS_HOST` points here.
-//! For every connection the daemon looks up the client's socket in the kernel's
-//! table (`/proc/net/tcp`) and admits it only when it belongs to the stack's own
-//! uid; then it forwards read-only Prometheus API calls, adding the credentials
+//! For every connection the daemon asks the kernel (sock_diag) about the
+//! client's socket, that one socket by its address, and admits the connection
+//! only when that socket is established and belongs to the stack's own uid;
+//! then it forwards read-only Prometheus API calls, adding the credentials
 //! itself (to a listener it verified, see [`crate::prometheus::Client`]). The
 //! daemon holds this port for its whole life, so Prometheus restarts or moves
 //! never leave Ray pointing at a port someone else can take.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -59,72 +60,89 @@ pub struct Counters {
     pub refused_requests: AtomicU64,
 }
 
-/// Accepts only connections whose client socket belongs to `uid`.
+/// The gateway's bounds: Ray's Dashboards and this user's tools hold a few
+/// connections each; idle keep-alive ones close after the deadline.
+pub const LIMITS: crate::listen::Limits = crate::listen::Limits {
+    max_connections: 512,
+    header_timeout: Duration::from_secs(30),
+};
+
+/// Admits only connections whose client socket belongs to `uid` (see
+/// [`crate::process::peer_uid`]): the kernel is asked about that one socket,
+/// on a blocking thread, so the accept loop, the control API and discovery
+/// never wait for it.
 pub struct OwnerOnly {
-    inner: TcpListener,
     uid: u32,
     counters: Arc<Counters>,
-    last_log: Option<Instant>,
+    last_log: Mutex<Option<Instant>>,
 }
 
 impl OwnerOnly {
-    pub fn new(inner: TcpListener, uid: u32, counters: Arc<Counters>) -> OwnerOnly {
-        OwnerOnly {
-            inner,
+    pub fn new(uid: u32, counters: Arc<Counters>) -> Arc<OwnerOnly> {
+        Arc::new(OwnerOnly {
             uid,
             counters,
-            last_log: None,
+            last_log: Mutex::new(None),
+        })
+    }
+
+    /// The connection, when its client is the owner; else None (counted, and logged once a minute).
+    pub async fn admit(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+        let local = stream.local_addr().ok()?;
+        let check = self.clone();
+        let admitted = tokio::task::spawn_blocking(move || {
+            let uid = crate::process::peer_uid(local, peer);
+            if uid == Some(check.uid) {
+                return true;
+            }
+            check.refused(peer, uid);
+            false
+        })
+        .await
+        .unwrap_or(false);
+        admitted.then_some(stream)
+    }
+
+    fn refused(&self, peer: SocketAddr, uid: Option<u32>) {
+        self.counters
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        {
+            let mut last = self.last_log.lock().unwrap();
+            if last.is_some_and(|t| t.elapsed() <= Duration::from_secs(60)) {
+                return;
+            }
+            *last = Some(Instant::now());
         }
+        tracing::warn!(
+            "gateway: refused a connection from {peer} ({}); only uid {} is served",
+            match uid {
+                Some(u) => format!("uid {u}, {}", crate::process::user_name(u)),
+                None =>
+                    "no established socket of any user: closed by its client, or not local".into(),
+            },
+            self.uid
+        );
     }
 }
 
-impl axum::serve::Listener for OwnerOnly {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        loop {
-            let (stream, peer) = match self.inner.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of descriptors and the like: wait, never spin.
-                    tracing::debug!("gateway accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let local = match stream.local_addr() {
-                Ok(a) => a,
-                Err(_) => continue,
-            };
-            let uid = crate::process::peer_uid(local, peer);
-            if uid == Some(self.uid) {
-                return (stream, peer);
-            }
-            self.counters
-                .refused_connections
-                .fetch_add(1, Ordering::Relaxed);
-            if self
-                .last_log
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
-            {
-                self.last_log = Some(Instant::now());
-                tracing::warn!(
-                    "gateway: refused a connection from {peer} ({}); only uid {} is served",
-                    match uid {
-                        Some(u) => format!("uid {u}, {}", crate::process::user_name(u)),
-                        None => "owner unknown".into(),
-                    },
-                    self.uid
-                );
-            }
-            drop(stream);
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
+/// Serves the gateway on `listener` until `shutdown` changes (see [`LIMITS`]).
+pub async fn serve(
+    listener: TcpListener,
+    owner: Arc<OwnerOnly>,
+    upstream: Arc<Upstream>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let admit = move |stream, peer| owner.clone().admit(stream, peer);
+    crate::listen::serve(
+        listener,
+        "gateway",
+        LIMITS,
+        router(upstream),
+        shutdown,
+        admit,
+    )
+    .await
 }
 
 /// What the forwarding handler needs.

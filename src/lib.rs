@@ -30,6 +30,7 @@ pub mod guard;
 pub mod history;
 pub mod home;
 pub mod install;
+pub mod listen;
 pub mod logfile;
 pub mod ports;
 pub mod process;

@@ -279,17 +279,55 @@ pub fn connections_to(server: SocketAddr) -> Vec<(u32, usize)> {
     out
 }
 
+/// A TCP socket of an established connection, as the kernel lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    /// The kernel's TCP state (1: established).
+    pub state: u8,
+    pub uid: u32,
+    /// 0 when no process holds the socket any more (closed, in TIME_WAIT).
+    pub inode: u64,
+}
+
+/// The kernel's number for an established TCP connection.
+const TCP_ESTABLISHED: u8 = 1;
+
 /// The uid owning the client end of a TCP connection that a server socket at
-/// `server` accepted from `peer`: the kernel's table lists the client's socket
-/// with `peer` as its local and `server` as its remote address.
+/// `server` accepted from `peer`: the kernel lists the client's socket with
+/// `peer` as its local and `server` as its remote address. Only an
+/// established socket that a process still holds counts (a socket its client
+/// already closed is listed with uid 0, and would pass for root's).
+///
+/// The kernel is asked about that one socket (sock_diag, a hash lookup);
+/// /proc/net/tcp, whose reading walks every connection of the machine, only
+/// when sock_diag is unavailable. Blocking: call it off an async runtime.
 pub fn peer_uid(server: SocketAddr, peer: SocketAddr) -> Option<u32> {
     let (server, peer) = (unmap(server), unmap(peer));
+    let socket = sock_diag::connection(peer, server).unwrap_or_else(|e| {
+        tracing::debug!("sock_diag: {e}; reading /proc/net/tcp instead");
+        connection_from_procfs(peer, server)
+    });
+    socket
+        .filter(|s| s.state == TCP_ESTABLISHED && s.inode != 0)
+        .map(|s| s.uid)
+}
+
+/// The socket whose local address is `local` and remote `remote`, from /proc/net/tcp{,6}.
+fn connection_from_procfs(local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
     let tables = [::procfs::net::tcp(), ::procfs::net::tcp6()];
     tables
         .into_iter()
         .flat_map(|t| t.unwrap_or_default())
-        .find(|e| unmap(e.local_address) == peer && unmap(e.remote_address) == server)
-        .map(|e| e.uid)
+        .find(|e| unmap(e.local_address) == local && unmap(e.remote_address) == remote)
+        .map(|e| Connection {
+            state: if e.state == ::procfs::net::TcpState::Established {
+                TCP_ESTABLISHED
+            } else {
+                0
+            },
+            uid: e.uid,
+            inode: e.inode,
+        })
 }
 
 /// Whether process `pid` holds the socket with this inode (readable for our own processes).
@@ -369,7 +407,7 @@ pub fn describe_holder(port: u16) -> String {
 /// a dump request for the LISTEN state only, answered from the kernel's
 /// listening hash without walking established connections.
 mod sock_diag {
-    use super::{Listener, Socket, unmap};
+    use super::{Connection, Listener, Socket, unmap};
     use nix::libc;
     use nix::sys::socket::{
         AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
@@ -417,14 +455,103 @@ mod sock_diag {
         dump(1 << TCP_ESTABLISHED)
     }
 
-    /// Every TCP socket in one of the `states` (a bit mask of `1 << state`).
-    fn dump(states: u32) -> Result<Vec<Socket>> {
+    fn open() -> Result<std::os::fd::OwnedFd> {
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Datagram,
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkSockDiag,
         )?;
+        // The kernel answers at once; a bound on the wait all the same.
+        nix::sys::socket::setsockopt(
+            &fd,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(2, 0),
+        )?;
+        Ok(fd)
+    }
+
+    /// The address bytes of `a` as `struct inet_diag_sockid` holds them.
+    fn address_bytes(a: &SocketAddr) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        match a.ip() {
+            IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => out.copy_from_slice(&v6.octets()),
+        }
+        out
+    }
+
+    /// The TCP socket whose local address is `local` and remote address
+    /// `remote` (one socket, looked up in the kernel's connection hash: no
+    /// walk of the table), or None when there is none.
+    pub fn connection(local: SocketAddr, remote: SocketAddr) -> Result<Option<Connection>> {
+        let family = match (local, remote) {
+            (SocketAddr::V4(_), SocketAddr::V4(_)) => libc::AF_INET,
+            (SocketAddr::V6(_), SocketAddr::V6(_)) => libc::AF_INET6,
+            _ => return Ok(None),
+        };
+        let fd = open()?;
+        let mut req = [0u8; HEADER + REQUEST];
+        req[0..4].copy_from_slice(&((HEADER + REQUEST) as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        let r = &mut req[HEADER..];
+        r[0] = family as u8;
+        r[1] = libc::IPPROTO_TCP as u8;
+        // Every state: the state of what is found is checked by the caller.
+        r[4..8].copy_from_slice(&u32::MAX.to_ne_bytes());
+        // struct inet_diag_sockid: ports and addresses in network order.
+        r[8..10].copy_from_slice(&local.port().to_be_bytes());
+        r[10..12].copy_from_slice(&remote.port().to_be_bytes());
+        r[12..28].copy_from_slice(&address_bytes(&local));
+        r[28..44].copy_from_slice(&address_bytes(&remote));
+        // No interface; no cookie (INET_DIAG_NOCOOKIE).
+        r[48..56].fill(0xff);
+        sendto(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &req,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )?;
+        let mut buf = vec![0u8; 8 * 1024];
+        let n = recv(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &mut buf,
+            MsgFlags::empty(),
+        )?;
+        if n < HEADER {
+            return Err(Error::new(ErrorKind::InvalidData, "short netlink answer"));
+        }
+        let len = (u32_at(&buf, 0) as usize).min(n);
+        match u16_at(&buf, 4) {
+            NLMSG_ERROR if len >= HEADER + 4 => {
+                let errno =
+                    -i32::from_ne_bytes(buf[HEADER..HEADER + 4].try_into().expect("4 bytes"));
+                if errno == libc::ENOENT {
+                    Ok(None)
+                } else {
+                    Err(Error::from_raw_os_error(errno))
+                }
+            }
+            SOCK_DIAG_BY_FAMILY if len >= HEADER + MESSAGE => {
+                let m = &buf[HEADER..len];
+                Ok(Some(Connection {
+                    state: m[1],
+                    uid: u32_at(m, 64),
+                    inode: u64::from(u32_at(m, 68)),
+                }))
+            }
+            other => Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("unexpected netlink message type {other}"),
+            )),
+        }
+    }
+
+    /// Every TCP socket in one of the `states` (a bit mask of `1 << state`).
+    fn dump(states: u32) -> Result<Vec<Socket>> {
+        let fd = open()?;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 32 * 1024];
         for (seq, family) in [(1u32, libc::AF_INET), (2, libc::AF_INET6)] {
@@ -609,6 +736,29 @@ mod tests {
             .collect();
         assert_eq!(connections_to(addr), vec![(me, 3)]);
         drop(clients);
+    }
+
+    #[test]
+    fn a_connection_closed_by_its_client_has_no_owner() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = l.local_addr().unwrap();
+        let c = std::net::TcpStream::connect(server).unwrap();
+        let (s, peer) = l.accept().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(peer_uid(server, peer), Some(me));
+        assert_eq!(
+            connection_from_procfs(peer, server).map(|c| c.uid),
+            Some(me)
+        );
+        // The client closes first: its socket waits for the server's FIN
+        // (FIN_WAIT2) or lingers ownerless (TIME_WAIT): nobody's.
+        drop(c);
+        assert_eq!(peer_uid(server, peer), None);
+        drop(s);
+        assert_eq!(peer_uid(server, peer), None);
+        // No such connection at all.
+        let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(sock_diag::connection(nobody, server).unwrap(), None);
     }
 
     #[test]

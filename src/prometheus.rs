@@ -762,7 +762,12 @@ impl Client {
         content_type: Option<reqwest::header::HeaderValue>,
         body: axum::body::Bytes,
     ) -> Result<(u16, reqwest::header::HeaderMap, axum::body::Bytes)> {
-        self.verify()?;
+        // The socket tables and Prometheus' descriptors are read on a
+        // blocking thread: a request never holds up the daemon's others.
+        let check = self.clone();
+        tokio::task::spawn_blocking(move || check.verify())
+            .await
+            .context("the listener check did not finish")??;
         let url = match query {
             Some(q) => format!("{}{path}?{q}", self.base),
             None => format!("{}{path}", self.base),

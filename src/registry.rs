@@ -57,6 +57,9 @@ impl Cluster {
 pub struct RejectionRecord {
     pub reason: String,
     pub since: SystemTime,
+    /// The read failed for want of raywatch's own resources (see
+    /// [`Rejection::is_transient`]): the cluster's liveness is on hold.
+    pub transient: bool,
 }
 
 /// At most this many dead clusters are remembered for `status`.
@@ -277,6 +280,7 @@ impl Registry {
                 self.mark_dead(&file, wall, "its discovery file is gone".into())
             }
             Err(rejection) => {
+                let transient = rejection.is_transient();
                 let reason = rejection.to_string();
                 let fresh = self
                     .rejections
@@ -288,6 +292,7 @@ impl Registry {
                         RejectionRecord {
                             reason: reason.clone(),
                             since: wall,
+                            transient,
                         },
                     );
                     Change::Rejected(reason)
@@ -496,10 +501,19 @@ impl Registry {
     pub fn tick(&mut self, now: Instant, wall: SystemTime) -> Vec<Change> {
         let mut changes = Vec::new();
         let bound = self.liveness;
+        // A cluster whose file raywatch cannot read for want of its own
+        // resources is not known to be dead: its liveness waits for a read.
+        let unread = |f: &OsString| {
+            !self.rejections.is_empty()
+                && self
+                    .rejections
+                    .get(Path::new(f))
+                    .is_some_and(|r| r.transient)
+        };
         let files: Vec<OsString> = self
             .clusters
             .iter()
-            .filter(|(_, c)| c.is_live() && now.duration_since(c.last_change) > bound)
+            .filter(|(f, c)| c.is_live() && now.duration_since(c.last_change) > bound && !unread(f))
             .map(|(f, _)| f.clone())
             .collect();
         for f in files {
@@ -849,6 +863,67 @@ mod tests {
         let later = now + Duration::from_secs(50 + 21);
         let changes = r.tick(later, wall + Duration::from_secs(71));
         assert!(matches!(changes[0], Change::Died(..)), "{changes:?}");
+    }
+
+    #[test]
+    fn a_read_that_fails_for_want_of_descriptors_is_not_a_death() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let starved = found("/tmp/ray_a", "session_1");
+        let broken = found("/tmp/ray_b", "session_2");
+        for (f, t) in [(&starved, "127.0.0.1:1"), (&broken, "127.0.0.1:2")] {
+            r.observe(f, Origin::Watched, listing(&[t], wall), now, wall);
+        }
+        // Past the liveness bound, every read of the one fails with EMFILE;
+        // of the other, with an error about the file.
+        let (t, w) = (
+            now + Duration::from_secs(30),
+            wall + Duration::from_secs(30),
+        );
+        let emfile = Rejection::Exhausted("Too many open files".into());
+        let change = r.observe(&starved, Origin::Watched, Err(emfile), t, w);
+        assert!(matches!(change, Change::Rejected(ref why) if why.contains("not declared dead")));
+        r.observe(
+            &broken,
+            Origin::Watched,
+            Err(Rejection::Io("Input/output error".into())),
+            t,
+            w,
+        );
+        let changes = r.tick(t, w);
+        assert!(r.get(&starved.file).unwrap().is_live(), "{changes:?}");
+        assert!(!r.get(&broken.file).unwrap().is_live());
+        assert!(r.rejections()[&starved.file].transient);
+        // Read again (rewritten meanwhile): live, and the refusal is gone.
+        let (t, w) = (t + Duration::from_secs(1), w + Duration::from_secs(1));
+        r.observe(
+            &starved,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], w),
+            t,
+            w,
+        );
+        assert!(r.tick(t, w).is_empty());
+        assert!(r.get(&starved.file).unwrap().is_live());
+        assert!(!r.rejections().contains_key(&starved.file));
+        // A file that was not rewritten while it could not be read: its cluster
+        // ended meanwhile, and the next read that succeeds says so.
+        r.observe(
+            &starved,
+            Origin::Watched,
+            Err(Rejection::Exhausted("Too many open files".into())),
+            t + Duration::from_secs(30),
+            w + Duration::from_secs(30),
+        );
+        r.observe(
+            &starved,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], w),
+            t + Duration::from_secs(31),
+            w + Duration::from_secs(31),
+        );
+        let changes = r.tick(t + Duration::from_secs(31), w + Duration::from_secs(31));
+        assert!(matches!(changes[..], [Change::Died(..)]), "{changes:?}");
     }
 
     #[test]

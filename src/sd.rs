@@ -6,7 +6,9 @@
 //! listener checks), each with a `ray_host` label, so a central Prometheus or
 //! vmagent can tell this host's clusters from another's. Every request must
 //! carry `Authorization: Bearer <token>` (the token in `<home>/secrets/sd-token`,
-//! 0600), compared in constant time; anything else gets 401 and learns nothing.
+//! 0600), compared in constant time; a `GET /sd` without it gets 401, any
+//! other request (another path, another method) 404, and neither learns anything.
+//! The port is served within bounds (see [`crate::listen`]).
 //! TLS is optional (`--sd-tls-cert` / `--sd-tls-key`, rustls).
 
 use std::collections::BTreeMap;
@@ -69,7 +71,8 @@ async fn nothing_else() -> StatusCode {
 
 pub fn router(state: Arc<SdState>) -> axum::Router {
     axum::Router::new()
-        .route("/sd", axum::routing::get(sd))
+        // Another method on /sd is refused like any other path (not 405).
+        .route("/sd", axum::routing::get(sd).fallback(nothing_else))
         .fallback(nothing_else)
         .with_state(state)
 }
@@ -99,86 +102,92 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
     Ok(Arc::new(config))
 }
 
-/// Serves the endpoint on `listener` until `shutdown` changes; over TLS when `tls` is given.
+/// The endpoint's bounds: a central Prometheus or vmagent needs one
+/// connection per refresh; whoever holds the rest waits, and a silent
+/// client is dropped after the deadline.
+pub const LIMITS: crate::listen::Limits = crate::listen::Limits {
+    max_connections: 64,
+    header_timeout: Duration::from_secs(10),
+};
+
+/// Serves the endpoint on `listener` until `shutdown` changes; over TLS when
+/// `tls` is given (each handshake within [`LIMITS`], off the accept loop).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<SdState>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let app = router(state);
-    let stop = async move {
-        let _ = shutdown.changed().await;
-    };
     match tls {
         None => {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await;
+            crate::listen::serve(
+                listener,
+                "--sd-listen",
+                LIMITS,
+                app,
+                shutdown,
+                crate::listen::anyone,
+            )
+            .await
         }
         Some(config) => {
-            let _ = axum::serve(TlsListener::new(listener, config), app)
-                .with_graceful_shutdown(stop)
-                .await;
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let handshake = move |stream: tokio::net::TcpStream, _peer: SocketAddr| {
+                let accept = acceptor.accept(stream);
+                async move { accept.await.ok() }
+            };
+            crate::listen::serve(listener, "--sd-listen", LIMITS, app, shutdown, handshake).await
         }
-    }
-}
-
-/// Accepts TCP connections and completes their TLS handshakes in the
-/// background (a slow client never holds up the others).
-struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
-        let local = listener.local_addr().expect("bound");
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, peer)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                    if let Ok(Ok(tls)) = handshake.await {
-                        let _ = tx.send((tls, peer)).await;
-                    }
-                });
-            }
-        });
-        TlsListener { rx, local }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept task never ends while the listener lives.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The status line the endpoint answers a raw request with.
+    async fn status_of(addr: SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn anything_but_get_sd_is_not_found_and_get_without_the_token_unauthorized() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(SdState {
+            token: "t0ken".into(),
+            groups: Box::new(Vec::new),
+        });
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(serve(listener, state, None, rx));
+        let ask = |line: &str, auth: &str| {
+            format!(
+                "{line} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        };
+        let bearer = "Authorization: Bearer t0ken\r\n";
+        for (line, auth) in [
+            ("POST /sd", ""),
+            ("POST /sd", bearer),
+            ("PUT /sd", bearer),
+            ("DELETE /sd", ""),
+            ("GET /", bearer),
+            ("GET /sd/x", bearer),
+        ] {
+            let got = status_of(addr, &ask(line, auth)).await;
+            assert!(got.contains(" 404 "), "{line} ({auth:?}): {got}");
+        }
+        let got = status_of(addr, &ask("GET /sd", "")).await;
+        assert!(got.contains(" 401 "), "{got}");
+        let got = status_of(addr, &ask("GET /sd", bearer)).await;
+        assert!(got.contains(" 200 "), "{got}");
+    }
 
     #[test]
     fn only_the_exact_bearer_token_passes() {

@@ -15,6 +15,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
@@ -48,6 +49,48 @@ pub enum Rejection {
     TooManyTargets(usize),
     #[error("cannot be read ({0})")]
     Io(String),
+    /// The daemon is out of descriptors or memory: says nothing about the
+    /// file, so its cluster is kept as it was (never declared gone or dead
+    /// for it) and the file is read again.
+    #[error(
+        "cannot be read for now ({0}): raywatch is short of file descriptors or memory; the cluster is kept as it was, not declared dead, and read again"
+    )]
+    Exhausted(String),
+}
+
+impl Rejection {
+    /// Whether the refusal is about raywatch's own resources, not the file.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Rejection::Exhausted(_))
+    }
+}
+
+/// How many times an open or read failed for want of descriptors or memory
+/// (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`), in this process.
+static EXHAUSTED: AtomicU64 = AtomicU64::new(0);
+
+/// The count of failures for want of descriptors or memory so far: a scan
+/// during which it moved may have missed folders that are there.
+pub fn exhaustion_count() -> u64 {
+    EXHAUSTED.load(Ordering::Relaxed)
+}
+
+/// Whether `e` is a failure for want of descriptors or memory (then counted).
+fn exhausted(e: Errno) -> bool {
+    let out = matches!(
+        e,
+        Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOBUFS
+    );
+    if out {
+        EXHAUSTED.fetch_add(1, Ordering::Relaxed);
+    }
+    out
+}
+
+/// [`exhausted`] for a `std::io::Error`.
+fn io_exhausted(e: &std::io::Error) -> bool {
+    e.raw_os_error()
+        .is_some_and(|n| exhausted(Errno::from_raw(n)))
 }
 
 /// What was read from an untrusted file.
@@ -81,6 +124,7 @@ fn rejection_for(e: Errno) -> Rejection {
     match e {
         Errno::ELOOP => Rejection::Symlink,
         Errno::ENOTDIR => Rejection::NotDirectory,
+        e if exhausted(e) => Rejection::Exhausted(e.desc().to_string()),
         e => Rejection::Io(e.desc().to_string()),
     }
 }
@@ -122,7 +166,7 @@ impl Folder {
     }
 
     fn from_fd(fd: OwnedFd, path: PathBuf) -> Result<Folder, Rejection> {
-        let st = nix::sys::stat::fstat(&fd).map_err(|e| Rejection::Io(e.desc().into()))?;
+        let st = nix::sys::stat::fstat(&fd).map_err(rejection_for)?;
         Ok(Folder {
             fd,
             path,
@@ -171,15 +215,32 @@ impl Folder {
     }
 
     /// The folder's entries (`.` and `..` left out), with their kinds as listed.
+    /// A listing cut short for want of descriptors or memory is counted (see
+    /// [`exhaustion_count`]).
     pub fn entries(&self) -> Vec<(OsString, Kind)> {
-        let Ok(fd) = self.fd.try_clone() else {
-            return Vec::new();
+        let fd = match self.fd.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                io_exhausted(&e);
+                return Vec::new();
+            }
         };
-        let Ok(mut dir) = nix::dir::Dir::from_fd(fd) else {
-            return Vec::new();
+        let mut dir = match nix::dir::Dir::from_fd(fd) {
+            Ok(d) => d,
+            Err(e) => {
+                exhausted(e);
+                return Vec::new();
+            }
         };
         let mut out = Vec::new();
-        for entry in dir.iter().flatten() {
+        for entry in dir.iter() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    exhausted(e);
+                    continue;
+                }
+            };
             let name = entry.file_name().to_bytes();
             if name == b"." || name == b".." {
                 continue;
@@ -243,7 +304,7 @@ fn special_kind(st: &FileStat) -> Option<&'static str> {
 }
 
 fn read_open(fd: OwnedFd, max: u64, trusted: &dyn Fn(u32) -> bool) -> Result<Contents, Rejection> {
-    let st = nix::sys::stat::fstat(&fd).map_err(|e| Rejection::Io(e.desc().into()))?;
+    let st = nix::sys::stat::fstat(&fd).map_err(rejection_for)?;
     let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
     if fmt == SFlag::S_IFDIR {
         return Err(Rejection::Directory);
@@ -267,7 +328,13 @@ fn read_open(fd: OwnedFd, max: u64, trusted: &dyn Fn(u32) -> bool) -> Result<Con
     std::fs::File::from(fd)
         .take(size)
         .read_to_end(&mut bytes)
-        .map_err(|e| Rejection::Io(e.to_string()))?;
+        .map_err(|e| {
+            if io_exhausted(&e) {
+                Rejection::Exhausted(e.to_string())
+            } else {
+                Rejection::Io(e.to_string())
+            }
+        })?;
     let mtime = SystemTime::UNIX_EPOCH
         + Duration::new(
             st.st_mtime.max(0) as u64,
@@ -333,6 +400,74 @@ mod tests {
             dir.read(OsStr::new("sub"), 16, &me),
             Err(Rejection::Directory)
         );
+    }
+
+    /// Runs the named test of this binary again in a child process with
+    /// `marker` set, so that what it does to the process (its limits) touches
+    /// no other test; true in that child.
+    fn in_a_child_process(name: &str, marker: &str) -> bool {
+        if std::env::var_os(marker).is_some() {
+            return true;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(marker, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        false
+    }
+
+    #[test]
+    fn out_of_descriptors_is_neither_a_missing_file_nor_an_empty_folder() {
+        const NAME: &str =
+            "untrusted::tests::out_of_descriptors_is_neither_a_missing_file_nor_an_empty_folder";
+        if !in_a_child_process(NAME, "RAYWATCH_TEST_EMFILE_CHILD") {
+            return;
+        }
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let d = tempfile::tempdir().unwrap();
+        let session = d.path().join("session_2026-01-01_00-00-00_000001_1");
+        fs_err::create_dir(&session).unwrap();
+        let file = session.join(crate::discovery::DISCOVERY_FILE);
+        fs_err::write(&file, br#"[{"targets": ["127.0.0.1:1"]}]"#).unwrap();
+        let me = |uid: u32| uid == nix::unistd::geteuid().as_raw();
+        assert!(matches!(
+            crate::discovery::read_listing(&file, me),
+            Ok(Some(_))
+        ));
+
+        // Every descriptor this process may have is taken.
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, 64, hard).unwrap();
+        let mut held = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            held.push(f);
+        }
+        let before = exhaustion_count();
+        let read = crate::discovery::read_listing(&file, me);
+        assert!(matches!(read, Err(ref r) if r.is_transient()), "{read:?}");
+        let scan = crate::discovery::scan_root(d.path(), &me);
+        assert!(scan.found.is_empty());
+        assert!(
+            scan.refused.as_ref().is_some_and(Rejection::is_transient),
+            "{:?}",
+            scan.refused
+        );
+        assert!(exhaustion_count() > before);
+
+        drop(held);
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        assert!(matches!(
+            crate::discovery::read_listing(&file, me),
+            Ok(Some(_))
+        ));
+        assert_eq!(crate::discovery::scan_root(d.path(), &me).found.len(), 1);
     }
 
     #[test]

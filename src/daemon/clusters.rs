@@ -212,7 +212,10 @@ impl Core {
             let settings = self.settings.borrow().clone();
             let trusted = self.trusted.clone();
             let is_trusted = |uid: u32| trusted.contains(&uid);
-            let found = self.follow.scan(&self.scope(&settings, &is_trusted));
+            // A scan cut short changes nothing: nothing it missed is taken for gone.
+            let Some(found) = self.follow.scan(&self.scope(&settings, &is_trusted)) else {
+                break;
+            };
             self.reconcile(&found);
             if self.follow.watcher.watched().is_subset(&before) {
                 break;
@@ -321,7 +324,7 @@ impl Core {
     /// Returns GCS addresses to probe for clusters that missed a rewrite.
     pub fn tick(&mut self) -> Vec<(PathBuf, Vec<String>)> {
         let (now, wall) = (Instant::now(), SystemTime::now());
-        let every = if self.follow.watcher.needs_rescan() {
+        let every = if self.follow.watcher.needs_rescan() || self.follow.incomplete.is_some() {
             RESCAN_DEGRADED
         } else {
             RESCAN

@@ -74,6 +74,8 @@ pub struct Follow {
     /// Session folders of untrusted owners seen in the roots (left alone).
     pub foreign_sessions: usize,
     pub last_scan: Instant,
+    /// Why the last scan was discarded, when it was (see [`Follow::scan`]).
+    pub incomplete: Option<String>,
 }
 
 impl Follow {
@@ -87,6 +89,7 @@ impl Follow {
             refused_roots: BTreeMap::new(),
             foreign_sessions: 0,
             last_scan: Instant::now(),
+            incomplete: None,
         }
     }
 
@@ -105,17 +108,23 @@ impl Follow {
 
     /// Lists every root and attachment, watches what should be watched, and
     /// returns every discovery file found (one [`Found`] each).
-    pub fn scan(&mut self, scope: &Scope) -> BTreeMap<PathBuf, Found> {
+    ///
+    /// A scan during which a folder could not be opened or listed for want of
+    /// descriptors or memory may have missed what is there: it changes nothing
+    /// (what is followed and watched stays as it was), sets
+    /// [`Follow::incomplete`], and returns None.
+    pub fn scan(&mut self, scope: &Scope) -> Option<BTreeMap<PathBuf, Found>> {
         self.last_scan = Instant::now();
+        let exhaustion = crate::untrusted::exhaustion_count();
         let trusted = scope.trusted;
         let mut roots: BTreeSet<PathBuf> = BTreeSet::new();
         let mut parents: BTreeSet<PathBuf> = BTreeSet::new();
-        self.root_parents.clear();
+        let mut root_parents = BTreeSet::new();
         if scope.default_roots {
             for parent in ray::default_temp_dir_parents() {
                 roots.extend(discovery::roots_in(&parent, trusted));
                 parents.insert(parent.clone());
-                self.root_parents.insert(parent);
+                root_parents.insert(parent);
             }
         }
         roots.extend(scope.watch.iter().cloned());
@@ -152,6 +161,18 @@ impl Follow {
                 found.insert(f.file.clone(), f);
             }
         }
+        if crate::untrusted::exhaustion_count() != exhaustion {
+            let msg = "the last scan of Ray's folders was cut short: raywatch is short of file descriptors or memory; the clusters found before are kept as they were, and the scan is retried every 2 s".to_string();
+            if self.incomplete.is_none() {
+                tracing::warn!("{msg}");
+            }
+            self.incomplete = Some(msg);
+            return None;
+        }
+        if self.incomplete.take().is_some() {
+            tracing::info!("a scan of Ray's folders completed again");
+        }
+        self.root_parents = root_parents;
         // Only real folders are roots: a link is never followed into or out of one.
         self.roots = scanned;
         self.refused_roots = refused;
@@ -167,7 +188,7 @@ impl Follow {
         watch_set.extend(session_dirs.iter().cloned());
         self.session_dirs = session_dirs;
         self.watcher.set(&watch_set);
-        found
+        Some(found)
     }
 
     /// Sorts a batch of event paths. Each event costs what it concerns: a

@@ -132,6 +132,7 @@ pub fn run(home: Home) -> Result<()> {
             home.config().display()
         )
     })?;
+    raise_fd_limit();
     crate::atomic::write(
         &home.daemon_pid(),
         format!("{}\n", std::process::id()).as_bytes(),
@@ -144,6 +145,32 @@ pub fn run(home: Home) -> Result<()> {
     let _ = fs_err::remove_file(home.socket());
     let _ = fs_err::remove_file(home.daemon_pid());
     result
+}
+
+/// Raises the soft limit on open files to the hard one: an ordinary user's
+/// soft limit (often 1024) is small for a daemon that holds listeners, the
+/// connections it serves, and Ray's files. The listeners are bounded all the
+/// same (see [`crate::listen`]).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // An unlimited hard limit is not a value setrlimit takes for open files.
+    let ceiling = fs_err::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(hard);
+    let wanted = hard.min(ceiling);
+    if soft >= wanted {
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
+        Ok(()) => tracing::info!("raised the open-file limit from {soft} to {wanted}"),
+        Err(e) => tracing::warn!(
+            "the open-file limit stays at {soft} (raising it to {wanted} failed: {e}); `ulimit -n` shows it"
+        ),
+    }
 }
 
 /// Stops a child a previous daemon left running (it was killed before it could),
@@ -306,19 +333,16 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
             },
             counters: shared.gateway.counters.clone(),
         });
-        let listener = crate::gateway::OwnerOnly::new(
-            gateway_listener,
+        let owner = crate::gateway::OwnerOnly::new(
             nix::unistd::geteuid().as_raw(),
             shared.gateway.counters.clone(),
         );
-        let mut stop = shutdown_rx.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, crate::gateway::router(upstream))
-                .with_graceful_shutdown(async move {
-                    let _ = stop.changed().await;
-                })
-                .await;
-        })
+        tokio::spawn(crate::gateway::serve(
+            gateway_listener,
+            owner,
+            upstream,
+            shutdown_rx.clone(),
+        ))
     };
 
     let (owner_tx, mut owner_rx) = unbounded_channel::<(String, Option<String>)>();

@@ -193,7 +193,12 @@ impl Core {
                     "inotify".into()
                 },
                 roots: self.follow.roots.iter().cloned().collect(),
-                degraded: self.follow.watcher.degraded.clone(),
+                degraded: self
+                    .follow
+                    .watcher
+                    .degraded
+                    .clone()
+                    .or_else(|| self.follow.incomplete.clone()),
                 foreign_session_dirs: self.follow.foreign_sessions,
             },
             gateway: status::GatewayStatus {

@@ -12,6 +12,7 @@ mod fleet;
 mod grafana;
 mod guard;
 mod history;
+mod listeners;
 mod ray;
 mod rayauth;
 mod reliability;
