@@ -68,6 +68,7 @@ impl Core {
                             address: t.clone(),
                             reason: match (self.endpoints.foreign(t), owners.get(t)) {
                                 (Some((uid, user)), _) => format!("its port is held by uid {uid} ({user}), not by a trusted user: never scraped"),
+                                (None, _) if self.endpoints.waiting(t) => "waiting for a listener: nothing listens on it yet; scraped once a process of a trusted user does (checked every second)".into(),
                                 (None, Some(Some(s))) => format!("also listed by another cluster; its series carry session {s}"),
                                 (None, Some(None)) => "also listed by another cluster, and no claimant's session could be read from it".into(),
                                 (None, None) if contested.contains_key(t) => "also listed by another cluster; checking which one serves it".into(),
