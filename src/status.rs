@@ -157,6 +157,10 @@ pub struct ClusterStatus {
     pub source: String,
     /// Unix time raywatch last saw the discovery file rewritten.
     pub last_rewrite_unix: f64,
+    /// Set while a live cluster's discovery file is gone (moved or deleted):
+    /// where it was, since when, and what keeps the cluster live.
+    #[serde(default)]
+    pub discovery_file_gone: Option<String>,
     /// Ray's default dashboard for this cluster in this stack's Grafana, when it runs.
     pub grafana_url: Option<String>,
     pub targets: Vec<TargetStatus>,
@@ -337,6 +341,9 @@ pub fn render(r: &StatusReport) -> String {
             }
             if let Some(reason) = &c.dead_reason {
                 let _ = writeln!(out, "      dead: {}", escape::text(reason));
+            }
+            if let Some(note) = &c.discovery_file_gone {
+                let _ = writeln!(out, "      note: {}", escape::text(note));
             }
             for t in &c.targets {
                 let _ = writeln!(

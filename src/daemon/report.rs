@@ -99,6 +99,19 @@ impl Core {
                         Origin::Attached { .. } => "attach".into(),
                     },
                     last_rewrite_unix: unix(c.last_change_wall),
+                    discovery_file_gone: c.file_gone.filter(|_| c.is_live()).map(|since| {
+                        let gcs = match c.gcs_port {
+                            Some(port) => format!("it stays live while its GCS (port {port}) listens"),
+                            None => "it stays live while its session folder is there".to_string(),
+                        };
+                        format!(
+                            "its discovery file stopped being rewritten: it is gone from {} (noticed {} ago); {gcs} or Ray writes the file again, within the liveness bound",
+                            c.found.file.display(),
+                            humantime::format_duration(Duration::from_secs(
+                                SystemTime::now().duration_since(since).map(|d| d.as_secs()).unwrap_or(0)
+                            ))
+                        )
+                    }),
                     grafana_url,
                     targets,
                     withheld,
