@@ -11,6 +11,7 @@ mod fleet;
 mod grafana;
 mod guard;
 mod history;
+mod liveness;
 mod ray;
 mod reliability;
 mod security;
