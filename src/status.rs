@@ -607,6 +607,27 @@ mod tests {
     }
 
     #[test]
+    fn a_gone_discovery_file_is_noted_under_its_live_cluster_escaped() {
+        let mut r = report();
+        let note = "its discovery file stopped being rewritten: it is gone from /tmp/ray_\u{1b}[2J/s/d.json";
+        let cluster: ClusterStatus = serde_json::from_value(serde_json::json!({
+            "name": "alice-ray_x", "state": "live", "dead_reason": null,
+            "session": "session_1", "session_dir": null, "temp_dir": "/tmp/ray_x",
+            "discovery_file": "/tmp/ray_x/d.json", "user": "alice", "source": "watch",
+            "last_rewrite_unix": 0.0, "grafana_url": null, "targets": [],
+            "withheld": [], "remote_targets": [], "discovery_file_gone": note
+        }))
+        .unwrap();
+        r.clusters = vec![cluster];
+        let text = render(&r);
+        assert!(
+            text.contains("      note: its discovery file stopped being rewritten: it is gone from /tmp/ray_\\e[2J/s/d.json"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'));
+    }
+
+    #[test]
     fn a_target_over_the_sample_limit_is_flagged_with_the_limit_and_the_flag_escaped() {
         let mut r = report();
         r.prometheus.sample_limit = Some(200_000);
