@@ -352,7 +352,9 @@ impl Registry {
                 .expect("present");
             if !c.is_live() && changed && !stale_on_disk {
                 c.state = State::Live;
+                // A temp-dir-level file revived by a new session: its GCS is learnt again.
                 c.gcs_seen = None;
+                c.gcs_port = None;
                 self.generation += 1;
                 return Change::Revived(c.name.clone());
             }

@@ -427,15 +427,21 @@ impl Core {
                 continue;
             }
             let trusted = &self.trusted;
+            // A session keeps its GCS port for life: the one learnt is kept,
+            // whatever is planted where its files were. A temp-dir-level file
+            // (older Ray) outlives sessions, so its port is read again while
+            // it can be.
             let port = match c.gcs_port {
-                Some(p) => Some(p),
-                None => {
-                    let p =
+                Some(p) if c.found.session_dir.is_some() => Some(p),
+                known => {
+                    let fresh =
                         probe::gcs_port(&c.found, &|uid| trusted.contains(&uid), &mut self.warned);
-                    if let Some(p) = p {
+                    if let Some(p) = fresh
+                        && known != fresh
+                    {
                         self.registry.set_gcs_port(&f.file, p);
                     }
-                    p
+                    fresh.or(known)
                 }
             };
             let Some(port) = port else {
