@@ -23,14 +23,14 @@ const FIRST_PORT: usize = 30001;
 
 /// Listeners on the synthetic clusters' targets, as a real head's processes
 /// hold them; one thread accepts and closes their connections.
-struct Held {
+pub(crate) struct Held {
     listeners: Arc<Mutex<HashMap<String, std::net::TcpListener>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Held {
-    fn new() -> Held {
+    pub(crate) fn new() -> Held {
         let listeners: Arc<Mutex<HashMap<String, std::net::TcpListener>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -42,7 +42,7 @@ impl Held {
                             drop(c);
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(Duration::from_millis(250));
                 }
             })
         };
@@ -54,9 +54,12 @@ impl Held {
     }
 
     /// Listens on `target` (`127.0.0.1:port`).
-    fn hold(&self, target: &str) -> Result<()> {
+    pub(crate) fn hold(&self, target: &str) -> Result<()> {
         let l = std::net::TcpListener::bind(target).with_context(|| {
-            format!("cannot listen on {target} for a synthetic cluster: is the port taken?")
+            format!(
+                "cannot listen on {target} for a synthetic cluster: the port is taken, or this \
+                 process is short of file descriptors (raise `ulimit -n`)"
+            )
         })?;
         l.set_nonblocking(true)?;
         self.listeners.lock().unwrap().insert(target.to_string(), l);
