@@ -2,11 +2,15 @@
 //!
 //! Any local user can bind a free loopback port, including one a Ray cluster
 //! is about to list (its autoscaler or dashboard metrics port, before `ray
-//! start`). Ray lists the port anyway, and Prometheus would scrape the
-//! squatter's series under the victim's cluster. So before a local target is
-//! published, and again every second while it is, raywatch looks up the
-//! socket listening on it in the kernel's table: a listener owned by an
-//! untrusted uid is withheld, whichever and however many clusters list it.
+//! start`) or one it lists before its own process binds it (Ray's metrics
+//! agents start seconds after the discovery file names them). Ray lists the
+//! port anyway, and Prometheus would scrape the squatter's series under the
+//! victim's cluster. So a local target is published only while the socket
+//! listening on it, looked up in the kernel's table every second, belongs to a
+//! trusted uid: one of another uid is withheld, whichever and however many
+//! clusters list it, and one nobody listens on yet waits for its listener.
+//! Only targets on other hosts, which cannot be checked here, are published
+//! unchecked.
 //!
 //! The per-second look is cheap: one read of the listening sockets (netlink,
 //! see [`Listeners::read`]) compared with the previous one; only endpoints on a
@@ -24,7 +28,8 @@ pub enum Holder {
     Trusted,
     /// A socket of another user: never scraped.
     Foreign { uid: u32, user: String },
-    /// Nothing listens (yet): nothing can be scraped from it; checked again every second.
+    /// Nothing listens (yet): not published, checked again every second (a
+    /// late listener of a trusted uid is published within that second).
     Nobody,
     /// Not an address of this machine: cannot be checked here (flagged in `status`).
     Remote,
@@ -147,12 +152,18 @@ impl Endpoints {
         }
     }
 
-    /// Whether `endpoint` was checked and may be scraped.
+    /// Whether `endpoint` was checked and may be scraped: a trusted uid
+    /// listens on it, or it is on another host.
     pub fn admitted(&self, endpoint: &str) -> bool {
         matches!(
             self.verdicts.get(endpoint),
-            Some(Holder::Trusted | Holder::Nobody | Holder::Remote)
+            Some(Holder::Trusted | Holder::Remote)
         )
+    }
+
+    /// Whether nothing listened on `endpoint` at its last check.
+    pub fn waiting(&self, endpoint: &str) -> bool {
+        matches!(self.verdicts.get(endpoint), Some(Holder::Nobody))
     }
 }
 
@@ -212,8 +223,8 @@ mod tests {
         drop(l);
         e.refresh([ep.clone()].iter(), &locals, &|u| u != me);
         assert!(
-            e.admitted(&ep),
-            "nobody listens: nothing to scrape, admitted"
+            !e.admitted(&ep) && e.waiting(&ep),
+            "nobody listens: withheld until a trusted uid does"
         );
         assert_eq!(
             judge("192.0.2.1:80", &Listeners::read(), &locals, &|_| true),
@@ -247,12 +258,39 @@ mod tests {
             e.update([], &is_listed, true, &locals, &others),
             vec![ea.clone()]
         );
-        assert!(e.admitted(&ea), "nobody listens: admitted");
+        assert!(
+            !e.admitted(&ea) && e.waiting(&ea),
+            "nobody listens: waiting"
+        );
         assert!(!e.admitted(&eb));
         // An endpoint no longer listed is forgotten.
         let none = |_: &str| false;
         e.update([&eb], &none, false, &locals, &others);
         assert!(!e.admitted(&eb) && e.foreign(&eb).is_none());
         drop(b);
+    }
+
+    #[test]
+    fn a_late_listener_of_a_trusted_uid_is_admitted_at_the_next_check() {
+        let locals = crate::ports::local_addresses();
+        let me = nix::unistd::geteuid().as_raw();
+        let mine = |u: u32| u == me;
+        let port = crate::ports::free_port().unwrap();
+        let ep = format!("127.0.0.1:{port}");
+        let listed: std::collections::BTreeSet<String> = [ep.clone()].into();
+        let is_listed = |e: &str| listed.contains(e);
+        let mut e = Endpoints::default();
+        assert_eq!(
+            e.update(&listed, &is_listed, false, &locals, &mine),
+            vec![ep.clone()]
+        );
+        assert!(e.waiting(&ep) && !e.admitted(&ep));
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        assert_eq!(
+            e.update([], &is_listed, true, &locals, &mine),
+            vec![ep.clone()]
+        );
+        assert!(e.admitted(&ep) && !e.waiting(&ep));
+        drop(l);
     }
 }

@@ -343,7 +343,7 @@ pub fn holds_socket(pid: u32, inode: u64) -> bool {
 }
 
 /// The process holding a socket inode, among the processes this user may inspect.
-fn socket_owner(inode: u64) -> Option<u32> {
+pub fn socket_owner(inode: u64) -> Option<u32> {
     let all = ::procfs::process::all_processes().ok()?;
     all.flatten()
         .find(|p| {

@@ -44,11 +44,25 @@ pub struct Cluster {
     /// The Slurm job its head runs in: None until looked up, then Some(None)
     /// when it runs in none.
     pub slurm: Option<Option<crate::slurm::SlurmJob>>,
+    /// Its GCS port, learnt from Ray's files while they were in place: a
+    /// session folder someone moves away takes them along.
+    pub gcs_port: Option<u16>,
+    /// When a process of its session, of a trusted uid, was last found
+    /// listening on its GCS port: a sign of life, like a rewrite.
+    pub gcs_seen: Option<Instant>,
+    /// When its discovery file was found gone while the cluster stayed live.
+    pub file_gone: Option<SystemTime>,
 }
 
 impl Cluster {
     pub fn is_live(&self) -> bool {
         self.state == State::Live
+    }
+
+    /// Its last sign of life: a rewrite of its discovery file, or its GCS found listening.
+    pub fn last_sign(&self) -> Instant {
+        self.gcs_seen
+            .map_or(self.last_change, |g| g.max(self.last_change))
     }
 }
 
@@ -253,6 +267,7 @@ impl Registry {
                 c.last_change = now;
                 c.last_change_wall = wall;
             }
+            c.file_gone = None;
             if !self.rejections.is_empty() {
                 self.rejections.remove(&found.file);
             }
@@ -324,6 +339,7 @@ impl Registry {
                 self.generation += 1;
             }
             c.targets = listing.targets;
+            c.file_gone = None;
             if changed {
                 c.mtime = listing.mtime;
                 c.last_change = now;
@@ -341,6 +357,9 @@ impl Registry {
                 .expect("present");
             if !c.is_live() && changed && !stale_on_disk {
                 c.state = State::Live;
+                // A temp-dir-level file revived by a new session: its GCS is learnt again.
+                c.gcs_seen = None;
+                c.gcs_port = None;
                 self.generation += 1;
                 return Change::Revived(c.name.clone());
             }
@@ -373,6 +392,9 @@ impl Registry {
             last_change_wall: wall,
             state,
             slurm: None,
+            gcs_port: None,
+            gcs_seen: None,
+            file_gone: None,
         };
         let live = cluster.is_live();
         self.generation += 1;
@@ -474,6 +496,34 @@ impl Registry {
         }
     }
 
+    /// Records the GCS port learnt for the cluster at `file`.
+    pub fn set_gcs_port(&mut self, file: &Path, port: u16) {
+        if let Some(c) = self.clusters.get_mut(file.as_os_str()) {
+            c.gcs_port = Some(port);
+        }
+    }
+
+    /// Records that a process of the live cluster at `file` listens on its GCS port.
+    pub fn gcs_seen(&mut self, file: &Path, now: Instant) {
+        if let Some(c) = self.clusters.get_mut(file.as_os_str())
+            && c.is_live()
+        {
+            c.gcs_seen = Some(now);
+        }
+    }
+
+    /// Records that the live cluster at `file` lost its discovery file (moved or
+    /// deleted by someone) without being declared dead: the liveness bound and
+    /// its GCS decide.
+    pub fn file_gone(&mut self, file: &Path, wall: SystemTime) {
+        if let Some(c) = self.clusters.get_mut(file.as_os_str())
+            && c.is_live()
+            && c.file_gone.is_none()
+        {
+            c.file_gone = Some(wall);
+        }
+    }
+
     /// Declares a live cluster dead for a reason found elsewhere (its GCS refused).
     pub fn declare_dead(&mut self, file: &Path, wall: SystemTime, reason: String) -> Change {
         let before = self.contribution(file);
@@ -513,17 +563,11 @@ impl Registry {
         let files: Vec<OsString> = self
             .clusters
             .iter()
-            .filter(|(f, c)| c.is_live() && now.duration_since(c.last_change) > bound && !unread(f))
+            .filter(|(f, c)| c.is_live() && now.duration_since(c.last_sign()) > bound && !unread(f))
             .map(|(f, _)| f.clone())
             .collect();
         for f in files {
-            let reason = format!(
-                "its discovery file was not rewritten for {} (the bound is {})",
-                humantime::format_duration(Duration::from_secs(
-                    now.duration_since(self.clusters[&f].last_change).as_secs()
-                )),
-                humantime::format_duration(bound)
-            );
+            let reason = silence_reason(&self.clusters[&f], now, bound);
             let f = Path::new(&f);
             let before = self.contribution(f);
             changes.push(self.mark_dead(f, wall, reason));
@@ -635,6 +679,36 @@ impl Registry {
             .filter_map(|f| self.group_for(Path::new(f), &owner, &|_| true))
             .collect()
     }
+}
+
+/// Why a live cluster's silence outlasted the liveness bound.
+fn silence_reason(c: &Cluster, now: Instant, bound: Duration) -> String {
+    let ago = |t: Instant| {
+        humantime::format_duration(Duration::from_secs(now.duration_since(t).as_secs()))
+    };
+    let file = match c.file_gone {
+        Some(_) => format!(
+            "its discovery file is gone from {} and was last rewritten {} ago",
+            c.found.file.display(),
+            ago(c.last_change)
+        ),
+        None => format!(
+            "its discovery file was not rewritten for {}",
+            ago(c.last_change)
+        ),
+    };
+    let gcs = match (c.gcs_port, c.gcs_seen) {
+        (Some(port), Some(seen)) => format!(
+            ", and its GCS (port {port}) was last found {} ago",
+            ago(seen)
+        ),
+        (Some(port), None) => format!(", and its GCS (port {port}) was not found listening"),
+        (None, _) => String::new(),
+    };
+    format!(
+        "{file}{gcs} (the bound is {})",
+        humantime::format_duration(bound)
+    )
 }
 
 /// The labels every target of a cluster carries.
@@ -924,6 +998,61 @@ mod tests {
         );
         let changes = r.tick(t + Duration::from_secs(31), w + Duration::from_secs(31));
         assert!(matches!(changes[..], [Change::Died(..)]), "{changes:?}");
+    }
+
+    #[test]
+    fn a_listening_gcs_keeps_a_cluster_without_rewrites_live_within_the_bound() {
+        let bound = Duration::from_secs(20);
+        let mut r = Registry::new(bound);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let f = found("/tmp/ray_moved", "session_1");
+        r.observe(
+            &f,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], wall),
+            now,
+            wall,
+        );
+        r.set_gcs_port(&f.file, 6379);
+        r.file_gone(&f.file, wall);
+        assert!(r.get(&f.file).unwrap().file_gone.is_some());
+        // Its file is gone; its GCS is found every 3 s for a minute.
+        for i in 1..=20u64 {
+            let t = now + Duration::from_secs(3 * i);
+            r.gcs_seen(&f.file, t);
+            assert!(r.tick(t, wall).iter().all(|c| *c == Change::None));
+        }
+        assert!(r.get(&f.file).unwrap().is_live());
+        // The GCS goes: dead once the bound passes since it was last found.
+        let last = now + Duration::from_secs(60);
+        assert!(
+            r.tick(last + bound, wall)
+                .iter()
+                .all(|c| *c == Change::None)
+        );
+        let changes = r.tick(last + bound + Duration::from_secs(1), wall);
+        let Change::Died(_, reason) = &changes[0] else {
+            panic!("{changes:?}")
+        };
+        assert!(
+            reason.contains("is gone from /tmp/ray_moved/session_1/"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("GCS (port 6379) was last found"),
+            "{reason}"
+        );
+        // A file written again clears the note.
+        let later = wall + Duration::from_secs(90);
+        r.observe(
+            &f,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], later),
+            last + bound,
+            later,
+        );
+        let c = r.get(&f.file).unwrap();
+        assert!(c.is_live() && c.file_gone.is_none() && c.gcs_seen.is_none());
     }
 
     #[test]

@@ -161,6 +161,10 @@ pub struct ClusterStatus {
     pub source: String,
     /// Unix time raywatch last saw the discovery file rewritten.
     pub last_rewrite_unix: f64,
+    /// Set while a live cluster's discovery file is gone (moved or deleted):
+    /// where it was, since when, and what keeps the cluster live.
+    #[serde(default)]
+    pub discovery_file_gone: Option<String>,
     /// Ray's default dashboard for this cluster in this stack's Grafana, when it runs.
     pub grafana_url: Option<String>,
     pub targets: Vec<TargetStatus>,
@@ -382,6 +386,9 @@ pub fn render(r: &StatusReport) -> String {
             }
             if let Some(reason) = &c.dead_reason {
                 let _ = writeln!(out, "      dead: {}", escape::text(reason));
+            }
+            if let Some(note) = &c.discovery_file_gone {
+                let _ = writeln!(out, "      note: {}", escape::text(note));
             }
             for t in &c.targets {
                 let _ = writeln!(
@@ -690,6 +697,27 @@ mod tests {
         ] {
             assert!(shared.contains(part), "{part:?} missing:\n{shared}");
         }
+    }
+
+    #[test]
+    fn a_gone_discovery_file_is_noted_under_its_live_cluster_escaped() {
+        let mut r = report();
+        let note = "its discovery file stopped being rewritten: it is gone from /tmp/ray_\u{1b}[2J/s/d.json";
+        let cluster: ClusterStatus = serde_json::from_value(serde_json::json!({
+            "name": "alice-ray_x", "state": "live", "dead_reason": null,
+            "session": "session_1", "session_dir": null, "temp_dir": "/tmp/ray_x",
+            "discovery_file": "/tmp/ray_x/d.json", "user": "alice", "source": "watch",
+            "last_rewrite_unix": 0.0, "grafana_url": null, "targets": [],
+            "withheld": [], "remote_targets": [], "discovery_file_gone": note
+        }))
+        .unwrap();
+        r.clusters = vec![cluster];
+        let text = render(&r);
+        assert!(
+            text.contains("      note: its discovery file stopped being rewritten: it is gone from /tmp/ray_\\e[2J/s/d.json"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'));
     }
 
     #[test]

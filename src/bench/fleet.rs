@@ -802,7 +802,8 @@ pub fn sd(clusters: usize, targets: usize, requests: usize) -> Result<()> {
     let port = crate::ports::free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let stack = FleetStack::up(&["--sd-listen", &addr])?;
-    // Loopback ports nobody listens on: published (checked every second), never answering.
+    // Loopback ports held by this process (raywatch publishes a local target
+    // only while a trusted uid listens on it), answering nothing.
     let mut free = (20000u16..=u16::MAX).filter(|&p| crate::ports::is_free(p));
     let listings = (0..clusters)
         .map(|_| {
@@ -815,6 +816,10 @@ pub fn sd(clusters: usize, targets: usize, requests: usize) -> Result<()> {
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<Vec<_>>>()?;
+    let held = super::local::Held::new();
+    for t in listings.iter().flatten() {
+        held.hold(t)?;
+    }
     let _heads = Heads::start(&stack.root, listings)?;
     let token = fs_err::read_to_string(stack.home.sd_token())?
         .trim()

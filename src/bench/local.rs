@@ -2,13 +2,14 @@
 //!
 //! Each benchmark starts its own stack (the raywatch binary, a temp home, `--no-default-watch`)
 //! and synthetic Ray heads: discovery files written the way Ray writes them
-//! (temp file, then rename).
+//! (temp file, then rename), their targets held by listeners of this process
+//! (raywatch publishes a local target only while a trusted uid listens on it).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -16,9 +17,73 @@ use anyhow::{Context, Result, bail};
 use crate::discovery::DISCOVERY_FILE;
 use crate::home::Home;
 
+/// The first target port of synthetic clusters (unprivileged, below the
+/// kernel's ephemeral range).
+const FIRST_PORT: usize = 30001;
+
+/// Listeners on the synthetic clusters' targets, as a real head's processes
+/// hold them; one thread accepts and closes their connections.
+pub(crate) struct Held {
+    listeners: Arc<Mutex<HashMap<String, std::net::TcpListener>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Held {
+    pub(crate) fn new() -> Held {
+        let listeners: Arc<Mutex<HashMap<String, std::net::TcpListener>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (listeners, stop) = (listeners.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for l in listeners.lock().unwrap().values() {
+                        while let Ok((c, _)) = l.accept() {
+                            drop(c);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            })
+        };
+        Held {
+            listeners,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Listens on `target` (`127.0.0.1:port`).
+    pub(crate) fn hold(&self, target: &str) -> Result<()> {
+        let l = std::net::TcpListener::bind(target).with_context(|| {
+            format!(
+                "cannot listen on {target} for a synthetic cluster: the port is taken, or this \
+                 process is short of file descriptors (raise `ulimit -n`)"
+            )
+        })?;
+        l.set_nonblocking(true)?;
+        self.listeners.lock().unwrap().insert(target.to_string(), l);
+        Ok(())
+    }
+
+    fn release(&self, target: &str) {
+        self.listeners.lock().unwrap().remove(target);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 struct BenchStack {
     home: Home,
     root: PathBuf,
+    held: Held,
     _dir: tempfile::TempDir,
 }
 
@@ -45,6 +110,7 @@ impl BenchStack {
         Ok(BenchStack {
             home,
             root,
+            held: Held::new(),
             _dir: dir,
         })
     }
@@ -197,20 +263,21 @@ impl Drop for Rewriter {
     }
 }
 
-/// `n` synthetic clusters in `root` (`session_<prefix>_<k>`, target port `first_port + k`),
-/// their files written once; returns (file, target) of each.
+/// `n` synthetic clusters in the stack's root (`session_<prefix>_<k>`, target
+/// port `first_port + k`, held), their files written once; returns (file, target) of each.
 fn make_clusters(
-    root: &Path,
+    stack: &BenchStack,
     prefix: &str,
     n: usize,
     first_port: usize,
 ) -> Result<Vec<(PathBuf, String)>> {
     (0..n)
         .map(|k| {
-            let d = root.join(format!("session_{prefix}_{k}"));
+            let d = stack.root.join(format!("session_{prefix}_{k}"));
             fs_err::create_dir(&d)?;
             let f = d.join(DISCOVERY_FILE);
             let target = format!("127.0.0.1:{}", first_port + k);
+            stack.held.hold(&target)?;
             write_discovery(&f, &target)?;
             Ok((f, target))
         })
@@ -371,9 +438,9 @@ pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<
             std::thread::sleep(Duration::from_millis(10));
         }
     };
-    // Background clusters, ports 1..=background: live, rewritten every 5 s.
+    // Background clusters, from FIRST_PORT on: live, rewritten every 5 s.
     let _rewriter = if background > 0 {
-        let files = make_clusters(&stack.root, "bg", background, 1)?;
+        let files = make_clusters(&stack, "bg", background, FIRST_PORT)?;
         let r = Rewriter::start(files);
         stack.wait_published(background, Duration::from_secs(180))?;
         std::thread::sleep(Duration::from_secs(5));
@@ -402,6 +469,7 @@ pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<
         fs_err::create_dir(&session)?;
         let file = session.join(DISCOVERY_FILE);
         watch.drain();
+        stack.held.hold(&instance)?;
         write_discovery(&file, &instance)?;
         let t0 = Instant::now();
         // raywatch's own share: rename to the targets file holding the target.
@@ -411,6 +479,7 @@ pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<
         }
         // Let the synthetic cluster go, so the folder stays small.
         fs_err::remove_dir_all(&session)?;
+        stack.held.release(&instance);
         if own_only {
             // Its leave is published before the next trial starts.
             std::thread::sleep(Duration::from_millis(50));
@@ -477,7 +546,7 @@ pub fn idle(counts: &[usize], seconds: u64) -> Result<()> {
     for &n in counts {
         let stack = BenchStack::up()?;
         // Like Ray: every file rewritten every 5 s, the writes spread evenly.
-        let _rewriter = Rewriter::start(make_clusters(&stack.root, "idle", n, 1)?);
+        let _rewriter = Rewriter::start(make_clusters(&stack, "idle", n, FIRST_PORT)?);
         stack.wait_published(n, Duration::from_secs(180))?;
         std::thread::sleep(Duration::from_secs(5));
         let meter = stack.meter()?;
@@ -505,7 +574,7 @@ pub fn join(clusters: usize, seconds: u64) -> Result<()> {
     let prometheus_pid = stack.prometheus_pid()?;
     let meter = stack.meter()?;
     let t0 = Instant::now();
-    let files = make_clusters(&stack.root, "join", clusters, 1)?;
+    let files = make_clusters(&stack, "join", clusters, FIRST_PORT)?;
     let created = t0.elapsed();
     let expected: BTreeSet<String> = files.iter().map(|(_, t)| t.clone()).collect();
     let _rewriter = Rewriter::start(files);
@@ -581,6 +650,7 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
         let d = stack.root.join(format!("session_soak_{slot}_{generation}"));
         fs_err::create_dir(&d)?;
         let f = d.join(DISCOVERY_FILE);
+        stack.held.hold(&instance(generation))?;
         write_discovery(&f, &instance(generation))?;
         Ok((f, instance(generation)))
     };
@@ -658,8 +728,9 @@ pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> 
         let slot = ((seed >> 33) as usize) % clusters;
         let current = live.lock().unwrap()[slot].take();
         match current {
-            Some((f, _)) => {
+            Some((f, target)) => {
                 fs_err::remove_dir_all(f.parent().context("session dir")?)?;
+                stack.held.release(&target);
                 leaves += 1;
             }
             None => {

@@ -9,7 +9,7 @@ use anyhow::Result;
 use tokio::sync::watch;
 
 use super::follow::{Attachment, Follow, Scope};
-use super::probe::gcs_addresses;
+use super::probe;
 use super::{OVERDUE, RESCAN, RESCAN_DEGRADED};
 use crate::api::{AttachRequest, AttachResponse, Refusal};
 use crate::attribution::Attribution;
@@ -76,7 +76,16 @@ pub struct Core {
     pub history_reconciled: bool,
     /// The registry generation the history last caught up with.
     pub history_generation: Option<u64>,
+    /// New clusters whose GCS port was not found yet: when to look again, and
+    /// how many looks are left.
+    gcs_unknown: HashMap<PathBuf, (Instant, u32)>,
+    /// The GCS process (pid, listening socket) last found for each cluster.
+    gcs_holders: HashMap<PathBuf, (u32, u64)>,
 }
+
+/// How many times, and how often, raywatch looks for a new cluster's GCS port.
+const GCS_PORT_TRIES: u32 = 6;
+const GCS_PORT_RETRY: Duration = Duration::from_secs(5);
 
 /// How many times raywatch looks for a new cluster's process.
 const SLURM_TRIES: u32 = 10;
@@ -122,6 +131,8 @@ impl Core {
             last_heartbeat: Instant::now(),
             history_reconciled: false,
             history_generation: None,
+            gcs_unknown: HashMap::new(),
+            gcs_holders: HashMap::new(),
         }
     }
 
@@ -167,19 +178,66 @@ impl Core {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let read = discovery::read_listing(&found.file, self.trusted());
         if matches!(read, Ok(None))
-            && self.registry.get(&found.file).is_some_and(|c| c.is_live())
-            && found
-                .session_dir
-                .as_ref()
-                .is_some_and(|d| fs_err::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+            && let Some(c) = self.registry.get(&found.file)
+            && c.is_live()
+            && (c.gcs_port.is_some()
+                || found
+                    .session_dir
+                    .as_ref()
+                    .is_some_and(|d| fs_err::symlink_metadata(d).is_ok_and(|m| m.is_dir())))
         {
-            // The file went (moved or deleted by someone) while its session
-            // folder stays: Ray rewrites it every 5 s, so the liveness bound and
-            // the GCS decide, not whoever removed it.
+            // The file went (moved or deleted by someone, maybe with its whole
+            // session folder) while the cluster may well run: Ray rewrites it
+            // every 5 s where it was, and its GCS still answers. So the liveness
+            // bound and the GCS decide, not whoever removed it.
+            if c.file_gone.is_none() {
+                tracing::warn!(
+                    "the discovery file of cluster {} is gone from {}: it stays live while its GCS listens (or Ray writes the file again), within the liveness bound",
+                    c.name,
+                    found.file.display()
+                );
+            }
+            self.registry.file_gone(&found.file, wall);
             return;
         }
         let change = self.registry.observe(found, origin, read, now, wall);
+        if matches!(change, Change::Joined(_) | Change::Revived(_)) {
+            self.learn_gcs_port(&found.file, now);
+        }
         self.log_change(&found.file, change);
+    }
+
+    /// Looks for the GCS port of the cluster at `file` while Ray's files are in
+    /// place; a cluster whose port is not there yet is looked at again later.
+    fn learn_gcs_port(&mut self, file: &Path, now: Instant) {
+        let Some(c) = self.registry.get(file) else {
+            self.gcs_unknown.remove(file);
+            return;
+        };
+        if c.gcs_port.is_some() || !c.is_live() {
+            self.gcs_unknown.remove(file);
+            return;
+        }
+        let trusted = &self.trusted;
+        match probe::gcs_port(&c.found, &|uid| trusted.contains(&uid), &mut self.warned) {
+            Some(port) => {
+                self.registry.set_gcs_port(file, port);
+                self.gcs_unknown.remove(file);
+            }
+            None => {
+                let left = self
+                    .gcs_unknown
+                    .get(file)
+                    .map_or(GCS_PORT_TRIES, |(_, n)| *n)
+                    .saturating_sub(1);
+                if left == 0 {
+                    self.gcs_unknown.remove(file);
+                } else {
+                    self.gcs_unknown
+                        .insert(file.to_path_buf(), (now + GCS_PORT_RETRY, left));
+                }
+            }
+        }
     }
 
     pub fn log_change(&self, file: &Path, change: Change) {
@@ -346,6 +404,15 @@ impl Core {
             .into_iter()
             .map(|c| (c.found.clone(), c.origin.clone()))
             .collect();
+        let retry: Vec<PathBuf> = self
+            .gcs_unknown
+            .iter()
+            .filter(|(_, (at, _))| now >= *at)
+            .map(|(f, _)| f.clone())
+            .collect();
+        for f in retry {
+            self.learn_gcs_port(&f, now);
+        }
         let mut probes = Vec::new();
         for (f, o) in overdue {
             self.read_and_observe(&f, o);
@@ -363,9 +430,46 @@ impl Core {
                 continue;
             }
             let trusted = &self.trusted;
-            if let Some(addrs) = gcs_addresses(c, &|uid| trusted.contains(&uid), &mut self.warned) {
-                self.probing.insert(f.file.clone(), now);
-                probes.push((f.file.clone(), addrs));
+            // A session keeps its GCS port for life: the one learnt is kept,
+            // whatever is planted where its files were. A temp-dir-level file
+            // (older Ray) outlives sessions, so its port is read again while
+            // it can be.
+            let port = match c.gcs_port {
+                Some(p) if c.found.session_dir.is_some() => Some(p),
+                known => {
+                    let fresh =
+                        probe::gcs_port(&c.found, &|uid| trusted.contains(&uid), &mut self.warned);
+                    if let Some(p) = fresh
+                        && known != fresh
+                    {
+                        self.registry.set_gcs_port(&f.file, p);
+                    }
+                    fresh.or(known)
+                }
+            };
+            let Some(port) = port else {
+                continue;
+            };
+            let Some(c) = self.registry.get(&f.file) else {
+                continue;
+            };
+            self.probing.insert(f.file.clone(), now);
+            // A process of its session still listening on the GCS port is a
+            // sign of life, however its files were moved or removed.
+            let mut holder = self.gcs_holders.get(&f.file).copied();
+            let listening = probe::gcs_listening(
+                port,
+                &c.found.session,
+                &|uid| trusted.contains(&uid),
+                &mut holder,
+            );
+            match holder {
+                Some(h) => self.gcs_holders.insert(f.file.clone(), h),
+                None => self.gcs_holders.remove(&f.file),
+            };
+            probes.push((f.file.clone(), probe::gcs_addresses(c, port)));
+            if listening {
+                self.registry.gcs_seen(&f.file, now);
             }
         }
         for change in self.registry.tick(now, wall) {
@@ -375,6 +479,8 @@ impl Core {
         // when the clusters changed: an idle tick costs no walk of them all.
         let registry = &self.registry;
         self.probing
+            .retain(|f, _| registry.get(f).is_some_and(|c| c.is_live()));
+        self.gcs_holders
             .retain(|f, _| registry.get(f).is_some_and(|c| c.is_live()));
         let generation = registry.generation();
         let changed = self.bookkept_generation != Some(generation);

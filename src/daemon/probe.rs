@@ -1,14 +1,13 @@
-//! Asking a cluster's GCS whether it still runs: the port Ray recorded, and a connect that is refused.
+//! Asking a cluster's GCS whether it still runs: the port Ray recorded, a process of its
+//! session listening on it (a sign of life), and a connect that is refused (its end).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::untrusted::Folder;
 
-/// Where a cluster's GCS should answer: the port Ray recorded in the session dir
-/// (a `gcs_server_port_*` file, read like every file of Ray's folders: see
-/// [`crate::untrusted`]), on loopback and on the hosts of its targets.
-/// The GCS port in a session folder's `gcs_server_port_*` file (Ray ≥ 2.5x).
+/// The GCS port in a session folder's `gcs_server_port_*` file (Ray ≥ 2.5x),
+/// read like every file of Ray's folders (see [`crate::untrusted`]).
 fn session_gcs_port(
     dir: &std::path::Path,
     trusted: &dyn Fn(u32) -> bool,
@@ -60,17 +59,24 @@ fn read_small(
     }
 }
 
-pub fn gcs_addresses(
-    c: &crate::registry::Cluster,
+/// The GCS port Ray recorded for the cluster found at `found`: in its session
+/// folder, or for older Ray at its temp dir's level.
+pub fn gcs_port(
+    found: &crate::discovery::Found,
     trusted: &dyn Fn(u32) -> bool,
     warned: &mut BTreeSet<String>,
-) -> Option<Vec<String>> {
-    let port = match &c.found.session_dir {
-        Some(dir) => session_gcs_port(dir, trusted, warned)?,
+) -> Option<u16> {
+    match &found.session_dir {
+        Some(dir) => session_gcs_port(dir, trusted, warned),
         // Older Ray (temp-dir-level discovery file, one cluster per temp dir)
         // records `host:port` of its GCS in `<temp dir>/ray_current_cluster`.
-        None => temp_dir_gcs_port(&c.found.temp_dir, trusted, warned)?,
-    };
+        None => temp_dir_gcs_port(&found.temp_dir, trusted, warned),
+    }
+}
+
+/// Where the GCS on `port` of cluster `c` should answer: on loopback and on
+/// the hosts of its targets.
+pub fn gcs_addresses(c: &crate::registry::Cluster, port: u16) -> Vec<String> {
     let mut hosts: Vec<String> = vec!["127.0.0.1".into()];
     for t in &c.targets {
         if let Some((h, _)) = t.rsplit_once(':')
@@ -80,7 +86,42 @@ pub fn gcs_addresses(
             hosts.push(h.to_string());
         }
     }
-    Some(hosts.into_iter().map(|h| format!("{h}:{port}")).collect())
+    hosts.into_iter().map(|h| format!("{h}:{port}")).collect()
+}
+
+/// The process of a trusted uid that listens on `port` here and belongs to
+/// Ray session `session` (its command line names the session): the cluster's
+/// GCS, alive. A port another cluster's GCS reuses, or another user holds,
+/// is no sign of this cluster's life. `known` remembers the (pid, socket) last
+/// found, so that a check usually costs one read of the listening sockets and
+/// of one process' descriptors.
+pub fn gcs_listening(
+    port: u16,
+    session: &str,
+    trusted: &dyn Fn(u32) -> bool,
+    known: &mut Option<(u32, u64)>,
+) -> bool {
+    let listeners = crate::process::Listeners::read();
+    let candidates: Vec<&crate::process::Listener> = listeners
+        .all()
+        .filter(|l| l.addr.port() == port && trusted(l.uid))
+        .collect();
+    if let Some((pid, inode)) = *known
+        && candidates.iter().any(|l| l.inode == inode)
+        && crate::process::holds_socket(pid, inode)
+    {
+        return true;
+    }
+    *known = None;
+    for l in candidates {
+        if let Some(pid) = crate::process::socket_owner(l.inode)
+            && crate::process::ray_session_of(pid).as_deref() == Some(session)
+        {
+            *known = Some((pid, l.inode));
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether every address refuses connections outright (the GCS is gone).

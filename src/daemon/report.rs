@@ -68,6 +68,7 @@ impl Core {
                             address: t.clone(),
                             reason: match (self.endpoints.foreign(t), owners.get(t)) {
                                 (Some((uid, user)), _) => format!("its port is held by uid {uid} ({user}), not by a trusted user: never scraped"),
+                                (None, _) if self.endpoints.waiting(t) => "waiting for a listener: nothing listens on it yet; scraped once a process of a trusted user does (checked every second)".into(),
                                 (None, Some(Some(s))) => format!("also listed by another cluster; its series carry session {s}"),
                                 (None, Some(None)) => "also listed by another cluster, and no claimant's session could be read from it".into(),
                                 (None, None) if contested.contains_key(t) => "also listed by another cluster; checking which one serves it".into(),
@@ -98,6 +99,19 @@ impl Core {
                         Origin::Attached { .. } => "attach".into(),
                     },
                     last_rewrite_unix: unix(c.last_change_wall),
+                    discovery_file_gone: c.file_gone.filter(|_| c.is_live()).map(|since| {
+                        let gcs = match c.gcs_port {
+                            Some(port) => format!("it stays live while its GCS (port {port}) listens"),
+                            None => "it stays live while its session folder is there".to_string(),
+                        };
+                        format!(
+                            "its discovery file stopped being rewritten: it is gone from {} (noticed {} ago); {gcs} or Ray writes the file again, within the liveness bound",
+                            c.found.file.display(),
+                            humantime::format_duration(Duration::from_secs(
+                                SystemTime::now().duration_since(since).map(|d| d.as_secs()).unwrap_or(0)
+                            ))
+                        )
+                    }),
                     grafana_url,
                     targets,
                     withheld,

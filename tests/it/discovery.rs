@@ -187,6 +187,7 @@ fn the_legacy_layout_one_file_per_temp_dir_is_followed() {
     std::os::unix::fs::symlink(&session, root.join("session_latest")).unwrap();
     let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
     let file = root.join(DISCOVERY);
+    let _held = hold(&["127.0.0.1:95".into()]);
     write_discovery(&file, &["127.0.0.1:95".into()]);
     let name = format!("{}-ray_old", user());
     wait_for("the legacy cluster", Duration::from_secs(20), || {

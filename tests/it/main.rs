@@ -13,6 +13,7 @@ mod grafana;
 mod guard;
 mod history;
 mod listeners;
+mod liveness;
 mod ray;
 mod rayauth;
 mod reliability;

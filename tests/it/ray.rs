@@ -149,8 +149,9 @@ fn two_clusters(ray: &std::path::Path, session_scoped: bool) {
             .instances_of(&name_a)
             .contains(&format!("127.0.0.1:{}", a.metrics_port))
     );
-    let st = stack.status();
-    let state = |n: &str| {
+    // Its targets leave with their listeners; the cluster ends once its GCS
+    // refuses (or the liveness bound passes), within the same 30 s.
+    let state = |st: &Value, n: &str| {
         st["clusters"]
             .as_array()
             .unwrap()
@@ -158,8 +159,15 @@ fn two_clusters(ray: &std::path::Path, session_scoped: bool) {
             .find(|c| c["name"] == n)
             .map(|c| c["state"].clone())
     };
-    assert_eq!(state(&name_a), Some(Value::from("live")));
-    assert_eq!(state(&name_b), Some(Value::from("dead")));
+    let st = wait_for(
+        "b to be dead",
+        Duration::from_secs(30).saturating_sub(killed.elapsed()),
+        || {
+            let st = stack.status();
+            (state(&st, &name_b) == Some(Value::from("dead"))).then_some(st)
+        },
+    );
+    assert_eq!(state(&st, &name_a), Some(Value::from("live")));
 
     // a stays live while idle, past the (shortened) liveness bound.
     std::thread::sleep(Duration::from_secs(1));

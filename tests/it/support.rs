@@ -293,12 +293,75 @@ pub fn write_discovery(file: &Path, targets: &[String]) {
     std::fs::rename(&tmp, file).unwrap();
 }
 
+/// Listeners on a synthetic cluster's loopback targets, as a real head's
+/// processes hold them (raywatch publishes a local target only while a trusted
+/// uid listens on it); each connection is accepted and closed. A port another
+/// socket holds is left to it; `SO_REUSEPORT` lets parallel tests of this uid
+/// hold the same port. Closed on drop.
+pub struct Held {
+    stop: Arc<AtomicBool>,
+}
+
+/// Holds every `127.0.0.1:port` of `targets` that this uid can bind.
+pub fn hold(targets: &[String]) -> Held {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
+        sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let mut listeners = Vec::new();
+    for t in targets {
+        // Ray's fixed metrics ports are left to the real clusters of parallel tests.
+        let Some(port) = t
+            .strip_prefix("127.0.0.1:")
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| ![44217, 44227].contains(p))
+        else {
+            continue;
+        };
+        let Ok(fd) = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        ) else {
+            continue;
+        };
+        let bound = setsockopt(&fd, sockopt::ReusePort, &true).is_ok()
+            && bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).is_ok()
+            && listen(&fd, Backlog::new(16).unwrap()).is_ok();
+        if bound {
+            listeners.push(std::net::TcpListener::from(fd));
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            for l in &listeners {
+                while let Ok((c, _)) = l.accept() {
+                    drop(c);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    Held { stop }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A synthetic Ray head: rewrites its session's discovery file every second, like
-/// Ray does every 5 s, until dropped.
+/// Ray does every 5 s, until dropped. It holds its loopback targets (see [`hold`]).
 pub struct FakeHead {
     pub file: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    _held: Held,
 }
 
 impl FakeHead {
@@ -317,6 +380,7 @@ impl FakeHead {
         let dir = temp_dir.join(session);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join(DISCOVERY);
+        let held = hold(&targets);
         write_discovery(&file, &targets);
         let stop = Arc::new(AtomicBool::new(false));
         let (f, s) = (file.clone(), stop.clone());
@@ -337,6 +401,7 @@ impl FakeHead {
             file,
             stop,
             thread: Some(thread),
+            _held: held,
         }
     }
 }
@@ -358,7 +423,12 @@ pub struct MetricsEndpoint {
 
 impl MetricsEndpoint {
     pub fn serve(text: &str) -> MetricsEndpoint {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        MetricsEndpoint::serve_on(0, text)
+    }
+
+    /// Like [`MetricsEndpoint::serve`], on 127.0.0.1:`port` (0: any free port).
+    pub fn serve_on(port: u16, text: &str) -> MetricsEndpoint {
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let stop = Arc::new(AtomicBool::new(false));
