@@ -37,6 +37,43 @@ pub(super) fn env(
             format!("raywatch env --temp-dir {}_2", escape::path(&temp_dir)),
         ));
     }
+    let (chosen, default_name) = choose_name(&report, &temp_dir, name)?;
+    // Attaching makes the temp dir followed wherever it is, under the announced name.
+    std::fs::create_dir_all(&temp_dir)
+        .with_context(|| format!("cannot create {}", escape::path(&temp_dir)))?;
+    let req = AttachRequest {
+        path: temp_dir.clone(),
+        name: chosen.clone(),
+    };
+    let _: AttachResponse =
+        rt.block_on(call_daemon(home, Method::POST, "/v1/attach", Some(&req)))?;
+    let announced = chosen.unwrap_or(default_name);
+
+    let mut vars = wiring(&report, &temp_dir, &announced)?;
+    let auth_note = auth_vars(home, ray_auth, &announced, &mut vars)?;
+    println!("# raywatch: environment for the next `ray start` (cluster {announced})");
+    if ray_auth {
+        // Ray prefers RAY_AUTH_TOKEN to the file: a token from elsewhere must not win.
+        println!("unset RAY_AUTH_TOKEN");
+    }
+    for (k, v) in vars {
+        println!("export {k}={}", sh_quote(&v));
+    }
+    println!("{auth_note}");
+    println!(
+        "# then: ray start --head --temp-dir=\"$RAYWATCH_TEMP_DIR\" --metrics-export-port=\"$RAYWATCH_METRICS_EXPORT_PORT\" --dashboard-port=\"$RAYWATCH_DASHBOARD_PORT\""
+    );
+    Ok(Exit::Success)
+}
+
+/// The name to ask the daemon for (`None`: its default), and that default
+/// (`<user>-<temp dir name>`); a name a live cluster holds is refused, a
+/// default it holds gets a suffix.
+fn choose_name(
+    report: &crate::status::StatusReport,
+    temp_dir: &std::path::Path,
+    name: Option<String>,
+) -> Result<(Option<String>, String)> {
     let user = crate::process::user_name(nix::unistd::geteuid().as_raw());
     let default_name = crate::registry::sanitize_name(&format!(
         "{user}-{}",
@@ -64,19 +101,17 @@ pub(super) fn env(
             .find(|n| !taken(n)),
         None => None,
     };
-    // Attaching makes the temp dir followed wherever it is, under the announced name.
-    std::fs::create_dir_all(&temp_dir)
-        .with_context(|| format!("cannot create {}", escape::path(&temp_dir)))?;
-    let req = AttachRequest {
-        path: temp_dir.clone(),
-        name: chosen.clone(),
-    };
-    let _: AttachResponse =
-        rt.block_on(call_daemon(home, Method::POST, "/v1/attach", Some(&req)))?;
-    let announced = chosen.unwrap_or(default_name);
+    Ok((chosen, default_name))
+}
 
-    // Ray gets no credential: it copies whatever it is given into
-    // world-readable files. The gateway serves this user's connections only.
+/// What wires the cluster to this stack: the gateway (Ray gets no credential:
+/// it copies whatever it is given into world-readable files; the gateway
+/// serves this user's connections only), Grafana, free ports, its name.
+fn wiring(
+    report: &crate::status::StatusReport,
+    temp_dir: &std::path::Path,
+    announced: &str,
+) -> Result<Vec<(&'static str, String)>> {
     let grafana = report
         .grafana
         .url
@@ -89,7 +124,7 @@ pub(super) fn env(
             ports.push(p);
         }
     }
-    let mut vars: Vec<(&str, String)> = vec![
+    Ok(vec![
         ("RAY_PROMETHEUS_HOST", report.gateway.url.clone()),
         (
             "RAY_PROMETHEUS_NAME",
@@ -97,7 +132,7 @@ pub(super) fn env(
         ),
         ("RAY_GRAFANA_HOST", grafana.clone()),
         ("RAY_GRAFANA_IFRAME_HOST", grafana),
-        ("RAY_GRAFANA_CLUSTER_FILTER", announced.clone()),
+        ("RAY_GRAFANA_CLUSTER_FILTER", announced.to_string()),
         ("AUTOSCALER_METRIC_PORT", ports[0].to_string()),
         ("DASHBOARD_METRIC_PORT", ports[1].to_string()),
         ("RAYWATCH_METRICS_EXPORT_PORT", ports[2].to_string()),
@@ -109,43 +144,39 @@ pub(super) fn env(
             format!("http://127.0.0.1:{}", ports[3]),
         ),
         ("RAYWATCH_TEMP_DIR", temp_dir.display().to_string()),
-        ("RAYWATCH_CLUSTER", announced.clone()),
-    ];
-    let auth_note = if ray_auth {
-        let (token, replaced) = crate::ray_auth::ensure_token(home)?;
-        if replaced {
-            eprintln!(
-                "warning: {} was readable by other users: raywatch wrote a new token; clusters started with the old one keep it until they restart",
-                escape::path(&token)
-            );
-        }
-        vars.push((crate::ray_auth::MODE_VAR, "token".into()));
-        vars.push((crate::ray_auth::TOKEN_PATH_VAR, token.display().to_string()));
-        warn_if_ray_lacks_token_auth();
-        format!(
-            "# Ray's token auth is on: its Dashboard and job API want the token in {} (sign in with it; `raywatch open {announced}` says how)",
-            escape::path(&token)
-        )
-    } else {
+        ("RAYWATCH_CLUSTER", announced.to_string()),
+    ])
+}
+
+/// Ray's token auth: on (raywatch's private token file) or, with
+/// `--no-ray-auth`, explicitly off; returns the comment line that says which.
+fn auth_vars(
+    home: &Home,
+    ray_auth: bool,
+    announced: &str,
+    vars: &mut Vec<(&'static str, String)>,
+) -> Result<String> {
+    if !ray_auth {
         vars.push((crate::ray_auth::MODE_VAR, "disabled".into()));
         eprintln!(
             "warning: --no-ray-auth: the cluster's Dashboard will run any local user's code as you (its job API needs no token)"
         );
-        "# Ray's token auth is off (--no-ray-auth): every local user can submit jobs to this cluster".into()
-    };
-    println!("# raywatch: environment for the next `ray start` (cluster {announced})");
-    if ray_auth {
-        // Ray prefers RAY_AUTH_TOKEN to the file: a token from elsewhere must not win.
-        println!("unset RAY_AUTH_TOKEN");
+        return Ok("# Ray's token auth is off (--no-ray-auth): every local user can submit jobs to this cluster".into());
     }
-    for (k, v) in vars {
-        println!("export {k}={}", sh_quote(&v));
+    let (token, replaced) = crate::ray_auth::ensure_token(home)?;
+    if replaced {
+        eprintln!(
+            "warning: {} was readable by other users: raywatch wrote a new token; clusters started with the old one keep it until they restart",
+            escape::path(&token)
+        );
     }
-    println!("{auth_note}");
-    println!(
-        "# then: ray start --head --temp-dir=\"$RAYWATCH_TEMP_DIR\" --metrics-export-port=\"$RAYWATCH_METRICS_EXPORT_PORT\" --dashboard-port=\"$RAYWATCH_DASHBOARD_PORT\""
-    );
-    Ok(Exit::Success)
+    vars.push((crate::ray_auth::MODE_VAR, "token".into()));
+    vars.push((crate::ray_auth::TOKEN_PATH_VAR, token.display().to_string()));
+    warn_if_ray_lacks_token_auth();
+    Ok(format!(
+        "# Ray's token auth is on: its Dashboard and job API want the token in {} (sign in with it; `raywatch open {announced}` says how)",
+        escape::path(&token)
+    ))
 }
 
 /// The temp dir for the next cluster: the one named, checked (refused when

@@ -282,13 +282,21 @@ fn as_other_python(other: (u32, u32), python: &str, args: &[&str]) -> String {
 fn doctor_and_status_flag_a_cluster_whose_job_api_needs_no_token() {
     let dir = open_scratch();
     let stack = Stack::up_at(&dir.path().join("home"), &["--no-default-watch"]);
-    let temp_dir = dir.path().join("ray_open");
-    // The stack's wiring, but Ray's token auth explicitly off: as `ray start`
-    // does without `raywatch env` (or with `env --no-ray-auth`).
-    let (env, _) = env_for(&stack, &temp_dir, &["--no-ray-auth"]);
+    // `env --no-ray-auth` says token auth is off, explicitly.
+    let (env, _) = env_for(&stack, &dir.path().join("ray_unused"), &["--no-ray-auth"]);
     assert_eq!(var(&env, "RAY_AUTH_MODE").as_deref(), Some("disabled"));
-    let name = var(&env, "RAYWATCH_CLUSTER").unwrap();
-    let mut ray = RayCluster::start_with_env(&temp_dir, false, &env);
+    // A cluster started the usual way, without `raywatch env` (token auth off,
+    // RAY_AUTH_MODE=disabled), its temp dir attached by hand.
+    let temp_dir = dir.path().join("ray_open");
+    std::fs::create_dir(&temp_dir).unwrap();
+    let out = stack.run(&["attach", temp_dir.to_str().unwrap(), "--name", "plain"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = "plain".to_string();
+    let mut ray = RayCluster::start(&temp_dir, false);
     ray.wait_discovery(Duration::from_secs(120));
     wait_scraped(&stack, &name, &ray);
 
