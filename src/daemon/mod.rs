@@ -104,6 +104,35 @@ pub struct Shared {
     started: SystemTime,
 }
 
+/// How long a new daemon waits for the lock of one that was killed: a killed
+/// process shows as a zombie while its other threads still tear down and hold
+/// its files (the lock among them), longer on a loaded machine.
+const DYING_DAEMON_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the stack's lock: refused at once while the recorded daemon runs,
+/// waited for while it is dying.
+fn lock_stack(home: &Home, file: std::fs::File) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let deadline = std::time::Instant::now() + DYING_DAEMON_GRACE;
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((f, _)) => file = f,
+        }
+        let pid = fs_err::read_to_string(home.daemon_pid()).unwrap_or_default();
+        let running = pid.trim().parse().is_ok_and(crate::process::alive);
+        if running || std::time::Instant::now() > deadline {
+            bail!(
+                "another raywatch daemon (pid {}) already runs the stack in {}",
+                pid.trim(),
+                home.root().display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Runs the daemon for `home` until it is told to stop. Blocks.
 pub fn run(home: Home) -> Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -114,18 +143,7 @@ pub fn run(home: Home) -> Result<()> {
         .write(true)
         .open(home.daemon_lock())
         .with_context(|| format!("cannot open {}", home.daemon_lock().display()))?;
-    let _lock =
-        match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err(_) => {
-                let pid = fs_err::read_to_string(home.daemon_pid()).unwrap_or_default();
-                bail!(
-                    "another raywatch daemon (pid {}) already runs the stack in {}",
-                    pid.trim(),
-                    home.root().display()
-                );
-            }
-        };
+    let _lock = lock_stack(&home, lock_file)?;
     let config = StackConfig::load(&home.config())?.with_context(|| {
         format!(
             "{} is missing; start the stack with `raywatch up`",
