@@ -15,7 +15,7 @@ use crate::config::parse_duration;
 #[derive(Parser, Debug)]
 #[command(name = "raywatch", version, propagate_version = true)]
 #[command(
-    after_help = "Examples:\n  raywatch up                     start the stack and watch /tmp/ray*\n  raywatch status                 clusters, targets and their health\n  raywatch query 'up{job=\"ray\"}'   ask this stack's Prometheus\n  raywatch top                    every cluster on one screen\n  raywatch attach /nfs/ray_tmp --name train\n  eval \"$(raywatch env --temp-dir /tmp/ray_me)\"   then ray start\n  raywatch down"
+    after_help = "Examples:\n  raywatch up                     start the stack and watch /tmp/ray*\n  raywatch status                 clusters, targets and their health\n  raywatch query 'up{job=\"ray\"}'   ask this stack's Prometheus\n  raywatch top                    every cluster on one screen\n  raywatch attach /nfs/ray_tmp --name train\n  eval \"$(raywatch env)\"          then ray start (private temp dir, token auth)\n  raywatch down"
 )]
 pub struct Cli {
     #[command(flatten)]

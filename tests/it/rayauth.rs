@@ -526,3 +526,100 @@ fn env_says_plainly_when_the_ray_on_path_has_no_token_auth() {
     let err = String::from_utf8_lossy(&new.stderr);
     assert!(!err.contains("token auth"), "{err}");
 }
+
+/// Run by the other user: listens on a port, logs every request line it gets,
+/// and answers 401 (as if token auth were on).
+const FAKE_DASHBOARD: &str = r#"
+import socket, sys
+port, log, ready = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', port))
+s.listen(16)
+open(ready, 'w').write('ok')
+s.settimeout(60)
+while True:
+    try:
+        c, _ = s.accept()
+    except socket.timeout:
+        break
+    c.settimeout(2)
+    try:
+        data = c.recv(4096)
+        open(log, 'ab').write(data)
+        c.sendall(b'HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n')
+    except OSError:
+        pass
+    c.close()
+"#;
+
+#[test]
+fn a_dashboard_port_another_user_holds_is_neither_asked_nor_believed() {
+    let Some(other) = other_user() else { return };
+    let Some(python) = system_python() else {
+        return;
+    };
+    let dir = open_scratch();
+    let stack = Stack::up_at(&dir.path().join("home"), &["--no-default-watch"]);
+    // A process of ours that looks like Ray's Dashboard (by its command line)
+    // and names a port the other user holds: it died, they took the port.
+    let port = free_port();
+    let (log, ready) = (dir.path().join("requests"), dir.path().join("ready"));
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let _squatter = KillOnDrop(
+        command_as(other, python)
+            .arg("-c")
+            .arg(FAKE_DASHBOARD)
+            .args([
+                &port.to_string(),
+                log.to_str().unwrap(),
+                ready.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the other user's listener", Duration::from_secs(10), || {
+        ready.exists().then_some(())
+    });
+    let temp_dir = dir.path().join("ray_fake");
+    let script = dir.path().join("ray/dashboard/dashboard.py");
+    std::fs::create_dir_all(script.parent().unwrap()).unwrap();
+    std::fs::write(&script, "import time\ntime.sleep(120)\n").unwrap();
+    let _mine = KillOnDrop(
+        std::process::Command::new(python)
+            .arg(&script)
+            .arg(format!("--port={port}"))
+            .arg("--host=127.0.0.1")
+            .arg(format!("--temp-dir={}", temp_dir.display()))
+            .arg(format!("--session-dir={}/session_x", temp_dir.display()))
+            .spawn()
+            .unwrap(),
+    );
+
+    let doc = doctor(&stack, dir.path(), &temp_dir);
+    let f = finding(&doc, "dashboard_auth");
+    assert_eq!(f["status"], "warning", "{f:#}");
+    assert!(
+        f["evidence"]
+            .to_string()
+            .contains(&format!("held by {}", crate::security::OTHER)),
+        "{f:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "",
+        "the other user's listener was asked"
+    );
+}
+
+/// Kills and reaps a process when dropped (also when the test fails).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
