@@ -6,7 +6,9 @@
 //! | `XDG_STATE_HOME`, `HOME` | the default home (`$XDG_STATE_HOME/raywatch`, else `~/.local/state/raywatch`) |
 //! | `RAYWATCH_PROMETHEUS` | the Prometheus binary, before `PATH` |
 //! | `RAYWATCH_GRAFANA` | the Grafana binary, before `PATH` |
-//! | `XDG_CACHE_HOME` | where a downloaded Prometheus is kept (else `~/.cache/raywatch`) |
+//! | `XDG_CACHE_HOME` | where downloaded programs are kept (else `~/.cache/raywatch`) |
+//! | `RAYWATCH_PROMETHEUS_URL`, `RAYWATCH_ALERTMANAGER_URL`, `RAYWATCH_GRAFANA_URL` | a site mirror's tarball, instead of the official release |
+//! | `RAYWATCH_PROMETHEUS_SHA256`, `RAYWATCH_ALERTMANAGER_SHA256`, `RAYWATCH_GRAFANA_SHA256` | that tarball's SHA-256, instead of the checksum list beside it |
 //! | `PATH` | finding `prometheus`, `promtool`, `grafana`, `grafana-server` |
 //! | `RAY_TMPDIR` | Ray's temp-dir parent, watched besides /tmp |
 //! | `RAY_PROMETHEUS_NAME` | the datasource name Ray's Dashboard expects (at `up`) |
@@ -47,7 +49,16 @@ pub fn xdg_state_home() -> Option<PathBuf> {
     non_empty("XDG_STATE_HOME").map(PathBuf::from)
 }
 
-/// `$XDG_CACHE_HOME`: for the downloaded Prometheus.
+/// `RAYWATCH_<PROGRAM>_URL` or `_SHA256`: a download's mirror and checksum
+/// (`install::release` names the variables).
+pub fn download_override(var: &str) -> Option<String> {
+    debug_assert!(
+        var.starts_with("RAYWATCH_") && (var.ends_with("_URL") || var.ends_with("_SHA256"))
+    );
+    non_empty(var).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// `$XDG_CACHE_HOME`: for downloaded programs.
 pub fn xdg_cache_home() -> Option<PathBuf> {
     non_empty("XDG_CACHE_HOME").map(PathBuf::from)
 }

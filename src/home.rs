@@ -250,6 +250,15 @@ pub fn check_private_dir(path: &Path) -> Result<()> {
 /// others (a sticky folder such as /tmp is fine: others cannot rename our entries),
 /// and a symlink on the way must belong to root or to us.
 pub fn check_ancestors(path: &Path) -> Result<()> {
+    check_ancestors_of(
+        path,
+        "the home",
+        "pass a --home under folders only you and root control",
+    )
+}
+
+/// [`check_ancestors`] for any private place: `what` names it in the error, `fix` is the hint.
+pub fn check_ancestors_of(path: &Path, what: &str, fix: &str) -> Result<()> {
     let me = nix::unistd::geteuid().as_raw();
     let mut current = PathBuf::from("/");
     let parent = path.parent().unwrap_or(Path::new("/"));
@@ -259,15 +268,21 @@ pub fn check_ancestors(path: &Path) -> Result<()> {
             break;
         };
         let owner_ok = meta.uid() == 0 || meta.uid() == me;
+        let owner = || {
+            format!(
+                "uid {} ({})",
+                meta.uid(),
+                crate::process::user_name(meta.uid())
+            )
+        };
         if meta.file_type().is_symlink() {
             if !owner_ok {
                 bail!(
-                    "the home {} is reached through {}, a symbolic link owned by uid {} ({}), who could redirect it; refusing\n\
-                     hint: pass a --home whose path you and root control",
+                    "{what} {} is reached through {}, a symbolic link owned by {}, who could redirect it; refusing\n\
+                     hint: {fix}",
                     path.display(),
                     current.display(),
-                    meta.uid(),
-                    crate::process::user_name(meta.uid())
+                    owner()
                 );
             }
             continue;
@@ -277,23 +292,22 @@ pub fn check_ancestors(path: &Path) -> Result<()> {
         let sticky = mode & 0o1000 != 0;
         if !owner_ok && others_write && !sticky {
             bail!(
-                "the home {} lies under {}, which others can write to (mode {:o}, owner uid {}); refusing\n\
-                 hint: pass a --home under a folder only you and root can change",
+                "{what} {} lies under {}, which others can write to (mode {:o}, owner {}); refusing\n\
+                 hint: {fix}",
                 path.display(),
                 current.display(),
                 mode & 0o7777,
-                meta.uid()
+                owner()
             );
         }
         if !owner_ok && !others_write && meta.uid() != me {
             // Owned by someone else but closed to others: that user could still swap it.
             bail!(
-                "the home {} lies under {}, owned by uid {} ({}), who could replace it; refusing\n\
-                 hint: pass a --home under a folder you own",
+                "{what} {} lies under {}, owned by {}, who could replace it; refusing\n\
+                 hint: {fix}",
                 path.display(),
                 current.display(),
-                meta.uid(),
-                crate::process::user_name(meta.uid())
+                owner()
             );
         }
     }

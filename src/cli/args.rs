@@ -175,6 +175,21 @@ pub enum Command {
         /// The shell to complete for.
         shell: CompletionShell,
     },
+    /// Download Prometheus, Alertmanager or Grafana into raywatch's cache (no root needed).
+    ///
+    /// Says what it fetches (URL, size, the checksum it is verified against) and asks
+    /// first; `--yes` agrees. As root where apt-get exists, Prometheus and Alertmanager
+    /// come from Debian's packages instead. `RAYWATCH_<PROGRAM>_URL` and
+    /// `RAYWATCH_<PROGRAM>_SHA256` point at a site mirror. Prints the binary's path;
+    /// `up` finds a cached Prometheus or Grafana by itself.
+    Install {
+        /// The program to get.
+        #[arg(value_enum)]
+        program: crate::install::Program,
+        /// Agree to the download without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Run the daemon in this process (what `up` starts in the background).
     #[command(hide = true)]
     Daemon {
@@ -235,7 +250,7 @@ pub struct UpArgs {
     /// Run in the foreground (for systemd, Slurm job steps, containers) instead of detaching.
     #[arg(long)]
     pub foreground: bool,
-    /// Agree to download Prometheus when none is installed.
+    /// Agree to get Prometheus when none is found (download, or apt-get as root; see `raywatch install`).
     #[arg(long, short = 'y')]
     pub yes: bool,
     /// Prometheus' port on 127.0.0.1 [default: a free port, kept across restarts]

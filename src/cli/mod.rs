@@ -28,6 +28,7 @@ mod export;
 mod fleet;
 mod grafana;
 mod history;
+mod install;
 mod open;
 mod query;
 mod status;
@@ -103,6 +104,7 @@ fn run(cli: Cli) -> Result<Exit> {
         Command::Doctor { json, roots } => doctor::doctor(&home()?, json, roots),
         Command::Grafana(GrafanaCommand::Dir) => grafana::dir(&home()?),
         Command::Completions { shell } => completions::completions(shell),
+        Command::Install { program, yes } => install::install(program, yes),
         Command::FleetConfig {
             hosts,
             token_file,

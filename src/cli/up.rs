@@ -25,8 +25,20 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
         return reconfigure(home, &rt, &args, previous, &report);
     }
     let bin = match crate::install::locate(args.prometheus_bin.as_deref())? {
-        Some(bin) => bin,
-        None => obtain_prometheus(&rt, args.yes)?,
+        Some(found) => {
+            eprintln!(
+                "Prometheus: {} ({})",
+                escape::path(&found.path),
+                found.describe()
+            );
+            found.path
+        }
+        None => super::install::obtain(
+            &rt,
+            crate::install::Program::Prometheus,
+            args.yes,
+            "raywatch up",
+        )?,
     };
     let (port, auto) = match args.prometheus_port {
         Some(p) => {
@@ -255,8 +267,8 @@ fn checked_url(flag: &str, url: &str) -> Result<String> {
     Ok(url.to_string())
 }
 
-/// Agent mode exists since Prometheus 2.32: an older binary (such as the 2.28
-/// release `up --yes` downloads) is refused with the version it needs.
+/// Agent mode exists since Prometheus 2.32: an older binary (a distribution's 2.2x)
+/// is refused with the version it needs.
 fn check_agent_support(bin: &Path) -> Result<()> {
     let (want_major, want_minor) = crate::prometheus::AGENT_SINCE;
     match crate::prometheus::version(bin) {
@@ -363,43 +375,6 @@ fn apply_fleet(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
         base.sd_tls_key = Some(credential_file("--sd-tls-key", k)?);
     }
     Ok(())
-}
-
-fn obtain_prometheus(rt: &tokio::runtime::Runtime, yes: bool) -> Result<PathBuf> {
-    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    let agreed = yes
-        || (interactive
-            && {
-                eprint!(
-                    "No Prometheus found ({}).\nDownload Prometheus {} from its official release (SHA-256 checked)? [y/N] ",
-                    crate::install::search_description(),
-                    crate::install::PINNED_VERSION
-                );
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
-                matches!(line.trim(), "y" | "Y" | "yes")
-            });
-    if !agreed {
-        return Err(Hint::attach(
-            anyhow!(
-                "no Prometheus binary found (looked at {})",
-                crate::install::search_description()
-            ),
-            crate::install::instructions(),
-        ));
-    }
-    match rt.block_on(crate::install::download()) {
-        Ok(p) => Ok(p),
-        Err(download_err) => match crate::install::apt_install() {
-            Ok(p) => Ok(p),
-            Err(apt_err) => Err(Hint::attach(
-                anyhow!(
-                    "could not get Prometheus: download failed ({download_err:#}); {apt_err:#}"
-                ),
-                crate::install::instructions(),
-            )),
-        },
-    }
 }
 
 fn spawn_daemon(home: &Home) -> Result<std::process::Child> {

@@ -57,10 +57,24 @@ fn up_without_prometheus_says_what_to_install() {
         stderr.starts_with("error: no Prometheus binary found"),
         "{stderr}"
     );
-    assert_eq!(error_lines(&stderr), ["install one of:"], "{stderr}");
+    // The hint says what `--yes` would download (version, size, checksum, where), then the other ways.
+    let hints = error_lines(&stderr);
+    assert_eq!(hints.len(), 1, "{stderr}");
+    assert!(
+        hints[0].starts_with("`raywatch up --yes` gets Prometheus 3."),
+        "{stderr}"
+    );
+    assert!(
+        hints[0]
+            .contains("MiB) from https://github.com/prometheus/prometheus/releases/download/v3."),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("SHA-256 checked against") && stderr.contains("sha256sums.txt"),
+        "{stderr}"
+    );
     assert!(stderr.contains("apt-get install prometheus"), "{stderr}");
     assert!(stderr.contains("--prometheus-bin"), "{stderr}");
-    assert!(stderr.contains("raywatch up --yes"), "{stderr}");
 }
 
 #[test]

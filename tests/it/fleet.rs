@@ -649,7 +649,7 @@ fn a_central_prometheus_discovers_both_hosts_by_http_sd() {
 #[test]
 fn agent_mode_names_the_prometheus_version_it_needs() {
     let dir = scratch();
-    // A "Prometheus" older than agent mode (the release `up --yes` downloads is 2.28).
+    // A "Prometheus" older than agent mode (2.28, what `up --yes` downloaded before 3.x).
     let old = dir.path().join("prometheus");
     std::fs::write(
         &old,

@@ -6,6 +6,7 @@ mod cli;
 mod conns;
 mod discovery;
 mod doctor;
+mod download;
 mod escapes;
 mod export;
 mod fleet;

@@ -775,7 +775,8 @@ pub fn oldest_ray_bin() -> PathBuf {
 /// `program` run as another local user (`setpriv`: that uid and gid, no
 /// supplementary groups, a HOME that does not exist).
 pub fn command_as((uid, gid): (u32, u32), program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new("setpriv");
+    // By its path: a test may give the command a PATH without it.
+    let mut cmd = Command::new(on_path("setpriv").unwrap_or_else(|| "setpriv".into()));
     cmd.args([
         "--reuid",
         &uid.to_string(),
@@ -787,6 +788,13 @@ pub fn command_as((uid, gid): (u32, u32), program: impl AsRef<std::ffi::OsStr>) 
     .arg(program)
     .env("HOME", "/nonexistent");
     cmd
+}
+
+/// `name` in this process' PATH.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// The session name of a session-scoped discovery file (its folder's name).

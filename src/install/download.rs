@@ -1,0 +1,392 @@
+//! Downloading a release: its checksum first, then the tarball streamed into a private
+//! temp file while it is hashed, unpacked only when the hash matches, and moved into
+//! the cache by one rename. A failure at any step leaves nothing behind.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use super::cache;
+use super::release::{Checksum, Release, hash_in_list, hash_in_sidecar};
+
+/// The largest tarball raywatch downloads (Grafana's is about 200 MiB).
+const MAX_TARBALL: u64 = 1 << 30;
+/// The most a tarball may unpack to.
+const MAX_UNPACKED: u64 = 4 << 30;
+/// The largest checksum file raywatch reads (Prometheus' lists about 40 files in 4 KiB).
+const MAX_CHECKSUMS: u64 = 1 << 20;
+/// Leftovers of a download that was killed are removed after this long.
+const STALE: Duration = Duration::from_secs(3600);
+
+/// What to tell a user whose download failed.
+fn retry_hint(release: &Release) -> String {
+    format!(
+        "hint: try again; behind a proxy set HTTPS_PROXY; on an air-gapped machine set {} (and {}) to a mirror, or pass --prometheus-bin",
+        release.program.url_var(),
+        release.program.sha256_var()
+    )
+}
+
+fn client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .read_timeout(Duration::from_secs(60))
+        .user_agent(concat!("raywatch/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot set up an HTTP client")
+}
+
+/// The tarball's size as the server states it (a HEAD request), when it does.
+pub async fn size(release: &Release) -> Option<u64> {
+    let resp = client()
+        .ok()?
+        .head(&release.url)
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?;
+    resp.headers()
+        .get(reqwest::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Downloads, verifies and unpacks `release` into the cache; returns its binary.
+pub async fn fetch(release: &Release, show_progress: bool) -> Result<PathBuf> {
+    let cache = cache::ensure()?;
+    remove_stale(&cache);
+    let http = client()?;
+    let (expected, source) = expected_hash(&http, release).await?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempfile_in(&cache)
+        .with_context(|| format!("cannot create a download file in {}", cache.display()))?;
+    let digest = stream(&http, release, tmp.as_file_mut(), show_progress).await?;
+    if digest != expected {
+        bail!(
+            "the download of {} has SHA-256 {digest}, but {source} gives {expected}: it was deleted, nothing was installed\n{}",
+            release.url,
+            retry_hint(release)
+        );
+    }
+    unpack(release, tmp.path(), &cache)
+}
+
+/// The expected hash and where it came from (for messages).
+async fn expected_hash(http: &reqwest::Client, release: &Release) -> Result<(String, String)> {
+    let file = format!("{}.tar.gz", release.dir_name);
+    let (url, found) = match &release.checksum {
+        Checksum::Given(h) => return Ok((h.clone(), format!("${}", release.program.sha256_var()))),
+        Checksum::List(url) => (
+            url,
+            hash_in_list(&get_text(http, url, release).await?, &file),
+        ),
+        Checksum::Sidecar(url) => (url, hash_in_sidecar(&get_text(http, url, release).await?)),
+    };
+    let hash = found.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{url} gives no SHA-256 for {file}; nothing was downloaded\n\
+             hint: set {} to the tarball's SHA-256, or point {} at a release that lists it",
+            release.program.sha256_var(),
+            release.program.url_var()
+        )
+    })?;
+    Ok((hash, url.to_string()))
+}
+
+async fn get_text(http: &reqwest::Client, url: &str, release: &Release) -> Result<String> {
+    let mut resp = http
+        .get(url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("cannot fetch the checksums {url}\n{}", retry_hint(release)))?;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .with_context(|| format!("the checksums {url} broke off\n{}", retry_hint(release)))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > MAX_CHECKSUMS {
+            bail!(
+                "{url} is larger than {} KiB, which no checksum list is; nothing was downloaded\n\
+                 hint: check {}",
+                MAX_CHECKSUMS >> 10,
+                release.program.url_var()
+            );
+        }
+    }
+    String::from_utf8(body).with_context(|| format!("{url} is not text"))
+}
+
+/// Streams the tarball into `out`, hashing it; returns the hex SHA-256.
+async fn stream(
+    http: &reqwest::Client,
+    release: &Release,
+    out: &mut std::fs::File,
+    show_progress: bool,
+) -> Result<String> {
+    let url = &release.url;
+    let mut resp = http
+        .get(url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("cannot download {url}\n{}", retry_hint(release)))?;
+    let total = resp.content_length();
+    if let Some(t) = total.filter(|t| *t > MAX_TARBALL) {
+        bail!(
+            "{url} is {} MiB, more than the {} MiB raywatch downloads; nothing was downloaded\nhint: check {}",
+            t >> 20,
+            MAX_TARBALL >> 20,
+            release.program.url_var()
+        );
+    }
+    let bar = progress_bar(total, show_progress);
+    let mut hasher = Sha256::new();
+    let mut got: u64 = 0;
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => bail!(
+                "the download of {url} broke off after {got} of {} bytes ({e}): it was deleted, nothing was installed\n{}",
+                total.map_or("?".into(), |t| t.to_string()),
+                retry_hint(release)
+            ),
+        };
+        got += chunk.len() as u64;
+        if got > MAX_TARBALL {
+            bail!(
+                "{url} goes on past {} MiB, more than any release; it was deleted\nhint: check {}",
+                MAX_TARBALL >> 20,
+                release.program.url_var()
+            );
+        }
+        hasher.update(&chunk);
+        out.write_all(&chunk)
+            .context("cannot write the download into the cache (is the disk full?)")?;
+        bar.set_position(got);
+    }
+    bar.finish_and_clear();
+    out.sync_all().context("cannot flush the download")?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn progress_bar(total: Option<u64>, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "  {bytes:>10} / {total_bytes:10} {wide_bar} {bytes_per_sec} {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Unpacks a verified tarball into a private staging folder, checks it is laid out
+/// like the release (one top folder holding the binary), and renames it into place.
+fn unpack(release: &Release, tarball: &Path, cache: &Path) -> Result<PathBuf> {
+    let staging = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(cache)
+        .with_context(|| format!("cannot create an unpack folder in {}", cache.display()))?;
+    let top = extract(tarball, staging.path())
+        .with_context(|| format!("cannot unpack {}: nothing was installed", release.url))?;
+    let unpacked = staging.path().join(&top);
+    let bin = unpacked.join(release.program.binary());
+    if !std::fs::symlink_metadata(&bin).is_ok_and(|m| m.is_file()) {
+        bail!(
+            "{} holds no {}/{}: it is not laid out like the official {} release; nothing was installed\nhint: check {}",
+            release.url,
+            top.to_string_lossy(),
+            release.program.binary(),
+            release.program.title(),
+            release.program.url_var()
+        );
+    }
+    close_to_others(&unpacked)?;
+    let mode = std::fs::metadata(&bin)?.permissions().mode();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(mode | 0o700))?;
+    let dest = cache.join(&release.dir_name);
+    match std::fs::rename(&unpacked, &dest) {
+        Ok(()) => {}
+        // Another `up` of this user unpacked the same release a moment ago.
+        Err(_) if dest.join(release.program.binary()).is_file() => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot move the release to {}", dest.display()));
+        }
+    }
+    crate::atomic::fsync_dir(cache)?;
+    Ok(dest.join(release.program.binary()))
+}
+
+/// Extracts every entry under `dest`; returns the one top-level folder they share.
+fn extract(tarball: &Path, dest: &Path) -> Result<std::ffi::OsString> {
+    let file = std::fs::File::open(tarball)?;
+    let mut archive =
+        tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    archive.set_preserve_permissions(false);
+    archive.set_unpack_xattrs(false);
+    archive.set_preserve_mtime(true);
+    let mut top: Option<std::ffi::OsString> = None;
+    let mut total: u64 = 0;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        total += entry.header().size()?;
+        if total > MAX_UNPACKED {
+            bail!("it unpacks to more than {} GiB", MAX_UNPACKED >> 30);
+        }
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+            // pax headers and the like carry no file; devices and hard links are refused.
+            if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
+                continue;
+            }
+            bail!("it holds a {kind:?} entry, which no release does");
+        }
+        let path = entry.path()?.into_owned();
+        let Some(std::path::Component::Normal(first)) = path.components().next() else {
+            bail!("it holds {}, outside any folder", path.display());
+        };
+        match &top {
+            None => top = Some(first.to_owned()),
+            Some(t) if t == first => {}
+            Some(t) => bail!(
+                "it holds {} and {}: a release has one top folder",
+                t.to_string_lossy(),
+                path.display()
+            ),
+        }
+        if !entry.unpack_in(dest)? {
+            bail!(
+                "it holds {}, which points outside its folder",
+                path.display()
+            );
+        }
+    }
+    let top = top.context("it is empty")?;
+    if !std::fs::symlink_metadata(dest.join(&top)).is_ok_and(|m| m.is_dir()) {
+        bail!("its top entry {} is not a folder", top.to_string_lossy());
+    }
+    Ok(top)
+}
+
+/// Takes write permission away from group and others on everything unpacked.
+fn close_to_others(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.is_dir() {
+            close_to_others(&path)?;
+        }
+        let mode = meta.permissions().mode() & 0o7755;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7755;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700))?;
+    Ok(())
+}
+
+/// Removes what a killed download left (`.download-*`, `.unpack-*`) once it is old.
+fn remove_stale(cache: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".download-") || name.starts_with(".unpack-")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if old {
+            let p = entry.path();
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tarball(dir: &Path, entries: &[(&str, &[u8], u32)]) -> PathBuf {
+        let path = dir.join("t.tar.gz");
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        for (name, data, mode) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_release_unpacks_with_one_top_folder_and_nothing_writable_by_others() {
+        let d = tempfile::tempdir().unwrap();
+        let t = tarball(
+            d.path(),
+            &[
+                ("p-1.linux-amd64/prometheus", b"#!/bin/sh\n", 0o777),
+                ("p-1.linux-amd64/LICENSE", b"text", 0o666),
+            ],
+        );
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        assert_eq!(extract(&t, &out).unwrap(), "p-1.linux-amd64");
+        close_to_others(&out.join("p-1.linux-amd64")).unwrap();
+        let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("p-1.linux-amd64/prometheus") & 0o022, 0);
+        assert_eq!(mode("p-1.linux-amd64/LICENSE") & 0o022, 0);
+    }
+
+    #[test]
+    fn archives_unlike_a_release_are_refused() {
+        for entries in [
+            &[("a/prometheus", &b"x"[..], 0o755), ("b/other", b"y", 0o644)][..],
+            &[("prometheus", b"x", 0o755)],
+            &[],
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let t = tarball(d.path(), entries);
+            let out = d.path().join("out");
+            std::fs::create_dir(&out).unwrap();
+            assert!(extract(&t, &out).is_err(), "{entries:?}");
+        }
+    }
+}

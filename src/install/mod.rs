@@ -1,0 +1,199 @@
+//! Finding the programs raywatch runs (Prometheus, Grafana, Alertmanager), and getting
+//! them when they are missing.
+//!
+//! Prometheus is looked for at `--prometheus-bin`, `$RAYWATCH_PROMETHEUS`, on PATH,
+//! then in raywatch's download cache. When none is there, the way to get one is chosen
+//! ([`route`]): a site mirror the environment names; else Debian's package when
+//! raywatch runs as root where apt-get exists; else the official release, downloaded,
+//! checked against its published SHA-256 and unpacked into the cache ([`download`]).
+
+mod cache;
+mod download;
+pub mod release;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+pub use download::{fetch, size};
+pub use release::{Program, Release};
+
+/// Where a binary was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    Path,
+    Cache,
+}
+
+/// A binary and where it came from.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub path: PathBuf,
+    pub source: Source,
+}
+
+impl Found {
+    /// "on PATH", "in raywatch's download cache", ...: for `up`'s report.
+    pub fn describe(&self) -> &'static str {
+        match self.source {
+            Source::Flag => "given by --prometheus-bin",
+            Source::Env => "given by $RAYWATCH_PROMETHEUS",
+            Source::Path => "found on PATH",
+            Source::Cache => "downloaded earlier, from raywatch's cache",
+        }
+    }
+}
+
+/// Where a Prometheus binary was looked for, for messages.
+pub fn search_description() -> String {
+    let cache = release::release(Program::Prometheus)
+        .ok()
+        .and_then(|r| cache::release_dir(&r))
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "(no cache: $HOME is unset)".into());
+    format!("--prometheus-bin, $RAYWATCH_PROMETHEUS, `prometheus` on $PATH, {cache}")
+}
+
+/// Finds Prometheus without installing anything.
+pub fn locate(flag: Option<&Path>) -> Result<Option<Found>> {
+    if let Some(p) = flag {
+        return check_executable(p, "--prometheus-bin").map(|path| {
+            Some(Found {
+                path,
+                source: Source::Flag,
+            })
+        });
+    }
+    if let Some(p) = crate::env::prometheus_bin() {
+        return check_executable(&p, "RAYWATCH_PROMETHEUS").map(|path| {
+            Some(Found {
+                path,
+                source: Source::Env,
+            })
+        });
+    }
+    if let Ok(path) = which::which("prometheus") {
+        return Ok(Some(Found {
+            path,
+            source: Source::Path,
+        }));
+    }
+    cached(Program::Prometheus).map(|c| {
+        c.map(|path| Found {
+            path,
+            source: Source::Cache,
+        })
+    })
+}
+
+/// The cached binary of the release raywatch would download for `program`, if any.
+pub fn cached(program: Program) -> Result<Option<PathBuf>> {
+    cache::binary(&release::release(program)?)
+}
+
+fn check_executable(p: &Path, source: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs_err::metadata(p)
+        .with_context(|| format!("{source} names {}, which does not exist", p.display()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        bail!(
+            "{source} names {}, which is not an executable file",
+            p.display()
+        );
+    }
+    fs_err::canonicalize(p).with_context(|| format!("cannot resolve {}", p.display()))
+}
+
+/// The other ways to a Prometheus, for a user who declined the download.
+pub fn instructions() -> String {
+    "or install it yourself:\n    \
+     - Debian/Ubuntu: sudo apt-get install prometheus\n    \
+     - Fedora/RHEL:   sudo dnf install golang-github-prometheus\n    \
+     - any binary:    raywatch up --prometheus-bin /path/to/prometheus\n    \
+     - air-gapped:    set RAYWATCH_PROMETHEUS_URL to a mirror of the release tarball"
+        .to_string()
+}
+
+/// How a missing program will be obtained, and why that way.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// `apt-get install <package>`.
+    Apt {
+        package: &'static str,
+        why: String,
+    },
+    Download {
+        release: Release,
+        why: String,
+    },
+}
+
+/// Chooses how to get `program`: a mirror the environment names wins; root on a
+/// system with apt-get uses Debian's package; everyone else downloads the release.
+pub fn route(program: Program) -> Result<Route> {
+    let release = release::release(program)?;
+    if crate::env::download_override(&program.url_var()).is_some() {
+        let why = format!("${} is set", program.url_var());
+        return Ok(Route::Download { release, why });
+    }
+    let root = nix::unistd::geteuid().is_root();
+    let apt = which::which("apt-get").is_ok();
+    match program.debian_package() {
+        Some(package) if root && apt => Ok(Route::Apt {
+            package,
+            why: "raywatch runs as root on a system with apt-get".into(),
+        }),
+        _ => {
+            let why = if !root {
+                "raywatch runs without root, so it keeps its own copy in your cache".to_string()
+            } else if !apt {
+                "this system has no apt-get".to_string()
+            } else {
+                format!("Debian does not package {}", program.title())
+            };
+            Ok(Route::Download { release, why })
+        }
+    }
+}
+
+/// One line saying what a download fetches and how big it is.
+pub fn describe_download(release: &Release, bytes: Option<u64>) -> String {
+    let size = match bytes {
+        Some(b) => format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64),
+        None => format!("about {} MiB", release.approx_mib),
+    };
+    let check = match &release.checksum {
+        release::Checksum::Given(_) => format!("${}", release.program.sha256_var()),
+        release::Checksum::List(u) | release::Checksum::Sidecar(u) => u.clone(),
+    };
+    format!(
+        "{} ({size}) from {}\n  SHA-256 checked against {check}, unpacked into {}",
+        release.name(),
+        release.url,
+        cache::release_dir(release)
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
+    )
+}
+
+/// Installs Debian's package of `program` with apt-get (root only).
+pub fn apt_install(program: Program, package: &str) -> Result<PathBuf> {
+    let status = std::process::Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    if !status.success() {
+        bail!("apt-get install {package} failed ({status})");
+    }
+    let name = program.name();
+    which::which(name)
+        .ok()
+        .or_else(|| Some(PathBuf::from(format!("/usr/bin/{name}"))).filter(|p| p.is_file()))
+        .or_else(|| {
+            Some(PathBuf::from(format!("/usr/bin/prometheus-{name}"))).filter(|p| p.is_file())
+        })
+        .with_context(|| format!("apt-get installed {package}, but no {name} binary is on PATH"))
+}

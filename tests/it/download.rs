@@ -1,0 +1,511 @@
+//! Getting Prometheus without root: `up --yes` as the suite's second user, against a
+//! loopback mirror laid out like the official release (built from the Prometheus
+//! installed here), with tampered, truncated and planted files.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::security::{open_scratch, other_user, shared_raywatch};
+use crate::support::*;
+
+/// The release folder and tarball name the mirror serves (the installed Prometheus' version).
+const RELEASE: &str = "prometheus-2.42.0.linux-amd64";
+
+/// How the mirror answers for one file.
+#[derive(Clone)]
+enum Reply {
+    Body(Vec<u8>),
+    /// States the whole length, sends this many bytes, then closes.
+    CutAfter(Vec<u8>, usize),
+    /// No length: sends these bytes and closes, as an HTTP/1.0 server may.
+    Unframed(Vec<u8>),
+}
+
+/// A loopback HTTP server with a few files, counting the GETs of each.
+struct Mirror {
+    port: u16,
+    gets: Arc<Mutex<BTreeMap<String, usize>>>,
+    stop: Arc<AtomicUsize>,
+}
+
+impl Mirror {
+    fn serve(files: Vec<(&str, Reply)>) -> Mirror {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let files: BTreeMap<String, Reply> =
+            files.into_iter().map(|(p, r)| (p.to_string(), r)).collect();
+        let gets = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(AtomicUsize::new(0));
+        let (g, s) = (gets.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) != 0 {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let mut words = line.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                if method == "GET" {
+                    *g.lock().unwrap().entry(path.to_string()).or_default() += 1;
+                }
+                let _ = match files.get(path) {
+                    None => conn.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    ),
+                    Some(reply) => respond(&mut conn, method == "HEAD", reply),
+                };
+            }
+        });
+        Mirror { port, gets, stop }
+    }
+
+    fn url(&self, file: &str) -> String {
+        format!("http://127.0.0.1:{}/rel/{file}", self.port)
+    }
+
+    fn gets(&self, file: &str) -> usize {
+        let path = format!("/rel/{file}");
+        self.gets.lock().unwrap().get(&path).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.stop.store(1, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn respond(conn: &mut std::net::TcpStream, head: bool, reply: &Reply) -> std::io::Result<()> {
+    let (body, length, send) = match reply {
+        Reply::Body(b) => (b, Some(b.len()), b.len()),
+        Reply::CutAfter(b, n) => (b, Some(b.len()), *n),
+        Reply::Unframed(b) => (b, None, b.len()),
+    };
+    let mut header = "HTTP/1.1 200 OK\r\nConnection: close\r\n".to_string();
+    if let Some(l) = length {
+        header.push_str(&format!("Content-Length: {l}\r\n"));
+    }
+    header.push_str("\r\n");
+    conn.write_all(header.as_bytes())?;
+    if !head {
+        conn.write_all(&body[..send])?;
+    }
+    conn.flush()
+}
+
+/// The tarball, laid out like the official release, built once from the installed Prometheus.
+fn release_tarball() -> Option<&'static [u8]> {
+    static TARBALL: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+    TARBALL
+        .get_or_init(|| {
+            let (Some(prom), Some(promtool)) = (on_path("prometheus"), on_path("promtool")) else {
+                return None;
+            };
+            let d = scratch();
+            let rel = d.path().join(RELEASE);
+            std::fs::create_dir(&rel).unwrap();
+            std::fs::copy(prom, rel.join("prometheus")).unwrap();
+            std::fs::copy(promtool, rel.join("promtool")).unwrap();
+            std::fs::write(rel.join("LICENSE"), "Apache License 2.0\n").unwrap();
+            std::fs::write(rel.join("NOTICE"), "Prometheus\n").unwrap();
+            let out = d.path().join("t.tar.gz");
+            let ok = Command::new("tar")
+                .arg("-C")
+                .arg(d.path())
+                .args(["--owner=0", "--group=0", "-I", "gzip -1", "-cf"])
+                .arg(&out)
+                .arg(RELEASE)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "tar failed");
+            Some(std::fs::read(out).unwrap())
+        })
+        .as_deref()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+fn sums_for(tarball: &[u8]) -> Vec<u8> {
+    format!(
+        "{}  {RELEASE}.tar.gz\n{}  prometheus-2.42.0.linux-arm64.tar.gz\n",
+        sha256_hex(tarball),
+        "0".repeat(64)
+    )
+    .into_bytes()
+}
+
+/// The second user's own folders: a HOME (whose cache raywatch fills) and a raywatch home.
+struct Ordinary {
+    ids: (u32, u32),
+    _scratch: tempfile::TempDir,
+    exe: PathBuf,
+    home: PathBuf,
+    state: PathBuf,
+}
+
+impl Ordinary {
+    fn new() -> Option<Ordinary> {
+        let ids = other_user()?;
+        let scratch = open_scratch();
+        let exe = shared_raywatch(scratch.path());
+        let home = scratch.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        nix::unistd::chown(&home, Some(ids.0.into()), Some(ids.1.into())).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let state = home.join("raywatch");
+        Some(Ordinary {
+            ids,
+            _scratch: scratch,
+            exe,
+            home,
+            state,
+        })
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.home.join(".cache/raywatch")
+    }
+
+    /// raywatch as the second user, with no Prometheus on PATH.
+    fn raywatch(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        self.command(env, args).output().unwrap()
+    }
+
+    fn command(&self, env: &[(&str, &str)], args: &[&str]) -> Command {
+        let mut cmd = command_as(self.ids, &self.exe);
+        cmd.args(args)
+            .env("HOME", &self.home)
+            .env("RAYWATCH_HOME", &self.state)
+            .env("PATH", "/nonexistent")
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("RAYWATCH_PROMETHEUS")
+            .env_remove("RAYWATCH_PROMETHEUS_SHA256")
+            .stdin(Stdio::null());
+        for var in [
+            "http_proxy",
+            "https_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn up(&self, mirror_url: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["up", "--no-default-watch"];
+        args.extend_from_slice(extra);
+        self.raywatch(&[("RAYWATCH_PROMETHEUS_URL", mirror_url)], &args)
+    }
+}
+
+impl Drop for Ordinary {
+    fn drop(&mut self) {
+        let _ = self.command(&[], &["down"]).output();
+    }
+}
+
+/// Every file under `dir` (folders left out).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn skip_without_tarball() -> Option<&'static [u8]> {
+    let t = release_tarball();
+    if t.is_none() {
+        eprintln!("SKIPPED: no prometheus and promtool here to build a release tarball from");
+    }
+    t
+}
+
+#[test]
+fn an_ordinary_user_downloads_verifies_caches_and_runs_prometheus() {
+    let Some(tarball) = skip_without_tarball() else {
+        return;
+    };
+    let Some(user) = Ordinary::new() else { return };
+    let file = format!("{RELEASE}.tar.gz");
+    let mirror = Mirror::serve(vec![
+        ("/rel/sha256sums.txt", Reply::Body(sums_for(tarball))),
+        (&format!("/rel/{file}"), Reply::Body(tarball.to_vec())),
+    ]);
+    let url = mirror.url(&file);
+
+    let first = user.up(&url, &["--yes"]);
+    let said = text(&first);
+    assert!(first.status.success(), "{said}");
+    assert!(
+        said.contains("downloading Prometheus")
+            && said.contains("$RAYWATCH_PROMETHEUS_URL is set")
+            && said.contains("SHA-256 verified"),
+        "up does not say which way it got Prometheus: {said}"
+    );
+    assert_eq!(mirror.gets(&file), 1);
+    let bin = user.cache().join(RELEASE).join("prometheus");
+    let meta = std::fs::metadata(&bin).unwrap();
+    assert_eq!(
+        meta.uid(),
+        user.ids.0,
+        "the cached binary is the user's own"
+    );
+    assert_eq!(meta.mode() & 0o022, 0, "nobody else may change it");
+    let status = user.raywatch(&[], &["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["prometheus"]["ready"], true, "{}", text(&status));
+    assert_eq!(report["prometheus"]["binary"], bin.display().to_string());
+    assert!(user.raywatch(&[], &["down"]).status.success());
+
+    // The second `up` takes the cache: nothing is fetched again, and it says so.
+    let second = user.up(&url, &[]);
+    assert!(second.status.success(), "{}", text(&second));
+    assert!(
+        text(&second).contains("from raywatch's cache"),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(
+        mirror.gets(&file),
+        1,
+        "the cached release was downloaded again"
+    );
+    assert!(user.raywatch(&[], &["down"]).status.success());
+
+    // Agent mode with the downloaded version: its flag is picked from `--version`.
+    let agent = user.up(
+        &url,
+        &[
+            "--agent",
+            "--remote-write",
+            "http://127.0.0.1:9/api/v1/write",
+        ],
+    );
+    assert!(agent.status.success(), "{}", text(&agent));
+    let report: serde_json::Value =
+        serde_json::from_slice(&user.raywatch(&[], &["status", "--json"]).stdout).unwrap();
+    assert_eq!(report["prometheus"]["mode"], "agent");
+    assert_eq!(report["prometheus"]["ready"], true);
+    assert_eq!(report["prometheus"]["binary"], bin.display().to_string());
+}
+
+#[test]
+fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
+    let Some(tarball) = skip_without_tarball() else {
+        return;
+    };
+    let Some(user) = Ordinary::new() else { return };
+    let file = format!("{RELEASE}.tar.gz");
+    let good_sums = sums_for(tarball);
+    let mut tampered = tarball.to_vec();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x01;
+    let wrong = "ab".repeat(32);
+    let wrong_pin = [("RAYWATCH_PROMETHEUS_SHA256", wrong.as_str())];
+    type Case<'a> = (&'a str, Reply, Reply, &'a [(&'a str, &'a str)], &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "a tampered tarball",
+            Reply::Body(good_sums.clone()),
+            Reply::Body(tampered),
+            &[],
+            "SHA-256",
+        ),
+        (
+            "a wrong RAYWATCH_PROMETHEUS_SHA256",
+            Reply::Body(good_sums.clone()),
+            Reply::Body(tarball.to_vec()),
+            &wrong_pin,
+            "RAYWATCH_PROMETHEUS_SHA256",
+        ),
+        (
+            "a download cut off mid-body",
+            Reply::Body(good_sums.clone()),
+            Reply::CutAfter(tarball.to_vec(), tarball.len() / 2),
+            &[],
+            "broke off",
+        ),
+        (
+            "a short body with no stated length",
+            Reply::Body(good_sums.clone()),
+            Reply::Unframed(tarball[..tarball.len() / 2].to_vec()),
+            &[],
+            "SHA-256",
+        ),
+        (
+            "a checksum list without the tarball",
+            Reply::Body(b"0000  other.tar.gz\n".to_vec()),
+            Reply::Body(tarball.to_vec()),
+            &[],
+            "gives no SHA-256",
+        ),
+        (
+            "a checksum list that never ends",
+            Reply::Body(vec![b'0'; 3 << 20]),
+            Reply::Body(tarball.to_vec()),
+            &[],
+            "larger than",
+        ),
+    ];
+    for (what, sums, body, env, expect) in cases {
+        let mirror = Mirror::serve(vec![
+            ("/rel/sha256sums.txt", sums),
+            (&format!("/rel/{file}"), body),
+        ]);
+        let url = mirror.url(&file);
+        let mut vars = vec![("RAYWATCH_PROMETHEUS_URL", url.as_str())];
+        vars.extend_from_slice(env);
+        let out = user.raywatch(&vars, &["up", "--yes", "--no-default-watch"]);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {said}");
+        assert!(
+            said.contains(expect),
+            "{what}: expected {expect:?} in {said}"
+        );
+        assert!(said.contains("hint:"), "{what}: no hint in {said}");
+        assert!(!said.contains("raywatch is up"), "{what}: {said}");
+        let left = files_under(&user.cache());
+        assert!(left.is_empty(), "{what} left {left:?}");
+        assert!(
+            !user.state.join("run/daemon.pid").exists(),
+            "{what}: a daemon was started"
+        );
+    }
+}
+
+#[test]
+fn a_cache_another_user_could_have_changed_is_never_run() {
+    let Some(tarball) = skip_without_tarball() else {
+        return;
+    };
+    let Some(user) = Ordinary::new() else { return };
+    let file = format!("{RELEASE}.tar.gz");
+    let mirror = Mirror::serve(vec![
+        ("/rel/sha256sums.txt", Reply::Body(sums_for(tarball))),
+        (&format!("/rel/{file}"), Reply::Body(tarball.to_vec())),
+    ]);
+    let url = mirror.url(&file);
+    let nobody = 65534;
+    let shared = open_scratch();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let marker = shared.path().join("ran");
+    let plant = |root: &Path| {
+        let rel = root.join(RELEASE);
+        std::fs::create_dir_all(&rel).unwrap();
+        let fake = rel.join("prometheus");
+        std::fs::write(
+            &fake,
+            format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        rel
+    };
+    let chown_all = |p: &Path, uid: u32| {
+        let ok = Command::new("chown")
+            .args(["-R", &format!("{uid}:{uid}")])
+            .arg(p)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+
+    // 1. XDG_CACHE_HOME in a shared folder, where another user made raywatch/ first.
+    let xdg = shared.path().join("cache");
+    let planted = xdg.join("raywatch");
+    plant(&planted);
+    chown_all(&xdg, nobody);
+    let xdg_s = xdg.display().to_string();
+    let out = user.raywatch(
+        &[
+            ("RAYWATCH_PROMETHEUS_URL", &url),
+            ("XDG_CACHE_HOME", &xdg_s),
+        ],
+        &["up", "--yes", "--no-default-watch"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("uid 65534"), "{}", text(&out));
+    assert!(text(&out).contains("XDG_CACHE_HOME"), "{}", text(&out));
+    assert!(!marker.exists(), "a planted Prometheus ran");
+
+    // 2. The user's own cache, with a release folder that is a link to another user's.
+    let cache = user.cache();
+    std::fs::create_dir_all(&cache).unwrap();
+    chown_all(&user.home.join(".cache"), user.ids.0);
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let elsewhere = shared.path().join("elsewhere");
+    let rel = plant(&elsewhere);
+    chown_all(&elsewhere, nobody);
+    std::os::unix::fs::symlink(&rel, cache.join(RELEASE)).unwrap();
+    let out = user.up(&url, &["--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("symbolic link"), "{}", text(&out));
+    assert!(!marker.exists(), "a linked Prometheus ran");
+
+    // 3. A release folder of the user's own that others may write to.
+    std::fs::remove_file(cache.join(RELEASE)).unwrap();
+    let own = plant(&cache);
+    chown_all(&own, user.ids.0);
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = user.up(&url, &["--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("writable by other users"),
+        "{}",
+        text(&out)
+    );
+    assert!(!marker.exists(), "a Prometheus others could change ran");
+}
