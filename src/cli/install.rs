@@ -13,6 +13,11 @@ use crate::install::{Program, Release, Route};
 /// `raywatch install PROGRAM [--yes]`: prints the binary's path.
 pub(super) fn install(program: Program, yes: bool) -> Result<Exit> {
     let rt = runtime()?;
+    if let Some(bin) = crate::install::on_path(program) {
+        eprintln!("{} is on PATH; nothing to do", program.title());
+        println!("{}", escape::path(&bin));
+        return Ok(Exit::Success);
+    }
     if let Some(bin) = crate::install::cached(program)? {
         eprintln!(
             "{} is already in raywatch's cache (remove its folder to download it again)",

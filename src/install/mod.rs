@@ -134,28 +134,28 @@ pub enum Route {
 /// system with apt-get uses Debian's package; everyone else downloads the release.
 pub fn route(program: Program) -> Result<Route> {
     let release = release::release(program)?;
-    if crate::env::download_override(&program.url_var()).is_some() {
-        let why = format!("${} is set", program.url_var());
-        return Ok(Route::Download { release, why });
-    }
+    let mirror = crate::env::download_override(&program.url_var()).is_some();
     let root = nix::unistd::geteuid().is_root();
     let apt = which::which("apt-get").is_ok();
-    match program.debian_package() {
-        Some(package) if root && apt => Ok(Route::Apt {
-            package,
-            why: "raywatch runs as root on a system with apt-get".into(),
-        }),
-        _ => {
-            let why = if !root {
-                "raywatch runs without root, so it keeps its own copy in your cache".to_string()
-            } else if !apt {
-                "this system has no apt-get".to_string()
-            } else {
-                format!("Debian does not package {}", program.title())
+    Ok(choose(release, mirror, root, apt))
+}
+
+/// [`route`]'s decision, from what it found.
+fn choose(release: Release, mirror: bool, root: bool, apt: bool) -> Route {
+    let program = release.program;
+    let why = match program.debian_package() {
+        _ if mirror => format!("${} is set", program.url_var()),
+        Some(package) if root && apt => {
+            return Route::Apt {
+                package,
+                why: "raywatch runs as root on a system with apt-get".into(),
             };
-            Ok(Route::Download { release, why })
         }
-    }
+        _ if !root => "raywatch runs without root, so it keeps its own copy in your cache".into(),
+        _ if !apt => "this system has no apt-get".into(),
+        _ => format!("Debian does not package {}", program.title()),
+    };
+    Route::Download { release, why }
 }
 
 /// One line saying what a download fetches and how big it is.
@@ -178,6 +178,13 @@ pub fn describe_download(release: &Release, bytes: Option<u64>) -> String {
     )
 }
 
+/// `program` on PATH (Debian names Alertmanager `prometheus-alertmanager`).
+pub fn on_path(program: Program) -> Option<PathBuf> {
+    which::which(program.name())
+        .or_else(|_| which::which(format!("prometheus-{}", program.name())))
+        .ok()
+}
+
 /// Installs Debian's package of `program` with apt-get (root only).
 pub fn apt_install(program: Program, package: &str) -> Result<PathBuf> {
     let status = std::process::Command::new("apt-get")
@@ -189,11 +196,47 @@ pub fn apt_install(program: Program, package: &str) -> Result<PathBuf> {
         bail!("apt-get install {package} failed ({status})");
     }
     let name = program.name();
-    which::which(name)
-        .ok()
+    on_path(program)
         .or_else(|| Some(PathBuf::from(format!("/usr/bin/{name}"))).filter(|p| p.is_file()))
         .or_else(|| {
             Some(PathBuf::from(format!("/usr/bin/prometheus-{name}"))).filter(|p| p.is_file())
         })
         .with_context(|| format!("apt-get installed {package}, but no {name} binary is on PATH"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn way(program: Program, mirror: bool, root: bool, apt: bool) -> String {
+        let r = release::resolve(program, "amd64", None, None).unwrap();
+        match choose(r, mirror, root, apt) {
+            Route::Apt { package, why } => format!("apt {package}: {why}"),
+            Route::Download { why, .. } => format!("download: {why}"),
+        }
+    }
+
+    #[test]
+    fn root_with_apt_takes_debian_everyone_else_downloads_and_a_mirror_always_wins() {
+        use Program::*;
+        assert_eq!(
+            way(Prometheus, false, true, true),
+            "apt prometheus: raywatch runs as root on a system with apt-get"
+        );
+        assert_eq!(
+            way(Alertmanager, false, true, true),
+            "apt prometheus-alertmanager: raywatch runs as root on a system with apt-get"
+        );
+        assert!(way(Prometheus, false, false, true).contains("without root"));
+        assert!(way(Prometheus, false, true, false).contains("no apt-get"));
+        assert!(way(Grafana, false, true, true).contains("Debian does not package Grafana"));
+        assert_eq!(
+            way(Prometheus, true, true, true),
+            "download: $RAYWATCH_PROMETHEUS_URL is set"
+        );
+        assert_eq!(
+            way(Grafana, true, false, false),
+            "download: $RAYWATCH_GRAFANA_URL is set"
+        );
+    }
 }

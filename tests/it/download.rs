@@ -509,3 +509,129 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
     );
     assert!(!marker.exists(), "a Prometheus others could change ran");
 }
+
+/// A gzipped tarball of one folder `top` holding `files` (path, content, mode).
+fn tarball_of(top: &str, files: &[(&str, &str, u32)]) -> Vec<u8> {
+    let d = scratch();
+    for (path, content, mode) in files {
+        let p = d.path().join(top).join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    let out = d.path().join("t.tar.gz");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(d.path())
+        .args(["--owner=0", "--group=0", "-czf"])
+        .arg(&out)
+        .arg(top)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar failed");
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() {
+    let Some(prometheus) = skip_without_tarball() else {
+        return;
+    };
+    let Some(user) = Ordinary::new() else { return };
+    // Grafana cannot be installed here: its tarball's layout (grafana-v<version>/bin,
+    // conf/defaults.ini) with a stand-in that stays up like a server.
+    let grafana = tarball_of(
+        "grafana-v12.3.0",
+        &[
+            (
+                "bin/grafana",
+                "#!/bin/sh\nwhile :; do sleep 1; done\n",
+                0o755,
+            ),
+            ("conf/defaults.ini", "[server]\n", 0o644),
+        ],
+    );
+    let alertmanager = tarball_of(
+        "alertmanager-0.35.1.linux-amd64",
+        &[("alertmanager", "#!/bin/sh\nexit 0\n", 0o755)],
+    );
+    let g_file = "grafana-12.3.0.linux-amd64.tar.gz";
+    let a_file = "alertmanager-0.35.1.linux-amd64.tar.gz";
+    let p_file = format!("{RELEASE}.tar.gz");
+    let list = format!(
+        "{}  {a_file}\n{}  {p_file}\n",
+        sha256_hex(&alertmanager),
+        sha256_hex(prometheus)
+    );
+    let mirror = Mirror::serve(vec![
+        (&format!("/rel/{g_file}"), Reply::Body(grafana.clone())),
+        (
+            &format!("/rel/{g_file}.sha256"),
+            Reply::Body(format!("{}\n", sha256_hex(&grafana)).into_bytes()),
+        ),
+        (&format!("/rel/{a_file}"), Reply::Body(alertmanager)),
+        (&format!("/rel/{p_file}"), Reply::Body(prometheus.to_vec())),
+        ("/rel/sha256sums.txt", Reply::Body(list.into_bytes())),
+    ]);
+    let (g_url, a_url, p_url) = (mirror.url(g_file), mirror.url(a_file), mirror.url(&p_file));
+    let mirrors = [
+        ("RAYWATCH_GRAFANA_URL", g_url.as_str()),
+        ("RAYWATCH_ALERTMANAGER_URL", a_url.as_str()),
+        ("RAYWATCH_PROMETHEUS_URL", p_url.as_str()),
+    ];
+
+    // Without --yes and without a terminal: it says what it would fetch, and fetches nothing.
+    let asked = user.raywatch(&mirrors, &["install", "grafana"]);
+    assert_eq!(asked.status.code(), Some(1), "{}", text(&asked));
+    assert!(
+        text(&asked).contains("`raywatch install grafana --yes` gets Grafana"),
+        "{}",
+        text(&asked)
+    );
+    assert!(
+        text(&asked).contains(&format!("{g_url}.sha256")),
+        "{}",
+        text(&asked)
+    );
+    assert_eq!(mirror.gets(g_file), 0);
+
+    for (program, bin) in [
+        ("grafana", "grafana-12.3.0.linux-amd64/bin/grafana"),
+        (
+            "alertmanager",
+            "alertmanager-0.35.1.linux-amd64/alertmanager",
+        ),
+    ] {
+        let out = user.raywatch(&mirrors, &["install", program, "--yes"]);
+        assert!(out.status.success(), "{program}: {}", text(&out));
+        let path = user.cache().join(bin);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            path.display().to_string()
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().uid(), user.ids.0);
+        let again = user.raywatch(&mirrors, &["install", program]);
+        assert!(again.status.success(), "{program}: {}", text(&again));
+        assert!(
+            text(&again).contains("already in raywatch's cache"),
+            "{}",
+            text(&again)
+        );
+    }
+    assert_eq!((mirror.gets(g_file), mirror.gets(a_file)), (1, 1));
+
+    // `up` runs the cached Grafana (and a downloaded Prometheus).
+    let up = user.raywatch(&mirrors, &["up", "--yes", "--no-default-watch"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let report: serde_json::Value =
+        serde_json::from_slice(&user.raywatch(&[], &["status", "--json"]).stdout).unwrap();
+    assert_eq!(report["grafana"]["installed"], true);
+    assert_eq!(
+        report["grafana"]["binary"],
+        user.cache()
+            .join("grafana-12.3.0.linux-amd64/bin/grafana")
+            .display()
+            .to_string()
+    );
+}
