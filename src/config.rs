@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 pub struct StackConfig {
     /// The Prometheus binary the daemon runs.
     pub prometheus_bin: PathBuf,
+    /// Its version (major, minor) when `up` last started the stack: the data folder
+    /// was written by it, and an older major may not read it back.
+    #[serde(default)]
+    pub prometheus_version: Option<(u32, u32)>,
     /// Loopback port Prometheus listens on.
     pub prometheus_port: u16,
     /// Whether the port was chosen by raywatch (and so may be changed on a clash).

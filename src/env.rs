@@ -9,6 +9,7 @@
 //! | `XDG_CACHE_HOME` | where downloaded programs are kept (else `~/.cache/raywatch`) |
 //! | `RAYWATCH_PROMETHEUS_URL`, `RAYWATCH_ALERTMANAGER_URL`, `RAYWATCH_GRAFANA_URL` | a site mirror's tarball, instead of the official release |
 //! | `RAYWATCH_PROMETHEUS_SHA256`, `RAYWATCH_ALERTMANAGER_SHA256`, `RAYWATCH_GRAFANA_SHA256` | that tarball's SHA-256, instead of the checksum list beside it |
+//! | `RAYWATCH_DOWNLOAD_STALL` | how long a download may go without progress (default 60s; tests shorten it) |
 //! | `PATH` | finding `prometheus`, `promtool`, `grafana`, `grafana-server` |
 //! | `RAY_TMPDIR` | Ray's temp-dir parent, watched besides /tmp |
 //! | `RAY_PROMETHEUS_NAME` | the datasource name Ray's Dashboard expects (at `up`) |
@@ -46,7 +47,14 @@ pub fn ray_prometheus_name() -> Option<String> {
 
 /// `$XDG_STATE_HOME`, then `$HOME`: for the default home.
 pub fn xdg_state_home() -> Option<PathBuf> {
-    non_empty("XDG_STATE_HOME").map(PathBuf::from)
+    absolute("XDG_STATE_HOME")
+}
+
+/// An XDG base directory: the XDG spec says a relative one is invalid and ignored.
+fn absolute(name: &str) -> Option<PathBuf> {
+    non_empty(name)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
 }
 
 /// `RAYWATCH_<PROGRAM>_URL` or `_SHA256`: a download's mirror and checksum
@@ -58,9 +66,15 @@ pub fn download_override(var: &str) -> Option<String> {
     non_empty(var).map(|v| v.to_string_lossy().into_owned())
 }
 
+/// `$RAYWATCH_DOWNLOAD_STALL`: how long a download may go without progress.
+pub fn download_stall() -> Option<std::time::Duration> {
+    non_empty("RAYWATCH_DOWNLOAD_STALL")
+        .and_then(|v| humantime::parse_duration(&v.to_string_lossy()).ok())
+}
+
 /// `$XDG_CACHE_HOME`: for downloaded programs.
 pub fn xdg_cache_home() -> Option<PathBuf> {
-    non_empty("XDG_CACHE_HOME").map(PathBuf::from)
+    absolute("XDG_CACHE_HOME")
 }
 
 /// `$HOME`.

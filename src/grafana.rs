@@ -605,11 +605,9 @@ pub fn locate(flag: Option<&Path>) -> Result<Option<PathBuf>> {
         );
         return Ok(Some(p));
     }
-    if let Ok(p) = which::which("grafana").or_else(|_| which::which("grafana-server")) {
-        return Ok(Some(p));
-    }
-    // `raywatch install grafana` puts one there.
-    crate::install::cached(crate::install::Program::Grafana)
+    Ok(which::which("grafana")
+        .or_else(|_| which::which("grafana-server"))
+        .ok())
 }
 
 /// The command line for Grafana: `grafana server` or the older `grafana-server`.

@@ -258,10 +258,50 @@ pub fn check_ancestors(path: &Path) -> Result<()> {
 }
 
 /// [`check_ancestors`] for any private place: `what` names it in the error, `fix` is the hint.
+/// The path as written is checked (a link on the way must be ours or root's), and so is
+/// the real path it leads to: a link of ours into a folder another user controls is
+/// refused like that folder itself.
 pub fn check_ancestors_of(path: &Path, what: &str, fix: &str) -> Result<()> {
+    if !path.is_absolute() {
+        bail!(
+            "{what} {} is a relative path, which names a different folder in every working directory\n\
+             hint: {fix}",
+            path.display()
+        );
+    }
+    check_walk(path, path, what, fix)?;
+    let real = resolve_existing(path);
+    if real != path {
+        check_walk(path, &real, what, fix)?;
+    }
+    Ok(())
+}
+
+/// `path` with its longest existing prefix resolved (links followed), the rest appended.
+fn resolve_existing(path: &Path) -> PathBuf {
+    let mut prefix = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = fs::canonicalize(&prefix) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (prefix.file_name().map(|n| n.to_owned()), prefix.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                prefix = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+/// Checks the folders above `walked` (the path as written, or the real one), naming `path`.
+fn check_walk(path: &Path, walked: &Path, what: &str, fix: &str) -> Result<()> {
     let me = nix::unistd::geteuid().as_raw();
     let mut current = PathBuf::from("/");
-    let parent = path.parent().unwrap_or(Path::new("/"));
+    let parent = walked.parent().unwrap_or(Path::new("/"));
     for comp in parent.components().skip(1) {
         current.push(comp);
         let Ok(meta) = fs::symlink_metadata(&current) else {

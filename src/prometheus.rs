@@ -301,6 +301,8 @@ pub fn parse_major_version(text: &str) -> Option<u32> {
 
 /// Agent mode needs Prometheus ≥ 2.32.
 pub const AGENT_SINCE: (u32, u32) = (2, 32);
+/// `--web.config.file` (basic auth), without which raywatch does not run Prometheus, exists since 2.24.
+pub const WEB_CONFIG_SINCE: (u32, u32) = (2, 24);
 
 /// The (major, minor) version of a Prometheus binary.
 pub fn version(bin: &Path) -> Option<(u32, u32)> {

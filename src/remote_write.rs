@@ -41,10 +41,10 @@ fn label(labels: &str, key: &str) -> Option<String> {
 /// about it is an error (a later success clears it).
 pub fn last_error(log_tail: &str, name: &str) -> Option<String> {
     let needle = format!("remote_name={name}");
-    let line = log_tail
-        .lines()
-        .rev()
-        .find(|l| l.contains(&needle) && (l.contains("err=") || l.contains("level=info")))?;
+    let line = log_tail.lines().rev().find(|l| {
+        // 2.x logs `level=info`, 3.x (slog) `level=INFO`.
+        l.contains(&needle) && (l.contains("err=") || l.to_ascii_lowercase().contains("level=info"))
+    })?;
     if !line.contains("err=") {
         return None;
     }
@@ -119,6 +119,16 @@ mod tests {
             Some("server returned HTTP status 401 Unauthorized: bad")
         );
         assert_eq!(last_error(log, "raywatch-rw-1"), None);
+        // Prometheus 3.x: slog's upper-case levels; a later success clears the error.
+        let v3 = "time=2026-12-07T07:00:00Z level=ERROR source=queue_manager.go:1 msg=\"non-recoverable error\" component=remote remote_name=raywatch-rw-0 url=http://a err=\"server returned HTTP status 401 Unauthorized\"\n";
+        assert_eq!(
+            last_error(v3, "raywatch-rw-0").as_deref(),
+            Some("server returned HTTP status 401 Unauthorized")
+        );
+        let recovered = format!(
+            "{v3}time=2026-12-07T07:01:00Z level=INFO source=queue_manager.go:2 msg=\"Done replaying WAL\" component=remote remote_name=raywatch-rw-0 url=http://a\n"
+        );
+        assert_eq!(last_error(&recovered, "raywatch-rw-0"), None);
         assert_eq!(redact("https://u:p@h:1/x"), "https://[redacted]@h:1/x");
         assert_eq!(redact("http://h:1/api/v1/write"), "http://h:1/api/v1/write");
     }

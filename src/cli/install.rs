@@ -50,10 +50,16 @@ pub(super) fn obtain(
             consent(program, yes, &what, &why, command)?;
             eprintln!("installing {what} ({why})");
             match crate::install::apt_install(program, package) {
-                Ok(bin) => Ok(bin),
+                Ok((bin, service)) => {
+                    if let Some(s) = service {
+                        eprintln!("{s}");
+                    }
+                    Ok(bin)
+                }
                 Err(e) => {
+                    eprintln!("{e:#}");
                     let release = crate::install::release::release(program)?;
-                    eprintln!("{e:#}; downloading {} instead", release.name());
+                    eprintln!("downloading {} instead", release.name());
                     download(rt, &release)
                 }
             }
@@ -75,7 +81,7 @@ pub(super) fn obtain(
 
 fn download(rt: &tokio::runtime::Runtime, release: &Release) -> Result<PathBuf> {
     let show = std::io::stderr().is_terminal();
-    let bin = rt.block_on(crate::install::fetch(release, show))?;
+    let bin = crate::install::fetch(rt, release, show)?;
     eprintln!(
         "{}: SHA-256 verified, installed as {}",
         release.name(),

@@ -53,7 +53,18 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
             None => (crate::ports::free_port()?, true),
         },
     };
-    let grafana_bin = crate::grafana::locate(args.grafana_bin.as_deref())?;
+    let grafana_bin = match crate::grafana::locate(args.grafana_bin.as_deref())? {
+        Some(bin) => Some(bin),
+        // One `raywatch install grafana` put in the cache; Grafana is optional, so a
+        // cache raywatch refuses costs Grafana, not the stack.
+        None => crate::install::cached(crate::install::Program::Grafana).unwrap_or_else(|e| {
+            eprintln!(
+                "warning: not running the cached Grafana: {}",
+                escape::lines(&format!("{e:#}"))
+            );
+            None
+        }),
+    };
     let grafana_port = match args.grafana_port {
         Some(p) => {
             crate::ports::require_free(p, "Grafana (--grafana-port)")?;
@@ -88,6 +99,14 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
         gateway_port: 0,
         ..Default::default()
     });
+    let version = crate::prometheus::version(&bin);
+    check_no_downgrade(
+        config.prometheus_version,
+        version,
+        &config.prometheus_bin,
+        &bin,
+    )?;
+    config.prometheus_version = version.or(config.prometheus_version);
     config.prometheus_bin = bin;
     config.prometheus_port = port;
     config.prometheus_port_auto = auto;
@@ -265,6 +284,34 @@ fn checked_url(flag: &str, url: &str) -> Result<String> {
         .hint("put them in a file and pass --remote-write-basic-auth-file or --remote-write-bearer-file");
     }
     Ok(url.to_string())
+}
+
+/// Prometheus 3 writes a data folder that 2.x reads back only from 2.55 on: a stack
+/// whose data 3.x wrote is not handed to an older 2.x (say a distribution's, found on
+/// PATH after `up --yes` downloaded 3.x).
+fn check_no_downgrade(
+    wrote: Option<(u32, u32)>,
+    now: Option<(u32, u32)>,
+    wrote_bin: &Path,
+    now_bin: &Path,
+) -> Result<()> {
+    const READS_V3: (u32, u32) = (2, 55);
+    match (wrote, now) {
+        (Some(w), Some(n)) if w.0 >= 3 && n < READS_V3 => Err(anyhow::anyhow!(
+            "this stack's data was written by Prometheus {}.{} ({}), and {} is {}.{}, which cannot read it",
+            w.0,
+            w.1,
+            escape::path(wrote_bin),
+            escape::path(now_bin),
+            n.0,
+            n.1
+        ))
+        .hint(format!(
+            "run the newer one: raywatch up --prometheus-bin {} (or start afresh with `raywatch down --purge`)",
+            escape::path(wrote_bin)
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Agent mode exists since Prometheus 2.32: an older binary (a distribution's 2.2x)
@@ -461,4 +508,37 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_written_by_prometheus_3_is_not_handed_to_an_older_2x() {
+        let (a, b) = (
+            Path::new("/cache/prometheus"),
+            Path::new("/usr/bin/prometheus"),
+        );
+        let err = check_no_downgrade(Some((3, 13)), Some((2, 42)), a, b).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("3.13") && text.contains("2.42"), "{text}");
+        assert!(
+            super::super::error::render(&err).contains("--prometheus-bin /cache/prometheus"),
+            "{}",
+            super::super::error::render(&err)
+        );
+        for (wrote, now) in [
+            (Some((3, 13)), Some((2, 55))),
+            (Some((3, 13)), Some((3, 5))),
+            (Some((2, 42)), Some((2, 28))),
+            (None, Some((2, 42))),
+            (Some((3, 13)), None),
+        ] {
+            assert!(
+                check_no_downgrade(wrote, now, a, b).is_ok(),
+                "{wrote:?} {now:?}"
+            );
+        }
+    }
 }

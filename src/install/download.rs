@@ -17,6 +17,8 @@ use super::release::{Checksum, Release, hash_in_list, hash_in_sidecar};
 const MAX_TARBALL: u64 = 1 << 30;
 /// The most a tarball may unpack to.
 const MAX_UNPACKED: u64 = 4 << 30;
+/// The most files a tarball may hold (Grafana's holds about 20 000).
+const MAX_ENTRIES: usize = 200_000;
 /// The largest checksum file raywatch reads (Prometheus' lists about 40 files in 4 KiB).
 const MAX_CHECKSUMS: u64 = 1 << 20;
 /// Leftovers of a download that was killed are removed after this long.
@@ -32,9 +34,21 @@ fn retry_hint(release: &Release) -> String {
 }
 
 fn client() -> Result<reqwest::Client> {
+    // Redirects (GitHub's go to its object store) may not leave https.
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let from_https = attempt.previous().iter().any(|u| u.scheme() == "https");
+        if attempt.previous().len() > 5 {
+            attempt.error("more than 5 redirects")
+        } else if from_https && attempt.url().scheme() != "https" {
+            attempt.error("a redirect from https to plain http")
+        } else {
+            attempt.follow()
+        }
+    });
     reqwest::Client::builder()
+        .redirect(policy)
         .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(60))
+        .read_timeout(stall_window())
         .user_agent(concat!("raywatch/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("cannot set up an HTTP client")
@@ -59,25 +73,42 @@ pub async fn size(release: &Release) -> Option<u64> {
         .ok()
 }
 
+/// The window in which a download must make progress ([`MIN_PROGRESS`]), and the
+/// longest a checksum file may take: `RAYWATCH_DOWNLOAD_STALL`, else 60 s.
+fn stall_window() -> Duration {
+    crate::env::download_stall().unwrap_or(Duration::from_secs(60))
+}
+
+/// A download that brings less than this in one [`stall_window`] has stalled.
+const MIN_PROGRESS: u64 = 64 << 10;
+
 /// Downloads, verifies and unpacks `release` into the cache; returns its binary.
-pub async fn fetch(release: &Release, show_progress: bool) -> Result<PathBuf> {
+/// The network part runs on `rt`; unpacking runs here, off the runtime.
+pub fn fetch(
+    rt: &tokio::runtime::Runtime,
+    release: &Release,
+    show_progress: bool,
+) -> Result<PathBuf> {
     let cache = cache::ensure()?;
     remove_stale(&cache);
-    let http = client()?;
-    let (expected, source) = expected_hash(&http, release).await?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".download-")
         .tempfile_in(&cache)
         .with_context(|| format!("cannot create a download file in {}", cache.display()))?;
-    let digest = stream(&http, release, tmp.as_file_mut(), show_progress).await?;
-    if digest != expected {
-        bail!(
-            "the download of {} has SHA-256 {digest}, but {source} gives {expected}: it was deleted, nothing was installed\n{}",
-            release.url,
-            retry_hint(release)
-        );
-    }
-    unpack(release, tmp.path(), &cache)
+    let expected = rt.block_on(async {
+        let http = client()?;
+        let (expected, source) = expected_hash(&http, release).await?;
+        let digest = stream(&http, release, tmp.as_file_mut(), show_progress).await?;
+        if digest != expected {
+            bail!(
+                "the download of {} has SHA-256 {digest}, but {source} gives {expected}: it was deleted, nothing was installed\n{}",
+                release.url,
+                retry_hint(release)
+            );
+        }
+        Ok(expected)
+    })?;
+    unpack(release, tmp.path(), &cache, &expected)
 }
 
 /// The expected hash and where it came from (for messages).
@@ -89,7 +120,10 @@ async fn expected_hash(http: &reqwest::Client, release: &Release) -> Result<(Str
             url,
             hash_in_list(&get_text(http, url, release).await?, &file),
         ),
-        Checksum::Sidecar(url) => (url, hash_in_sidecar(&get_text(http, url, release).await?)),
+        Checksum::Sidecar(url) => {
+            warn_plain_http(url, release);
+            (url, hash_in_sidecar(&get_text(http, url, release).await?))
+        }
     };
     let hash = found.ok_or_else(|| {
         anyhow::anyhow!(
@@ -102,9 +136,21 @@ async fn expected_hash(http: &reqwest::Client, release: &Release) -> Result<(Str
     Ok((hash, url.to_string()))
 }
 
+/// A checksum fetched over plain http guards against a broken download, not against
+/// someone on the way: say so, and how to pin it.
+fn warn_plain_http(url: &str, release: &Release) {
+    if url.starts_with("http://") {
+        eprintln!(
+            "warning: the checksum comes over plain http ({url}): it catches a broken download, not a tampered one; set {} to pin it",
+            release.program.sha256_var()
+        );
+    }
+}
+
 async fn get_text(http: &reqwest::Client, url: &str, release: &Release) -> Result<String> {
     let mut resp = http
         .get(url)
+        .timeout(stall_window())
         .send()
         .await
         .and_then(|r| r.error_for_status())
@@ -125,7 +171,12 @@ async fn get_text(http: &reqwest::Client, url: &str, release: &Release) -> Resul
             );
         }
     }
-    String::from_utf8(body).with_context(|| format!("{url} is not text"))
+    String::from_utf8(body).with_context(|| {
+        format!(
+            "{url} is not text, so no checksum list\nhint: check {}",
+            release.program.url_var()
+        )
+    })
 }
 
 /// Streams the tarball into `out`, hashing it; returns the hex SHA-256.
@@ -154,6 +205,7 @@ async fn stream(
     let bar = progress_bar(total, show_progress);
     let mut hasher = Sha256::new();
     let mut got: u64 = 0;
+    let (mut window_start, mut window_got) = (std::time::Instant::now(), 0u64);
     loop {
         let chunk = match resp.chunk().await {
             Ok(Some(c)) => c,
@@ -165,6 +217,17 @@ async fn stream(
             ),
         };
         got += chunk.len() as u64;
+        window_got += chunk.len() as u64;
+        if window_start.elapsed() >= stall_window() {
+            if window_got < MIN_PROGRESS {
+                bail!(
+                    "the download of {url} stalled: {window_got} bytes in the last {}s ({got} in all): it was deleted, nothing was installed\n{}",
+                    window_start.elapsed().as_secs(),
+                    retry_hint(release)
+                );
+            }
+            (window_start, window_got) = (std::time::Instant::now(), 0);
+        }
         if got > MAX_TARBALL {
             bail!(
                 "{url} goes on past {} MiB, more than any release; it was deleted\nhint: check {}",
@@ -203,8 +266,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Unpacks a verified tarball into a private staging folder, checks it is laid out
-/// like the release (one top folder holding the binary), and renames it into place.
-fn unpack(release: &Release, tarball: &Path, cache: &Path) -> Result<PathBuf> {
+/// like the release (one top folder holding the binary), records the hash it was
+/// verified against, renames it into place, and checks it there as any cached release.
+fn unpack(release: &Release, tarball: &Path, cache: &Path, sha256: &str) -> Result<PathBuf> {
     let staging = tempfile::Builder::new()
         .prefix(".unpack-")
         .tempdir_in(cache)
@@ -213,89 +277,117 @@ fn unpack(release: &Release, tarball: &Path, cache: &Path) -> Result<PathBuf> {
         .with_context(|| format!("cannot unpack {}: nothing was installed", release.url))?;
     let unpacked = staging.path().join(&top);
     let bin = unpacked.join(release.program.binary());
-    if !std::fs::symlink_metadata(&bin).is_ok_and(|m| m.is_file()) {
+    // Every step to the binary is a real folder, and the binary a real file (a link
+    // on the way could lead out of the cache).
+    let mut step = unpacked.clone();
+    let real_path = Path::new(release.program.binary()).iter().all(|c| {
+        step.push(c);
+        fs_err::symlink_metadata(&step)
+            .is_ok_and(|m| if step == bin { m.is_file() } else { m.is_dir() })
+    });
+    if !real_path {
         bail!(
             "{} holds no {}/{}: it is not laid out like the official {} release; nothing was installed\nhint: check {}",
             release.url,
-            top.to_string_lossy(),
+            crate::escape::text(&top.to_string_lossy()),
             release.program.binary(),
             release.program.title(),
             release.program.url_var()
         );
     }
     close_to_others(&unpacked)?;
-    let mode = std::fs::metadata(&bin)?.permissions().mode();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(mode | 0o700))?;
+    let mode = fs_err::symlink_metadata(&bin)?.permissions().mode();
+    fs_err::set_permissions(&bin, std::fs::Permissions::from_mode(mode | 0o700))?;
+    fs_err::write(unpacked.join(cache::VERIFIED), format!("{sha256}\n"))?;
     let dest = cache.join(&release.dir_name);
-    match std::fs::rename(&unpacked, &dest) {
-        Ok(()) => {}
-        // Another `up` of this user unpacked the same release a moment ago.
-        Err(_) if dest.join(release.program.binary()).is_file() => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot move the release to {}", dest.display()));
+    if let Err(e) = std::fs::rename(&unpacked, &dest) {
+        // Another `up` of this user may have unpacked the same release a moment ago:
+        // then what is there is checked below like any cached release.
+        if !dest.exists() {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot move the unpacked release to {}\nhint: check the free space and permissions of {}",
+                    dest.display(),
+                    cache.display()
+                )
+            });
         }
     }
     crate::atomic::fsync_dir(cache)?;
-    Ok(dest.join(release.program.binary()))
+    cache::binary(release)?.with_context(|| format!("{} vanished after unpacking", dest.display()))
 }
 
 /// Extracts every entry under `dest`; returns the one top-level folder they share.
 fn extract(tarball: &Path, dest: &Path) -> Result<std::ffi::OsString> {
-    let file = std::fs::File::open(tarball)?;
+    let file = fs_err::File::open(tarball)?;
     let mut archive =
         tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     archive.set_preserve_permissions(false);
     archive.set_unpack_xattrs(false);
     archive.set_preserve_mtime(true);
     let mut top: Option<std::ffi::OsString> = None;
-    let mut total: u64 = 0;
+    let (mut total, mut count) = (0u64, 0usize);
     for entry in archive.entries()? {
         let mut entry = entry?;
-        total += entry.header().size()?;
-        if total > MAX_UNPACKED {
-            bail!("it unpacks to more than {} GiB", MAX_UNPACKED >> 30);
+        count += 1;
+        total += entry.size();
+        if total > MAX_UNPACKED || count > MAX_ENTRIES {
+            bail!(
+                "it unpacks to more than {} GiB or {MAX_ENTRIES} files",
+                MAX_UNPACKED >> 30
+            );
         }
         let kind = entry.header().entry_type();
-        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
-            // pax headers and the like carry no file; devices and hard links are refused.
-            if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
-                continue;
-            }
-            bail!("it holds a {kind:?} entry, which no release does");
+        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
+            continue;
         }
         let path = entry.path()?.into_owned();
+        let shown = crate::escape::path(&path).into_owned();
+        if kind.is_symlink() {
+            // A link stays inside its own folder: no absolute target, no `..`.
+            let target = entry.link_name()?.unwrap_or_default().into_owned();
+            if !target
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                bail!(
+                    "it holds the link {shown} to {}, outside its folder",
+                    crate::escape::path(&target)
+                );
+            }
+        } else if !(kind.is_file() || kind.is_dir()) {
+            bail!("it holds {shown}, a {kind:?} entry, which no release does");
+        }
         let Some(std::path::Component::Normal(first)) = path.components().next() else {
-            bail!("it holds {}, outside any folder", path.display());
+            bail!("it holds {shown}, outside any folder");
         };
         match &top {
             None => top = Some(first.to_owned()),
             Some(t) if t == first => {}
             Some(t) => bail!(
-                "it holds {} and {}: a release has one top folder",
-                t.to_string_lossy(),
-                path.display()
+                "it holds {} and {shown}: a release has one top folder",
+                crate::escape::text(&t.to_string_lossy())
             ),
         }
         if !entry.unpack_in(dest)? {
-            bail!(
-                "it holds {}, which points outside its folder",
-                path.display()
-            );
+            bail!("it holds {shown}, which points outside its folder");
         }
     }
     let top = top.context("it is empty")?;
-    if !std::fs::symlink_metadata(dest.join(&top)).is_ok_and(|m| m.is_dir()) {
-        bail!("its top entry {} is not a folder", top.to_string_lossy());
+    if !fs_err::symlink_metadata(dest.join(&top)).is_ok_and(|m| m.is_dir()) {
+        bail!(
+            "its top entry {} is not a folder",
+            crate::escape::text(&top.to_string_lossy())
+        );
     }
     Ok(top)
 }
 
 /// Takes write permission away from group and others on everything unpacked.
 fn close_to_others(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir)? {
+    for entry in fs_err::read_dir(dir)? {
         let path = entry?.path();
-        let meta = std::fs::symlink_metadata(&path)?;
+        let meta = fs_err::symlink_metadata(&path)?;
         if meta.file_type().is_symlink() {
             continue;
         }
@@ -303,10 +395,10 @@ fn close_to_others(dir: &Path) -> Result<()> {
             close_to_others(&path)?;
         }
         let mode = meta.permissions().mode() & 0o7755;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        fs_err::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
     }
-    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7755;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700))?;
+    let mode = fs_err::symlink_metadata(dir)?.permissions().mode() & 0o7755;
+    fs_err::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700))?;
     Ok(())
 }
 

@@ -185,23 +185,72 @@ pub fn on_path(program: Program) -> Option<PathBuf> {
         .ok()
 }
 
-/// Installs Debian's package of `program` with apt-get (root only).
-pub fn apt_install(program: Program, package: &str) -> Result<PathBuf> {
+/// Installs Debian's package of `program` with apt-get (root only), then stops and
+/// disables the system-wide service the package starts: Debian's Prometheus listens
+/// on 0.0.0.0:9090 and its Alertmanager on 0.0.0.0:9093, both without a password,
+/// and raywatch runs its own private one instead. Returns the binary and what was
+/// done to the service, to be said.
+pub fn apt_install(program: Program, package: &str) -> Result<(PathBuf, Option<String>)> {
     let status = std::process::Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends", package])
         .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(std::process::Stdio::null())
         .status()
         .context("cannot run apt-get")?;
     if !status.success() {
         bail!("apt-get install {package} failed ({status})");
     }
+    let service = stop_package_service(package);
     let name = program.name();
-    on_path(program)
+    let bin = on_path(program)
         .or_else(|| Some(PathBuf::from(format!("/usr/bin/{name}"))).filter(|p| p.is_file()))
         .or_else(|| {
             Some(PathBuf::from(format!("/usr/bin/prometheus-{name}"))).filter(|p| p.is_file())
         })
-        .with_context(|| format!("apt-get installed {package}, but no {name} binary is on PATH"))
+        .with_context(|| format!("apt-get installed {package}, but no {name} binary is on PATH"))?;
+    if program == Program::Prometheus {
+        let need = crate::prometheus::WEB_CONFIG_SINCE;
+        match crate::prometheus::version(&bin) {
+            Some(v) if v >= need => {}
+            found => bail!(
+                "apt-get installed Prometheus {}, older than the {}.{} raywatch needs (--web.config.file, for its password)",
+                found.map_or("of unknown version".into(), |(a, b)| format!("{a}.{b}")),
+                need.0,
+                need.1
+            ),
+        }
+    }
+    Ok((bin, service))
+}
+
+/// Stops and disables `unit` (a Debian package's service of the same name) under
+/// systemd, or with invoke-rc.d/update-rc.d; says what it did.
+fn stop_package_service(unit: &str) -> Option<String> {
+    let quiet = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if Path::new("/run/systemd/system").is_dir() {
+        if !quiet("systemctl", &["disable", "--now", unit]) {
+            return Some(format!(
+                "could not stop the system service {unit} the package started (it serves every user without a password): run `systemctl disable --now {unit}`"
+            ));
+        }
+        return Some(format!(
+            "stopped and disabled the system service {unit} the package started (it served every user without a password; raywatch runs its own); `systemctl enable --now {unit}` brings it back"
+        ));
+    }
+    let stopped = quiet("invoke-rc.d", &[unit, "stop"]);
+    let disabled = quiet("update-rc.d", &[unit, "disable"]);
+    (stopped || disabled).then(|| {
+        format!(
+            "disabled the system service {unit} the package installs (it would serve every user without a password; raywatch runs its own)"
+        )
+    })
 }
 
 #[cfg(test)]

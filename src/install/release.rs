@@ -139,18 +139,14 @@ pub fn resolve(
 ) -> Result<Release> {
     let given = sha256.map(|s| check_sha256(program, &s)).transpose()?;
     let (version, approx_mib) = program.pinned();
+    let example = format!(
+        "hint: e.g. {}=https://mirror.example.org/{}/{}-{version}.linux-{arch}.tar.gz",
+        program.url_var(),
+        program.name(),
+        program.name()
+    );
     let (version, url) = match url {
-        Some(u) => {
-            if !(u.starts_with("https://") || u.starts_with("http://")) {
-                bail!(
-                    "{} is {u:?}, which is not an http(s):// URL of a .tar.gz\n\
-                     hint: e.g. {}=https://mirror.example.org/prometheus/prometheus-{version}.linux-{arch}.tar.gz",
-                    program.url_var(),
-                    program.url_var()
-                );
-            }
-            (None, u)
-        }
+        Some(u) => (None, u),
         None => {
             if !matches!(arch, "amd64" | "arm64") {
                 bail!(
@@ -166,30 +162,45 @@ pub fn resolve(
             )
         }
     };
-    let file = url
-        .rsplit('/')
-        .next()
-        .filter(|f| f.ends_with(".tar.gz"))
+    let parsed = reqwest::Url::parse(&url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is {url:?}, which is not an http(s):// URL of a .tar.gz\n{example}",
+                program.url_var()
+            )
+        })?;
+    let file = parsed
+        .path_segments()
+        .and_then(|mut s| s.next_back())
         .filter(|f| {
             f.len() > ".tar.gz".len()
+                && f.ends_with(".tar.gz")
                 && !f.starts_with('.')
                 && f.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
         })
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "{} is {url:?}, which does not end in a tarball's file name (letters, digits, . _ - +, ending .tar.gz)\n\
-                 hint: point it at the .tar.gz itself",
+                "{} is {url:?}, whose path does not end in a tarball's file name (letters, digits, . _ - +, ending .tar.gz)\n{example}",
                 program.url_var()
             )
         })?
         .to_string();
     let checksum = match given {
         Some(h) => Checksum::Given(h),
-        None if program == Program::Grafana => Checksum::Sidecar(format!("{url}.sha256")),
+        None if program == Program::Grafana => {
+            let mut sidecar = parsed.clone();
+            sidecar.set_path(&format!("{}.sha256", parsed.path()));
+            sidecar.set_query(None);
+            Checksum::Sidecar(sidecar.to_string())
+        }
         None => {
-            let dir = &url[..url.len() - file.len()];
-            Checksum::List(format!("{dir}sha256sums.txt"))
+            let list = parsed
+                .join("sha256sums.txt")
+                .expect("a file name joins onto an http(s) URL");
+            Checksum::List(list.to_string())
         }
     };
     Ok(Release {
@@ -314,12 +325,32 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_mirror_url_keeps_its_query_for_the_tarball_only() {
+        let r = resolve(
+            Program::Grafana,
+            "amd64",
+            Some("https://m.example/a/grafana-12.3.0.linux-amd64.tar.gz?sig=x%2Fy".into()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.dir_name, "grafana-12.3.0.linux-amd64");
+        assert_eq!(
+            r.checksum,
+            Checksum::Sidecar(
+                "https://m.example/a/grafana-12.3.0.linux-amd64.tar.gz.sha256".into()
+            )
+        );
+    }
+
+    #[test]
     fn bad_mirror_settings_name_the_variable() {
         for (url, sha) in [
             (Some("ftp://m/p.tar.gz"), None),
             (Some("https://m/prometheus.zip"), None),
             (Some("https://m/../.tar.gz"), None),
             (Some("https://m/a%2f..%2fb.tar.gz"), None),
+            (Some("https:///p.tar.gz"), None),
+            (Some("https://m/dir/"), None),
             (None, Some("abc")),
         ] {
             let err = resolve(

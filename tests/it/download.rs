@@ -25,6 +25,8 @@ enum Reply {
     CutAfter(Vec<u8>, usize),
     /// No length: sends these bytes and closes, as an HTTP/1.0 server may.
     Unframed(Vec<u8>),
+    /// States the whole length, then sends one byte per 200 ms.
+    Trickle(Vec<u8>),
 }
 
 /// A loopback HTTP server with a few files, counting the GETs of each.
@@ -94,7 +96,22 @@ impl Drop for Mirror {
 }
 
 fn respond(conn: &mut std::net::TcpStream, head: bool, reply: &Reply) -> std::io::Result<()> {
+    if let (Reply::Trickle(b), false) = (reply, head) {
+        let header = format!(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            b.len()
+        );
+        conn.write_all(header.as_bytes())?;
+        // Until the client gives up (a write fails) or 30 s pass.
+        for byte in b.iter().take(150) {
+            conn.write_all(&[*byte])?;
+            conn.flush()?;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        return Ok(());
+    }
     let (body, length, send) = match reply {
+        Reply::Trickle(b) => (b, Some(b.len()), 0),
         Reply::Body(b) => (b, Some(b.len()), b.len()),
         Reply::CutAfter(b, n) => (b, Some(b.len()), *n),
         Reply::Unframed(b) => (b, None, b.len()),
@@ -354,6 +371,7 @@ fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
     tampered[mid] ^= 0x01;
     let wrong = "ab".repeat(32);
     let wrong_pin = [("RAYWATCH_PROMETHEUS_SHA256", wrong.as_str())];
+    let stall = [("RAYWATCH_DOWNLOAD_STALL", "2s")];
     type Case<'a> = (&'a str, Reply, Reply, &'a [(&'a str, &'a str)], &'a str);
     let cases: Vec<Case> = vec![
         (
@@ -390,6 +408,13 @@ fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
             Reply::Body(tarball.to_vec()),
             &[],
             "gives no SHA-256",
+        ),
+        (
+            "a mirror that trickles (RAYWATCH_DOWNLOAD_STALL=2s)",
+            Reply::Body(good_sums.clone()),
+            Reply::Trickle(tarball.to_vec()),
+            &stall,
+            "stalled",
         ),
         (
             "a checksum list that never ends",
@@ -508,6 +533,132 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
         text(&out)
     );
     assert!(!marker.exists(), "a Prometheus others could change ran");
+
+    // 4. ~/.cache itself a link of the user's own, into a folder another user controls.
+    std::fs::remove_dir_all(user.home.join(".cache")).unwrap();
+    let theirs = shared.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    chown_all(&theirs, nobody);
+    std::os::unix::fs::symlink(&theirs, user.home.join(".cache")).unwrap();
+    let ok = Command::new("chown")
+        .args(["-h", &format!("{}:{}", user.ids.0, user.ids.1)])
+        .arg(user.home.join(".cache"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let out = user.up(&url, &["--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("others can write to"), "{}", text(&out));
+    assert_eq!(
+        mirror.gets(&file),
+        0,
+        "it downloaded into another user's folder"
+    );
+    assert!(files_under(&theirs).is_empty());
+
+    // 5. A relative XDG_CACHE_HOME is ignored (the XDG spec): the cache stays in HOME.
+    std::fs::remove_file(user.home.join(".cache")).unwrap();
+    let out = user.raywatch(
+        &[
+            ("RAYWATCH_PROMETHEUS_URL", &url),
+            ("XDG_CACHE_HOME", "rel/cache"),
+        ],
+        &["install", "prometheus", "--yes"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        user.cache()
+            .join(RELEASE)
+            .join("prometheus")
+            .display()
+            .to_string()
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn a_release_whose_links_lead_out_of_its_folder_is_refused() {
+    let Some(user) = Ordinary::new() else { return };
+    let d = scratch();
+    let outside = d.path().join("elsewhere");
+    std::fs::create_dir(&outside).unwrap();
+    // A link out of the release, then the binary "through" it; and a binary
+    // folder that is a link inside the release.
+    let escaping = tarball_with_links(
+        "grafana-v12.3.0",
+        &[("bin", "../../elsewhere")],
+        &[("conf/defaults.ini", "", 0o644)],
+    );
+    let inner = tarball_with_links(
+        "grafana-v12.3.0",
+        &[("bin", "real")],
+        &[
+            ("real/grafana", "#!/bin/sh\n", 0o755),
+            ("conf/defaults.ini", "", 0o644),
+        ],
+    );
+    for (what, tarball, expect) in [
+        ("a link out of the folder", escaping, "outside its folder"),
+        (
+            "a binary reached through a link",
+            inner,
+            "not laid out like",
+        ),
+    ] {
+        let file = "grafana-12.3.0.linux-amd64.tar.gz";
+        let mirror = Mirror::serve(vec![(
+            &format!("/rel/{file}"),
+            Reply::Body(tarball.clone()),
+        )]);
+        let sha = sha256_hex(&tarball);
+        let url = mirror.url(file);
+        let out = user.raywatch(
+            &[
+                ("RAYWATCH_GRAFANA_URL", &url),
+                ("RAYWATCH_GRAFANA_SHA256", &sha),
+            ],
+            &["install", "grafana", "--yes"],
+        );
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
+        assert!(text(&out).contains(expect), "{what}: {}", text(&out));
+        assert!(
+            files_under(&user.cache()).is_empty(),
+            "{what}: {:?}",
+            files_under(&user.cache())
+        );
+        assert!(files_under(&outside).is_empty(), "{what}: wrote outside");
+    }
+}
+
+/// [`tarball_of`] with symbolic links (path, target) in the top folder, made first.
+fn tarball_with_links(top: &str, links: &[(&str, &str)], files: &[(&str, &str, u32)]) -> Vec<u8> {
+    let d = scratch();
+    for (path, target) in links {
+        let p = d.path().join(top).join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, &p).unwrap();
+    }
+    for (path, content, mode) in files {
+        let p = d.path().join(top).join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    let out = d.path().join("t.tar.gz");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(d.path())
+        .args(["--owner=0", "--group=0", "-czf"])
+        .arg(&out)
+        .arg(top)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar failed");
+    std::fs::read(out).unwrap()
 }
 
 /// A gzipped tarball of one folder `top` holding `files` (path, content, mode).
@@ -627,11 +778,62 @@ fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() 
     let report: serde_json::Value =
         serde_json::from_slice(&user.raywatch(&[], &["status", "--json"]).stdout).unwrap();
     assert_eq!(report["grafana"]["installed"], true);
-    assert_eq!(
-        report["grafana"]["binary"],
-        user.cache()
-            .join("grafana-12.3.0.linux-amd64/bin/grafana")
-            .display()
-            .to_string()
+    let cached = user.cache().join("grafana-12.3.0.linux-amd64/bin/grafana");
+    assert_eq!(report["grafana"]["binary"], cached.display().to_string());
+    assert!(user.raywatch(&[], &["down"]).status.success());
+
+    // A cached Grafana others could change costs Grafana, not the stack.
+    std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let up = user.raywatch(&mirrors, &["up", "--no-default-watch"]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(
+        text(&up).contains("warning: not running the cached Grafana")
+            && text(&up).contains("writable by other users"),
+        "{}",
+        text(&up)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&user.raywatch(&[], &["status", "--json"]).stdout).unwrap();
+    assert_eq!(report["grafana"]["installed"], false);
+    assert_eq!(report["prometheus"]["ready"], true);
+}
+
+#[test]
+fn as_root_with_apt_alertmanager_comes_from_debian_with_its_open_service_off() {
+    if !nix::unistd::geteuid().is_root() || on_path("apt-get").is_none() {
+        eprintln!("SKIPPED: Debian's package route needs root and apt-get");
+        return;
+    }
+    let d = scratch();
+    let out = Command::new(raywatch_bin())
+        .args(["install", "alertmanager", "--yes"])
+        .env("HOME", d.path())
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("RAYWATCH_ALERTMANAGER_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("installing Debian's prometheus-alertmanager package with apt-get (raywatch runs as root")
+            || said.contains("Alertmanager is on PATH; nothing to do"),
+        "{said}"
+    );
+    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(bin.is_file(), "{said}");
+    assert!(
+        !d.path().join(".cache/raywatch").exists(),
+        "root with apt downloaded instead"
+    );
+    // The package's own service (0.0.0.0:9093, no password) does not run.
+    let system = Command::new("pgrep")
+        .args(["-u", "prometheus", "-f", "alertmanager"])
+        .output()
+        .unwrap();
+    assert!(
+        system.stdout.is_empty(),
+        "Debian's Alertmanager service runs: {}",
+        String::from_utf8_lossy(&system.stdout)
     );
 }
