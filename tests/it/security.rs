@@ -316,6 +316,21 @@ fn a_home_another_user_prepared_is_refused() {
     let err = up(&theirs.join("home"));
     assert!(err.contains("could replace it"), "{err}");
     assert!(!theirs.join("home").exists(), "nothing was created there");
+
+    // A link of the victim's own, in a folder of the victim's, leading into a folder
+    // the other user may write to: the real path is checked too.
+    let open_dir = drop_box.join("open");
+    assert!(
+        as_other(other, &["mkdir", "-m", "777", open_dir.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let mine = shared.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::os::unix::fs::symlink(&open_dir, mine.join("state")).unwrap();
+    let err = up(&mine.join("state").join("home"));
+    assert!(err.contains("others can write to"), "{err}");
+    assert!(!open_dir.join("home").exists(), "nothing was created there");
 }
 
 #[test]
