@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use crate::error::HintExt;
+use anyhow::{Context, Result};
 use axum::body::Bytes;
 pub use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -112,11 +113,12 @@ pub async fn call(
 ) -> Result<(u16, Bytes)> {
     match tokio::time::timeout(TIMEOUT, call_untimed(socket, method, path, body)).await {
         Ok(r) => r,
-        Err(_) => bail!(
-            "the raywatch daemon did not answer within {} s on {}\nhint: its log (<home>/logs/daemon.log) may say why; `raywatch down` stops it by PID",
+        Err(_) => Err(anyhow::anyhow!(
+            "the raywatch daemon did not answer within {} s on {}",
             TIMEOUT.as_secs(),
             socket.display()
-        ),
+        ))
+        .hint("its log (<home>/logs/daemon.log) may say why; `raywatch down` stops it by PID"),
     }
 }
 

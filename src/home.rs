@@ -4,7 +4,8 @@ use fs_err as fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use crate::error::HintExt;
+use anyhow::{Context, Result};
 
 /// All paths of one stack. One stack per home; several homes may coexist.
 #[derive(Debug, Clone)]
@@ -177,11 +178,7 @@ impl Home {
         }
         let sock_len = self.socket().as_os_str().len();
         if sock_len > 100 {
-            bail!(
-                "the home path {} is too long: its control socket path would be {sock_len} bytes, and Unix sockets allow about 100\n\
-                 hint: pass a shorter --home",
-                self.root.display()
-            );
+            return Err(anyhow::anyhow!("the home path {} is too long: its control socket path would be {sock_len} bytes, and Unix sockets allow about 100", self.root.display())).hint("pass a shorter --home");
         }
         for dir in [
             self.prometheus_dir(),
@@ -211,36 +208,33 @@ pub fn check_private_dir(path: &Path) -> Result<()> {
     let meta =
         fs::symlink_metadata(path).with_context(|| format!("cannot inspect {}", path.display()))?;
     if meta.file_type().is_symlink() {
-        bail!(
-            "{} is a symbolic link; raywatch keeps its state only in a real folder it owns\n\
-             hint: remove the link or pass another --home",
+        return Err(anyhow::anyhow!(
+            "{} is a symbolic link; raywatch keeps its state only in a real folder it owns",
             path.display()
-        );
+        ))
+        .hint("remove the link or pass another --home");
     }
     if !meta.is_dir() {
-        bail!(
-            "{} is not a folder\nhint: pass another --home",
-            path.display()
-        );
+        return Err(anyhow::anyhow!("{} is not a folder", path.display()))
+            .hint("pass another --home");
     }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
-        bail!(
-            "{} is owned by uid {} ({}), not by you (uid {me}); refusing to use it\n\
-             hint: pass a --home that you own",
+        return Err(anyhow::anyhow!(
+            "{} is owned by uid {} ({}), not by you (uid {me}); refusing to use it",
             path.display(),
             meta.uid(),
             crate::process::user_name(meta.uid())
-        );
+        ))
+        .hint("pass a --home that you own");
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o022 != 0 {
-        bail!(
-            "{} is writable by other users (mode {mode:o}); refusing to use it\n\
-             hint: chmod 700 {}",
-            path.display(),
+        return Err(anyhow::anyhow!(
+            "{} is writable by other users (mode {mode:o}); refusing to use it",
             path.display()
-        );
+        ))
+        .hint(format!("chmod 700 {}", path.display()));
     }
     Ok(())
 }
@@ -263,11 +257,7 @@ pub fn check_ancestors(path: &Path) -> Result<()> {
 /// refused like that folder itself.
 pub fn check_ancestors_of(path: &Path, what: &str, fix: &str) -> Result<()> {
     if !path.is_absolute() {
-        bail!(
-            "{what} {} is a relative path, which names a different folder in every working directory\n\
-             hint: {fix}",
-            path.display()
-        );
+        return Err(anyhow::anyhow!("{what} {} is a relative path, which names a different folder in every working directory", path.display())).hint(fix);
     }
     check_walk(path, path, what, fix)?;
     let real = resolve_existing(path);
@@ -317,13 +307,7 @@ fn check_walk(path: &Path, walked: &Path, what: &str, fix: &str) -> Result<()> {
         };
         if meta.file_type().is_symlink() {
             if !owner_ok {
-                bail!(
-                    "{what} {} is reached through {}, a symbolic link owned by {}, who could redirect it; refusing\n\
-                     hint: {fix}",
-                    path.display(),
-                    current.display(),
-                    owner()
-                );
+                return Err(anyhow::anyhow!("{what} {} is reached through {}, a symbolic link owned by {}, who could redirect it; refusing", path.display(), current.display(), owner())).hint(fix);
             }
             continue;
         }
@@ -331,24 +315,17 @@ fn check_walk(path: &Path, walked: &Path, what: &str, fix: &str) -> Result<()> {
         let others_write = mode & 0o022 != 0;
         let sticky = mode & 0o1000 != 0;
         if !owner_ok && others_write && !sticky {
-            bail!(
-                "{what} {} lies under {}, which others can write to (mode {:o}, owner {}); refusing\n\
-                 hint: {fix}",
-                path.display(),
-                current.display(),
-                mode & 0o7777,
-                owner()
-            );
+            return Err(anyhow::anyhow!("{what} {} lies under {}, which others can write to (mode {:o}, owner {}); refusing", path.display(), current.display(), mode & 0o7777, owner())).hint(fix);
         }
         if !owner_ok && !others_write && meta.uid() != me {
             // Owned by someone else but closed to others: that user could still swap it.
-            bail!(
-                "{what} {} lies under {}, owned by {}, who could replace it; refusing\n\
-                 hint: {fix}",
+            return Err(anyhow::anyhow!(
+                "{what} {} lies under {}, owned by {}, who could replace it; refusing",
                 path.display(),
                 current.display(),
                 owner()
-            );
+            ))
+            .hint(fix);
         }
     }
     Ok(())

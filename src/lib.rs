@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod doctor;
 pub mod endpoints;
 pub mod env;
+pub mod error;
 pub mod escape;
 pub mod export;
 pub mod gateway;

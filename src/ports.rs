@@ -2,7 +2,8 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
-use anyhow::{Result, bail};
+use crate::error::HintExt;
+use anyhow::Result;
 
 /// A port on 127.0.0.1 that was free a moment ago (the kernel's choice).
 pub fn free_port() -> Result<u16> {
@@ -20,11 +21,11 @@ pub fn require_free(port: u16, what: &str) -> Result<()> {
     if is_free(port) {
         return Ok(());
     }
-    bail!(
-        "port {port} on 127.0.0.1, requested for {what}, is already in use ({})\n\
-         hint: pick another port, or leave the flag out and raywatch picks a free one",
+    Err(anyhow::anyhow!(
+        "port {port} on 127.0.0.1, requested for {what}, is already in use ({})",
         crate::process::describe_holder(port)
-    )
+    ))
+    .hint("pick another port, or leave the flag out and raywatch picks a free one")
 }
 
 /// The IP addresses of this machine's interfaces, loopback included.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::error::HintExt;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
@@ -300,6 +301,10 @@ pub fn parse_major_version(text: &str) -> Option<u32> {
 }
 
 /// Agent mode needs Prometheus ≥ 2.32.
+/// What to do about a Prometheus raywatch cannot reach.
+const UNREACHABLE_HINT: &str =
+    "`raywatch status` shows whether the stack runs; `raywatch up` starts it";
+
 pub const AGENT_SINCE: (u32, u32) = (2, 32);
 /// `--web.config.file` (basic auth), without which raywatch does not run Prometheus, exists since 2.24.
 pub const WEB_CONFIG_SINCE: (u32, u32) = (2, 24);
@@ -624,10 +629,7 @@ impl Client {
     }
 
     fn unreachable(&self) -> String {
-        format!(
-            "cannot reach Prometheus at {}\nhint: `raywatch status` shows whether the stack runs; `raywatch up` starts it",
-            self.base
-        )
+        format!("cannot reach Prometheus at {}", self.base)
     }
 
     /// Checks the listener (see [`verify_listener`]).
@@ -681,7 +683,8 @@ impl Client {
             .get(path)?
             .send()
             .await
-            .with_context(|| self.unreachable())?;
+            .with_context(|| self.unreachable())
+            .hint(UNREACHABLE_HINT)?;
         Ok(resp.text().await?)
     }
 
@@ -699,7 +702,8 @@ impl Client {
             .query(params)
             .send()
             .await
-            .with_context(|| self.unreachable())?;
+            .with_context(|| self.unreachable())
+            .hint(UNREACHABLE_HINT)?;
         let status = resp.status().as_u16();
         let body = resp
             .bytes()
@@ -736,7 +740,8 @@ impl Client {
             .query(&[("query", promql)])
             .send()
             .await
-            .with_context(|| self.unreachable())?;
+            .with_context(|| self.unreachable())
+            .hint(UNREACHABLE_HINT)?;
         let status = resp.status().as_u16();
         let body = resp
             .text()
@@ -785,7 +790,8 @@ impl Client {
             .body(body)
             .send()
             .await
-            .with_context(|| self.unreachable())?;
+            .with_context(|| self.unreachable())
+            .hint(UNREACHABLE_HINT)?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.context("Prometheus' answer broke off")?;

@@ -110,7 +110,7 @@ impl QueryApi {
         let config = StackConfig::load(&home.config())?;
         if let Some(c) = config.as_ref().filter(|c| c.agent) {
             let Some(url) = &c.query_url else {
-                return Err(crate::cli::Hint::attach(
+                return Err(crate::error::Hint::attach(
                     anyhow!("Prometheus runs as an agent here: it keeps no data to query"),
                     "ask the central store: raywatch up --query-url URL [--query-bearer-file FILE]",
                 ));

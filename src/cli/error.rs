@@ -1,10 +1,10 @@
-//! How a command ends: its exit code ([`Exit`]), hints attached to errors ([`Hint`]),
-//! and the printer that shows an error as `error:`, `Caused by:` lines, then `hint:` lines.
+//! How a command ends: its exit code ([`Exit`]), and the printer that shows an error
+//! as `error:`, `Caused by:` lines, then the [`Hint`]s as `hint:` lines.
 
-use std::fmt;
 use std::process::ExitCode;
 
 use crate::api::{NotRunning, Refusal, Unreadable};
+use crate::error::Hint;
 use crate::escape;
 
 /// What a command tells its caller (documented in the README, "Exit codes").
@@ -52,84 +52,19 @@ impl From<Exit> for ExitCode {
     }
 }
 
-/// Advice attached to an error: what to do about it. It is no part of the
-/// message: the printer shows it last, as `hint: ...`, after every cause.
-///
-/// It sits in the error's chain as a layer of its own (its source is the error
-/// it advises on), so the typed causes below it stay visible to [`Exit::of`].
-#[derive(Debug)]
-pub struct Hint {
-    text: String,
-    error: anyhow::Error,
-}
-
-impl Hint {
-    /// `error`, with `hint` to be shown after it.
-    pub fn attach(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(Hint {
-            text: hint.into(),
-            error: error.into(),
-        })
-    }
-}
-
-impl fmt::Display for Hint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "hint: {}", self.text)
-    }
-}
-
-impl std::error::Error for Hint {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.error.as_ref())
-    }
-}
-
-/// Attaching a [`Hint`] to the error of a `Result`.
-pub trait HintExt<T> {
-    /// Attaches `hint` to the error, if there is one.
-    fn hint(self, hint: impl Into<String>) -> anyhow::Result<T>;
-    /// Attaches the hint `f` makes to the error, if there is one.
-    fn with_hint<S: Into<String>>(self, f: impl FnOnce() -> S) -> anyhow::Result<T>;
-}
-
-impl<T, E: Into<anyhow::Error>> HintExt<T> for Result<T, E> {
-    fn hint(self, hint: impl Into<String>) -> anyhow::Result<T> {
-        self.map_err(|e| Hint::attach(e, hint))
-    }
-
-    fn with_hint<S: Into<String>>(self, f: impl FnOnce() -> S) -> anyhow::Result<T> {
-        self.map_err(|e| Hint::attach(e, f()))
-    }
-}
-
 /// An error as the user reads it: `error: <message>`, then `  Caused by: <cause>`
 /// for each cause, then every hint as `hint: ...`, last. Messages carry paths
 /// and names from outside raywatch: their control characters are shown
 /// escaped; the line breaks raywatch wrote are kept.
-///
-/// Modules that still write their hint into the message (`...\nhint: ...`) get
-/// it moved to the end too, so the order holds whichever way a hint came.
 pub fn render(error: &anyhow::Error) -> String {
     let mut messages: Vec<String> = Vec::new();
     let mut hints: Vec<String> = Vec::new();
     for cause in error.chain() {
         if let Some(h) = cause.downcast_ref::<Hint>() {
-            hints.push(h.text.clone());
+            hints.push(h.text().to_string());
             continue;
         }
-        let text = cause.to_string();
-        let (message, hint) = match text.find("\nhint: ") {
-            Some(i) => (&text[..i], Some(&text[i + "\nhint: ".len()..])),
-            None => match text.strip_prefix("hint: ") {
-                Some(h) => ("", Some(h)),
-                None => (text.as_str(), None),
-            },
-        };
-        if !message.is_empty() {
-            messages.push(message.to_string());
-        }
-        hints.extend(hint.map(str::to_string));
+        messages.push(cause.to_string());
     }
     let mut seen = std::collections::HashSet::new();
     hints.retain(|h| seen.insert(h.clone()));
@@ -154,6 +89,7 @@ mod tests {
     use anyhow::{Context, anyhow};
 
     use super::*;
+    use crate::error::HintExt;
 
     #[test]
     fn the_hint_comes_after_every_cause() {
@@ -173,8 +109,9 @@ mod tests {
     }
 
     #[test]
-    fn a_hint_written_into_a_message_is_moved_to_the_end() {
-        let e = Err::<(), _>(anyhow!("port 9 is in use\nhint: pick another port"))
+    fn several_hints_come_last_in_the_order_they_were_attached() {
+        let e = Err::<(), _>(anyhow!("port 9 is in use"))
+            .hint("pick another port")
             .context("cannot start")
             .with_hint(|| "or stop its holder")
             .unwrap_err();

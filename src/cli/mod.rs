@@ -35,8 +35,9 @@ mod status;
 mod top;
 mod up;
 
+pub use crate::error::{Hint, HintExt};
 pub use args::{Cli, Command, CompletionShell, Global, GrafanaCommand, TopArgs, UpArgs};
-pub use error::{Exit, Hint, HintExt};
+pub use error::Exit;
 
 /// Entry point: runs the command; an error is printed as `error:`, `Caused by:`
 /// and `hint:` lines, and its kind becomes the exit code ([`Exit`]).

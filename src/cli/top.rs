@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 
 use anyhow::{Result, anyhow};
 
-use super::error::HintExt;
 use super::{Exit, TopArgs, runtime, unless_stack_down};
+use crate::error::HintExt;
 use crate::home::Home;
 use crate::promql::{Counter, QueryApi};
 use crate::top;

@@ -9,9 +9,9 @@ use crate::api::Method;
 use anyhow::{Context, Result, anyhow};
 
 use super::args::UpArgs;
-use super::error::HintExt;
 use super::{Exit, Hint, call_daemon, fetch_status, init_logging, lock_home, runtime};
 use crate::config::StackConfig;
+use crate::error::HintExt;
 use crate::escape;
 use crate::home::Home;
 use crate::status::StatusReport;
@@ -58,9 +58,10 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
         // One `raywatch install grafana` put in the cache; Grafana is optional, so a
         // cache raywatch refuses costs Grafana, not the stack.
         None => crate::install::cached(crate::install::Program::Grafana).unwrap_or_else(|e| {
-            eprintln!(
+            let shown = super::error::render(&e);
+            eprint!(
                 "warning: not running the cached Grafana: {}",
-                escape::lines(&format!("{e:#}"))
+                shown.strip_prefix("error: ").unwrap_or(&shown)
             );
             None
         }),

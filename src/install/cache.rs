@@ -4,7 +4,8 @@
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use crate::error::HintExt;
+use anyhow::{Context, Result};
 
 use super::release::{Checksum, Release};
 
@@ -26,10 +27,9 @@ pub fn dir() -> Option<PathBuf> {
 /// change it; returned as its real path (no links on the way), which is what
 /// raywatch writes into its config and later runs.
 pub fn ensure() -> Result<PathBuf> {
-    let dir = dir().context(
-        "cannot place a download cache: neither $XDG_CACHE_HOME nor $HOME is set\n\
-         hint: set XDG_CACHE_HOME to a folder of yours",
-    )?;
+    let dir = dir()
+        .context("cannot place a download cache: neither $XDG_CACHE_HOME nor $HOME is set")
+        .hint("set XDG_CACHE_HOME to a folder of yours")?;
     crate::home::check_ancestors_of(&dir, "the download cache", FIX)?;
     if let Some(parent) = dir.parent() {
         std::fs::DirBuilder::new()
@@ -84,12 +84,13 @@ pub fn binary(release: &Release) -> Result<Option<PathBuf>> {
     if let Checksum::Given(wanted) = &release.checksum {
         let recorded = fs_err::read_to_string(root.join(VERIFIED)).unwrap_or_default();
         if recorded.trim() != wanted {
-            bail!(
-                "the cached {} in {} was verified against another SHA-256 than ${} gives\nhint: {remove}",
+            return Err(anyhow::anyhow!(
+                "the cached {} in {} was verified against another SHA-256 than ${} gives",
                 release.program.title(),
                 root.display(),
                 release.program.sha256_var()
-            );
+            ))
+            .hint(&remove);
         }
     }
     Ok(Some(path))
@@ -104,7 +105,7 @@ enum Kind {
 /// A cache entry raywatch may trust: a real folder (or executable file), ours,
 /// writable by nobody else; `fix` is the hint when it is not.
 fn check_ours(path: &Path, kind: Kind, fix: &str) -> Result<()> {
-    let meta = fs_err::symlink_metadata(path).with_context(|| format!("hint: {fix}"))?;
+    let meta = fs_err::symlink_metadata(path).hint(fix)?;
     let me = nix::unistd::geteuid().as_raw();
     let problem = if meta.file_type().is_symlink() {
         "is a symbolic link".to_string()
@@ -128,8 +129,9 @@ fn check_ours(path: &Path, kind: Kind, fix: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    bail!(
-        "{} in raywatch's download cache {problem}; refusing to use it\nhint: {fix}",
+    Err(anyhow::anyhow!(
+        "{} in raywatch's download cache {problem}; refusing to use it",
         crate::escape::path(path)
-    )
+    ))
+    .hint(fix)
 }

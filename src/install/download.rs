@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::error::HintExt;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
@@ -27,7 +28,7 @@ const STALE: Duration = Duration::from_secs(3600);
 /// What to tell a user whose download failed.
 fn retry_hint(release: &Release) -> String {
     format!(
-        "hint: try again; behind a proxy set HTTPS_PROXY; on an air-gapped machine set {} (and {}) to a mirror, or pass --prometheus-bin",
+        "try again; behind a proxy set HTTPS_PROXY; on an air-gapped machine set {} (and {}) to a mirror, or pass --prometheus-bin",
         release.program.url_var(),
         release.program.sha256_var()
     )
@@ -100,11 +101,11 @@ pub fn fetch(
         let (expected, source) = expected_hash(&http, release).await?;
         let digest = stream(&http, release, tmp.as_file_mut(), show_progress).await?;
         if digest != expected {
-            bail!(
-                "the download of {} has SHA-256 {digest}, but {source} gives {expected}: it was deleted, nothing was installed\n{}",
-                release.url,
-                retry_hint(release)
-            );
+            return Err(anyhow::anyhow!(
+                "the download of {} has SHA-256 {digest}, but {source} gives {expected}: it was deleted, nothing was installed",
+                release.url
+            ))
+            .hint(retry_hint(release));
         }
         Ok(expected)
     })?;
@@ -126,11 +127,13 @@ async fn expected_hash(http: &reqwest::Client, release: &Release) -> Result<(Str
         }
     };
     let hash = found.ok_or_else(|| {
-        anyhow::anyhow!(
-            "{url} gives no SHA-256 for {file}; nothing was downloaded\n\
-             hint: set {} to the tarball's SHA-256, or point {} at a release that lists it",
-            release.program.sha256_var(),
-            release.program.url_var()
+        crate::error::Hint::attach(
+            anyhow::anyhow!("{url} gives no SHA-256 for {file}; nothing was downloaded"),
+            format!(
+                "set {} to the tarball's SHA-256, or point {} at a release that lists it",
+                release.program.sha256_var(),
+                release.program.url_var()
+            ),
         )
     })?;
     Ok((hash, url.to_string()))
@@ -154,29 +157,27 @@ async fn get_text(http: &reqwest::Client, url: &str, release: &Release) -> Resul
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .with_context(|| format!("cannot fetch the checksums {url}\n{}", retry_hint(release)))?;
+        .with_context(|| format!("cannot fetch the checksums {url}"))
+        .with_hint(|| retry_hint(release))?;
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
         .await
-        .with_context(|| format!("the checksums {url} broke off\n{}", retry_hint(release)))?
+        .with_context(|| format!("the checksums {url} broke off"))
+        .with_hint(|| retry_hint(release))?
     {
         body.extend_from_slice(&chunk);
         if body.len() as u64 > MAX_CHECKSUMS {
-            bail!(
-                "{url} is larger than {} KiB, which no checksum list is; nothing was downloaded\n\
-                 hint: check {}",
-                MAX_CHECKSUMS >> 10,
-                release.program.url_var()
-            );
+            return Err(anyhow::anyhow!(
+                "{url} is larger than {} KiB, which no checksum list is; nothing was downloaded",
+                MAX_CHECKSUMS >> 10
+            ))
+            .hint(format!("check {}", release.program.url_var()));
         }
     }
-    String::from_utf8(body).with_context(|| {
-        format!(
-            "{url} is not text, so no checksum list\nhint: check {}",
-            release.program.url_var()
-        )
-    })
+    String::from_utf8(body)
+        .with_context(|| format!("{url} is not text, so no checksum list"))
+        .with_hint(|| format!("check {}", release.program.url_var()))
 }
 
 /// Streams the tarball into `out`, hashing it; returns the hex SHA-256.
@@ -192,15 +193,16 @@ async fn stream(
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .with_context(|| format!("cannot download {url}\n{}", retry_hint(release)))?;
+        .with_context(|| format!("cannot download {url}"))
+        .with_hint(|| retry_hint(release))?;
     let total = resp.content_length();
     if let Some(t) = total.filter(|t| *t > MAX_TARBALL) {
-        bail!(
-            "{url} is {} MiB, more than the {} MiB raywatch downloads; nothing was downloaded\nhint: check {}",
+        return Err(anyhow::anyhow!(
+            "{url} is {} MiB, more than the {} MiB raywatch downloads; nothing was downloaded",
             t >> 20,
-            MAX_TARBALL >> 20,
-            release.program.url_var()
-        );
+            MAX_TARBALL >> 20
+        ))
+        .hint(format!("check {}", release.program.url_var()));
     }
     let bar = progress_bar(total, show_progress);
     let mut hasher = Sha256::new();
@@ -210,30 +212,32 @@ async fn stream(
         let chunk = match resp.chunk().await {
             Ok(Some(c)) => c,
             Ok(None) => break,
-            Err(e) => bail!(
-                "the download of {url} broke off after {got} of {} bytes ({e}): it was deleted, nothing was installed\n{}",
-                total.map_or("?".into(), |t| t.to_string()),
-                retry_hint(release)
-            ),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "the download of {url} broke off after {got} of {} bytes ({e}): it was deleted, nothing was installed",
+                    total.map_or("?".into(), |t| t.to_string())
+                ))
+                .hint(retry_hint(release));
+            }
         };
         got += chunk.len() as u64;
         window_got += chunk.len() as u64;
         if window_start.elapsed() >= stall_window() {
             if window_got < MIN_PROGRESS {
-                bail!(
-                    "the download of {url} stalled: {window_got} bytes in the last {}s ({got} in all): it was deleted, nothing was installed\n{}",
-                    window_start.elapsed().as_secs(),
-                    retry_hint(release)
-                );
+                return Err(anyhow::anyhow!(
+                    "the download of {url} stalled: {window_got} bytes in the last {}s ({got} in all): it was deleted, nothing was installed",
+                    window_start.elapsed().as_secs()
+                ))
+                .hint(retry_hint(release));
             }
             (window_start, window_got) = (std::time::Instant::now(), 0);
         }
         if got > MAX_TARBALL {
-            bail!(
-                "{url} goes on past {} MiB, more than any release; it was deleted\nhint: check {}",
-                MAX_TARBALL >> 20,
-                release.program.url_var()
-            );
+            return Err(anyhow::anyhow!(
+                "{url} goes on past {} MiB, more than any release; it was deleted",
+                MAX_TARBALL >> 20
+            ))
+            .hint(format!("check {}", release.program.url_var()));
         }
         hasher.update(&chunk);
         out.write_all(&chunk)
@@ -286,14 +290,7 @@ fn unpack(release: &Release, tarball: &Path, cache: &Path, sha256: &str) -> Resu
             .is_ok_and(|m| if step == bin { m.is_file() } else { m.is_dir() })
     });
     if !real_path {
-        bail!(
-            "{} holds no {}/{}: it is not laid out like the official {} release; nothing was installed\nhint: check {}",
-            release.url,
-            crate::escape::text(&top.to_string_lossy()),
-            release.program.binary(),
-            release.program.title(),
-            release.program.url_var()
-        );
+        return Err(anyhow::anyhow!("{} holds no {}/{}: it is not laid out like the official {} release; nothing was installed", release.url, crate::escape::text(&top.to_string_lossy()), release.program.binary(), release.program.title())).hint(format!("check {}", release.program.url_var()));
     }
     close_to_others(&unpacked)?;
     let mode = fs_err::symlink_metadata(&bin)?.permissions().mode();
@@ -304,13 +301,14 @@ fn unpack(release: &Release, tarball: &Path, cache: &Path, sha256: &str) -> Resu
         // Another `up` of this user may have unpacked the same release a moment ago:
         // then what is there is checked below like any cached release.
         if !dest.exists() {
-            return Err(e).with_context(|| {
-                format!(
-                    "cannot move the unpacked release to {}\nhint: check the free space and permissions of {}",
-                    dest.display(),
-                    cache.display()
-                )
-            });
+            return Err(e)
+                .with_context(|| format!("cannot move the unpacked release to {}", dest.display()))
+                .with_hint(|| {
+                    format!(
+                        "check the free space and permissions of {}",
+                        cache.display()
+                    )
+                });
         }
     }
     crate::atomic::fsync_dir(cache)?;

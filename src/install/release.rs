@@ -5,7 +5,8 @@
 //! and `RAYWATCH_<NAME>_SHA256` (its checksum; without it the checksum list beside the
 //! tarball is read, as the official release lays it out).
 
-use anyhow::{Result, bail};
+use crate::error::HintExt;
+use anyhow::Result;
 
 /// A program raywatch can start and may have to fetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -140,7 +141,7 @@ pub fn resolve(
     let given = sha256.map(|s| check_sha256(program, &s)).transpose()?;
     let (version, approx_mib) = program.pinned();
     let example = format!(
-        "hint: e.g. {}=https://mirror.example.org/{}/{}-{version}.linux-{arch}.tar.gz",
+        "e.g. {}=https://mirror.example.org/{}/{}-{version}.linux-{arch}.tar.gz",
         program.url_var(),
         program.name(),
         program.name()
@@ -149,12 +150,14 @@ pub fn resolve(
         Some(u) => (None, u),
         None => {
             if !matches!(arch, "amd64" | "arm64") {
-                bail!(
-                    "raywatch downloads {} only for amd64 and arm64, and this machine is {arch}\n\
-                     hint: install it with your package manager, or set {} to a build for {arch}",
-                    program.title(),
+                return Err(anyhow::anyhow!(
+                    "raywatch downloads {} only for amd64 and arm64, and this machine is {arch}",
+                    program.title()
+                ))
+                .hint(format!(
+                    "install it with your package manager, or set {} to a build for {arch}",
                     program.url_var()
-                );
+                ));
             }
             (
                 Some(version.to_string()),
@@ -167,10 +170,11 @@ pub fn resolve(
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "{} is {url:?}, which is not an http(s):// URL of a .tar.gz\n{example}",
+                "{} is {url:?}, which is not an http(s):// URL of a .tar.gz",
                 program.url_var()
             )
-        })?;
+        })
+        .hint(&example)?;
     let file = parsed
         .path_segments()
         .and_then(|mut s| s.next_back())
@@ -183,10 +187,11 @@ pub fn resolve(
         })
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "{} is {url:?}, whose path does not end in a tarball's file name (letters, digits, . _ - +, ending .tar.gz)\n{example}",
+                "{} is {url:?}, whose path does not end in a tarball's file name (letters, digits, . _ - +, ending .tar.gz)",
                 program.url_var()
             )
-        })?
+        })
+        .hint(&example)?
         .to_string();
     let checksum = match given {
         Some(h) => Checksum::Given(h),
@@ -240,11 +245,11 @@ fn official_url(program: Program, v: &str, arch: &str) -> String {
 fn check_sha256(program: Program, s: &str) -> Result<String> {
     let h = s.trim().to_ascii_lowercase();
     if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!(
-            "{} is {s:?}, which is not a SHA-256 (64 hex digits)\n\
-             hint: copy it from the mirror's sha256sums.txt, or unset it to read that list",
+        return Err(anyhow::anyhow!(
+            "{} is {s:?}, which is not a SHA-256 (64 hex digits)",
             program.sha256_var()
-        );
+        ))
+        .hint("copy it from the mirror's sha256sums.txt, or unset it to read that list");
     }
     Ok(h)
 }
@@ -353,19 +358,19 @@ mod tests {
             (Some("https://m/dir/"), None),
             (None, Some("abc")),
         ] {
-            let err = resolve(
+            let e = resolve(
                 Program::Prometheus,
                 "amd64",
                 url.map(String::from),
                 sha.map(String::from),
             )
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+            let err = format!("{e:#}");
             assert!(
                 err.contains("RAYWATCH_PROMETHEUS_"),
                 "{url:?} {sha:?}: {err}"
             );
-            assert!(err.contains("hint:"), "{err}");
+            assert!(crate::error::Hint::of(&e).is_some(), "no hint: {err}");
         }
     }
 
