@@ -24,13 +24,15 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     if let Ok(report) = rt.block_on(fetch_status(home)) {
         return reconfigure(home, &rt, &args, previous, &report);
     }
+    let mut found_note = None;
     let bin = match crate::install::locate(args.prometheus_bin.as_deref())? {
         Some(found) => {
-            eprintln!(
+            // Said once the stack is up: an error stays the first line of output.
+            found_note = Some(format!(
                 "Prometheus: {} ({})",
                 escape::path(&found.path),
                 found.describe()
-            );
+            ));
             found.path
         }
         None => super::install::obtain(
@@ -129,6 +131,9 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     }
     let mut child = spawn_daemon(home)?;
     let report = rt.block_on(wait_ready(home, &mut child))?;
+    if let Some(note) = found_note {
+        eprintln!("{note}");
+    }
     println!("raywatch is up ({})", escape::path(home.root()));
     // The same lines as in `status` (a moved port's note included).
     print!(
