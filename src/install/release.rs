@@ -175,24 +175,14 @@ pub fn resolve(
             )
         })
         .hint(&example)?;
-    let file = parsed
-        .path_segments()
-        .and_then(|mut s| s.next_back())
-        .filter(|f| {
-            f.len() > ".tar.gz".len()
-                && f.ends_with(".tar.gz")
-                && !f.starts_with('.')
-                && f.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
-        })
+    let file = tarball_name(&parsed)
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "{} is {url:?}, whose path does not end in a tarball's file name (letters, digits, . _ - +, ending .tar.gz)",
                 program.url_var()
             )
         })
-        .hint(&example)?
-        .to_string();
+        .hint(&example)?;
     let checksum = match given {
         Some(h) => Checksum::Given(h),
         None if program == Program::Grafana => {
@@ -226,6 +216,16 @@ impl Release {
             None => self.program.title().to_string(),
         }
     }
+}
+
+/// The last segment of `url`'s path when it is a plain `<name>.tar.gz`.
+fn tarball_name(url: &reqwest::Url) -> Option<String> {
+    let file = url.path_segments()?.next_back()?;
+    let plain = file
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b));
+    (plain && file.len() > ".tar.gz".len() && file.ends_with(".tar.gz") && !file.starts_with('.'))
+        .then(|| file.to_string())
 }
 
 fn official_url(program: Program, v: &str, arch: &str) -> String {
