@@ -21,3 +21,4 @@ mod security;
 mod snapshots;
 mod support;
 mod top;
+mod wheel;
