@@ -7,13 +7,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::parse_duration;
 
+/// `raywatch --version`: the version and the commit it was built from, e.g.
+/// `0.1.0 (51cf8ea12 2026-12-07)` (build.rs finds the commit).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RAYWATCH_BUILD"), ")");
+
 /// Prometheus monitoring for every Ray cluster on this machine.
 ///
 /// `raywatch up` starts a private Prometheus on a free loopback port and a daemon
 /// that finds every Ray cluster (any --temp-dir), labels its targets with
 /// `ray_io_cluster`, and drops them when the cluster dies. No file to edit, no reload.
 #[derive(Parser, Debug)]
-#[command(name = "raywatch", version, propagate_version = true)]
+#[command(name = "raywatch", version = VERSION, propagate_version = true)]
 #[command(
     after_help = "Examples:\n  raywatch up                     start the stack and watch /tmp/ray*\n  raywatch status                 clusters, targets and their health\n  raywatch query 'up{job=\"ray\"}'   ask this stack's Prometheus\n  raywatch top                    every cluster on one screen\n  raywatch attach /nfs/ray_tmp --name train\n  eval \"$(raywatch env)\"          then ray start (private temp dir, token auth)\n  raywatch down"
 )]

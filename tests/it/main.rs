@@ -22,3 +22,4 @@ mod security;
 mod snapshots;
 mod support;
 mod top;
+mod wheel;

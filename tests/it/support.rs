@@ -56,6 +56,8 @@ pub fn user() -> String {
 /// A raywatch stack with its own home, stopped (and checked stopped) on drop.
 pub struct Stack {
     pub home: PathBuf,
+    /// The `raywatch` executable that runs this stack's commands.
+    pub bin: PathBuf,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -83,8 +85,15 @@ impl Stack {
 
     /// `raywatch up` with its home at `home` (the caller owns the folder around it).
     pub fn up_at(home: &Path, args: &[&str]) -> Stack {
+        Stack::up_with(&raywatch_bin(), home, args)
+    }
+
+    /// `raywatch up` run by the executable `bin` (e.g. the one a wheel installed);
+    /// every later command of the stack runs `bin` too.
+    pub fn up_with(bin: &Path, home: &Path, args: &[&str]) -> Stack {
         let stack = Stack {
             home: home.to_path_buf(),
+            bin: bin.to_path_buf(),
             _dir: None,
         };
         let out = stack.run(&[&["up", "--scrape-interval", "2s"], args].concat());
@@ -99,19 +108,25 @@ impl Stack {
 
     /// Takes charge of a stack someone else started (stopped on drop).
     pub fn adopt(home: PathBuf) -> Stack {
-        Stack { home, _dir: None }
+        Stack {
+            home,
+            bin: raywatch_bin(),
+            _dir: None,
+        }
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(raywatch_bin());
+        let mut c = Command::new(&self.bin);
         c.env("RAYWATCH_HOME", &self.home).stdin(Stdio::null());
         c
     }
 
     /// [`raywatch`] against this stack's home.
     pub fn raywatch(&self, args: &[&str]) -> assert_cmd::Command {
-        let mut c = raywatch(args);
-        c.env("RAYWATCH_HOME", &self.home);
+        let mut c = assert_cmd::Command::new(&self.bin);
+        c.args(args)
+            .write_stdin("")
+            .env("RAYWATCH_HOME", &self.home);
         c
     }
 
