@@ -148,7 +148,7 @@ impl Core {
     }
 
     /// Why a live cluster's target `t` is not published under it.
-    fn withheld_because(&self, t: &String, judged: &Judged) -> String {
+    fn withheld_because(&self, t: &str, judged: &Judged) -> String {
         match (self.endpoints.foreign(t), judged.owners.get(t)) {
             (Some((uid, user)), _) => format!("its port is held by uid {uid} ({user}), not by a trusted user: never scraped"),
             (None, _) if self.endpoints.waiting(t) => "waiting for a listener: nothing listens on it yet; scraped once a process of a trusted user does (checked every second)".into(),
