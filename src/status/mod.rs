@@ -380,6 +380,55 @@ mod tests {
         .unwrap()
     }
 
+    /// The README documents these names of `status --json`; people read the same.
+    #[test]
+    fn states_keep_their_json_names() {
+        fn json(v: impl Serialize) -> String {
+            serde_json::to_value(v)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+        for (v, name) in [
+            (PrometheusMode::Server, "server"),
+            (PrometheusMode::Agent, "agent"),
+        ] {
+            assert_eq!(json(v), name);
+        }
+        for (v, name) in [
+            (ClusterSource::Watch, "watch"),
+            (ClusterSource::Attach, "attach"),
+        ] {
+            assert_eq!(json(v), name);
+        }
+        for (v, name) in [
+            (WatchMode::Inotify, "inotify"),
+            (WatchMode::Rescan, "rescan"),
+        ] {
+            assert_eq!((json(v), v.as_str()), (name.into(), name));
+        }
+        for (v, name) in [(ClusterState::Live, "live"), (ClusterState::Dead, "dead")] {
+            assert_eq!((json(v), v.as_str()), (name.into(), name));
+        }
+        for (v, name) in [
+            (JobAccess::Token, "token"),
+            (JobAccess::Open, "open"),
+            (JobAccess::Unknown, "unknown"),
+        ] {
+            assert_eq!((json(v), v.as_str()), (name.into(), name));
+        }
+        for (v, name) in [
+            (Health::Up, "up"),
+            (Health::Down, "down"),
+            (Health::Unknown, "unknown"),
+        ] {
+            assert_eq!((json(v), v.as_str()), (name.into(), name));
+        }
+        // A report without a mode (written before agent mode) is a server's.
+        assert_eq!(report().prometheus.mode, PrometheusMode::Server);
+    }
+
     #[test]
     fn connections_held_by_another_user_are_named_with_their_count() {
         let by_uid = [(1001, 600), (1000, 40), (1002, 3)];
