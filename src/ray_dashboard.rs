@@ -116,6 +116,15 @@ impl JobApi {
         }
     }
 
+    /// The answer as the status report names it.
+    pub fn access(&self) -> crate::status::JobAccess {
+        match self {
+            JobApi::Token => crate::status::JobAccess::Token,
+            JobApi::Open => crate::status::JobAccess::Open,
+            JobApi::Unknown(_) => crate::status::JobAccess::Unknown,
+        }
+    }
+
     /// Why the answer is unknown.
     pub fn detail(&self) -> Option<&str> {
         match self {
@@ -198,7 +207,9 @@ pub async fn probe_all(ds: &[Dashboard]) -> Vec<JobApi> {
 pub async fn annotate(report: &mut crate::status::StatusReport) {
     let me = nix::unistd::geteuid().as_raw();
     let my_name = crate::process::user_name(me);
-    let live = |c: &crate::status::ClusterStatus| c.state == "live" && c.user == my_name;
+    let live = |c: &crate::status::ClusterStatus| {
+        c.state == crate::status::ClusterState::Live && c.user == my_name
+    };
     if !report.clusters.iter().any(live) {
         return;
     }
@@ -218,7 +229,7 @@ pub async fn annotate(report: &mut crate::status::StatusReport) {
         report.clusters[i].dashboard = Some(crate::status::DashboardStatus {
             url: d.url(),
             pid: d.pid,
-            job_api: a.as_str().into(),
+            job_api: a.access(),
             detail: a.detail().map(String::from),
             token_file: (a == JobApi::Token).then(|| token_source(d.pid)).flatten(),
         });

@@ -26,7 +26,7 @@ pub(super) fn env(
     if let Some(c) = report
         .clusters
         .iter()
-        .find(|c| c.state == "live" && c.temp_dir == temp_dir)
+        .find(|c| c.state == crate::status::ClusterState::Live && c.temp_dir == temp_dir)
     {
         return Err(Hint::attach(
             anyhow!(
@@ -86,7 +86,7 @@ fn choose_name(
         report
             .clusters
             .iter()
-            .any(|c| c.state == "live" && c.name == n)
+            .any(|c| c.state == crate::status::ClusterState::Live && c.name == n)
     };
     let chosen = match name {
         Some(n) if taken(&n) => {
@@ -198,7 +198,7 @@ fn choose_temp_dir(
             report
                 .clusters
                 .iter()
-                .any(|c| c.state == "live" && c.temp_dir == p)
+                .any(|c| c.state == crate::status::ClusterState::Live && c.temp_dir == p)
         };
         let dir = std::iter::once(base.join("ray"))
             .chain((2..).map(|i| base.join(format!("ray_{i}"))))

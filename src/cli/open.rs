@@ -33,7 +33,7 @@ pub(super) fn open(home: &Home, name: &str) -> Result<Exit> {
         && let Some(c) = report
             .clusters
             .iter()
-            .find(|c| c.name == name && c.state == "live")
+            .find(|c| c.name == name && c.state == crate::status::ClusterState::Live)
     {
         match &c.grafana_url {
             Some(url) => println!("{}", escape::text(url)),

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 use super::{Exit, TopArgs, runtime, unless_stack_down};
 use crate::error::HintExt;
 use crate::home::Home;
-use crate::promql::{Counter, QueryApi};
+use crate::promql::{Counted, Counter, QueryApi};
 use crate::top;
 
 pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit> {
@@ -59,8 +59,19 @@ pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit
         top::ui::run(api, source, home, first, args.interval, dead_for)?;
         return Ok(Exit::Success);
     }
+    print_once(&api, source, &mut first, args.json)?;
+    Ok(Exit::Success)
+}
+
+/// `--once`: the clusters view sorted by name, as a table or (`--json`) a snapshot.
+fn print_once(
+    api: &Counted,
+    source: top::Source,
+    first: &mut top::Clusters,
+    json: bool,
+) -> Result<()> {
     top::model::sort(&mut first.clusters, top::model::Column::Name, false);
-    if args.json {
+    if json {
         let snapshot = top::model::Snapshot {
             schema: 1,
             source: api.api.describe(),
@@ -73,5 +84,5 @@ pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit
     } else {
         print!("{}", top::model::text_table(&first.clusters));
     }
-    Ok(Exit::Success)
+    Ok(())
 }

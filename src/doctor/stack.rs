@@ -156,10 +156,14 @@ pub(super) fn targets_down(m: &Machine) -> Finding {
     let mut evidence = Vec::new();
     let mut over_limit = false;
     let mut scraped = 0;
-    for c in r.clusters.iter().filter(|c| c.state == "live") {
+    for c in r
+        .clusters
+        .iter()
+        .filter(|c| c.state == crate::status::ClusterState::Live)
+    {
         for t in &c.targets {
             scraped += 1;
-            if t.health != "down" {
+            if t.health != crate::status::Health::Down {
                 continue;
             }
             let mut line = format!(

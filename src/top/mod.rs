@@ -4,9 +4,10 @@
 //! [`queries`] writes the PromQL, [`model`] turns answers into rows (and `--once` text or
 //! JSON), [`ui`] draws them with ratatui and reads the keys. A refresh is [`fetch_clusters`]
 //! and, in the cluster view, [`fetch_cluster`] (two more queries). Where the stack's
-//! Prometheus records [`rules`], a refresh reads them (two queries: the clusters'
-//! values, the sparklines); elsewhere it asks the values live (four queries sent
-//! together: the values in three parts, the sparklines). [`source`] tells which, once.
+//! Prometheus records [`rules`], a refresh reads them (four queries sent together: the
+//! clusters' values in two parts, when each was last seen, the sparklines); elsewhere it
+//! asks the values live (four queries too: the values in three parts, the sparklines).
+//! [`source`] tells which, once.
 
 pub mod model;
 pub mod queries;
@@ -92,8 +93,8 @@ pub async fn source(api: &Counted) -> Source {
 }
 
 /// Every cluster (live, and dead for less than `dead_for`; every one remembered
-/// in the last day when `show_all`) with its sparkline: from the recorded series
-/// two queries, live four, sent together.
+/// in the last day when `show_all`) with its sparkline: four queries sent together,
+/// from the recorded series or live.
 pub async fn fetch_clusters(
     api: &Counted,
     source: Source,
@@ -104,34 +105,12 @@ pub async fn fetch_clusters(
     let before = api.counter.get();
     let remember = if show_all { REMEMBER_ALL } else { dead_for };
     let (start, end, step) = grid(SPARK_WINDOW, SPARK_POINTS);
-    if source == Source::Recorded {
-        let [a, b, seen]: [String; 3] = rules::clusters(remember, 2)
-            .try_into()
-            .expect("two parts and last_seen");
-        let spark = rules::sparklines();
-        let (a, b, seen, series) = tokio::join!(
-            api.instant_as::<model::Labels>(&a),
-            api.instant_as::<model::Labels>(&b),
-            api.instant_as::<model::Labels>(&seen),
-            api.range::<model::Labels>(&spark, start, end, step)
-        );
-        let mut samples = a?;
-        samples.extend(b?);
-        samples.extend(seen?);
-        let now = now_unix();
-        let mut clusters = model::clusters(&samples, now, (!show_all).then_some(dead_for));
-        model::add_sparklines(&mut clusters, &series?, start, end, step.as_secs_f64());
-        return Ok(Clusters {
-            clusters,
-            time_unix: now,
-            queries: api.counter.get() - before,
-            took: t0.elapsed(),
-        });
-    }
-    let [a, b, c]: [String; 3] = queries::clusters_split(remember, 3)
-        .try_into()
-        .expect("three parts");
-    let spark = queries::sparklines();
+    // Recorded: two parts and `last_seen`; live: the values in three parts.
+    let (parts, spark) = match source {
+        Source::Recorded => (rules::clusters(remember, 2), rules::sparklines()),
+        Source::Live => (queries::clusters_split(remember, 3), queries::sparklines()),
+    };
+    let [a, b, c]: [String; 3] = parts.try_into().expect("three queries");
     let (a, b, c, series) = tokio::join!(
         api.instant_as::<model::Labels>(&a),
         api.instant_as::<model::Labels>(&b),

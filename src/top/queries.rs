@@ -135,10 +135,14 @@ fn last_seen(remember: Duration) -> String {
 /// Every per-cluster value but `last_seen` (which depends on the window remembered), by
 /// field name: what [`clusters`] asks live and what [`super::rules`] records.
 pub fn cluster_values() -> Vec<(&'static str, String)> {
-    let tasks = |states: &str| sum("ray_tasks", &format!(r#",State=~"{states}""#));
-    let failed_sel = ray_selector(r#",State="FAILED""#);
-    let failed = fresh("ray_tasks", &failed_sel, None);
-    let failed_before = fresh("ray_tasks", &failed_sel, Some("5m"));
+    let mut values = scrape_values();
+    values.extend(resource_values());
+    values.extend(task_values());
+    values
+}
+
+/// What Prometheus knows of a cluster's scrapes: targets, samples, when it started.
+fn scrape_values() -> Vec<(&'static str, String)> {
     vec![
         ("targets", format!("count by ({KEY}) (up{{{OURS}}})")),
         (
@@ -156,6 +160,23 @@ pub fn cluster_values() -> Vec<(&'static str, String)> {
                 fresh("process_start_time_seconds", OURS, None)
             ),
         ),
+    ]
+}
+
+/// A cluster's nodes and what they hold: CPU, memory, GPUs, object store.
+fn resource_values() -> Vec<(&'static str, String)> {
+    // The object store, from Ray's own series or (older Ray) its resources.
+    let store = |ray: &str, state: &str| {
+        format!(
+            "{} or {}",
+            sum(ray, ""),
+            sum(
+                "ray_resources",
+                &format!(r#",Name="object_store_memory",State="{state}""#)
+            )
+        )
+    };
+    vec![
         (
             "nodes_up",
             format!("count by ({KEY}) ({})", ours("ray_node_cpu_utilization")),
@@ -186,28 +207,22 @@ pub fn cluster_values() -> Vec<(&'static str, String)> {
         ),
         ("gram_used_mib", sum("ray_node_gram_used", "")),
         ("gram_free_mib", sum("ray_node_gram_available", "")),
-        (
-            "store_used",
-            format!(
-                "{} or {}",
-                sum("ray_object_store_used_memory", ""),
-                sum(
-                    "ray_resources",
-                    r#",Name="object_store_memory",State="USED""#
-                )
-            ),
-        ),
+        ("store_used", store("ray_object_store_used_memory", "USED")),
         (
             "store_free",
-            format!(
-                "{} or {}",
-                sum("ray_object_store_available_memory", ""),
-                sum(
-                    "ray_resources",
-                    r#",Name="object_store_memory",State="AVAILABLE""#
-                )
-            ),
+            store("ray_object_store_available_memory", "AVAILABLE"),
         ),
+    ]
+}
+
+/// A cluster's tasks by state: running, pending (now and two minutes ago), finished,
+/// failed in the last five minutes.
+fn task_values() -> Vec<(&'static str, String)> {
+    let tasks = |states: &str| sum("ray_tasks", &format!(r#",State=~"{states}""#));
+    let failed_sel = ray_selector(r#",State="FAILED""#);
+    let failed = fresh("ray_tasks", &failed_sel, None);
+    let failed_before = fresh("ray_tasks", &failed_sel, Some("5m"));
+    vec![
         ("tasks_running", tasks(RUNNING_STATES)),
         ("tasks_pending", tasks(PENDING_STATES)),
         (

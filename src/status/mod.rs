@@ -1,12 +1,15 @@
-//! The `status` report: its JSON schema (stable, documented in the README) and its human form.
+//! The `status` report: its JSON schema (stable, documented in the README); [`render`]
+//! writes its human form.
 
-use std::fmt::Write as _;
+mod render;
+
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::escape;
 use crate::supervisor::ChildStatus;
+
+pub use render::{dashboard_line, human_bytes, render, ssh_hint, stack_lines};
 
 pub const SCHEMA: u32 = 1;
 
@@ -52,9 +55,8 @@ pub struct DaemonStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrometheusStatus {
-    /// "server" (local TSDB, queries) or "agent" (WAL only, remote write).
     #[serde(default)]
-    pub mode: String,
+    pub mode: PrometheusMode,
     pub url: String,
     pub port: u16,
     pub binary: PathBuf,
@@ -137,8 +139,7 @@ pub struct GrafanaStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WatchStatus {
-    /// "inotify", or "rescan" when events are unavailable.
-    pub mode: String,
+    pub mode: WatchMode,
     pub roots: Vec<PathBuf>,
     pub degraded: Option<String>,
     /// Session folders of other (untrusted) users in the roots: neither read nor watched.
@@ -149,16 +150,14 @@ pub struct WatchStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub name: String,
-    /// "live" or "dead".
-    pub state: String,
+    pub state: ClusterState,
     pub dead_reason: Option<String>,
     pub session: String,
     pub session_dir: Option<PathBuf>,
     pub temp_dir: PathBuf,
     pub discovery_file: PathBuf,
     pub user: String,
-    /// "watch" (found under a watched root) or "attach".
-    pub source: String,
+    pub source: ClusterSource,
     /// Unix time raywatch last saw the discovery file rewritten.
     pub last_rewrite_unix: f64,
     /// Set while a live cluster's discovery file is gone (moved or deleted):
@@ -188,9 +187,7 @@ pub struct ClusterStatus {
 pub struct DashboardStatus {
     pub url: String,
     pub pid: u32,
-    /// "token" (jobs need Ray's token), "open" (any local user can submit jobs,
-    /// which run as the cluster's user) or "unknown".
-    pub job_api: String,
+    pub job_api: JobAccess,
     /// Why `job_api` is unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -202,8 +199,7 @@ pub struct DashboardStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub address: String,
-    /// "up", "down", or "unknown" (not scraped yet).
-    pub health: String,
+    pub health: Health,
     /// Samples its last scrape carried; null before the first scrape.
     #[serde(default)]
     pub samples_per_scrape: Option<f64>,
@@ -226,369 +222,100 @@ pub struct RejectedInput {
     pub since_unix: f64,
 }
 
-/// A Dashboard's URL and what its job API demands, for people.
-pub fn dashboard_line(d: &DashboardStatus) -> String {
-    let url = escape::text(&d.url);
-    match d.job_api.as_str() {
-        "open" => format!(
-            "{url}  OPEN: its job API runs any local user's code as you (restart the cluster after `eval \"$(raywatch env)\"`)"
-        ),
-        "token" => match &d.token_file {
-            Some(f) => format!("{url}  token auth on (token in {})", escape::path(f)),
-            None => format!("{url}  token auth on"),
-        },
-        _ => format!(
-            "{url}  job API not checked: {}",
-            escape::text(d.detail.as_deref().unwrap_or("no answer"))
-        ),
+/// What Prometheus keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrometheusMode {
+    /// A local TSDB, queried.
+    #[default]
+    Server,
+    /// The WAL only: it remote-writes everything.
+    Agent,
+}
+
+/// How the daemon learns of changes in the watched roots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    Inotify,
+    /// Events are unavailable: the roots are rescanned.
+    Rescan,
+}
+
+impl WatchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchMode::Inotify => "inotify",
+            WatchMode::Rescan => "rescan",
+        }
     }
 }
 
-/// The report as people read it.
-pub fn render(r: &StatusReport) -> String {
-    let mut out = String::new();
-    let p = &r.prometheus;
-    let _ = writeln!(out, "raywatch stack at {}", escape::path(&r.home));
-    let _ = writeln!(out, "  daemon      pid {}", r.daemon.pid);
-    out.push_str(&stack_lines(r, false));
-    if p.mode == "agent" {
-        let _ = writeln!(
-            out,
-            "              agent mode: no local data; `raywatch query` asks --query-url"
-        );
-    }
-    for rw in &r.remote_write {
-        let _ = writeln!(
-            out,
-            "  remote write {}  sent {:.0}, failed {:.0}, retried {:.0}{}",
-            escape::text(&rw.url),
-            rw.samples_sent,
-            rw.samples_failed,
-            rw.samples_retried,
-            rw.last_error
-                .as_deref()
-                .map(|e| format!("\n              FAILING: {}", escape::text(e)))
-                .unwrap_or_default()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  limits      {} samples per scrape per target{}{}",
-        p.sample_limit
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "no limit on".into()),
-        if p.scrapes_over_sample_limit > 0.0 {
-            format!(
-                " ({:.0} scrapes refused since Prometheus started)",
-                p.scrapes_over_sample_limit
-            )
-        } else {
-            String::new()
-        },
-        if p.drop_labels.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; labels dropped: {}",
-                p.drop_labels
-                    .iter()
-                    .map(|l| escape::text(l).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
-    );
-    let refused: Vec<String> = r
-        .clusters
-        .iter()
-        .flat_map(|c| {
-            c.targets
-                .iter()
-                .filter(|t| t.sample_limit_exceeded.is_some())
-                .map(move |t| format!("{}/{}", escape::text(&c.name), escape::text(&t.address)))
-        })
-        .collect();
-    if !refused.is_empty() {
-        let _ = writeln!(
-            out,
-            "  WARNING     the sample limit refuses {} target(s): {} (raise it with `raywatch up --sample-limit N`)",
-            refused.len(),
-            refused
-                .iter()
-                .take(3)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    if r.watch.foreign_session_dirs > 0 {
-        let _ = writeln!(
-            out,
-            "              {} session folder(s) of other users left alone (not read, not watched)",
-            r.watch.foreign_session_dirs
-        );
-    }
-    if !p.unscraped_targets.is_empty() {
-        let _ = writeln!(
-            out,
-            "  WARNING     Prometheus is not scraping {} published target(s) ({}); see {}",
-            p.unscraped_targets.len(),
-            p.unscraped_targets
-                .iter()
-                .take(3)
-                .map(|t| escape::text(t).into_owned())
-                .collect::<Vec<_>>()
-                .join(", "),
-            escape::path(&r.home.join("logs/prometheus.log"))
-        );
-    }
-    if p.sd_watcher_errors > 0.0 {
-        let _ = writeln!(
-            out,
-            "  warning     Prometheus could not watch the targets folder ({} errors); it re-reads it every 30 s",
-            p.sd_watcher_errors
-        );
-    }
-    if let Some(d) = &r.watch.degraded {
-        let _ = writeln!(out, "  warning     {}", escape::text(d));
-    }
-    if let Some(e) = &r.targets_error {
-        let _ = writeln!(out, "  ERROR       {}", escape::text(e));
-    }
-    let _ = writeln!(out);
-    if r.clusters.is_empty() {
-        let _ = writeln!(
-            out,
-            "no Ray clusters found yet (start one with `ray start --head`, or `raywatch attach PATH`)"
-        );
-    } else {
-        let _ = writeln!(out, "clusters:");
-        for c in &r.clusters {
-            let up = c.targets.iter().filter(|t| t.health == "up").count();
-            let _ = writeln!(
-                out,
-                "  {}  {}  {}/{} targets up{}  {}  {}",
-                escape::text(&c.name),
-                escape::text(&c.state),
-                up,
-                c.targets.len(),
-                c.samples_per_scrape
-                    .map(|n| format!("  {n:.0} samples/scrape"))
-                    .unwrap_or_default(),
-                escape::text(&c.session),
-                escape::path(&c.temp_dir)
-            );
-            if let Some(url) = &c.grafana_url {
-                let _ = writeln!(out, "      grafana: {}", escape::text(url));
-            }
-            if let Some(d) = &c.dashboard {
-                let _ = writeln!(out, "      dashboard: {}", dashboard_line(d));
-            }
-            if let Some(reason) = &c.dead_reason {
-                let _ = writeln!(out, "      dead: {}", escape::text(reason));
-            }
-            if let Some(note) = &c.discovery_file_gone {
-                let _ = writeln!(out, "      note: {}", escape::text(note));
-            }
-            for t in &c.targets {
-                let _ = writeln!(
-                    out,
-                    "      {:<24} {}{}",
-                    escape::text(&t.address),
-                    escape::text(&t.health),
-                    t.samples_per_scrape
-                        .map(|n| format!("  {n:.0} samples/scrape"))
-                        .unwrap_or_default()
-                );
-                if let Some(note) = &t.sample_limit_exceeded {
-                    let _ = writeln!(out, "        OVER SAMPLE LIMIT: {}", escape::text(note));
-                }
-            }
-            if !c.remote_targets.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "      note: not addresses of this machine: {} (fine for a multi-node cluster)",
-                    c.remote_targets
-                        .iter()
-                        .map(|t| escape::text(t))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            for w in &c.withheld {
-                let _ = writeln!(
-                    out,
-                    "      {:<24} not scraped here: {}",
-                    escape::text(&w.address),
-                    escape::text(&w.reason)
-                );
-            }
-        }
-    }
-    let _ = writeln!(out, "\nfrom a laptop: {}", ssh_hint(r));
-    if !r.rejected.is_empty() {
-        let _ = writeln!(out, "\nrejected inputs:");
-        for j in &r.rejected {
-            let _ = writeln!(
-                out,
-                "  {}: {}",
-                escape::path(&j.path),
-                escape::text(&j.reason)
-            );
-        }
-    }
-    out
+/// Whether a cluster's targets are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    Live,
+    Dead,
 }
 
-/// The lines `up` and `status` share: Prometheus (URL, PID, readiness, restarts,
-/// why it last exited, where its password is, who holds its port), the gateway,
-/// Grafana, and what is watched. `default_roots` also names the patterns
-/// `/tmp/ray*` and `$RAY_TMPDIR/ray*` on the watching line (`up` knows its
-/// settings; the report lists only the folders found).
-pub fn stack_lines(r: &StatusReport, default_roots: bool) -> String {
-    let mut out = String::new();
-    let p = &r.prometheus;
-    let state = if p.ready {
-        "ready".to_string()
-    } else if p.child.crash_loop {
-        "CRASH LOOP".to_string()
-    } else {
-        "not ready".to_string()
-    };
-    let _ = writeln!(
-        out,
-        "  prometheus  {}  pid {}  {state}  (restarts: {})",
-        escape::text(&p.url),
-        p.child
-            .pid
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "-".into()),
-        p.child.restarts
-    );
-    if let Some(exit) = &p.child.last_exit {
-        let _ = writeln!(out, "              last exit: {}", escape::text(exit));
-    }
-    if p.child.pid.is_none() && !p.child.last_output.is_empty() {
-        let _ = writeln!(out, "              its last output:");
-        for l in &p.child.last_output {
-            let _ = writeln!(out, "                {}", escape::text(l));
+impl ClusterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Live => "live",
+            ClusterState::Dead => "dead",
         }
     }
-    if let (None, Some(next)) = (p.child.pid, p.child.next_start_unix) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let _ = writeln!(
-            out,
-            "              next start in {:.0} s",
-            (next - now).max(0.0)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "              user {}, password in {}",
-        escape::text(&p.user),
-        escape::path(&p.password_file)
-    );
-    if let Some(problem) = &p.listener_problem {
-        let _ = writeln!(out, "  WARNING     {}", escape::text(problem));
-    }
-    if let Some(held) = &p.connections_held {
-        let _ = writeln!(out, "  WARNING     {}", escape::text(held));
-    }
-    if let Some(note) = &p.port_note {
-        let _ = writeln!(out, "              {}", escape::text(note));
-    }
-    if let Some(bytes) = p.data_bytes {
-        let _ = writeln!(
-            out,
-            "  data        {} in {} (retention {}{})",
-            human_bytes(bytes),
-            p.data_dir.as_deref().map(escape::path).unwrap_or_default(),
-            escape::text(p.retention.as_deref().unwrap_or("?")),
-            p.data_free_bytes
-                .map(|f| format!("; {} free", human_bytes(f)))
-                .unwrap_or_default()
-        );
-    }
-    if r.gateway.port != 0 {
-        let refused = r.gateway.refused_connections + r.gateway.refused_requests;
-        let _ = writeln!(
-            out,
-            "  gateway     {}  (RAY_PROMETHEUS_HOST: serves only this user, no credential{})",
-            escape::text(&r.gateway.url),
-            if refused > 0 {
-                format!("; refused {refused} from others")
-            } else {
-                String::new()
-            }
-        );
-    }
-    let g = &r.grafana;
-    match &g.url {
-        Some(url) => {
-            let _ = writeln!(
-                out,
-                "  grafana     {}  pid {}  {}  (admin, password in {})",
-                escape::text(url),
-                g.child
-                    .pid
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                if g.ready { "ready" } else { "not ready" },
-                escape::path(&g.admin_password_file)
-            );
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "  grafana     not installed; dashboards provisioned in {} (`raywatch grafana dir`)",
-                escape::path(&g.provisioning_dir)
-            );
-        }
-    }
-    let roots: Vec<String> = r
-        .watch
-        .roots
-        .iter()
-        .map(|r| escape::path(r).into_owned())
-        .collect();
-    let mut watched = Vec::new();
-    if default_roots {
-        watched.push("/tmp/ray* and $RAY_TMPDIR/ray*".to_string());
-    }
-    if !roots.is_empty() {
-        watched.push(roots.join(", "));
-    }
-    let _ = writeln!(
-        out,
-        "  watching    {} ({})",
-        if watched.is_empty() {
-            "nothing yet".to_string()
-        } else {
-            watched.join("; ")
-        },
-        escape::text(&r.watch.mode)
-    );
-    out
 }
 
-/// Bytes for people: `812 KiB`, `1.4 GiB`.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
+/// How raywatch found a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterSource {
+    /// Under a watched root.
+    Watch,
+    /// `raywatch attach`.
+    Attach,
+}
+
+/// What a Dashboard's job API demands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobAccess {
+    /// Jobs need Ray's token.
+    Token,
+    /// Any local user can submit jobs, which run as the cluster's user.
+    Open,
+    Unknown,
+}
+
+impl JobAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobAccess::Token => "token",
+            JobAccess::Open => "open",
+            JobAccess::Unknown => "unknown",
+        }
     }
-    if i == 0 {
-        format!("{b} B")
-    } else if v < 10.0 {
-        format!("{v:.1} {}", UNITS[i])
-    } else {
-        format!("{v:.0} {}", UNITS[i])
+}
+
+/// A target's last scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Up,
+    Down,
+    /// Not scraped yet.
+    Unknown,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+            Health::Unknown => "unknown",
+        }
     }
 }
 
@@ -616,20 +343,6 @@ pub fn connections_held(by_uid: &[(u32, usize)], me: u32, port: u16) -> Option<S
             crate::prometheus::READ_TIMEOUT
         )
     })
-}
-
-/// An `ssh -L` line that forwards this stack's ports from a laptop.
-pub fn ssh_hint(r: &StatusReport) -> String {
-    let host = fs_err::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "this-host".into());
-    let user = crate::process::user_name(nix::unistd::geteuid().as_raw());
-    let mut line = format!("ssh -N -L {p}:127.0.0.1:{p}", p = r.prometheus.port);
-    if r.grafana.url.is_some() {
-        line.push_str(&format!(" -L {p}:127.0.0.1:{p}", p = r.grafana.port));
-    }
-    line.push_str(&format!(" {}@{}", escape::text(&user), escape::text(&host)));
-    line
 }
 
 #[cfg(test)]
@@ -665,6 +378,55 @@ mod tests {
             "clusters": [], "rejected": [], "targets_error": null
         }))
         .unwrap()
+    }
+
+    /// The README documents these names of `status --json`; people read the same.
+    #[test]
+    fn states_keep_their_json_names() {
+        fn json(v: impl Serialize) -> String {
+            serde_json::to_value(v)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+        for (v, name) in [
+            (PrometheusMode::Server, "server"),
+            (PrometheusMode::Agent, "agent"),
+        ] {
+            assert_eq!(json(v), name);
+        }
+        for (v, name) in [
+            (ClusterSource::Watch, "watch"),
+            (ClusterSource::Attach, "attach"),
+        ] {
+            assert_eq!(json(v), name);
+        }
+        for (v, name) in [
+            (WatchMode::Inotify, "inotify"),
+            (WatchMode::Rescan, "rescan"),
+        ] {
+            assert_eq!((json(v), v.as_str()), (name.into(), name));
+        }
+        for (v, name) in [(ClusterState::Live, "live"), (ClusterState::Dead, "dead")] {
+            assert_eq!((json(v), v.as_str()), (name.into(), name));
+        }
+        for (v, name) in [
+            (JobAccess::Token, "token"),
+            (JobAccess::Open, "open"),
+            (JobAccess::Unknown, "unknown"),
+        ] {
+            assert_eq!((json(v), v.as_str()), (name.into(), name));
+        }
+        for (v, name) in [
+            (Health::Up, "up"),
+            (Health::Down, "down"),
+            (Health::Unknown, "unknown"),
+        ] {
+            assert_eq!((json(v), v.as_str()), (name.into(), name));
+        }
+        // A report without a mode (written before agent mode) is a server's.
+        assert_eq!(report().prometheus.mode, PrometheusMode::Server);
     }
 
     #[test]
@@ -725,9 +487,9 @@ mod tests {
         let mut r = report();
         r.prometheus.sample_limit = Some(200_000);
         r.prometheus.drop_labels = vec!["WorkerId".into()];
-        let target = |address: &str, health: &str, n: f64| TargetStatus {
+        let target = |address: &str, health: Health, n: f64| TargetStatus {
             address: address.into(),
-            health: health.into(),
+            health,
             samples_per_scrape: Some(n),
             sample_limit_exceeded: None,
         };
@@ -741,8 +503,8 @@ mod tests {
         .unwrap();
         r.clusters = vec![ClusterStatus {
             targets: vec![
-                target("127.0.0.1:1", "down", 300_000.0),
-                target("127.0.0.1:2", "up", 12.0),
+                target("127.0.0.1:1", Health::Down, 300_000.0),
+                target("127.0.0.1:2", Health::Up, 12.0),
             ],
             ..cluster
         }];

@@ -1,0 +1,191 @@
+//! Drawing one cluster's view of `raywatch top`: its summary line, its nodes, four charts
+//! over the chosen window and its Grafana link.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table};
+
+use super::App;
+use crate::escape;
+use crate::top::Detail;
+use crate::top::model::{self, Cluster, Column, Key, Node};
+
+/// The charts: title, series name, colour.
+const CHARTS: [(&str, &str, Color); 4] = [
+    ("CPU %", "cpu", Color::Green),
+    ("GPU %", "gpu", Color::Magenta),
+    ("memory %", "mem", Color::Blue),
+    ("tasks running", "running", Color::Cyan),
+];
+
+impl App {
+    pub(super) fn render_cluster(&self, f: &mut Frame, area: Rect, key: &Key) {
+        let cluster = self.clusters.iter().find(|c| &c.key() == key);
+        let [info, nodes, charts, link] = Layout::vertical([
+            Constraint::Length(2),
+            Constraint::Min(3),
+            Constraint::Length(6),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        f.render_widget(Paragraph::new(self.cluster_head(key, cluster)), info);
+        let detail = self
+            .detail
+            .as_ref()
+            .filter(|(k, _)| k == key)
+            .map(|(_, d)| d);
+        let Some(detail) = detail else {
+            f.render_widget(Paragraph::new("loading…"), nodes);
+            return;
+        };
+        f.render_widget(node_table(&detail.nodes), nodes);
+        let parts = Layout::horizontal([Constraint::Ratio(1, 4); 4]).split(charts);
+        for (chart, part) in CHARTS.into_iter().zip(parts.iter()) {
+            f.render_widget(self.chart(detail, chart), *part);
+        }
+        let url = match &detail.grafana_url {
+            Some(u) => format!("Grafana: {}", escape::text(u)),
+            None => "Grafana: not running for this stack (raywatch grafana dir)".to_string(),
+        };
+        f.render_widget(Paragraph::new(url), link);
+    }
+
+    /// The view's first line: name, host, user and the cluster's row in words.
+    fn cluster_head(&self, key: &Key, cluster: Option<&Cluster>) -> Line<'static> {
+        let (host, name, user) = key;
+        let mut head = vec![Span::styled(
+            format!(
+                "{}{}",
+                escape::text(name),
+                if host.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", escape::text(host))
+                }
+            ),
+            Style::default().add_modifier(Modifier::BOLD),
+        )];
+        head.push(Span::raw(format!("  user {}", escape::text(user))));
+        if let Some(c) = cluster {
+            let cells = model::cells(c);
+            let pick =
+                |col: Column| cells[Column::ALL.iter().position(|x| *x == col).unwrap()].clone();
+            head.push(Span::raw(format!(
+                "  {}  age {}  nodes {}  tasks run/pend {}  failed 5m {}  targets down {}",
+                pick(Column::State),
+                pick(Column::Age),
+                pick(Column::Nodes),
+                pick(Column::Tasks),
+                pick(Column::Failed),
+                pick(Column::Down)
+            )));
+        } else {
+            head.push(Span::styled("  (no longer listed)", self.dim()));
+        }
+        Line::from(head)
+    }
+
+    /// One chart of [`CHARTS`] over the detail's window, titled with its latest value.
+    fn chart(
+        &self,
+        detail: &Detail,
+        (title, series, colour): (&str, &str, Color),
+    ) -> Sparkline<'static> {
+        let window = format!("{}m", detail.window.as_secs() / 60);
+        let latest = |name: &str| {
+            detail
+                .charts
+                .get(name)
+                .and_then(|p| p.iter().rev().flatten().next().copied())
+        };
+        let shown = |v: Option<f64>| v.map_or(model::DASH.to_string(), |v| format!("{v:.0}"));
+        let label = if series == "running" {
+            format!(
+                "tasks {window} run {} pend {}",
+                shown(latest("running")),
+                shown(latest("pending"))
+            )
+        } else {
+            format!("{title} {window} now {}", shown(latest(series)))
+        };
+        let points = detail.charts.get(series).cloned().unwrap_or_default();
+        let data: Vec<Option<u64>> = points
+            .iter()
+            .map(|p| p.map(|v| v.max(0.0).round() as u64))
+            .collect();
+        let max = if series == "running" {
+            data.iter().flatten().copied().max().unwrap_or(1).max(1)
+        } else {
+            100
+        };
+        Sparkline::default()
+            .block(Block::bordered().title(label))
+            .data(&data)
+            .max(max)
+            .style(self.style(colour))
+    }
+}
+
+/// The nodes of the cluster view, one row each.
+fn node_table(nodes: &[Node]) -> Table<'static> {
+    let header = Row::new([
+        "INSTANCE",
+        "TYPE",
+        "CPU%",
+        "CPUS",
+        "MEM",
+        "GPU (util% mem)",
+        "OBJSTORE",
+        "DISK",
+    ])
+    .style(Style::default().add_modifier(Modifier::BOLD));
+    let widths = [
+        Constraint::Length(22),
+        Constraint::Length(7),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(13),
+        Constraint::Min(16),
+        Constraint::Length(13),
+        Constraint::Length(13),
+    ];
+    Table::new(nodes.iter().map(node_row), widths).header(header)
+}
+
+fn node_row(n: &Node) -> Row<'static> {
+    let gpus = if n.gpus.is_empty() {
+        model::DASH.to_string()
+    } else {
+        n.gpus
+            .iter()
+            .map(|g| {
+                format!(
+                    "{}:{}% {}",
+                    escape::text(&g.index),
+                    model::percent(g.util_percent),
+                    model::used_of(g.mem_used_bytes, g.mem_total_bytes)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let instance = if n.instance.is_empty() {
+        &n.ip
+    } else {
+        &n.instance
+    };
+    Row::new([
+        escape::text(instance).into_owned(),
+        n.kind
+            .as_deref()
+            .map_or(model::DASH.into(), |k| escape::text(k).into_owned()),
+        model::percent(n.cpu_percent),
+        n.cpus.map_or(model::DASH.into(), |c| format!("{c:.0}")),
+        model::used_of(n.mem_used_bytes, n.mem_total_bytes),
+        gpus,
+        model::used_of(n.object_store_used_bytes, n.object_store_total_bytes),
+        model::used_of(n.disk_used_bytes, n.disk_total_bytes),
+    ])
+}
