@@ -85,23 +85,8 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
             },
         },
     };
-    let mut config = previous.unwrap_or_else(|| StackConfig {
-        prometheus_bin: bin.clone(),
-        prometheus_port: port,
-        prometheus_port_auto: auto,
-        scrape_interval: Duration::from_secs(10),
-        retention: Duration::from_secs(30 * 86_400),
-        default_roots: true,
-        watch: Vec::new(),
-        liveness: Duration::from_secs(20),
-        trust_uids: Vec::new(),
-        grafana_bin: None,
-        grafana_port,
-        grafana_anonymous: false,
-        prometheus_name: "Prometheus".into(),
-        gateway_port: 0,
-        ..Default::default()
-    });
+    // A new home starts from the defaults; the binaries and ports are set below.
+    let mut config = previous.unwrap_or_default();
     let version = crate::prometheus::version(&bin);
     check_no_downgrade(
         config.prometheus_version,
@@ -115,8 +100,8 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     config.prometheus_port_auto = auto;
     config.grafana_bin = grafana_bin;
     config.grafana_port = grafana_port;
-    config.prometheus_name =
-        crate::env::ray_prometheus_name().unwrap_or_else(|| "Prometheus".into());
+    config.prometheus_name = crate::env::ray_prometheus_name()
+        .unwrap_or_else(|| crate::config::DEFAULT_PROMETHEUS_NAME.into());
     apply_settings(&args, &mut config)?;
     if config.agent {
         check_agent_support(&config.prometheus_bin)?;
