@@ -83,6 +83,13 @@ pub struct Core {
     gcs_holders: HashMap<PathBuf, (u32, u64)>,
 }
 
+/// The owners whose discovery files are followed: the trusted uids and this user.
+fn trusted_uids(settings: &StackConfig) -> BTreeSet<u32> {
+    let mut trusted: BTreeSet<u32> = settings.trust_uids.iter().copied().collect();
+    trusted.insert(nix::unistd::geteuid().as_raw());
+    trusted
+}
+
 /// How many times, and how often, raywatch looks for a new cluster's GCS port.
 const GCS_PORT_TRIES: u32 = 6;
 const GCS_PORT_RETRY: Duration = Duration::from_secs(5);
@@ -95,6 +102,14 @@ impl Core {
         |uid| self.trusted.contains(&uid)
     }
 
+    /// Follows changed settings: the liveness, the trusted owners, the folders (a
+    /// full scan).
+    pub fn follow_settings(&mut self, settings: &StackConfig) {
+        self.registry.set_liveness(settings.liveness);
+        self.trusted = trusted_uids(settings);
+        self.full_scan();
+    }
+
     /// Builds the core; nothing is read until the first [`Core::full_scan`].
     pub fn new(
         home: Home,
@@ -103,8 +118,7 @@ impl Core {
         targets: TargetsDir,
         follow: Follow,
     ) -> Core {
-        let mut trusted: BTreeSet<u32> = settings.borrow().trust_uids.iter().copied().collect();
-        trusted.insert(nix::unistd::geteuid().as_raw());
+        let trusted = trusted_uids(&settings.borrow());
         Core {
             home,
             settings,

@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use tokio::sync::watch;
 
 use super::Shared;
+use super::settings::Applied;
 use crate::api::{ApiError, AttachRequest, AttachResponse, DetachRequest, Refusal};
 use crate::config::StackConfig;
 use crate::home::Home;
@@ -192,130 +193,37 @@ async fn shutdown_handler(AxState(shared): AxState<Arc<Shared>>) -> Json<serde_j
     Json(serde_json::json!({}))
 }
 
+/// `up` on a running stack: the settings it wants, applied as [`super::settings`]
+/// plans. The files are written (bcrypt, promtool) on a blocking thread, and the
+/// core's lock is taken only after, for the daemon's own part.
 async fn config_handler(
     AxState(shared): AxState<Arc<Shared>>,
     Json(wanted): Json<StackConfig>,
 ) -> ApiResult<crate::api::ReconfigureResponse> {
-    let bad = |e: String| api_error(StatusCode::BAD_REQUEST, e);
-    let mut core = shared.core.lock().unwrap();
-    // The live settings, which include a port the supervisor moved Prometheus to.
-    let old = shared.settings.borrow().clone();
-    if wanted.prometheus_port != old.prometheus_port
-        || wanted.prometheus_bin != old.prometheus_bin
-        || wanted.grafana_port != old.grafana_port
-        || wanted.grafana_bin != old.grafana_bin
-        || wanted.sd_listen != old.sd_listen
-        || wanted.sd_tls_cert != old.sd_tls_cert
-        || wanted.sd_tls_key != old.sd_tls_key
-    {
-        return Err(bad(
-            "ports, binaries and --sd-listen change only on a fresh start (raywatch down, then up)"
-                .into(),
-        ));
-    }
-    // Validated before anything is replaced: a bad config keeps the last good one.
-    crate::prometheus::write_files(&core.home, &wanted).map_err(|e| bad(format!("{e:#}")))?;
-    crate::grafana::write_files(&core.home, &wanted).map_err(|e| bad(format!("{e:#}")))?;
-    wanted
-        .save(&core.home.config())
-        .map_err(|e| bad(format!("{e:#}")))?;
-    let mut changes = Vec::new();
-    let mut note = |what: &str, from: String, to: String| {
-        if from != to {
-            changes.push(format!("{what} {from} -> {to}"));
-        }
-    };
-    let d = |d: Duration| humantime::format_duration(d).to_string();
-    note(
-        "scrape interval",
-        d(old.scrape_interval),
-        d(wanted.scrape_interval),
-    );
-    note("retention", d(old.retention), d(wanted.retention));
-    note("liveness", d(old.liveness), d(wanted.liveness));
-    note(
-        "default roots",
-        old.default_roots.to_string(),
-        wanted.default_roots.to_string(),
-    );
-    note(
-        "watch",
-        format!("{:?}", old.watch),
-        format!("{:?}", wanted.watch),
-    );
-    note(
-        "trusted uids",
-        format!("{:?}", old.trust_uids),
-        format!("{:?}", wanted.trust_uids),
-    );
-    note(
-        "grafana anonymous",
-        old.grafana_anonymous.to_string(),
-        wanted.grafana_anonymous.to_string(),
-    );
-    let urls = |c: &StackConfig| {
-        c.remote_write
-            .iter()
-            .map(|r| crate::remote_write::redact(&r.url))
-            .collect::<Vec<_>>()
-    };
-    note(
-        "remote write",
-        format!("{:?}", urls(&old)),
-        format!("{:?}", urls(&wanted)),
-    );
-    note("agent", old.agent.to_string(), wanted.agent.to_string());
-    note("ray_host", old.ray_host(), wanted.ray_host());
-    note(
-        "query url",
-        format!("{:?}", old.query_url),
-        format!("{:?}", wanted.query_url),
-    );
-    note(
-        "sample limit",
-        old.sample_limit.to_string(),
-        wanted.sample_limit.to_string(),
-    );
-    note(
-        "dropped labels",
-        format!("{:?}", old.drop_labels),
-        format!("{:?}", wanted.drop_labels),
-    );
-    note(
-        "top's recording rules",
-        (!old.no_top_rules).to_string(),
-        (!wanted.no_top_rules).to_string(),
-    );
-    let reload = wanted.scrape_interval != old.scrape_interval
-        || wanted.no_top_rules != old.no_top_rules
-        || wanted.remote_write != old.remote_write
-        || wanted.ray_host() != old.ray_host()
-        || wanted.sample_limit != old.sample_limit
-        || wanted.drop_labels != old.drop_labels;
-
-    shared.settings.send_replace(wanted.clone());
-    core.registry.set_liveness(wanted.liveness);
-    core.trusted = wanted
-        .trust_uids
-        .iter()
-        .copied()
-        .chain([nix::unistd::geteuid().as_raw()])
-        .collect();
-    core.full_scan();
-    drop(core);
-    if wanted.retention != old.retention || wanted.agent != old.agent {
+    let writer = shared.writer.clone();
+    let Applied { new, plan } = tokio::task::spawn_blocking(move || writer.change(wanted))
+        .await
+        .map_err(|e| {
+            api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the change was not made: {e}"),
+            )
+        })?
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+    shared.core.lock().unwrap().follow_settings(&new);
+    if plan.restart_prometheus {
         shared.prometheus.restart();
-        changes.push("Prometheus restarted (retention and agent mode are flags)".into());
-    } else if reload {
+    } else if plan.reload_prometheus {
         shared.prometheus.signal(nix::sys::signal::Signal::SIGHUP);
-        changes.push("Prometheus reloaded (SIGHUP)".into());
     }
-    if (wanted.grafana_anonymous != old.grafana_anonymous
-        || wanted.scrape_interval != old.scrape_interval)
+    if plan.restart_grafana
         && let Some(g) = &shared.grafana
     {
         g.restart();
     }
+    let prometheus = plan.prometheus();
+    let mut changes = plan.changes;
+    changes.extend(prometheus.map(String::from));
     tracing::info!("configuration changed: {}", changes.join("; "));
     shared.wake.notify_one();
     Ok(Json(crate::api::ReconfigureResponse { changes }))

@@ -18,6 +18,7 @@ mod follow;
 mod lifecycle;
 mod probe;
 mod report;
+mod settings;
 
 pub use follow::Attachment;
 
@@ -37,6 +38,7 @@ use crate::targets::TargetsDir;
 use crate::watch::Watcher;
 use clusters::Core;
 use follow::Follow;
+use settings::SettingsWriter;
 
 /// A live cluster that missed one rewrite is re-read and its GCS asked.
 const OVERDUE: Duration = Duration::from_secs(7);
@@ -94,6 +96,8 @@ pub struct Shared {
     shutdown: watch::Sender<bool>,
     /// The live settings, the one owner of them (see the module's doc).
     settings: Arc<watch::Sender<StackConfig>>,
+    /// Their one writer, with the files made from them.
+    writer: Arc<SettingsWriter>,
     prometheus: Arc<Supervisor>,
     grafana: Option<Arc<Supervisor>>,
     /// The verified client of Prometheus, following its port.
@@ -256,25 +260,11 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
 
     // Prometheus, restarted with backoff. A port chosen by raywatch that someone
     // took meanwhile is replaced by a fresh one, in the live settings.
+    let writer = Arc::new(SettingsWriter::new(home.clone(), settings.clone()));
     let prometheus = {
-        let (home, settings, note) = (home.clone(), settings.clone(), port_note.clone());
+        let (home, writer, note) = (home.clone(), writer.clone(), port_note.clone());
         Arc::new(Supervisor::start("prometheus", move || {
-            let mut config = settings.borrow().clone();
-            if config.prometheus_port_auto && !crate::ports::is_free(config.prometheus_port) {
-                let fresh = crate::ports::free_port()?;
-                let msg = format!(
-                    "Prometheus moved from port {} to {fresh}: the old port was {}",
-                    config.prometheus_port,
-                    crate::process::describe_holder(config.prometheus_port)
-                );
-                tracing::warn!("{msg}");
-                *note.lock().unwrap() = Some(msg);
-                config.prometheus_port = fresh;
-                config.save(&home.config())?;
-                crate::prometheus::write_files(&home, &config)?;
-                crate::grafana::write_files(&home, &config)?;
-                settings.send_replace(config.clone());
-            }
+            let config = writer.for_prometheus_start(&note)?;
             Ok(Spec {
                 program: config.prometheus_bin.clone(),
                 args: crate::prometheus::args(&home, &config),
@@ -327,6 +317,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         wake: tokio::sync::Notify::new(),
         shutdown,
         settings: settings.clone(),
+        writer,
         prometheus: prometheus.clone(),
         grafana: grafana.clone(),
         client: Mutex::new(crate::prometheus::Client::new(
