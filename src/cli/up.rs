@@ -322,46 +322,11 @@ fn check_agent_support(bin: &Path) -> Result<()> {
 
 /// The fleet settings (remote write, agent mode, host label, central query, http_sd).
 fn apply_fleet(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
-    use crate::config::RemoteWrite;
     if args.no_remote_write {
         base.remote_write.clear();
     }
-    if !args.remote_write.is_empty() {
-        let bearer = args
-            .remote_write_bearer_file
-            .as_deref()
-            .map(|p| credential_file("--remote-write-bearer-file", p))
-            .transpose()?;
-        let basic = args
-            .remote_write_basic_auth_file
-            .as_deref()
-            .map(|p| credential_file("--remote-write-basic-auth-file", p))
-            .transpose()?;
-        let ca = args
-            .remote_write_ca_file
-            .as_deref()
-            .map(|p| credential_file("--remote-write-ca-file", p))
-            .transpose()?;
-        base.remote_write = args
-            .remote_write
-            .iter()
-            .map(|u| {
-                Ok(RemoteWrite {
-                    url: checked_url("--remote-write", u)?,
-                    bearer_file: bearer.clone(),
-                    basic_auth_file: basic.clone(),
-                    ca_file: ca.clone(),
-                })
-            })
-            .collect::<Result<_>>()?;
-    } else if args.remote_write_bearer_file.is_some()
-        || args.remote_write_basic_auth_file.is_some()
-        || args.remote_write_ca_file.is_some()
-    {
-        return Err(anyhow::anyhow!(
-            "--remote-write-*-file applies to the --remote-write URLs given with it"
-        ))
-        .hint("repeat the --remote-write URL(s) with the credential flag");
+    if let Some(remote_write) = remote_writes(args)? {
+        base.remote_write = remote_write;
     }
     if args.agent {
         base.agent = true;
@@ -397,6 +362,49 @@ fn apply_fleet(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     if let Some(f) = &args.query_bearer_file {
         base.query_bearer_file = Some(credential_file("--query-bearer-file", f)?);
     }
+    apply_sd(args, base)
+}
+
+/// The `--remote-write` URLs given, with the credential files given with them
+/// (None: no URL given, the saved list stays).
+fn remote_writes(args: &UpArgs) -> Result<Option<Vec<crate::config::RemoteWrite>>> {
+    let file = |flag: &str, p: &Option<PathBuf>| {
+        p.as_deref().map(|p| credential_file(flag, p)).transpose()
+    };
+    if args.remote_write.is_empty() {
+        if args.remote_write_bearer_file.is_some()
+            || args.remote_write_basic_auth_file.is_some()
+            || args.remote_write_ca_file.is_some()
+        {
+            return Err(anyhow::anyhow!(
+                "--remote-write-*-file applies to the --remote-write URLs given with it"
+            ))
+            .hint("repeat the --remote-write URL(s) with the credential flag");
+        }
+        return Ok(None);
+    }
+    let bearer = file("--remote-write-bearer-file", &args.remote_write_bearer_file)?;
+    let basic = file(
+        "--remote-write-basic-auth-file",
+        &args.remote_write_basic_auth_file,
+    )?;
+    let ca = file("--remote-write-ca-file", &args.remote_write_ca_file)?;
+    args.remote_write
+        .iter()
+        .map(|u| {
+            Ok(crate::config::RemoteWrite {
+                url: checked_url("--remote-write", u)?,
+                bearer_file: bearer.clone(),
+                basic_auth_file: basic.clone(),
+                ca_file: ca.clone(),
+            })
+        })
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
+/// The http_sd endpoint's settings.
+fn apply_sd(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     if args.no_sd_listen {
         base.sd_listen = None;
         base.sd_tls_cert = None;
