@@ -423,6 +423,16 @@ fn apply_sd(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     Ok(())
 }
 
+/// The daemon's arguments; `down` knows it by them ([`crate::daemon::StackProcess::marks`]).
+fn daemon_args(home: &Home) -> Vec<std::ffi::OsString> {
+    vec![
+        "--home".into(),
+        home.root().into(),
+        "daemon".into(),
+        "--log-file".into(),
+    ]
+}
+
 fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the raywatch executable")?;
@@ -434,9 +444,7 @@ fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
         .open(home.daemon_stderr())
         .with_context(|| format!("cannot open {}", escape::path(&home.daemon_stderr())))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--home")
-        .arg(home.root())
-        .args(["daemon", "--log-file"])
+    cmd.args(daemon_args(home))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -512,6 +520,19 @@ fn tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn down_knows_the_daemon_by_the_arguments_up_gives_it() {
+        let home = Home::resolve(Some("/h/raywatch".into())).unwrap();
+        let args: Vec<String> = daemon_args(&home)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let marks = crate::daemon::StackProcess::Daemon.marks(&home);
+        assert!(marks.on(&args));
+        let other = Home::resolve(Some("/h/raywatch2".into())).unwrap();
+        assert!(!crate::daemon::StackProcess::Daemon.marks(&other).on(&args));
+    }
 
     #[test]
     fn data_written_by_prometheus_3_is_not_handed_to_an_older_2x() {

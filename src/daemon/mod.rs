@@ -195,17 +195,61 @@ fn raise_fd_limit() {
     }
 }
 
-/// Stops a child a previous daemon left running (it was killed before it could),
-/// identified by its recorded PID and a command line naming this home.
-fn reap_stale_child(pid_file: &Path, marker: &str, what: &str) {
-    if let Some(pid) = crate::process::read_pid(pid_file) {
-        let ours = |cmd: &[String]| cmd.iter().any(|a| a.contains(marker));
-        if crate::process::alive(pid) && crate::process::cmdline(pid).is_some_and(|c| ours(&c)) {
-            tracing::warn!("stopping the {what} a previous daemon left running (pid {pid})");
-            crate::process::stop(pid, ours, Duration::ZERO);
+/// The processes of a stack that `down` and a new daemon find by recorded PID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackProcess {
+    Daemon,
+    Prometheus,
+    Grafana,
+}
+
+impl StackProcess {
+    pub const ALL: [StackProcess; 3] = [
+        StackProcess::Daemon,
+        StackProcess::Prometheus,
+        StackProcess::Grafana,
+    ];
+
+    pub fn pid_file(self, home: &Home) -> PathBuf {
+        match self {
+            StackProcess::Daemon => home.daemon_pid(),
+            StackProcess::Prometheus => home.prometheus_pid(),
+            StackProcess::Grafana => home.grafana_pid(),
         }
     }
-    let _ = fs_err::remove_file(pid_file);
+
+    /// What its command line carries (see [`crate::process::Marks`]): the home for
+    /// the daemon (`raywatch --home HOME daemon`), the config file the stack wrote
+    /// for Prometheus and Grafana.
+    pub fn marks(self, home: &Home) -> crate::process::Marks {
+        crate::process::Marks(match self {
+            StackProcess::Daemon => {
+                vec!["daemon".into(), home.root().to_string_lossy().into_owned()]
+            }
+            StackProcess::Prometheus => {
+                vec![format!("--config.file={}", home.prometheus_yml().display())]
+            }
+            StackProcess::Grafana => vec![format!(
+                "--config={}",
+                home.grafana_dir().join("grafana.ini").display()
+            )],
+        })
+    }
+
+    /// The recorded PID, when it still runs this process.
+    pub fn running(self, home: &Home) -> Option<u32> {
+        crate::process::read_pid(&self.pid_file(home)).filter(|&pid| self.marks(home).runs(pid))
+    }
+}
+
+/// Stops a child a previous daemon left running (it was killed before it could),
+/// identified by its recorded PID and its command line.
+fn reap_stale_child(home: &Home, child: StackProcess) {
+    if let Some(pid) = child.running(home) {
+        tracing::warn!("stopping the {child:?} a previous daemon left running (pid {pid})");
+        crate::process::stop(pid, &child.marks(home), Duration::ZERO);
+    }
+    let _ = fs_err::remove_file(child.pid_file(home));
 }
 
 /// Removes temp files a killed writer left behind (`.<name>.<pid>.tmp`, and
@@ -244,10 +288,8 @@ fn sweep_temp_files(home: &Home) {
 
 async fn serve(home: Home, config: StackConfig) -> Result<()> {
     sweep_temp_files(&home);
-    let yml = home.prometheus_yml().display().to_string();
-    reap_stale_child(&home.prometheus_pid(), &yml, "Prometheus");
-    let ini = home.grafana_dir().join("grafana.ini").display().to_string();
-    reap_stale_child(&home.grafana_pid(), &ini, "Grafana");
+    reap_stale_child(&home, StackProcess::Prometheus);
+    reap_stale_child(&home, StackProcess::Grafana);
     // A new password at every start: one that leaked (an old Ray file, a
     // squatter before this fix) stops working with the next `up`.
     let password = crate::prometheus::rotate_password(&home)?;
@@ -528,5 +570,25 @@ fn spawn_resolves(
             }
             let _ = tx.send((ep, owner));
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marks_are_on_the_command_lines_the_stack_runs() {
+        let home = Home::resolve(Some("/h/raywatch".into())).unwrap();
+        let config = StackConfig::default();
+        let prometheus = crate::prometheus::args(&home, &config);
+        assert!(StackProcess::Prometheus.marks(&home).on(&prometheus));
+        let grafana = crate::grafana::command(Path::new("/usr/sbin/grafana-server"), &home);
+        assert!(StackProcess::Grafana.marks(&home).on(&grafana));
+        // Each process' marks are its own.
+        assert!(!StackProcess::Grafana.marks(&home).on(&prometheus));
+        assert!(!StackProcess::Prometheus.marks(&home).on(&grafana));
+        let other = Home::resolve(Some("/h/other".into())).unwrap();
+        assert!(!StackProcess::Prometheus.marks(&other).on(&prometheus));
     }
 }
