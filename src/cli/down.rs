@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use crate::api::Method;
 use anyhow::{Context, Result};
 
 use super::{Exit, lock_home, runtime};
@@ -26,7 +25,7 @@ pub(super) fn down(home: &Home, purge: bool) -> Result<Exit> {
         .block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(5),
-                api::call(&home.socket(), Method::POST, "/v1/shutdown", None),
+                api::call(&home.socket(), api::Route::Shutdown, None),
             )
             .await
         })

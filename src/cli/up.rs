@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::api::Method;
 use anyhow::{Context, Result, anyhow};
 
 use super::args::UpArgs;
@@ -169,7 +168,7 @@ fn reconfigure(
         return Ok(Exit::Success);
     }
     let resp: crate::api::ReconfigureResponse = rt
-        .block_on(call_daemon(home, Method::POST, "/v1/config", Some(&wanted)))
+        .block_on(call_daemon(home, &wanted))
         .context("the running stack kept its previous configuration")?;
     println!(
         "raywatch is running for {}; applied: {}",

@@ -10,12 +10,12 @@ use anyhow::{Context, Result};
 use axum::Json;
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use tokio::sync::watch;
 
 use super::Shared;
 use super::settings::Applied;
-use crate::api::{ApiError, AttachRequest, AttachResponse, DetachRequest, Refusal};
+use crate::api::{ApiError, AttachRequest, AttachResponse, DetachRequest, Done, Refusal, Route};
 use crate::config::StackConfig;
 use crate::home::Home;
 use crate::status::StatusReport;
@@ -31,13 +31,11 @@ pub fn serve(
     let listener = tokio::net::UnixListener::bind(home.socket())
         .with_context(|| format!("cannot listen on {}", home.socket().display()))?;
     fs_err::set_permissions(home.socket(), std::fs::Permissions::from_mode(0o600))?;
-    let app = axum::Router::new()
-        .route("/v1/status", get(status_handler))
-        .route("/v1/attach", post(attach_handler))
-        .route("/v1/detach", post(detach_handler))
-        .route("/v1/shutdown", post(shutdown_handler))
-        .route("/v1/config", post(config_handler))
-        .with_state(shared);
+    let mut app = axum::Router::new();
+    for route in Route::ALL {
+        app = app.route(route.path(), handler(route)?);
+    }
+    let app = app.with_state(shared);
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -45,6 +43,19 @@ pub fn serve(
             })
             .await;
     }))
+}
+
+/// Each route's handler, under the route's method.
+fn handler(route: Route) -> Result<MethodRouter<Arc<Shared>>> {
+    let method = MethodFilter::try_from(route.method())
+        .with_context(|| format!("{route:?} has a method axum cannot route"))?;
+    Ok(match route {
+        Route::Status => on(method, status_handler),
+        Route::Attach => on(method, attach_handler),
+        Route::Detach => on(method, detach_handler),
+        Route::Shutdown => on(method, shutdown_handler),
+        Route::Config => on(method, config_handler),
+    })
 }
 
 type ApiResult<T> = Result<Json<T>, (StatusCode, Json<ApiError>)>;
@@ -174,12 +185,10 @@ async fn attach_handler(
 async fn detach_handler(
     AxState(shared): AxState<Arc<Shared>>,
     Json(req): Json<DetachRequest>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<Done> {
     let result = shared.core.lock().unwrap().detach(&req.name);
     shared.wake.notify_one();
-    result
-        .map(|()| Json(serde_json::json!({})))
-        .map_err(refused)
+    result.map(|()| Json(Done {})).map_err(refused)
 }
 
 /// An error answer whose HTTP status comes from the refusal's kind.
@@ -188,9 +197,9 @@ fn refused(r: Refusal) -> (StatusCode, Json<ApiError>) {
     api_error(code, r.to_string())
 }
 
-async fn shutdown_handler(AxState(shared): AxState<Arc<Shared>>) -> Json<serde_json::Value> {
+async fn shutdown_handler(AxState(shared): AxState<Arc<Shared>>) -> Json<Done> {
     let _ = shared.shutdown.send(true);
-    Json(serde_json::json!({}))
+    Json(Done {})
 }
 
 /// `up` on a running stack: the settings it wants, applied as [`super::settings`]
