@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::watch;
 
 use crate::config::StackConfig;
@@ -286,74 +286,18 @@ fn sweep_temp_files(home: &Home) {
     }
 }
 
+/// The daemon's life: files made ready, children started, the shared state
+/// built, the listeners opened, then the event loop until a stop, then the stop.
 async fn serve(home: Home, config: StackConfig) -> Result<()> {
-    sweep_temp_files(&home);
-    reap_stale_child(&home, StackProcess::Prometheus);
-    reap_stale_child(&home, StackProcess::Grafana);
-    // A new password at every start: one that leaked (an old Ray file, a
-    // squatter before this fix) stops working with the next `up`.
-    let password = crate::prometheus::rotate_password(&home)?;
-    crate::prometheus::write_files(&home, &config)?;
-    crate::grafana::write_files(&home, &config)?;
-    // The gateway for Ray: held by the daemon for its whole life.
-    let (gateway_listener, config) = bind_gateway(&home, config)?;
+    let (password, gateway_listener, config) = prepare(&home, config)?;
     let settings = Arc::new(watch::channel(config.clone()).0);
-    let port_note: Arc<Mutex<Option<String>>> = Arc::default();
-
-    // Prometheus, restarted with backoff. A port chosen by raywatch that someone
-    // took meanwhile is replaced by a fresh one, in the live settings.
     let writer = Arc::new(SettingsWriter::new(home.clone(), settings.clone()));
-    let prometheus = {
-        let (home, writer, note) = (home.clone(), writer.clone(), port_note.clone());
-        Arc::new(Supervisor::start("prometheus", move || {
-            let config = writer.for_prometheus_start(&note)?;
-            Ok(Spec {
-                program: config.prometheus_bin.clone(),
-                args: crate::prometheus::args(&home, &config),
-                log: home.prometheus_log(),
-                pid_file: home.prometheus_pid(),
-            })
-        }))
-    };
-
-    // Grafana, when a binary was found at `up`; supervised like Prometheus.
-    let grafana = config.grafana_bin.clone().map(|bin| {
-        let home = home.clone();
-        Arc::new(Supervisor::start("grafana", move || {
-            Ok(Spec {
-                program: bin.clone(),
-                args: crate::grafana::command(&bin, &home),
-                log: home.grafana_log(),
-                pid_file: home.grafana_pid(),
-            })
-        }))
-    });
-
-    let (fs_tx, mut fs_rx) = unbounded_channel::<PathBuf>();
-    let attachments: Vec<Attachment> = match fs_err::read(home.attachments()) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::error!(
-                "{} is not valid ({e}); starting with no attachments",
-                home.attachments().display()
-            );
-            Vec::new()
-        }),
-        Err(_) => Vec::new(),
-    };
-    let targets = TargetsDir::open(home.targets_dir(), home.targets_tmp())?;
-    let mut registry = Registry::new(config.liveness);
-    for (temp_dir, session, name) in targets.previous_names() {
-        registry.prefer(temp_dir, session, name);
-    }
-    let mut core = Core::new(
-        home.clone(),
-        settings.subscribe(),
-        registry,
-        targets,
-        Follow::new(Watcher::new(fs_tx.clone()), attachments),
-    );
-    core.open_history();
-    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let port_note: Arc<Mutex<Option<String>>> = Arc::default();
+    let prometheus = start_prometheus(&home, writer.clone(), port_note.clone());
+    let grafana = start_grafana(&home, &config);
+    let (fs_tx, fs_rx) = unbounded_channel::<PathBuf>();
+    let core = build_core(&home, &config, settings.subscribe(), &fs_tx)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
         wake: tokio::sync::Notify::new(),
@@ -376,102 +320,22 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     });
 
     let api = control::serve(&home, shared.clone(), shutdown_rx.clone())?;
-    let gateway = {
-        let upstream = Arc::new(crate::gateway::Upstream {
-            client: {
-                let shared = shared.clone();
-                Box::new(move || shared.client.lock().unwrap().clone())
-            },
-            counters: shared.gateway.counters.clone(),
-        });
-        let owner = crate::gateway::OwnerOnly::new(
-            nix::unistd::geteuid().as_raw(),
-            shared.gateway.counters.clone(),
-        );
-        tokio::spawn(crate::gateway::serve(
-            gateway_listener,
-            owner,
-            upstream,
-            shutdown_rx.clone(),
-        ))
-    };
-
-    let (owner_tx, mut owner_rx) = unbounded_channel::<(String, Option<String>)>();
-    let (dead_tx, mut dead_rx) = unbounded_channel::<(PathBuf, String)>();
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    {
-        let mut core = shared.core.lock().unwrap();
-        core.full_scan();
-        let due = core.publish();
-        drop(core);
-        spawn_resolves(&http, due, &owner_tx);
-    }
+    let gateway = start_gateway(&shared, gateway_listener, shutdown_rx.clone());
+    let event_loop = EventLoop::new(home.clone(), password, shared.clone(), fs_rx)?;
+    event_loop.publish_first();
     tracing::info!(
         "raywatch daemon up for {} (pid {})",
         home.root().display(),
         std::process::id()
     );
-
     let sd = match &config.sd_listen {
         Some(addr) => {
             Some(start_sd(&home, &config, addr, shared.clone(), shutdown_rx.clone()).await?)
         }
         None => None,
     };
+    event_loop.run(shutdown_rx).await?;
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut probes = Vec::new();
-        let wake_at = shared.core.lock().unwrap().next_deadline();
-        tokio::select! {
-            Some(p) = fs_rx.recv() => {
-                let mut batch = vec![p];
-                tokio::time::sleep(DEBOUNCE).await;
-                while let Ok(p) = fs_rx.try_recv() {
-                    batch.push(p);
-                }
-                shared.core.lock().unwrap().handle_events(batch);
-            }
-            _ = tick.tick() => {
-                probes = shared.core.lock().unwrap().tick();
-                let port = settings.borrow().prometheus_port;
-                let mut client = shared.client.lock().unwrap();
-                if client.port != port {
-                    *client = crate::prometheus::Client::new(port, password.clone(), Some(home.prometheus_pid()));
-                }
-            }
-            Some((ep, owner)) = owner_rx.recv() => {
-                shared.core.lock().unwrap().attribution.record(ep, owner, Instant::now());
-            }
-            Some((file, reason)) = dead_rx.recv() => {
-                let mut core = shared.core.lock().unwrap();
-                let change = core.registry.declare_dead(&file, SystemTime::now(), reason);
-                core.log_change(&file, change);
-            }
-            _ = shared.wake.notified() => {}
-            // Target files waiting for the write pace go out below.
-            _ = sleep_until(wake_at) => {}
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = shutdown_rx.changed() => { tracing::info!("stop requested"); break; }
-        }
-        for (file, addrs) in probes {
-            let tx = dead_tx.clone();
-            tokio::spawn(async move {
-                if probe::all_refused(&addrs).await {
-                    let _ = tx.send((
-                        file,
-                        format!("its GCS refuses connections ({})", addrs.join(", ")),
-                    ));
-                }
-            });
-        }
-        let due = shared.core.lock().unwrap().publish();
-        spawn_resolves(&http, due, &owner_tx);
-    }
     let _ = shared.shutdown.send(true);
     let _ = api.await;
     gateway.abort();
@@ -484,6 +348,239 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     prometheus.stop().await;
     drop(fs_tx);
     Ok(())
+}
+
+/// What comes before anything starts: temp files and children a killed daemon
+/// left are cleaned up, the password rotated, the files written, the gateway's
+/// port bound. Returns the password, the gateway's listener and the settings
+/// (with the gateway's port).
+fn prepare(
+    home: &Home,
+    config: StackConfig,
+) -> Result<(String, tokio::net::TcpListener, StackConfig)> {
+    sweep_temp_files(home);
+    reap_stale_child(home, StackProcess::Prometheus);
+    reap_stale_child(home, StackProcess::Grafana);
+    // A new password at every start: one that leaked (an old Ray file, a
+    // squatter before this fix) stops working with the next `up`.
+    let password = crate::prometheus::rotate_password(home)?;
+    crate::prometheus::write_files(home, &config)?;
+    crate::grafana::write_files(home, &config)?;
+    // The gateway for Ray: held by the daemon for its whole life.
+    let (listener, config) = bind_gateway(home, config)?;
+    Ok((password, listener, config))
+}
+
+/// Prometheus, restarted with backoff. A port chosen by raywatch that someone
+/// took meanwhile is replaced by a fresh one, in the live settings.
+fn start_prometheus(
+    home: &Home,
+    writer: Arc<SettingsWriter>,
+    port_note: Arc<Mutex<Option<String>>>,
+) -> Arc<Supervisor> {
+    let home = home.clone();
+    Arc::new(Supervisor::start("prometheus", move || {
+        let config = writer.for_prometheus_start(&port_note)?;
+        Ok(Spec {
+            program: config.prometheus_bin.clone(),
+            args: crate::prometheus::args(&home, &config),
+            log: home.prometheus_log(),
+            pid_file: home.prometheus_pid(),
+        })
+    }))
+}
+
+/// Grafana, when a binary was found at `up`; supervised like Prometheus.
+fn start_grafana(home: &Home, config: &StackConfig) -> Option<Arc<Supervisor>> {
+    config.grafana_bin.clone().map(|bin| {
+        let home = home.clone();
+        Arc::new(Supervisor::start("grafana", move || {
+            Ok(Spec {
+                program: bin.clone(),
+                args: crate::grafana::command(&bin, &home),
+                log: home.grafana_log(),
+                pid_file: home.grafana_pid(),
+            })
+        }))
+    })
+}
+
+/// The cluster core, with the attachments, the names and the history a previous
+/// daemon left; nothing is scanned yet.
+fn build_core(
+    home: &Home,
+    config: &StackConfig,
+    settings: watch::Receiver<StackConfig>,
+    fs_tx: &UnboundedSender<PathBuf>,
+) -> Result<Core> {
+    let attachments: Vec<Attachment> = match fs_err::read(home.attachments()) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::error!(
+                "{} is not valid ({e}); starting with no attachments",
+                home.attachments().display()
+            );
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    };
+    let targets = TargetsDir::open(home.targets_dir(), home.targets_tmp())?;
+    let mut registry = Registry::new(config.liveness);
+    for (temp_dir, session, name) in targets.previous_names() {
+        registry.prefer(temp_dir, session, name);
+    }
+    let mut core = Core::new(
+        home.clone(),
+        settings,
+        registry,
+        targets,
+        Follow::new(Watcher::new(fs_tx.clone()), attachments),
+    );
+    core.open_history();
+    Ok(core)
+}
+
+/// The gateway Ray's Dashboard queries, serving only this user.
+fn start_gateway(
+    shared: &Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let upstream = Arc::new(crate::gateway::Upstream {
+        client: {
+            let shared = shared.clone();
+            Box::new(move || shared.client.lock().unwrap().clone())
+        },
+        counters: shared.gateway.counters.clone(),
+    });
+    let owner = crate::gateway::OwnerOnly::new(
+        nix::unistd::geteuid().as_raw(),
+        shared.gateway.counters.clone(),
+    );
+    tokio::spawn(crate::gateway::serve(listener, owner, upstream, shutdown))
+}
+
+/// The daemon's event loop: folder events, the 1 s tick, owners resolved, dead
+/// clusters reported by probes, wake-ups and deadlines; after each, what is due
+/// is published.
+struct EventLoop {
+    home: Home,
+    password: String,
+    shared: Arc<Shared>,
+    fs_rx: UnboundedReceiver<PathBuf>,
+    owner_tx: UnboundedSender<(String, Option<String>)>,
+    owner_rx: UnboundedReceiver<(String, Option<String>)>,
+    dead_tx: UnboundedSender<(PathBuf, String)>,
+    dead_rx: UnboundedReceiver<(PathBuf, String)>,
+    http: reqwest::Client,
+}
+
+impl EventLoop {
+    fn new(
+        home: Home,
+        password: String,
+        shared: Arc<Shared>,
+        fs_rx: UnboundedReceiver<PathBuf>,
+    ) -> Result<EventLoop> {
+        let (owner_tx, owner_rx) = unbounded_channel();
+        let (dead_tx, dead_rx) = unbounded_channel();
+        Ok(EventLoop {
+            home,
+            password,
+            shared,
+            fs_rx,
+            owner_tx,
+            owner_rx,
+            dead_tx,
+            dead_rx,
+            http: reqwest::Client::builder().no_proxy().build()?,
+        })
+    }
+
+    /// The first full scan and publish.
+    fn publish_first(&self) {
+        let mut core = self.shared.core.lock().unwrap();
+        core.full_scan();
+        let due = core.publish();
+        drop(core);
+        spawn_resolves(&self.http, due, &self.owner_tx);
+    }
+
+    /// Runs until SIGTERM, SIGINT or a stop request.
+    async fn run(mut self, mut shutdown_rx: watch::Receiver<bool>) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = self.shared.clone();
+        loop {
+            let mut probes = Vec::new();
+            let wake_at = shared.core.lock().unwrap().next_deadline();
+            tokio::select! {
+                Some(p) = self.fs_rx.recv() => self.handle_fs_events(p).await,
+                _ = tick.tick() => probes = self.tick(),
+                Some((ep, owner)) = self.owner_rx.recv() => {
+                    shared.core.lock().unwrap().attribution.record(ep, owner, Instant::now());
+                }
+                Some((file, reason)) = self.dead_rx.recv() => {
+                    let mut core = shared.core.lock().unwrap();
+                    let change = core.registry.declare_dead(&file, SystemTime::now(), reason);
+                    core.log_change(&file, change);
+                }
+                _ = shared.wake.notified() => {}
+                // Target files waiting for the write pace go out below.
+                _ = sleep_until(wake_at) => {}
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = shutdown_rx.changed() => { tracing::info!("stop requested"); break; }
+            }
+            self.spawn_probes(probes);
+            let due = shared.core.lock().unwrap().publish();
+            spawn_resolves(&self.http, due, &self.owner_tx);
+        }
+        Ok(())
+    }
+
+    /// A folder event, with the rest of its writer's burst.
+    async fn handle_fs_events(&mut self, first: PathBuf) {
+        let mut batch = vec![first];
+        tokio::time::sleep(DEBOUNCE).await;
+        while let Ok(p) = self.fs_rx.try_recv() {
+            batch.push(p);
+        }
+        self.shared.core.lock().unwrap().handle_events(batch);
+    }
+
+    /// The core's 1 s tick; the Prometheus client follows a moved port. Returns
+    /// the clusters whose GCS is to be asked.
+    fn tick(&self) -> Vec<(PathBuf, Vec<String>)> {
+        let probes = self.shared.core.lock().unwrap().tick();
+        let port = self.shared.settings.borrow().prometheus_port;
+        let mut client = self.shared.client.lock().unwrap();
+        if client.port != port {
+            *client = crate::prometheus::Client::new(
+                port,
+                self.password.clone(),
+                Some(self.home.prometheus_pid()),
+            );
+        }
+        probes
+    }
+
+    /// Asks each cluster's GCS whether it still runs; one that refuses is reported dead.
+    fn spawn_probes(&self, probes: Vec<(PathBuf, Vec<String>)>) {
+        for (file, addrs) in probes {
+            let tx = self.dead_tx.clone();
+            tokio::spawn(async move {
+                if probe::all_refused(&addrs).await {
+                    let _ = tx.send((
+                        file,
+                        format!("its GCS refuses connections ({})", addrs.join(", ")),
+                    ));
+                }
+            });
+        }
+    }
 }
 
 /// Starts the http_sd endpoint (see [`crate::sd`]) on `addr`.
