@@ -72,33 +72,87 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
         crate::prometheus::Readiness::Refused(e) => Some(e.to_string()),
         _ => None,
     };
-    // Not ready: whether other users hold its connections (a walk of the kernel's
-    // established connections, off the event loop).
     let connections_held = if readiness == crate::prometheus::Readiness::NotReady {
-        let port = client.port;
-        tokio::task::spawn_blocking(move || {
-            let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            let by_uid = crate::process::connections_to(server);
-            crate::status::connections_held(&by_uid, nix::unistd::geteuid().as_raw(), port)
-        })
-        .await
-        .unwrap_or(None)
+        connections_held(client.port).await
     } else {
         None
     };
-    let mut health = HashMap::new();
-    let mut sd_errors = 0.0;
-    let mut sizes = crate::guard::ScrapeSizes::default();
-    let mut over_limit_scrapes = 0.0;
-    if ready {
+    let numbers = if ready {
+        Numbers::ask(&client).await
+    } else {
+        Numbers::default()
+    };
+    let grafana_ready = grafana_ready(&shared).await;
+    let (mut report, log) = {
+        let core = shared.core.lock().unwrap();
+        (
+            core.report(&shared, ready, grafana_ready, &numbers.health),
+            core.home.prometheus_log(),
+        )
+    };
+    report.prometheus.sd_watcher_errors = numbers.sd_errors;
+    if let Some(dir) = report.prometheus.data_dir.clone() {
+        // A walk of the data folder (a few hundred files): off the event loop.
+        let (bytes, free) = tokio::task::spawn_blocking(move || crate::prometheus::disk_use(&dir))
+            .await
+            .unwrap_or((0, None));
+        report.prometheus.data_bytes = Some(bytes);
+        report.prometheus.data_free_bytes = free;
+    }
+    let settings = shared.settings.borrow().clone();
+    crate::guard::annotate(
+        &mut report,
+        &numbers.health,
+        &numbers.sizes,
+        settings.sample_limit,
+    );
+    report.prometheus.scrapes_over_sample_limit = numbers.over_limit_scrapes;
+    report.prometheus.listener_problem = listener_problem;
+    report.prometheus.connections_held = connections_held;
+    if !settings.remote_write.is_empty() {
+        let own = if ready {
+            client.get_text("/metrics").await.unwrap_or_default()
+        } else {
+            String::new()
+        };
+        report.remote_write = crate::remote_write::status(&settings, &own, &log);
+    }
+    Ok(Json(report))
+}
+
+/// Prometheus not ready: whether other users hold its connections (a walk of the
+/// kernel's established connections, off the event loop).
+async fn connections_held(port: u16) -> Option<String> {
+    tokio::task::spawn_blocking(move || {
+        let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let by_uid = crate::process::connections_to(server);
+        crate::status::connections_held(&by_uid, nix::unistd::geteuid().as_raw(), port)
+    })
+    .await
+    .unwrap_or(None)
+}
+
+/// What the status report asks a ready Prometheus.
+#[derive(Default)]
+struct Numbers {
+    /// `up` of each (cluster, instance).
+    health: HashMap<(String, String), f64>,
+    sd_errors: f64,
+    sizes: crate::guard::ScrapeSizes,
+    over_limit_scrapes: f64,
+}
+
+impl Numbers {
+    async fn ask(client: &crate::prometheus::Client) -> Numbers {
+        let mut n = Numbers::default();
         if let Ok(samples) = client.query(&crate::guard::ScrapeSizes::promql()).await {
-            sizes = crate::guard::ScrapeSizes::from_samples(&samples);
+            n.sizes = crate::guard::ScrapeSizes::from_samples(&samples);
         }
         if let Ok(samples) = client
             .query("sum(prometheus_target_scrapes_exceeded_sample_limit_total)")
             .await
         {
-            over_limit_scrapes = samples
+            n.over_limit_scrapes = samples
                 .first()
                 .and_then(|s| s.value.1.parse().ok())
                 .unwrap_or(0.0);
@@ -110,7 +164,7 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
                 else {
                     continue;
                 };
-                health.insert(
+                n.health.insert(
                     (c.clone(), i.clone()),
                     s.value.1.parse::<f64>().unwrap_or(0.0),
                 );
@@ -120,57 +174,34 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
             .query("sum(prometheus_sd_file_watcher_errors_total)")
             .await
         {
-            sd_errors = samples
+            n.sd_errors = samples
                 .first()
                 .and_then(|s| s.value.1.parse().ok())
                 .unwrap_or(0.0);
         }
+        n
     }
-    let grafana_port = shared.settings.borrow().grafana_port;
-    let grafana_ready = shared
+}
+
+/// Whether Grafana runs and answers its health check.
+async fn grafana_ready(shared: &Shared) -> bool {
+    let running = shared
         .grafana
         .as_ref()
-        .is_some_and(|g| g.status.lock().unwrap().pid.is_some())
-        && reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("http client")
-            .get(format!("http://127.0.0.1:{}/api/health", grafana_port))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-    let (mut report, log) = {
-        let core = shared.core.lock().unwrap();
-        (
-            core.report(&shared, ready, grafana_ready, &health),
-            core.home.prometheus_log(),
-        )
-    };
-    report.prometheus.sd_watcher_errors = sd_errors;
-    if let Some(dir) = report.prometheus.data_dir.clone() {
-        // A walk of the data folder (a few hundred files): off the event loop.
-        let (bytes, free) = tokio::task::spawn_blocking(move || crate::prometheus::disk_use(&dir))
-            .await
-            .unwrap_or((0, None));
-        report.prometheus.data_bytes = Some(bytes);
-        report.prometheus.data_free_bytes = free;
+        .is_some_and(|g| g.status.lock().unwrap().pid.is_some());
+    if !running {
+        return false;
     }
-    let limit = shared.settings.borrow().sample_limit;
-    crate::guard::annotate(&mut report, &health, &sizes, limit);
-    report.prometheus.scrapes_over_sample_limit = over_limit_scrapes;
-    report.prometheus.listener_problem = listener_problem;
-    report.prometheus.connections_held = connections_held;
-    let settings = shared.settings.borrow().clone();
-    if !settings.remote_write.is_empty() {
-        let own = if ready {
-            client.get_text("/metrics").await.unwrap_or_default()
-        } else {
-            String::new()
-        };
-        report.remote_write = crate::remote_write::status(&settings, &own, &log);
-    }
-    Ok(Json(report))
+    let port = shared.settings.borrow().grafana_port;
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
+        .get(format!("http://127.0.0.1:{port}/api/health"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 async fn attach_handler(
