@@ -430,67 +430,76 @@ impl Core {
         let mut probes = Vec::new();
         for (f, o) in overdue {
             self.read_and_observe(&f, o);
-            let Some(c) = self.registry.get(&f.file) else {
-                continue;
-            };
-            if !c.is_live() || now.duration_since(c.last_change) <= OVERDUE {
-                continue;
-            }
-            if self
-                .probing
-                .get(&f.file)
-                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3))
-            {
-                continue;
-            }
-            let trusted = &self.trusted;
-            // A session keeps its GCS port for life: the one learnt is kept,
-            // whatever is planted where its files were. A temp-dir-level file
-            // (older Ray) outlives sessions, so its port is read again while
-            // it can be.
-            let port = match c.gcs_port {
-                Some(p) if c.found.session_dir.is_some() => Some(p),
-                known => {
-                    let fresh =
-                        probe::gcs_port(&c.found, &|uid| trusted.contains(&uid), &mut self.warned);
-                    if let Some(p) = fresh
-                        && known != fresh
-                    {
-                        self.registry.set_gcs_port(&f.file, p);
-                    }
-                    fresh.or(known)
-                }
-            };
-            let Some(port) = port else {
-                continue;
-            };
-            let Some(c) = self.registry.get(&f.file) else {
-                continue;
-            };
-            self.probing.insert(f.file.clone(), now);
-            // A process of its session still listening on the GCS port is a
-            // sign of life, however its files were moved or removed.
-            let mut holder = self.gcs_holders.get(&f.file).copied();
-            let listening = probe::gcs_listening(
-                port,
-                &c.found.session,
-                &|uid| trusted.contains(&uid),
-                &mut holder,
-            );
-            match holder {
-                Some(h) => self.gcs_holders.insert(f.file.clone(), h),
-                None => self.gcs_holders.remove(&f.file),
-            };
-            probes.push((f.file.clone(), probe::gcs_addresses(c, port)));
-            if listening {
-                self.registry.gcs_seen(&f.file, now);
-            }
+            probes.extend(self.probe_overdue(&f.file, now));
         }
         for change in self.registry.tick(now, wall) {
             self.log_change(Path::new(""), change);
         }
-        // Bookkeeping only for clusters that are still known, redone only
-        // when the clusters changed: an idle tick costs no walk of them all.
+        self.bookkeep(now);
+        self.record_history();
+        probes
+    }
+
+    /// A live cluster that missed its rewrites (re-read just now): its GCS port,
+    /// whether a process of its session still listens there (a sign of life), and
+    /// the addresses to probe; None when it is not due (not overdue, or probed
+    /// within 3 s) or its GCS port is unknown.
+    fn probe_overdue(&mut self, file: &Path, now: Instant) -> Option<(PathBuf, Vec<String>)> {
+        let c = self.registry.get(file)?;
+        if !c.is_live() || now.duration_since(c.last_change) <= OVERDUE {
+            return None;
+        }
+        if self
+            .probing
+            .get(file)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3))
+        {
+            return None;
+        }
+        let trusted = &self.trusted;
+        // A session keeps its GCS port for life: the one learnt is kept,
+        // whatever is planted where its files were. A temp-dir-level file
+        // (older Ray) outlives sessions, so its port is read again while
+        // it can be.
+        let port = match c.gcs_port {
+            Some(p) if c.found.session_dir.is_some() => Some(p),
+            known => {
+                let fresh =
+                    probe::gcs_port(&c.found, &|uid| trusted.contains(&uid), &mut self.warned);
+                if let Some(p) = fresh
+                    && known != fresh
+                {
+                    self.registry.set_gcs_port(file, p);
+                }
+                fresh.or(known)
+            }
+        }?;
+        let c = self.registry.get(file)?;
+        self.probing.insert(file.to_path_buf(), now);
+        // A process of its session still listening on the GCS port is a
+        // sign of life, however its files were moved or removed.
+        let mut holder = self.gcs_holders.get(file).copied();
+        let listening = probe::gcs_listening(
+            port,
+            &c.found.session,
+            &|uid| trusted.contains(&uid),
+            &mut holder,
+        );
+        match holder {
+            Some(h) => self.gcs_holders.insert(file.to_path_buf(), h),
+            None => self.gcs_holders.remove(file),
+        };
+        let probe = (file.to_path_buf(), probe::gcs_addresses(c, port));
+        if listening {
+            self.registry.gcs_seen(file, now);
+        }
+        Some(probe)
+    }
+
+    /// Bookkeeping only for clusters that are still known, redone only when the
+    /// clusters changed (an idle tick costs no walk of them all); the target files'
+    /// collection and the dashboards' harvest when due.
+    fn bookkeep(&mut self, now: Instant) {
         let registry = &self.registry;
         self.probing
             .retain(|f, _| registry.get(f).is_some_and(|c| c.is_live()));
@@ -517,8 +526,6 @@ impl Core {
         if changed || self.harvest_retry.values().any(|(at, _)| now >= *at) {
             self.harvest_dashboards();
         }
-        self.record_history();
-        probes
     }
 
     /// Copies the Grafana dashboards Ray generated in each live session, once.
