@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Instant, SystemTime};
 
 use super::clusters::Core;
-use crate::history::{self, HistoryLog, Identity, Record};
+use crate::history::{self, History, HistoryLog, Identity, Record};
 use crate::registry::{Cluster, Origin, State};
 
 impl Core {
@@ -47,78 +47,105 @@ impl Core {
             return;
         }
         self.history_generation = Some(generation);
-        let t = history::unix(wall);
         let settings = self.settings.borrow().clone();
         log.keep = settings.retention;
-        let host = settings.ray_host();
-        let mut records = Vec::new();
-        let mut present = BTreeSet::new();
-        let mut live = Vec::new();
-        for c in self.registry.clusters() {
-            let ident = identity(c, &host);
-            present.insert(ident.id.clone());
-            let known = log.history.entries.get(&ident.id);
-            match &c.state {
-                State::Live => {
-                    live.push(ident.id.clone());
-                    if known.is_none_or(|e| e.ended() || e.cluster != ident) {
-                        records.push(Record::Seen { t, cluster: ident });
-                    }
-                }
-                State::Dead { since, reason } => {
-                    // Dead on first sight (an old session folder) is no
-                    // cluster this stack saw live: not history.
-                    let Some(e) = known.filter(|e| !e.ended()) else {
-                        continue;
-                    };
-                    // The last rewrite raywatch saw, or for a cluster that
-                    // died while the daemon was down, its file's last write.
-                    let last = history::unix(c.mtime.min(c.last_change_wall).min(wall));
-                    let reason = if self.history_reconciled {
-                        reason.clone()
-                    } else {
-                        format!("found ended when raywatch restarted: {reason}")
-                    };
-                    records.push(Record::Ended {
-                        t: history::unix(*since),
-                        id: ident.id,
-                        last_seen: last.max(e.last_seen_unix),
-                        reason,
-                    });
-                }
-            }
-        }
-        // Live in the history, unknown to the registry: its files went while
-        // raywatch was down, or it is no longer followed (detached, unwatched).
-        for e in log.history.entries.values() {
-            if e.ended() || present.contains(&e.cluster.id) {
-                continue;
-            }
-            let reason = if self.history_reconciled {
-                "no longer followed (detached, or its folder is no longer watched)"
-            } else {
-                "found ended when raywatch restarted: its discovery file is gone"
-            };
-            records.push(Record::Ended {
-                t,
-                id: e.cluster.id.clone(),
-                last_seen: if self.history_reconciled {
-                    t
-                } else {
-                    e.last_seen_unix
-                },
-                reason: reason.into(),
-            });
-        }
+        let (mut records, live) = catch_up(
+            &log.history,
+            self.registry.clusters(),
+            &settings.ray_host(),
+            self.history_reconciled,
+            wall,
+        );
         self.history_reconciled = true;
         if !live.is_empty() && heartbeat_due {
             self.last_heartbeat = now;
-            records.push(Record::Alive { t, ids: live });
+            records.push(Record::Alive {
+                t: history::unix(wall),
+                ids: live,
+            });
         }
         if let Err(e) = log.append(records) {
             tracing::warn!("cannot record the cluster history: {e:#}");
         }
     }
+}
+
+/// What `history` lacks about `clusters` at `wall`: the records that bring it in
+/// line, and the ids of the live clusters. `reconciled`: whether it was brought in
+/// line before (else this is the daemon's start, and ends found are said so).
+fn catch_up<'a>(
+    history: &History,
+    clusters: impl Iterator<Item = &'a Cluster>,
+    host: &str,
+    reconciled: bool,
+    wall: SystemTime,
+) -> (Vec<Record>, Vec<String>) {
+    let t = history::unix(wall);
+    let mut records = Vec::new();
+    let mut present = BTreeSet::new();
+    let mut live = Vec::new();
+    for c in clusters {
+        let ident = identity(c, host);
+        present.insert(ident.id.clone());
+        let known = history.entries.get(&ident.id);
+        match &c.state {
+            State::Live => {
+                live.push(ident.id.clone());
+                if known.is_none_or(|e| e.ended() || e.cluster != ident) {
+                    records.push(Record::Seen { t, cluster: ident });
+                }
+            }
+            State::Dead { since, reason } => {
+                // Dead on first sight (an old session folder) is no
+                // cluster this stack saw live: not history.
+                let Some(e) = known.filter(|e| !e.ended()) else {
+                    continue;
+                };
+                // The last rewrite raywatch saw, or for a cluster that
+                // died while the daemon was down, its file's last write.
+                let last = history::unix(c.mtime.min(c.last_change_wall).min(wall));
+                let reason = if reconciled {
+                    reason.clone()
+                } else {
+                    format!("found ended when raywatch restarted: {reason}")
+                };
+                records.push(Record::Ended {
+                    t: history::unix(*since),
+                    id: ident.id,
+                    last_seen: last.max(e.last_seen_unix),
+                    reason,
+                });
+            }
+        }
+    }
+    records.extend(vanished(history, &present, reconciled, t));
+    (records, live)
+}
+
+/// Live in the history, unknown to the registry: its files went while raywatch
+/// was down, or it is no longer followed (detached, unwatched).
+fn vanished(
+    history: &History,
+    present: &BTreeSet<String>,
+    reconciled: bool,
+    t: f64,
+) -> Vec<Record> {
+    let reason = if reconciled {
+        "no longer followed (detached, or its folder is no longer watched)"
+    } else {
+        "found ended when raywatch restarted: its discovery file is gone"
+    };
+    history
+        .entries
+        .values()
+        .filter(|e| !e.ended() && !present.contains(&e.cluster.id))
+        .map(|e| Record::Ended {
+            t,
+            id: e.cluster.id.clone(),
+            last_seen: if reconciled { t } else { e.last_seen_unix },
+            reason: reason.into(),
+        })
+        .collect()
 }
 
 /// A cluster's identity as the history keeps it.
