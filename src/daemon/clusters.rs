@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 use tokio::sync::watch;
 
+use super::every::Every;
 use super::follow::{Attachment, Follow, Scope};
 use super::probe;
 use super::{OVERDUE, RESCAN, RESCAN_DEGRADED};
@@ -56,22 +57,24 @@ pub struct Core {
     published_by: HashMap<String, PathBuf>,
     /// Every group must be recomputed at the next publish (at start).
     publish_all: bool,
-    pub last_reconcile: Instant,
+    /// The published groups are compared with a full recomputation.
+    reconcile: Every,
     /// Who holds each listed endpoint; foreign ones are never published.
     pub endpoints: Endpoints,
-    pub last_verify: Instant,
+    /// Every endpoint is checked against the socket table.
+    verify: Every,
     /// This machine's addresses (refreshed by full scans).
     pub locals: BTreeSet<std::net::IpAddr>,
     /// Warnings about files in Ray's folders already logged (each is logged once).
     pub warned: BTreeSet<String>,
     /// Aged attribution answers are re-checked at this pace even when nothing changed.
-    pub last_contest_check: Instant,
+    contest_check: Every,
     /// Ticks spent looking for a new cluster's process (for its Slurm job).
     pub slurm_tries: HashMap<PathBuf, u32>,
     /// The cluster history (None when its file could not be opened: logged).
     pub history: Option<crate::history::HistoryLog>,
-    /// When live clusters were last recorded alive in the history.
-    pub last_heartbeat: Instant,
+    /// Live clusters are recorded alive in the history.
+    pub(super) heartbeat: Every,
     /// Whether the history was reconciled with the clusters found at start.
     pub history_reconciled: bool,
     /// The registry generation the history last caught up with.
@@ -134,15 +137,15 @@ impl Core {
             published_as: HashMap::new(),
             published_by: HashMap::new(),
             publish_all: true,
-            last_reconcile: Instant::now(),
+            reconcile: Every::new(RECONCILE, Instant::now()),
             endpoints: Endpoints::default(),
-            last_verify: Instant::now(),
+            verify: Every::new(VERIFY, Instant::now()),
             locals: crate::ports::local_addresses(),
             warned: BTreeSet::new(),
-            last_contest_check: Instant::now(),
+            contest_check: Every::new(CONTEST_CHECK, Instant::now()),
             slurm_tries: HashMap::new(),
             history: None,
-            last_heartbeat: Instant::now(),
+            heartbeat: Every::new(crate::history::HEARTBEAT, Instant::now()),
             history_reconciled: false,
             history_generation: None,
             gcs_unknown: HashMap::new(),
@@ -640,10 +643,7 @@ impl Core {
         for ep in &touched {
             dirty.extend(self.registry.claimants(ep).cloned());
         }
-        let recheck = now.duration_since(self.last_verify) >= VERIFY;
-        if recheck {
-            self.last_verify = now;
-        }
+        let recheck = self.verify.take(now);
         let trusted = &self.trusted;
         let registry = &self.registry;
         let verdicts = self.endpoints.update(
@@ -660,9 +660,9 @@ impl Core {
         // Contested endpoints to (re)resolve: when claims or verdicts changed,
         // and every 10 s for answers that aged. A foreign endpoint is never
         // scraped, not even to read its session.
-        let contest_check = now.duration_since(self.last_contest_check) >= CONTEST_CHECK;
+        let contest_check = self.contest_check.is_due(now);
         let due = if contest_check || !touched.is_empty() || !verdicts.is_empty() {
-            self.last_contest_check = now;
+            self.contest_check.done(now);
             let contested: BTreeMap<String, Vec<String>> = self
                 .registry
                 .contested()
@@ -676,8 +676,7 @@ impl Core {
         for file in &dirty {
             self.republish(file);
         }
-        if now.duration_since(self.last_reconcile) >= RECONCILE {
-            self.last_reconcile = now;
+        if self.reconcile.take(now) {
             self.reconcile_published();
         } else {
             #[cfg(debug_assertions)]

@@ -41,7 +41,7 @@ impl Core {
         // generation counts births, deaths, names and Slurm jobs) or a
         // heartbeat is due: an idle second costs no walk of every cluster.
         let generation = self.registry.generation();
-        let heartbeat_due = now.duration_since(self.last_heartbeat) >= history::HEARTBEAT;
+        let heartbeat_due = self.heartbeat.is_due(now);
         if self.history_reconciled && self.history_generation == Some(generation) && !heartbeat_due
         {
             return;
@@ -58,7 +58,7 @@ impl Core {
         );
         self.history_reconciled = true;
         if !live.is_empty() && heartbeat_due {
-            self.last_heartbeat = now;
+            self.heartbeat.done(now);
             records.push(Record::Alive {
                 t: history::unix(wall),
                 ids: live,

@@ -14,6 +14,7 @@
 
 mod clusters;
 mod control;
+mod every;
 mod follow;
 mod lifecycle;
 mod probe;
