@@ -697,6 +697,15 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = sleeper.id();
+        // Until it has exec'd, its command line is this test's.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cmdline(pid).is_some_and(|c| c.iter().any(|a| a == "30")) {
+            assert!(
+                Instant::now() < deadline,
+                "sleep 30 never showed its command line"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let other = Marks(vec!["--config.file=/nowhere.yml".into()]);
         assert!(!other.runs(pid));
         assert!(stop(pid, &other, Duration::ZERO), "not ours counts as gone");
