@@ -23,67 +23,10 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     if let Ok(report) = rt.block_on(fetch_status(home)) {
         return reconfigure(home, &rt, &args, previous, &report);
     }
-    let mut found_note = None;
-    let bin = match crate::install::locate(args.prometheus_bin.as_deref())? {
-        Some(found) => {
-            // Said once the stack is up: an error stays the first line of output.
-            found_note = Some(format!(
-                "Prometheus: {} ({})",
-                escape::path(&found.path),
-                found.describe()
-            ));
-            found.path
-        }
-        None => super::install::obtain(
-            &rt,
-            crate::install::Program::Prometheus,
-            args.yes,
-            "raywatch up",
-        )?,
-    };
-    let (port, auto) = match args.prometheus_port {
-        Some(p) => {
-            crate::ports::require_free(p, "Prometheus (--prometheus-port)")?;
-            (p, false)
-        }
-        None => match previous
-            .as_ref()
-            .filter(|c| crate::ports::is_free(c.prometheus_port))
-        {
-            Some(c) => (c.prometheus_port, c.prometheus_port_auto),
-            None => (crate::ports::free_port()?, true),
-        },
-    };
-    let grafana_bin = match crate::grafana::locate(args.grafana_bin.as_deref())? {
-        Some(bin) => Some(bin),
-        // One `raywatch install grafana` put in the cache; Grafana is optional, so a
-        // cache raywatch refuses costs Grafana, not the stack.
-        None => crate::install::cached(crate::install::Program::Grafana).unwrap_or_else(|e| {
-            let shown = super::error::render(&e);
-            eprint!(
-                "warning: not running the cached Grafana: {}",
-                shown.strip_prefix("error: ").unwrap_or(&shown)
-            );
-            None
-        }),
-    };
-    let grafana_port = match args.grafana_port {
-        Some(p) => {
-            crate::ports::require_free(p, "Grafana (--grafana-port)")?;
-            p
-        }
-        None => match previous.as_ref().filter(|c| {
-            c.grafana_port != 0 && c.grafana_port != port && crate::ports::is_free(c.grafana_port)
-        }) {
-            Some(c) => c.grafana_port,
-            None => loop {
-                let p = crate::ports::free_port()?;
-                if p != port {
-                    break p;
-                }
-            },
-        },
-    };
+    let (bin, found_note) = prometheus_bin(&rt, &args)?;
+    let (port, auto) = prometheus_port(&args, previous.as_ref())?;
+    let grafana_bin = grafana_bin(&args)?;
+    let grafana_port = grafana_port(&args, previous.as_ref(), port)?;
     // A new home starts from the defaults; the binaries and ports are set below.
     let mut config = previous.unwrap_or_default();
     let version = crate::prometheus::version(&bin);
@@ -129,6 +72,87 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     );
     println!("`raywatch status` lists what it finds.");
     Ok(Exit::Success)
+}
+
+/// The Prometheus to run, and the note naming the one found (said once the stack
+/// is up, so that an error stays the first line of output).
+fn prometheus_bin(
+    rt: &tokio::runtime::Runtime,
+    args: &UpArgs,
+) -> Result<(PathBuf, Option<String>)> {
+    Ok(
+        match crate::install::locate(args.prometheus_bin.as_deref())? {
+            Some(found) => {
+                let note = format!(
+                    "Prometheus: {} ({})",
+                    escape::path(&found.path),
+                    found.describe()
+                );
+                (found.path, Some(note))
+            }
+            None => (
+                super::install::obtain(
+                    rt,
+                    crate::install::Program::Prometheus,
+                    args.yes,
+                    "raywatch up",
+                )?,
+                None,
+            ),
+        },
+    )
+}
+
+/// Prometheus' port and whether raywatch chose it: the flag's, else the previous
+/// one while free, else a fresh one.
+fn prometheus_port(args: &UpArgs, previous: Option<&StackConfig>) -> Result<(u16, bool)> {
+    Ok(match args.prometheus_port {
+        Some(p) => {
+            crate::ports::require_free(p, "Prometheus (--prometheus-port)")?;
+            (p, false)
+        }
+        None => match previous.filter(|c| crate::ports::is_free(c.prometheus_port)) {
+            Some(c) => (c.prometheus_port, c.prometheus_port_auto),
+            None => (crate::ports::free_port()?, true),
+        },
+    })
+}
+
+/// The Grafana to run, if any.
+fn grafana_bin(args: &UpArgs) -> Result<Option<PathBuf>> {
+    Ok(match crate::grafana::locate(args.grafana_bin.as_deref())? {
+        Some(bin) => Some(bin),
+        // One `raywatch install grafana` put in the cache; Grafana is optional, so a
+        // cache raywatch refuses costs Grafana, not the stack.
+        None => crate::install::cached(crate::install::Program::Grafana).unwrap_or_else(|e| {
+            let shown = super::error::render(&e);
+            eprint!(
+                "warning: not running the cached Grafana: {}",
+                shown.strip_prefix("error: ").unwrap_or(&shown)
+            );
+            None
+        }),
+    })
+}
+
+/// Grafana's port (reserved even without Grafana): the flag's, else the previous
+/// one while free, else a fresh one other than Prometheus' `port`.
+fn grafana_port(args: &UpArgs, previous: Option<&StackConfig>, port: u16) -> Result<u16> {
+    if let Some(p) = args.grafana_port {
+        crate::ports::require_free(p, "Grafana (--grafana-port)")?;
+        return Ok(p);
+    }
+    if let Some(c) = previous.filter(|c| {
+        c.grafana_port != 0 && c.grafana_port != port && crate::ports::is_free(c.grafana_port)
+    }) {
+        return Ok(c.grafana_port);
+    }
+    loop {
+        let p = crate::ports::free_port()?;
+        if p != port {
+            return Ok(p);
+        }
+    }
 }
 
 /// `up` on a running stack: apply changed settings, or report that it runs.
