@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use super::every::Every;
 use super::follow::{Attachment, Follow, Scope};
 use super::probe;
+use super::published::Published;
 use super::{OVERDUE, RESCAN, RESCAN_DEGRADED};
 use crate::api::{AttachRequest, AttachResponse, Refusal};
 use crate::attribution::Attribution;
@@ -53,10 +54,7 @@ pub struct Core {
     /// The registry generation the per-cluster bookkeeping of `tick` last saw.
     bookkept_generation: Option<u64>,
     /// The name each file's group is published under, and back.
-    published_as: HashMap<PathBuf, String>,
-    published_by: HashMap<String, PathBuf>,
-    /// Every group must be recomputed at the next publish (at start).
-    publish_all: bool,
+    published: Published,
     /// The published groups are compared with a full recomputation.
     reconcile: Every,
     /// Who holds each listed endpoint; foreign ones are never published.
@@ -134,9 +132,7 @@ impl Core {
             harvested: BTreeSet::new(),
             harvest_retry: HashMap::new(),
             bookkept_generation: None,
-            published_as: HashMap::new(),
-            published_by: HashMap::new(),
-            publish_all: true,
+            published: Published::default(),
             reconcile: Every::new(RECONCILE, Instant::now()),
             endpoints: Endpoints::default(),
             verify: Every::new(VERIFY, Instant::now()),
@@ -599,24 +595,11 @@ impl Core {
         let owner = |t: &str| attribution.owner(t);
         let admitted = |t: &str| endpoints.admitted(t);
         let group = self.registry.group_for(file, &owner, &admitted);
-        if let Some(old) = self.published_as.get(file).cloned()
-            && group.as_ref().is_none_or(|(name, _)| *name != old)
-        {
-            self.published_as.remove(file);
-            if self.published_by.get(&old).is_some_and(|f| f == file) {
-                self.published_by.remove(&old);
-                self.targets.remove(&old);
-            }
+        let name = group.as_ref().map(|(name, _)| name.as_str());
+        if let Some(old) = self.published.set(file, name) {
+            self.targets.remove(&old);
         }
         if let Some((name, group)) = group {
-            if let Some(other) = self.published_by.get(&name)
-                && other != file
-            {
-                // The name passed from a cluster that left to this one.
-                self.published_as.remove(other);
-            }
-            self.published_by.insert(name.clone(), file.to_path_buf());
-            self.published_as.insert(file.to_path_buf(), name.clone());
             self.targets.upsert(&name, &group);
         }
     }
@@ -635,7 +618,7 @@ impl Core {
         self.look_up_slurm();
         let now = Instant::now();
         let (mut dirty, touched) = self.registry.take_changes();
-        if std::mem::take(&mut self.publish_all) {
+        if self.published.take_all() {
             dirty.extend(self.registry.clusters().map(|c| c.found.file.clone()));
         }
         // An endpoint whose claimants changed: each claimant's group may change
@@ -699,9 +682,7 @@ impl Core {
             tracing::error!(
                 "the published target groups differed from the clusters' (a raywatch bug): rewriting them"
             );
-            self.published_as.clear();
-            self.published_by.clear();
-            self.publish_all = true;
+            self.published.reset();
             self.targets.sync(&desired, Instant::now());
         }
     }

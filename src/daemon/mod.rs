@@ -18,6 +18,7 @@ mod every;
 mod follow;
 mod lifecycle;
 mod probe;
+mod published;
 mod report;
 mod settings;
 
