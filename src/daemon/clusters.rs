@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::every::Every;
 use super::follow::{Attachment, Follow, Scope};
+use super::harvest::Harvest;
 use super::probe;
 use super::published::Published;
 use super::{OVERDUE, RESCAN, RESCAN_DEGRADED};
@@ -29,10 +30,6 @@ const CONTEST_CHECK: Duration = Duration::from_secs(10);
 /// The published groups are compared with a full recomputation this often
 /// (a safety net: the groups are kept current incrementally).
 const RECONCILE: Duration = Duration::from_secs(60);
-/// The first and the longest pause between looks for a session's Grafana
-/// dashboards (Ray writes them as its Dashboard starts).
-const HARVEST_BACKOFF_MIN: Duration = Duration::from_secs(1);
-const HARVEST_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Everything the event loop and the API share, behind one lock.
 pub struct Core {
@@ -45,12 +42,8 @@ pub struct Core {
     pub attribution: Attribution,
     pub probing: HashMap<PathBuf, Instant>,
     pub trusted: BTreeSet<u32>,
-    /// Session dirs whose Grafana dashboards were copied.
-    pub harvested: BTreeSet<PathBuf>,
-    /// Session dirs whose dashboards are not there yet: when to look again,
-    /// and the pause after that (doubling up to [`HARVEST_BACKOFF_MAX`]), so
-    /// clusters without dashboards cost no folder walk every second.
-    harvest_retry: HashMap<PathBuf, (Instant, Duration)>,
+    /// Session dirs whose Grafana dashboards were copied, or are to be looked at again.
+    harvest: Harvest,
     /// The registry generation the per-cluster bookkeeping of `tick` last saw.
     bookkept_generation: Option<u64>,
     /// The name each file's group is published under, and back.
@@ -129,8 +122,7 @@ impl Core {
             attribution: Attribution::default(),
             probing: HashMap::new(),
             trusted,
-            harvested: BTreeSet::new(),
-            harvest_retry: HashMap::new(),
+            harvest: Harvest::default(),
             bookkept_generation: None,
             published: Published::default(),
             reconcile: Every::new(RECONCILE, Instant::now()),
@@ -518,11 +510,10 @@ impl Core {
                 .filter_map(|c| c.found.session_dir.clone())
                 .collect();
             self.follow.watcher.set_quiet(&live);
-            self.harvested.retain(|d| sessions.contains(d));
-            self.harvest_retry.retain(|d, _| sessions.contains(d));
+            self.harvest.keep_only(&sessions);
         }
         self.targets.collect(now);
-        if changed || self.harvest_retry.values().any(|(at, _)| now >= *at) {
+        if changed || self.harvest.retry_due(now) {
             self.harvest_dashboards();
         }
     }
@@ -535,8 +526,7 @@ impl Core {
             .clusters()
             .filter(|c| c.is_live())
             .filter_map(|c| c.found.session_dir.as_ref())
-            .filter(|d| !self.harvested.contains(*d))
-            .filter(|d| self.harvest_retry.get(*d).is_none_or(|(at, _)| now >= *at))
+            .filter(|d| self.harvest.wants(d, now))
             .cloned()
             .collect();
         let mut changed = false;
@@ -545,15 +535,14 @@ impl Core {
                 Ok((any, new)) => {
                     changed |= new;
                     if any {
-                        self.harvest_retry.remove(&dir);
-                        self.harvested.insert(dir);
+                        self.harvest.copied(dir);
                     } else {
-                        self.harvest_later(dir, now);
+                        self.harvest.later(dir, now);
                     }
                 }
                 Err(e) => {
                     tracing::warn!("cannot copy Ray's dashboards from {}: {e:#}", dir.display());
-                    self.harvest_later(dir, now);
+                    self.harvest.later(dir, now);
                 }
             }
         }
@@ -565,17 +554,6 @@ impl Core {
         {
             tracing::warn!("cannot write Ray's dashboards: {e:#}");
         }
-    }
-
-    /// Schedules the next look for `dir`'s dashboards, each pause twice the last.
-    fn harvest_later(&mut self, dir: PathBuf, now: Instant) {
-        let pause = self
-            .harvest_retry
-            .get(&dir)
-            .map_or(HARVEST_BACKOFF_MIN, |(_, p)| {
-                (*p * 2).min(HARVEST_BACKOFF_MAX)
-            });
-        self.harvest_retry.insert(dir, (now + pause, pause));
     }
 
     /// The target groups to publish: what the registry wants, less every

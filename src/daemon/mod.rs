@@ -16,6 +16,7 @@ mod clusters;
 mod control;
 mod every;
 mod follow;
+mod harvest;
 mod lifecycle;
 mod probe;
 mod published;
