@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::every::Every;
 use super::follow::{Attachment, Follow, Scope};
 use super::harvest::Harvest;
-use super::probe;
+use super::probe::{self, PortLooks};
 use super::published::Published;
 use super::{OVERDUE, RESCAN, RESCAN_DEGRADED};
 use crate::api::{AttachRequest, AttachResponse, Refusal};
@@ -72,7 +72,7 @@ pub struct Core {
     pub history_generation: Option<u64>,
     /// New clusters whose GCS port was not found yet: when to look again, and
     /// how many looks are left.
-    gcs_unknown: HashMap<PathBuf, (Instant, u32)>,
+    gcs_unknown: PortLooks,
     /// The GCS process (pid, listening socket) last found for each cluster.
     gcs_holders: HashMap<PathBuf, (u32, u64)>,
 }
@@ -83,10 +83,6 @@ fn trusted_uids(settings: &StackConfig) -> BTreeSet<u32> {
     trusted.insert(nix::unistd::geteuid().as_raw());
     trusted
 }
-
-/// How many times, and how often, raywatch looks for a new cluster's GCS port.
-const GCS_PORT_TRIES: u32 = 6;
-const GCS_PORT_RETRY: Duration = Duration::from_secs(5);
 
 /// How many times raywatch looks for a new cluster's process.
 const SLURM_TRIES: u32 = 10;
@@ -136,7 +132,7 @@ impl Core {
             heartbeat: Every::new(crate::history::HEARTBEAT, Instant::now()),
             history_reconciled: false,
             history_generation: None,
-            gcs_unknown: HashMap::new(),
+            gcs_unknown: PortLooks::default(),
             gcs_holders: HashMap::new(),
         }
     }
@@ -216,32 +212,20 @@ impl Core {
     /// place; a cluster whose port is not there yet is looked at again later.
     fn learn_gcs_port(&mut self, file: &Path, now: Instant) {
         let Some(c) = self.registry.get(file) else {
-            self.gcs_unknown.remove(file);
+            self.gcs_unknown.stop(file);
             return;
         };
         if c.gcs_port.is_some() || !c.is_live() {
-            self.gcs_unknown.remove(file);
+            self.gcs_unknown.stop(file);
             return;
         }
         let trusted = &self.trusted;
         match probe::gcs_port(&c.found, &|uid| trusted.contains(&uid), &mut self.warned) {
             Some(port) => {
                 self.registry.set_gcs_port(file, port);
-                self.gcs_unknown.remove(file);
+                self.gcs_unknown.stop(file);
             }
-            None => {
-                let left = self
-                    .gcs_unknown
-                    .get(file)
-                    .map_or(GCS_PORT_TRIES, |(_, n)| *n)
-                    .saturating_sub(1);
-                if left == 0 {
-                    self.gcs_unknown.remove(file);
-                } else {
-                    self.gcs_unknown
-                        .insert(file.to_path_buf(), (now + GCS_PORT_RETRY, left));
-                }
-            }
+            None => self.gcs_unknown.missed(file, now),
         }
     }
 
@@ -409,13 +393,7 @@ impl Core {
             .into_iter()
             .map(|c| (c.found.clone(), c.origin.clone()))
             .collect();
-        let retry: Vec<PathBuf> = self
-            .gcs_unknown
-            .iter()
-            .filter(|(_, (at, _))| now >= *at)
-            .map(|(f, _)| f.clone())
-            .collect();
-        for f in retry {
+        for f in self.gcs_unknown.due(now) {
             self.learn_gcs_port(&f, now);
         }
         let mut probes = Vec::new();
