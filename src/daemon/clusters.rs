@@ -33,15 +33,15 @@ const RECONCILE: Duration = Duration::from_secs(60);
 
 /// Everything the event loop and the API share, behind one lock.
 pub struct Core {
-    pub home: Home,
+    pub(super) home: Home,
     /// The live settings: owned by the daemon's `watch` channel, read here.
-    pub settings: watch::Receiver<StackConfig>,
-    pub registry: Registry,
-    pub targets: TargetsDir,
-    pub follow: Follow,
-    pub attribution: Attribution,
-    pub probing: HashMap<PathBuf, Instant>,
-    pub trusted: BTreeSet<u32>,
+    pub(super) settings: watch::Receiver<StackConfig>,
+    pub(super) registry: Registry,
+    pub(super) targets: TargetsDir,
+    pub(super) follow: Follow,
+    pub(super) attribution: Attribution,
+    probing: HashMap<PathBuf, Instant>,
+    trusted: BTreeSet<u32>,
     /// Session dirs whose Grafana dashboards were copied, or are to be looked at again.
     harvest: Harvest,
     /// The registry generation the per-cluster bookkeeping of `tick` last saw.
@@ -51,25 +51,25 @@ pub struct Core {
     /// The published groups are compared with a full recomputation.
     reconcile: Every,
     /// Who holds each listed endpoint; foreign ones are never published.
-    pub endpoints: Endpoints,
+    pub(super) endpoints: Endpoints,
     /// Every endpoint is checked against the socket table.
     verify: Every,
     /// This machine's addresses (refreshed by full scans).
-    pub locals: BTreeSet<std::net::IpAddr>,
+    locals: BTreeSet<std::net::IpAddr>,
     /// Warnings about files in Ray's folders already logged (each is logged once).
-    pub warned: BTreeSet<String>,
+    warned: BTreeSet<String>,
     /// Aged attribution answers are re-checked at this pace even when nothing changed.
     contest_check: Every,
     /// Ticks spent looking for a new cluster's process (for its Slurm job).
-    pub slurm_tries: HashMap<PathBuf, u32>,
+    slurm_tries: HashMap<PathBuf, u32>,
     /// The cluster history (None when its file could not be opened: logged).
-    pub history: Option<crate::history::HistoryLog>,
+    pub(super) history: Option<crate::history::HistoryLog>,
     /// Live clusters are recorded alive in the history.
     pub(super) heartbeat: Every,
     /// Whether the history was reconciled with the clusters found at start.
-    pub history_reconciled: bool,
+    pub(super) history_reconciled: bool,
     /// The registry generation the history last caught up with.
-    pub history_generation: Option<u64>,
+    pub(super) history_generation: Option<u64>,
     /// New clusters whose GCS port was not found yet: when to look again, and
     /// how many looks are left.
     gcs_unknown: PortLooks,
