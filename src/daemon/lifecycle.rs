@@ -171,3 +171,75 @@ fn identity(c: &Cluster, host: &str) -> Identity {
         slurm_job_name: job_name,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Entry;
+
+    fn entry(id: &str, ended: bool) -> Entry {
+        Entry {
+            cluster: Identity {
+                id: id.into(),
+                name: format!("{id}-ray"),
+                session: "session_2026-11-27_13-26-35_555015_2972".into(),
+                session_dir: None,
+                temp_dir: "/tmp/ray".into(),
+                discovery_file: format!("/tmp/ray/{id}").into(),
+                user: "alice".into(),
+                host: "h".into(),
+                source: "watch".into(),
+                slurm_job_id: None,
+                slurm_job_name: None,
+            },
+            first_seen_unix: 100.0,
+            last_seen_unix: 200.0,
+            ended_unix: ended.then_some(300.0),
+            end_reason: ended.then(|| "gone".into()),
+        }
+    }
+
+    fn history() -> History {
+        let mut h = History::default();
+        for (id, ended) in [("live", false), ("ended", true), ("followed", false)] {
+            h.entries.insert(id.into(), entry(id, ended));
+        }
+        h
+    }
+
+    #[test]
+    fn a_live_cluster_no_longer_followed_ends_now() {
+        let present = BTreeSet::from(["followed".to_string()]);
+        let records = vanished(&history(), &present, true, 500.0);
+        assert_eq!(
+            records,
+            [Record::Ended {
+                t: 500.0,
+                id: "live".into(),
+                last_seen: 500.0,
+                reason: "no longer followed (detached, or its folder is no longer watched)".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn at_start_a_live_cluster_whose_file_went_ends_when_it_was_last_seen() {
+        let records = vanished(&history(), &BTreeSet::new(), false, 500.0);
+        let ended: Vec<(&str, f64)> = records
+            .iter()
+            .map(|r| match r {
+                Record::Ended {
+                    id,
+                    last_seen,
+                    reason,
+                    ..
+                } => {
+                    assert!(reason.starts_with("found ended when raywatch restarted"));
+                    (id.as_str(), *last_seen)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ended, [("followed", 200.0), ("live", 200.0)]);
+    }
+}
