@@ -1,4 +1,6 @@
 //! The control API: HTTP over a Unix socket in `<home>/run/` that only the owner can open.
+//! Its routes ([`Route`]) and typed requests ([`Request`]) are declared here once,
+//! for the CLI's client ([`request`]) and the daemon's router alike.
 
 use std::path::Path;
 
@@ -6,7 +8,101 @@ use crate::error::HintExt;
 use anyhow::{Context, Result};
 use axum::body::Bytes;
 pub use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::config::StackConfig;
+use crate::status::StatusReport;
+
+/// A route of the control API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The status report.
+    Status,
+    /// Follow a folder outside the watched roots.
+    Attach,
+    /// Let an attached folder go.
+    Detach,
+    /// Stop the stack.
+    Shutdown,
+    /// Apply changed settings.
+    Config,
+}
+
+impl Route {
+    pub const ALL: [Route; 5] = [
+        Route::Status,
+        Route::Attach,
+        Route::Detach,
+        Route::Shutdown,
+        Route::Config,
+    ];
+
+    pub const fn path(self) -> &'static str {
+        match self {
+            Route::Status => "/v1/status",
+            Route::Attach => "/v1/attach",
+            Route::Detach => "/v1/detach",
+            Route::Shutdown => "/v1/shutdown",
+            Route::Config => "/v1/config",
+        }
+    }
+
+    pub fn method(self) -> Method {
+        match self {
+            Route::Status => Method::GET,
+            Route::Attach | Route::Detach | Route::Shutdown | Route::Config => Method::POST,
+        }
+    }
+}
+
+/// A request of the control API: its route, whether it has a body (itself, as
+/// JSON), and the answer it gets.
+pub trait Request: Serialize {
+    const ROUTE: Route;
+    const HAS_BODY: bool = true;
+    type Response: DeserializeOwned;
+}
+
+/// Asks for the status report.
+#[derive(Debug, Serialize)]
+pub struct StatusRequest;
+
+impl Request for StatusRequest {
+    const ROUTE: Route = Route::Status;
+    const HAS_BODY: bool = false;
+    type Response = StatusReport;
+}
+
+/// Asks the daemon to stop the stack.
+#[derive(Debug, Serialize)]
+pub struct ShutdownRequest;
+
+impl Request for ShutdownRequest {
+    const ROUTE: Route = Route::Shutdown;
+    const HAS_BODY: bool = false;
+    type Response = Done;
+}
+
+/// The settings `up` wants on a running stack.
+impl Request for StackConfig {
+    const ROUTE: Route = Route::Config;
+    type Response = ReconfigureResponse;
+}
+
+impl Request for AttachRequest {
+    const ROUTE: Route = Route::Attach;
+    type Response = AttachResponse;
+}
+
+impl Request for DetachRequest {
+    const ROUTE: Route = Route::Detach;
+    type Response = Done;
+}
+
+/// The answer of a request that has nothing to say but that it was done: `{}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Done {}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AttachRequest {
@@ -105,13 +201,8 @@ pub struct Unreadable {
 pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Sends one request to the daemon and returns the status and body.
-pub async fn call(
-    socket: &Path,
-    method: Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<(u16, Bytes)> {
-    match tokio::time::timeout(TIMEOUT, call_untimed(socket, method, path, body)).await {
+pub async fn call(socket: &Path, route: Route, body: Option<Vec<u8>>) -> Result<(u16, Bytes)> {
+    match tokio::time::timeout(TIMEOUT, call_untimed(socket, route, body)).await {
         Ok(r) => r,
         Err(_) => Err(anyhow::anyhow!(
             "the raywatch daemon did not answer within {} s on {}",
@@ -122,19 +213,14 @@ pub async fn call(
     }
 }
 
-async fn call_untimed(
-    socket: &Path,
-    method: Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<(u16, Bytes)> {
+async fn call_untimed(socket: &Path, route: Route, body: Option<Vec<u8>>) -> Result<(u16, Bytes)> {
     // reqwest over the Unix socket; the host name is only for the request line.
     let client = reqwest::Client::builder()
         .unix_socket(socket)
         .build()
         .context("cannot build the control client")?;
     let resp = client
-        .request(method, format!("http://raywatch{path}"))
+        .request(route.method(), format!("http://raywatch{}", route.path()))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.unwrap_or_default())
         .send()
@@ -170,15 +256,10 @@ fn io_cause(e: &reqwest::Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Sends a request and decodes a JSON answer, turning error answers into errors.
-pub async fn call_json<T: for<'de> Deserialize<'de>>(
-    socket: &Path,
-    method: Method,
-    path: &str,
-    body: Option<&impl Serialize>,
-) -> Result<T> {
-    let body = body.map(serde_json::to_vec).transpose()?;
-    let (status, bytes) = call(socket, method, path, body).await?;
+/// Sends a request and decodes its JSON answer, turning error answers into errors.
+pub async fn request<R: Request>(socket: &Path, req: &R) -> Result<R::Response> {
+    let body = R::HAS_BODY.then(|| serde_json::to_vec(req)).transpose()?;
+    let (status, bytes) = call(socket, R::ROUTE, body).await?;
     if !(200..300).contains(&status) {
         let msg = serde_json::from_slice::<ApiError>(&bytes)
             .map(|e| e.error)
@@ -192,4 +273,28 @@ pub async fn call_json<T: for<'de> Deserialize<'de>>(
         }
         .into()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_its_own_path_under_v1() {
+        let mut paths: Vec<_> = Route::ALL.iter().map(|r| r.path()).collect();
+        assert!(paths.iter().all(|p| p.starts_with("/v1/")), "{paths:?}");
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), Route::ALL.len());
+        // Only the status report is read with GET; everything that changes the stack is POST.
+        for r in Route::ALL {
+            assert_eq!(r.method() == Method::GET, r == Route::Status, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_done_answer_is_an_empty_object() {
+        assert_eq!(serde_json::to_string(&Done {}).unwrap(), "{}");
+        let _: Done = serde_json::from_str("{}").unwrap();
+    }
 }

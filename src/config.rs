@@ -6,10 +6,21 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// How often a new home's Prometheus scrapes (`up --scrape-interval`).
+pub const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a new home's Prometheus keeps samples (`up --retention`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// How long a new home waits for a discovery file's rewrite (`up --liveness`).
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(20);
+/// The datasource name Ray's Dashboard expects unless `RAY_PROMETHEUS_NAME` says otherwise.
+pub const DEFAULT_PROMETHEUS_NAME: &str = "Prometheus";
+
 /// Everything the daemon needs to run a stack. Written by `up`, read by the
 /// daemon, which also writes it when it changes a setting itself (a port it
-/// had to move).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// had to move). Its [`Default`] is a new home's settings, the defaults `up --help`
+/// names; how a change of each field reaches a running stack is the daemon's
+/// settings table (`daemon::settings`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StackConfig {
     /// The Prometheus binary the daemon runs.
     pub prometheus_bin: PathBuf,
@@ -107,6 +118,40 @@ pub struct RemoteWrite {
     pub ca_file: Option<PathBuf>,
 }
 
+impl Default for StackConfig {
+    /// A new home's settings; `up` fills in the binaries and ports it finds.
+    fn default() -> StackConfig {
+        StackConfig {
+            prometheus_bin: PathBuf::new(),
+            prometheus_version: None,
+            prometheus_port: 0,
+            prometheus_port_auto: true,
+            scrape_interval: DEFAULT_SCRAPE_INTERVAL,
+            retention: DEFAULT_RETENTION,
+            default_roots: true,
+            watch: Vec::new(),
+            liveness: DEFAULT_LIVENESS,
+            trust_uids: Vec::new(),
+            grafana_bin: None,
+            grafana_port: 0,
+            grafana_anonymous: false,
+            gateway_port: 0,
+            prometheus_name: DEFAULT_PROMETHEUS_NAME.into(),
+            remote_write: Vec::new(),
+            agent: false,
+            host_label: None,
+            query_url: None,
+            query_bearer_file: None,
+            sd_listen: None,
+            sd_tls_cert: None,
+            sd_tls_key: None,
+            sample_limit: Default::default(),
+            drop_labels: Vec::new(),
+            no_top_rules: false,
+        }
+    }
+}
+
 impl StackConfig {
     /// The `ray_host` label: `--host-label`, else this machine's short host name.
     pub fn ray_host(&self) -> String {
@@ -122,7 +167,7 @@ pub fn short_hostname() -> String {
 }
 
 fn default_prometheus_name() -> String {
-    "Prometheus".into()
+    DEFAULT_PROMETHEUS_NAME.into()
 }
 
 impl StackConfig {
@@ -178,6 +223,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_home_scrapes_every_10s_keeps_30_days_and_watches_the_default_roots() {
+        let c = StackConfig::default();
+        assert_eq!(c.scrape_interval, Duration::from_secs(10));
+        assert_eq!(c.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.liveness, Duration::from_secs(20));
+        assert!(c.default_roots && c.prometheus_port_auto && !c.agent);
+        assert_eq!(c.prometheus_name, "Prometheus");
+        assert_eq!(
+            humantime::format_duration(c.retention).to_string(),
+            "30days",
+            "`up --help` shows it so"
+        );
+    }
 
     #[test]
     fn prometheus_durations() {

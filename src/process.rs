@@ -111,14 +111,36 @@ pub fn read_pid(path: &Path) -> Option<u32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Stops `pid`, but only while it still runs a command line `is_ours`
-/// recognises (a recycled PID is never signalled): waits up to `patience` for it
+/// How raywatch tells a process it started from another that reuses its recorded
+/// PID: the command line carries every one of these arguments, each exactly. One
+/// rule for `down` and for the daemon's start; no marks match nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marks(pub Vec<String>);
+
+impl Marks {
+    /// Whether the command line `cmd` carries every mark.
+    pub fn on(&self, cmd: &[String]) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|m| cmd.iter().any(|a| a == m))
+    }
+
+    /// Whether `pid` runs (not a zombie) a command line carrying every mark.
+    pub fn runs(&self, pid: u32) -> bool {
+        alive(pid) && cmdline(pid).is_some_and(|c| self.on(&c))
+    }
+}
+
+/// Stops `pid`, but only while it still runs a command line with the `ours`
+/// marks (a recycled PID is never signalled): waits up to `patience` for it
 /// to exit by itself, then SIGTERM, 15 s of grace, then SIGKILL. Returns whether
 /// it is gone.
-pub fn stop(pid: u32, is_ours: impl Fn(&[String]) -> bool, patience: Duration) -> bool {
+pub fn stop(pid: u32, ours: &Marks, patience: Duration) -> bool {
     use nix::sys::signal::{Signal, kill};
+    if pid == 0 {
+        // `kill(0, …)` would signal raywatch's own process group.
+        return true;
+    }
     let target = nix::unistd::Pid::from_raw(pid as i32);
-    let still_ours = || alive(pid) && cmdline(pid).is_some_and(|c| is_ours(&c));
+    let still_ours = || ours.runs(pid);
     let gone_within = |limit: Duration| {
         let deadline = Instant::now() + limit;
         while still_ours() && Instant::now() < deadline {
@@ -641,6 +663,58 @@ mod sock_diag {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_ours_when_it_carries_every_mark_exactly() {
+        let cmd: Vec<String> = [
+            "/usr/bin/prometheus",
+            "--config.file=/h/prometheus/prometheus.yml",
+        ]
+        .map(String::from)
+        .to_vec();
+        let marks = |m: &[&str]| Marks(m.iter().map(|s| s.to_string()).collect());
+        assert!(marks(&["--config.file=/h/prometheus/prometheus.yml"]).on(&cmd));
+        // An argument that merely contains the path (an editor, a pager) is not ours.
+        let pager: Vec<String> = ["less", "/h/prometheus/prometheus.yml"]
+            .map(String::from)
+            .to_vec();
+        assert!(!marks(&["/h/prometheus/prometheus.yml"]).on(&cmd));
+        assert!(marks(&["/h/prometheus/prometheus.yml"]).on(&pager));
+        assert!(!marks(&["--config.file=/h/prometheus/prometheus.yml"]).on(&pager));
+        let daemon: Vec<String> = ["raywatch", "--home", "/h", "daemon", "--log-file"]
+            .map(String::from)
+            .to_vec();
+        assert!(marks(&["daemon", "/h"]).on(&daemon));
+        assert!(!marks(&["daemon", "/h2"]).on(&daemon));
+        // No marks match nothing, not everything.
+        assert!(!marks(&[]).on(&daemon));
+    }
+
+    #[test]
+    fn a_recorded_pid_that_runs_something_else_is_not_signalled() {
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = sleeper.id();
+        // Until it has exec'd, its command line is this test's.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cmdline(pid).is_some_and(|c| c.iter().any(|a| a == "30")) {
+            assert!(
+                Instant::now() < deadline,
+                "sleep 30 never showed its command line"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let other = Marks(vec!["--config.file=/nowhere.yml".into()]);
+        assert!(!other.runs(pid));
+        assert!(stop(pid, &other, Duration::ZERO), "not ours counts as gone");
+        assert!(alive(pid), "a process that is not ours was signalled");
+        assert!(Marks(vec!["30".into()]).runs(pid));
+        assert!(stop(pid, &Marks(vec!["30".into()]), Duration::ZERO));
+        let _ = sleeper.wait();
+        assert!(stop(0, &Marks(vec!["30".into()]), Duration::ZERO));
+    }
 
     #[test]
     fn finds_the_holder_of_our_own_listener() {

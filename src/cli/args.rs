@@ -5,7 +5,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::parse_duration;
+use crate::config::{self, parse_duration};
+
+/// A flag's help naming its default, taken from [`config::StackConfig`]'s (a new home's).
+fn with_default(text: &str, default: impl std::fmt::Display) -> String {
+    format!("{text} [default: {default}]")
+}
+
+fn duration(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
 
 /// `raywatch --version`: the version and the commit it was built from, e.g.
 /// `0.1.0 (51cf8ea12 2026-12-07)` (build.rs finds the commit).
@@ -263,15 +272,16 @@ pub struct UpArgs {
     /// The Prometheus binary to run.
     #[arg(long, value_name = "PATH", help_heading = "Prometheus")]
     pub prometheus_bin: Option<PathBuf>,
-    /// How often targets are scraped [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus",
+          help = with_default("How often targets are scraped", duration(config::DEFAULT_SCRAPE_INTERVAL)))]
     pub scrape_interval: Option<Duration>,
-    /// How long samples are kept [default: 30days]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Prometheus",
+          help = with_default("How long samples are kept", duration(config::DEFAULT_RETENTION)))]
     pub retention: Option<Duration>,
-    /// Samples one scrape of one target may carry; a target over it is refused whole
-    /// and `status` says so, the other targets keep being scraped (0: no limit) [default: 200000]
-    #[arg(long, value_name = "N", help_heading = "Cardinality")]
+    #[arg(long, value_name = "N", help_heading = "Cardinality", help = with_default(
+        "Samples one scrape of one target may carry; a target over it is refused whole and `status` says so, the other targets keep being scraped (0: no limit)",
+        config::StackConfig::default().sample_limit,
+    ))]
     pub sample_limit: Option<u64>,
     /// Remove this label from every scraped series before it is stored, e.g. WorkerId
     /// (repeatable; replaces the saved list). Series that differed only by it collide.
@@ -312,8 +322,8 @@ pub struct UpArgs {
     /// Watch /tmp/ray* and $RAY_TMPDIR/ray* again (the default).
     #[arg(long, help_heading = "Discovery")]
     pub default_watch: bool,
-    /// A cluster whose discovery file is not rewritten for this long is dead [default: 20s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Discovery")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Discovery",
+          help = with_default("A cluster whose discovery file is not rewritten for this long is dead", duration(config::DEFAULT_LIVENESS)))]
     pub liveness: Option<Duration>,
     /// Also follow discovery files owned by this uid (repeatable).
     #[arg(long, value_name = "UID", help_heading = "Discovery")]

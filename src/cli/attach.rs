@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use crate::api::Method;
 use anyhow::{Context, Result};
 
 use super::{Exit, call_daemon, runtime};
@@ -16,8 +15,7 @@ pub(super) fn attach(home: &Home, path: PathBuf, name: Option<String>) -> Result
     let abs =
         std::path::absolute(&path).with_context(|| format!("bad path {}", escape::path(&path)))?;
     let req = AttachRequest { path: abs, name };
-    let resp: AttachResponse =
-        rt.block_on(call_daemon(home, Method::POST, "/v1/attach", Some(&req)))?;
+    let resp: AttachResponse = rt.block_on(call_daemon(home, &req))?;
     if resp.clusters.is_empty() {
         println!(
             "attached {}; no Ray cluster there yet, it will appear when one starts",
@@ -39,12 +37,7 @@ pub(super) fn attach(home: &Home, path: PathBuf, name: Option<String>) -> Result
 
 pub(super) fn detach(home: &Home, name: String) -> Result<Exit> {
     let rt = runtime()?;
-    let _: serde_json::Value = rt.block_on(call_daemon(
-        home,
-        Method::POST,
-        "/v1/detach",
-        Some(&DetachRequest { name: name.clone() }),
-    ))?;
+    rt.block_on(call_daemon(home, &DetachRequest { name: name.clone() }))?;
     println!("detached {}", escape::text(&name));
     Ok(Exit::Success)
 }

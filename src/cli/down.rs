@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use crate::api::Method;
 use anyhow::{Context, Result};
 
 use super::{Exit, lock_home, runtime};
 use crate::api;
+use crate::daemon::StackProcess;
 use crate::escape;
 use crate::home::Home;
 
@@ -18,14 +18,14 @@ pub(super) fn down(home: &Home, purge: bool) -> Result<Exit> {
     crate::home::check_private_dir(home.root())?;
     let _lock = lock_home(home, "down")?;
     let rt = runtime()?;
-    let daemon_pid = crate::process::read_pid(&home.daemon_pid());
-    let prometheus_pid = crate::process::read_pid(&home.prometheus_pid());
+    // Read before the daemon removes them on its way out.
+    let pids = StackProcess::ALL.map(|p| crate::process::read_pid(&p.pid_file(home)));
     // A daemon that does not answer within 5 s is stopped by PID below.
     let asked = rt
         .block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(5),
-                api::call(&home.socket(), Method::POST, "/v1/shutdown", None),
+                api::call(&home.socket(), api::Route::Shutdown, None),
             )
             .await
         })
@@ -33,32 +33,14 @@ pub(super) fn down(home: &Home, purge: bool) -> Result<Exit> {
     // The daemon stops Prometheus itself; whatever is left (a dead daemon's
     // child, a daemon that did not answer) is stopped here, by recorded PID, after
     // checking that the PID still runs what raywatch started.
-    let home_str = home.root().to_string_lossy().into_owned();
-    if let Some(pid) = daemon_pid {
-        let ours = |cmd: &[String]| {
-            cmd.iter().any(|a| a == "daemon") && cmd.iter().any(|a| a == &home_str)
+    for (process, pid) in StackProcess::ALL.into_iter().zip(pids) {
+        let Some(pid) = pid else { continue };
+        let patience = if asked && process == StackProcess::Daemon {
+            Duration::from_secs(20)
+        } else {
+            Duration::ZERO
         };
-        crate::process::stop(
-            pid,
-            ours,
-            if asked {
-                Duration::from_secs(20)
-            } else {
-                Duration::ZERO
-            },
-        );
-    }
-    if let Some(pid) = prometheus_pid {
-        let yml = format!("--config.file={}", home.prometheus_yml().display());
-        crate::process::stop(pid, |cmd: &[String]| cmd.contains(&yml), Duration::ZERO);
-    }
-    if let Some(pid) = crate::process::read_pid(&home.grafana_pid()) {
-        let ini = home.grafana_dir().join("grafana.ini").display().to_string();
-        crate::process::stop(
-            pid,
-            |cmd: &[String]| cmd.iter().any(|a| a.contains(&ini)),
-            Duration::ZERO,
-        );
+        crate::process::stop(pid, &process.marks(home), patience);
     }
     for f in [
         home.daemon_pid(),

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use crate::api::Method;
 use anyhow::{Context, Result, anyhow};
 
 use super::{Exit, Hint, call_daemon, fetch_status, runtime};
@@ -45,8 +44,7 @@ pub(super) fn env(
         path: temp_dir.clone(),
         name: chosen.clone(),
     };
-    let _: AttachResponse =
-        rt.block_on(call_daemon(home, Method::POST, "/v1/attach", Some(&req)))?;
+    let _: AttachResponse = rt.block_on(call_daemon(home, &req))?;
     let announced = chosen.unwrap_or(default_name);
 
     let mut vars = wiring(&report, &temp_dir, &announced)?;

@@ -6,11 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::api::Method;
 use anyhow::{Context, Result, anyhow};
 use clap::Parser;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::api::{self, NotRunning};
 use crate::escape;
@@ -197,19 +194,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// The daemon's status report; see [`call_daemon`].
 async fn fetch_status(home: &Home) -> Result<StatusReport> {
-    call_daemon(home, Method::GET, "/v1/status", None::<&()>).await
+    call_daemon(home, &api::StatusRequest).await
 }
 
 /// One request to the daemon's control API, its JSON answer decoded. A daemon
 /// that does not answer is "raywatch is not running" (exit 3, with the hint to
 /// start it); its refusals keep their kind ([`crate::api::Refusal`]).
-async fn call_daemon<T: DeserializeOwned>(
-    home: &Home,
-    method: Method,
-    path: &str,
-    body: Option<&impl Serialize>,
-) -> Result<T> {
-    api::call_json(&home.socket(), method, path, body)
+async fn call_daemon<R: api::Request>(home: &Home, req: &R) -> Result<R::Response> {
+    api::request(&home.socket(), req)
         .await
         .map_err(|e| stack_down(home, e))
 }
@@ -218,7 +210,7 @@ async fn call_daemon<T: DeserializeOwned>(
 /// command that talks to Prometheus directly, whose own error (a missing
 /// password file, a refused connection) would hide that the stack is down.
 async fn unless_stack_down(home: &Home, e: anyhow::Error) -> anyhow::Error {
-    match api::call(&home.socket(), Method::GET, "/v1/status", None).await {
+    match api::call(&home.socket(), api::Route::Status, None).await {
         Err(down) if not_running(&down) => stack_down(home, down),
         _ => e,
     }

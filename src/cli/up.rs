@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::api::Method;
 use anyhow::{Context, Result, anyhow};
 
 use super::args::UpArgs;
@@ -24,84 +23,12 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     if let Ok(report) = rt.block_on(fetch_status(home)) {
         return reconfigure(home, &rt, &args, previous, &report);
     }
-    let mut found_note = None;
-    let bin = match crate::install::locate(args.prometheus_bin.as_deref())? {
-        Some(found) => {
-            // Said once the stack is up: an error stays the first line of output.
-            found_note = Some(format!(
-                "Prometheus: {} ({})",
-                escape::path(&found.path),
-                found.describe()
-            ));
-            found.path
-        }
-        None => super::install::obtain(
-            &rt,
-            crate::install::Program::Prometheus,
-            args.yes,
-            "raywatch up",
-        )?,
-    };
-    let (port, auto) = match args.prometheus_port {
-        Some(p) => {
-            crate::ports::require_free(p, "Prometheus (--prometheus-port)")?;
-            (p, false)
-        }
-        None => match previous
-            .as_ref()
-            .filter(|c| crate::ports::is_free(c.prometheus_port))
-        {
-            Some(c) => (c.prometheus_port, c.prometheus_port_auto),
-            None => (crate::ports::free_port()?, true),
-        },
-    };
-    let grafana_bin = match crate::grafana::locate(args.grafana_bin.as_deref())? {
-        Some(bin) => Some(bin),
-        // One `raywatch install grafana` put in the cache; Grafana is optional, so a
-        // cache raywatch refuses costs Grafana, not the stack.
-        None => crate::install::cached(crate::install::Program::Grafana).unwrap_or_else(|e| {
-            let shown = super::error::render(&e);
-            eprint!(
-                "warning: not running the cached Grafana: {}",
-                shown.strip_prefix("error: ").unwrap_or(&shown)
-            );
-            None
-        }),
-    };
-    let grafana_port = match args.grafana_port {
-        Some(p) => {
-            crate::ports::require_free(p, "Grafana (--grafana-port)")?;
-            p
-        }
-        None => match previous.as_ref().filter(|c| {
-            c.grafana_port != 0 && c.grafana_port != port && crate::ports::is_free(c.grafana_port)
-        }) {
-            Some(c) => c.grafana_port,
-            None => loop {
-                let p = crate::ports::free_port()?;
-                if p != port {
-                    break p;
-                }
-            },
-        },
-    };
-    let mut config = previous.unwrap_or_else(|| StackConfig {
-        prometheus_bin: bin.clone(),
-        prometheus_port: port,
-        prometheus_port_auto: auto,
-        scrape_interval: Duration::from_secs(10),
-        retention: Duration::from_secs(30 * 86_400),
-        default_roots: true,
-        watch: Vec::new(),
-        liveness: Duration::from_secs(20),
-        trust_uids: Vec::new(),
-        grafana_bin: None,
-        grafana_port,
-        grafana_anonymous: false,
-        prometheus_name: "Prometheus".into(),
-        gateway_port: 0,
-        ..Default::default()
-    });
+    let (bin, found_note) = prometheus_bin(&rt, &args)?;
+    let (port, auto) = prometheus_port(&args, previous.as_ref())?;
+    let grafana_bin = grafana_bin(&args)?;
+    let grafana_port = grafana_port(&args, previous.as_ref(), port)?;
+    // A new home starts from the defaults; the binaries and ports are set below.
+    let mut config = previous.unwrap_or_default();
     let version = crate::prometheus::version(&bin);
     check_no_downgrade(
         config.prometheus_version,
@@ -115,8 +42,8 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     config.prometheus_port_auto = auto;
     config.grafana_bin = grafana_bin;
     config.grafana_port = grafana_port;
-    config.prometheus_name =
-        crate::env::ray_prometheus_name().unwrap_or_else(|| "Prometheus".into());
+    config.prometheus_name = crate::env::ray_prometheus_name()
+        .unwrap_or_else(|| crate::config::DEFAULT_PROMETHEUS_NAME.into());
     apply_settings(&args, &mut config)?;
     if config.agent {
         check_agent_support(&config.prometheus_bin)?;
@@ -145,6 +72,87 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     );
     println!("`raywatch status` lists what it finds.");
     Ok(Exit::Success)
+}
+
+/// The Prometheus to run, and the note naming the one found (said once the stack
+/// is up, so that an error stays the first line of output).
+fn prometheus_bin(
+    rt: &tokio::runtime::Runtime,
+    args: &UpArgs,
+) -> Result<(PathBuf, Option<String>)> {
+    Ok(
+        match crate::install::locate(args.prometheus_bin.as_deref())? {
+            Some(found) => {
+                let note = format!(
+                    "Prometheus: {} ({})",
+                    escape::path(&found.path),
+                    found.describe()
+                );
+                (found.path, Some(note))
+            }
+            None => (
+                super::install::obtain(
+                    rt,
+                    crate::install::Program::Prometheus,
+                    args.yes,
+                    "raywatch up",
+                )?,
+                None,
+            ),
+        },
+    )
+}
+
+/// Prometheus' port and whether raywatch chose it: the flag's, else the previous
+/// one while free, else a fresh one.
+fn prometheus_port(args: &UpArgs, previous: Option<&StackConfig>) -> Result<(u16, bool)> {
+    Ok(match args.prometheus_port {
+        Some(p) => {
+            crate::ports::require_free(p, "Prometheus (--prometheus-port)")?;
+            (p, false)
+        }
+        None => match previous.filter(|c| crate::ports::is_free(c.prometheus_port)) {
+            Some(c) => (c.prometheus_port, c.prometheus_port_auto),
+            None => (crate::ports::free_port()?, true),
+        },
+    })
+}
+
+/// The Grafana to run, if any.
+fn grafana_bin(args: &UpArgs) -> Result<Option<PathBuf>> {
+    Ok(match crate::grafana::locate(args.grafana_bin.as_deref())? {
+        Some(bin) => Some(bin),
+        // One `raywatch install grafana` put in the cache; Grafana is optional, so a
+        // cache raywatch refuses costs Grafana, not the stack.
+        None => crate::install::cached(crate::install::Program::Grafana).unwrap_or_else(|e| {
+            let shown = super::error::render(&e);
+            eprint!(
+                "warning: not running the cached Grafana: {}",
+                shown.strip_prefix("error: ").unwrap_or(&shown)
+            );
+            None
+        }),
+    })
+}
+
+/// Grafana's port (reserved even without Grafana): the flag's, else the previous
+/// one while free, else a fresh one other than Prometheus' `port`.
+fn grafana_port(args: &UpArgs, previous: Option<&StackConfig>, port: u16) -> Result<u16> {
+    if let Some(p) = args.grafana_port {
+        crate::ports::require_free(p, "Grafana (--grafana-port)")?;
+        return Ok(p);
+    }
+    if let Some(c) = previous.filter(|c| {
+        c.grafana_port != 0 && c.grafana_port != port && crate::ports::is_free(c.grafana_port)
+    }) {
+        return Ok(c.grafana_port);
+    }
+    loop {
+        let p = crate::ports::free_port()?;
+        if p != port {
+            return Ok(p);
+        }
+    }
 }
 
 /// `up` on a running stack: apply changed settings, or report that it runs.
@@ -184,7 +192,7 @@ fn reconfigure(
         return Ok(Exit::Success);
     }
     let resp: crate::api::ReconfigureResponse = rt
-        .block_on(call_daemon(home, Method::POST, "/v1/config", Some(&wanted)))
+        .block_on(call_daemon(home, &wanted))
         .context("the running stack kept its previous configuration")?;
     println!(
         "raywatch is running for {}; applied: {}",
@@ -337,46 +345,11 @@ fn check_agent_support(bin: &Path) -> Result<()> {
 
 /// The fleet settings (remote write, agent mode, host label, central query, http_sd).
 fn apply_fleet(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
-    use crate::config::RemoteWrite;
     if args.no_remote_write {
         base.remote_write.clear();
     }
-    if !args.remote_write.is_empty() {
-        let bearer = args
-            .remote_write_bearer_file
-            .as_deref()
-            .map(|p| credential_file("--remote-write-bearer-file", p))
-            .transpose()?;
-        let basic = args
-            .remote_write_basic_auth_file
-            .as_deref()
-            .map(|p| credential_file("--remote-write-basic-auth-file", p))
-            .transpose()?;
-        let ca = args
-            .remote_write_ca_file
-            .as_deref()
-            .map(|p| credential_file("--remote-write-ca-file", p))
-            .transpose()?;
-        base.remote_write = args
-            .remote_write
-            .iter()
-            .map(|u| {
-                Ok(RemoteWrite {
-                    url: checked_url("--remote-write", u)?,
-                    bearer_file: bearer.clone(),
-                    basic_auth_file: basic.clone(),
-                    ca_file: ca.clone(),
-                })
-            })
-            .collect::<Result<_>>()?;
-    } else if args.remote_write_bearer_file.is_some()
-        || args.remote_write_basic_auth_file.is_some()
-        || args.remote_write_ca_file.is_some()
-    {
-        return Err(anyhow::anyhow!(
-            "--remote-write-*-file applies to the --remote-write URLs given with it"
-        ))
-        .hint("repeat the --remote-write URL(s) with the credential flag");
+    if let Some(remote_write) = remote_writes(args)? {
+        base.remote_write = remote_write;
     }
     if args.agent {
         base.agent = true;
@@ -412,6 +385,49 @@ fn apply_fleet(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     if let Some(f) = &args.query_bearer_file {
         base.query_bearer_file = Some(credential_file("--query-bearer-file", f)?);
     }
+    apply_sd(args, base)
+}
+
+/// The `--remote-write` URLs given, with the credential files given with them
+/// (None: no URL given, the saved list stays).
+fn remote_writes(args: &UpArgs) -> Result<Option<Vec<crate::config::RemoteWrite>>> {
+    let file = |flag: &str, p: &Option<PathBuf>| {
+        p.as_deref().map(|p| credential_file(flag, p)).transpose()
+    };
+    if args.remote_write.is_empty() {
+        if args.remote_write_bearer_file.is_some()
+            || args.remote_write_basic_auth_file.is_some()
+            || args.remote_write_ca_file.is_some()
+        {
+            return Err(anyhow::anyhow!(
+                "--remote-write-*-file applies to the --remote-write URLs given with it"
+            ))
+            .hint("repeat the --remote-write URL(s) with the credential flag");
+        }
+        return Ok(None);
+    }
+    let bearer = file("--remote-write-bearer-file", &args.remote_write_bearer_file)?;
+    let basic = file(
+        "--remote-write-basic-auth-file",
+        &args.remote_write_basic_auth_file,
+    )?;
+    let ca = file("--remote-write-ca-file", &args.remote_write_ca_file)?;
+    args.remote_write
+        .iter()
+        .map(|u| {
+            Ok(crate::config::RemoteWrite {
+                url: checked_url("--remote-write", u)?,
+                bearer_file: bearer.clone(),
+                basic_auth_file: basic.clone(),
+                ca_file: ca.clone(),
+            })
+        })
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
+/// The http_sd endpoint's settings.
+fn apply_sd(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     if args.no_sd_listen {
         base.sd_listen = None;
         base.sd_tls_cert = None;
@@ -430,6 +446,16 @@ fn apply_fleet(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     Ok(())
 }
 
+/// The daemon's arguments; `down` knows it by them ([`crate::daemon::StackProcess::marks`]).
+fn daemon_args(home: &Home) -> Vec<std::ffi::OsString> {
+    vec![
+        "--home".into(),
+        home.root().into(),
+        "daemon".into(),
+        "--log-file".into(),
+    ]
+}
+
 fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the raywatch executable")?;
@@ -441,9 +467,7 @@ fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
         .open(home.daemon_stderr())
         .with_context(|| format!("cannot open {}", escape::path(&home.daemon_stderr())))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--home")
-        .arg(home.root())
-        .args(["daemon", "--log-file"])
+    cmd.args(daemon_args(home))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -519,6 +543,19 @@ fn tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn down_knows_the_daemon_by_the_arguments_up_gives_it() {
+        let home = Home::resolve(Some("/h/raywatch".into())).unwrap();
+        let args: Vec<String> = daemon_args(&home)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let marks = crate::daemon::StackProcess::Daemon.marks(&home);
+        assert!(marks.on(&args));
+        let other = Home::resolve(Some("/h/raywatch2".into())).unwrap();
+        assert!(!crate::daemon::StackProcess::Daemon.marks(&other).on(&args));
+    }
 
     #[test]
     fn data_written_by_prometheus_3_is_not_handed_to_an_older_2x() {

@@ -8,8 +8,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 use tokio::sync::watch;
 
+use super::every::Every;
 use super::follow::{Attachment, Follow, Scope};
-use super::probe;
+use super::harvest::Harvest;
+use super::probe::{self, PortLooks};
+use super::published::Published;
 use super::{OVERDUE, RESCAN, RESCAN_DEGRADED};
 use crate::api::{AttachRequest, AttachResponse, Refusal};
 use crate::attribution::Attribution;
@@ -27,65 +30,59 @@ const CONTEST_CHECK: Duration = Duration::from_secs(10);
 /// The published groups are compared with a full recomputation this often
 /// (a safety net: the groups are kept current incrementally).
 const RECONCILE: Duration = Duration::from_secs(60);
-/// The first and the longest pause between looks for a session's Grafana
-/// dashboards (Ray writes them as its Dashboard starts).
-const HARVEST_BACKOFF_MIN: Duration = Duration::from_secs(1);
-const HARVEST_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Everything the event loop and the API share, behind one lock.
 pub struct Core {
-    pub home: Home,
+    pub(super) home: Home,
     /// The live settings: owned by the daemon's `watch` channel, read here.
-    pub settings: watch::Receiver<StackConfig>,
-    pub registry: Registry,
-    pub targets: TargetsDir,
-    pub follow: Follow,
-    pub attribution: Attribution,
-    pub probing: HashMap<PathBuf, Instant>,
-    pub trusted: BTreeSet<u32>,
-    /// Session dirs whose Grafana dashboards were copied.
-    pub harvested: BTreeSet<PathBuf>,
-    /// Session dirs whose dashboards are not there yet: when to look again,
-    /// and the pause after that (doubling up to [`HARVEST_BACKOFF_MAX`]), so
-    /// clusters without dashboards cost no folder walk every second.
-    harvest_retry: HashMap<PathBuf, (Instant, Duration)>,
+    pub(super) settings: watch::Receiver<StackConfig>,
+    pub(super) registry: Registry,
+    pub(super) targets: TargetsDir,
+    pub(super) follow: Follow,
+    pub(super) attribution: Attribution,
+    probing: HashMap<PathBuf, Instant>,
+    trusted: BTreeSet<u32>,
+    /// Session dirs whose Grafana dashboards were copied, or are to be looked at again.
+    harvest: Harvest,
     /// The registry generation the per-cluster bookkeeping of `tick` last saw.
     bookkept_generation: Option<u64>,
     /// The name each file's group is published under, and back.
-    published_as: HashMap<PathBuf, String>,
-    published_by: HashMap<String, PathBuf>,
-    /// Every group must be recomputed at the next publish (at start).
-    publish_all: bool,
-    pub last_reconcile: Instant,
+    published: Published,
+    /// The published groups are compared with a full recomputation.
+    reconcile: Every,
     /// Who holds each listed endpoint; foreign ones are never published.
-    pub endpoints: Endpoints,
-    pub last_verify: Instant,
+    pub(super) endpoints: Endpoints,
+    /// Every endpoint is checked against the socket table.
+    verify: Every,
     /// This machine's addresses (refreshed by full scans).
-    pub locals: BTreeSet<std::net::IpAddr>,
+    locals: BTreeSet<std::net::IpAddr>,
     /// Warnings about files in Ray's folders already logged (each is logged once).
-    pub warned: BTreeSet<String>,
+    warned: BTreeSet<String>,
     /// Aged attribution answers are re-checked at this pace even when nothing changed.
-    pub last_contest_check: Instant,
+    contest_check: Every,
     /// Ticks spent looking for a new cluster's process (for its Slurm job).
-    pub slurm_tries: HashMap<PathBuf, u32>,
+    slurm_tries: HashMap<PathBuf, u32>,
     /// The cluster history (None when its file could not be opened: logged).
-    pub history: Option<crate::history::HistoryLog>,
-    /// When live clusters were last recorded alive in the history.
-    pub last_heartbeat: Instant,
+    pub(super) history: Option<crate::history::HistoryLog>,
+    /// Live clusters are recorded alive in the history.
+    pub(super) heartbeat: Every,
     /// Whether the history was reconciled with the clusters found at start.
-    pub history_reconciled: bool,
+    pub(super) history_reconciled: bool,
     /// The registry generation the history last caught up with.
-    pub history_generation: Option<u64>,
+    pub(super) history_generation: Option<u64>,
     /// New clusters whose GCS port was not found yet: when to look again, and
     /// how many looks are left.
-    gcs_unknown: HashMap<PathBuf, (Instant, u32)>,
+    gcs_unknown: PortLooks,
     /// The GCS process (pid, listening socket) last found for each cluster.
     gcs_holders: HashMap<PathBuf, (u32, u64)>,
 }
 
-/// How many times, and how often, raywatch looks for a new cluster's GCS port.
-const GCS_PORT_TRIES: u32 = 6;
-const GCS_PORT_RETRY: Duration = Duration::from_secs(5);
+/// The owners whose discovery files are followed: the trusted uids and this user.
+fn trusted_uids(settings: &StackConfig) -> BTreeSet<u32> {
+    let mut trusted: BTreeSet<u32> = settings.trust_uids.iter().copied().collect();
+    trusted.insert(nix::unistd::geteuid().as_raw());
+    trusted
+}
 
 /// How many times raywatch looks for a new cluster's process.
 const SLURM_TRIES: u32 = 10;
@@ -93,6 +90,14 @@ const SLURM_TRIES: u32 = 10;
 impl Core {
     fn trusted(&self) -> impl Fn(u32) -> bool + '_ {
         |uid| self.trusted.contains(&uid)
+    }
+
+    /// Follows changed settings: the liveness, the trusted owners, the folders (a
+    /// full scan).
+    pub fn follow_settings(&mut self, settings: &StackConfig) {
+        self.registry.set_liveness(settings.liveness);
+        self.trusted = trusted_uids(settings);
+        self.full_scan();
     }
 
     /// Builds the core; nothing is read until the first [`Core::full_scan`].
@@ -103,8 +108,7 @@ impl Core {
         targets: TargetsDir,
         follow: Follow,
     ) -> Core {
-        let mut trusted: BTreeSet<u32> = settings.borrow().trust_uids.iter().copied().collect();
-        trusted.insert(nix::unistd::geteuid().as_raw());
+        let trusted = trusted_uids(&settings.borrow());
         Core {
             home,
             settings,
@@ -114,24 +118,21 @@ impl Core {
             attribution: Attribution::default(),
             probing: HashMap::new(),
             trusted,
-            harvested: BTreeSet::new(),
-            harvest_retry: HashMap::new(),
+            harvest: Harvest::default(),
             bookkept_generation: None,
-            published_as: HashMap::new(),
-            published_by: HashMap::new(),
-            publish_all: true,
-            last_reconcile: Instant::now(),
+            published: Published::default(),
+            reconcile: Every::new(RECONCILE, Instant::now()),
             endpoints: Endpoints::default(),
-            last_verify: Instant::now(),
+            verify: Every::new(VERIFY, Instant::now()),
             locals: crate::ports::local_addresses(),
             warned: BTreeSet::new(),
-            last_contest_check: Instant::now(),
+            contest_check: Every::new(CONTEST_CHECK, Instant::now()),
             slurm_tries: HashMap::new(),
             history: None,
-            last_heartbeat: Instant::now(),
+            heartbeat: Every::new(crate::history::HEARTBEAT, Instant::now()),
             history_reconciled: false,
             history_generation: None,
-            gcs_unknown: HashMap::new(),
+            gcs_unknown: PortLooks::default(),
             gcs_holders: HashMap::new(),
         }
     }
@@ -211,32 +212,20 @@ impl Core {
     /// place; a cluster whose port is not there yet is looked at again later.
     fn learn_gcs_port(&mut self, file: &Path, now: Instant) {
         let Some(c) = self.registry.get(file) else {
-            self.gcs_unknown.remove(file);
+            self.gcs_unknown.stop(file);
             return;
         };
         if c.gcs_port.is_some() || !c.is_live() {
-            self.gcs_unknown.remove(file);
+            self.gcs_unknown.stop(file);
             return;
         }
         let trusted = &self.trusted;
         match probe::gcs_port(&c.found, &|uid| trusted.contains(&uid), &mut self.warned) {
             Some(port) => {
                 self.registry.set_gcs_port(file, port);
-                self.gcs_unknown.remove(file);
+                self.gcs_unknown.stop(file);
             }
-            None => {
-                let left = self
-                    .gcs_unknown
-                    .get(file)
-                    .map_or(GCS_PORT_TRIES, |(_, n)| *n)
-                    .saturating_sub(1);
-                if left == 0 {
-                    self.gcs_unknown.remove(file);
-                } else {
-                    self.gcs_unknown
-                        .insert(file.to_path_buf(), (now + GCS_PORT_RETRY, left));
-                }
-            }
+            None => self.gcs_unknown.missed(file, now),
         }
     }
 
@@ -404,79 +393,82 @@ impl Core {
             .into_iter()
             .map(|c| (c.found.clone(), c.origin.clone()))
             .collect();
-        let retry: Vec<PathBuf> = self
-            .gcs_unknown
-            .iter()
-            .filter(|(_, (at, _))| now >= *at)
-            .map(|(f, _)| f.clone())
-            .collect();
-        for f in retry {
+        for f in self.gcs_unknown.due(now) {
             self.learn_gcs_port(&f, now);
         }
         let mut probes = Vec::new();
         for (f, o) in overdue {
             self.read_and_observe(&f, o);
-            let Some(c) = self.registry.get(&f.file) else {
-                continue;
-            };
-            if !c.is_live() || now.duration_since(c.last_change) <= OVERDUE {
-                continue;
-            }
-            if self
-                .probing
-                .get(&f.file)
-                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3))
-            {
-                continue;
-            }
-            let trusted = &self.trusted;
-            // A session keeps its GCS port for life: the one learnt is kept,
-            // whatever is planted where its files were. A temp-dir-level file
-            // (older Ray) outlives sessions, so its port is read again while
-            // it can be.
-            let port = match c.gcs_port {
-                Some(p) if c.found.session_dir.is_some() => Some(p),
-                known => {
-                    let fresh =
-                        probe::gcs_port(&c.found, &|uid| trusted.contains(&uid), &mut self.warned);
-                    if let Some(p) = fresh
-                        && known != fresh
-                    {
-                        self.registry.set_gcs_port(&f.file, p);
-                    }
-                    fresh.or(known)
-                }
-            };
-            let Some(port) = port else {
-                continue;
-            };
-            let Some(c) = self.registry.get(&f.file) else {
-                continue;
-            };
-            self.probing.insert(f.file.clone(), now);
-            // A process of its session still listening on the GCS port is a
-            // sign of life, however its files were moved or removed.
-            let mut holder = self.gcs_holders.get(&f.file).copied();
-            let listening = probe::gcs_listening(
-                port,
-                &c.found.session,
-                &|uid| trusted.contains(&uid),
-                &mut holder,
-            );
-            match holder {
-                Some(h) => self.gcs_holders.insert(f.file.clone(), h),
-                None => self.gcs_holders.remove(&f.file),
-            };
-            probes.push((f.file.clone(), probe::gcs_addresses(c, port)));
-            if listening {
-                self.registry.gcs_seen(&f.file, now);
-            }
+            probes.extend(self.probe_overdue(&f.file, now));
         }
         for change in self.registry.tick(now, wall) {
             self.log_change(Path::new(""), change);
         }
-        // Bookkeeping only for clusters that are still known, redone only
-        // when the clusters changed: an idle tick costs no walk of them all.
+        self.bookkeep(now);
+        self.record_history();
+        probes
+    }
+
+    /// A live cluster that missed its rewrites (re-read just now): its GCS port,
+    /// whether a process of its session still listens there (a sign of life), and
+    /// the addresses to probe; None when it is not due (not overdue, or probed
+    /// within 3 s) or its GCS port is unknown.
+    fn probe_overdue(&mut self, file: &Path, now: Instant) -> Option<(PathBuf, Vec<String>)> {
+        let c = self.registry.get(file)?;
+        if !c.is_live() || now.duration_since(c.last_change) <= OVERDUE {
+            return None;
+        }
+        if self
+            .probing
+            .get(file)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3))
+        {
+            return None;
+        }
+        let trusted = &self.trusted;
+        // A session keeps its GCS port for life: the one learnt is kept,
+        // whatever is planted where its files were. A temp-dir-level file
+        // (older Ray) outlives sessions, so its port is read again while
+        // it can be.
+        let port = match c.gcs_port {
+            Some(p) if c.found.session_dir.is_some() => Some(p),
+            known => {
+                let fresh =
+                    probe::gcs_port(&c.found, &|uid| trusted.contains(&uid), &mut self.warned);
+                if let Some(p) = fresh
+                    && known != fresh
+                {
+                    self.registry.set_gcs_port(file, p);
+                }
+                fresh.or(known)
+            }
+        }?;
+        let c = self.registry.get(file)?;
+        self.probing.insert(file.to_path_buf(), now);
+        // A process of its session still listening on the GCS port is a
+        // sign of life, however its files were moved or removed.
+        let mut holder = self.gcs_holders.get(file).copied();
+        let listening = probe::gcs_listening(
+            port,
+            &c.found.session,
+            &|uid| trusted.contains(&uid),
+            &mut holder,
+        );
+        match holder {
+            Some(h) => self.gcs_holders.insert(file.to_path_buf(), h),
+            None => self.gcs_holders.remove(file),
+        };
+        let probe = (file.to_path_buf(), probe::gcs_addresses(c, port));
+        if listening {
+            self.registry.gcs_seen(file, now);
+        }
+        Some(probe)
+    }
+
+    /// Bookkeeping only for clusters that are still known, redone only when the
+    /// clusters changed (an idle tick costs no walk of them all); the target files'
+    /// collection and the dashboards' harvest when due.
+    fn bookkeep(&mut self, now: Instant) {
         let registry = &self.registry;
         self.probing
             .retain(|f, _| registry.get(f).is_some_and(|c| c.is_live()));
@@ -496,15 +488,12 @@ impl Core {
                 .filter_map(|c| c.found.session_dir.clone())
                 .collect();
             self.follow.watcher.set_quiet(&live);
-            self.harvested.retain(|d| sessions.contains(d));
-            self.harvest_retry.retain(|d, _| sessions.contains(d));
+            self.harvest.keep_only(&sessions);
         }
         self.targets.collect(now);
-        if changed || self.harvest_retry.values().any(|(at, _)| now >= *at) {
+        if changed || self.harvest.retry_due(now) {
             self.harvest_dashboards();
         }
-        self.record_history();
-        probes
     }
 
     /// Copies the Grafana dashboards Ray generated in each live session, once.
@@ -515,8 +504,7 @@ impl Core {
             .clusters()
             .filter(|c| c.is_live())
             .filter_map(|c| c.found.session_dir.as_ref())
-            .filter(|d| !self.harvested.contains(*d))
-            .filter(|d| self.harvest_retry.get(*d).is_none_or(|(at, _)| now >= *at))
+            .filter(|d| self.harvest.wants(d, now))
             .cloned()
             .collect();
         let mut changed = false;
@@ -525,15 +513,14 @@ impl Core {
                 Ok((any, new)) => {
                     changed |= new;
                     if any {
-                        self.harvest_retry.remove(&dir);
-                        self.harvested.insert(dir);
+                        self.harvest.copied(dir);
                     } else {
-                        self.harvest_later(dir, now);
+                        self.harvest.later(dir, now);
                     }
                 }
                 Err(e) => {
                     tracing::warn!("cannot copy Ray's dashboards from {}: {e:#}", dir.display());
-                    self.harvest_later(dir, now);
+                    self.harvest.later(dir, now);
                 }
             }
         }
@@ -545,17 +532,6 @@ impl Core {
         {
             tracing::warn!("cannot write Ray's dashboards: {e:#}");
         }
-    }
-
-    /// Schedules the next look for `dir`'s dashboards, each pause twice the last.
-    fn harvest_later(&mut self, dir: PathBuf, now: Instant) {
-        let pause = self
-            .harvest_retry
-            .get(&dir)
-            .map_or(HARVEST_BACKOFF_MIN, |(_, p)| {
-                (*p * 2).min(HARVEST_BACKOFF_MAX)
-            });
-        self.harvest_retry.insert(dir, (now + pause, pause));
     }
 
     /// The target groups to publish: what the registry wants, less every
@@ -575,24 +551,11 @@ impl Core {
         let owner = |t: &str| attribution.owner(t);
         let admitted = |t: &str| endpoints.admitted(t);
         let group = self.registry.group_for(file, &owner, &admitted);
-        if let Some(old) = self.published_as.get(file).cloned()
-            && group.as_ref().is_none_or(|(name, _)| *name != old)
-        {
-            self.published_as.remove(file);
-            if self.published_by.get(&old).is_some_and(|f| f == file) {
-                self.published_by.remove(&old);
-                self.targets.remove(&old);
-            }
+        let name = group.as_ref().map(|(name, _)| name.as_str());
+        if let Some(old) = self.published.set(file, name) {
+            self.targets.remove(&old);
         }
         if let Some((name, group)) = group {
-            if let Some(other) = self.published_by.get(&name)
-                && other != file
-            {
-                // The name passed from a cluster that left to this one.
-                self.published_as.remove(other);
-            }
-            self.published_by.insert(name.clone(), file.to_path_buf());
-            self.published_as.insert(file.to_path_buf(), name.clone());
             self.targets.upsert(&name, &group);
         }
     }
@@ -611,7 +574,7 @@ impl Core {
         self.look_up_slurm();
         let now = Instant::now();
         let (mut dirty, touched) = self.registry.take_changes();
-        if std::mem::take(&mut self.publish_all) {
+        if self.published.take_all() {
             dirty.extend(self.registry.clusters().map(|c| c.found.file.clone()));
         }
         // An endpoint whose claimants changed: each claimant's group may change
@@ -619,10 +582,7 @@ impl Core {
         for ep in &touched {
             dirty.extend(self.registry.claimants(ep).cloned());
         }
-        let recheck = now.duration_since(self.last_verify) >= VERIFY;
-        if recheck {
-            self.last_verify = now;
-        }
+        let recheck = self.verify.take(now);
         let trusted = &self.trusted;
         let registry = &self.registry;
         let verdicts = self.endpoints.update(
@@ -639,9 +599,9 @@ impl Core {
         // Contested endpoints to (re)resolve: when claims or verdicts changed,
         // and every 10 s for answers that aged. A foreign endpoint is never
         // scraped, not even to read its session.
-        let contest_check = now.duration_since(self.last_contest_check) >= CONTEST_CHECK;
+        let contest_check = self.contest_check.is_due(now);
         let due = if contest_check || !touched.is_empty() || !verdicts.is_empty() {
-            self.last_contest_check = now;
+            self.contest_check.done(now);
             let contested: BTreeMap<String, Vec<String>> = self
                 .registry
                 .contested()
@@ -655,8 +615,7 @@ impl Core {
         for file in &dirty {
             self.republish(file);
         }
-        if now.duration_since(self.last_reconcile) >= RECONCILE {
-            self.last_reconcile = now;
+        if self.reconcile.take(now) {
             self.reconcile_published();
         } else {
             #[cfg(debug_assertions)]
@@ -679,9 +638,7 @@ impl Core {
             tracing::error!(
                 "the published target groups differed from the clusters' (a raywatch bug): rewriting them"
             );
-            self.published_as.clear();
-            self.published_by.clear();
-            self.publish_all = true;
+            self.published.reset();
             self.targets.sync(&desired, Instant::now());
         }
     }

@@ -10,11 +10,12 @@ use anyhow::{Context, Result};
 use axum::Json;
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use tokio::sync::watch;
 
 use super::Shared;
-use crate::api::{ApiError, AttachRequest, AttachResponse, DetachRequest, Refusal};
+use super::settings::Applied;
+use crate::api::{ApiError, AttachRequest, AttachResponse, DetachRequest, Done, Refusal, Route};
 use crate::config::StackConfig;
 use crate::home::Home;
 use crate::status::StatusReport;
@@ -30,13 +31,11 @@ pub fn serve(
     let listener = tokio::net::UnixListener::bind(home.socket())
         .with_context(|| format!("cannot listen on {}", home.socket().display()))?;
     fs_err::set_permissions(home.socket(), std::fs::Permissions::from_mode(0o600))?;
-    let app = axum::Router::new()
-        .route("/v1/status", get(status_handler))
-        .route("/v1/attach", post(attach_handler))
-        .route("/v1/detach", post(detach_handler))
-        .route("/v1/shutdown", post(shutdown_handler))
-        .route("/v1/config", post(config_handler))
-        .with_state(shared);
+    let mut app = axum::Router::new();
+    for route in Route::ALL {
+        app = app.route(route.path(), handler(route)?);
+    }
+    let app = app.with_state(shared);
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -44,6 +43,19 @@ pub fn serve(
             })
             .await;
     }))
+}
+
+/// Each route's handler, under the route's method.
+fn handler(route: Route) -> Result<MethodRouter<Arc<Shared>>> {
+    let method = MethodFilter::try_from(route.method())
+        .with_context(|| format!("{route:?} has a method axum cannot route"))?;
+    Ok(match route {
+        Route::Status => on(method, status_handler),
+        Route::Attach => on(method, attach_handler),
+        Route::Detach => on(method, detach_handler),
+        Route::Shutdown => on(method, shutdown_handler),
+        Route::Config => on(method, config_handler),
+    })
 }
 
 type ApiResult<T> = Result<Json<T>, (StatusCode, Json<ApiError>)>;
@@ -60,33 +72,87 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
         crate::prometheus::Readiness::Refused(e) => Some(e.to_string()),
         _ => None,
     };
-    // Not ready: whether other users hold its connections (a walk of the kernel's
-    // established connections, off the event loop).
     let connections_held = if readiness == crate::prometheus::Readiness::NotReady {
-        let port = client.port;
-        tokio::task::spawn_blocking(move || {
-            let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            let by_uid = crate::process::connections_to(server);
-            crate::status::connections_held(&by_uid, nix::unistd::geteuid().as_raw(), port)
-        })
-        .await
-        .unwrap_or(None)
+        connections_held(client.port).await
     } else {
         None
     };
-    let mut health = HashMap::new();
-    let mut sd_errors = 0.0;
-    let mut sizes = crate::guard::ScrapeSizes::default();
-    let mut over_limit_scrapes = 0.0;
-    if ready {
+    let numbers = if ready {
+        Numbers::ask(&client).await
+    } else {
+        Numbers::default()
+    };
+    let grafana_ready = grafana_ready(&shared).await;
+    let (mut report, log) = {
+        let core = shared.core.lock().unwrap();
+        (
+            core.report(&shared, ready, grafana_ready, &numbers.health),
+            core.home.prometheus_log(),
+        )
+    };
+    report.prometheus.sd_watcher_errors = numbers.sd_errors;
+    if let Some(dir) = report.prometheus.data_dir.clone() {
+        // A walk of the data folder (a few hundred files): off the event loop.
+        let (bytes, free) = tokio::task::spawn_blocking(move || crate::prometheus::disk_use(&dir))
+            .await
+            .unwrap_or((0, None));
+        report.prometheus.data_bytes = Some(bytes);
+        report.prometheus.data_free_bytes = free;
+    }
+    let settings = shared.settings.borrow().clone();
+    crate::guard::annotate(
+        &mut report,
+        &numbers.health,
+        &numbers.sizes,
+        settings.sample_limit,
+    );
+    report.prometheus.scrapes_over_sample_limit = numbers.over_limit_scrapes;
+    report.prometheus.listener_problem = listener_problem;
+    report.prometheus.connections_held = connections_held;
+    if !settings.remote_write.is_empty() {
+        let own = if ready {
+            client.get_text("/metrics").await.unwrap_or_default()
+        } else {
+            String::new()
+        };
+        report.remote_write = crate::remote_write::status(&settings, &own, &log);
+    }
+    Ok(Json(report))
+}
+
+/// Prometheus not ready: whether other users hold its connections (a walk of the
+/// kernel's established connections, off the event loop).
+async fn connections_held(port: u16) -> Option<String> {
+    tokio::task::spawn_blocking(move || {
+        let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let by_uid = crate::process::connections_to(server);
+        crate::status::connections_held(&by_uid, nix::unistd::geteuid().as_raw(), port)
+    })
+    .await
+    .unwrap_or(None)
+}
+
+/// What the status report asks a ready Prometheus.
+#[derive(Default)]
+struct Numbers {
+    /// `up` of each (cluster, instance).
+    health: HashMap<(String, String), f64>,
+    sd_errors: f64,
+    sizes: crate::guard::ScrapeSizes,
+    over_limit_scrapes: f64,
+}
+
+impl Numbers {
+    async fn ask(client: &crate::prometheus::Client) -> Numbers {
+        let mut n = Numbers::default();
         if let Ok(samples) = client.query(&crate::guard::ScrapeSizes::promql()).await {
-            sizes = crate::guard::ScrapeSizes::from_samples(&samples);
+            n.sizes = crate::guard::ScrapeSizes::from_samples(&samples);
         }
         if let Ok(samples) = client
             .query("sum(prometheus_target_scrapes_exceeded_sample_limit_total)")
             .await
         {
-            over_limit_scrapes = samples
+            n.over_limit_scrapes = samples
                 .first()
                 .and_then(|s| s.value.1.parse().ok())
                 .unwrap_or(0.0);
@@ -98,7 +164,7 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
                 else {
                     continue;
                 };
-                health.insert(
+                n.health.insert(
                     (c.clone(), i.clone()),
                     s.value.1.parse::<f64>().unwrap_or(0.0),
                 );
@@ -108,57 +174,34 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
             .query("sum(prometheus_sd_file_watcher_errors_total)")
             .await
         {
-            sd_errors = samples
+            n.sd_errors = samples
                 .first()
                 .and_then(|s| s.value.1.parse().ok())
                 .unwrap_or(0.0);
         }
+        n
     }
-    let grafana_port = shared.settings.borrow().grafana_port;
-    let grafana_ready = shared
+}
+
+/// Whether Grafana runs and answers its health check.
+async fn grafana_ready(shared: &Shared) -> bool {
+    let running = shared
         .grafana
         .as_ref()
-        .is_some_and(|g| g.status.lock().unwrap().pid.is_some())
-        && reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("http client")
-            .get(format!("http://127.0.0.1:{}/api/health", grafana_port))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-    let (mut report, log) = {
-        let core = shared.core.lock().unwrap();
-        (
-            core.report(&shared, ready, grafana_ready, &health),
-            core.home.prometheus_log(),
-        )
-    };
-    report.prometheus.sd_watcher_errors = sd_errors;
-    if let Some(dir) = report.prometheus.data_dir.clone() {
-        // A walk of the data folder (a few hundred files): off the event loop.
-        let (bytes, free) = tokio::task::spawn_blocking(move || crate::prometheus::disk_use(&dir))
-            .await
-            .unwrap_or((0, None));
-        report.prometheus.data_bytes = Some(bytes);
-        report.prometheus.data_free_bytes = free;
+        .is_some_and(|g| g.status.lock().unwrap().pid.is_some());
+    if !running {
+        return false;
     }
-    let limit = shared.settings.borrow().sample_limit;
-    crate::guard::annotate(&mut report, &health, &sizes, limit);
-    report.prometheus.scrapes_over_sample_limit = over_limit_scrapes;
-    report.prometheus.listener_problem = listener_problem;
-    report.prometheus.connections_held = connections_held;
-    let settings = shared.settings.borrow().clone();
-    if !settings.remote_write.is_empty() {
-        let own = if ready {
-            client.get_text("/metrics").await.unwrap_or_default()
-        } else {
-            String::new()
-        };
-        report.remote_write = crate::remote_write::status(&settings, &own, &log);
-    }
-    Ok(Json(report))
+    let port = shared.settings.borrow().grafana_port;
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
+        .get(format!("http://127.0.0.1:{port}/api/health"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }
 
 async fn attach_handler(
@@ -173,12 +216,10 @@ async fn attach_handler(
 async fn detach_handler(
     AxState(shared): AxState<Arc<Shared>>,
     Json(req): Json<DetachRequest>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<Done> {
     let result = shared.core.lock().unwrap().detach(&req.name);
     shared.wake.notify_one();
-    result
-        .map(|()| Json(serde_json::json!({})))
-        .map_err(refused)
+    result.map(|()| Json(Done {})).map_err(refused)
 }
 
 /// An error answer whose HTTP status comes from the refusal's kind.
@@ -187,135 +228,42 @@ fn refused(r: Refusal) -> (StatusCode, Json<ApiError>) {
     api_error(code, r.to_string())
 }
 
-async fn shutdown_handler(AxState(shared): AxState<Arc<Shared>>) -> Json<serde_json::Value> {
+async fn shutdown_handler(AxState(shared): AxState<Arc<Shared>>) -> Json<Done> {
     let _ = shared.shutdown.send(true);
-    Json(serde_json::json!({}))
+    Json(Done {})
 }
 
+/// `up` on a running stack: the settings it wants, applied as [`super::settings`]
+/// plans. The files are written (bcrypt, promtool) on a blocking thread, and the
+/// core's lock is taken only after, for the daemon's own part.
 async fn config_handler(
     AxState(shared): AxState<Arc<Shared>>,
     Json(wanted): Json<StackConfig>,
 ) -> ApiResult<crate::api::ReconfigureResponse> {
-    let bad = |e: String| api_error(StatusCode::BAD_REQUEST, e);
-    let mut core = shared.core.lock().unwrap();
-    // The live settings, which include a port the supervisor moved Prometheus to.
-    let old = shared.settings.borrow().clone();
-    if wanted.prometheus_port != old.prometheus_port
-        || wanted.prometheus_bin != old.prometheus_bin
-        || wanted.grafana_port != old.grafana_port
-        || wanted.grafana_bin != old.grafana_bin
-        || wanted.sd_listen != old.sd_listen
-        || wanted.sd_tls_cert != old.sd_tls_cert
-        || wanted.sd_tls_key != old.sd_tls_key
-    {
-        return Err(bad(
-            "ports, binaries and --sd-listen change only on a fresh start (raywatch down, then up)"
-                .into(),
-        ));
-    }
-    // Validated before anything is replaced: a bad config keeps the last good one.
-    crate::prometheus::write_files(&core.home, &wanted).map_err(|e| bad(format!("{e:#}")))?;
-    crate::grafana::write_files(&core.home, &wanted).map_err(|e| bad(format!("{e:#}")))?;
-    wanted
-        .save(&core.home.config())
-        .map_err(|e| bad(format!("{e:#}")))?;
-    let mut changes = Vec::new();
-    let mut note = |what: &str, from: String, to: String| {
-        if from != to {
-            changes.push(format!("{what} {from} -> {to}"));
-        }
-    };
-    let d = |d: Duration| humantime::format_duration(d).to_string();
-    note(
-        "scrape interval",
-        d(old.scrape_interval),
-        d(wanted.scrape_interval),
-    );
-    note("retention", d(old.retention), d(wanted.retention));
-    note("liveness", d(old.liveness), d(wanted.liveness));
-    note(
-        "default roots",
-        old.default_roots.to_string(),
-        wanted.default_roots.to_string(),
-    );
-    note(
-        "watch",
-        format!("{:?}", old.watch),
-        format!("{:?}", wanted.watch),
-    );
-    note(
-        "trusted uids",
-        format!("{:?}", old.trust_uids),
-        format!("{:?}", wanted.trust_uids),
-    );
-    note(
-        "grafana anonymous",
-        old.grafana_anonymous.to_string(),
-        wanted.grafana_anonymous.to_string(),
-    );
-    let urls = |c: &StackConfig| {
-        c.remote_write
-            .iter()
-            .map(|r| crate::remote_write::redact(&r.url))
-            .collect::<Vec<_>>()
-    };
-    note(
-        "remote write",
-        format!("{:?}", urls(&old)),
-        format!("{:?}", urls(&wanted)),
-    );
-    note("agent", old.agent.to_string(), wanted.agent.to_string());
-    note("ray_host", old.ray_host(), wanted.ray_host());
-    note(
-        "query url",
-        format!("{:?}", old.query_url),
-        format!("{:?}", wanted.query_url),
-    );
-    note(
-        "sample limit",
-        old.sample_limit.to_string(),
-        wanted.sample_limit.to_string(),
-    );
-    note(
-        "dropped labels",
-        format!("{:?}", old.drop_labels),
-        format!("{:?}", wanted.drop_labels),
-    );
-    note(
-        "top's recording rules",
-        (!old.no_top_rules).to_string(),
-        (!wanted.no_top_rules).to_string(),
-    );
-    let reload = wanted.scrape_interval != old.scrape_interval
-        || wanted.no_top_rules != old.no_top_rules
-        || wanted.remote_write != old.remote_write
-        || wanted.ray_host() != old.ray_host()
-        || wanted.sample_limit != old.sample_limit
-        || wanted.drop_labels != old.drop_labels;
-
-    shared.settings.send_replace(wanted.clone());
-    core.registry.set_liveness(wanted.liveness);
-    core.trusted = wanted
-        .trust_uids
-        .iter()
-        .copied()
-        .chain([nix::unistd::geteuid().as_raw()])
-        .collect();
-    core.full_scan();
-    drop(core);
-    if wanted.retention != old.retention || wanted.agent != old.agent {
+    let writer = shared.writer.clone();
+    let Applied { new, plan } = tokio::task::spawn_blocking(move || writer.change(wanted))
+        .await
+        .map_err(|e| {
+            api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the change was not made: {e}"),
+            )
+        })?
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+    shared.core.lock().unwrap().follow_settings(&new);
+    if plan.restart_prometheus {
         shared.prometheus.restart();
-        changes.push("Prometheus restarted (retention and agent mode are flags)".into());
-    } else if reload {
+    } else if plan.reload_prometheus {
         shared.prometheus.signal(nix::sys::signal::Signal::SIGHUP);
-        changes.push("Prometheus reloaded (SIGHUP)".into());
     }
-    if (wanted.grafana_anonymous != old.grafana_anonymous
-        || wanted.scrape_interval != old.scrape_interval)
+    if plan.restart_grafana
         && let Some(g) = &shared.grafana
     {
         g.restart();
     }
+    let prometheus = plan.prometheus();
+    let mut changes = plan.changes;
+    changes.extend(prometheus.map(String::from));
     tracing::info!("configuration changed: {}", changes.join("; "));
     shared.wake.notify_one();
     Ok(Json(crate::api::ReconfigureResponse { changes }))

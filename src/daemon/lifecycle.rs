@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Instant, SystemTime};
 
 use super::clusters::Core;
-use crate::history::{self, HistoryLog, Identity, Record};
+use crate::history::{self, History, HistoryLog, Identity, Record};
 use crate::registry::{Cluster, Origin, State};
 
 impl Core {
@@ -41,84 +41,111 @@ impl Core {
         // generation counts births, deaths, names and Slurm jobs) or a
         // heartbeat is due: an idle second costs no walk of every cluster.
         let generation = self.registry.generation();
-        let heartbeat_due = now.duration_since(self.last_heartbeat) >= history::HEARTBEAT;
+        let heartbeat_due = self.heartbeat.is_due(now);
         if self.history_reconciled && self.history_generation == Some(generation) && !heartbeat_due
         {
             return;
         }
         self.history_generation = Some(generation);
-        let t = history::unix(wall);
         let settings = self.settings.borrow().clone();
         log.keep = settings.retention;
-        let host = settings.ray_host();
-        let mut records = Vec::new();
-        let mut present = BTreeSet::new();
-        let mut live = Vec::new();
-        for c in self.registry.clusters() {
-            let ident = identity(c, &host);
-            present.insert(ident.id.clone());
-            let known = log.history.entries.get(&ident.id);
-            match &c.state {
-                State::Live => {
-                    live.push(ident.id.clone());
-                    if known.is_none_or(|e| e.ended() || e.cluster != ident) {
-                        records.push(Record::Seen { t, cluster: ident });
-                    }
-                }
-                State::Dead { since, reason } => {
-                    // Dead on first sight (an old session folder) is no
-                    // cluster this stack saw live: not history.
-                    let Some(e) = known.filter(|e| !e.ended()) else {
-                        continue;
-                    };
-                    // The last rewrite raywatch saw, or for a cluster that
-                    // died while the daemon was down, its file's last write.
-                    let last = history::unix(c.mtime.min(c.last_change_wall).min(wall));
-                    let reason = if self.history_reconciled {
-                        reason.clone()
-                    } else {
-                        format!("found ended when raywatch restarted: {reason}")
-                    };
-                    records.push(Record::Ended {
-                        t: history::unix(*since),
-                        id: ident.id,
-                        last_seen: last.max(e.last_seen_unix),
-                        reason,
-                    });
-                }
-            }
-        }
-        // Live in the history, unknown to the registry: its files went while
-        // raywatch was down, or it is no longer followed (detached, unwatched).
-        for e in log.history.entries.values() {
-            if e.ended() || present.contains(&e.cluster.id) {
-                continue;
-            }
-            let reason = if self.history_reconciled {
-                "no longer followed (detached, or its folder is no longer watched)"
-            } else {
-                "found ended when raywatch restarted: its discovery file is gone"
-            };
-            records.push(Record::Ended {
-                t,
-                id: e.cluster.id.clone(),
-                last_seen: if self.history_reconciled {
-                    t
-                } else {
-                    e.last_seen_unix
-                },
-                reason: reason.into(),
-            });
-        }
+        let (mut records, live) = catch_up(
+            &log.history,
+            self.registry.clusters(),
+            &settings.ray_host(),
+            self.history_reconciled,
+            wall,
+        );
         self.history_reconciled = true;
         if !live.is_empty() && heartbeat_due {
-            self.last_heartbeat = now;
-            records.push(Record::Alive { t, ids: live });
+            self.heartbeat.done(now);
+            records.push(Record::Alive {
+                t: history::unix(wall),
+                ids: live,
+            });
         }
         if let Err(e) = log.append(records) {
             tracing::warn!("cannot record the cluster history: {e:#}");
         }
     }
+}
+
+/// What `history` lacks about `clusters` at `wall`: the records that bring it in
+/// line, and the ids of the live clusters. `reconciled`: whether it was brought in
+/// line before (else this is the daemon's start, and ends found are said so).
+fn catch_up<'a>(
+    history: &History,
+    clusters: impl Iterator<Item = &'a Cluster>,
+    host: &str,
+    reconciled: bool,
+    wall: SystemTime,
+) -> (Vec<Record>, Vec<String>) {
+    let t = history::unix(wall);
+    let mut records = Vec::new();
+    let mut present = BTreeSet::new();
+    let mut live = Vec::new();
+    for c in clusters {
+        let ident = identity(c, host);
+        present.insert(ident.id.clone());
+        let known = history.entries.get(&ident.id);
+        match &c.state {
+            State::Live => {
+                live.push(ident.id.clone());
+                if known.is_none_or(|e| e.ended() || e.cluster != ident) {
+                    records.push(Record::Seen { t, cluster: ident });
+                }
+            }
+            State::Dead { since, reason } => {
+                // Dead on first sight (an old session folder) is no
+                // cluster this stack saw live: not history.
+                let Some(e) = known.filter(|e| !e.ended()) else {
+                    continue;
+                };
+                // The last rewrite raywatch saw, or for a cluster that
+                // died while the daemon was down, its file's last write.
+                let last = history::unix(c.mtime.min(c.last_change_wall).min(wall));
+                let reason = if reconciled {
+                    reason.clone()
+                } else {
+                    format!("found ended when raywatch restarted: {reason}")
+                };
+                records.push(Record::Ended {
+                    t: history::unix(*since),
+                    id: ident.id,
+                    last_seen: last.max(e.last_seen_unix),
+                    reason,
+                });
+            }
+        }
+    }
+    records.extend(vanished(history, &present, reconciled, t));
+    (records, live)
+}
+
+/// Live in the history, unknown to the registry: its files went while raywatch
+/// was down, or it is no longer followed (detached, unwatched).
+fn vanished(
+    history: &History,
+    present: &BTreeSet<String>,
+    reconciled: bool,
+    t: f64,
+) -> Vec<Record> {
+    let reason = if reconciled {
+        "no longer followed (detached, or its folder is no longer watched)"
+    } else {
+        "found ended when raywatch restarted: its discovery file is gone"
+    };
+    history
+        .entries
+        .values()
+        .filter(|e| !e.ended() && !present.contains(&e.cluster.id))
+        .map(|e| Record::Ended {
+            t,
+            id: e.cluster.id.clone(),
+            last_seen: if reconciled { t } else { e.last_seen_unix },
+            reason: reason.into(),
+        })
+        .collect()
 }
 
 /// A cluster's identity as the history keeps it.
@@ -142,5 +169,77 @@ fn identity(c: &Cluster, host: &str) -> Identity {
         },
         slurm_job_id: job_id,
         slurm_job_name: job_name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Entry;
+
+    fn entry(id: &str, ended: bool) -> Entry {
+        Entry {
+            cluster: Identity {
+                id: id.into(),
+                name: format!("{id}-ray"),
+                session: "session_2026-11-27_13-26-35_555015_2972".into(),
+                session_dir: None,
+                temp_dir: "/tmp/ray".into(),
+                discovery_file: format!("/tmp/ray/{id}").into(),
+                user: "alice".into(),
+                host: "h".into(),
+                source: "watch".into(),
+                slurm_job_id: None,
+                slurm_job_name: None,
+            },
+            first_seen_unix: 100.0,
+            last_seen_unix: 200.0,
+            ended_unix: ended.then_some(300.0),
+            end_reason: ended.then(|| "gone".into()),
+        }
+    }
+
+    fn history() -> History {
+        let mut h = History::default();
+        for (id, ended) in [("live", false), ("ended", true), ("followed", false)] {
+            h.entries.insert(id.into(), entry(id, ended));
+        }
+        h
+    }
+
+    #[test]
+    fn a_live_cluster_no_longer_followed_ends_now() {
+        let present = BTreeSet::from(["followed".to_string()]);
+        let records = vanished(&history(), &present, true, 500.0);
+        assert_eq!(
+            records,
+            [Record::Ended {
+                t: 500.0,
+                id: "live".into(),
+                last_seen: 500.0,
+                reason: "no longer followed (detached, or its folder is no longer watched)".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn at_start_a_live_cluster_whose_file_went_ends_when_it_was_last_seen() {
+        let records = vanished(&history(), &BTreeSet::new(), false, 500.0);
+        let ended: Vec<(&str, f64)> = records
+            .iter()
+            .map(|r| match r {
+                Record::Ended {
+                    id,
+                    last_seen,
+                    reason,
+                    ..
+                } => {
+                    assert!(reason.starts_with("found ended when raywatch restarted"));
+                    (id.as_str(), *last_seen)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ended, [("followed", 200.0), ("live", 200.0)]);
     }
 }

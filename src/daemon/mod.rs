@@ -14,10 +14,14 @@
 
 mod clusters;
 mod control;
+mod every;
 mod follow;
+mod harvest;
 mod lifecycle;
 mod probe;
+mod published;
 mod report;
+mod settings;
 
 pub use follow::Attachment;
 
@@ -26,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::watch;
 
 use crate::config::StackConfig;
@@ -37,6 +41,7 @@ use crate::targets::TargetsDir;
 use crate::watch::Watcher;
 use clusters::Core;
 use follow::Follow;
+use settings::SettingsWriter;
 
 /// A live cluster that missed one rewrite is re-read and its GCS asked.
 const OVERDUE: Duration = Duration::from_secs(7);
@@ -94,6 +99,8 @@ pub struct Shared {
     shutdown: watch::Sender<bool>,
     /// The live settings, the one owner of them (see the module's doc).
     settings: Arc<watch::Sender<StackConfig>>,
+    /// Their one writer, with the files made from them.
+    writer: Arc<SettingsWriter>,
     prometheus: Arc<Supervisor>,
     grafana: Option<Arc<Supervisor>>,
     /// The verified client of Prometheus, following its port.
@@ -191,17 +198,61 @@ fn raise_fd_limit() {
     }
 }
 
-/// Stops a child a previous daemon left running (it was killed before it could),
-/// identified by its recorded PID and a command line naming this home.
-fn reap_stale_child(pid_file: &Path, marker: &str, what: &str) {
-    if let Some(pid) = crate::process::read_pid(pid_file) {
-        let ours = |cmd: &[String]| cmd.iter().any(|a| a.contains(marker));
-        if crate::process::alive(pid) && crate::process::cmdline(pid).is_some_and(|c| ours(&c)) {
-            tracing::warn!("stopping the {what} a previous daemon left running (pid {pid})");
-            crate::process::stop(pid, ours, Duration::ZERO);
+/// The processes of a stack that `down` and a new daemon find by recorded PID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackProcess {
+    Daemon,
+    Prometheus,
+    Grafana,
+}
+
+impl StackProcess {
+    pub const ALL: [StackProcess; 3] = [
+        StackProcess::Daemon,
+        StackProcess::Prometheus,
+        StackProcess::Grafana,
+    ];
+
+    pub fn pid_file(self, home: &Home) -> PathBuf {
+        match self {
+            StackProcess::Daemon => home.daemon_pid(),
+            StackProcess::Prometheus => home.prometheus_pid(),
+            StackProcess::Grafana => home.grafana_pid(),
         }
     }
-    let _ = fs_err::remove_file(pid_file);
+
+    /// What its command line carries (see [`crate::process::Marks`]): the home for
+    /// the daemon (`raywatch --home HOME daemon`), the config file the stack wrote
+    /// for Prometheus and Grafana.
+    pub fn marks(self, home: &Home) -> crate::process::Marks {
+        crate::process::Marks(match self {
+            StackProcess::Daemon => {
+                vec!["daemon".into(), home.root().to_string_lossy().into_owned()]
+            }
+            StackProcess::Prometheus => {
+                vec![format!("--config.file={}", home.prometheus_yml().display())]
+            }
+            StackProcess::Grafana => vec![format!(
+                "--config={}",
+                home.grafana_dir().join("grafana.ini").display()
+            )],
+        })
+    }
+
+    /// The recorded PID, when it still runs this process.
+    pub fn running(self, home: &Home) -> Option<u32> {
+        crate::process::read_pid(&self.pid_file(home)).filter(|&pid| self.marks(home).runs(pid))
+    }
+}
+
+/// Stops a child a previous daemon left running (it was killed before it could),
+/// identified by its recorded PID and its command line.
+fn reap_stale_child(home: &Home, child: StackProcess) {
+    if let Some(pid) = child.running(home) {
+        tracing::warn!("stopping the {child:?} a previous daemon left running (pid {pid})");
+        crate::process::stop(pid, &child.marks(home), Duration::ZERO);
+    }
+    let _ = fs_err::remove_file(child.pid_file(home));
 }
 
 /// Removes temp files a killed writer left behind (`.<name>.<pid>.tmp`, and
@@ -238,54 +289,113 @@ fn sweep_temp_files(home: &Home) {
     }
 }
 
+/// The daemon's life: files made ready, children started, the shared state
+/// built, the listeners opened, then the event loop until a stop, then the stop.
 async fn serve(home: Home, config: StackConfig) -> Result<()> {
-    sweep_temp_files(&home);
-    let yml = home.prometheus_yml().display().to_string();
-    reap_stale_child(&home.prometheus_pid(), &yml, "Prometheus");
-    let ini = home.grafana_dir().join("grafana.ini").display().to_string();
-    reap_stale_child(&home.grafana_pid(), &ini, "Grafana");
+    let (password, gateway_listener, config) = prepare(&home, config)?;
+    let settings = Arc::new(watch::channel(config.clone()).0);
+    let writer = Arc::new(SettingsWriter::new(home.clone(), settings.clone()));
+    let port_note: Arc<Mutex<Option<String>>> = Arc::default();
+    let prometheus = start_prometheus(&home, writer.clone(), port_note.clone());
+    let grafana = start_grafana(&home, &config);
+    let (fs_tx, fs_rx) = unbounded_channel::<PathBuf>();
+    let core = build_core(&home, &config, settings.subscribe(), &fs_tx)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        wake: tokio::sync::Notify::new(),
+        shutdown,
+        settings: settings.clone(),
+        writer,
+        prometheus: prometheus.clone(),
+        grafana: grafana.clone(),
+        client: Mutex::new(crate::prometheus::Client::new(
+            config.prometheus_port,
+            password.clone(),
+            Some(home.prometheus_pid()),
+        )),
+        port_note,
+        gateway: GatewayInfo {
+            port: config.gateway_port,
+            counters: Arc::default(),
+        },
+        started: SystemTime::now(),
+    });
+
+    let api = control::serve(&home, shared.clone(), shutdown_rx.clone())?;
+    let gateway = start_gateway(&shared, gateway_listener, shutdown_rx.clone());
+    let event_loop = EventLoop::new(home.clone(), password, shared.clone(), fs_rx)?;
+    event_loop.publish_first();
+    tracing::info!(
+        "raywatch daemon up for {} (pid {})",
+        home.root().display(),
+        std::process::id()
+    );
+    let sd = match &config.sd_listen {
+        Some(addr) => {
+            Some(start_sd(&home, &config, addr, shared.clone(), shutdown_rx.clone()).await?)
+        }
+        None => None,
+    };
+    event_loop.run(shutdown_rx).await?;
+
+    let _ = shared.shutdown.send(true);
+    let _ = api.await;
+    gateway.abort();
+    if let Some(sd) = sd {
+        sd.abort();
+    }
+    if let Some(g) = &grafana {
+        g.stop().await;
+    }
+    prometheus.stop().await;
+    drop(fs_tx);
+    Ok(())
+}
+
+/// What comes before anything starts: temp files and children a killed daemon
+/// left are cleaned up, the password rotated, the files written, the gateway's
+/// port bound. Returns the password, the gateway's listener and the settings
+/// (with the gateway's port).
+fn prepare(
+    home: &Home,
+    config: StackConfig,
+) -> Result<(String, tokio::net::TcpListener, StackConfig)> {
+    sweep_temp_files(home);
+    reap_stale_child(home, StackProcess::Prometheus);
+    reap_stale_child(home, StackProcess::Grafana);
     // A new password at every start: one that leaked (an old Ray file, a
     // squatter before this fix) stops working with the next `up`.
-    let password = crate::prometheus::rotate_password(&home)?;
-    crate::prometheus::write_files(&home, &config)?;
-    crate::grafana::write_files(&home, &config)?;
+    let password = crate::prometheus::rotate_password(home)?;
+    crate::prometheus::write_files(home, &config)?;
+    crate::grafana::write_files(home, &config)?;
     // The gateway for Ray: held by the daemon for its whole life.
-    let (gateway_listener, config) = bind_gateway(&home, config)?;
-    let settings = Arc::new(watch::channel(config.clone()).0);
-    let port_note: Arc<Mutex<Option<String>>> = Arc::default();
+    let (listener, config) = bind_gateway(home, config)?;
+    Ok((password, listener, config))
+}
 
-    // Prometheus, restarted with backoff. A port chosen by raywatch that someone
-    // took meanwhile is replaced by a fresh one, in the live settings.
-    let prometheus = {
-        let (home, settings, note) = (home.clone(), settings.clone(), port_note.clone());
-        Arc::new(Supervisor::start("prometheus", move || {
-            let mut config = settings.borrow().clone();
-            if config.prometheus_port_auto && !crate::ports::is_free(config.prometheus_port) {
-                let fresh = crate::ports::free_port()?;
-                let msg = format!(
-                    "Prometheus moved from port {} to {fresh}: the old port was {}",
-                    config.prometheus_port,
-                    crate::process::describe_holder(config.prometheus_port)
-                );
-                tracing::warn!("{msg}");
-                *note.lock().unwrap() = Some(msg);
-                config.prometheus_port = fresh;
-                config.save(&home.config())?;
-                crate::prometheus::write_files(&home, &config)?;
-                crate::grafana::write_files(&home, &config)?;
-                settings.send_replace(config.clone());
-            }
-            Ok(Spec {
-                program: config.prometheus_bin.clone(),
-                args: crate::prometheus::args(&home, &config),
-                log: home.prometheus_log(),
-                pid_file: home.prometheus_pid(),
-            })
-        }))
-    };
+/// Prometheus, restarted with backoff. A port chosen by raywatch that someone
+/// took meanwhile is replaced by a fresh one, in the live settings.
+fn start_prometheus(
+    home: &Home,
+    writer: Arc<SettingsWriter>,
+    port_note: Arc<Mutex<Option<String>>>,
+) -> Arc<Supervisor> {
+    let home = home.clone();
+    Arc::new(Supervisor::start("prometheus", move || {
+        let config = writer.for_prometheus_start(&port_note)?;
+        Ok(Spec {
+            program: config.prometheus_bin.clone(),
+            args: crate::prometheus::args(&home, &config),
+            log: home.prometheus_log(),
+            pid_file: home.prometheus_pid(),
+        })
+    }))
+}
 
-    // Grafana, when a binary was found at `up`; supervised like Prometheus.
-    let grafana = config.grafana_bin.clone().map(|bin| {
+/// Grafana, when a binary was found at `up`; supervised like Prometheus.
+fn start_grafana(home: &Home, config: &StackConfig) -> Option<Arc<Supervisor>> {
+    config.grafana_bin.clone().map(|bin| {
         let home = home.clone();
         Arc::new(Supervisor::start("grafana", move || {
             Ok(Spec {
@@ -295,9 +405,17 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
                 pid_file: home.grafana_pid(),
             })
         }))
-    });
+    })
+}
 
-    let (fs_tx, mut fs_rx) = unbounded_channel::<PathBuf>();
+/// The cluster core, with the attachments, the names and the history a previous
+/// daemon left; nothing is scanned yet.
+fn build_core(
+    home: &Home,
+    config: &StackConfig,
+    settings: watch::Receiver<StackConfig>,
+    fs_tx: &UnboundedSender<PathBuf>,
+) -> Result<Core> {
     let attachments: Vec<Attachment> = match fs_err::read(home.attachments()) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
             tracing::error!(
@@ -315,118 +433,147 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     }
     let mut core = Core::new(
         home.clone(),
-        settings.subscribe(),
+        settings,
         registry,
         targets,
         Follow::new(Watcher::new(fs_tx.clone()), attachments),
     );
     core.open_history();
-    let (shutdown, mut shutdown_rx) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        core: Mutex::new(core),
-        wake: tokio::sync::Notify::new(),
-        shutdown,
-        settings: settings.clone(),
-        prometheus: prometheus.clone(),
-        grafana: grafana.clone(),
-        client: Mutex::new(crate::prometheus::Client::new(
-            config.prometheus_port,
-            password.clone(),
-            Some(home.prometheus_pid()),
-        )),
-        port_note,
-        gateway: GatewayInfo {
-            port: config.gateway_port,
-            counters: Arc::default(),
+    Ok(core)
+}
+
+/// The gateway Ray's Dashboard queries, serving only this user.
+fn start_gateway(
+    shared: &Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let upstream = Arc::new(crate::gateway::Upstream {
+        client: {
+            let shared = shared.clone();
+            Box::new(move || shared.client.lock().unwrap().clone())
         },
-        started: SystemTime::now(),
+        counters: shared.gateway.counters.clone(),
     });
+    let owner = crate::gateway::OwnerOnly::new(
+        nix::unistd::geteuid().as_raw(),
+        shared.gateway.counters.clone(),
+    );
+    tokio::spawn(crate::gateway::serve(listener, owner, upstream, shutdown))
+}
 
-    let api = control::serve(&home, shared.clone(), shutdown_rx.clone())?;
-    let gateway = {
-        let upstream = Arc::new(crate::gateway::Upstream {
-            client: {
-                let shared = shared.clone();
-                Box::new(move || shared.client.lock().unwrap().clone())
-            },
-            counters: shared.gateway.counters.clone(),
-        });
-        let owner = crate::gateway::OwnerOnly::new(
-            nix::unistd::geteuid().as_raw(),
-            shared.gateway.counters.clone(),
-        );
-        tokio::spawn(crate::gateway::serve(
-            gateway_listener,
-            owner,
-            upstream,
-            shutdown_rx.clone(),
-        ))
-    };
+/// The daemon's event loop: folder events, the 1 s tick, owners resolved, dead
+/// clusters reported by probes, wake-ups and deadlines; after each, what is due
+/// is published.
+struct EventLoop {
+    home: Home,
+    password: String,
+    shared: Arc<Shared>,
+    fs_rx: UnboundedReceiver<PathBuf>,
+    owner_tx: UnboundedSender<(String, Option<String>)>,
+    owner_rx: UnboundedReceiver<(String, Option<String>)>,
+    dead_tx: UnboundedSender<(PathBuf, String)>,
+    dead_rx: UnboundedReceiver<(PathBuf, String)>,
+    http: reqwest::Client,
+}
 
-    let (owner_tx, mut owner_rx) = unbounded_channel::<(String, Option<String>)>();
-    let (dead_tx, mut dead_rx) = unbounded_channel::<(PathBuf, String)>();
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    {
-        let mut core = shared.core.lock().unwrap();
+impl EventLoop {
+    fn new(
+        home: Home,
+        password: String,
+        shared: Arc<Shared>,
+        fs_rx: UnboundedReceiver<PathBuf>,
+    ) -> Result<EventLoop> {
+        let (owner_tx, owner_rx) = unbounded_channel();
+        let (dead_tx, dead_rx) = unbounded_channel();
+        Ok(EventLoop {
+            home,
+            password,
+            shared,
+            fs_rx,
+            owner_tx,
+            owner_rx,
+            dead_tx,
+            dead_rx,
+            http: reqwest::Client::builder().no_proxy().build()?,
+        })
+    }
+
+    /// The first full scan and publish.
+    fn publish_first(&self) {
+        let mut core = self.shared.core.lock().unwrap();
         core.full_scan();
         let due = core.publish();
         drop(core);
-        spawn_resolves(&http, due, &owner_tx);
+        spawn_resolves(&self.http, due, &self.owner_tx);
     }
-    tracing::info!(
-        "raywatch daemon up for {} (pid {})",
-        home.root().display(),
-        std::process::id()
-    );
 
-    let sd = match &config.sd_listen {
-        Some(addr) => {
-            Some(start_sd(&home, &config, addr, shared.clone(), shutdown_rx.clone()).await?)
+    /// Runs until SIGTERM, SIGINT or a stop request.
+    async fn run(mut self, mut shutdown_rx: watch::Receiver<bool>) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = self.shared.clone();
+        loop {
+            let mut probes = Vec::new();
+            let wake_at = shared.core.lock().unwrap().next_deadline();
+            tokio::select! {
+                Some(p) = self.fs_rx.recv() => self.handle_fs_events(p).await,
+                _ = tick.tick() => probes = self.tick(),
+                Some((ep, owner)) = self.owner_rx.recv() => {
+                    shared.core.lock().unwrap().attribution.record(ep, owner, Instant::now());
+                }
+                Some((file, reason)) = self.dead_rx.recv() => {
+                    let mut core = shared.core.lock().unwrap();
+                    let change = core.registry.declare_dead(&file, SystemTime::now(), reason);
+                    core.log_change(&file, change);
+                }
+                _ = shared.wake.notified() => {}
+                // Target files waiting for the write pace go out below.
+                _ = sleep_until(wake_at) => {}
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = shutdown_rx.changed() => { tracing::info!("stop requested"); break; }
+            }
+            self.spawn_probes(probes);
+            let due = shared.core.lock().unwrap().publish();
+            spawn_resolves(&self.http, due, &self.owner_tx);
         }
-        None => None,
-    };
+        Ok(())
+    }
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut probes = Vec::new();
-        let wake_at = shared.core.lock().unwrap().next_deadline();
-        tokio::select! {
-            Some(p) = fs_rx.recv() => {
-                let mut batch = vec![p];
-                tokio::time::sleep(DEBOUNCE).await;
-                while let Ok(p) = fs_rx.try_recv() {
-                    batch.push(p);
-                }
-                shared.core.lock().unwrap().handle_events(batch);
-            }
-            _ = tick.tick() => {
-                probes = shared.core.lock().unwrap().tick();
-                let port = settings.borrow().prometheus_port;
-                let mut client = shared.client.lock().unwrap();
-                if client.port != port {
-                    *client = crate::prometheus::Client::new(port, password.clone(), Some(home.prometheus_pid()));
-                }
-            }
-            Some((ep, owner)) = owner_rx.recv() => {
-                shared.core.lock().unwrap().attribution.record(ep, owner, Instant::now());
-            }
-            Some((file, reason)) = dead_rx.recv() => {
-                let mut core = shared.core.lock().unwrap();
-                let change = core.registry.declare_dead(&file, SystemTime::now(), reason);
-                core.log_change(&file, change);
-            }
-            _ = shared.wake.notified() => {}
-            // Target files waiting for the write pace go out below.
-            _ = sleep_until(wake_at) => {}
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = shutdown_rx.changed() => { tracing::info!("stop requested"); break; }
+    /// A folder event, with the rest of its writer's burst.
+    async fn handle_fs_events(&mut self, first: PathBuf) {
+        let mut batch = vec![first];
+        tokio::time::sleep(DEBOUNCE).await;
+        while let Ok(p) = self.fs_rx.try_recv() {
+            batch.push(p);
         }
+        self.shared.core.lock().unwrap().handle_events(batch);
+    }
+
+    /// The core's 1 s tick; the Prometheus client follows a moved port. Returns
+    /// the clusters whose GCS is to be asked.
+    fn tick(&self) -> Vec<(PathBuf, Vec<String>)> {
+        let probes = self.shared.core.lock().unwrap().tick();
+        let port = self.shared.settings.borrow().prometheus_port;
+        let mut client = self.shared.client.lock().unwrap();
+        if client.port != port {
+            *client = crate::prometheus::Client::new(
+                port,
+                self.password.clone(),
+                Some(self.home.prometheus_pid()),
+            );
+        }
+        probes
+    }
+
+    /// Asks each cluster's GCS whether it still runs; one that refuses is reported dead.
+    fn spawn_probes(&self, probes: Vec<(PathBuf, Vec<String>)>) {
         for (file, addrs) in probes {
-            let tx = dead_tx.clone();
+            let tx = self.dead_tx.clone();
             tokio::spawn(async move {
                 if probe::all_refused(&addrs).await {
                     let _ = tx.send((
@@ -436,21 +583,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
                 }
             });
         }
-        let due = shared.core.lock().unwrap().publish();
-        spawn_resolves(&http, due, &owner_tx);
     }
-    let _ = shared.shutdown.send(true);
-    let _ = api.await;
-    gateway.abort();
-    if let Some(sd) = sd {
-        sd.abort();
-    }
-    if let Some(g) = &grafana {
-        g.stop().await;
-    }
-    prometheus.stop().await;
-    drop(fs_tx);
-    Ok(())
 }
 
 /// Starts the http_sd endpoint (see [`crate::sd`]) on `addr`.
@@ -537,5 +670,25 @@ fn spawn_resolves(
             }
             let _ = tx.send((ep, owner));
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marks_are_on_the_command_lines_the_stack_runs() {
+        let home = Home::resolve(Some("/h/raywatch".into())).unwrap();
+        let config = StackConfig::default();
+        let prometheus = crate::prometheus::args(&home, &config);
+        assert!(StackProcess::Prometheus.marks(&home).on(&prometheus));
+        let grafana = crate::grafana::command(Path::new("/usr/sbin/grafana-server"), &home);
+        assert!(StackProcess::Grafana.marks(&home).on(&grafana));
+        // Each process' marks are its own.
+        assert!(!StackProcess::Grafana.marks(&home).on(&prometheus));
+        assert!(!StackProcess::Prometheus.marks(&home).on(&grafana));
+        let other = Home::resolve(Some("/h/other".into())).unwrap();
+        assert!(!StackProcess::Prometheus.marks(&other).on(&prometheus));
     }
 }

@@ -1,8 +1,9 @@
 //! Asking a cluster's GCS whether it still runs: the port Ray recorded, a process of its
 //! session listening on it (a sign of life), and a connect that is refused (its end).
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::untrusted::Folder;
 
@@ -138,4 +139,76 @@ pub async fn all_refused(addrs: &[String]) -> bool {
         }
     }
     true
+}
+
+/// How many times, and how often, raywatch looks for a new cluster's GCS port.
+const GCS_PORT_TRIES: u32 = 6;
+const GCS_PORT_RETRY: Duration = Duration::from_secs(5);
+
+/// New clusters whose GCS port was not found yet: when to look again, and how
+/// many looks are left.
+#[derive(Debug, Default)]
+pub struct PortLooks(HashMap<PathBuf, (Instant, u32)>);
+
+impl PortLooks {
+    /// No more looks for `file` (its port was found, or it is gone or dead).
+    pub fn stop(&mut self, file: &Path) {
+        self.0.remove(file);
+    }
+
+    /// A look at `now` found no port: the next one is [`GCS_PORT_RETRY`] later,
+    /// until [`GCS_PORT_TRIES`] looks were made.
+    pub fn missed(&mut self, file: &Path, now: Instant) {
+        let left = self
+            .0
+            .get(file)
+            .map_or(GCS_PORT_TRIES, |(_, n)| *n)
+            .saturating_sub(1);
+        if left == 0 {
+            self.0.remove(file);
+        } else {
+            self.0
+                .insert(file.to_path_buf(), (now + GCS_PORT_RETRY, left));
+        }
+    }
+
+    /// The files to look at again at `now`.
+    pub fn due(&self, now: Instant) -> Vec<PathBuf> {
+        self.0
+            .iter()
+            .filter(|(_, (at, _))| now >= *at)
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn six_looks_5s_apart_then_none() {
+        let (mut looks, file, t0) = (PortLooks::default(), Path::new("/d.json"), Instant::now());
+        let mut at = t0;
+        let mut made = 1;
+        looks.missed(file, at);
+        while let Some((next, _)) = looks.0.get(file).copied() {
+            assert_eq!(next - at, GCS_PORT_RETRY);
+            assert!(looks.due(next - Duration::from_millis(1)).is_empty());
+            assert_eq!(looks.due(next), [file.to_path_buf()]);
+            at = next;
+            made += 1;
+            looks.missed(file, at);
+        }
+        assert_eq!(made, GCS_PORT_TRIES);
+        assert!(looks.due(at + Duration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn a_found_port_ends_the_looks() {
+        let (mut looks, file, t0) = (PortLooks::default(), Path::new("/d.json"), Instant::now());
+        looks.missed(file, t0);
+        looks.stop(file);
+        assert!(looks.due(t0 + GCS_PORT_RETRY).is_empty());
+    }
 }

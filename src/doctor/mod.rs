@@ -265,12 +265,7 @@ fn status_report(home: &Home, set_up: bool) -> Result<StatusReport, String> {
         .map_err(|e| e.to_string())?;
     let socket = home.socket();
     rt.block_on(async {
-        let call = crate::api::call_json::<StatusReport>(
-            &socket,
-            crate::api::Method::GET,
-            "/v1/status",
-            None::<&()>,
-        );
+        let call = crate::api::request(&socket, &crate::api::StatusRequest);
         match tokio::time::timeout(STATUS_TIMEOUT, call).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) if e.chain().any(|c| c.is::<crate::api::NotRunning>()) => Err(not_running()),

@@ -160,14 +160,9 @@ pub async fn fetch_cluster(
 
 /// The Grafana URL of a cluster's Ray dashboard, from the daemon's status report.
 async fn grafana_url(home: &Home, name: &str) -> Option<String> {
-    let report: crate::status::StatusReport = crate::api::call_json(
-        &home.socket(),
-        crate::api::Method::GET,
-        "/v1/status",
-        None::<&()>,
-    )
-    .await
-    .ok()?;
+    let report = crate::api::request(&home.socket(), &crate::api::StatusRequest)
+        .await
+        .ok()?;
     report
         .clusters
         .into_iter()

@@ -19,6 +19,7 @@ mod ray;
 mod rayauth;
 mod reliability;
 mod security;
+mod settings;
 mod snapshots;
 mod support;
 mod top;
