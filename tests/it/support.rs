@@ -839,3 +839,14 @@ pub fn parse_exports(text: &str) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_string(), v.trim_matches('\'').replace("'\\''", "'")))
         .collect()
 }
+
+/// Fails a test that runs where something it needs is missing. `scripts/test`
+/// checks each such need first and has nextest skip (and count) the tests that
+/// lack it, so a test never passes without asserting; getting here means the
+/// test was run some other way.
+pub fn unmet(need: &str) -> ! {
+    panic!(
+        "this test needs {need}: run the suite with scripts/test, which reports \
+         the tests whose needs this machine lacks as skipped"
+    )
+}
