@@ -48,6 +48,8 @@ pub mod status;
 pub mod supervisor;
 pub mod targets;
 pub mod temp_dir;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod top;
 pub mod untrusted;
 pub mod watch;

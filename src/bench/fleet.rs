@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -22,6 +22,7 @@ use serde_json::Value;
 use super::local::{percentile, sample};
 use crate::discovery::DISCOVERY_FILE;
 use crate::home::Home;
+use crate::testkit::Rewriter;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
@@ -290,71 +291,21 @@ impl Drop for Endpoints {
     }
 }
 
-/// A discovery file as Ray writes it (one group, every target), via a temp file and a rename.
-fn write_listing(file: &Path, targets: &[String]) -> Result<()> {
-    let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    let tmp = file.with_extension("tmp");
-    fs_err::write(
-        &tmp,
-        format!(
-            r#"[{{"labels": {{"job": "ray"}}, "targets": [{}]}}]"#,
-            list.join(", ")
-        ),
-    )?;
-    fs_err::rename(&tmp, file)?;
-    Ok(())
-}
-
 /// Synthetic Ray heads: one session per listing under `root`, each discovery
-/// file rewritten every 5 s like Ray's head does (the writes spread evenly).
-pub(crate) struct Heads {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Heads {
-    pub(crate) fn start(root: &Path, listings: Vec<Vec<String>>) -> Result<Heads> {
-        let files = listings
-            .into_iter()
-            .enumerate()
-            .map(|(k, targets)| {
-                let d = root.join(format!("session_fleet_{k}"));
-                fs_err::create_dir(&d)?;
-                let f = d.join(DISCOVERY_FILE);
-                write_listing(&f, &targets)?;
-                Ok((f, targets))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let gap = Duration::from_secs(5) / files.len().max(1) as u32;
-                while !stop.load(Ordering::Relaxed) {
-                    for (f, targets) in &files {
-                        let _ = write_listing(f, targets);
-                        std::thread::sleep(gap);
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                    }
-                }
-            })
-        };
-        Ok(Heads {
-            stop,
-            thread: Some(thread),
+/// file rewritten every 5 s like Ray's head does (the writes spread evenly), until dropped.
+pub(crate) fn heads(root: &Path, listings: Vec<Vec<String>>) -> Result<Rewriter> {
+    let files = listings
+        .into_iter()
+        .enumerate()
+        .map(|(k, targets)| {
+            let d = root.join(format!("session_fleet_{k}"));
+            fs_err::create_dir(&d)?;
+            let f = d.join(DISCOVERY_FILE);
+            crate::testkit::write_discovery(&f, &targets)?;
+            Ok((f, targets))
         })
-    }
-}
-
-impl Drop for Heads {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Rewriter::start(files, super::local::RAY_PERIOD))
 }
 
 /// Polls `check` every `every` until it gives a value, for at most `limit`.
@@ -424,7 +375,7 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
         "--host-label",
         "bench-lag",
     ])?;
-    let _heads = Heads::start(&stack.root, vec![endpoint.addrs.clone()])?;
+    let _heads = heads(&stack.root, vec![endpoint.addrs.clone()])?;
 
     let export = || -> Result<Vec<(i64, f64)>> {
         let start = (unix_ms() / 1e3) as i64 - 60;
@@ -695,7 +646,7 @@ pub fn agent(clusters: usize, series: usize, interval: Duration, duration: Durat
             flags.push("--agent");
         }
         let stack = FleetStack::up(&flags)?;
-        let heads = Heads::start(
+        let heads = heads(
             &stack.root,
             endpoints.addrs.iter().map(|a| vec![a.clone()]).collect(),
         )?;
@@ -820,7 +771,7 @@ pub fn sd(clusters: usize, targets: usize, requests: usize) -> Result<()> {
     for t in listings.iter().flatten() {
         held.hold(t)?;
     }
-    let _heads = Heads::start(&stack.root, listings)?;
+    let _heads = heads(&stack.root, listings)?;
     let token = fs_err::read_to_string(stack.home.sd_token())?
         .trim()
         .to_string();

@@ -16,6 +16,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::discovery::DISCOVERY_FILE;
 use crate::home::Home;
+use crate::testkit::Rewriter;
+
+/// How often a Ray head rewrites its discovery file.
+pub(crate) const RAY_PERIOD: Duration = Duration::from_secs(5);
 
 /// The first target port of synthetic clusters (unprivileged, below the
 /// kernel's ephemeral range).
@@ -213,54 +217,14 @@ impl Meter {
     }
 }
 
-/// Synthetic Ray heads that rewrite their discovery files every 5 s, the writes
-/// spread evenly (like Ray's heads, also when idle), until dropped.
-struct Rewriter {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Rewriter {
-    /// `files` with their targets, each written once now, then every 5 s.
-    fn start(files: Vec<(PathBuf, String)>) -> Rewriter {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let gap = Duration::from_secs(5) / files.len().max(1) as u32;
-                while !stop.load(Ordering::Relaxed) {
-                    let round = Instant::now();
-                    for (k, (f, target)) in files.iter().enumerate() {
-                        let _ = write_discovery(f, target);
-                        // Paced by the clock, not by sleeps, so a slow write does not stretch the round.
-                        let due = round + gap * (k as u32 + 1);
-                        if let Some(d) = due.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(d);
-                        }
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                    }
-                    if files.is_empty() {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            })
-        };
-        Rewriter {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Rewriter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// Like a Ray head: each of `files` (with its one target) rewritten every 5 s,
+/// the writes spread evenly, until dropped.
+fn rewriter(files: &[(PathBuf, String)]) -> Rewriter {
+    let files = files
+        .iter()
+        .map(|(f, target)| (f.clone(), vec![target.clone()]))
+        .collect();
+    Rewriter::start(files, RAY_PERIOD)
 }
 
 /// `n` synthetic clusters in the stack's root (`session_<prefix>_<k>`, target
@@ -294,14 +258,12 @@ impl Drop for BenchStack {
     }
 }
 
+/// A discovery file listing `target`, as Ray writes it.
 fn write_discovery(file: &Path, target: &str) -> Result<()> {
-    let tmp = file.with_extension("tmp");
-    fs_err::write(
-        &tmp,
-        format!(r#"[{{"labels": {{"job": "ray"}}, "targets": ["{target}"]}}]"#),
-    )?;
-    fs_err::rename(&tmp, file)?;
-    Ok(())
+    Ok(crate::testkit::write_discovery(
+        file,
+        &[target.to_string()],
+    )?)
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -441,7 +403,7 @@ pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<
     // Background clusters, from FIRST_PORT on: live, rewritten every 5 s.
     let _rewriter = if background > 0 {
         let files = make_clusters(&stack, "bg", background, FIRST_PORT)?;
-        let r = Rewriter::start(files);
+        let r = rewriter(&files);
         stack.wait_published(background, Duration::from_secs(180))?;
         std::thread::sleep(Duration::from_secs(5));
         Some(r)
@@ -546,7 +508,7 @@ pub fn idle(counts: &[usize], seconds: u64) -> Result<()> {
     for &n in counts {
         let stack = BenchStack::up()?;
         // Like Ray: every file rewritten every 5 s, the writes spread evenly.
-        let _rewriter = Rewriter::start(make_clusters(&stack, "idle", n, FIRST_PORT)?);
+        let _rewriter = rewriter(&make_clusters(&stack, "idle", n, FIRST_PORT)?);
         stack.wait_published(n, Duration::from_secs(180))?;
         std::thread::sleep(Duration::from_secs(5));
         let meter = stack.meter()?;
@@ -577,7 +539,7 @@ pub fn join(clusters: usize, seconds: u64) -> Result<()> {
     let files = make_clusters(&stack, "join", clusters, FIRST_PORT)?;
     let created = t0.elapsed();
     let expected: BTreeSet<String> = files.iter().map(|(_, t)| t.clone()).collect();
-    let _rewriter = Rewriter::start(files);
+    let _rewriter = rewriter(&files);
     let (mut written, mut listed) = (None, None);
     // Prometheus' CPU each second, for its busiest 5 s.
     let mut per_second: Vec<u64> = vec![sample(prometheus_pid)?.0];

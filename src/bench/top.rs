@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::fleet::{Endpoints, FleetStack, Heads};
+use super::fleet::{Endpoints, FleetStack, heads};
 use super::local::percentile;
 use crate::promql::{Counter, QueryApi};
 
@@ -111,7 +111,7 @@ pub fn top(counts: &[usize], refreshes: usize, no_top_rules: bool) -> Result<()>
         }
         let stack = FleetStack::up(&args)?;
         let endpoints = Endpoints::serve(n, Arc::new(node_metrics))?;
-        let _heads = Heads::start(
+        let _heads = heads(
             &stack.root,
             endpoints.addrs.iter().map(|a| vec![a.clone()]).collect(),
         )?;

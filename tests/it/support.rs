@@ -285,12 +285,7 @@ pub fn published_group(home: &Path, cluster: &str) -> Option<Value> {
 
 /// Writes a discovery file atomically, as Ray does.
 pub fn write_discovery(file: &Path, targets: &[String]) {
-    let body = serde_json::json!([{"labels": {"job": "ray"}, "targets": targets}]);
-    let tmp = file.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).unwrap();
-    f.write_all(body.to_string().as_bytes()).unwrap();
-    drop(f);
-    std::fs::rename(&tmp, file).unwrap();
+    raywatch::testkit::write_discovery(file, targets).unwrap();
 }
 
 /// Listeners on a synthetic cluster's loopback targets, as a real head's
@@ -359,8 +354,7 @@ impl Drop for Held {
 /// Ray does every 5 s, until dropped. It holds its loopback targets (see [`hold`]).
 pub struct FakeHead {
     pub file: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _rewriter: raywatch::testkit::Rewriter,
     _held: Held,
 }
 
@@ -369,8 +363,7 @@ impl FakeHead {
         FakeHead::start_every(temp_dir, session, targets, Duration::from_secs(1))
     }
 
-    /// Like [`FakeHead::start`], rewriting every `period` (Ray: 5 s), with the
-    /// session folder world-writable as Ray makes it.
+    /// Like [`FakeHead::start`], rewriting every `period` (Ray: 5 s).
     pub fn start_every(
         temp_dir: &Path,
         session: &str,
@@ -382,35 +375,11 @@ impl FakeHead {
         let file = dir.join(DISCOVERY);
         let held = hold(&targets);
         write_discovery(&file, &targets);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (f, s) = (file.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut last = Instant::now();
-            while !s.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                if last.elapsed() >= period
-                    && !s.load(Ordering::Relaxed)
-                    && f.parent().unwrap().exists()
-                {
-                    write_discovery(&f, &targets);
-                    last = Instant::now();
-                }
-            }
-        });
+        let rewriter = raywatch::testkit::Rewriter::start(vec![(file.clone(), targets)], period);
         FakeHead {
             file,
-            stop,
-            thread: Some(thread),
+            _rewriter: rewriter,
             _held: held,
-        }
-    }
-}
-
-impl Drop for FakeHead {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
