@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -58,10 +58,10 @@ pub fn parse_time(s: &str) -> Result<f64, String> {
         return Ok(t);
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(crate::history::unix(t));
+        return Ok(crate::clock::unix(t));
     }
     if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(crate::history::unix(SystemTime::now()) - d.as_secs_f64());
+        return Ok(crate::clock::unix_now() - d.as_secs_f64());
     }
     Err(format!(
         "{s:?} is not a time: use RFC 3339 (2026-11-27T13:00:00Z), Unix seconds, or a duration ago (2h)"
@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(parse_time("2026-11-27T13:00:00Z").unwrap(), 1795784400.0);
         assert_eq!(parse_time("2026-11-27 13:00:00").unwrap(), 1795784400.0);
         let ago = parse_time("2h").unwrap();
-        let now = crate::history::unix(SystemTime::now());
+        let now = crate::clock::unix_now();
         assert!((now - 7200.0 - ago).abs() < 5.0);
         let e = parse_time("yesterday").unwrap_err();
         assert!(e.contains("\"yesterday\"") && e.contains("RFC 3339"), "{e}");

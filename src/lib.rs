@@ -14,6 +14,7 @@ pub mod attribution;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod discovery;

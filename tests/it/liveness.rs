@@ -127,11 +127,7 @@ fn a_session_folder_another_user_moves_away_keeps_its_cluster_live_until_its_gcs
         .first()
         .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
         .unwrap_or(0.0);
-    let moved_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        - moved_at.elapsed().as_secs_f64();
+    let moved_unix = raywatch::clock::unix_now() - moved_at.elapsed().as_secs_f64();
     assert!(
         newest > moved_unix + liveness.as_secs_f64(),
         "no scrape well after the move: {fresh:?}"
