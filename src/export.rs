@@ -68,15 +68,10 @@ pub fn parse_time(s: &str) -> Result<f64, String> {
     ))
 }
 
-/// A PromQL string literal (JSON's escaping is a subset of PromQL's).
-fn quoted(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serialises")
-}
-
 fn matchers(selector: &[(String, String)]) -> String {
     selector
         .iter()
-        .map(|(k, v)| format!("{k}={}", quoted(v)))
+        .map(|(k, v)| format!("{k}={}", crate::quote::label_value(v)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -149,7 +144,7 @@ pub async fn write(req: &Request<'_>, w: &mut impl Write) -> Result<Stats> {
         let (family, kind) = family_of(name, &names, &types);
         writeln!(w, "# TYPE {family} {kind}")?;
         stats.metrics += 1;
-        let metric_sel = format!("{{__name__={},{sel}}}", quoted(name));
+        let metric_sel = format!("{{__name__={},{sel}}}", crate::quote::label_value(name));
         // Only counted: each label set is skipped, not kept.
         let series: Vec<serde::de::IgnoredAny> = req
             .client
@@ -247,16 +242,8 @@ fn labels(metric: &BTreeMap<String, String>) -> String {
             out.push(',');
         }
         out.push_str(k);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
+        out.push('=');
+        out.push_str(&crate::quote::label_value(v));
     }
     if out.len() == 1 {
         return String::new();

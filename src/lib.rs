@@ -38,6 +38,7 @@ pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod promql;
+pub mod quote;
 pub mod ray;
 pub mod ray_auth;
 pub mod ray_dashboard;
