@@ -372,20 +372,7 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
         "bench-lag",
     ])?;
     let _heads = heads(&stack.root, vec![endpoint.addrs.clone()])?;
-
-    let export = || -> Result<Vec<(i64, f64)>> {
-        let start = (unix_ms() / 1e3) as i64 - 60;
-        let body = rt.block_on(async {
-            http.get(format!("{}/api/v1/export", vm.url()))
-                .query(&[("match[]", TICK.to_string()), ("start", start.to_string())])
-                .send()
-                .await?
-                .error_for_status()?
-                .text()
-                .await
-        })?;
-        Ok(export_samples(&body))
-    };
+    let export = || tick_samples(&rt, &http, &vm);
     wait_for(
         "the synthetic cluster's series in VictoriaMetrics",
         Duration::from_secs(120),
@@ -394,73 +381,12 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
     )?;
     // Settle, then time only samples scraped after this point.
     std::thread::sleep(Duration::from_secs(5));
-    let mut seen: BTreeSet<i64> = export()?.into_iter().map(|(t, _)| t).collect();
-    let after = seen.last().copied().unwrap_or(0);
-    let (mut lags, mut values, mut polls) = (Vec::new(), BTreeSet::new(), Vec::new());
-    let deadline = Instant::now() + Duration::from_secs(2 * samples as u64 + 120);
-    while lags.len() < samples {
-        if Instant::now() > deadline {
-            bail!("only {} of {samples} samples arrived", lags.len());
-        }
-        let sent = Instant::now();
-        let got = export()?;
-        let now = unix_ms();
-        polls.push(sent.elapsed());
-        for (t, v) in got {
-            if t > after && seen.insert(t) {
-                lags.push(Duration::from_secs_f64(((now - t as f64) / 1e3).max(0.0)));
-                values.insert(v as i64);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    lags.truncate(samples);
+    let lags = Lags::time(export, samples)?;
     let floor = victoria_floor(&rt, &http, &vm, samples)?;
     // Context: what else this Prometheus sends, and its queue settings.
-    let rate = rt
-        .block_on(vm.query(
-            &http,
-            "sum(rate(prometheus_remote_storage_samples_total{ray_host=\"bench-lag\"}[1m]))",
-        ))
-        .ok()
-        .and_then(|r| {
-            r.first()
-                .and_then(|s| s["value"][1].as_str().map(String::from))
-        })
-        .and_then(|s| s.parse::<f64>().ok());
+    let rate = sent_rate(&rt, &http, &vm);
     let queue = queue_config(&rt, &stack.home).unwrap_or_else(|e| format!("unknown ({e})"));
-    let within_1s = lags.iter().filter(|d| **d < Duration::from_secs(1)).count();
-    println!("| path | samples | median | p95 | min | max |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    println!(
-        "{}",
-        row(
-            "scraped (sample timestamp) → returned by VictoriaMetrics' /api/v1/export",
-            lags,
-            0
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "floor: a sample imported straight into VictoriaMetrics (/api/v1/import) → returned by /api/v1/export",
-            floor,
-            0
-        )
-    );
-    println!();
-    println!("scraped → queryable under 1 s: {within_1s} of {samples} samples");
-    println!(
-        "distinct values among the timed samples: {} (one series, scraped every 1 s)",
-        values.len()
-    );
-    polls.sort();
-    println!(
-        "poll: every 20 ms plus the request ({} requests, median {:.1} ms, p95 {:.1} ms)",
-        polls.len(),
-        ms(percentile(&polls, 0.5)),
-        ms(percentile(&polls, 0.95))
-    );
+    lags.print(floor, samples);
     if let Some(r) = rate {
         println!(
             "samples this Prometheus sent, all series: {r:.0}/s (prometheus_remote_storage_samples_total)"
@@ -468,6 +394,118 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
     }
     println!("queue_config (Prometheus' defaults, from /api/v1/status/config): {queue}");
     Ok(())
+}
+
+/// The lag benchmark's samples of the last minute in VictoriaMetrics.
+fn tick_samples(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    vm: &Victoria,
+) -> Result<Vec<(i64, f64)>> {
+    let start = (unix_ms() / 1e3) as i64 - 60;
+    let body = rt.block_on(async {
+        http.get(format!("{}/api/v1/export", vm.url()))
+            .query(&[("match[]", TICK.to_string()), ("start", start.to_string())])
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    })?;
+    Ok(export_samples(&body))
+}
+
+/// The samples per second the stack's Prometheus remote-writes, all series.
+fn sent_rate(rt: &tokio::runtime::Runtime, http: &reqwest::Client, vm: &Victoria) -> Option<f64> {
+    rt.block_on(vm.query(
+        http,
+        "sum(rate(prometheus_remote_storage_samples_total{ray_host=\"bench-lag\"}[1m]))",
+    ))
+    .ok()
+    .and_then(|r| {
+        r.first()
+            .and_then(|s| s["value"][1].as_str().map(String::from))
+    })
+    .and_then(|s| s.parse::<f64>().ok())
+}
+
+/// Scrape-to-queryable lags of new samples, their distinct values, and the polls' times.
+struct Lags {
+    lags: Vec<Duration>,
+    values: BTreeSet<i64>,
+    polls: Vec<Duration>,
+}
+
+impl Lags {
+    /// Polls `export` every 20 ms until `samples` samples newer than the first poll's arrived.
+    fn time(export: impl Fn() -> Result<Vec<(i64, f64)>>, samples: usize) -> Result<Lags> {
+        let mut seen: BTreeSet<i64> = export()?.into_iter().map(|(t, _)| t).collect();
+        let after = seen.last().copied().unwrap_or(0);
+        let (mut lags, mut values, mut polls) = (Vec::new(), BTreeSet::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(2 * samples as u64 + 120);
+        while lags.len() < samples {
+            if Instant::now() > deadline {
+                bail!("only {} of {samples} samples arrived", lags.len());
+            }
+            let sent = Instant::now();
+            let got = export()?;
+            let now = unix_ms();
+            polls.push(sent.elapsed());
+            for (t, v) in got {
+                if t > after && seen.insert(t) {
+                    lags.push(Duration::from_secs_f64(((now - t as f64) / 1e3).max(0.0)));
+                    values.insert(v as i64);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lags.truncate(samples);
+        Ok(Lags {
+            lags,
+            values,
+            polls,
+        })
+    }
+
+    /// The table (beside VictoriaMetrics' own `floor`) and the notes under it.
+    fn print(mut self, floor: Vec<Duration>, samples: usize) {
+        let within_1s = self
+            .lags
+            .iter()
+            .filter(|d| **d < Duration::from_secs(1))
+            .count();
+        println!("| path | samples | median | p95 | min | max |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        println!(
+            "{}",
+            row(
+                "scraped (sample timestamp) → returned by VictoriaMetrics' /api/v1/export",
+                self.lags,
+                0
+            )
+        );
+        println!(
+            "{}",
+            row(
+                "floor: a sample imported straight into VictoriaMetrics (/api/v1/import) → returned by /api/v1/export",
+                floor,
+                0
+            )
+        );
+        println!();
+        println!("scraped → queryable under 1 s: {within_1s} of {samples} samples");
+        println!(
+            "distinct values among the timed samples: {} (one series, scraped every 1 s)",
+            self.values.len()
+        );
+        self.polls.sort();
+        println!(
+            "poll: every 20 ms plus the request ({} requests, median {:.1} ms, p95 {:.1} ms)",
+            self.polls.len(),
+            ms(percentile(&self.polls, 0.5)),
+            ms(percentile(&self.polls, 0.95))
+        );
+    }
 }
 
 /// VictoriaMetrics' own share: a sample (timestamped now) imported straight
