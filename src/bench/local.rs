@@ -380,36 +380,8 @@ pub fn latency(trials: usize) -> Result<()> {
 /// trials 0–500 ms apart instead of 0–5 s.
 pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<()> {
     let stack = BenchStack::up()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = crate::prometheus::Client::for_home(&stack.home)?;
-    let listed = |instance: &str| -> Result<bool> {
-        let body = rt.block_on(client.get_text("/api/v1/targets?state=active"))?;
-        Ok(body.contains(&format!("\"instance\":\"{instance}\"")))
-    };
-    let wait_listed = |instance: &str, t0: Instant| -> Result<Duration> {
-        let deadline = t0 + Duration::from_secs(30);
-        loop {
-            if listed(instance)? {
-                return Ok(t0.elapsed());
-            }
-            if Instant::now() > deadline {
-                bail!("{instance} was not listed within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    // Background clusters, from FIRST_PORT on: live, rewritten every 5 s.
-    let _rewriter = if background > 0 {
-        let files = make_clusters(&stack, "bg", background, FIRST_PORT)?;
-        let r = rewriter(&files);
-        stack.wait_published(background, Duration::from_secs(180))?;
-        std::thread::sleep(Duration::from_secs(5));
-        Some(r)
-    } else {
-        None
-    };
+    let lister = Lister::new(&stack)?;
+    let _rewriter = background_clusters(&stack, background)?;
     let watch = TargetsWatch::new(&stack.home.targets_dir())?;
     let (mut through, mut own, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     // Prometheus hands discovered targets over on a 5 s tick; back-to-back trials
@@ -425,41 +397,17 @@ pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<
     };
     for i in 0..trials {
         jitter()?;
-        // Through raywatch: a new session's discovery file.
-        let instance = format!("127.0.0.1:{}", 20000 + i);
-        let session = stack.root.join(format!("session_bench_{i}"));
-        fs_err::create_dir(&session)?;
-        let file = session.join(DISCOVERY_FILE);
-        watch.drain();
-        stack.held.hold(&instance)?;
-        write_discovery(&file, &instance)?;
-        let t0 = Instant::now();
-        // raywatch's own share: rename to the targets file holding the target.
-        own.push(watch.wait_for(&instance, t0, Duration::from_secs(30))?);
-        if !own_only {
-            through.push(wait_listed(&instance, t0)?);
-        }
-        // Let the synthetic cluster go, so the folder stays small.
-        fs_err::remove_dir_all(&session)?;
-        stack.held.release(&instance);
+        let (o, t) = session_trial(&stack, &watch, &lister, i, own_only)?;
+        own.push(o);
+        through.extend(t);
         if own_only {
             // Its leave is published before the next trial starts.
             std::thread::sleep(Duration::from_millis(50));
             eprint!("\rtrial {}/{trials}", i + 1);
             continue;
         }
-
-        // The floor: the same target written straight into targets/.
-        let instance = format!("127.0.0.1:{}", 40000 + i);
-        let body = format!(
-            r#"[{{"targets": ["{instance}"], "labels": {{"ray_io_cluster": "floor-{i}"}}}}]"#
-        );
-        let dest = stack.home.targets_dir().join(format!("floor-{i}.json"));
         jitter()?;
-        crate::atomic::write_via(&stack.home.targets_tmp(), &dest, body.as_bytes(), 0o600)?;
-        let t0 = Instant::now();
-        floor.push(wait_listed(&instance, t0)?);
-        fs_err::remove_file(&dest)?;
+        floor.push(floor_trial(&stack, &lister, i)?);
         eprint!("\rtrial {}/{trials}", i + 1);
     }
     eprintln!();
@@ -481,6 +429,99 @@ pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<
         own,
     );
     Ok(())
+}
+
+/// `n` background clusters, from FIRST_PORT on: live, rewritten every 5 s,
+/// published before this returns.
+fn background_clusters(stack: &BenchStack, n: usize) -> Result<Option<Rewriter>> {
+    if n == 0 {
+        return Ok(None);
+    }
+    let files = make_clusters(stack, "bg", n, FIRST_PORT)?;
+    let r = rewriter(&files);
+    stack.wait_published(n, Duration::from_secs(180))?;
+    std::thread::sleep(Duration::from_secs(5));
+    Ok(Some(r))
+}
+
+/// Asks the stack's Prometheus which targets it lists.
+struct Lister {
+    rt: tokio::runtime::Runtime,
+    client: crate::prometheus::Client,
+}
+
+impl Lister {
+    fn new(stack: &BenchStack) -> Result<Lister> {
+        Ok(Lister {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            client: crate::prometheus::Client::for_home(&stack.home)?,
+        })
+    }
+
+    fn listed(&self, instance: &str) -> Result<bool> {
+        let body = self
+            .rt
+            .block_on(self.client.get_text("/api/v1/targets?state=active"))?;
+        Ok(body.contains(&format!("\"instance\":\"{instance}\"")))
+    }
+
+    /// The time from `t0` until `instance` is listed (polled every 10 ms, for 30 s at most).
+    fn wait_listed(&self, instance: &str, t0: Instant) -> Result<Duration> {
+        let deadline = t0 + Duration::from_secs(30);
+        loop {
+            if self.listed(instance)? {
+                return Ok(t0.elapsed());
+            }
+            if Instant::now() > deadline {
+                bail!("{instance} was not listed within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Trial `i` through raywatch, a new session's discovery file: raywatch's own
+/// share (rename to its targets file), and unless `own_only` the time until listed.
+fn session_trial(
+    stack: &BenchStack,
+    watch: &TargetsWatch,
+    lister: &Lister,
+    i: usize,
+    own_only: bool,
+) -> Result<(Duration, Option<Duration>)> {
+    let instance = format!("127.0.0.1:{}", 20000 + i);
+    let session = stack.root.join(format!("session_bench_{i}"));
+    fs_err::create_dir(&session)?;
+    let file = session.join(DISCOVERY_FILE);
+    watch.drain();
+    stack.held.hold(&instance)?;
+    write_discovery(&file, &instance)?;
+    let t0 = Instant::now();
+    let own = watch.wait_for(&instance, t0, Duration::from_secs(30))?;
+    let through = if own_only {
+        None
+    } else {
+        Some(lister.wait_listed(&instance, t0)?)
+    };
+    // Let the synthetic cluster go, so the folder stays small.
+    fs_err::remove_dir_all(&session)?;
+    stack.held.release(&instance);
+    Ok((own, through))
+}
+
+/// Floor trial `i`: the same kind of target written straight into targets/, until listed.
+fn floor_trial(stack: &BenchStack, lister: &Lister, i: usize) -> Result<Duration> {
+    let instance = format!("127.0.0.1:{}", 40000 + i);
+    let body =
+        format!(r#"[{{"targets": ["{instance}"], "labels": {{"ray_io_cluster": "floor-{i}"}}}}]"#);
+    let dest = stack.home.targets_dir().join(format!("floor-{i}.json"));
+    crate::atomic::write_via(&stack.home.targets_tmp(), &dest, body.as_bytes(), 0o600)?;
+    let t0 = Instant::now();
+    let took = lister.wait_listed(&instance, t0)?;
+    fs_err::remove_file(&dest)?;
+    Ok(took)
 }
 
 /// CPU ticks (user + system) and RSS (KiB) and open fds of a process.
