@@ -70,7 +70,7 @@ impl Held {
         Ok(())
     }
 
-    fn release(&self, target: &str) {
+    pub(crate) fn release(&self, target: &str) {
         self.listeners.lock().unwrap().remove(target);
     }
 }
@@ -84,15 +84,15 @@ impl Drop for Held {
     }
 }
 
-struct BenchStack {
-    home: Home,
-    root: PathBuf,
-    held: Held,
+pub(crate) struct BenchStack {
+    pub(crate) home: Home,
+    pub(crate) root: PathBuf,
+    pub(crate) held: Held,
     _dir: tempfile::TempDir,
 }
 
 impl BenchStack {
-    fn up() -> Result<BenchStack> {
+    pub(crate) fn up() -> Result<BenchStack> {
         let dir = tempfile::Builder::new()
             .prefix("rwbench-")
             .tempdir_in("/tmp")?;
@@ -119,7 +119,7 @@ impl BenchStack {
         })
     }
 
-    fn daemon_pid(&self) -> Result<u32> {
+    pub(crate) fn daemon_pid(&self) -> Result<u32> {
         Ok(fs_err::read_to_string(self.home.daemon_pid())?
             .trim()
             .parse()?)
@@ -137,7 +137,7 @@ impl BenchStack {
     }
 
     /// Waits until `targets/` lists at least `n` targets.
-    fn wait_published(&self, n: usize, limit: Duration) -> Result<()> {
+    pub(crate) fn wait_published(&self, n: usize, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         while self.published().len() < n {
             if Instant::now() > deadline {
@@ -149,12 +149,12 @@ impl BenchStack {
     }
 
     /// The daemon's and Prometheus' CPU, from now on.
-    fn meter(&self) -> Result<Meter> {
+    pub(crate) fn meter(&self) -> Result<Meter> {
         Meter::start(self.daemon_pid()?, self.prometheus_pid()?)
     }
 
     /// The targets Prometheus lists as active (job `ray`).
-    fn listed(&self, rt: &tokio::runtime::Runtime) -> Result<BTreeSet<String>> {
+    pub(crate) fn listed(&self, rt: &tokio::runtime::Runtime) -> Result<BTreeSet<String>> {
         let client = crate::prometheus::Client::for_home(&self.home)?;
         let body = rt.block_on(client.get_text("/api/v1/targets?state=active"))?;
         let v: serde_json::Value = serde_json::from_str(&body)?;
@@ -188,7 +188,7 @@ fn published_in(dir: &Path) -> BTreeSet<String> {
 
 /// CPU time (user + system, all threads, from /proc) of the daemon and of
 /// Prometheus since a start: each process' own time, robust to other load.
-struct Meter {
+pub(crate) struct Meter {
     pids: [u32; 2],
     start: [u64; 2],
     at: Instant,
@@ -207,7 +207,7 @@ impl Meter {
     }
 
     /// (daemon, Prometheus) CPU in % of one core since the start.
-    fn percent(&self) -> Result<(f64, f64)> {
+    pub(crate) fn percent(&self) -> Result<(f64, f64)> {
         let secs = self.at.elapsed().as_secs_f64();
         let pct = |i: usize| -> Result<f64> {
             let now = sample(self.pids[i])?.0;
@@ -259,7 +259,7 @@ impl Drop for BenchStack {
 }
 
 /// A discovery file listing `target`, as Ray writes it.
-fn write_discovery(file: &Path, target: &str) -> Result<()> {
+pub(crate) fn write_discovery(file: &Path, target: &str) -> Result<()> {
     Ok(crate::testkit::write_discovery(
         file,
         &[target.to_string()],
@@ -629,192 +629,6 @@ pub fn join(clusters: usize, seconds: u64) -> Result<()> {
     );
     if written.is_none() || listed.is_none() {
         bail!("not every cluster was published and listed within {seconds} s");
-    }
-    Ok(())
-}
-
-/// A soak: `clusters` slots, a join or leave every `every`, for `duration`;
-/// RSS and fds at start and end, the final presence of every cluster in
-/// Prometheus, and join-to-listed latency sampled throughout.
-pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> {
-    use std::sync::Mutex;
-    let stack = BenchStack::up()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = crate::prometheus::Client::for_home(&stack.home)?;
-    // Every join gets a target of its own, so a rejoin is never "listed" early
-    // through its previous incarnation.
-    let instance = |generation: u64| format!("127.0.0.1:{}", 10000 + generation % 55000);
-    // slot -> (session file, target) of its live cluster, if live.
-    type Slots = Vec<Option<(PathBuf, String)>>;
-    let live: Arc<Mutex<Slots>> = Arc::new(Mutex::new(vec![None; clusters]));
-    let join = |slot: usize, generation: u64| -> Result<(PathBuf, String)> {
-        let d = stack.root.join(format!("session_soak_{slot}_{generation}"));
-        fs_err::create_dir(&d)?;
-        let f = d.join(DISCOVERY_FILE);
-        stack.held.hold(&instance(generation))?;
-        write_discovery(&f, &instance(generation))?;
-        Ok((f, instance(generation)))
-    };
-    let mut generation = 0u64;
-    for slot in 0..clusters / 2 {
-        live.lock().unwrap()[slot] = Some(join(slot, generation)?);
-        generation += 1;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    // Like Ray: every live file rewritten every 5 s.
-    let writer = {
-        let (stop, live) = (stop.clone(), live.clone());
-        std::thread::spawn(move || {
-            let gap = Duration::from_secs(5) / clusters.max(1) as u32;
-            while !stop.load(Ordering::Relaxed) {
-                for slot in 0..clusters {
-                    let f = live.lock().unwrap()[slot].clone();
-                    if let Some((f, target)) = f {
-                        let _ = write_discovery(&f, &target);
-                    }
-                    std::thread::sleep(gap);
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                }
-            }
-        })
-    };
-    stack.wait_published(clusters / 2, Duration::from_secs(300))?;
-    let pid = stack.daemon_pid()?;
-    let (_, rss0, fds0) = sample(pid)?;
-    let meter = stack.meter()?;
-
-    // The latest join waiting to be timed, taken by the prober when it is free.
-    let latest: Arc<Mutex<Option<(String, Instant)>>> = Arc::new(Mutex::new(None));
-    let prober = {
-        // Its own client: a connection pool must not be shared across runtimes.
-        let (stop, latest, client) = (
-            stop.clone(),
-            latest.clone(),
-            crate::prometheus::Client::for_home(&stack.home)?,
-        );
-        std::thread::spawn(move || -> Vec<Duration> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let mut samples = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let Some((inst, t0)) = latest.lock().unwrap().take() else {
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                };
-                while t0.elapsed() < Duration::from_secs(30) && !stop.load(Ordering::Relaxed) {
-                    let body = rt
-                        .block_on(client.get_text("/api/v1/targets?state=active"))
-                        .unwrap_or_default();
-                    if body.contains(&format!("\"instance\":\"{inst}\"")) {
-                        samples.push(t0.elapsed());
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            samples
-        })
-    };
-    let mut seed = u64::from(std::process::id());
-    let (mut joins, mut leaves) = (0u64, 0u64);
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let slot = ((seed >> 33) as usize) % clusters;
-        let current = live.lock().unwrap()[slot].take();
-        match current {
-            Some((f, target)) => {
-                fs_err::remove_dir_all(f.parent().context("session dir")?)?;
-                stack.held.release(&target);
-                leaves += 1;
-            }
-            None => {
-                let (f, target) = join(slot, generation)?;
-                generation += 1;
-                live.lock().unwrap()[slot] = Some((f, target.clone()));
-                *latest.lock().unwrap() = Some((target, Instant::now()));
-                joins += 1;
-            }
-        }
-        std::thread::sleep(every);
-        if joins + leaves > 0 && (joins + leaves) % 600 == 0 {
-            eprintln!(
-                "soak: {:.0} s of {:.0} s",
-                start.elapsed().as_secs_f64(),
-                duration.as_secs_f64()
-            );
-        }
-    }
-    eprintln!();
-    let (cpu, prometheus_cpu) = meter.percent()?;
-    let (_, rss1, fds1) = sample(pid)?;
-    // Let the last changes settle (liveness bound, Prometheus' tick), then compare.
-    std::thread::sleep(Duration::from_secs(30));
-    let expected: BTreeSet<String> = live
-        .lock()
-        .unwrap()
-        .iter()
-        .flatten()
-        .map(|(_, t)| t.clone())
-        .collect();
-    let body = rt.block_on(client.get_text("/api/v1/targets?state=active"))?;
-    let v: serde_json::Value = serde_json::from_str(&body)?;
-    let listed: BTreeSet<String> = v["data"]["activeTargets"]
-        .as_array()
-        .context("no activeTargets")?
-        .iter()
-        .filter(|t| t["labels"]["job"] == "ray")
-        .filter_map(|t| t["labels"]["instance"].as_str().map(String::from))
-        .collect();
-    stop.store(true, Ordering::Relaxed);
-    let _ = writer.join();
-    let samples = prober.join().unwrap_or_default();
-    let missing = expected.difference(&listed).count();
-    let extra = listed.difference(&expected).count();
-    println!("| soak | value |");
-    println!("| --- | --- |");
-    println!(
-        "| slots, churn | {clusters} synthetic clusters, a join or leave every {every:?}, {duration:?} |"
-    );
-    println!("| joins / leaves | {joins} / {leaves} |");
-    println!(
-        "| daemon RSS start → end | {:.1} MiB → {:.1} MiB |",
-        rss0 as f64 / 1024.0,
-        rss1 as f64 / 1024.0
-    );
-    println!("| daemon open fds start → end | {fds0} → {fds1} |");
-    println!("| daemon CPU during the churn | {cpu:.1} % |");
-    println!("| Prometheus CPU during the churn | {prometheus_cpu:.1} % |");
-    println!(
-        "| final presence | {} live clusters expected, {} listed by Prometheus: {missing} missing, {extra} extra |",
-        expected.len(),
-        listed.len()
-    );
-    if samples.is_empty() {
-        println!("| join → listed | no sample |");
-    } else {
-        let mut v = samples;
-        v.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        println!(
-            "| join → listed (sampled) | {} samples: median {:.0} ms, p95 {:.0} ms, min {:.0} ms, max {:.0} ms |",
-            v.len(),
-            ms(percentile(&v, 0.5)),
-            ms(percentile(&v, 0.95)),
-            ms(v[0]),
-            ms(v[v.len() - 1])
-        );
-    }
-    if missing + extra > 0 {
-        bail!("{missing} clusters missing and {extra} extra in Prometheus after the soak");
     }
     Ok(())
 }

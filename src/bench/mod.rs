@@ -11,6 +11,7 @@ pub mod export;
 pub mod fleet;
 pub mod local;
 pub mod sd;
+pub mod soak;
 pub mod top;
 
 use std::path::PathBuf;
@@ -160,7 +161,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             clusters,
             duration,
             every,
-        } => local::soak(clusters, duration, every),
+        } => soak::soak(clusters, duration, every),
         BenchCommand::Idle { clusters, seconds } => local::idle(&clusters, seconds),
         BenchCommand::Export {
             series,
