@@ -191,7 +191,6 @@ impl StackConfig {
     }
 }
 
-/// Durations as human strings ("15s", "15days") in the JSON config.
 /// Formats a duration the way Prometheus' config wants it (`15s`, `1500ms`, `2h`).
 pub fn prometheus_duration(d: Duration) -> String {
     let ms = d.as_millis();

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -58,25 +58,20 @@ pub fn parse_time(s: &str) -> Result<f64, String> {
         return Ok(t);
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(crate::history::unix(t));
+        return Ok(crate::clock::unix(t));
     }
     if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(crate::history::unix(SystemTime::now()) - d.as_secs_f64());
+        return Ok(crate::clock::unix_now() - d.as_secs_f64());
     }
     Err(format!(
         "{s:?} is not a time: use RFC 3339 (2026-11-27T13:00:00Z), Unix seconds, or a duration ago (2h)"
     ))
 }
 
-/// A PromQL string literal (JSON's escaping is a subset of PromQL's).
-fn quoted(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serialises")
-}
-
 fn matchers(selector: &[(String, String)]) -> String {
     selector
         .iter()
-        .map(|(k, v)| format!("{k}={}", quoted(v)))
+        .map(|(k, v)| format!("{k}={}", crate::quote::label_value(v)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -149,7 +144,7 @@ pub async fn write(req: &Request<'_>, w: &mut impl Write) -> Result<Stats> {
         let (family, kind) = family_of(name, &names, &types);
         writeln!(w, "# TYPE {family} {kind}")?;
         stats.metrics += 1;
-        let metric_sel = format!("{{__name__={},{sel}}}", quoted(name));
+        let metric_sel = format!("{{__name__={},{sel}}}", crate::quote::label_value(name));
         // Only counted: each label set is skipped, not kept.
         let series: Vec<serde::de::IgnoredAny> = req
             .client
@@ -247,16 +242,8 @@ fn labels(metric: &BTreeMap<String, String>) -> String {
             out.push(',');
         }
         out.push_str(k);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
+        out.push('=');
+        out.push_str(&crate::quote::label_value(v));
     }
     if out.len() == 1 {
         return String::new();
@@ -356,7 +343,7 @@ mod tests {
         assert_eq!(parse_time("2026-11-27T13:00:00Z").unwrap(), 1795784400.0);
         assert_eq!(parse_time("2026-11-27 13:00:00").unwrap(), 1795784400.0);
         let ago = parse_time("2h").unwrap();
-        let now = crate::history::unix(SystemTime::now());
+        let now = crate::clock::unix_now();
         assert!((now - 7200.0 - ago).abs() < 5.0);
         let e = parse_time("yesterday").unwrap_err();
         assert!(e.contains("\"yesterday\"") && e.contains("RFC 3339"), "{e}");

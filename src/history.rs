@@ -258,12 +258,7 @@ fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
-/// Seconds since the epoch.
-pub fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+pub use crate::clock::unix;
 
 /// The daemon's writer: the history as read at start, kept current, and the
 /// file appended to.

@@ -14,6 +14,7 @@ pub mod attribution;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
@@ -37,6 +38,7 @@ pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod promql;
+pub mod quote;
 pub mod ray;
 pub mod ray_auth;
 pub mod ray_dashboard;
@@ -48,6 +50,8 @@ pub mod status;
 pub mod supervisor;
 pub mod targets;
 pub mod temp_dir;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod top;
 pub mod untrusted;
 pub mod watch;

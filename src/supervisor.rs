@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -171,10 +171,7 @@ async fn supervise<F>(
             let mut s = st.lock().unwrap();
             s.crash_loop = crash_loop;
             let next = SystemTime::now() + pause;
-            s.next_start_unix = next
-                .duration_since(UNIX_EPOCH)
-                .ok()
-                .map(|d| d.as_secs_f64());
+            s.next_start_unix = Some(crate::clock::unix(next));
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::fleet::{Endpoints, FleetStack, Heads};
+use super::fleet::{Endpoints, FleetStack, heads};
 use super::local::percentile;
 
 /// The series each synthetic cluster's endpoint serves.
@@ -30,7 +30,7 @@ pub fn doctor(clusters: usize, runs: usize) -> Result<()> {
     let stack = FleetStack::up(&["--scrape-interval", "5s"])?;
     let endpoints = Endpoints::serve(clusters, Arc::new(node_metrics))?;
     let listings = endpoints.addrs.iter().map(|a| vec![a.clone()]).collect();
-    let _heads = Heads::start(&stack.root, listings)?;
+    let _heads = heads(&stack.root, listings)?;
     // Every cluster followed (and so in the status report doctor reads).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

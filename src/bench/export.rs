@@ -12,7 +12,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -45,7 +45,7 @@ fn one(series: usize, per_metric: usize, span: Duration, interval: Duration) -> 
         .tempdir_in("/tmp")?;
     let home = Home::resolve(Some(dir.path().join("home")))?;
     home.ensure()?;
-    let end = crate::history::unix(SystemTime::now()) - 60.0;
+    let end = crate::clock::unix_now() - 60.0;
     let start = end - span.as_secs_f64();
     let input = dir.path().join("synthetic.om");
     synthesise(&input, series, per_metric, start, end, interval)?;

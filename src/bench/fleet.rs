@@ -9,27 +9,26 @@
 //! stopped, and every temp folder removed, when the benchmark returns.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::local::{percentile, sample};
+use super::local::percentile;
 use crate::discovery::DISCOVERY_FILE;
 use crate::home::Home;
+use crate::testkit::Rewriter;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
-fn http() -> Result<reqwest::Client> {
+pub(crate) fn http() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -37,23 +36,19 @@ fn http() -> Result<reqwest::Client> {
 }
 
 fn unix_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-        * 1e3
+    crate::clock::unix_now() * 1e3
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 /// `| name | n | median | p95 | min | max |` of durations.
-fn row(name: &str, mut v: Vec<Duration>, unit_ms_decimals: usize) -> String {
+pub(crate) fn row(name: &str, mut v: Vec<Duration>, unit_ms_decimals: usize) -> String {
     v.sort();
     let f = |d: Duration| format!("{:.*} ms", unit_ms_decimals, ms(d));
     format!(
@@ -126,14 +121,14 @@ impl Drop for FleetStack {
 
 /// A single-node VictoriaMetrics on a free loopback port, in its own temp
 /// folder, started like the fleet tests start it; stopped by its PID on drop.
-struct Victoria {
+pub(crate) struct Victoria {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Victoria {
-    fn start(rt: &tokio::runtime::Runtime, http: &reqwest::Client) -> Result<Victoria> {
+    pub(crate) fn start(rt: &tokio::runtime::Runtime, http: &reqwest::Client) -> Result<Victoria> {
         let dir = tempfile::Builder::new()
             .prefix("rwfleet-vm-")
             .tempdir_in("/tmp")?;
@@ -180,12 +175,12 @@ impl Victoria {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn write_url(&self) -> String {
+    pub(crate) fn write_url(&self) -> String {
         format!("{}/api/v1/write", self.url())
     }
 
     /// An instant query: the result vector.
-    async fn query(&self, http: &reqwest::Client, promql: &str) -> Result<Vec<Value>> {
+    pub(crate) async fn query(&self, http: &reqwest::Client, promql: &str) -> Result<Vec<Value>> {
         let v: Value = http
             .get(format!("{}/api/v1/query", self.url()))
             .query(&[("query", promql)])
@@ -290,75 +285,25 @@ impl Drop for Endpoints {
     }
 }
 
-/// A discovery file as Ray writes it (one group, every target), via a temp file and a rename.
-fn write_listing(file: &Path, targets: &[String]) -> Result<()> {
-    let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    let tmp = file.with_extension("tmp");
-    fs_err::write(
-        &tmp,
-        format!(
-            r#"[{{"labels": {{"job": "ray"}}, "targets": [{}]}}]"#,
-            list.join(", ")
-        ),
-    )?;
-    fs_err::rename(&tmp, file)?;
-    Ok(())
-}
-
 /// Synthetic Ray heads: one session per listing under `root`, each discovery
-/// file rewritten every 5 s like Ray's head does (the writes spread evenly).
-pub(crate) struct Heads {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Heads {
-    pub(crate) fn start(root: &Path, listings: Vec<Vec<String>>) -> Result<Heads> {
-        let files = listings
-            .into_iter()
-            .enumerate()
-            .map(|(k, targets)| {
-                let d = root.join(format!("session_fleet_{k}"));
-                fs_err::create_dir(&d)?;
-                let f = d.join(DISCOVERY_FILE);
-                write_listing(&f, &targets)?;
-                Ok((f, targets))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let gap = Duration::from_secs(5) / files.len().max(1) as u32;
-                while !stop.load(Ordering::Relaxed) {
-                    for (f, targets) in &files {
-                        let _ = write_listing(f, targets);
-                        std::thread::sleep(gap);
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                    }
-                }
-            })
-        };
-        Ok(Heads {
-            stop,
-            thread: Some(thread),
+/// file rewritten every 5 s like Ray's head does (the writes spread evenly), until dropped.
+pub(crate) fn heads(root: &Path, listings: Vec<Vec<String>>) -> Result<Rewriter> {
+    let files = listings
+        .into_iter()
+        .enumerate()
+        .map(|(k, targets)| {
+            let d = root.join(format!("session_fleet_{k}"));
+            fs_err::create_dir(&d)?;
+            let f = d.join(DISCOVERY_FILE);
+            crate::testkit::write_discovery(&f, &targets)?;
+            Ok((f, targets))
         })
-    }
-}
-
-impl Drop for Heads {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Rewriter::start(files, super::local::RAY_PERIOD))
 }
 
 /// Polls `check` every `every` until it gives a value, for at most `limit`.
-fn wait_for<T>(
+pub(crate) fn wait_for<T>(
     what: &str,
     limit: Duration,
     every: Duration,
@@ -424,21 +369,8 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
         "--host-label",
         "bench-lag",
     ])?;
-    let _heads = Heads::start(&stack.root, vec![endpoint.addrs.clone()])?;
-
-    let export = || -> Result<Vec<(i64, f64)>> {
-        let start = (unix_ms() / 1e3) as i64 - 60;
-        let body = rt.block_on(async {
-            http.get(format!("{}/api/v1/export", vm.url()))
-                .query(&[("match[]", TICK.to_string()), ("start", start.to_string())])
-                .send()
-                .await?
-                .error_for_status()?
-                .text()
-                .await
-        })?;
-        Ok(export_samples(&body))
-    };
+    let _heads = heads(&stack.root, vec![endpoint.addrs.clone()])?;
+    let export = || tick_samples(&rt, &http, &vm);
     wait_for(
         "the synthetic cluster's series in VictoriaMetrics",
         Duration::from_secs(120),
@@ -447,73 +379,12 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
     )?;
     // Settle, then time only samples scraped after this point.
     std::thread::sleep(Duration::from_secs(5));
-    let mut seen: BTreeSet<i64> = export()?.into_iter().map(|(t, _)| t).collect();
-    let after = seen.last().copied().unwrap_or(0);
-    let (mut lags, mut values, mut polls) = (Vec::new(), BTreeSet::new(), Vec::new());
-    let deadline = Instant::now() + Duration::from_secs(2 * samples as u64 + 120);
-    while lags.len() < samples {
-        if Instant::now() > deadline {
-            bail!("only {} of {samples} samples arrived", lags.len());
-        }
-        let sent = Instant::now();
-        let got = export()?;
-        let now = unix_ms();
-        polls.push(sent.elapsed());
-        for (t, v) in got {
-            if t > after && seen.insert(t) {
-                lags.push(Duration::from_secs_f64(((now - t as f64) / 1e3).max(0.0)));
-                values.insert(v as i64);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    lags.truncate(samples);
+    let lags = Lags::time(export, samples)?;
     let floor = victoria_floor(&rt, &http, &vm, samples)?;
     // Context: what else this Prometheus sends, and its queue settings.
-    let rate = rt
-        .block_on(vm.query(
-            &http,
-            "sum(rate(prometheus_remote_storage_samples_total{ray_host=\"bench-lag\"}[1m]))",
-        ))
-        .ok()
-        .and_then(|r| {
-            r.first()
-                .and_then(|s| s["value"][1].as_str().map(String::from))
-        })
-        .and_then(|s| s.parse::<f64>().ok());
+    let rate = sent_rate(&rt, &http, &vm);
     let queue = queue_config(&rt, &stack.home).unwrap_or_else(|e| format!("unknown ({e})"));
-    let within_1s = lags.iter().filter(|d| **d < Duration::from_secs(1)).count();
-    println!("| path | samples | median | p95 | min | max |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    println!(
-        "{}",
-        row(
-            "scraped (sample timestamp) → returned by VictoriaMetrics' /api/v1/export",
-            lags,
-            0
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "floor: a sample imported straight into VictoriaMetrics (/api/v1/import) → returned by /api/v1/export",
-            floor,
-            0
-        )
-    );
-    println!();
-    println!("scraped → queryable under 1 s: {within_1s} of {samples} samples");
-    println!(
-        "distinct values among the timed samples: {} (one series, scraped every 1 s)",
-        values.len()
-    );
-    polls.sort();
-    println!(
-        "poll: every 20 ms plus the request ({} requests, median {:.1} ms, p95 {:.1} ms)",
-        polls.len(),
-        ms(percentile(&polls, 0.5)),
-        ms(percentile(&polls, 0.95))
-    );
+    lags.print(floor, samples);
     if let Some(r) = rate {
         println!(
             "samples this Prometheus sent, all series: {r:.0}/s (prometheus_remote_storage_samples_total)"
@@ -521,6 +392,118 @@ pub fn fleet_lag(samples: usize) -> Result<()> {
     }
     println!("queue_config (Prometheus' defaults, from /api/v1/status/config): {queue}");
     Ok(())
+}
+
+/// The lag benchmark's samples of the last minute in VictoriaMetrics.
+fn tick_samples(
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    vm: &Victoria,
+) -> Result<Vec<(i64, f64)>> {
+    let start = (unix_ms() / 1e3) as i64 - 60;
+    let body = rt.block_on(async {
+        http.get(format!("{}/api/v1/export", vm.url()))
+            .query(&[("match[]", TICK.to_string()), ("start", start.to_string())])
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    })?;
+    Ok(export_samples(&body))
+}
+
+/// The samples per second the stack's Prometheus remote-writes, all series.
+fn sent_rate(rt: &tokio::runtime::Runtime, http: &reqwest::Client, vm: &Victoria) -> Option<f64> {
+    rt.block_on(vm.query(
+        http,
+        "sum(rate(prometheus_remote_storage_samples_total{ray_host=\"bench-lag\"}[1m]))",
+    ))
+    .ok()
+    .and_then(|r| {
+        r.first()
+            .and_then(|s| s["value"][1].as_str().map(String::from))
+    })
+    .and_then(|s| s.parse::<f64>().ok())
+}
+
+/// Scrape-to-queryable lags of new samples, their distinct values, and the polls' times.
+struct Lags {
+    lags: Vec<Duration>,
+    values: BTreeSet<i64>,
+    polls: Vec<Duration>,
+}
+
+impl Lags {
+    /// Polls `export` every 20 ms until `samples` samples newer than the first poll's arrived.
+    fn time(export: impl Fn() -> Result<Vec<(i64, f64)>>, samples: usize) -> Result<Lags> {
+        let mut seen: BTreeSet<i64> = export()?.into_iter().map(|(t, _)| t).collect();
+        let after = seen.last().copied().unwrap_or(0);
+        let (mut lags, mut values, mut polls) = (Vec::new(), BTreeSet::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(2 * samples as u64 + 120);
+        while lags.len() < samples {
+            if Instant::now() > deadline {
+                bail!("only {} of {samples} samples arrived", lags.len());
+            }
+            let sent = Instant::now();
+            let got = export()?;
+            let now = unix_ms();
+            polls.push(sent.elapsed());
+            for (t, v) in got {
+                if t > after && seen.insert(t) {
+                    lags.push(Duration::from_secs_f64(((now - t as f64) / 1e3).max(0.0)));
+                    values.insert(v as i64);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lags.truncate(samples);
+        Ok(Lags {
+            lags,
+            values,
+            polls,
+        })
+    }
+
+    /// The table (beside VictoriaMetrics' own `floor`) and the notes under it.
+    fn print(mut self, floor: Vec<Duration>, samples: usize) {
+        let within_1s = self
+            .lags
+            .iter()
+            .filter(|d| **d < Duration::from_secs(1))
+            .count();
+        println!("| path | samples | median | p95 | min | max |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        println!(
+            "{}",
+            row(
+                "scraped (sample timestamp) → returned by VictoriaMetrics' /api/v1/export",
+                self.lags,
+                0
+            )
+        );
+        println!(
+            "{}",
+            row(
+                "floor: a sample imported straight into VictoriaMetrics (/api/v1/import) → returned by /api/v1/export",
+                floor,
+                0
+            )
+        );
+        println!();
+        println!("scraped → queryable under 1 s: {within_1s} of {samples} samples");
+        println!(
+            "distinct values among the timed samples: {} (one series, scraped every 1 s)",
+            self.values.len()
+        );
+        self.polls.sort();
+        println!(
+            "poll: every 20 ms plus the request ({} requests, median {:.1} ms, p95 {:.1} ms)",
+            self.polls.len(),
+            ms(percentile(&self.polls, 0.5)),
+            ms(percentile(&self.polls, 0.95))
+        );
+    }
 }
 
 /// VictoriaMetrics' own share: a sample (timestamped now) imported straight
@@ -613,288 +596,6 @@ fn queue_config(rt: &tokio::runtime::Runtime, home: &Home) -> Result<String> {
         .join(", "))
 }
 
-/// The text of synthetic cluster `slot`: `series` gauges (10 per metric name)
-/// whose values change at every scrape, like a Ray node's.
-fn synthetic_body(slot: usize, series: usize, scrape: u64) -> String {
-    let mut out = String::with_capacity(series * 64);
-    for k in 0..series {
-        let name = format!("ray_bench_gauge_{}", k / 10);
-        if k % 10 == 0 {
-            out.push_str(&format!("# TYPE {name} gauge\n"));
-        }
-        let mut x = (slot as u64) << 40 ^ (k as u64) << 20 ^ scrape;
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51afd7ed558ccd);
-        x ^= x >> 33;
-        out.push_str(&format!(
-            "{name}{{SessionName=\"bench_{slot}\",index=\"{}\"}} {:.2}\n",
-            k % 10,
-            (x % 100_000) as f64 / 100.0
-        ));
-    }
-    out
-}
-
-/// Allocated size of everything under `path` (like `du`), in bytes; 0 when missing.
-fn du(path: &Path) -> u64 {
-    let Ok(m) = fs_err::symlink_metadata(path) else {
-        return 0;
-    };
-    if !m.is_dir() {
-        return m.blocks() * 512;
-    }
-    let inner: u64 = fs_err::read_dir(path)
-        .map(|d| d.flatten().map(|e| du(&e.path())).sum())
-        .unwrap_or(0);
-    m.blocks() * 512 + inner
-}
-
-/// A `Vm…:` line of /proc/<pid>/status, in KiB.
-fn status_kib(pid: u32, key: &str) -> Result<u64> {
-    let status = fs_err::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no {key} in /proc/{pid}/status"))
-}
-
-/// Prometheus' RSS and disk, full (TSDB) versus agent (WAL only): two stacks
-/// side by side, each scraping the same `clusters` synthetic clusters of
-/// `series` gauges every `interval` and remote-writing to one VictoriaMetrics,
-/// measured after `duration` of scraping.
-pub fn agent(clusters: usize, series: usize, interval: Duration, duration: Duration) -> Result<()> {
-    let rt = runtime()?;
-    let http = http()?;
-    let vm = Victoria::start(&rt, &http)?;
-    let scrapes: Arc<Vec<std::sync::atomic::AtomicU64>> =
-        Arc::new((0..clusters).map(|_| Default::default()).collect());
-    let endpoints = Endpoints::serve(
-        clusters,
-        Arc::new(move |i| {
-            let n = scrapes[i].fetch_add(1, Ordering::Relaxed);
-            synthetic_body(i, series, n)
-        }),
-    )?;
-    let write = vm.write_url();
-    let interval_flag = crate::config::prometheus_duration(interval);
-    let modes = ["server", "agent"];
-    let mut stacks = Vec::new();
-    for mode in modes {
-        let host = format!("bench-{mode}");
-        let mut flags = vec![
-            "--remote-write",
-            &write,
-            "--scrape-interval",
-            &interval_flag,
-            "--host-label",
-            &host,
-        ];
-        if mode == "agent" {
-            flags.push("--agent");
-        }
-        let stack = FleetStack::up(&flags)?;
-        let heads = Heads::start(
-            &stack.root,
-            endpoints.addrs.iter().map(|a| vec![a.clone()]).collect(),
-        )?;
-        // Heads first: they stop before their stack goes.
-        stacks.push((mode, heads, stack));
-    }
-    let t_wait = Instant::now();
-    wait_for(
-        "every synthetic cluster up in both stacks (seen in VictoriaMetrics)",
-        Duration::from_secs(180),
-        Duration::from_secs(1),
-        || {
-            let r = rt
-                .block_on(vm.query(
-                    &http,
-                    "count by (ray_host) (up{job=\"ray\", ray_host=~\"bench-.*\"} == 1)",
-                ))
-                .ok()?;
-            let full = r.len() == modes.len()
-                && r.iter()
-                    .all(|s| s["value"][1].as_str() == Some(&clusters.to_string()));
-            full.then_some(())
-        },
-    )?;
-    eprintln!(
-        "all {clusters} clusters up in both stacks after {:.0} s; scraping for {duration:?}",
-        t_wait.elapsed().as_secs_f64()
-    );
-    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    let pids: Vec<u32> = stacks
-        .iter()
-        .map(|(_, _, s)| s.prometheus_pid())
-        .collect::<Result<_>>()?;
-    let ticks0: Vec<u64> = pids
-        .iter()
-        .map(|&p| Ok(sample(p)?.0))
-        .collect::<Result<_>>()?;
-    let start = Instant::now();
-    let mut peak = vec![0u64; pids.len()];
-    while start.elapsed() < duration {
-        for (k, &p) in pids.iter().enumerate() {
-            peak[k] = peak[k].max(sample(p)?.1);
-        }
-        std::thread::sleep(Duration::from_secs(5).min(duration.saturating_sub(start.elapsed())));
-        eprint!(
-            "\r{:.0} s of {:.0} s",
-            start.elapsed().as_secs_f64(),
-            duration.as_secs_f64()
-        );
-    }
-    eprintln!();
-    let window = start.elapsed().as_secs_f64();
-    let sent = rt.block_on(vm.query(&http, "count by (ray_host) ({ray_host=~\"bench-.*\"})"))?;
-    println!(
-        "| mode | Prometheus RSS at the end | RSS peak in the window (sampled every 5 s) | VmHWM | Prometheus CPU | disk | of which WAL | series in VictoriaMetrics |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (k, (mode, _, stack)) in stacks.iter().enumerate() {
-        let pid = stack.prometheus_pid()?;
-        if pid != pids[k] {
-            bail!("the {mode} stack's Prometheus restarted during the benchmark");
-        }
-        let (ticks1, rss, _) = sample(pid)?;
-        peak[k] = peak[k].max(rss);
-        let hwm = status_kib(pid, "VmHWM:")?;
-        let cpu = (ticks1 - ticks0[k]) as f64 / tick / window * 100.0;
-        let (store, label) = if *mode == "agent" {
-            ("agent", "<home>/prometheus/agent/")
-        } else {
-            ("data", "<home>/prometheus/data/")
-        };
-        let dir = stack.home.prometheus_dir().join(store);
-        let series = sent
-            .iter()
-            .find(|s| s["metric"]["ray_host"].as_str() == Some(&format!("bench-{mode}")))
-            .and_then(|s| s["value"][1].as_str().map(String::from))
-            .unwrap_or_else(|| "?".into());
-        println!(
-            "| {} | {} | {} | {} | {cpu:.1} % | {:.1} MiB ({label}) | {:.1} MiB | {series} |",
-            if *mode == "agent" {
-                "agent (`up --agent --remote-write …`)"
-            } else {
-                "full (`up --remote-write …`)"
-            },
-            mib(rss),
-            mib(peak[k]),
-            mib(hwm),
-            du(&dir) as f64 / (1 << 20) as f64,
-            du(&dir.join("wal")) as f64 / (1 << 20) as f64,
-        );
-    }
-    println!();
-    println!(
-        "{clusters} synthetic clusters × {series} gauges (values change at every scrape), scrape interval {interval_flag}, {window:.0} s of scraping after all were up; both stacks ran side by side and remote-wrote to one VictoriaMetrics"
-    );
-    Ok(())
-}
-
-/// The http_sd endpoint with `clusters` live clusters of `targets` targets
-/// each: response time of `GET /sd` (with the token) over `requests`
-/// requests, on one kept-alive connection and on a new connection each time.
-pub fn sd(clusters: usize, targets: usize, requests: usize) -> Result<()> {
-    let rt = runtime()?;
-    let port = crate::ports::free_port()?;
-    let addr = format!("127.0.0.1:{port}");
-    let stack = FleetStack::up(&["--sd-listen", &addr])?;
-    // Loopback ports held by this process (raywatch publishes a local target
-    // only while a trusted uid listens on it), answering nothing.
-    let mut free = (20000u16..=u16::MAX).filter(|&p| crate::ports::is_free(p));
-    let listings = (0..clusters)
-        .map(|_| {
-            (0..targets)
-                .map(|_| {
-                    free.next()
-                        .map(|p| format!("127.0.0.1:{p}"))
-                        .context("not enough free ports")
-                })
-                .collect::<Result<Vec<_>>>()
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let held = super::local::Held::new();
-    for t in listings.iter().flatten() {
-        held.hold(t)?;
-    }
-    let _heads = Heads::start(&stack.root, listings)?;
-    let token = fs_err::read_to_string(stack.home.sd_token())?
-        .trim()
-        .to_string();
-    let url = format!("http://{addr}/sd");
-    let get = |client: &reqwest::Client| -> Result<(Duration, Vec<u8>)> {
-        rt.block_on(async {
-            let t = Instant::now();
-            let resp = client.get(&url).bearer_auth(&token).send().await?;
-            if !resp.status().is_success() {
-                bail!("GET /sd: {}", resp.status());
-            }
-            let body = resp.bytes().await?.to_vec();
-            Ok((t.elapsed(), body))
-        })
-    };
-    let kept = http()?;
-    let t_wait = Instant::now();
-    wait_for(
-        &format!("all {clusters} clusters in GET /sd"),
-        Duration::from_secs(300),
-        Duration::from_millis(500),
-        || {
-            let (_, body) = get(&kept).ok()?;
-            let v: Value = serde_json::from_slice(&body).ok()?;
-            (v.as_array()?.len() >= clusters).then_some(())
-        },
-    )?;
-    eprintln!(
-        "all {clusters} clusters served after {:.0} s",
-        t_wait.elapsed().as_secs_f64()
-    );
-    std::thread::sleep(Duration::from_secs(5));
-    let fresh = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(0)
-        .build()?;
-    let (mut on_kept, mut on_fresh) = (Vec::new(), Vec::new());
-    let mut last = Vec::new();
-    for _ in 0..requests {
-        let (d, body) = get(&kept)?;
-        on_kept.push(d);
-        last = body;
-        std::thread::sleep(Duration::from_millis(10));
-        on_fresh.push(get(&fresh)?.0);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let v: Value = serde_json::from_slice(&last)?;
-    let groups = v.as_array().context("GET /sd is not a JSON array")?;
-    let n_targets: usize = groups
-        .iter()
-        .map(|g| g["targets"].as_array().map_or(0, Vec::len))
-        .sum();
-    println!("| GET /sd with the bearer token | requests | median | p95 | min | max |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    println!(
-        "{}",
-        row(
-            "one kept-alive connection (as Prometheus' http_sd client)",
-            on_kept,
-            1
-        )
-    );
-    println!("{}", row("a new TCP connection per request", on_fresh, 1));
-    println!();
-    println!(
-        "response: {} bytes ({:.0} KiB), {} target groups, {n_targets} targets ({clusters} synthetic clusters × {targets} targets, rewritten every 5 s throughout)",
-        last.len(),
-        last.len() as f64 / 1024.0,
-        groups.len()
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -903,12 +604,5 @@ mod tests {
     fn reads_victoria_metrics_export_lines() {
         let body = "{\"metric\":{\"__name__\":\"raywatch_bench_tick\"},\"values\":[3,4],\"timestamps\":[1000,2000]}\n\n";
         assert_eq!(export_samples(body), vec![(1000, 3.0), (2000, 4.0)]);
-    }
-
-    #[test]
-    fn synthetic_bodies_change_at_every_scrape() {
-        let a = synthetic_body(3, 20, 0);
-        assert_eq!(a.lines().filter(|l| !l.starts_with('#')).count(), 20);
-        assert_ne!(a, synthetic_body(3, 20, 1));
     }
 }

@@ -16,6 +16,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::discovery::DISCOVERY_FILE;
 use crate::home::Home;
+use crate::testkit::Rewriter;
+
+/// How often a Ray head rewrites its discovery file.
+pub(crate) const RAY_PERIOD: Duration = Duration::from_secs(5);
 
 /// The first target port of synthetic clusters (unprivileged, below the
 /// kernel's ephemeral range).
@@ -66,7 +70,7 @@ impl Held {
         Ok(())
     }
 
-    fn release(&self, target: &str) {
+    pub(crate) fn release(&self, target: &str) {
         self.listeners.lock().unwrap().remove(target);
     }
 }
@@ -80,15 +84,15 @@ impl Drop for Held {
     }
 }
 
-struct BenchStack {
-    home: Home,
-    root: PathBuf,
-    held: Held,
+pub(crate) struct BenchStack {
+    pub(crate) home: Home,
+    pub(crate) root: PathBuf,
+    pub(crate) held: Held,
     _dir: tempfile::TempDir,
 }
 
 impl BenchStack {
-    fn up() -> Result<BenchStack> {
+    pub(crate) fn up() -> Result<BenchStack> {
         let dir = tempfile::Builder::new()
             .prefix("rwbench-")
             .tempdir_in("/tmp")?;
@@ -115,7 +119,7 @@ impl BenchStack {
         })
     }
 
-    fn daemon_pid(&self) -> Result<u32> {
+    pub(crate) fn daemon_pid(&self) -> Result<u32> {
         Ok(fs_err::read_to_string(self.home.daemon_pid())?
             .trim()
             .parse()?)
@@ -133,7 +137,7 @@ impl BenchStack {
     }
 
     /// Waits until `targets/` lists at least `n` targets.
-    fn wait_published(&self, n: usize, limit: Duration) -> Result<()> {
+    pub(crate) fn wait_published(&self, n: usize, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         while self.published().len() < n {
             if Instant::now() > deadline {
@@ -145,12 +149,12 @@ impl BenchStack {
     }
 
     /// The daemon's and Prometheus' CPU, from now on.
-    fn meter(&self) -> Result<Meter> {
+    pub(crate) fn meter(&self) -> Result<Meter> {
         Meter::start(self.daemon_pid()?, self.prometheus_pid()?)
     }
 
     /// The targets Prometheus lists as active (job `ray`).
-    fn listed(&self, rt: &tokio::runtime::Runtime) -> Result<BTreeSet<String>> {
+    pub(crate) fn listed(&self, rt: &tokio::runtime::Runtime) -> Result<BTreeSet<String>> {
         let client = crate::prometheus::Client::for_home(&self.home)?;
         let body = rt.block_on(client.get_text("/api/v1/targets?state=active"))?;
         let v: serde_json::Value = serde_json::from_str(&body)?;
@@ -184,7 +188,7 @@ fn published_in(dir: &Path) -> BTreeSet<String> {
 
 /// CPU time (user + system, all threads, from /proc) of the daemon and of
 /// Prometheus since a start: each process' own time, robust to other load.
-struct Meter {
+pub(crate) struct Meter {
     pids: [u32; 2],
     start: [u64; 2],
     at: Instant,
@@ -203,7 +207,7 @@ impl Meter {
     }
 
     /// (daemon, Prometheus) CPU in % of one core since the start.
-    fn percent(&self) -> Result<(f64, f64)> {
+    pub(crate) fn percent(&self) -> Result<(f64, f64)> {
         let secs = self.at.elapsed().as_secs_f64();
         let pct = |i: usize| -> Result<f64> {
             let now = sample(self.pids[i])?.0;
@@ -213,54 +217,14 @@ impl Meter {
     }
 }
 
-/// Synthetic Ray heads that rewrite their discovery files every 5 s, the writes
-/// spread evenly (like Ray's heads, also when idle), until dropped.
-struct Rewriter {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Rewriter {
-    /// `files` with their targets, each written once now, then every 5 s.
-    fn start(files: Vec<(PathBuf, String)>) -> Rewriter {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let gap = Duration::from_secs(5) / files.len().max(1) as u32;
-                while !stop.load(Ordering::Relaxed) {
-                    let round = Instant::now();
-                    for (k, (f, target)) in files.iter().enumerate() {
-                        let _ = write_discovery(f, target);
-                        // Paced by the clock, not by sleeps, so a slow write does not stretch the round.
-                        let due = round + gap * (k as u32 + 1);
-                        if let Some(d) = due.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(d);
-                        }
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                    }
-                    if files.is_empty() {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            })
-        };
-        Rewriter {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Rewriter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// Like a Ray head: each of `files` (with its one target) rewritten every 5 s,
+/// the writes spread evenly, until dropped.
+fn rewriter(files: &[(PathBuf, String)]) -> Rewriter {
+    let files = files
+        .iter()
+        .map(|(f, target)| (f.clone(), vec![target.clone()]))
+        .collect();
+    Rewriter::start(files, RAY_PERIOD)
 }
 
 /// `n` synthetic clusters in the stack's root (`session_<prefix>_<k>`, target
@@ -294,14 +258,12 @@ impl Drop for BenchStack {
     }
 }
 
-fn write_discovery(file: &Path, target: &str) -> Result<()> {
-    let tmp = file.with_extension("tmp");
-    fs_err::write(
-        &tmp,
-        format!(r#"[{{"labels": {{"job": "ray"}}, "targets": ["{target}"]}}]"#),
-    )?;
-    fs_err::rename(&tmp, file)?;
-    Ok(())
+/// A discovery file listing `target`, as Ray writes it.
+pub(crate) fn write_discovery(file: &Path, target: &str) -> Result<()> {
+    Ok(crate::testkit::write_discovery(
+        file,
+        &[target.to_string()],
+    )?)
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -418,36 +380,8 @@ pub fn latency(trials: usize) -> Result<()> {
 /// trials 0–500 ms apart instead of 0–5 s.
 pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<()> {
     let stack = BenchStack::up()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = crate::prometheus::Client::for_home(&stack.home)?;
-    let listed = |instance: &str| -> Result<bool> {
-        let body = rt.block_on(client.get_text("/api/v1/targets?state=active"))?;
-        Ok(body.contains(&format!("\"instance\":\"{instance}\"")))
-    };
-    let wait_listed = |instance: &str, t0: Instant| -> Result<Duration> {
-        let deadline = t0 + Duration::from_secs(30);
-        loop {
-            if listed(instance)? {
-                return Ok(t0.elapsed());
-            }
-            if Instant::now() > deadline {
-                bail!("{instance} was not listed within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    // Background clusters, from FIRST_PORT on: live, rewritten every 5 s.
-    let _rewriter = if background > 0 {
-        let files = make_clusters(&stack, "bg", background, FIRST_PORT)?;
-        let r = Rewriter::start(files);
-        stack.wait_published(background, Duration::from_secs(180))?;
-        std::thread::sleep(Duration::from_secs(5));
-        Some(r)
-    } else {
-        None
-    };
+    let lister = Lister::new(&stack)?;
+    let _rewriter = background_clusters(&stack, background)?;
     let watch = TargetsWatch::new(&stack.home.targets_dir())?;
     let (mut through, mut own, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     // Prometheus hands discovered targets over on a 5 s tick; back-to-back trials
@@ -463,41 +397,17 @@ pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<
     };
     for i in 0..trials {
         jitter()?;
-        // Through raywatch: a new session's discovery file.
-        let instance = format!("127.0.0.1:{}", 20000 + i);
-        let session = stack.root.join(format!("session_bench_{i}"));
-        fs_err::create_dir(&session)?;
-        let file = session.join(DISCOVERY_FILE);
-        watch.drain();
-        stack.held.hold(&instance)?;
-        write_discovery(&file, &instance)?;
-        let t0 = Instant::now();
-        // raywatch's own share: rename to the targets file holding the target.
-        own.push(watch.wait_for(&instance, t0, Duration::from_secs(30))?);
-        if !own_only {
-            through.push(wait_listed(&instance, t0)?);
-        }
-        // Let the synthetic cluster go, so the folder stays small.
-        fs_err::remove_dir_all(&session)?;
-        stack.held.release(&instance);
+        let (o, t) = session_trial(&stack, &watch, &lister, i, own_only)?;
+        own.push(o);
+        through.extend(t);
         if own_only {
             // Its leave is published before the next trial starts.
             std::thread::sleep(Duration::from_millis(50));
             eprint!("\rtrial {}/{trials}", i + 1);
             continue;
         }
-
-        // The floor: the same target written straight into targets/.
-        let instance = format!("127.0.0.1:{}", 40000 + i);
-        let body = format!(
-            r#"[{{"targets": ["{instance}"], "labels": {{"ray_io_cluster": "floor-{i}"}}}}]"#
-        );
-        let dest = stack.home.targets_dir().join(format!("floor-{i}.json"));
         jitter()?;
-        crate::atomic::write_via(&stack.home.targets_tmp(), &dest, body.as_bytes(), 0o600)?;
-        let t0 = Instant::now();
-        floor.push(wait_listed(&instance, t0)?);
-        fs_err::remove_file(&dest)?;
+        floor.push(floor_trial(&stack, &lister, i)?);
         eprint!("\rtrial {}/{trials}", i + 1);
     }
     eprintln!();
@@ -519,6 +429,99 @@ pub fn latency_with(trials: usize, background: usize, own_only: bool) -> Result<
         own,
     );
     Ok(())
+}
+
+/// `n` background clusters, from FIRST_PORT on: live, rewritten every 5 s,
+/// published before this returns.
+fn background_clusters(stack: &BenchStack, n: usize) -> Result<Option<Rewriter>> {
+    if n == 0 {
+        return Ok(None);
+    }
+    let files = make_clusters(stack, "bg", n, FIRST_PORT)?;
+    let r = rewriter(&files);
+    stack.wait_published(n, Duration::from_secs(180))?;
+    std::thread::sleep(Duration::from_secs(5));
+    Ok(Some(r))
+}
+
+/// Asks the stack's Prometheus which targets it lists.
+struct Lister {
+    rt: tokio::runtime::Runtime,
+    client: crate::prometheus::Client,
+}
+
+impl Lister {
+    fn new(stack: &BenchStack) -> Result<Lister> {
+        Ok(Lister {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            client: crate::prometheus::Client::for_home(&stack.home)?,
+        })
+    }
+
+    fn listed(&self, instance: &str) -> Result<bool> {
+        let body = self
+            .rt
+            .block_on(self.client.get_text("/api/v1/targets?state=active"))?;
+        Ok(body.contains(&format!("\"instance\":\"{instance}\"")))
+    }
+
+    /// The time from `t0` until `instance` is listed (polled every 10 ms, for 30 s at most).
+    fn wait_listed(&self, instance: &str, t0: Instant) -> Result<Duration> {
+        let deadline = t0 + Duration::from_secs(30);
+        loop {
+            if self.listed(instance)? {
+                return Ok(t0.elapsed());
+            }
+            if Instant::now() > deadline {
+                bail!("{instance} was not listed within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Trial `i` through raywatch, a new session's discovery file: raywatch's own
+/// share (rename to its targets file), and unless `own_only` the time until listed.
+fn session_trial(
+    stack: &BenchStack,
+    watch: &TargetsWatch,
+    lister: &Lister,
+    i: usize,
+    own_only: bool,
+) -> Result<(Duration, Option<Duration>)> {
+    let instance = format!("127.0.0.1:{}", 20000 + i);
+    let session = stack.root.join(format!("session_bench_{i}"));
+    fs_err::create_dir(&session)?;
+    let file = session.join(DISCOVERY_FILE);
+    watch.drain();
+    stack.held.hold(&instance)?;
+    write_discovery(&file, &instance)?;
+    let t0 = Instant::now();
+    let own = watch.wait_for(&instance, t0, Duration::from_secs(30))?;
+    let through = if own_only {
+        None
+    } else {
+        Some(lister.wait_listed(&instance, t0)?)
+    };
+    // Let the synthetic cluster go, so the folder stays small.
+    fs_err::remove_dir_all(&session)?;
+    stack.held.release(&instance);
+    Ok((own, through))
+}
+
+/// Floor trial `i`: the same kind of target written straight into targets/, until listed.
+fn floor_trial(stack: &BenchStack, lister: &Lister, i: usize) -> Result<Duration> {
+    let instance = format!("127.0.0.1:{}", 40000 + i);
+    let body =
+        format!(r#"[{{"targets": ["{instance}"], "labels": {{"ray_io_cluster": "floor-{i}"}}}}]"#);
+    let dest = stack.home.targets_dir().join(format!("floor-{i}.json"));
+    crate::atomic::write_via(&stack.home.targets_tmp(), &dest, body.as_bytes(), 0o600)?;
+    let t0 = Instant::now();
+    let took = lister.wait_listed(&instance, t0)?;
+    fs_err::remove_file(&dest)?;
+    Ok(took)
 }
 
 /// CPU ticks (user + system) and RSS (KiB) and open fds of a process.
@@ -546,7 +549,7 @@ pub fn idle(counts: &[usize], seconds: u64) -> Result<()> {
     for &n in counts {
         let stack = BenchStack::up()?;
         // Like Ray: every file rewritten every 5 s, the writes spread evenly.
-        let _rewriter = Rewriter::start(make_clusters(&stack, "idle", n, FIRST_PORT)?);
+        let _rewriter = rewriter(&make_clusters(&stack, "idle", n, FIRST_PORT)?);
         stack.wait_published(n, Duration::from_secs(180))?;
         std::thread::sleep(Duration::from_secs(5));
         let meter = stack.meter()?;
@@ -577,7 +580,7 @@ pub fn join(clusters: usize, seconds: u64) -> Result<()> {
     let files = make_clusters(&stack, "join", clusters, FIRST_PORT)?;
     let created = t0.elapsed();
     let expected: BTreeSet<String> = files.iter().map(|(_, t)| t.clone()).collect();
-    let _rewriter = Rewriter::start(files);
+    let _rewriter = rewriter(&files);
     let (mut written, mut listed) = (None, None);
     // Prometheus' CPU each second, for its busiest 5 s.
     let mut per_second: Vec<u64> = vec![sample(prometheus_pid)?.0];
@@ -626,192 +629,6 @@ pub fn join(clusters: usize, seconds: u64) -> Result<()> {
     );
     if written.is_none() || listed.is_none() {
         bail!("not every cluster was published and listed within {seconds} s");
-    }
-    Ok(())
-}
-
-/// A soak: `clusters` slots, a join or leave every `every`, for `duration`;
-/// RSS and fds at start and end, the final presence of every cluster in
-/// Prometheus, and join-to-listed latency sampled throughout.
-pub fn soak(clusters: usize, duration: Duration, every: Duration) -> Result<()> {
-    use std::sync::Mutex;
-    let stack = BenchStack::up()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = crate::prometheus::Client::for_home(&stack.home)?;
-    // Every join gets a target of its own, so a rejoin is never "listed" early
-    // through its previous incarnation.
-    let instance = |generation: u64| format!("127.0.0.1:{}", 10000 + generation % 55000);
-    // slot -> (session file, target) of its live cluster, if live.
-    type Slots = Vec<Option<(PathBuf, String)>>;
-    let live: Arc<Mutex<Slots>> = Arc::new(Mutex::new(vec![None; clusters]));
-    let join = |slot: usize, generation: u64| -> Result<(PathBuf, String)> {
-        let d = stack.root.join(format!("session_soak_{slot}_{generation}"));
-        fs_err::create_dir(&d)?;
-        let f = d.join(DISCOVERY_FILE);
-        stack.held.hold(&instance(generation))?;
-        write_discovery(&f, &instance(generation))?;
-        Ok((f, instance(generation)))
-    };
-    let mut generation = 0u64;
-    for slot in 0..clusters / 2 {
-        live.lock().unwrap()[slot] = Some(join(slot, generation)?);
-        generation += 1;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    // Like Ray: every live file rewritten every 5 s.
-    let writer = {
-        let (stop, live) = (stop.clone(), live.clone());
-        std::thread::spawn(move || {
-            let gap = Duration::from_secs(5) / clusters.max(1) as u32;
-            while !stop.load(Ordering::Relaxed) {
-                for slot in 0..clusters {
-                    let f = live.lock().unwrap()[slot].clone();
-                    if let Some((f, target)) = f {
-                        let _ = write_discovery(&f, &target);
-                    }
-                    std::thread::sleep(gap);
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                }
-            }
-        })
-    };
-    stack.wait_published(clusters / 2, Duration::from_secs(300))?;
-    let pid = stack.daemon_pid()?;
-    let (_, rss0, fds0) = sample(pid)?;
-    let meter = stack.meter()?;
-
-    // The latest join waiting to be timed, taken by the prober when it is free.
-    let latest: Arc<Mutex<Option<(String, Instant)>>> = Arc::new(Mutex::new(None));
-    let prober = {
-        // Its own client: a connection pool must not be shared across runtimes.
-        let (stop, latest, client) = (
-            stop.clone(),
-            latest.clone(),
-            crate::prometheus::Client::for_home(&stack.home)?,
-        );
-        std::thread::spawn(move || -> Vec<Duration> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let mut samples = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let Some((inst, t0)) = latest.lock().unwrap().take() else {
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                };
-                while t0.elapsed() < Duration::from_secs(30) && !stop.load(Ordering::Relaxed) {
-                    let body = rt
-                        .block_on(client.get_text("/api/v1/targets?state=active"))
-                        .unwrap_or_default();
-                    if body.contains(&format!("\"instance\":\"{inst}\"")) {
-                        samples.push(t0.elapsed());
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            samples
-        })
-    };
-    let mut seed = u64::from(std::process::id());
-    let (mut joins, mut leaves) = (0u64, 0u64);
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let slot = ((seed >> 33) as usize) % clusters;
-        let current = live.lock().unwrap()[slot].take();
-        match current {
-            Some((f, target)) => {
-                fs_err::remove_dir_all(f.parent().context("session dir")?)?;
-                stack.held.release(&target);
-                leaves += 1;
-            }
-            None => {
-                let (f, target) = join(slot, generation)?;
-                generation += 1;
-                live.lock().unwrap()[slot] = Some((f, target.clone()));
-                *latest.lock().unwrap() = Some((target, Instant::now()));
-                joins += 1;
-            }
-        }
-        std::thread::sleep(every);
-        if joins + leaves > 0 && (joins + leaves) % 600 == 0 {
-            eprintln!(
-                "soak: {:.0} s of {:.0} s",
-                start.elapsed().as_secs_f64(),
-                duration.as_secs_f64()
-            );
-        }
-    }
-    eprintln!();
-    let (cpu, prometheus_cpu) = meter.percent()?;
-    let (_, rss1, fds1) = sample(pid)?;
-    // Let the last changes settle (liveness bound, Prometheus' tick), then compare.
-    std::thread::sleep(Duration::from_secs(30));
-    let expected: BTreeSet<String> = live
-        .lock()
-        .unwrap()
-        .iter()
-        .flatten()
-        .map(|(_, t)| t.clone())
-        .collect();
-    let body = rt.block_on(client.get_text("/api/v1/targets?state=active"))?;
-    let v: serde_json::Value = serde_json::from_str(&body)?;
-    let listed: BTreeSet<String> = v["data"]["activeTargets"]
-        .as_array()
-        .context("no activeTargets")?
-        .iter()
-        .filter(|t| t["labels"]["job"] == "ray")
-        .filter_map(|t| t["labels"]["instance"].as_str().map(String::from))
-        .collect();
-    stop.store(true, Ordering::Relaxed);
-    let _ = writer.join();
-    let samples = prober.join().unwrap_or_default();
-    let missing = expected.difference(&listed).count();
-    let extra = listed.difference(&expected).count();
-    println!("| soak | value |");
-    println!("| --- | --- |");
-    println!(
-        "| slots, churn | {clusters} synthetic clusters, a join or leave every {every:?}, {duration:?} |"
-    );
-    println!("| joins / leaves | {joins} / {leaves} |");
-    println!(
-        "| daemon RSS start → end | {:.1} MiB → {:.1} MiB |",
-        rss0 as f64 / 1024.0,
-        rss1 as f64 / 1024.0
-    );
-    println!("| daemon open fds start → end | {fds0} → {fds1} |");
-    println!("| daemon CPU during the churn | {cpu:.1} % |");
-    println!("| Prometheus CPU during the churn | {prometheus_cpu:.1} % |");
-    println!(
-        "| final presence | {} live clusters expected, {} listed by Prometheus: {missing} missing, {extra} extra |",
-        expected.len(),
-        listed.len()
-    );
-    if samples.is_empty() {
-        println!("| join → listed | no sample |");
-    } else {
-        let mut v = samples;
-        v.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        println!(
-            "| join → listed (sampled) | {} samples: median {:.0} ms, p95 {:.0} ms, min {:.0} ms, max {:.0} ms |",
-            v.len(),
-            ms(percentile(&v, 0.5)),
-            ms(percentile(&v, 0.95)),
-            ms(v[0]),
-            ms(v[v.len() - 1])
-        );
-    }
-    if missing + extra > 0 {
-        bail!("{missing} clusters missing and {extra} extra in Prometheus after the soak");
     }
     Ok(())
 }

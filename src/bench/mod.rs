@@ -5,10 +5,13 @@
 //! it. Every benchmark runs the real `raywatch` binary (the one beside this
 //! one, or `$RAYWATCH_BIN`) against a real Prometheus, in temp homes it removes.
 
+pub mod agent;
 pub mod doctor;
 pub mod export;
 pub mod fleet;
 pub mod local;
+pub mod sd;
+pub mod soak;
 pub mod top;
 
 use std::path::PathBuf;
@@ -158,7 +161,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
             clusters,
             duration,
             every,
-        } => local::soak(clusters, duration, every),
+        } => soak::soak(clusters, duration, every),
         BenchCommand::Idle { clusters, seconds } => local::idle(&clusters, seconds),
         BenchCommand::Export {
             series,
@@ -172,12 +175,12 @@ pub fn run(command: BenchCommand) -> Result<()> {
             series,
             scrape_interval,
             duration,
-        } => fleet::agent(clusters, series, scrape_interval, duration),
+        } => agent::agent(clusters, series, scrape_interval, duration),
         BenchCommand::Sd {
             clusters,
             targets,
             requests,
-        } => fleet::sd(clusters, targets, requests),
+        } => sd::sd(clusters, targets, requests),
         BenchCommand::Top {
             clusters,
             refreshes,

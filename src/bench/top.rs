@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::fleet::{Endpoints, FleetStack, Heads};
+use super::fleet::{Endpoints, FleetStack, heads};
 use super::local::percentile;
-use crate::promql::{Counter, QueryApi};
+use crate::promql::{Counted, Counter, QueryApi};
+use crate::testkit::Rewriter;
+use crate::top::Source;
+use crate::top::model::Key;
 
 /// The text of synthetic cluster `i`'s node endpoint.
 fn node_metrics(i: usize) -> String {
@@ -105,256 +108,26 @@ pub fn top(counts: &[usize], refreshes: usize, no_top_rules: bool) -> Result<()>
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for &n in counts {
-        let mut args = vec!["--scrape-interval", "5s"];
-        if no_top_rules {
-            args.push("--no-top-rules");
+        let bench = Bench::up(n, no_top_rules)?;
+        bench.wait_all_live()?;
+        let quiet_cpu = bench.quiet_cpu()?;
+        let (took, mut queries, key) = bench.refreshes(refreshes)?;
+        if bench.source == Source::Recorded {
+            bench.compare_live(refreshes, &took)?;
         }
-        let stack = FleetStack::up(&args)?;
-        let endpoints = Endpoints::serve(n, Arc::new(node_metrics))?;
-        let _heads = Heads::start(
-            &stack.root,
-            endpoints.addrs.iter().map(|a| vec![a.clone()]).collect(),
-        )?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let api = QueryApi::for_home(&stack.home)?.counted(Counter::default());
-        let source = rt.block_on(crate::top::source(&api));
-        // Every cluster live, with a minute of history for the sparklines.
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let c = rt.block_on(crate::top::fetch_clusters(
-                &api,
-                source,
-                crate::top::DEAD_FOR,
-                false,
-            ))?;
-            let live = c
-                .clusters
-                .iter()
-                .filter(|c| c.is_live() && c.cpu_percent.is_some())
-                .count();
-            if live >= n {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "only {live} of {n} clusters live after 300 s"
-            );
-            std::thread::sleep(Duration::from_secs(2));
+        let detail = bench.cluster_views(&key, refreshes.min(50))?;
+        bench.where_the_time_goes()?;
+        if bench.source == Source::Recorded {
+            bench.where_recorded_time_goes()?;
         }
-        // Prometheus' CPU over that minute: scrapes, and the rules' evaluation when recorded.
-        let prometheus = stack.prometheus_pid()?;
-        let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-        let (cpu0, t0) = (super::local::sample(prometheus)?.0, Instant::now());
-        std::thread::sleep(Duration::from_secs(60));
-        let quiet_cpu =
-            (super::local::sample(prometheus)?.0 - cpu0) as f64 / tick / t0.elapsed().as_secs_f64()
-                * 100.0;
-        let mut took = Vec::new();
-        let mut queries = Vec::new();
-        let mut first = None;
-        for _ in 0..refreshes {
-            let t0 = Instant::now();
-            let c = rt.block_on(crate::top::fetch_clusters(
-                &api,
-                source,
-                crate::top::DEAD_FOR,
-                false,
-            ))?;
-            took.push(t0.elapsed());
-            queries.push(c.queries);
-            first.get_or_insert_with(|| c.clusters[0].key());
-        }
-        took.sort();
-        // The same refreshes asked live, back to back with those above (the machine's
-        // load changes between runs; this compares both on one stack, one minute).
-        if source == crate::top::Source::Recorded {
-            let mut live = Vec::new();
-            for _ in 0..refreshes {
-                let t0 = Instant::now();
-                rt.block_on(crate::top::fetch_clusters(
-                    &api,
-                    crate::top::Source::Live,
-                    crate::top::DEAD_FOR,
-                    false,
-                ))?;
-                live.push(t0.elapsed());
-            }
-            live.sort();
-            eprintln!(
-                "{n} clusters: the same refresh asked live: p50 {:.1} ms, p95 {:.1} ms (recorded: p50 {:.1} ms, p95 {:.1} ms)",
-                percentile(&live, 0.5).as_secs_f64() * 1000.0,
-                percentile(&live, 0.95).as_secs_f64() * 1000.0,
-                percentile(&took, 0.5).as_secs_f64() * 1000.0,
-                percentile(&took, 0.95).as_secs_f64() * 1000.0
-            );
-        }
-        let key = first.context("no cluster")?;
-        let mut detail = Vec::new();
-        for _ in 0..refreshes.min(50) {
-            let t0 = Instant::now();
-            rt.block_on(crate::top::fetch_cluster(
-                &api,
-                &key,
-                Duration::from_secs(900),
-                None,
-            ))?;
-            detail.push(t0.elapsed());
-        }
-        detail.sort();
-        // Where a refresh's time goes: the instant query's HTTP round trip, its decoding, the range query.
-        let table = crate::top::queries::clusters(crate::top::DEAD_FOR);
-        let parts = crate::top::queries::clusters_split(crate::top::DEAD_FOR, 3);
-        let chained = crate::top::queries::clusters_split_chained(crate::top::DEAD_FOR, 3);
-        let mut chain = Vec::new();
-        let spark = crate::top::queries::sparklines();
-        let (mut http, mut whole, mut range, mut split, mut size) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
-        for _ in 0..20 {
-            let t0 = Instant::now();
-            let (_, body) = rt.block_on(api.api.instant_raw(&table))?;
-            http.push(t0.elapsed());
-            size = body.len();
-            let t0 = Instant::now();
-            rt.block_on(api.api.instant(&table))?;
-            whole.push(t0.elapsed());
-            let t0 = Instant::now();
-            let (x, y, z) = rt.block_on(async {
-                tokio::join!(
-                    api.api.instant_raw(&parts[0]),
-                    api.api.instant_raw(&parts[1]),
-                    api.api.instant_raw(&parts[2])
-                )
-            });
-            x?;
-            y?;
-            z?;
-            split.push(t0.elapsed());
-            let t0 = Instant::now();
-            let (x, y, z) = rt.block_on(async {
-                tokio::join!(
-                    api.api.instant_raw(&chained[0]),
-                    api.api.instant_raw(&chained[1]),
-                    api.api.instant_raw(&chained[2])
-                )
-            });
-            x?;
-            y?;
-            z?;
-            chain.push(t0.elapsed());
-            let now = crate::top::now_unix();
-            let t0 = Instant::now();
-            rt.block_on(api.api.range::<crate::top::model::Labels>(
-                &spark,
-                now - 900.0,
-                now,
-                Duration::from_secs(30),
-            ))?;
-            range.push(t0.elapsed());
-        }
-        if source == crate::top::Source::Recorded {
-            // Where a recorded refresh's time goes: its instant query whole, its two
-            // halves alone, the answer's decoding, the sparklines' range query.
-            let parts = crate::top::rules::clusters(crate::top::DEAD_FOR, 2);
-            let whole = crate::top::rules::clusters(crate::top::DEAD_FOR, 1);
-            let spark = crate::top::rules::sparklines();
-            let mut t: [Vec<Duration>; 5] = Default::default();
-            let mut size = 0;
-            for _ in 0..20 {
-                let t0 = Instant::now();
-                let (_, body) = rt.block_on(api.api.instant_raw(&whole[0]))?;
-                t[0].push(t0.elapsed());
-                size = body.len();
-                let t0 = Instant::now();
-                rt.block_on(api.api.instant_as::<crate::top::model::Labels>(&whole[0]))?;
-                t[1].push(t0.elapsed());
-                let t0 = Instant::now();
-                rt.block_on(api.api.instant_raw(&whole[1]))?;
-                t[2].push(t0.elapsed());
-                let t0 = Instant::now();
-                let (x, y) = rt.block_on(async {
-                    tokio::join!(
-                        api.api.instant_raw(&parts[0]),
-                        api.api.instant_raw(&parts[1])
-                    )
-                });
-                x?;
-                y?;
-                t[3].push(t0.elapsed());
-                let now = crate::top::now_unix();
-                let t0 = Instant::now();
-                rt.block_on(api.api.range::<crate::top::model::Labels>(
-                    &spark,
-                    now - 900.0,
-                    now,
-                    Duration::from_secs(30),
-                ))?;
-                t[4].push(t0.elapsed());
-            }
-            for v in &mut t {
-                v.sort();
-            }
-            let p = |v: &[Duration]| percentile(v, 0.5).as_secs_f64() * 1000.0;
-            eprintln!(
-                "{n} clusters, recorded: every field in one selector p50 {:.1} ms HTTP ({} KiB), {:.1} ms with decoding; in two selectors side by side {:.1} ms; last_seen {:.1} ms; sparklines' range query {:.1} ms",
-                p(&t[0]),
-                size / 1024,
-                p(&t[1]),
-                p(&t[3]),
-                p(&t[2]),
-                p(&t[4])
-            );
-        }
-        for b in crate::top::queries::clusters_branches(crate::top::DEAD_FOR) {
-            let mut t = Vec::new();
-            for _ in 0..5 {
-                let t0 = Instant::now();
-                rt.block_on(api.api.instant_raw(&b))?;
-                t.push(t0.elapsed());
-            }
-            t.sort();
-            let name = b
-                .rsplit("\"rw_field\", \"")
-                .next()
-                .unwrap_or("")
-                .split('"')
-                .next()
-                .unwrap_or("");
-            eprintln!(
-                "  branch {name}: p50 {:.1} ms",
-                percentile(&t, 0.5).as_secs_f64() * 1000.0
-            );
-        }
-        for v in [&mut http, &mut whole, &mut range, &mut split, &mut chain] {
-            v.sort();
-        }
-        eprintln!(
-            "{n} clusters: one instant query p50 {:.1} ms HTTP, {:.1} ms with decoding, answer {} KiB; range query p50 {:.1} ms; the same in three parts side by side p50 {:.1} ms HTTP (as chains of `or`: {:.1} ms)",
-            percentile(&http, 0.5).as_secs_f64() * 1000.0,
-            percentile(&whole, 0.5).as_secs_f64() * 1000.0,
-            size / 1024,
-            percentile(&range, 0.5).as_secs_f64() * 1000.0,
-            percentile(&split, 0.5).as_secs_f64() * 1000.0,
-            percentile(&chain, 0.5).as_secs_f64() * 1000.0
-        );
-        let exe = super::raywatch_exe()?;
-        let once = Command::new(&exe)
-            .arg("--home")
-            .arg(stack.home.root())
-            .args(["top", "--once", "--json"])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let (status, once_kib) = once_peak_kib(once)?;
-        anyhow::ensure!(status.success(), "raywatch top --once failed");
-        let screen = screen_rss_kib(&exe, &stack)
-            .map_or("–".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+        bench.branches()?;
+        let (once_kib, screen) = bench.rss()?;
         let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
         queries.sort();
         queries.dedup();
-        let values = match source {
-            crate::top::Source::Recorded => "recorded",
-            crate::top::Source::Live => "live",
+        let values = match bench.source {
+            Source::Recorded => "recorded",
+            Source::Live => "live",
         };
         println!(
             "| {n} | {refreshes} | {values} | {} | {} | {} | {} | {quiet_cpu:.1} % | {:.1} | {screen} |",
@@ -370,6 +143,310 @@ pub fn top(counts: &[usize], refreshes: usize, no_top_rules: bool) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// A stack with `n` synthetic clusters, and the client `top` asks it with.
+/// (Fields drop in order: the client, then the heads, before their stack.)
+struct Bench {
+    n: usize,
+    api: Counted,
+    rt: tokio::runtime::Runtime,
+    source: Source,
+    _heads: Rewriter,
+    _endpoints: Endpoints,
+    stack: FleetStack,
+}
+
+/// Milliseconds of the median.
+fn p50_ms(v: &[Duration]) -> f64 {
+    percentile(v, 0.5).as_secs_f64() * 1000.0
+}
+
+/// Sorts each list of timings.
+fn sort_all(lists: &mut [&mut Vec<Duration>]) {
+    for v in lists {
+        v.sort();
+    }
+}
+
+impl Bench {
+    fn up(n: usize, no_top_rules: bool) -> Result<Bench> {
+        let mut args = vec!["--scrape-interval", "5s"];
+        if no_top_rules {
+            args.push("--no-top-rules");
+        }
+        let stack = FleetStack::up(&args)?;
+        let endpoints = Endpoints::serve(n, Arc::new(node_metrics))?;
+        let heads = heads(
+            &stack.root,
+            endpoints.addrs.iter().map(|a| vec![a.clone()]).collect(),
+        )?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let api = QueryApi::for_home(&stack.home)?.counted(Counter::default());
+        let source = rt.block_on(crate::top::source(&api));
+        Ok(Bench {
+            n,
+            api,
+            rt,
+            source,
+            _heads: heads,
+            _endpoints: endpoints,
+            stack,
+        })
+    }
+
+    /// One refresh of the cluster list, asked from `source`.
+    fn refresh(&self, source: Source) -> Result<crate::top::Clusters> {
+        self.rt.block_on(crate::top::fetch_clusters(
+            &self.api,
+            source,
+            crate::top::DEAD_FOR,
+            false,
+        ))
+    }
+
+    /// Waits until every cluster is live, with a minute of history for the sparklines.
+    fn wait_all_live(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let c = self.refresh(self.source)?;
+            let live = c
+                .clusters
+                .iter()
+                .filter(|c| c.is_live() && c.cpu_percent.is_some())
+                .count();
+            if live >= self.n {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {live} of {} clusters live after 300 s",
+                self.n
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// Prometheus' CPU (% of a core) over a minute without `top`: scrapes, and
+    /// the rules' evaluation when recorded.
+    fn quiet_cpu(&self) -> Result<f64> {
+        let prometheus = self.stack.prometheus_pid()?;
+        let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+        let (cpu0, t0) = (super::local::sample(prometheus)?.0, Instant::now());
+        std::thread::sleep(Duration::from_secs(60));
+        let used = super::local::sample(prometheus)?.0 - cpu0;
+        Ok(used as f64 / tick / t0.elapsed().as_secs_f64() * 100.0)
+    }
+
+    /// `refreshes` refreshes: their sorted times, the requests each made, and the first cluster.
+    fn refreshes(&self, refreshes: usize) -> Result<(Vec<Duration>, Vec<u64>, Key)> {
+        let mut took = Vec::new();
+        let mut queries = Vec::new();
+        let mut first = None;
+        for _ in 0..refreshes {
+            let t0 = Instant::now();
+            let c = self.refresh(self.source)?;
+            took.push(t0.elapsed());
+            queries.push(c.queries);
+            first.get_or_insert_with(|| c.clusters[0].key());
+        }
+        took.sort();
+        Ok((took, queries, first.context("no cluster")?))
+    }
+
+    /// The same refreshes asked live, back to back with the recorded ones (the
+    /// machine's load changes between runs; this compares both on one stack, one minute).
+    fn compare_live(&self, refreshes: usize, recorded: &[Duration]) -> Result<()> {
+        let mut live = Vec::new();
+        for _ in 0..refreshes {
+            let t0 = Instant::now();
+            self.refresh(Source::Live)?;
+            live.push(t0.elapsed());
+        }
+        live.sort();
+        eprintln!(
+            "{} clusters: the same refresh asked live: p50 {:.1} ms, p95 {:.1} ms (recorded: p50 {:.1} ms, p95 {:.1} ms)",
+            self.n,
+            p50_ms(&live),
+            percentile(&live, 0.95).as_secs_f64() * 1000.0,
+            p50_ms(recorded),
+            percentile(recorded, 0.95).as_secs_f64() * 1000.0
+        );
+        Ok(())
+    }
+
+    /// `times` refreshes of one cluster's view, sorted.
+    fn cluster_views(&self, key: &Key, times: usize) -> Result<Vec<Duration>> {
+        let mut detail = Vec::new();
+        for _ in 0..times {
+            let t0 = Instant::now();
+            self.rt.block_on(crate::top::fetch_cluster(
+                &self.api,
+                key,
+                Duration::from_secs(900),
+                None,
+            ))?;
+            detail.push(t0.elapsed());
+        }
+        detail.sort();
+        Ok(detail)
+    }
+
+    /// How long two or three queries, asked side by side, take.
+    fn side_by_side(&self, queries: &[String]) -> Result<Duration> {
+        let ask = |i: usize| self.api.api.instant_raw(&queries[i]);
+        let t0 = Instant::now();
+        if let [_, _, _] = queries {
+            let (x, y, z) = self
+                .rt
+                .block_on(async { tokio::join!(ask(0), ask(1), ask(2)) });
+            x?;
+            y?;
+            z?;
+        } else {
+            let (x, y) = self.rt.block_on(async { tokio::join!(ask(0), ask(1)) });
+            x?;
+            y?;
+        }
+        Ok(t0.elapsed())
+    }
+
+    /// How long the sparklines' range query `spark` takes.
+    fn range(&self, spark: &str) -> Result<Duration> {
+        let now = crate::top::now_unix();
+        let t0 = Instant::now();
+        self.rt
+            .block_on(self.api.api.range::<crate::top::model::Labels>(
+                spark,
+                now - 900.0,
+                now,
+                Duration::from_secs(30),
+            ))?;
+        Ok(t0.elapsed())
+    }
+
+    /// Where a refresh's time goes: the instant query's HTTP round trip, its
+    /// decoding, the same in three parts, the range query.
+    fn where_the_time_goes(&self) -> Result<()> {
+        let table = crate::top::queries::clusters(crate::top::DEAD_FOR);
+        let parts = crate::top::queries::clusters_split(crate::top::DEAD_FOR, 3);
+        let chained = crate::top::queries::clusters_split_chained(crate::top::DEAD_FOR, 3);
+        let spark = crate::top::queries::sparklines();
+        let (mut http, mut whole, mut range, mut split, mut chain, mut size) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            0,
+        );
+        for _ in 0..20 {
+            let t0 = Instant::now();
+            let (_, body) = self.rt.block_on(self.api.api.instant_raw(&table))?;
+            http.push(t0.elapsed());
+            size = body.len();
+            let t0 = Instant::now();
+            self.rt.block_on(self.api.api.instant(&table))?;
+            whole.push(t0.elapsed());
+            split.push(self.side_by_side(&parts[..3])?);
+            chain.push(self.side_by_side(&chained[..3])?);
+            range.push(self.range(&spark)?);
+        }
+        sort_all(&mut [&mut http, &mut whole, &mut range, &mut split, &mut chain]);
+        eprintln!(
+            "{} clusters: one instant query p50 {:.1} ms HTTP, {:.1} ms with decoding, answer {} KiB; range query p50 {:.1} ms; the same in three parts side by side p50 {:.1} ms HTTP (as chains of `or`: {:.1} ms)",
+            self.n,
+            p50_ms(&http),
+            p50_ms(&whole),
+            size / 1024,
+            p50_ms(&range),
+            p50_ms(&split),
+            p50_ms(&chain)
+        );
+        Ok(())
+    }
+
+    /// Where a recorded refresh's time goes: its instant query whole, its two
+    /// halves alone, the answer's decoding, the sparklines' range query.
+    fn where_recorded_time_goes(&self) -> Result<()> {
+        let parts = crate::top::rules::clusters(crate::top::DEAD_FOR, 2);
+        let whole = crate::top::rules::clusters(crate::top::DEAD_FOR, 1);
+        let spark = crate::top::rules::sparklines();
+        let mut t: [Vec<Duration>; 5] = Default::default();
+        let mut size = 0;
+        for _ in 0..20 {
+            let t0 = Instant::now();
+            let (_, body) = self.rt.block_on(self.api.api.instant_raw(&whole[0]))?;
+            t[0].push(t0.elapsed());
+            size = body.len();
+            let t0 = Instant::now();
+            self.rt.block_on(
+                self.api
+                    .api
+                    .instant_as::<crate::top::model::Labels>(&whole[0]),
+            )?;
+            t[1].push(t0.elapsed());
+            let t0 = Instant::now();
+            self.rt.block_on(self.api.api.instant_raw(&whole[1]))?;
+            t[2].push(t0.elapsed());
+            t[3].push(self.side_by_side(&parts[..2])?);
+            t[4].push(self.range(&spark)?);
+        }
+        for v in &mut t {
+            v.sort();
+        }
+        eprintln!(
+            "{} clusters, recorded: every field in one selector p50 {:.1} ms HTTP ({} KiB), {:.1} ms with decoding; in two selectors side by side {:.1} ms; last_seen {:.1} ms; sparklines' range query {:.1} ms",
+            self.n,
+            p50_ms(&t[0]),
+            size / 1024,
+            p50_ms(&t[1]),
+            p50_ms(&t[3]),
+            p50_ms(&t[2]),
+            p50_ms(&t[4])
+        );
+        Ok(())
+    }
+
+    /// Each branch of the live query alone, p50 of 5.
+    fn branches(&self) -> Result<()> {
+        for b in crate::top::queries::clusters_branches(crate::top::DEAD_FOR) {
+            let mut t = Vec::new();
+            for _ in 0..5 {
+                let t0 = Instant::now();
+                self.rt.block_on(self.api.api.instant_raw(&b))?;
+                t.push(t0.elapsed());
+            }
+            t.sort();
+            let name = b
+                .rsplit("\"rw_field\", \"")
+                .next()
+                .unwrap_or("")
+                .split('"')
+                .next()
+                .unwrap_or("");
+            eprintln!("  branch {name}: p50 {:.1} ms", p50_ms(&t));
+        }
+        Ok(())
+    }
+
+    /// Peak RSS of `raywatch top --once --json` (KiB) and of the screen (MiB, or – without tmux).
+    fn rss(&self) -> Result<(u64, String)> {
+        let exe = super::raywatch_exe()?;
+        let once = Command::new(&exe)
+            .arg("--home")
+            .arg(self.stack.home.root())
+            .args(["top", "--once", "--json"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let (status, once_kib) = once_peak_kib(once)?;
+        anyhow::ensure!(status.success(), "raywatch top --once failed");
+        let screen = screen_rss_kib(&exe, &self.stack)
+            .map_or("–".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+        Ok((once_kib, screen))
+    }
 }
 
 /// The peak RSS (KiB) of `raywatch top` on a 200×50 tmux screen after 30 refreshes

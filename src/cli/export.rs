@@ -1,7 +1,6 @@
 //! `raywatch export`: one cluster's series over its life, as OpenMetrics text in a file.
 
 use std::path::Path;
-use std::time::SystemTime;
 
 use anyhow::{Result, anyhow};
 
@@ -39,7 +38,7 @@ pub(super) fn export(
         ))
         .hint("export from the central store that receives this host's remote write");
     }
-    let now = history::unix(SystemTime::now());
+    let now = crate::clock::unix_now();
     let history = History::load(&home.history())?;
     let mut selector = vec![("ray_io_cluster".to_string(), name.to_string())];
     let (from, to) = match history.find(name, session) {

@@ -1,7 +1,7 @@
 //! `raywatch history`: every cluster this stack saw, past and present, from `<home>/history.jsonl`.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -83,7 +83,7 @@ fn render(clusters: &[Listed], running: bool, skipped: usize) -> String {
     if clusters.is_empty() {
         out.push_str("no clusters in the history yet\n");
     }
-    let now = history::unix(SystemTime::now());
+    let now = crate::clock::unix_now();
     for l in clusters {
         let e = l.entry;
         let c = &e.cluster;

@@ -134,10 +134,8 @@ fn prometheus_pid(stack: &Stack) -> u32 {
 
 #[test]
 fn a_squatter_on_prometheus_port_at_up_gets_nothing_and_up_moves_away() {
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     let dir = open_scratch();
     let home = dir.path().join("home");
     // A Prometheus that takes 2 s to bind: the window the attacker races for,
@@ -185,10 +183,8 @@ fn a_squatter_on_prometheus_port_at_up_gets_nothing_and_up_moves_away() {
 
 #[test]
 fn after_a_kill_9_of_prometheus_a_squatter_on_its_port_gets_nothing() {
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     let dir = open_scratch();
     // A port the user chose: Prometheus may not move, so the clients face the squatter.
     let port = free_port();
@@ -301,10 +297,8 @@ fn other_gets_an_answer(other: (u32, u32), python: &str, url: &str) -> bool {
 #[test]
 fn after_the_readme_flow_another_user_finds_no_usable_credential() {
     use base64::Engine as _;
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     let dir = open_scratch();
     let stack = Stack::up_at(&dir.path().join("home"), &["--no-default-watch"]);
     let first_password = stack.password();
@@ -426,7 +420,7 @@ impl Drop for RemoveOnDrop {
 
 #[test]
 fn a_fifo_a_dev_zero_link_and_a_huge_file_in_a_session_folder_neither_hang_nor_bloat_the_daemon() {
-    let Some(other) = other_user() else { return };
+    let other = other_user();
     let dir = open_scratch();
     let root = dir.path().join("ray_hostile");
     std::fs::create_dir(&root).unwrap();
@@ -516,10 +510,8 @@ fn a_fifo_a_dev_zero_link_and_a_huge_file_in_a_session_folder_neither_hang_nor_b
 
 #[test]
 fn a_squatted_metrics_port_is_never_scraped_under_a_cluster() {
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     let dir = open_scratch();
     let (stack, root) = Stack::watching("ray_squat", &[]);
     // The other user holds a port before the cluster lists it (as for Ray's
@@ -630,7 +622,7 @@ fn stack_with_tmpdir(dir: &Path) -> (Stack, PathBuf) {
 
 #[test]
 fn links_shared_roots_and_moved_files_make_no_phantom_cluster() {
-    let Some(other) = other_user() else { return };
+    let other = other_user();
     let dir = open_scratch();
     let (stack, parent) = stack_with_tmpdir(dir.path());
 
@@ -744,10 +736,8 @@ fn links_shared_roots_and_moved_files_make_no_phantom_cluster() {
 
 #[test]
 fn another_users_folder_flood_costs_the_daemon_nothing() {
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     let dir = open_scratch();
     let (stack, parent) = stack_with_tmpdir(dir.path());
     let pid = daemon_pid(&stack);

@@ -51,30 +51,14 @@ fn up_without_prometheus_says_what_to_install() {
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.starts_with("error: no Prometheus binary found"),
-        "{stderr}"
+    // One error, then one hint: what `--yes` would download (version, size,
+    // checksum, where), then the other ways; exit code 1 (a user error).
+    error_lines(&String::from_utf8_lossy(&out.stderr));
+    crate::snapshots::assert_transcript(
+        "up-without-prometheus",
+        &out,
+        crate::snapshots::scratch_filters(dir.path()),
     );
-    // The hint says what `--yes` would download (version, size, checksum, where), then the other ways.
-    let hints = error_lines(&stderr);
-    assert_eq!(hints.len(), 1, "{stderr}");
-    assert!(
-        hints[0].starts_with("`raywatch up --yes` gets Prometheus 3."),
-        "{stderr}"
-    );
-    assert!(
-        hints[0]
-            .contains("MiB) from https://github.com/prometheus/prometheus/releases/download/v3."),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("SHA-256 checked against") && stderr.contains("sha256sums.txt"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("apt-get install prometheus"), "{stderr}");
-    assert!(stderr.contains("--prometheus-bin"), "{stderr}");
 }
 
 #[test]

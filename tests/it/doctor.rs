@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::security::{OTHER, as_other, open_scratch, other_user, shared_raywatch, system_python};
 use crate::support::{
-    FakeHead, MetricsEndpoint, RayCluster, Stack, command_as, free_port, raywatch, scratch,
+    FakeHead, MetricsEndpoint, RayCluster, Stack, command_as, free_port, raywatch, scratch, unmet,
     wait_for, write_discovery,
 };
 
@@ -529,8 +529,7 @@ impl Drop for Mounted {
 #[test]
 fn doctor_prometheus_short_of_disk_space() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: mounting a small file system needs root");
-        return;
+        unmet("root, to mount a small file system");
     }
     let dir = scratch();
     let small = dir.path().join("small");
@@ -541,8 +540,7 @@ fn doctor_prometheus_short_of_disk_space() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("SKIPPED: cannot mount a tmpfs here");
-        return;
+        unmet("a tmpfs it can mount");
     }
     let _mounted = Mounted(small.clone());
     let stack = Stack::up_at(&small.join("home"), &["--no-default-watch"]);
@@ -586,7 +584,7 @@ fn doctor_prometheus_short_of_disk_space() {
 
 #[test]
 fn doctor_attack_another_users_session_folder_in_a_shared_temp_dir() {
-    let Some(other) = other_user() else { return };
+    let other = other_user();
     let m = Machine::in_dir(open_scratch(), None);
     std::fs::set_permissions(&m.root, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let _mine = FakeHead::start(
@@ -631,7 +629,7 @@ fn doctor_as_other(other: (u32, u32), exe: &Path, home: &Path, root: &Path) -> V
 fn doctor_attack_another_users_prometheus_is_found_from_its_command_line() {
     // Here the other user runs doctor: this user's Prometheus is the foreign one, and
     // its fds (which socket is whose) are not the other user's to read.
-    let Some(other) = other_user() else { return };
+    let other = other_user();
     let dir = open_scratch();
     let exe = shared_raywatch(dir.path());
     let root = dir.path().join("ray_tmp");
@@ -713,10 +711,8 @@ impl Drop for Killed {
 
 #[test]
 fn doctor_attack_hostile_fake_prometheus_servers_neither_hang_nor_bloat_doctor() {
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     let (hang, flood) = (free_port(), free_port());
     let _servers = [
         Killed(hostile_prometheus(other, python, hang, "hang")),
@@ -760,10 +756,8 @@ fn doctor_attack_hostile_fake_prometheus_servers_neither_hang_nor_bloat_doctor()
 fn doctor_inotify_instances_near_the_limit() {
     // The limit is per user: the other user (whose processes are only the tests')
     // takes 81 % of its instances, and runs doctor.
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     let max: u64 = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
         .unwrap()
         .trim()

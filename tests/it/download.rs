@@ -191,8 +191,8 @@ struct Ordinary {
 }
 
 impl Ordinary {
-    fn new() -> Option<Ordinary> {
-        let ids = other_user()?;
+    fn new() -> Ordinary {
+        let ids = other_user();
         let scratch = open_scratch();
         let exe = shared_raywatch(scratch.path());
         let home = scratch.path().join("home");
@@ -200,13 +200,13 @@ impl Ordinary {
         nix::unistd::chown(&home, Some(ids.0.into()), Some(ids.1.into())).unwrap();
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
         let state = home.join("raywatch");
-        Some(Ordinary {
+        Ordinary {
             ids,
             _scratch: scratch,
             exe,
             home,
             state,
-        })
+        }
     }
 
     fn cache(&self) -> PathBuf {
@@ -281,20 +281,16 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn skip_without_tarball() -> Option<&'static [u8]> {
-    let t = release_tarball();
-    if t.is_none() {
-        eprintln!("SKIPPED: no prometheus and promtool here to build a release tarball from");
-    }
-    t
+fn tarball() -> &'static [u8] {
+    release_tarball().unwrap_or_else(|| {
+        unmet("prometheus and promtool on PATH, to build a release tarball from")
+    })
 }
 
 #[test]
 fn an_ordinary_user_downloads_verifies_caches_and_runs_prometheus() {
-    let Some(tarball) = skip_without_tarball() else {
-        return;
-    };
-    let Some(user) = Ordinary::new() else { return };
+    let tarball = tarball();
+    let user = Ordinary::new();
     let file = format!("{RELEASE}.tar.gz");
     let mirror = Mirror::serve(vec![
         ("/rel/sha256sums.txt", Reply::Body(sums_for(tarball))),
@@ -360,10 +356,8 @@ fn an_ordinary_user_downloads_verifies_caches_and_runs_prometheus() {
 
 #[test]
 fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
-    let Some(tarball) = skip_without_tarball() else {
-        return;
-    };
-    let Some(user) = Ordinary::new() else { return };
+    let tarball = tarball();
+    let user = Ordinary::new();
     let file = format!("{RELEASE}.tar.gz");
     let good_sums = sums_for(tarball);
     let mut tampered = tarball.to_vec();
@@ -452,10 +446,8 @@ fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
 
 #[test]
 fn a_cache_another_user_could_have_changed_is_never_run() {
-    let Some(tarball) = skip_without_tarball() else {
-        return;
-    };
-    let Some(user) = Ordinary::new() else { return };
+    let tarball = tarball();
+    let user = Ordinary::new();
     let file = format!("{RELEASE}.tar.gz");
     let mirror = Mirror::serve(vec![
         ("/rel/sha256sums.txt", Reply::Body(sums_for(tarball))),
@@ -581,7 +573,7 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
 
 #[test]
 fn a_release_whose_links_lead_out_of_its_folder_is_refused() {
-    let Some(user) = Ordinary::new() else { return };
+    let user = Ordinary::new();
     let d = scratch();
     let outside = d.path().join("elsewhere");
     std::fs::create_dir(&outside).unwrap();
@@ -686,10 +678,8 @@ fn tarball_of(top: &str, files: &[(&str, &str, u32)]) -> Vec<u8> {
 
 #[test]
 fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() {
-    let Some(prometheus) = skip_without_tarball() else {
-        return;
-    };
-    let Some(user) = Ordinary::new() else { return };
+    let prometheus = tarball();
+    let user = Ordinary::new();
     // Grafana cannot be installed here: its tarball's layout (grafana-v<version>/bin,
     // conf/defaults.ini) with a stand-in that stays up like a server.
     let grafana = tarball_of(
@@ -801,8 +791,7 @@ fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() 
 #[test]
 fn as_root_with_apt_alertmanager_comes_from_debian_with_its_open_service_off() {
     if !nix::unistd::geteuid().is_root() || on_path("apt-get").is_none() {
-        eprintln!("SKIPPED: Debian's package route needs root and apt-get");
-        return;
+        unmet("root and apt-get, for Debian's package route");
     }
     let d = scratch();
     let out = Command::new(raywatch_bin())

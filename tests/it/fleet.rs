@@ -392,12 +392,7 @@ fn samples_taken_while_the_central_store_is_down_arrive_when_it_is_back() {
     wait_for("samples centrally", Duration::from_secs(30), || {
         (hosts_and_clusters(&vm.query(COUNT)).len() == 1).then_some(())
     });
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-    };
+    let now = || raywatch::clock::unix_now();
     vm.kill();
     let down_at = now();
     std::thread::sleep(Duration::from_secs(60));

@@ -2,17 +2,14 @@
 //! each listed once with its first and last seen and why it ended.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::*;
 
 fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
+    raywatch::clock::unix_now()
 }
 
 fn kill9(pid: u32) {

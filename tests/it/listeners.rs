@@ -138,13 +138,10 @@ fn cluster_states(status: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn idle_connections_to_the_sd_port_neither_exhaust_the_daemon_nor_end_its_clusters() {
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     if Command::new("prlimit").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: no prlimit (util-linux) to start the stack with a soft limit of 1024");
-        return;
+        unmet("prlimit (util-linux), to start the stack with a soft limit of 1024");
     }
     let dir = scratch();
     let root = dir.path().join("ray_idle");
@@ -251,10 +248,8 @@ fn idle_connections_to_the_sd_port_neither_exhaust_the_daemon_nor_end_its_cluste
 
 #[test]
 fn another_user_posting_to_sd_gets_404_like_any_other_request() {
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     let dir = scratch();
     let root = dir.path().join("ray_post");
     std::fs::create_dir(&root).unwrap();
@@ -355,10 +350,8 @@ while True:
 
 #[test]
 fn a_flood_of_sockets_and_a_trickle_of_connects_starve_neither_the_gateway_nor_the_daemon() {
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     let connections = 20_000;
     let hard = std::fs::read_to_string("/proc/self/limits")
         .ok()
@@ -371,8 +364,9 @@ fn a_flood_of_sockets_and_a_trickle_of_connects_starve_neither_the_gateway_nor_t
         })
         .unwrap_or(u64::MAX);
     if hard < 15_000 {
-        eprintln!("SKIPPED: a hard limit of {hard} open files; each attacker needs 14 000");
-        return;
+        unmet(&format!(
+            "a hard limit of 15 000 open files (not {hard}): each attacker holds 14 000"
+        ));
     }
     let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -382,10 +376,9 @@ fn a_flood_of_sockets_and_a_trickle_of_connects_starve_neither_the_gateway_nor_t
         })
         .unwrap_or((32768, 60999));
     if hi - lo < connections + 2000 {
-        eprintln!(
-            "SKIPPED: the ephemeral port range {lo}-{hi} is too small for {connections} connections"
-        );
-        return;
+        unmet(&format!(
+            "an ephemeral port range wider than {lo}-{hi} for {connections} connections"
+        ));
     }
     let (stack, root) = Stack::watching("ray_flood", &[]);
     let endpoint = MetricsEndpoint::serve("ray_node_cpu_utilization 5\n");
@@ -546,8 +539,7 @@ impl Drop for SoftLimit {
 #[test]
 fn a_daemon_out_of_descriptors_keeps_its_clusters_and_says_why() {
     if Command::new("prlimit").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: no prlimit (util-linux) to take the daemon's descriptors away");
-        return;
+        unmet("prlimit (util-linux), to take the daemon's descriptors away");
     }
     let (stack, root) = Stack::watching("ray_emfile", &["--liveness", "6s"]);
     let endpoint = MetricsEndpoint::serve("ray_node_cpu_utilization 5\n");
@@ -598,10 +590,8 @@ fn a_daemon_out_of_descriptors_keeps_its_clusters_and_says_why() {
 
 #[test]
 fn over_tls_the_sd_port_is_bounded_too_and_serves_only_get_sd() {
-    let Some(other) = other_user() else { return };
-    let Some(python) = system_python() else {
-        return;
-    };
+    let other = other_user();
+    let python = system_python();
     let dir = scratch();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let made = Command::new("openssl")
@@ -621,8 +611,7 @@ fn over_tls_the_sd_port_is_bounded_too_and_serves_only_get_sd() {
         .arg(&cert)
         .output();
     if !made.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: openssl could not make a test certificate");
-        return;
+        unmet("openssl, to make a test certificate");
     }
     let root = dir.path().join("ray_tls");
     std::fs::create_dir(&root).unwrap();

@@ -15,6 +15,7 @@ mod guard;
 mod history;
 mod listeners;
 mod liveness;
+mod needs;
 mod ray;
 mod rayauth;
 mod reliability;

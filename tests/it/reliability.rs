@@ -87,10 +87,7 @@ fn a_killed_prometheus_is_back_and_scraping_within_10_s() {
                 .as_str()?
                 .parse::<f64>()
                 .ok()?;
-            let kill_ts = killed
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64();
+            let kill_ts = raywatch::clock::unix(killed);
             (ts > kill_ts).then_some(())
         },
     );
@@ -147,10 +144,7 @@ fn a_crash_loop_is_shown_with_its_output_and_backoff() {
     let next = p["next_start_unix"]
         .as_f64()
         .expect("a next retry time while down");
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now = raywatch::clock::unix_now();
     assert!(
         next > now - 1.0,
         "the next retry is scheduled, not overdue: {next} vs {now}"
@@ -404,8 +398,7 @@ impl Drop for Mount {
 #[test]
 fn a_full_disk_is_reported_keeps_old_targets_and_recovers() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: mounting a small tmpfs needs root");
-        return;
+        unmet("root, to mount a small tmpfs");
     }
     let base = scratch();
     let small = base.path().join("small");

@@ -9,11 +9,12 @@ use crate::support::*;
 
 pub const OTHER: &str = "rwtest-other";
 
-/// A second local user (created once), or None when the tests cannot be root.
-pub fn other_user() -> Option<(u32, u32)> {
+/// The suite's second local user (created once). Creating it needs root:
+/// `scripts/test` reports the tests that call this as skipped when it is not
+/// root, so one that gets here without root was run some other way, and fails.
+pub fn other_user() -> (u32, u32) {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: creating a second local user needs root");
-        return None;
+        unmet("root, to create the second local user rwtest-other");
     }
     let lookup = || {
         nix::unistd::User::from_name(OTHER)
@@ -22,24 +23,22 @@ pub fn other_user() -> Option<(u32, u32)> {
             .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
     };
     if let Some(ids) = lookup() {
-        return Some(ids);
+        return ids;
     }
     // Parallel tests may race to create it; whoever loses finds it afterwards.
     let _ = Command::new("useradd")
         .args(["--no-create-home", "--shell", "/usr/sbin/nologin", OTHER])
         .output();
-    Some(lookup().expect("useradd created the second user"))
+    lookup().expect("useradd created the second user")
 }
 
-/// A Python the other user can run (not a per-user shim), or None.
-pub fn system_python() -> Option<&'static str> {
+/// A Python the other user can run (not a per-user shim).
+pub fn system_python() -> &'static str {
     let p = "/usr/bin/python3";
-    if Path::new(p).exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: no /usr/bin/python3 for the second user");
-        None
+    if !Path::new(p).exists() {
+        unmet("/usr/bin/python3, a Python the second user can run");
     }
+    p
 }
 
 /// A copy of raywatch the other user can execute, wherever the repo lives.
@@ -136,7 +135,7 @@ fn prometheus_refuses_anonymous_callers_and_has_no_lifecycle_api() {
 
 #[test]
 fn another_user_can_neither_reach_nor_mislead_the_stack() {
-    let Some(other) = other_user() else { return };
+    let other = other_user();
     let shared = open_scratch();
     let home = shared.path().join("home");
     let stack = Stack::up_at(&home, &[]);
@@ -269,7 +268,7 @@ fn another_user_can_neither_reach_nor_mislead_the_stack() {
 
 #[test]
 fn a_home_another_user_prepared_is_refused() {
-    let Some(other) = other_user() else { return };
+    let other = other_user();
     let shared = open_scratch();
     let drop_box = shared.path().join("dropbox");
     std::fs::create_dir(&drop_box).unwrap();
@@ -481,7 +480,7 @@ fn two_ups_in_the_same_instant_both_come_up_on_different_ports() {
 
 #[test]
 fn without_inotify_the_daemon_rescans_and_says_so() {
-    let Some(other) = other_user() else { return };
+    let other = other_user();
     let shared = open_scratch();
     let mine = shared.path().join("o");
     let root = mine.join("ray_noinotify");
@@ -495,9 +494,7 @@ fn without_inotify_the_daemon_rescans_and_says_so() {
         .unwrap();
     }
     let home = mine.join("home");
-    let Some(python) = system_python() else {
-        return;
-    };
+    let python = system_python();
     let raywatch = shared_raywatch(shared.path());
     // The other user's inotify instances, all taken (the limit is per user).
     /// Killed and reaped on drop, whatever happens.

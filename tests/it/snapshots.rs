@@ -34,6 +34,42 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
+/// A command's whole outcome as one text: exit code, stdout and stderr (as
+/// uv's `uv_snapshot!` does), so a snapshot catches a change in any of them.
+pub fn transcript(out: &std::process::Output) -> String {
+    format!(
+        "success: {}\nexit_code: {}\n----- stdout -----\n{}\n----- stderr -----\n{}",
+        out.status.success(),
+        out.status
+            .code()
+            .map_or_else(|| "none (a signal)".to_string(), |c| c.to_string()),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Filters for a command run with a home in `scratch`: the folder, ports, pids, sizes.
+pub fn scratch_filters(scratch: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        (
+            regex_escape(&scratch.display().to_string()),
+            "[scratch]".into(),
+        ),
+        (r"127\.0\.0\.1:\d+".into(), "127.0.0.1:[port]".into()),
+        (r"pid \d+".into(), "pid [pid]".into()),
+        (
+            r"\b\d+(\.\d)? (B|KiB|MiB|GiB|TiB)\b".into(),
+            "[size]".into(),
+        ),
+        (r"linux-(amd64|arm64)".into(), "linux-[arch]".into()),
+    ]
+}
+
+/// Snapshots `out`'s [`transcript`] as `name`, with `filters`.
+pub fn assert_transcript(name: &str, out: &std::process::Output, filters: Vec<(String, String)>) {
+    with_filters(filters, || insta::assert_snapshot!(name, transcript(out)));
+}
+
 fn with_filters(f: Vec<(String, String)>, check: impl FnOnce()) {
     let mut settings = insta::Settings::clone_current();
     for (re, to) in f {
@@ -81,4 +117,24 @@ fn human_status_and_env() {
         insta::assert_snapshot!("status", String::from_utf8_lossy(&status.stdout));
         insta::assert_snapshot!("env", String::from_utf8_lossy(&env.stdout));
     });
+}
+
+/// Every command that needs the stack, on a home where none runs: one error,
+/// naming the home and the socket, and how to start it; `down` is quiet about it.
+#[test]
+fn commands_on_a_home_without_a_stack() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let run = |args: &[&str]| {
+        std::process::Command::new(raywatch_bin())
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let filters = || scratch_filters(dir.path());
+    assert_transcript("no-stack-status", &run(&["status"]), filters());
+    assert_transcript("no-stack-down", &run(&["down"]), filters());
+    assert_transcript("no-stack-query", &run(&["query", "up"]), filters());
 }

@@ -300,12 +300,7 @@ pub fn published_group(home: &Path, cluster: &str) -> Option<Value> {
 
 /// Writes a discovery file atomically, as Ray does.
 pub fn write_discovery(file: &Path, targets: &[String]) {
-    let body = serde_json::json!([{"labels": {"job": "ray"}, "targets": targets}]);
-    let tmp = file.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).unwrap();
-    f.write_all(body.to_string().as_bytes()).unwrap();
-    drop(f);
-    std::fs::rename(&tmp, file).unwrap();
+    raywatch::testkit::write_discovery(file, targets).unwrap();
 }
 
 /// Listeners on a synthetic cluster's loopback targets, as a real head's
@@ -374,8 +369,7 @@ impl Drop for Held {
 /// Ray does every 5 s, until dropped. It holds its loopback targets (see [`hold`]).
 pub struct FakeHead {
     pub file: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _rewriter: raywatch::testkit::Rewriter,
     _held: Held,
 }
 
@@ -384,8 +378,7 @@ impl FakeHead {
         FakeHead::start_every(temp_dir, session, targets, Duration::from_secs(1))
     }
 
-    /// Like [`FakeHead::start`], rewriting every `period` (Ray: 5 s), with the
-    /// session folder world-writable as Ray makes it.
+    /// Like [`FakeHead::start`], rewriting every `period` (Ray: 5 s).
     pub fn start_every(
         temp_dir: &Path,
         session: &str,
@@ -397,35 +390,11 @@ impl FakeHead {
         let file = dir.join(DISCOVERY);
         let held = hold(&targets);
         write_discovery(&file, &targets);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (f, s) = (file.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut last = Instant::now();
-            while !s.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                if last.elapsed() >= period
-                    && !s.load(Ordering::Relaxed)
-                    && f.parent().unwrap().exists()
-                {
-                    write_discovery(&f, &targets);
-                    last = Instant::now();
-                }
-            }
-        });
+        let rewriter = raywatch::testkit::Rewriter::start(vec![(file.clone(), targets)], period);
         FakeHead {
             file,
-            stop,
-            thread: Some(thread),
+            _rewriter: rewriter,
             _held: held,
-        }
-    }
-}
-
-impl Drop for FakeHead {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
@@ -853,4 +822,15 @@ pub fn parse_exports(text: &str) -> Vec<(String, String)> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches('\'').replace("'\\''", "'")))
         .collect()
+}
+
+/// Fails a test that runs where something it needs is missing. `scripts/test`
+/// checks each such need first and has nextest skip (and count) the tests that
+/// lack it, so a test never passes without asserting; getting here means the
+/// test was run some other way.
+pub fn unmet(need: &str) -> ! {
+    panic!(
+        "this test needs {need}: run the suite with scripts/test, which reports \
+         the tests whose needs this machine lacks as skipped"
+    )
 }

@@ -1,0 +1,115 @@
+//! Synthetic Ray heads, shared by the integration tests and `raywatch-bench`:
+//! discovery files written the way Ray writes them, rewritten on Ray's schedule.
+//!
+//! Compiled only with the `testkit` feature (the tests turn it on through the
+//! crate's dev-dependency on itself, and `bench` implies it): the shipped
+//! `raywatch` does not carry it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Writes a discovery file as Ray does: one group labelled `job: ray` with
+/// every target, through a temp file and a rename.
+pub fn write_discovery(file: &Path, targets: &[String]) -> std::io::Result<()> {
+    let body = serde_json::json!([{"labels": {"job": "ray"}, "targets": targets}]);
+    let tmp = file.with_extension("tmp");
+    fs_err::write(&tmp, body.to_string())?;
+    fs_err::rename(&tmp, file)
+}
+
+/// Discovery files rewritten every `period` (a Ray head: 5 s), the writes
+/// spread evenly over it and paced by the clock, until dropped. The caller
+/// writes each file first; a file whose folder is gone is not written again.
+pub struct Rewriter {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Rewriter {
+    /// Rewrites each of `files` (a path and its targets) every `period`.
+    pub fn start(files: Vec<(PathBuf, Vec<String>)>, period: Duration) -> Rewriter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || rewrite(&files, period, &stop))
+        };
+        Rewriter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Rewriter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The rewriter's loop: each round lasts `period`, file `k` is written at
+/// `k + 1` gaps into it (so a slow write does not stretch the round).
+fn rewrite(files: &[(PathBuf, Vec<String>)], period: Duration, stop: &AtomicBool) {
+    let gap = period / u32::try_from(files.len().max(1)).unwrap_or(u32::MAX);
+    loop {
+        let round = Instant::now();
+        for (k, (file, targets)) in (1u32..).zip(files) {
+            if !sleep_until(round + gap * k, stop) {
+                return;
+            }
+            if file.parent().is_some_and(Path::exists) {
+                let _ = write_discovery(file, targets);
+            }
+        }
+        if files.is_empty() && !sleep_until(round + period, stop) {
+            return;
+        }
+    }
+}
+
+/// Sleeps until `due`, in slices of at most 100 ms; false once `stop` is set.
+fn sleep_until(due: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(left) = due.checked_duration_since(Instant::now()) else {
+            return true;
+        };
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewriter_rewrites_each_file_within_its_period_and_stops_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<_> = (0..3)
+            .map(|k| {
+                let f = dir.path().join(format!("d{k}.json"));
+                (f, vec![format!("127.0.0.1:{}", 30000 + k)])
+            })
+            .collect();
+        let rewriter = Rewriter::start(files.clone(), Duration::from_millis(300));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !files.iter().all(|(f, _)| f.exists()) {
+            assert!(Instant::now() < deadline, "not every file was written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = fs_err::read_to_string(&files[2].0).unwrap();
+        let groups: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(groups[0]["targets"][0], "127.0.0.1:30002");
+        assert_eq!(groups[0]["labels"]["job"], "ray");
+        drop(rewriter);
+        fs_err::remove_file(&files[0].0).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!files[0].0.exists(), "a dropped rewriter wrote again");
+    }
+}
