@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::{FakeHead, Stack, raywatch_bin, scratch, user, wait_for};
+use crate::support::{FakeHead, Stack, raywatch_bin, scratch, unmet, user, wait_for};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
