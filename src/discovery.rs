@@ -333,6 +333,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_discovery_refusal_advises_trusting_the_owner() {
+        use crate::untrusted::Rejection as Read;
+        let foreign = Read::Untrusted {
+            uid: 1234,
+            user: "someone".into(),
+        };
+        // The generic reader's words hold for a credential file too: no --trust-uid.
+        assert!(!foreign.to_string().contains("--trust-uid"), "{foreign}");
+        let discovery = Rejection::from(foreign).to_string();
+        assert_eq!(
+            discovery,
+            "is owned by uid 1234 (someone), not by this stack's user; run `raywatch up --trust-uid 1234` to follow it"
+        );
+        assert!(!Read::Symlink.to_string().contains("attach"));
+        assert!(
+            Rejection::from(Read::Symlink)
+                .to_string()
+                .contains("attach the target")
+        );
+        assert!(Rejection::from(Read::Exhausted("EMFILE".into())).is_transient());
+    }
+
+    #[test]
     fn targets_must_be_host_port() {
         for ok in ["127.0.0.1:8080", "node-1.example:9", "[::1]:44217", "a_b:1"] {
             assert_eq!(validate_target(ok), Ok(()), "{ok}");

@@ -65,11 +65,6 @@ pub struct TlsConfig {
     pub ca_file: String,
 }
 
-/// The `remote_name` of the `i`-th remote write (and its password file's name).
-pub fn remote_name(i: usize) -> String {
-    format!("raywatch-rw-{i}")
-}
-
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct ScrapeConfig {
     pub job_name: String,
@@ -120,10 +115,15 @@ pub struct WebYml {
     pub basic_auth_users: BTreeMap<String, String>,
 }
 
-/// Whether the stack's Prometheus records `raywatch top`'s rules: not when told
-/// not to, nor as an agent (which evaluates no rules and keeps nothing to read).
-pub fn records_top_rules(cfg: &StackConfig) -> bool {
-    !cfg.no_top_rules && !cfg.agent
+/// Recording rules for the stack's Prometheus, handed in by their owner (`raywatch
+/// top`'s, see `top::rules::for_stack`): the config writer stores the file, names it
+/// in prometheus.yml and keeps the recorded series out of remote writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRules {
+    /// The rules file, as YAML.
+    pub yaml: String,
+    /// The name prefix of every series the rules record.
+    pub prefix: String,
 }
 
 /// prometheus.yml for a stack: one `ray` job reading the targets glob (so
@@ -131,20 +131,22 @@ pub fn records_top_rules(cfg: &StackConfig) -> bool {
 /// Remote writes leave out `top`'s recorded series: they are derived from the
 /// samples sent, keyed without `ray_host` until the external label is added, and a
 /// central store holding them for some hosts only would mislead a `top` there
-/// (which asks live, see [`crate::top::source`]).
-pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
+/// (which asks live).
+pub fn prometheus_yml(
+    home: &Home,
+    cfg: &StackConfig,
+    rules: Option<&RecordingRules>,
+) -> PrometheusYml {
     let interval = prometheus_duration(cfg.scrape_interval);
-    let rules = records_top_rules(cfg);
     PrometheusYml {
         global: Global {
             scrape_interval: interval.clone(),
             evaluation_interval: interval,
             external_labels: BTreeMap::from([("ray_host".to_string(), cfg.ray_host())]),
         },
-        rule_files: if rules {
-            vec![home.top_rules().to_string_lossy().into_owned()]
-        } else {
-            vec![]
+        rule_files: match rules {
+            Some(_) => vec![home.top_rules().to_string_lossy().into_owned()],
+            None => vec![],
         },
         remote_write: cfg
             .remote_write
@@ -152,7 +154,7 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
             .enumerate()
             .map(|(i, rw)| RemoteWriteConfig {
                 url: rw.url.clone(),
-                name: remote_name(i),
+                name: crate::remote_write::remote_name(i),
                 authorization: rw.bearer_file.as_ref().map(|f| Authorization {
                     kind: "Bearer".into(),
                     credentials_file: f.to_string_lossy().into_owned(),
@@ -164,15 +166,14 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig) -> PrometheusYml {
                 tls_config: rw.ca_file.as_ref().map(|f| TlsConfig {
                     ca_file: f.to_string_lossy().into_owned(),
                 }),
-                write_relabel_configs: if rules {
-                    vec![RelabelConfig {
+                write_relabel_configs: rules
+                    .map(|r| RelabelConfig {
                         source_labels: vec!["__name__".into()],
                         action: "drop".into(),
-                        regex: format!("{}.*", crate::top::rules::PREFIX),
-                    }]
-                } else {
-                    vec![]
-                },
+                        regex: format!("{}.*", r.prefix),
+                    })
+                    .into_iter()
+                    .collect(),
             })
             .collect(),
         scrape_configs: vec![
@@ -374,9 +375,10 @@ pub fn write_remote_write_secrets(home: &Home, cfg: &StackConfig) -> Result<()> 
     Ok(())
 }
 
-/// Writes the secret (once), web.yml and prometheus.yml. prometheus.yml is
-/// checked with promtool, when there is one, before it replaces the old file.
-pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
+/// Writes the secret (once), web.yml, the recording rules (when there are any) and
+/// prometheus.yml. Each is checked with promtool, when there is one, before it
+/// replaces the old file.
+pub fn write_files(home: &Home, cfg: &StackConfig, rules: Option<&RecordingRules>) -> Result<()> {
     // A hand-edited config.json gets the same checks as `up --drop-label`.
     crate::guard::drop_labels(&cfg.drop_labels)
         .with_context(|| format!("{} has a bad drop_labels entry", home.config().display()))?;
@@ -399,13 +401,10 @@ pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
         )?;
     }
     // The rules first: the prometheus.yml naming them may be read at any moment.
-    let rules = records_top_rules(cfg);
-    if rules {
-        let file = crate::top::rules::rule_file(&prometheus_duration(cfg.scrape_interval));
-        let text = serde_yaml_ng::to_string(&file)?;
-        write_checked(home, cfg, &home.top_rules(), &text, &["check", "rules"])?;
+    if let Some(r) = rules {
+        write_checked(home, cfg, &home.top_rules(), &r.yaml, &["check", "rules"])?;
     }
-    let yml = serde_yaml_ng::to_string(&prometheus_yml(home, cfg))?;
+    let yml = serde_yaml_ng::to_string(&prometheus_yml(home, cfg, rules))?;
     write_checked(
         home,
         cfg,
@@ -413,7 +412,7 @@ pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
         &yml,
         &["check", "config", "--syntax-only"],
     )?;
-    if !rules {
+    if rules.is_none() {
         // No longer named by prometheus.yml: a stale copy would only mislead a reader.
         match fs_err::remove_file(home.top_rules()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
@@ -851,7 +850,7 @@ mod tests {
             drop_labels: vec!["ray_io_cluster".into()],
             ..Default::default()
         };
-        let err = format!("{:#}", write_files(&home, &cfg).unwrap_err());
+        let err = format!("{:#}", write_files(&home, &cfg, None).unwrap_err());
         assert!(err.contains("config.json"), "{err}");
         assert!(
             err.contains("\"ray_io_cluster\" would break raywatch"),
@@ -880,7 +879,7 @@ mod tests {
             gateway_port: 0,
             ..Default::default()
         };
-        let text = serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg)).unwrap();
+        let text = serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg, None)).unwrap();
         let back: PrometheusYml = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(back.scrape_configs[0].job_name, "ray");
         assert_eq!(

@@ -1,11 +1,13 @@
 //! The `status` report: its JSON schema (stable, documented in the README) and its human form.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::escape;
+use crate::remote_write::RemoteWriteStatus;
 use crate::supervisor::ChildStatus;
 
 pub const SCHEMA: u32 = 1;
@@ -28,19 +30,6 @@ pub struct StatusReport {
     /// Every remote-write destination, from Prometheus' own metrics and log.
     #[serde(default)]
     pub remote_write: Vec<RemoteWriteStatus>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RemoteWriteStatus {
-    pub url: String,
-    /// Prometheus' `remote_name` for it (`raywatch-rw-N`).
-    pub name: String,
-    pub samples_sent: f64,
-    pub samples_failed: f64,
-    pub samples_retried: f64,
-    /// The last error Prometheus logged for it (e.g. "server returned HTTP
-    /// status 401 Unauthorized"), when the last attempts failed.
-    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -632,6 +621,66 @@ pub fn ssh_hint(r: &StatusReport) -> String {
     line
 }
 
+/// What one scrape of each target carried, from Prometheus' own
+/// `scrape_samples_scraped` series, keyed by (cluster, instance).
+#[derive(Debug, Default, Clone)]
+pub struct ScrapeSizes(pub HashMap<(String, String), f64>);
+
+impl ScrapeSizes {
+    /// The PromQL that [`ScrapeSizes::from_samples`] reads.
+    pub fn promql() -> String {
+        format!(
+            "scrape_samples_scraped{{job=\"{}\"}}",
+            crate::prometheus::RAY_JOB
+        )
+    }
+
+    pub fn from_samples(samples: &[crate::prometheus::Sample]) -> ScrapeSizes {
+        let mut map = HashMap::new();
+        for s in samples {
+            let (Some(c), Some(i)) = (s.metric.get("ray_io_cluster"), s.metric.get("instance"))
+            else {
+                continue;
+            };
+            if let Ok(v) = s.value.1.parse::<f64>() {
+                map.insert((c.clone(), i.clone()), v);
+            }
+        }
+        ScrapeSizes(map)
+    }
+
+    pub fn get(&self, cluster: &str, instance: &str) -> Option<f64> {
+        self.0
+            .get(&(cluster.to_string(), instance.to_string()))
+            .copied()
+    }
+}
+
+/// Fills in the samples per scrape of every target and cluster of a report,
+/// and flags the targets the sample limit refuses.
+pub fn annotate(
+    report: &mut StatusReport,
+    health: &HashMap<(String, String), f64>,
+    sizes: &ScrapeSizes,
+    limit: crate::guard::SampleLimit,
+) {
+    for c in &mut report.clusters {
+        let mut total = None;
+        for t in &mut c.targets {
+            let n = sizes.get(&c.name, &t.address);
+            t.samples_per_scrape = n;
+            let up = health.get(&(c.name.clone(), t.address.clone())).copied();
+            if crate::guard::over_limit(up, n, limit) {
+                t.sample_limit_exceeded = n.map(|n| crate::guard::over_limit_note(n, limit));
+            }
+            if let Some(n) = n {
+                *total.get_or_insert(0.0) += n;
+            }
+        }
+        c.samples_per_scrape = total;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,7 +795,7 @@ mod tests {
             ],
             ..cluster
         }];
-        let health = std::collections::HashMap::from([
+        let health = HashMap::from([
             (
                 ("alice-ray_\u{1b}[2J".to_string(), "127.0.0.1:1".to_string()),
                 0.0,
@@ -756,7 +805,7 @@ mod tests {
                 1.0,
             ),
         ]);
-        let sizes = crate::guard::ScrapeSizes(
+        let sizes = ScrapeSizes(
             health
                 .keys()
                 .map(|k| {
@@ -767,7 +816,7 @@ mod tests {
                 })
                 .collect(),
         );
-        crate::guard::annotate(&mut r, &health, &sizes, crate::guard::SampleLimit(200_000));
+        annotate(&mut r, &health, &sizes, crate::guard::SampleLimit(200_000));
         assert_eq!(r.clusters[0].samples_per_scrape, Some(300_012.0));
         assert!(r.clusters[0].targets[1].sample_limit_exceeded.is_none());
         let text = render(&r);

@@ -76,11 +76,11 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     };
     let mut health = HashMap::new();
     let mut sd_errors = 0.0;
-    let mut sizes = crate::guard::ScrapeSizes::default();
+    let mut sizes = crate::status::ScrapeSizes::default();
     let mut over_limit_scrapes = 0.0;
     if ready {
-        if let Ok(samples) = client.query(&crate::guard::ScrapeSizes::promql()).await {
-            sizes = crate::guard::ScrapeSizes::from_samples(&samples);
+        if let Ok(samples) = client.query(&crate::status::ScrapeSizes::promql()).await {
+            sizes = crate::status::ScrapeSizes::from_samples(&samples);
         }
         if let Ok(samples) = client
             .query("sum(prometheus_target_scrapes_exceeded_sample_limit_total)")
@@ -145,7 +145,7 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
         report.prometheus.data_free_bytes = free;
     }
     let limit = shared.settings.borrow().sample_limit;
-    crate::guard::annotate(&mut report, &health, &sizes, limit);
+    crate::status::annotate(&mut report, &health, &sizes, limit);
     report.prometheus.scrapes_over_sample_limit = over_limit_scrapes;
     report.prometheus.listener_problem = listener_problem;
     report.prometheus.connections_held = connections_held;
@@ -214,7 +214,9 @@ async fn config_handler(
         ));
     }
     // Validated before anything is replaced: a bad config keeps the last good one.
-    crate::prometheus::write_files(&core.home, &wanted).map_err(|e| bad(format!("{e:#}")))?;
+    crate::top::rules::for_stack(&wanted)
+        .and_then(|rules| crate::prometheus::write_files(&core.home, &wanted, rules.as_ref()))
+        .map_err(|e| bad(format!("{e:#}")))?;
     crate::grafana::write_files(&core.home, &wanted).map_err(|e| bad(format!("{e:#}")))?;
     wanted
         .save(&core.home.config())

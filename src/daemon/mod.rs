@@ -247,7 +247,11 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     // A new password at every start: one that leaked (an old Ray file, a
     // squatter before this fix) stops working with the next `up`.
     let password = crate::prometheus::rotate_password(&home)?;
-    crate::prometheus::write_files(&home, &config)?;
+    crate::prometheus::write_files(
+        &home,
+        &config,
+        crate::top::rules::for_stack(&config)?.as_ref(),
+    )?;
     crate::grafana::write_files(&home, &config)?;
     // The gateway for Ray: held by the daemon for its whole life.
     let (gateway_listener, config) = bind_gateway(&home, config)?;
@@ -271,7 +275,11 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
                 *note.lock().unwrap() = Some(msg);
                 config.prometheus_port = fresh;
                 config.save(&home.config())?;
-                crate::prometheus::write_files(&home, &config)?;
+                crate::prometheus::write_files(
+                    &home,
+                    &config,
+                    crate::top::rules::for_stack(&config)?.as_ref(),
+                )?;
                 crate::grafana::write_files(&home, &config)?;
                 settings.send_replace(config.clone());
             }

@@ -55,7 +55,7 @@ impl Core {
                             None => "unknown",
                         }
                         .into(),
-                        // Filled in by crate::guard::annotate.
+                        // Filled in by crate::status::annotate.
                         samples_per_scrape: None,
                         sample_limit_exceeded: None,
                     })

@@ -85,6 +85,22 @@ pub fn rule_file(interval: &str) -> RuleFile {
     }
 }
 
+/// The rules the stack's Prometheus records for `top` under `cfg`, for the config
+/// writer: none when told not to (`up --no-top-rules`), nor as an agent (which
+/// evaluates no rules and keeps nothing to read).
+pub fn for_stack(
+    cfg: &crate::config::StackConfig,
+) -> anyhow::Result<Option<crate::prometheus::RecordingRules>> {
+    if cfg.no_top_rules || cfg.agent {
+        return Ok(None);
+    }
+    let file = rule_file(&crate::config::prometheus_duration(cfg.scrape_interval));
+    Ok(Some(crate::prometheus::RecordingRules {
+        yaml: serde_yaml_ng::to_string(&file)?,
+        prefix: PREFIX.into(),
+    }))
+}
+
 /// Whether these groups (an API's `/api/v1/rules`) record everything `top` reads:
 /// the group [`GROUP`] with every one of [`records`], none failing. Another raywatch's
 /// group with other fields does not count: its series would read as absent values.
