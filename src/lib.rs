@@ -36,7 +36,6 @@ pub mod logfile;
 pub mod ports;
 pub mod process;
 pub mod prometheus;
-pub mod promql;
 pub mod ray;
 pub mod ray_auth;
 pub mod ray_dashboard;

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 
 use super::fleet::{Endpoints, FleetStack, Heads};
 use super::local::percentile;
-use crate::promql::{Counter, QueryApi};
+use crate::prometheus::{Client, Counter};
 
 /// The text of synthetic cluster `i`'s node endpoint.
 fn node_metrics(i: usize) -> String {
@@ -118,7 +118,7 @@ pub fn top(counts: &[usize], refreshes: usize, no_top_rules: bool) -> Result<()>
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let api = QueryApi::for_home(&stack.home)?.counted(Counter::default());
+        let api = Client::for_queries(&stack.home)?.counted(Counter::default());
         let source = rt.block_on(crate::top::source(&api));
         // Every cluster live, with a minute of history for the sparklines.
         let deadline = Instant::now() + Duration::from_secs(300);

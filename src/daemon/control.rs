@@ -63,7 +63,7 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     // Not ready: whether other users hold its connections (a walk of the kernel's
     // established connections, off the event loop).
     let connections_held = if readiness == crate::prometheus::Readiness::NotReady {
-        let port = client.port;
+        let port = client.port().unwrap_or_default();
         tokio::task::spawn_blocking(move || {
             let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             let by_uid = crate::process::connections_to(server);
@@ -79,11 +79,11 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     let mut sizes = crate::status::ScrapeSizes::default();
     let mut over_limit_scrapes = 0.0;
     if ready {
-        if let Ok(samples) = client.query(&crate::status::ScrapeSizes::promql()).await {
+        if let Ok(samples) = client.instant(&crate::status::ScrapeSizes::promql()).await {
             sizes = crate::status::ScrapeSizes::from_samples(&samples);
         }
         if let Ok(samples) = client
-            .query("sum(prometheus_target_scrapes_exceeded_sample_limit_total)")
+            .instant("sum(prometheus_target_scrapes_exceeded_sample_limit_total)")
             .await
         {
             over_limit_scrapes = samples
@@ -92,7 +92,7 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
                 .unwrap_or(0.0);
         }
         let up = format!("up{{job=\"{}\"}}", crate::prometheus::RAY_JOB);
-        if let Ok(samples) = client.query(&up).await {
+        if let Ok(samples) = client.instant(&up).await {
             for s in samples {
                 let (Some(c), Some(i)) = (s.metric.get("ray_io_cluster"), s.metric.get("instance"))
                 else {
@@ -105,7 +105,7 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
             }
         }
         if let Ok(samples) = client
-            .query("sum(prometheus_sd_file_watcher_errors_total)")
+            .instant("sum(prometheus_sd_file_watcher_errors_total)")
             .await
         {
             sd_errors = samples

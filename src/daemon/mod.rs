@@ -414,7 +414,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
                 probes = shared.core.lock().unwrap().tick();
                 let port = settings.borrow().prometheus_port;
                 let mut client = shared.client.lock().unwrap();
-                if client.port != port {
+                if client.port() != Some(port) {
                     *client = crate::prometheus::Client::new(port, password.clone(), Some(home.prometheus_pid()));
                 }
             }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::queries::FIELD;
 use crate::escape;
 use crate::prometheus::Sample;
-use crate::promql::{Point, RangeSeries, Series};
+use crate::prometheus::{Point, RangeSeries, Series};
 
 /// The labels of a batched per-cluster answer; any other label is skipped unread.
 #[derive(serde::Deserialize, Debug, Clone, Default, PartialEq)]

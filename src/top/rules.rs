@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::queries::{FIELD, KEY, branch, cluster_values, duration, join_or};
-use crate::promql::RuleGroup;
+use crate::prometheus::RuleGroup;
 
 /// The rule group's name in the rules file and in `/api/v1/rules`.
 pub const GROUP: &str = "raywatch_top";
@@ -146,7 +146,7 @@ pub fn sparklines() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::promql::RuleState;
+    use crate::prometheus::RuleState;
 
     fn group(name: &str, rules: &[String], health: &str) -> RuleGroup {
         RuleGroup {

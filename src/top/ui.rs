@@ -679,7 +679,7 @@ enum Reply {
 /// Runs the full-screen UI until `q` (or a signal). `first` is the first refresh,
 /// taken before the screen changed (so a stack that is down is a plain error).
 pub fn run(
-    api: crate::promql::Counted,
+    api: crate::prometheus::Counted,
     source: super::Source,
     home: Option<crate::home::Home>,
     first: Clusters,
