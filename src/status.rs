@@ -68,6 +68,10 @@ pub struct PrometheusStatus {
     /// port (`600 connections to Prometheus' port 40125 held by uid 1001 (bob)`).
     #[serde(default)]
     pub connections_held: Option<String>,
+    /// Why raywatch could not read Prometheus' answers (e.g. one over the size
+    /// limit), while it answers /-/ready: the figures below are then missing.
+    #[serde(default)]
+    pub read_error: Option<String>,
     /// Why Prometheus last moved to another port (its port was taken), if it did.
     #[serde(default)]
     pub port_note: Option<String>,
@@ -485,6 +489,13 @@ pub fn stack_lines(r: &StatusReport, default_roots: bool) -> String {
     }
     if let Some(held) = &p.connections_held {
         let _ = writeln!(out, "  WARNING     {}", escape::text(held));
+    }
+    if let Some(e) = &p.read_error {
+        let _ = writeln!(
+            out,
+            "  WARNING     its answers cannot be read: {}",
+            escape::text(e)
+        );
     }
     if let Some(note) = &p.port_note {
         let _ = writeln!(out, "              {}", escape::text(note));

@@ -52,6 +52,19 @@ fn api_error(code: StatusCode, error: String) -> (StatusCode, Json<ApiError>) {
     (code, Json(ApiError { error }))
 }
 
+/// A query's samples; None, its error kept in `error` (the first only), when its
+/// answer could not be had or read.
+fn kept(
+    answer: anyhow::Result<Vec<crate::prometheus::Sample>>,
+    error: &mut Option<String>,
+) -> Option<Vec<crate::prometheus::Sample>> {
+    answer
+        .map_err(|e| {
+            error.get_or_insert(format!("{e:#}"));
+        })
+        .ok()
+}
+
 async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<StatusReport> {
     let client = shared.client.lock().unwrap().clone();
     let readiness = client.readiness().await;
@@ -78,13 +91,23 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     let mut sd_errors = 0.0;
     let mut sizes = crate::status::ScrapeSizes::default();
     let mut over_limit_scrapes = 0.0;
+    // The first answer raywatch could not read (too large, not JSON, another type):
+    // shown in the report, and the queries after it are not sent.
+    let mut read_error = None;
     if ready {
-        if let Ok(samples) = client.instant(&crate::status::ScrapeSizes::promql()).await {
+        if let Some(samples) = kept(
+            client.instant(&crate::status::ScrapeSizes::promql()).await,
+            &mut read_error,
+        ) {
             sizes = crate::status::ScrapeSizes::from_samples(&samples);
         }
-        if let Ok(samples) = client
-            .instant("sum(prometheus_target_scrapes_exceeded_sample_limit_total)")
-            .await
+        if read_error.is_none()
+            && let Some(samples) = kept(
+                client
+                    .instant("sum(prometheus_target_scrapes_exceeded_sample_limit_total)")
+                    .await,
+                &mut read_error,
+            )
         {
             over_limit_scrapes = samples
                 .first()
@@ -92,7 +115,9 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
                 .unwrap_or(0.0);
         }
         let up = format!("up{{job=\"{}\"}}", crate::prometheus::RAY_JOB);
-        if let Ok(samples) = client.instant(&up).await {
+        if read_error.is_none()
+            && let Some(samples) = kept(client.instant(&up).await, &mut read_error)
+        {
             for s in samples {
                 let (Some(c), Some(i)) = (s.metric.get("ray_io_cluster"), s.metric.get("instance"))
                 else {
@@ -104,9 +129,13 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
                 );
             }
         }
-        if let Ok(samples) = client
-            .instant("sum(prometheus_sd_file_watcher_errors_total)")
-            .await
+        if read_error.is_none()
+            && let Some(samples) = kept(
+                client
+                    .instant("sum(prometheus_sd_file_watcher_errors_total)")
+                    .await,
+                &mut read_error,
+            )
         {
             sd_errors = samples
                 .first()
@@ -149,9 +178,10 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     report.prometheus.scrapes_over_sample_limit = over_limit_scrapes;
     report.prometheus.listener_problem = listener_problem;
     report.prometheus.connections_held = connections_held;
+    report.prometheus.read_error = read_error;
     let settings = shared.settings.borrow().clone();
     if !settings.remote_write.is_empty() {
-        let own = if ready {
+        let own = if ready && report.prometheus.read_error.is_none() {
             client.get_text("/metrics").await.unwrap_or_default()
         } else {
             String::new()
