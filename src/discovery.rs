@@ -22,8 +22,47 @@ pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// More targets than any Ray cluster has nodes.
 pub const MAX_TARGETS: usize = 4096;
 
-pub use crate::untrusted::Rejection;
 use crate::untrusted::{Folder, Kind};
+
+/// Why a discovery file (or the folder on its way) was not read. Shown in
+/// `status` and the log, with what to do when the user can do something.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Refused by the reader for untrusted files.
+    #[error("{}", read_advice(.0))]
+    Read(crate::untrusted::Rejection),
+    #[error("is not valid discovery JSON ({0})")]
+    Parse(String),
+    #[error("lists target {target:?}, which is not host:port ({why})")]
+    BadTarget { target: String, why: String },
+    #[error("lists {count} targets, over the limit of {max}")]
+    TooManyTargets { count: usize, max: usize },
+}
+
+impl Rejection {
+    /// Whether the refusal is about raywatch's own resources, not the file.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Rejection::Read(r) if r.is_transient())
+    }
+}
+
+impl From<crate::untrusted::Rejection> for Rejection {
+    fn from(r: crate::untrusted::Rejection) -> Rejection {
+        Rejection::Read(r)
+    }
+}
+
+/// The reader's refusal, with the advice that holds for a Ray folder or file.
+fn read_advice(r: &crate::untrusted::Rejection) -> String {
+    use crate::untrusted::Rejection as R;
+    match r {
+        R::Symlink => format!("{r} (attach the target if you trust it)"),
+        R::Untrusted { uid, .. } => {
+            format!("{r}; run `raywatch up --trust-uid {uid}` to follow it")
+        }
+        r => r.to_string(),
+    }
+}
 
 /// The useful content of a valid discovery file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,16 +92,17 @@ pub fn read_listing(
     trusted: impl Fn(u32) -> bool,
 ) -> Result<Option<Listing>, Rejection> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(Rejection::Io("not a file path".into()));
+        return Err(crate::untrusted::Rejection::Io("not a file path".into()).into());
     };
     let Some(folder) = Folder::open(parent)? else {
         return Ok(None);
     };
     if is_session_dir_name(parent) && !trusted(folder.uid) {
-        return Err(Rejection::Untrusted {
+        return Err(crate::untrusted::Rejection::Untrusted {
             uid: folder.uid,
             user: crate::process::user_name(folder.uid),
-        });
+        }
+        .into());
     }
     let Some(contents) = folder.read(name, MAX_FILE_BYTES, &trusted)? else {
         return Ok(None);
@@ -89,7 +129,10 @@ pub fn parse_listing(bytes: &[u8]) -> Result<Vec<String>, Rejection> {
     let mut targets: Vec<String> = Vec::new();
     let total: usize = groups.iter().map(|g| g.targets.len()).sum();
     if total > MAX_TARGETS {
-        return Err(Rejection::TooManyTargets(total));
+        return Err(Rejection::TooManyTargets {
+            count: total,
+            max: MAX_TARGETS,
+        });
     }
     for group in groups {
         for target in group.targets {
@@ -222,7 +265,7 @@ pub fn scan_root(root: &Path, trusted: &dyn Fn(u32) -> bool) -> RootScan {
         Ok(Some(f)) => f,
         Ok(None) => return scan,
         Err(r) => {
-            scan.refused = Some(r);
+            scan.refused = Some(r.into());
             return scan;
         }
     };
@@ -288,6 +331,29 @@ pub fn roots_in(parent: &Path, trusted: &dyn Fn(u32) -> bool) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_discovery_refusal_advises_trusting_the_owner() {
+        use crate::untrusted::Rejection as Read;
+        let foreign = Read::Untrusted {
+            uid: 1234,
+            user: "someone".into(),
+        };
+        // The generic reader's words hold for a credential file too: no --trust-uid.
+        assert!(!foreign.to_string().contains("--trust-uid"), "{foreign}");
+        let discovery = Rejection::from(foreign).to_string();
+        assert_eq!(
+            discovery,
+            "is owned by uid 1234 (someone), not by this stack's user; run `raywatch up --trust-uid 1234` to follow it"
+        );
+        assert!(!Read::Symlink.to_string().contains("attach"));
+        assert!(
+            Rejection::from(Read::Symlink)
+                .to_string()
+                .contains("attach the target")
+        );
+        assert!(Rejection::from(Read::Exhausted("EMFILE".into())).is_transient());
+    }
 
     #[test]
     fn targets_must_be_host_port() {

@@ -57,7 +57,12 @@ fn prometheus_files() {
     home.ensure().unwrap();
     // No promtool check in a unit test: the binary named does not matter here.
     cfg.prometheus_bin = dir.path().join("no-prometheus");
-    crate::prometheus::write_files(&home, &cfg).unwrap();
+    crate::prometheus::write_files(
+        &home,
+        &cfg,
+        crate::top::rules::for_stack(&cfg).unwrap().as_ref(),
+    )
+    .unwrap();
     insta::assert_snapshot!(
         "prometheus.yml",
         read(dir.path(), "prometheus/prometheus.yml")
@@ -98,7 +103,12 @@ fn prometheus_files_for_an_agent_that_remote_writes() {
             ca_file: None,
         },
     ];
-    crate::prometheus::write_files(&home, &cfg).unwrap();
+    crate::prometheus::write_files(
+        &home,
+        &cfg,
+        crate::top::rules::for_stack(&cfg).unwrap().as_ref(),
+    )
+    .unwrap();
     insta::assert_snapshot!(
         "prometheus-agent.yml",
         read(dir.path(), "prometheus/prometheus.yml")
@@ -134,14 +144,24 @@ fn prometheus_yml_that_remote_writes_keeps_tops_recorded_series_home() {
         basic_auth_file: None,
         ca_file: None,
     }];
-    crate::prometheus::write_files(&home, &cfg).unwrap();
+    crate::prometheus::write_files(
+        &home,
+        &cfg,
+        crate::top::rules::for_stack(&cfg).unwrap().as_ref(),
+    )
+    .unwrap();
     insta::assert_snapshot!(
         "prometheus-remote-write.yml",
         read(dir.path(), "prometheus/prometheus.yml")
     );
     // Without the rules (`up --no-top-rules`) neither the rules nor the drop.
     cfg.no_top_rules = true;
-    crate::prometheus::write_files(&home, &cfg).unwrap();
+    crate::prometheus::write_files(
+        &home,
+        &cfg,
+        crate::top::rules::for_stack(&cfg).unwrap().as_ref(),
+    )
+    .unwrap();
     let yml = read(dir.path(), "prometheus/prometheus.yml");
     assert!(
         !yml.contains("rule_files") && !yml.contains("raywatch_top"),

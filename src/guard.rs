@@ -1,5 +1,5 @@
 //! The cardinality guard: Prometheus' per-target sample limit, the labels dropped at
-//! scrape time, and which targets the limit refuses (for `status`).
+//! scrape time, and how to tell a target the limit refuses (`status` reads the sizes).
 //!
 //! One Ray cluster can emit hundreds of thousands of series (Ray Data and custom
 //! metrics, one series per `WorkerId`). Prometheus' `sample_limit` fails the whole
@@ -8,7 +8,6 @@
 //! metric relabelling removes a label (and the cardinality it carries) before
 //! anything is stored.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -125,41 +124,6 @@ pub fn drop_labels(names: &[String]) -> Result<Vec<String>, DropLabelError> {
     Ok(out)
 }
 
-/// What one scrape of each target carried, from Prometheus' own
-/// `scrape_samples_scraped` series, keyed by (cluster, instance).
-#[derive(Debug, Default, Clone)]
-pub struct ScrapeSizes(pub HashMap<(String, String), f64>);
-
-impl ScrapeSizes {
-    /// The PromQL that [`ScrapeSizes::from_samples`] reads.
-    pub fn promql() -> String {
-        format!(
-            "scrape_samples_scraped{{job=\"{}\"}}",
-            crate::prometheus::RAY_JOB
-        )
-    }
-
-    pub fn from_samples(samples: &[crate::prometheus::Sample]) -> ScrapeSizes {
-        let mut map = HashMap::new();
-        for s in samples {
-            let (Some(c), Some(i)) = (s.metric.get("ray_io_cluster"), s.metric.get("instance"))
-            else {
-                continue;
-            };
-            if let Ok(v) = s.value.1.parse::<f64>() {
-                map.insert((c.clone(), i.clone()), v);
-            }
-        }
-        ScrapeSizes(map)
-    }
-
-    pub fn get(&self, cluster: &str, instance: &str) -> Option<f64> {
-        self.0
-            .get(&(cluster.to_string(), instance.to_string()))
-            .copied()
-    }
-}
-
 /// Whether a target's last scrape failed for exceeding the limit: Prometheus
 /// marks it down yet reports how many samples it offered (it parses on past
 /// the limit to count them), which is more than the limit.
@@ -184,31 +148,6 @@ pub fn over_limit_note(samples: f64, limit: SampleLimit) -> String {
          Raise the limit with `raywatch up --sample-limit {}`, or drop a label that multiplies series with `raywatch up --drop-label NAME`",
         suggested_limit(samples)
     )
-}
-
-/// Fills in the samples per scrape of every target and cluster of a report,
-/// and flags the targets the sample limit refuses.
-pub fn annotate(
-    report: &mut crate::status::StatusReport,
-    health: &HashMap<(String, String), f64>,
-    sizes: &ScrapeSizes,
-    limit: SampleLimit,
-) {
-    for c in &mut report.clusters {
-        let mut total = None;
-        for t in &mut c.targets {
-            let n = sizes.get(&c.name, &t.address);
-            t.samples_per_scrape = n;
-            let up = health.get(&(c.name.clone(), t.address.clone())).copied();
-            if over_limit(up, n, limit) {
-                t.sample_limit_exceeded = n.map(|n| over_limit_note(n, limit));
-            }
-            if let Some(n) = n {
-                *total.get_or_insert(0.0) += n;
-            }
-        }
-        c.samples_per_scrape = total;
-    }
 }
 
 #[cfg(test)]

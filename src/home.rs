@@ -58,7 +58,7 @@ impl Home {
     pub fn prometheus_yml(&self) -> PathBuf {
         self.prometheus_dir().join("prometheus.yml")
     }
-    /// The recording rules of `raywatch top` (see [`crate::top::rules`]).
+    /// The recording rules of `raywatch top`.
     pub fn top_rules(&self) -> PathBuf {
         self.prometheus_dir().join("top-rules.yml")
     }
@@ -112,12 +112,12 @@ impl Home {
     /// The password of the `i`-th remote write's basic auth (0600).
     pub fn remote_write_password(&self, i: usize) -> PathBuf {
         self.secrets_dir()
-            .join(format!("{}-password", crate::prometheus::remote_name(i)))
+            .join(format!("{}-password", crate::remote_write::remote_name(i)))
     }
     /// The user of the `i`-th remote write's basic auth.
     pub fn remote_write_user(&self, i: usize) -> PathBuf {
         self.secrets_dir()
-            .join(format!("{}-user", crate::prometheus::remote_name(i)))
+            .join(format!("{}-user", crate::remote_write::remote_name(i)))
     }
     pub fn secrets_dir(&self) -> PathBuf {
         self.root.join("secrets")

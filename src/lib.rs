@@ -37,7 +37,6 @@ pub mod logfile;
 pub mod ports;
 pub mod process;
 pub mod prometheus;
-pub mod promql;
 pub mod quote;
 pub mod ray;
 pub mod ray_auth;
@@ -55,3 +54,158 @@ pub mod testkit;
 pub mod top;
 pub mod untrusted;
 pub mod watch;
+
+/// The module layers, kept by a test: `cli` on top; the commands' engines
+/// (`daemon`, `top`, `doctor`, `bench`) below it; the domain and primitives below
+/// them. No top-level module reaches a higher layer, and none is part of a cycle.
+#[cfg(test)]
+mod layers {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// The layer of a top-level module: 2 for `cli`, 1 for the commands' engines, 0 below.
+    fn layer(module: &str) -> u8 {
+        match module {
+            "cli" => 2,
+            "daemon" | "top" | "doctor" | "bench" => 1,
+            _ => 0,
+        }
+    }
+
+    /// The top-level modules each names in `crate::<module>` paths (doc links
+    /// and comments included), its `#[cfg(test)]` parts left out.
+    fn mentions(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+        let lib = fs_err::read_to_string(src.join("lib.rs")).unwrap();
+        let test_only: BTreeSet<&str> = lib
+            .split("#[cfg(test)]\nmod ")
+            .skip(1)
+            .filter_map(|rest| rest.split(';').next())
+            .collect();
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut stack = vec![src.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs_err::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|x| x != "rs") {
+                    continue;
+                }
+                let rel = path.strip_prefix(src).unwrap();
+                let first = rel.components().next().unwrap().as_os_str();
+                let module = Path::new(first).file_stem().unwrap().to_string_lossy();
+                if ["lib", "main", "bin"].contains(&&*module) || test_only.contains(&*module) {
+                    continue;
+                }
+                let text = fs_err::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap();
+                let deps = graph.entry(module.to_string()).or_default();
+                for named in paths(code) {
+                    if named != module {
+                        deps.insert(named);
+                    }
+                }
+            }
+        }
+        graph
+    }
+
+    /// The first segment after every `crate::` (each item of a `crate::{…}` group).
+    fn paths(code: &str) -> Vec<String> {
+        let ident = |s: &str| -> String {
+            s.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            let Some(group) = rest.strip_prefix('{') else {
+                out.push(ident(rest));
+                continue;
+            };
+            let (mut depth, mut item_start) = (0, true);
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && !c.is_whitespace() => {
+                        out.push(ident(&group[j..]));
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out.retain(|m| !m.is_empty());
+        out
+    }
+
+    /// A cycle of `graph`, as the modules on it, if there is one.
+    fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+        fn visit(
+            m: &str,
+            graph: &BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<String>,
+            done: &mut BTreeSet<String>,
+        ) -> Option<Vec<String>> {
+            if let Some(at) = path.iter().position(|p| p == m) {
+                let mut found = path[at..].to_vec();
+                found.push(m.to_string());
+                return Some(found);
+            }
+            if !done.insert(m.to_string()) {
+                return None;
+            }
+            path.push(m.to_string());
+            for d in graph.get(m).into_iter().flatten() {
+                if let Some(c) = visit(d, graph, path, done) {
+                    return Some(c);
+                }
+            }
+            path.pop();
+            None
+        }
+        let mut done = BTreeSet::new();
+        graph
+            .keys()
+            .find_map(|m| visit(m, graph, &mut Vec::new(), &mut done))
+    }
+
+    #[test]
+    fn the_paths_of_a_file_are_read_with_their_groups() {
+        let code = "use crate::a::B;\n/// see [`crate::b`]\nuse crate::{c::{D, E}, d};";
+        assert_eq!(paths(code), ["a", "b", "c", "d"]);
+        let g = BTreeMap::from([
+            ("a".to_string(), BTreeSet::from(["b".to_string()])),
+            ("b".to_string(), BTreeSet::from(["a".to_string()])),
+        ]);
+        assert_eq!(cycle(&g), Some(vec!["a".into(), "b".into(), "a".into()]));
+    }
+
+    #[test]
+    fn no_module_reaches_a_higher_layer_and_none_is_in_a_cycle() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let graph = mentions(&src);
+        assert!(graph.contains_key("prometheus") && graph.contains_key("cli"));
+        let upward: Vec<String> = graph
+            .iter()
+            .flat_map(|(m, deps)| {
+                deps.iter()
+                    .filter(|d| layer(d) > layer(m))
+                    .map(move |d| format!("{m} -> {d}"))
+            })
+            .collect();
+        assert!(
+            upward.is_empty(),
+            "modules naming a higher layer: {upward:?}"
+        );
+        if let Some(c) = cycle(&graph) {
+            panic!("import cycle between modules: {}", c.join(" -> "));
+        }
+    }
+}

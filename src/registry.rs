@@ -954,13 +954,17 @@ mod tests {
             now + Duration::from_secs(30),
             wall + Duration::from_secs(30),
         );
-        let emfile = Rejection::Exhausted("Too many open files".into());
+        let emfile = Rejection::Read(crate::untrusted::Rejection::Exhausted(
+            "Too many open files".into(),
+        ));
         let change = r.observe(&starved, Origin::Watched, Err(emfile), t, w);
         assert!(matches!(change, Change::Rejected(ref why) if why.contains("not declared dead")));
         r.observe(
             &broken,
             Origin::Watched,
-            Err(Rejection::Io("Input/output error".into())),
+            Err(Rejection::Read(crate::untrusted::Rejection::Io(
+                "Input/output error".into(),
+            ))),
             t,
             w,
         );
@@ -985,7 +989,9 @@ mod tests {
         r.observe(
             &starved,
             Origin::Watched,
-            Err(Rejection::Exhausted("Too many open files".into())),
+            Err(Rejection::Read(crate::untrusted::Rejection::Exhausted(
+                "Too many open files".into(),
+            ))),
             t + Duration::from_secs(30),
             w + Duration::from_secs(30),
         );

@@ -4,7 +4,27 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::config::StackConfig;
-use crate::status::RemoteWriteStatus;
+use serde::{Deserialize, Serialize};
+
+/// Prometheus' `remote_name` of the `i`-th remote write (`raywatch-rw-N`): in
+/// prometheus.yml, its metrics and log lines, and its secret files' names.
+pub fn remote_name(i: usize) -> String {
+    format!("raywatch-rw-{i}")
+}
+
+/// How one remote write fares (in `status`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RemoteWriteStatus {
+    pub url: String,
+    /// Prometheus' `remote_name` for it (`raywatch-rw-N`).
+    pub name: String,
+    pub samples_sent: f64,
+    pub samples_failed: f64,
+    pub samples_retried: f64,
+    /// The last error Prometheus logged for it (e.g. "server returned HTTP
+    /// status 401 Unauthorized"), when the last attempts failed.
+    pub last_error: Option<String>,
+}
 
 /// The value of every `name{…remote_name="…"…}` sample in Prometheus' own
 /// exposition text, by remote name.
@@ -71,7 +91,7 @@ pub fn status(cfg: &StackConfig, own_metrics: &str, log: &Path) -> Vec<RemoteWri
         .iter()
         .enumerate()
         .map(|(i, rw)| {
-            let name = crate::prometheus::remote_name(i);
+            let name = remote_name(i);
             RemoteWriteStatus {
                 url: redact(&rw.url),
                 samples_sent: sent.get(&name).copied().unwrap_or(0.0),

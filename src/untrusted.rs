@@ -22,12 +22,12 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
-/// Why a file or folder was not read. Shown in `status` and the log.
+/// Why a file or folder was not read. Generic: what the refusal means for the
+/// caller (a discovery file, a credential file) and what to do about it is the
+/// caller's to add (see `discovery::Rejection`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
-    #[error(
-        "is a symbolic link; raywatch reads only regular files and real folders (attach the target if you trust it)"
-    )]
+    #[error("is a symbolic link; raywatch reads only regular files and real folders")]
     Symlink,
     #[error("is a directory where a regular file was expected")]
     Directory,
@@ -37,16 +37,8 @@ pub enum Rejection {
     NotRegular(&'static str),
     #[error("is {size} bytes, over the {max}-byte limit")]
     TooLarge { size: u64, max: u64 },
-    #[error(
-        "is owned by uid {uid} ({user}), not by this stack's user; run `raywatch up --trust-uid {uid}` to follow it"
-    )]
+    #[error("is owned by uid {uid} ({user}), not by this stack's user")]
     Untrusted { uid: u32, user: String },
-    #[error("is not valid discovery JSON ({0})")]
-    Parse(String),
-    #[error("lists target {target:?}, which is not host:port ({why})")]
-    BadTarget { target: String, why: String },
-    #[error("lists {0} targets, over the limit of {max}", max = crate::discovery::MAX_TARGETS)]
-    TooManyTargets(usize),
     #[error("cannot be read ({0})")]
     Io(String),
     /// The daemon is out of descriptors or memory: says nothing about the
@@ -455,7 +447,7 @@ mod tests {
         let scan = crate::discovery::scan_root(d.path(), &me);
         assert!(scan.found.is_empty());
         assert!(
-            scan.refused.as_ref().is_some_and(Rejection::is_transient),
+            scan.refused.as_ref().is_some_and(|r| r.is_transient()),
             "{:?}",
             scan.refused
         );

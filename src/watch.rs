@@ -312,7 +312,7 @@ impl Watcher {
     /// waiting): events about the folders themselves, and about the entries
     /// whose name is `wanted` (the others, such as a writer's temp file, are
     /// dropped before any path is made).
-    /// A path can come more than once; [`crate::daemon::follow::Follow::classify`] folds them.
+    /// A path can come more than once; the daemon folds them.
     pub fn drain_quiet(&mut self, wanted: &OsStr) -> Vec<PathBuf> {
         let mut paths = Vec::new();
         let Some(q) = self.quiet.as_mut() else {

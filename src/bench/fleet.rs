@@ -180,16 +180,16 @@ impl Victoria {
     }
 
     /// An instant query: the result vector.
-    pub(crate) async fn query(&self, http: &reqwest::Client, promql: &str) -> Result<Vec<Value>> {
-        let v: Value = http
-            .get(format!("{}/api/v1/query", self.url()))
-            .query(&[("query", promql)])
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
+    /// An instant query (through raywatch's one Prometheus client): the result
+    /// vector, each sample as JSON (`metric`, `value`).
+    pub(crate) async fn query(&self, _http: &reqwest::Client, promql: &str) -> Result<Vec<Value>> {
+        let samples = crate::prometheus::Client::remote(&self.url(), None, None)?
+            .instant(promql)
             .await?;
-        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+        Ok(samples
+            .into_iter()
+            .map(|s| serde_json::json!({"metric": s.metric, "value": [s.value.0, s.value.1]}))
+            .collect())
     }
 }
 

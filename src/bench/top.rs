@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 
 use super::fleet::{Endpoints, FleetStack, heads};
 use super::local::percentile;
-use crate::promql::{Counted, Counter, QueryApi};
+use crate::prometheus::{Client, Counted, Counter};
 use crate::testkit::Rewriter;
 use crate::top::Source;
 use crate::top::model::Key;
@@ -184,7 +184,7 @@ impl Bench {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let api = QueryApi::for_home(&stack.home)?.counted(Counter::default());
+        let api = Client::for_queries(&stack.home)?.counted(Counter::default());
         let source = rt.block_on(crate::top::source(&api));
         Ok(Bench {
             n,

@@ -9,7 +9,7 @@ use crate::home::Home;
 pub(super) fn query(home: &Home, promql: &str, json: bool) -> Result<Exit> {
     let rt = runtime()?;
     // The stack's Prometheus, or in agent mode the central store (`up --query-url`).
-    let answer = match crate::promql::QueryApi::for_home(home) {
+    let answer = match crate::prometheus::Client::for_queries(home) {
         Ok(api) => rt.block_on(api.instant_raw(promql)),
         Err(e) => Err(e),
     };
@@ -25,7 +25,7 @@ pub(super) fn query(home: &Home, promql: &str, json: bool) -> Result<Exit> {
             Exit::Failure
         });
     }
-    let data = crate::prometheus::parse_answer(promql, code, &body)?;
+    let data = crate::prometheus::parse_answer(promql, code, body.as_bytes())?;
     print!("{}", render_result(&data.result_type, &data.result));
     Ok(Exit::Success)
 }

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 use super::{Exit, TopArgs, runtime, unless_stack_down};
 use crate::error::HintExt;
 use crate::home::Home;
-use crate::promql::{Counted, Counter, QueryApi};
+use crate::prometheus::{Client, Counted, Counter};
 use crate::top;
 
 pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit> {
@@ -21,7 +21,7 @@ pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit
     let rt = runtime()?;
     let (api, home) = match &args.prometheus {
         Some(url) => (
-            QueryApi::remote(
+            Client::remote(
                 url,
                 args.bearer_file.as_deref(),
                 args.basic_auth_file.as_deref(),
@@ -30,7 +30,7 @@ pub(super) fn top(home: impl Fn() -> Result<Home>, args: TopArgs) -> Result<Exit
         ),
         None => {
             let home = home()?;
-            let api = match QueryApi::for_home(&home) {
+            let api = match Client::for_queries(&home) {
                 Ok(api) => api,
                 Err(e) => return Err(rt.block_on(unless_stack_down(&home, e))),
             };

@@ -64,6 +64,19 @@ fn api_error(code: StatusCode, error: String) -> (StatusCode, Json<ApiError>) {
     (code, Json(ApiError { error }))
 }
 
+/// A query's samples; None, its error kept in `error` (the first only), when its
+/// answer could not be had or read.
+fn kept(
+    answer: anyhow::Result<Vec<crate::prometheus::Sample>>,
+    error: &mut Option<String>,
+) -> Option<Vec<crate::prometheus::Sample>> {
+    answer
+        .map_err(|e| {
+            error.get_or_insert(format!("{e:#}"));
+        })
+        .ok()
+}
+
 async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<StatusReport> {
     let client = shared.client.lock().unwrap().clone();
     let readiness = client.readiness().await;
@@ -73,7 +86,7 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
         _ => None,
     };
     let connections_held = if readiness == crate::prometheus::Readiness::NotReady {
-        connections_held(client.port).await
+        connections_held(client.port().unwrap_or_default()).await
     } else {
         None
     };
@@ -100,7 +113,7 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
         report.prometheus.data_free_bytes = free;
     }
     let settings = shared.settings.borrow().clone();
-    crate::guard::annotate(
+    crate::status::annotate(
         &mut report,
         &numbers.health,
         &numbers.sizes,
@@ -109,8 +122,9 @@ async fn status_handler(AxState(shared): AxState<Arc<Shared>>) -> ApiResult<Stat
     report.prometheus.scrapes_over_sample_limit = numbers.over_limit_scrapes;
     report.prometheus.listener_problem = listener_problem;
     report.prometheus.connections_held = connections_held;
+    report.prometheus.read_error = numbers.read_error;
     if !settings.remote_write.is_empty() {
-        let own = if ready {
+        let own = if ready && report.prometheus.read_error.is_none() {
             client.get_text("/metrics").await.unwrap_or_default()
         } else {
             String::new()
@@ -138,46 +152,57 @@ struct Numbers {
     /// `up` of each (cluster, instance).
     health: HashMap<(String, String), f64>,
     sd_errors: f64,
-    sizes: crate::guard::ScrapeSizes,
+    sizes: crate::status::ScrapeSizes,
     over_limit_scrapes: f64,
+    /// The first answer raywatch could not read (too large, not JSON, another
+    /// type): shown in the report, and the queries after it are not sent.
+    read_error: Option<String>,
 }
 
 impl Numbers {
     async fn ask(client: &crate::prometheus::Client) -> Numbers {
         let mut n = Numbers::default();
-        if let Ok(samples) = client.query(&crate::guard::ScrapeSizes::promql()).await {
-            n.sizes = crate::guard::ScrapeSizes::from_samples(&samples);
-        }
-        if let Ok(samples) = client
-            .query("sum(prometheus_target_scrapes_exceeded_sample_limit_total)")
-            .await
-        {
-            n.over_limit_scrapes = samples
+        let first = |samples: &[crate::prometheus::Sample]| {
+            samples
                 .first()
                 .and_then(|s| s.value.1.parse().ok())
-                .unwrap_or(0.0);
+                .unwrap_or(0.0)
+        };
+        let sizes = client.instant(&crate::status::ScrapeSizes::promql()).await;
+        if let Some(samples) = kept(sizes, &mut n.read_error) {
+            n.sizes = crate::status::ScrapeSizes::from_samples(&samples);
         }
-        let up = format!("up{{job=\"{}\"}}", crate::prometheus::RAY_JOB);
-        if let Ok(samples) = client.query(&up).await {
-            for s in samples {
-                let (Some(c), Some(i)) = (s.metric.get("ray_io_cluster"), s.metric.get("instance"))
-                else {
-                    continue;
-                };
-                n.health.insert(
-                    (c.clone(), i.clone()),
-                    s.value.1.parse::<f64>().unwrap_or(0.0),
-                );
+        if n.read_error.is_none() {
+            let over = client
+                .instant("sum(prometheus_target_scrapes_exceeded_sample_limit_total)")
+                .await;
+            if let Some(samples) = kept(over, &mut n.read_error) {
+                n.over_limit_scrapes = first(&samples);
             }
         }
-        if let Ok(samples) = client
-            .query("sum(prometheus_sd_file_watcher_errors_total)")
-            .await
-        {
-            n.sd_errors = samples
-                .first()
-                .and_then(|s| s.value.1.parse().ok())
-                .unwrap_or(0.0);
+        if n.read_error.is_none() {
+            let up = format!("up{{job=\"{}\"}}", crate::prometheus::RAY_JOB);
+            if let Some(samples) = kept(client.instant(&up).await, &mut n.read_error) {
+                for s in samples {
+                    let (Some(c), Some(i)) =
+                        (s.metric.get("ray_io_cluster"), s.metric.get("instance"))
+                    else {
+                        continue;
+                    };
+                    n.health.insert(
+                        (c.clone(), i.clone()),
+                        s.value.1.parse::<f64>().unwrap_or(0.0),
+                    );
+                }
+            }
+        }
+        if n.read_error.is_none() {
+            let sd = client
+                .instant("sum(prometheus_sd_file_watcher_errors_total)")
+                .await;
+            if let Some(samples) = kept(sd, &mut n.read_error) {
+                n.sd_errors = first(&samples);
+            }
         }
         n
     }

@@ -367,7 +367,11 @@ fn prepare(
     // A new password at every start: one that leaked (an old Ray file, a
     // squatter before this fix) stops working with the next `up`.
     let password = crate::prometheus::rotate_password(home)?;
-    crate::prometheus::write_files(home, &config)?;
+    crate::prometheus::write_files(
+        home,
+        &config,
+        crate::top::rules::for_stack(&config)?.as_ref(),
+    )?;
     crate::grafana::write_files(home, &config)?;
     // The gateway for Ray: held by the daemon for its whole life.
     let (listener, config) = bind_gateway(home, config)?;
@@ -560,7 +564,7 @@ impl EventLoop {
         let probes = self.shared.core.lock().unwrap().tick();
         let port = self.shared.settings.borrow().prometheus_port;
         let mut client = self.shared.client.lock().unwrap();
-        if client.port != port {
+        if client.port() != Some(port) {
             *client = crate::prometheus::Client::new(
                 port,
                 self.password.clone(),

@@ -209,6 +209,7 @@ impl Core {
             unscraped_targets,
             listener_problem: None,
             connections_held: None,
+            read_error: None,
             port_note: shared.port_note.lock().unwrap().clone(),
             data_dir: (!settings.agent).then(|| self.home.prometheus_data()),
             data_bytes: None,

@@ -318,7 +318,11 @@ impl SettingsWriter {
             return Err(FRESH_START_ONLY.into());
         }
         let write = || -> anyhow::Result<()> {
-            crate::prometheus::write_files(&self.home, &wanted)?;
+            crate::prometheus::write_files(
+                &self.home,
+                &wanted,
+                crate::top::rules::for_stack(&wanted)?.as_ref(),
+            )?;
             crate::grafana::write_files(&self.home, &wanted)?;
             wanted.save(&self.home.config())
         };
@@ -347,7 +351,11 @@ impl SettingsWriter {
             *note.lock().unwrap() = Some(msg);
             config.prometheus_port = fresh;
             config.save(&self.home.config())?;
-            crate::prometheus::write_files(&self.home, &config)?;
+            crate::prometheus::write_files(
+                &self.home,
+                &config,
+                crate::top::rules::for_stack(&config)?.as_ref(),
+            )?;
             crate::grafana::write_files(&self.home, &config)?;
             self.live.send_replace(config.clone());
         }

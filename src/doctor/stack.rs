@@ -153,6 +153,20 @@ pub(super) fn targets_down(m: &Machine) -> Finding {
             "read Prometheus' log for why; `raywatch down` then `raywatch up` restarts the stack",
         );
     }
+    if let Some(e) = &r.prometheus.read_error {
+        return Finding::new(
+            CHECK,
+            Status::Problem,
+            format!(
+                "the stack's Prometheus ({}) answers, but raywatch cannot read its answers",
+                r.prometheus.url
+            ),
+        )
+        .with(
+            vec![crate::escape::text(e).into_owned()],
+            "read Prometheus' log for why; `raywatch down` then `raywatch up` restarts the stack",
+        );
+    }
     let mut evidence = Vec::new();
     let mut over_limit = false;
     let mut scraped = 0;

@@ -2,6 +2,7 @@
 //! writes its human form.
 
 mod render;
+mod sizes;
 
 use std::path::PathBuf;
 
@@ -9,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::supervisor::ChildStatus;
 
+pub use crate::remote_write::RemoteWriteStatus;
 pub use render::{dashboard_line, human_bytes, render, ssh_hint, stack_lines};
+pub use sizes::{ScrapeSizes, annotate};
 
 pub const SCHEMA: u32 = 1;
 
@@ -31,19 +34,6 @@ pub struct StatusReport {
     /// Every remote-write destination, from Prometheus' own metrics and log.
     #[serde(default)]
     pub remote_write: Vec<RemoteWriteStatus>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RemoteWriteStatus {
-    pub url: String,
-    /// Prometheus' `remote_name` for it (`raywatch-rw-N`).
-    pub name: String,
-    pub samples_sent: f64,
-    pub samples_failed: f64,
-    pub samples_retried: f64,
-    /// The last error Prometheus logged for it (e.g. "server returned HTTP
-    /// status 401 Unauthorized"), when the last attempts failed.
-    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +71,10 @@ pub struct PrometheusStatus {
     /// port (`600 connections to Prometheus' port 40125 held by uid 1001 (bob)`).
     #[serde(default)]
     pub connections_held: Option<String>,
+    /// Why raywatch could not read Prometheus' answers (e.g. one over the size
+    /// limit), while it answers /-/ready: the figures below are then missing.
+    #[serde(default)]
+    pub read_error: Option<String>,
     /// Why Prometheus last moved to another port (its port was taken), if it did.
     #[serde(default)]
     pub port_note: Option<String>,
@@ -518,7 +512,7 @@ mod tests {
                 1.0,
             ),
         ]);
-        let sizes = crate::guard::ScrapeSizes(
+        let sizes = ScrapeSizes(
             health
                 .keys()
                 .map(|k| {
@@ -529,7 +523,7 @@ mod tests {
                 })
                 .collect(),
         );
-        crate::guard::annotate(&mut r, &health, &sizes, crate::guard::SampleLimit(200_000));
+        annotate(&mut r, &health, &sizes, crate::guard::SampleLimit(200_000));
         assert_eq!(r.clusters[0].samples_per_scrape, Some(300_012.0));
         assert!(r.clusters[0].targets[1].sample_limit_exceeded.is_none());
         let text = render(&r);

@@ -309,6 +309,13 @@ fn prometheus_lines(out: &mut String, p: &PrometheusStatus) {
     if let Some(held) = &p.connections_held {
         let _ = writeln!(out, "  WARNING     {}", escape::text(held));
     }
+    if let Some(e) = &p.read_error {
+        let _ = writeln!(
+            out,
+            "  WARNING     its answers cannot be read: {}",
+            escape::text(e)
+        );
+    }
     if let Some(note) = &p.port_note {
         let _ = writeln!(out, "              {}", escape::text(note));
     }

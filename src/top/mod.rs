@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 
 use crate::home::Home;
-use crate::promql::Counted;
+use crate::prometheus::Counted;
 use model::{Cluster, Key, Node};
 
 /// How long a dead cluster stays on screen, greyed ($RAYWATCH_TOP_DEAD_FOR shortens it for tests).

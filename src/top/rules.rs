@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::queries::{FIELD, KEY, branch, cluster_values, duration, join_or};
-use crate::promql::RuleGroup;
+use crate::prometheus::RuleGroup;
 
 /// The rule group's name in the rules file and in `/api/v1/rules`.
 pub const GROUP: &str = "raywatch_top";
@@ -85,6 +85,22 @@ pub fn rule_file(interval: &str) -> RuleFile {
     }
 }
 
+/// The rules the stack's Prometheus records for `top` under `cfg`, for the config
+/// writer: none when told not to (`up --no-top-rules`), nor as an agent (which
+/// evaluates no rules and keeps nothing to read).
+pub fn for_stack(
+    cfg: &crate::config::StackConfig,
+) -> anyhow::Result<Option<crate::prometheus::RecordingRules>> {
+    if cfg.no_top_rules || cfg.agent {
+        return Ok(None);
+    }
+    let file = rule_file(&crate::config::prometheus_duration(cfg.scrape_interval));
+    Ok(Some(crate::prometheus::RecordingRules {
+        yaml: serde_yaml_ng::to_string(&file)?,
+        prefix: PREFIX.into(),
+    }))
+}
+
 /// Whether these groups (an API's `/api/v1/rules`) record everything `top` reads:
 /// the group [`GROUP`] with every one of [`records`], none failing. Another raywatch's
 /// group with other fields does not count: its series would read as absent values.
@@ -130,7 +146,7 @@ pub fn sparklines() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::promql::RuleState;
+    use crate::prometheus::RuleState;
 
     fn group(name: &str, rules: &[String], health: &str) -> RuleGroup {
         RuleGroup {

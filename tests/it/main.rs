@@ -3,6 +3,7 @@
 mod attacks;
 mod bench;
 mod cli;
+mod client;
 mod conns;
 mod discovery;
 mod doctor;

@@ -786,9 +786,14 @@ impl FakeApi {
             for mut c in l.incoming().flatten() {
                 let mut buf = [0u8; 8192];
                 let n = c.read(&mut buf).unwrap_or(0);
-                s.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                // A range query gets a matrix, as from any Prometheus-compatible API.
+                let body = if request.contains("/api/v1/query_range") {
+                    r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#
+                } else {
+                    body.as_str()
+                };
+                s.lock().unwrap().push(request);
                 let _ = write!(
                     c,
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::promql::{Point, Series};
+use crate::prometheus::{Point, Series};
 
 pub use column::{Column, matches, order, sort};
 pub use format::{DASH, Snapshot, age, bytes, cells, num, percent, spark, text_table, used_of};

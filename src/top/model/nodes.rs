@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{points, value};
+use crate::prometheus::RangeSeries;
 use crate::prometheus::Sample;
-use crate::promql::RangeSeries;
 use crate::top::queries::FIELD;
 
 /// One node of the cluster view.

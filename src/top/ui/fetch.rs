@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::{App, View, WINDOWS};
 use crate::home::Home;
-use crate::promql::Counted;
+use crate::prometheus::Counted;
 use crate::top::model::Key;
 use crate::top::{self, Clusters, Detail, Source};
 

@@ -15,7 +15,7 @@ use super::fetch::{self, Fetcher, Reply, Request};
 use super::terminal::{self, Screen, terminal_gone};
 use super::{Action, App, View, colour_wanted};
 use crate::home::Home;
-use crate::promql::Counted;
+use crate::prometheus::Counted;
 use crate::top::{Clusters, Source};
 
 /// Runs the full-screen UI until `q` (or a signal). `first` is the first refresh,

@@ -1,0 +1,38 @@
+//! Prometheus as raywatch runs it, and the one client that reads it.
+//!
+//! - [`schema`]: prometheus.yml and web.yml as typed structs, and a stack's prometheus.yml;
+//! - [`files`]: writing them (and the recording rules handed in), checked with promtool;
+//! - [`args`]: the command line the daemon runs Prometheus with;
+//! - [`secrets`]: its password and the remote writes' credential files;
+//! - [`version`]: which Prometheus a binary is;
+//! - [`listener`]: who holds its port (credentials go only to the stack's own Prometheus);
+//! - [`disk`]: the disk its data uses;
+//! - [`client`]: the one HTTP client, for the stack's Prometheus or a remote query API;
+//! - [`answer`]: bounded reads and the one decoder of its answers.
+
+pub mod answer;
+pub mod args;
+pub mod client;
+pub mod disk;
+pub mod files;
+pub mod listener;
+pub mod schema;
+pub mod secrets;
+pub mod version;
+
+pub use answer::{
+    MAX_ANSWER, Point, QueryData, RangeSeries, RuleGroup, RuleState, Sample, Series, parse_answer,
+};
+pub use args::{READ_TIMEOUT, args, args_for, max_connections, open_files_limit};
+pub use client::{Client, Counted, Counter, Readiness};
+pub use disk::disk_use;
+pub use files::write_files;
+pub use listener::{ListenerError, verify_listener};
+pub use schema::{PrometheusYml, RecordingRules, prometheus_yml};
+pub use secrets::{ensure_password, ensure_secret, rotate_password};
+pub use version::{AGENT_SINCE, WEB_CONFIG_SINCE, major_version, version};
+
+/// The user Prometheus' basic auth knows.
+pub const USER: &str = "raywatch";
+/// The job every Ray target is scraped under.
+pub const RAY_JOB: &str = "ray";

@@ -1,0 +1,258 @@
+//! prometheus.yml and web.yml as typed structs, and the prometheus.yml of a stack.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{RAY_JOB, USER};
+use crate::config::{StackConfig, prometheus_duration};
+use crate::home::Home;
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct PrometheusYml {
+    pub global: Global,
+    /// The rules files (`raywatch top`'s recording rules; none on an agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_files: Vec<String>,
+    pub scrape_configs: Vec<ScrapeConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_write: Vec<RemoteWriteConfig>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct Global {
+    pub scrape_interval: String,
+    pub evaluation_interval: String,
+    /// Added to every series that leaves this Prometheus (remote write).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_labels: BTreeMap<String, String>,
+}
+
+/// One `remote_write` entry of prometheus.yml.
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct RemoteWriteConfig {
+    pub url: String,
+    /// Shown as `remote_name` on Prometheus' own remote-storage metrics.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_config: Option<TlsConfig>,
+    /// What is not sent: `top`'s recorded series stay home (see [`prometheus_yml`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_relabel_configs: Vec<RelabelConfig>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct Authorization {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub credentials_file: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct TlsConfig {
+    pub ca_file: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct ScrapeConfig {
+    pub job_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_sd_configs: Vec<FileSdConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub static_configs: Vec<StaticConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    /// Samples one scrape may carry; over it the whole scrape fails (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metric_relabel_configs: Vec<RelabelConfig>,
+}
+
+/// One `metric_relabel_configs` or `write_relabel_configs` entry (raywatch writes
+/// `labeldrop`, and `drop` by metric name).
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct RelabelConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_labels: Vec<String>,
+    pub action: String,
+    /// Matched against whole label names (Prometheus anchors it).
+    pub regex: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct FileSdConfig {
+    pub files: Vec<String>,
+    pub refresh_interval: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct StaticConfig {
+    pub targets: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password_file: String,
+}
+
+/// `--web.config.file`: basic auth for every HTTP endpoint of Prometheus.
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct WebYml {
+    pub basic_auth_users: BTreeMap<String, String>,
+}
+
+/// Recording rules for the stack's Prometheus, handed in by their owner (`raywatch
+/// top`'s, see `top::rules::for_stack`): the config writer stores the file, names it
+/// in prometheus.yml and keeps the recorded series out of remote writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRules {
+    /// The rules file, as YAML.
+    pub yaml: String,
+    /// The name prefix of every series the rules record.
+    pub prefix: String,
+}
+
+/// prometheus.yml for a stack: one `ray` job reading the targets glob (so
+/// clusters come and go without a reload), and Prometheus scraping itself.
+/// Remote writes leave out `top`'s recorded series: they are derived from the
+/// samples sent, keyed without `ray_host` until the external label is added, and a
+/// central store holding them for some hosts only would mislead a `top` there
+/// (which asks live).
+pub fn prometheus_yml(
+    home: &Home,
+    cfg: &StackConfig,
+    rules: Option<&RecordingRules>,
+) -> PrometheusYml {
+    let interval = prometheus_duration(cfg.scrape_interval);
+    PrometheusYml {
+        global: Global {
+            scrape_interval: interval.clone(),
+            evaluation_interval: interval,
+            external_labels: BTreeMap::from([("ray_host".to_string(), cfg.ray_host())]),
+        },
+        rule_files: match rules {
+            Some(_) => vec![home.top_rules().to_string_lossy().into_owned()],
+            None => vec![],
+        },
+        remote_write: cfg
+            .remote_write
+            .iter()
+            .enumerate()
+            .map(|(i, rw)| RemoteWriteConfig {
+                url: rw.url.clone(),
+                name: crate::remote_write::remote_name(i),
+                authorization: rw.bearer_file.as_ref().map(|f| Authorization {
+                    kind: "Bearer".into(),
+                    credentials_file: f.to_string_lossy().into_owned(),
+                }),
+                basic_auth: rw.basic_auth_file.as_ref().map(|_| BasicAuth {
+                    username: super::secrets::basic_auth_user(home, i).unwrap_or_default(),
+                    password_file: home.remote_write_password(i).to_string_lossy().into_owned(),
+                }),
+                tls_config: rw.ca_file.as_ref().map(|f| TlsConfig {
+                    ca_file: f.to_string_lossy().into_owned(),
+                }),
+                write_relabel_configs: rules
+                    .map(|r| RelabelConfig {
+                        source_labels: vec!["__name__".into()],
+                        action: "drop".into(),
+                        regex: format!("{}.*", r.prefix),
+                    })
+                    .into_iter()
+                    .collect(),
+            })
+            .collect(),
+        scrape_configs: vec![
+            ScrapeConfig {
+                job_name: RAY_JOB.into(),
+                file_sd_configs: vec![FileSdConfig {
+                    files: vec![
+                        home.targets_dir()
+                            .join("*.json")
+                            .to_string_lossy()
+                            .into_owned(),
+                    ],
+                    // A safety net only: the folder is watched. Should Prometheus
+                    // fail to watch it (inotify exhausted), this bounds the delay.
+                    refresh_interval: "30s".into(),
+                }],
+                static_configs: vec![],
+                basic_auth: None,
+                sample_limit: Some(cfg.sample_limit.0),
+                // Checked names (crate::guard): letters, digits and '_' need no escaping.
+                metric_relabel_configs: cfg
+                    .drop_labels
+                    .iter()
+                    .map(|l| RelabelConfig {
+                        source_labels: vec![],
+                        action: "labeldrop".into(),
+                        regex: l.clone(),
+                    })
+                    .collect(),
+            },
+            ScrapeConfig {
+                job_name: "prometheus".into(),
+                file_sd_configs: vec![],
+                static_configs: vec![StaticConfig {
+                    targets: vec![format!("127.0.0.1:{}", cfg.prometheus_port)],
+                }],
+                basic_auth: Some(BasicAuth {
+                    username: USER.into(),
+                    password_file: home.prometheus_password().to_string_lossy().into_owned(),
+                }),
+                sample_limit: None,
+                metric_relabel_configs: vec![],
+            },
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::args;
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn config_has_one_ray_job_reading_the_glob() {
+        let home = Home::resolve(Some("/h".into())).unwrap();
+        let cfg = StackConfig {
+            prometheus_bin: "/usr/bin/prometheus".into(),
+            prometheus_port: 9999,
+            prometheus_port_auto: true,
+            scrape_interval: Duration::from_secs(10),
+            retention: Duration::from_secs(15 * 86400),
+            default_roots: true,
+            watch: vec![],
+            liveness: Duration::from_secs(20),
+            trust_uids: vec![],
+            grafana_bin: None,
+            grafana_port: 3999,
+            grafana_anonymous: false,
+            prometheus_name: "Prometheus".into(),
+            gateway_port: 0,
+            ..Default::default()
+        };
+        let text = serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg, None)).unwrap();
+        let back: PrometheusYml = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(back.scrape_configs[0].job_name, "ray");
+        assert_eq!(
+            back.scrape_configs[0].file_sd_configs[0].files,
+            vec!["/h/targets/*.json"]
+        );
+        assert_eq!(back.global.scrape_interval, "10s");
+        assert!(
+            !args(&home, &cfg)
+                .iter()
+                .any(|a| a.contains("enable-lifecycle"))
+        );
+        assert!(args(&home, &cfg).contains(&"--web.listen-address=127.0.0.1:9999".to_string()));
+        assert!(args(&home, &cfg).contains(&"--web.read-timeout=30s".to_string()));
+    }
+}
