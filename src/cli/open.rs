@@ -101,8 +101,9 @@ pub fn past_url(config: &StackConfig, e: &Entry) -> String {
         );
     }
     let expr = format!(
-        "ray_node_cpu_utilization{{ray_io_cluster=\"{}\",ray_session=\"{}\"}}",
-        c.name, c.session
+        "ray_node_cpu_utilization{{ray_io_cluster={},ray_session={}}}",
+        crate::quote::label_value(&c.name),
+        crate::quote::label_value(&c.session)
     );
     let end = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(to.max(0.0)),

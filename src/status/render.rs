@@ -345,10 +345,7 @@ fn down_lines(out: &mut String, child: &ChildStatus) {
         }
     }
     if let (None, Some(next)) = (child.pid, child.next_start_unix) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let now = crate::clock::unix_now();
         let _ = writeln!(
             out,
             "              next start in {:.0} s",

@@ -15,7 +15,7 @@ pub mod rules;
 pub mod ui;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -52,10 +52,7 @@ pub struct Detail {
 
 /// Unix seconds now.
 pub fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
+    crate::clock::unix_now()
 }
 
 /// The range `[start, end]` of `window` ending at the last multiple of `step` (so the

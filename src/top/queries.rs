@@ -261,18 +261,7 @@ pub fn sparklines() -> String {
 
 /// Escapes a label value for a PromQL string literal.
 pub fn literal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    crate::quote::label_value(s)
 }
 
 /// The selector of one cluster's series.
