@@ -23,14 +23,11 @@ pub(super) fn export(
     out: &Path,
 ) -> Result<Exit> {
     let rt = runtime()?;
-    let config = match StackConfig::load(&home.config())? {
-        Some(c) => c,
-        None => {
-            return Err(rt.block_on(unless_stack_down(
-                home,
-                anyhow!("{} is missing", escape::path(&home.config())),
-            )));
-        }
+    let Some(config) = StackConfig::load(&home.config())? else {
+        return Err(rt.block_on(unless_stack_down(
+            home,
+            anyhow!("{} is missing", escape::path(&home.config())),
+        )));
     };
     if config.agent {
         return Err(anyhow!(
@@ -38,53 +35,7 @@ pub(super) fn export(
         ))
         .hint("export from the central store that receives this host's remote write");
     }
-    let now = crate::clock::unix_now();
-    let history = History::load(&home.history())?;
-    let mut selector = vec![("ray_io_cluster".to_string(), name.to_string())];
-    let (from, to) = match history.find(name, session) {
-        Some(e) => {
-            selector.push(("ray_session".into(), e.cluster.session.clone()));
-            let end = if e.ended() || !super::history::daemon_running(home) {
-                e.ended_unix
-                    .unwrap_or(e.last_seen_unix)
-                    .max(e.last_seen_unix)
-                    + MARGIN_SECS
-            } else {
-                now
-            };
-            (
-                from.unwrap_or(e.first_seen_unix - MARGIN_SECS),
-                to.unwrap_or(end),
-            )
-        }
-        None => {
-            if let Some(s) = session {
-                selector.push(("ray_session".into(), s.to_string()));
-            }
-            match from {
-                Some(from) => (from, to.unwrap_or(now)),
-                None => {
-                    return Err(anyhow!(
-                        "no cluster named {name:?}{} is in the history, so its life is unknown",
-                        session
-                            .map(|s| format!(" with session {s:?}"))
-                            .unwrap_or_default()
-                    ))
-                    .hint("`raywatch history` lists the clusters; for another, give --from (and --to)");
-                }
-            }
-        }
-    };
-    // Nothing is in Prometheus past now (a margin may reach beyond it).
-    let to = to.min(now);
-    if from >= to {
-        return Err(anyhow!(
-            "--from ({}) is not before --to ({})",
-            history::when(from),
-            history::when(to)
-        ))
-        .hint("give --from earlier than --to");
-    }
+    let (selector, from, to) = span(home, name, session, from, to)?;
     let stats = rt.block_on(async {
         let client = crate::prometheus::Client::for_home(home)?;
         let req = crate::export::Request {
@@ -119,4 +70,66 @@ pub(super) fn export(
         }
     );
     Ok(Exit::Success)
+}
+
+/// Label matchers: (name, value).
+type Selector = Vec<(String, String)>;
+
+/// The series to export (the cluster, and its session when known) and the span:
+/// the cluster's life from the history (with a margin) unless `--from`/`--to`
+/// say otherwise, never past now.
+fn span(
+    home: &Home,
+    name: &str,
+    session: Option<&str>,
+    from: Option<f64>,
+    to: Option<f64>,
+) -> Result<(Selector, f64, f64)> {
+    let now = crate::clock::unix_now();
+    let history = History::load(&home.history())?;
+    let mut selector = vec![("ray_io_cluster".to_string(), name.to_string())];
+    let (from, to) =
+        match history.find(name, session) {
+            Some(e) => {
+                selector.push(("ray_session".into(), e.cluster.session.clone()));
+                let end = if e.ended() || !super::history::daemon_running(home) {
+                    e.ended_unix
+                        .unwrap_or(e.last_seen_unix)
+                        .max(e.last_seen_unix)
+                        + MARGIN_SECS
+                } else {
+                    now
+                };
+                (
+                    from.unwrap_or(e.first_seen_unix - MARGIN_SECS),
+                    to.unwrap_or(end),
+                )
+            }
+            None => {
+                if let Some(s) = session {
+                    selector.push(("ray_session".into(), s.to_string()));
+                }
+                let Some(from) = from else {
+                    return Err(anyhow!(
+                    "no cluster named {name:?}{} is in the history, so its life is unknown",
+                    session
+                        .map(|s| format!(" with session {s:?}"))
+                        .unwrap_or_default()
+                ))
+                .hint("`raywatch history` lists the clusters; for another, give --from (and --to)");
+                };
+                (from, to.unwrap_or(now))
+            }
+        };
+    // Nothing is in Prometheus past now (a margin may reach beyond it).
+    let to = to.min(now);
+    if from >= to {
+        return Err(anyhow!(
+            "--from ({}) is not before --to ({})",
+            history::when(from),
+            history::when(to)
+        ))
+        .hint("give --from earlier than --to");
+    }
+    Ok((selector, from, to))
 }

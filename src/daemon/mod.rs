@@ -12,6 +12,7 @@
 //! that the supervisor writes when it moves Prometheus to another port, and
 //! that `up` writes through the control API; every part reads it from there.
 
+mod attach;
 mod clusters;
 mod control;
 mod every;

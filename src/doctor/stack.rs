@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::{Finding, Machine, Status, show};
-use crate::status::human_bytes;
+use crate::status::{StatusReport, human_bytes};
 
 /// Prometheus is short of disk below this much free space (or a fifth of its data, if more).
 pub const MIN_FREE_BYTES: u64 = 256 << 20;
@@ -127,45 +127,8 @@ pub(super) fn targets_down(m: &Machine) -> Finding {
         Ok(r) => r,
         Err(f) => return f,
     };
-    if !r.prometheus.ready {
-        if let Some(held) = &r.prometheus.connections_held {
-            return Finding::new(
-                CHECK,
-                Status::Problem,
-                format!(
-                    "the stack's Prometheus ({}) is not ready: other users hold its connections",
-                    r.prometheus.url
-                ),
-            )
-            .with(
-                vec![crate::escape::text(held).into_owned()],
-                "ask that user (or the administrators) to stop the process holding them; \
-                 Prometheus closes idle connections by itself within a minute",
-            );
-        }
-        return Finding::new(
-            CHECK,
-            Status::Problem,
-            format!("the stack's Prometheus ({}) is not ready", r.prometheus.url),
-        )
-        .with(
-            vec![format!("its log: {}", show(&m.home.prometheus_log()))],
-            "read Prometheus' log for why; `raywatch down` then `raywatch up` restarts the stack",
-        );
-    }
-    if let Some(e) = &r.prometheus.read_error {
-        return Finding::new(
-            CHECK,
-            Status::Problem,
-            format!(
-                "the stack's Prometheus ({}) answers, but raywatch cannot read its answers",
-                r.prometheus.url
-            ),
-        )
-        .with(
-            vec![crate::escape::text(e).into_owned()],
-            "read Prometheus' log for why; `raywatch down` then `raywatch up` restarts the stack",
-        );
+    if let Some(f) = prometheus_unusable(m, r, CHECK) {
+        return f;
     }
     let mut evidence = Vec::new();
     let mut over_limit = false;
@@ -210,6 +173,55 @@ pub(super) fn targets_down(m: &Machine) -> Finding {
         format!("{} target(s) of live clusters are down", evidence.len()),
     )
     .with(evidence, fix)
+}
+
+/// A Prometheus whose targets cannot be judged: not ready (other users holding
+/// its connections, or else its log says why), or answering what raywatch cannot read.
+fn prometheus_unusable(m: &Machine, r: &StatusReport, check: &'static str) -> Option<Finding> {
+    let restart =
+        "read Prometheus' log for why; `raywatch down` then `raywatch up` restarts the stack";
+    if !r.prometheus.ready {
+        if let Some(held) = &r.prometheus.connections_held {
+            return Some(
+                Finding::new(
+                    check,
+                    Status::Problem,
+                    format!(
+                        "the stack's Prometheus ({}) is not ready: other users hold its connections",
+                        r.prometheus.url
+                    ),
+                )
+                .with(
+                    vec![crate::escape::text(held).into_owned()],
+                    "ask that user (or the administrators) to stop the process holding them; \
+                     Prometheus closes idle connections by itself within a minute",
+                ),
+            );
+        }
+        return Some(
+            Finding::new(
+                check,
+                Status::Problem,
+                format!("the stack's Prometheus ({}) is not ready", r.prometheus.url),
+            )
+            .with(
+                vec![format!("its log: {}", show(&m.home.prometheus_log()))],
+                restart,
+            ),
+        );
+    }
+    let e = r.prometheus.read_error.as_ref()?;
+    Some(
+        Finding::new(
+            check,
+            Status::Problem,
+            format!(
+                "the stack's Prometheus ({}) answers, but raywatch cannot read its answers",
+                r.prometheus.url
+            ),
+        )
+        .with(vec![crate::escape::text(e).into_owned()], restart),
+    )
 }
 
 pub(super) fn remote_write(m: &Machine) -> Finding {

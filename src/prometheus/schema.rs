@@ -144,72 +144,90 @@ pub fn prometheus_yml(
             .remote_write
             .iter()
             .enumerate()
-            .map(|(i, rw)| RemoteWriteConfig {
-                url: rw.url.clone(),
-                name: crate::remote_write::remote_name(i),
-                authorization: rw.bearer_file.as_ref().map(|f| Authorization {
-                    kind: "Bearer".into(),
-                    credentials_file: f.to_string_lossy().into_owned(),
-                }),
-                basic_auth: rw.basic_auth_file.as_ref().map(|_| BasicAuth {
-                    username: super::secrets::basic_auth_user(home, i).unwrap_or_default(),
-                    password_file: home.remote_write_password(i).to_string_lossy().into_owned(),
-                }),
-                tls_config: rw.ca_file.as_ref().map(|f| TlsConfig {
-                    ca_file: f.to_string_lossy().into_owned(),
-                }),
-                write_relabel_configs: rules
-                    .map(|r| RelabelConfig {
-                        source_labels: vec!["__name__".into()],
-                        action: "drop".into(),
-                        regex: format!("{}.*", r.prefix),
-                    })
-                    .into_iter()
-                    .collect(),
+            .map(|(i, rw)| remote_write_config(home, i, rw, rules))
+            .collect(),
+        scrape_configs: vec![ray_job(home, cfg), self_scrape(home, cfg)],
+    }
+}
+
+/// One remote write: its credentials by file, and `top`'s recorded series left out.
+fn remote_write_config(
+    home: &Home,
+    i: usize,
+    rw: &crate::config::RemoteWrite,
+    rules: Option<&RecordingRules>,
+) -> RemoteWriteConfig {
+    RemoteWriteConfig {
+        url: rw.url.clone(),
+        name: crate::remote_write::remote_name(i),
+        authorization: rw.bearer_file.as_ref().map(|f| Authorization {
+            kind: "Bearer".into(),
+            credentials_file: f.to_string_lossy().into_owned(),
+        }),
+        basic_auth: rw.basic_auth_file.as_ref().map(|_| BasicAuth {
+            username: super::secrets::basic_auth_user(home, i).unwrap_or_default(),
+            password_file: home.remote_write_password(i).to_string_lossy().into_owned(),
+        }),
+        tls_config: rw.ca_file.as_ref().map(|f| TlsConfig {
+            ca_file: f.to_string_lossy().into_owned(),
+        }),
+        write_relabel_configs: rules
+            .map(|r| RelabelConfig {
+                source_labels: vec!["__name__".into()],
+                action: "drop".into(),
+                regex: format!("{}.*", r.prefix),
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// The `ray` job: every target file in `targets/`, under the sample limit, with
+/// the dropped labels.
+fn ray_job(home: &Home, cfg: &StackConfig) -> ScrapeConfig {
+    ScrapeConfig {
+        job_name: RAY_JOB.into(),
+        file_sd_configs: vec![FileSdConfig {
+            files: vec![
+                home.targets_dir()
+                    .join("*.json")
+                    .to_string_lossy()
+                    .into_owned(),
+            ],
+            // A safety net only: the folder is watched. Should Prometheus
+            // fail to watch it (inotify exhausted), this bounds the delay.
+            refresh_interval: "30s".into(),
+        }],
+        static_configs: vec![],
+        basic_auth: None,
+        sample_limit: Some(cfg.sample_limit.0),
+        // Checked names (crate::guard): letters, digits and '_' need no escaping.
+        metric_relabel_configs: cfg
+            .drop_labels
+            .iter()
+            .map(|l| RelabelConfig {
+                source_labels: vec![],
+                action: "labeldrop".into(),
+                regex: l.clone(),
             })
             .collect(),
-        scrape_configs: vec![
-            ScrapeConfig {
-                job_name: RAY_JOB.into(),
-                file_sd_configs: vec![FileSdConfig {
-                    files: vec![
-                        home.targets_dir()
-                            .join("*.json")
-                            .to_string_lossy()
-                            .into_owned(),
-                    ],
-                    // A safety net only: the folder is watched. Should Prometheus
-                    // fail to watch it (inotify exhausted), this bounds the delay.
-                    refresh_interval: "30s".into(),
-                }],
-                static_configs: vec![],
-                basic_auth: None,
-                sample_limit: Some(cfg.sample_limit.0),
-                // Checked names (crate::guard): letters, digits and '_' need no escaping.
-                metric_relabel_configs: cfg
-                    .drop_labels
-                    .iter()
-                    .map(|l| RelabelConfig {
-                        source_labels: vec![],
-                        action: "labeldrop".into(),
-                        regex: l.clone(),
-                    })
-                    .collect(),
-            },
-            ScrapeConfig {
-                job_name: "prometheus".into(),
-                file_sd_configs: vec![],
-                static_configs: vec![StaticConfig {
-                    targets: vec![format!("127.0.0.1:{}", cfg.prometheus_port)],
-                }],
-                basic_auth: Some(BasicAuth {
-                    username: USER.into(),
-                    password_file: home.prometheus_password().to_string_lossy().into_owned(),
-                }),
-                sample_limit: None,
-                metric_relabel_configs: vec![],
-            },
-        ],
+    }
+}
+
+/// Prometheus scraping itself, with its own credentials.
+fn self_scrape(home: &Home, cfg: &StackConfig) -> ScrapeConfig {
+    ScrapeConfig {
+        job_name: "prometheus".into(),
+        file_sd_configs: vec![],
+        static_configs: vec![StaticConfig {
+            targets: vec![format!("127.0.0.1:{}", cfg.prometheus_port)],
+        }],
+        basic_auth: Some(BasicAuth {
+            username: USER.into(),
+            password_file: home.prometheus_password().to_string_lossy().into_owned(),
+        }),
+        sample_limit: None,
+        metric_relabel_configs: vec![],
     }
 }
 

@@ -13,6 +13,11 @@ use serde::Serialize;
 
 use crate::discovery::{Found, Listing, Rejection};
 
+mod naming;
+
+use naming::{base_name, short_hash};
+pub use naming::{labels, sanitize_name, validate_name};
+
 /// How a cluster came to be followed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -333,37 +338,8 @@ impl Registry {
         let stale_on_disk = wall
             .duration_since(listing.mtime)
             .is_ok_and(|age| age > self.liveness);
-        if let Some(c) = self.clusters.get_mut(found.file.as_os_str()) {
-            let changed = c.mtime != listing.mtime || c.targets != listing.targets;
-            if c.targets != listing.targets {
-                self.generation += 1;
-            }
-            c.targets = listing.targets;
-            c.file_gone = None;
-            if changed {
-                c.mtime = listing.mtime;
-                c.last_change = now;
-                c.last_change_wall = wall;
-            }
-            let origin_changed = c.origin != origin;
-            c.origin = origin;
-            if origin_changed {
-                let file = found.file.clone();
-                self.rename(&file);
-            }
-            let c = self
-                .clusters
-                .get_mut(found.file.as_os_str())
-                .expect("present");
-            if !c.is_live() && changed && !stale_on_disk {
-                c.state = State::Live;
-                // A temp-dir-level file revived by a new session: its GCS is learnt again.
-                c.gcs_seen = None;
-                c.gcs_port = None;
-                self.generation += 1;
-                return Change::Revived(c.name.clone());
-            }
-            return Change::None;
+        if self.clusters.contains_key(found.file.as_os_str()) {
+            return self.refresh(found, origin, listing, now, wall, stale_on_disk);
         }
         let state = if stale_on_disk {
             State::Dead {
@@ -407,6 +383,53 @@ impl Registry {
         } else {
             Change::None
         }
+    }
+
+    /// A known cluster's file read again: its targets and times follow the file,
+    /// and a dead cluster whose file changed (freshly) is live again.
+    fn refresh(
+        &mut self,
+        found: &Found,
+        origin: Origin,
+        listing: Listing,
+        now: Instant,
+        wall: SystemTime,
+        stale_on_disk: bool,
+    ) -> Change {
+        let c = self
+            .clusters
+            .get_mut(found.file.as_os_str())
+            .expect("present");
+        let changed = c.mtime != listing.mtime || c.targets != listing.targets;
+        if c.targets != listing.targets {
+            self.generation += 1;
+        }
+        c.targets = listing.targets;
+        c.file_gone = None;
+        if changed {
+            c.mtime = listing.mtime;
+            c.last_change = now;
+            c.last_change_wall = wall;
+        }
+        let origin_changed = c.origin != origin;
+        c.origin = origin;
+        if origin_changed {
+            let file = found.file.clone();
+            self.rename(&file);
+        }
+        let c = self
+            .clusters
+            .get_mut(found.file.as_os_str())
+            .expect("present");
+        if !c.is_live() && changed && !stale_on_disk {
+            c.state = State::Live;
+            // A temp-dir-level file revived by a new session: its GCS is learnt again.
+            c.gcs_seen = None;
+            c.gcs_port = None;
+            self.generation += 1;
+            return Change::Revived(c.name.clone());
+        }
+        Change::None
     }
 
     /// Gives the cluster at `file` its base name, or a suffixed one when a live
@@ -709,81 +732,6 @@ fn silence_reason(c: &Cluster, now: Instant, bound: Duration) -> String {
         "{file}{gcs} (the bound is {})",
         humantime::format_duration(bound)
     )
-}
-
-/// The labels every target of a cluster carries.
-pub fn labels(c: &Cluster) -> BTreeMap<&'static str, String> {
-    let mut labels = BTreeMap::from([
-        ("ray_io_cluster", c.name.clone()),
-        ("ray_session", c.found.session.clone()),
-        (
-            "ray_temp_dir",
-            c.found.temp_dir.to_string_lossy().into_owned(),
-        ),
-        ("ray_user", c.user.clone()),
-    ]);
-    if let Some(Some(job)) = &c.slurm {
-        labels.insert("slurm_job_id", job.id.clone());
-        if let Some(name) = &job.name {
-            labels.insert("slurm_job_name", name.clone());
-        }
-    }
-    labels
-}
-
-/// `<user>-<temp dir name>` (`alice-ray_alice`), or the name given at attach.
-fn base_name(c: &Cluster) -> String {
-    let raw = match &c.origin {
-        Origin::Attached { name: Some(n) } => n.clone(),
-        _ => {
-            let dir = c
-                .found
-                .temp_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "root".into());
-            format!("{}-{}", c.user, dir)
-        }
-    };
-    sanitize_name(&raw)
-}
-
-/// Cluster names become file names and label values: keep them tame.
-pub fn sanitize_name(raw: &str) -> String {
-    let mut s: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
-    if s.is_empty() || s.starts_with('.') {
-        s.insert(0, 'c');
-    }
-    s
-}
-
-/// Checks a name given with `--name`.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 100 {
-        return Err(format!("cluster name {name:?} must be 1 to 100 characters"));
-    }
-    if sanitize_name(name) != name {
-        return Err(format!(
-            "cluster name {name:?} may hold only letters, digits, '-', '_' and '.', and may not start with '.'"
-        ));
-    }
-    Ok(())
-}
-
-fn short_hash(s: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(s.as_bytes());
-    d.iter().take(3).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
