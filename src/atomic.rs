@@ -119,7 +119,7 @@ pub fn write(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 
 /// Makes a rename or unlink in `dir` durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
+    fs_err::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot fsync folder {}", dir.display()))
 }
@@ -134,8 +134,8 @@ mod tests {
         let dest = dir.path().join("shard.json");
         replace_via(dir.path(), &dest, b"old", 0o644).unwrap();
         replace_via(dir.path(), &dest, b"new", 0o644).unwrap();
-        assert_eq!(fs::read(&dest).unwrap(), b"new");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(fs_err::read(&dest).unwrap(), b"new");
+        assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
@@ -144,8 +144,8 @@ mod tests {
         let dest = dir.path().join("a.json");
         write(&dest, b"old", 0o600).unwrap();
         write(&dest, b"new", 0o600).unwrap();
-        assert_eq!(fs::read(&dest).unwrap(), b"new");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(fs_err::read(&dest).unwrap(), b"new");
+        let names: Vec<_> = fs_err::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "temp files left behind: {names:?}");
     }
 }

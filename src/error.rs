@@ -79,7 +79,7 @@ mod tests {
         let mut found = Vec::new();
         let mut stack = vec![root];
         while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            for entry in fs_err::read_dir(&dir).unwrap().flatten() {
                 let path = entry.path();
                 if path.is_dir() {
                     stack.push(path);
@@ -89,7 +89,7 @@ mod tests {
                 if path.ends_with("src/error.rs") || path.ends_with("cli/error.rs") {
                     continue;
                 }
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let text = fs_err::read_to_string(&path).unwrap_or_default();
                 let code = text.split("#[cfg(test)]").next().unwrap_or_default();
                 for (i, line) in code.lines().enumerate() {
                     let l = line.trim_start();

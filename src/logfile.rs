@@ -123,7 +123,7 @@ impl Tail {
 /// The last `max` bytes of a log file (lossy UTF-8, from the first whole line).
 pub fn tail_text(path: &std::path::Path, max: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
+    let Ok(mut f) = fs_err::File::open(path) else {
         return String::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);

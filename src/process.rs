@@ -60,7 +60,7 @@ fn split_cmdline(raw: &[u8], limit: usize) -> Vec<String> {
 /// at most [`ENVIRON_LIMIT`] bytes of it, and a variable longer than
 /// [`ENV_ENTRY_LIMIT`] is skipped, so a huge environment is never held.
 pub fn env_vars(pid: u32, names: &[&str]) -> std::io::Result<HashMap<String, String>> {
-    let file = std::fs::File::open(format!("/proc/{pid}/environ"))?;
+    let file = fs_err::File::open(format!("/proc/{pid}/environ"))?;
     read_env_vars(std::io::Read::take(file, ENVIRON_LIMIT), names)
 }
 

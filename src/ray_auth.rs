@@ -33,7 +33,7 @@ pub fn token_path(home: &Home) -> PathBuf {
 /// says so (`true`): clusters started with the old one keep it until they restart.
 pub fn ensure_token(home: &Home) -> Result<(PathBuf, bool)> {
     let path = token_path(home);
-    match std::fs::symlink_metadata(&path) {
+    match fs_err::symlink_metadata(&path) {
         Ok(m) => {
             let me = nix::unistd::geteuid().as_raw();
             if !m.file_type().is_file() || m.uid() != me {
@@ -58,7 +58,7 @@ pub fn ensure_token(home: &Home) -> Result<(PathBuf, bool)> {
 
 fn write_new(path: &Path) -> Result<()> {
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
+    fs_err::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .context("cannot read /dev/urandom to generate Ray's token")?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -72,7 +72,7 @@ pub fn ray_default_token_file() -> Option<PathBuf> {
 
 /// Why other users can read a token file, or `None` when they cannot (or it does not exist).
 pub fn readable_by_others(path: &Path) -> Option<String> {
-    let m = std::fs::metadata(path).ok()?;
+    let m = fs_err::metadata(path).ok()?;
     if !m.is_file() {
         return None;
     }
@@ -120,7 +120,7 @@ pub fn ray_on_path() -> Option<(PathBuf, Option<String>)> {
     let prefix = ray.parent()?.parent()?;
     let version = ["lib", "lib64"].iter().find_map(|lib| {
         let libdir = prefix.join(lib);
-        std::fs::read_dir(&libdir)
+        fs_err::read_dir(&libdir)
             .ok()?
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with("python"))
@@ -130,7 +130,7 @@ pub fn ray_on_path() -> Option<(PathBuf, Option<String>)> {
 }
 
 pub fn dist_info_version(site_packages: &Path) -> Option<String> {
-    std::fs::read_dir(site_packages)
+    fs_err::read_dir(site_packages)
         .ok()?
         .flatten()
         .find_map(|e| {
@@ -163,15 +163,15 @@ mod tests {
     fn a_token_file_others_can_read_is_named_with_its_mode() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("auth_token");
-        std::fs::write(&f, "t").unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        fs_err::write(&f, "t").unwrap();
+        fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(
             readable_by_others(&f).as_deref(),
             Some("mode 0644: every user can read it")
         );
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(readable_by_others(&f).unwrap().contains("its group"));
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(readable_by_others(&f), None);
         assert_eq!(readable_by_others(&dir.path().join("missing")), None);
     }
@@ -180,9 +180,9 @@ mod tests {
     fn the_version_comes_from_the_dist_info_beside_ray() {
         let dir = tempfile::tempdir().unwrap();
         let sp = dir.path().join("site-packages");
-        std::fs::create_dir_all(sp.join("ray-2.60.0.dist-info")).unwrap();
-        std::fs::create_dir_all(sp.join("rich-13.0.0.dist-info")).unwrap();
-        std::fs::create_dir_all(sp.join("ray-2.9.0.dist-info")).unwrap();
+        fs_err::create_dir_all(sp.join("ray-2.60.0.dist-info")).unwrap();
+        fs_err::create_dir_all(sp.join("rich-13.0.0.dist-info")).unwrap();
+        fs_err::create_dir_all(sp.join("ray-2.9.0.dist-info")).unwrap();
         assert_eq!(dist_info_version(&sp).as_deref(), Some("2.60.0"));
     }
 }

@@ -98,7 +98,7 @@ fn check_within(
     let parent = path.parent().unwrap_or(Path::new("/"));
     for comp in parent.components().skip(1) {
         current.push(comp);
-        let Ok(m) = std::fs::symlink_metadata(&current) else {
+        let Ok(m) = fs_err::symlink_metadata(&current) else {
             break;
         };
         let shown = escape::path(&current).into_owned();
@@ -131,7 +131,7 @@ fn check_within(
             reach = Reach::Private;
         }
     }
-    match std::fs::symlink_metadata(path) {
+    match fs_err::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(Refused::Link {
             path: escape::path(path).into_owned(),
         }),
@@ -149,7 +149,7 @@ fn check_within(
 
 /// `path` with the link `link` (one of its ancestors) replaced by its target.
 fn resolve_link(link: &Path, path: &Path) -> Result<PathBuf, Refused> {
-    let target = std::fs::read_link(link).map_err(|e| Refused::Io {
+    let target = fs_err::read_link(link).map_err(|e| Refused::Io {
         path: escape::path(link).into_owned(),
         why: e.to_string(),
     })?;
@@ -178,7 +178,7 @@ pub fn private_base() -> Result<PathBuf, Refused> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io(e)),
     }
-    let m = std::fs::symlink_metadata(&base).map_err(io)?;
+    let m = fs_err::symlink_metadata(&base).map_err(io)?;
     let shown = escape::path(&base).into_owned();
     if m.file_type().is_symlink() {
         return Err(Refused::Link { path: shown });
@@ -194,7 +194,7 @@ pub fn private_base() -> Result<PathBuf, Refused> {
         });
     }
     if m.mode() & 0o077 != 0 {
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        fs_err::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
     Ok(base)
 }
@@ -215,13 +215,13 @@ mod tests {
     #[test]
     fn a_folder_under_a_private_one_of_ours_is_private() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        fs_err::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let t = dir.path().join("ray");
         assert_eq!(check(&t, &|_| false), Ok(Reach::Private));
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        fs_err::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(check(&t, &|_| false), Ok(Reach::Open));
         // A link as the temp dir itself is refused; a link of ours on the way is followed.
-        std::fs::create_dir(dir.path().join("real")).unwrap();
+        fs_err::create_dir(dir.path().join("real")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("real"), &t).unwrap();
         assert!(matches!(check(&t, &|_| false), Err(Refused::Link { .. })));
         assert_eq!(check(&t.join("inner"), &|_| false), Ok(Reach::Open));

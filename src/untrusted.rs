@@ -438,7 +438,7 @@ mod tests {
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         setrlimit(Resource::RLIMIT_NOFILE, 64, hard).unwrap();
         let mut held = Vec::new();
-        while let Ok(f) = std::fs::File::open("/dev/null") {
+        while let Ok(f) = fs_err::File::open("/dev/null") {
             held.push(f);
         }
         let before = exhaustion_count();

@@ -445,22 +445,22 @@ mod tests {
     fn reads_do_not_wake_the_daemon_changes_do() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f.json");
-        std::fs::write(&file, b"[]").unwrap();
+        fs_err::write(&file, b"[]").unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut w = Watcher::new(tx);
         w.add(dir.path());
         assert!(w.watched().contains(dir.path()));
 
         for _ in 0..20 {
-            std::fs::read(&file).unwrap();
-            std::fs::read_dir(dir.path()).unwrap().for_each(drop);
+            fs_err::read(&file).unwrap();
+            fs_err::read_dir(dir.path()).unwrap().for_each(drop);
         }
-        std::fs::metadata(&file).unwrap();
+        fs_err::metadata(&file).unwrap();
         // The change after the reads is the only thing reported: a read
         // event would arrive first.
         let tmp = dir.path().join("f.json.tmp");
-        std::fs::write(&tmp, b"[1]").unwrap();
-        std::fs::rename(&tmp, &file).unwrap();
+        fs_err::write(&tmp, b"[1]").unwrap();
+        fs_err::rename(&tmp, &file).unwrap();
         let got = recv_within(&mut rx, 300);
         assert!(
             got.contains(&file),
@@ -468,7 +468,7 @@ mod tests {
         );
         assert!(got.iter().all(|p| p == &file || p == &tmp), "{got:?}");
 
-        std::fs::remove_file(&file).unwrap();
+        fs_err::remove_file(&file).unwrap();
         let got = recv_within(&mut rx, 300);
         assert_eq!(got, vec![file.clone()]);
     }
@@ -478,14 +478,14 @@ mod tests {
     fn a_link_is_not_watched_through() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real");
-        std::fs::create_dir(&real).unwrap();
+        fs_err::create_dir(&real).unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut w = Watcher::new(tx);
         w.add(&link);
         assert!(!w.watched().contains(&link));
-        std::fs::write(real.join("x"), b"").unwrap();
+        fs_err::write(real.join("x"), b"").unwrap();
         assert!(recv_within(&mut rx, 200).is_empty());
     }
 
@@ -494,17 +494,17 @@ mod tests {
     fn a_removed_folder_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("session_x");
-        std::fs::create_dir(&sub).unwrap();
+        fs_err::create_dir(&sub).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut w = Watcher::new(tx);
         w.add(&sub);
-        std::fs::remove_dir(&sub).unwrap();
+        fs_err::remove_dir(&sub).unwrap();
         let got = recv_within(&mut rx, 300);
         assert!(got.contains(&sub), "{got:?}");
-        std::fs::create_dir(&sub).unwrap();
+        fs_err::create_dir(&sub).unwrap();
         w.set(&BTreeSet::new());
         w.add(&sub);
-        std::fs::write(sub.join("a"), b"").unwrap();
+        fs_err::write(sub.join("a"), b"").unwrap();
         assert!(recv_within(&mut rx, 300).contains(&sub.join("a")));
     }
 }

@@ -134,8 +134,10 @@ impl Victoria {
             .tempdir_in("/tmp")?;
         let port = crate::ports::free_port()?;
         let log_path = dir.path().join("victoria-metrics.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let log = fs_err::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?
+            .into_parts()
+            .0;
         let child = Command::new("victoria-metrics")
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!(

@@ -288,7 +288,7 @@ fn summary(name: &str, background: usize, mut v: Vec<Duration>) -> String {
 /// A random duration below `max` (from /dev/urandom: no RNG crate for one bench).
 fn random_below(max: Duration) -> Result<Duration> {
     let mut b = [0u8; 4];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)?;
+    std::io::Read::read_exact(&mut fs_err::File::open("/dev/urandom")?, &mut b)?;
     let ms = max.as_millis().max(1) as u64;
     Ok(Duration::from_millis(u64::from(u32::from_le_bytes(b)) % ms))
 }

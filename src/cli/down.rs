@@ -48,10 +48,10 @@ pub(super) fn down(home: &Home, purge: bool) -> Result<Exit> {
         home.grafana_pid(),
         home.socket(),
     ] {
-        let _ = std::fs::remove_file(f);
+        let _ = fs_err::remove_file(f);
     }
     if purge {
-        std::fs::remove_dir_all(home.root())
+        fs_err::remove_dir_all(home.root())
             .with_context(|| format!("cannot delete {}", escape::path(home.root())))?;
         println!("raywatch stopped; {} deleted", escape::path(home.root()));
     } else {

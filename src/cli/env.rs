@@ -38,7 +38,7 @@ pub(super) fn env(
     }
     let (chosen, default_name) = choose_name(&report, &temp_dir, name)?;
     // Attaching makes the temp dir followed wherever it is, under the announced name.
-    std::fs::create_dir_all(&temp_dir)
+    fs_err::create_dir_all(&temp_dir)
         .with_context(|| format!("cannot create {}", escape::path(&temp_dir)))?;
     let req = AttachRequest {
         path: temp_dir.clone(),

@@ -168,7 +168,7 @@ fn lock_home(home: &Home, what: &str) -> Result<nix::fcntl::Flock<std::fs::File>
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(_) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = fs_err::read_to_string(&path).unwrap_or_default();
                 return Err(Hint::attach(
                     anyhow!(
                         "another raywatch command ({}) has held {} for a minute",

@@ -251,7 +251,7 @@ fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
         let mut watch = Vec::new();
         for w in &args.watch {
             // A temp dir Ray has not created yet is fine: its parent is watched for it.
-            let abs = std::fs::canonicalize(w)
+            let abs = fs_err::canonicalize(w)
                 .or_else(|_| std::path::absolute(w))
                 .with_context(|| format!("--watch {}: not a usable path", escape::path(w)))?;
             if !abs.is_dir() {
@@ -535,7 +535,7 @@ async fn wait_ready(home: &Home, child: &mut std::process::Child) -> Result<Stat
 }
 
 fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = fs_err::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -141,7 +141,7 @@ mod tests {
         let fd = ::inotify::Inotify::init().unwrap();
         for name in ["a", "b", "c"] {
             let p = dir.path().join(name);
-            std::fs::create_dir(&p).unwrap();
+            fs_err::create_dir(&p).unwrap();
             fd.watches().add(&p, ::inotify::WatchMask::CREATE).unwrap();
         }
         let after = super::super::Procs::read();

@@ -61,7 +61,7 @@ pub fn binary(release: &Release) -> Result<Option<PathBuf>> {
     let Some(root) = release_dir(release) else {
         return Ok(None);
     };
-    if std::fs::symlink_metadata(&root).is_err() {
+    if fs_err::symlink_metadata(&root).is_err() {
         return Ok(None);
     }
     let cache = ensure()?;

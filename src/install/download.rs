@@ -297,7 +297,7 @@ fn unpack(release: &Release, tarball: &Path, cache: &Path, sha256: &str) -> Resu
     fs_err::set_permissions(&bin, std::fs::Permissions::from_mode(mode | 0o700))?;
     fs_err::write(unpacked.join(cache::VERIFIED), format!("{sha256}\n"))?;
     let dest = cache.join(&release.dir_name);
-    if let Err(e) = std::fs::rename(&unpacked, &dest) {
+    if let Err(e) = fs_err::rename(&unpacked, &dest) {
         // Another `up` of this user may have unpacked the same release a moment ago:
         // then what is there is checked below like any cached release.
         if !dest.exists() {
@@ -402,7 +402,7 @@ fn close_to_others(dir: &Path) -> Result<()> {
 
 /// Removes what a killed download left (`.download-*`, `.unpack-*`) once it is old.
 fn remove_stale(cache: &Path) {
-    let Ok(entries) = std::fs::read_dir(cache) else {
+    let Ok(entries) = fs_err::read_dir(cache) else {
         return;
     };
     for entry in entries.flatten() {
@@ -419,7 +419,7 @@ fn remove_stale(cache: &Path) {
             .is_some_and(|age| age > STALE);
         if old {
             let p = entry.path();
-            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            let _ = fs_err::remove_dir_all(&p).or_else(|_| fs_err::remove_file(&p));
         }
     }
 }
@@ -431,7 +431,7 @@ mod tests {
     fn tarball(dir: &Path, entries: &[(&str, &[u8], u32)]) -> PathBuf {
         let path = dir.join("t.tar.gz");
         let gz = flate2::write::GzEncoder::new(
-            std::fs::File::create(&path).unwrap(),
+            fs_err::File::create(&path).unwrap(),
             flate2::Compression::fast(),
         );
         let mut b = tar::Builder::new(gz);
@@ -457,10 +457,10 @@ mod tests {
             ],
         );
         let out = d.path().join("out");
-        std::fs::create_dir(&out).unwrap();
+        fs_err::create_dir(&out).unwrap();
         assert_eq!(extract(&t, &out).unwrap(), "p-1.linux-amd64");
         close_to_others(&out.join("p-1.linux-amd64")).unwrap();
-        let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+        let mode = |p: &str| fs_err::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("p-1.linux-amd64/prometheus") & 0o022, 0);
         assert_eq!(mode("p-1.linux-amd64/LICENSE") & 0o022, 0);
     }
@@ -475,7 +475,7 @@ mod tests {
             let d = tempfile::tempdir().unwrap();
             let t = tarball(d.path(), entries);
             let out = d.path().join("out");
-            std::fs::create_dir(&out).unwrap();
+            fs_err::create_dir(&out).unwrap();
             assert!(extract(&t, &out).is_err(), "{entries:?}");
         }
     }

@@ -79,7 +79,7 @@ pub fn rotate_password(home: &Home) -> Result<String> {
 
 fn random_secret() -> Result<String> {
     let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
+    fs_err::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .context("cannot read /dev/urandom to generate a secret")?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())

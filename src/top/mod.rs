@@ -176,7 +176,7 @@ pub(crate) fn assert_promtool_accepts_rules(text: &str) {
         .expect("these tests need promtool on PATH: scripts/test installs Debian's prometheus");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rules.yml");
-    std::fs::write(&path, text).unwrap();
+    fs_err::write(&path, text).unwrap();
     let out = std::process::Command::new(promtool)
         .args(["check", "rules"])
         .arg(&path)

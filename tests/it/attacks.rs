@@ -81,11 +81,11 @@ impl Squatter {
     /// Starts the squatter as the other user; its files go to `dir` (made writable for it).
     fn start(other: (u32, u32), python: &str, dir: &Path, mode: &str, arg: &str) -> Squatter {
         let drop = dir.join("squat");
-        std::fs::create_dir_all(&drop).unwrap();
-        std::fs::set_permissions(&drop, std::fs::Permissions::from_mode(0o777)).unwrap();
+        fs_err::create_dir_all(&drop).unwrap();
+        fs_err::set_permissions(&drop, std::fs::Permissions::from_mode(0o777)).unwrap();
         let script = dir.join("squat.py");
-        std::fs::write(&script, SQUATTER).unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        fs_err::write(&script, SQUATTER).unwrap();
+        fs_err::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
         let (log, ready) = (drop.join("requests.log"), drop.join("port"));
         let child = command_as(other, python)
             .arg(&script)
@@ -103,7 +103,7 @@ impl Squatter {
     /// The port it holds, once it holds one.
     fn port(&self, limit: Duration) -> u16 {
         wait_for("the squatter to bind its port", limit, || {
-            std::fs::read_to_string(&self.ready)
+            fs_err::read_to_string(&self.ready)
                 .ok()?
                 .trim()
                 .parse()
@@ -113,7 +113,7 @@ impl Squatter {
 
     /// Everything it was sent.
     fn received(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(&fs_err::read(&self.log).unwrap_or_default()).into_owned()
     }
 }
 
@@ -125,7 +125,7 @@ impl Drop for Squatter {
 }
 
 fn prometheus_pid(stack: &Stack) -> u32 {
-    std::fs::read_to_string(stack.home.join("run/prometheus.pid"))
+    fs_err::read_to_string(stack.home.join("run/prometheus.pid"))
         .unwrap()
         .trim()
         .parse()
@@ -142,12 +142,12 @@ fn a_squatter_on_prometheus_port_at_up_gets_nothing_and_up_moves_away() {
     // made wide so the attack wins every time.
     let real = which("prometheus");
     let slow = dir.path().join("slow-prometheus");
-    std::fs::write(
+    fs_err::write(
         &slow,
         format!("#!/bin/sh\nsleep 2\nexec {} \"$@\"\n", real.display()),
     )
     .unwrap();
-    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fs_err::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
     let squatter = Squatter::start(other, python, dir.path(), "watch", home.to_str().unwrap());
 
     let stack = Stack::up_at(
@@ -258,8 +258,8 @@ fn search_as_other(other: (u32, u32), patterns_dir: &Path, needles: &[String]) -
     // The patterns sit in a file outside the searched folders, so that neither
     // the search's own command line nor its files give a false match.
     let patterns = patterns_dir.join("needles");
-    std::fs::write(&patterns, needles.join("\n")).unwrap();
-    std::fs::set_permissions(&patterns, std::fs::Permissions::from_mode(0o644)).unwrap();
+    fs_err::write(&patterns, needles.join("\n")).unwrap();
+    fs_err::set_permissions(&patterns, std::fs::Permissions::from_mode(0o644)).unwrap();
     let script = format!(
         "grep -rlsaF -D skip -f {p} /tmp /var/tmp /dev/shm /run --exclude=needles; \
          for f in /proc/[0-9]*/cmdline /proc/[0-9]*/environ; do grep -lsaF -f {p} \"$f\"; done; true",
@@ -336,7 +336,7 @@ fn after_the_readme_flow_another_user_finds_no_usable_credential() {
         Duration::from_secs(90),
         dashboard_healthy,
     );
-    let yml = std::fs::read_to_string(&datasource).unwrap();
+    let yml = fs_err::read_to_string(&datasource).unwrap();
     assert!(yml.contains(&gateway), "{yml}");
 
     let needles = |password: &str| {
@@ -414,7 +414,7 @@ struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = fs_err::remove_dir_all(&self.0);
     }
 }
 
@@ -423,8 +423,8 @@ fn a_fifo_a_dev_zero_link_and_a_huge_file_in_a_session_folder_neither_hang_nor_b
     let other = other_user();
     let dir = open_scratch();
     let root = dir.path().join("ray_hostile");
-    std::fs::create_dir(&root).unwrap();
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fs_err::create_dir(&root).unwrap();
+    fs_err::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
     let stack = Stack::up_at(
         &dir.path().join("home"),
         &[
@@ -444,8 +444,8 @@ fn a_fifo_a_dev_zero_link_and_a_huge_file_in_a_session_folder_neither_hang_nor_b
     ];
     for (i, (kind, cmd)) in plants.iter().enumerate() {
         let session = root.join(format!("session_2026-01-01_00-00-00_000001_{}", 100 + i));
-        std::fs::create_dir(&session).unwrap();
-        std::fs::set_permissions(&session, std::fs::Permissions::from_mode(0o777)).unwrap();
+        fs_err::create_dir(&session).unwrap();
+        fs_err::set_permissions(&session, std::fs::Permissions::from_mode(0o777)).unwrap();
         let f = session.join(format!("gcs_server_port_{kind}"));
         let out = as_other(
             other,
@@ -603,8 +603,8 @@ fn a_squatted_metrics_port_is_never_scraped_under_a_cluster() {
 /// sticky and world-writable like /tmp: returns the stack and that folder.
 fn stack_with_tmpdir(dir: &Path) -> (Stack, PathBuf) {
     let parent = dir.join("tmp");
-    std::fs::create_dir(&parent).unwrap();
-    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    fs_err::create_dir(&parent).unwrap();
+    fs_err::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let stack = Stack::adopt(dir.join("home"));
     let out = stack
         .cmd()
@@ -628,8 +628,8 @@ fn links_shared_roots_and_moved_files_make_no_phantom_cluster() {
 
     // The victim's cluster, rewriting every 5 s like Ray, in a world-writable root.
     let victim_root = parent.join("ray_victim");
-    std::fs::create_dir(&victim_root).unwrap();
-    std::fs::set_permissions(&victim_root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fs_err::create_dir(&victim_root).unwrap();
+    fs_err::set_permissions(&victim_root, std::fs::Permissions::from_mode(0o777)).unwrap();
     let session = "session_2026-01-01_00-00-00_000001_9";
     let head = FakeHead::start_every(
         &victim_root,
@@ -637,7 +637,7 @@ fn links_shared_roots_and_moved_files_make_no_phantom_cluster() {
         vec!["127.0.0.1:9".into()],
         Duration::from_secs(5),
     );
-    std::fs::set_permissions(
+    fs_err::set_permissions(
         victim_root.join(session),
         std::fs::Permissions::from_mode(0o777),
     )
@@ -753,8 +753,8 @@ fn another_users_folder_flood_costs_the_daemon_nothing() {
         root = flood.to_str().unwrap()
     );
     let script_file = dir.path().join("flood.py");
-    std::fs::write(&script_file, script).unwrap();
-    std::fs::set_permissions(&script_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    fs_err::write(&script_file, script).unwrap();
+    fs_err::set_permissions(&script_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut flooder = command_as(other, python).arg(&script_file).spawn().unwrap();
     wait_for("the folders made", Duration::from_secs(120), || {
         flood.join("made").exists().then_some(())
@@ -790,5 +790,5 @@ fn another_users_folder_flood_costs_the_daemon_nothing() {
         busy * 100.0
     );
     assert!(watches < 1000, "{watches} inotify watches");
-    let _ = std::fs::remove_dir_all(&flood);
+    let _ = fs_err::remove_dir_all(&flood);
 }

@@ -42,7 +42,7 @@ fn up_with_a_taken_port_fails_and_names_it() {
 fn up_without_prometheus_says_what_to_install() {
     let dir = scratch();
     let empty_path = dir.path().join("bin");
-    std::fs::create_dir(&empty_path).unwrap();
+    fs_err::create_dir(&empty_path).unwrap();
     let out = Command::new(raywatch_bin())
         .args(["--home", dir.path().join("h").to_str().unwrap(), "up"])
         .env("PATH", &empty_path)
@@ -276,7 +276,7 @@ fn a_failed_save_is_reported_as_such_and_the_daemon_writes_panics_where_rotation
 {
     let (stack, root) = Stack::watching("ray_save", &[]);
     let extra = root.join("extra");
-    std::fs::create_dir(&extra).unwrap();
+    fs_err::create_dir(&extra).unwrap();
     let out = stack.run(&["attach", extra.to_str().unwrap(), "--name", "kept"]);
     assert!(
         out.status.success(),
@@ -285,18 +285,18 @@ fn a_failed_save_is_reported_as_such_and_the_daemon_writes_panics_where_rotation
     );
     // attachments.json cannot be replaced while a folder stands in its place.
     let file = stack.home.join("attachments.json");
-    std::fs::remove_file(&file).unwrap();
-    std::fs::create_dir(&file).unwrap();
+    fs_err::remove_file(&file).unwrap();
+    fs_err::create_dir(&file).unwrap();
     // The daemon's internal error is raywatch's (2), not the user's.
     stack
         .raywatch(&["detach", "kept"])
         .assert()
         .code(2)
         .stderr(contains("cannot save the attachments").and(contains("no attached cluster").not()));
-    std::fs::remove_dir(&file).unwrap();
+    fs_err::remove_dir(&file).unwrap();
 
-    let pid = std::fs::read_to_string(stack.home.join("run/daemon.pid")).unwrap();
-    let stderr = std::fs::read_link(format!("/proc/{}/fd/2", pid.trim())).unwrap();
+    let pid = fs_err::read_to_string(stack.home.join("run/daemon.pid")).unwrap();
+    let stderr = fs_err::read_link(format!("/proc/{}/fd/2", pid.trim())).unwrap();
     assert_eq!(stderr, stack.home.join("logs/daemon.stderr"));
 }
 

@@ -67,8 +67,8 @@ fn script(dir: &Path) -> Option<PathBuf> {
         return None;
     }
     let path = dir.join("hostile-prometheus");
-    std::fs::write(&path, SCRIPT).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fs_err::write(&path, SCRIPT).unwrap();
+    fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     Some(path)
 }
 
@@ -140,7 +140,7 @@ fn refused_with_a_clear_error(out: &Output, what: &str) {
 
 /// The daemon's peak memory (VmHWM) is under the bound.
 fn daemon_stayed_small(stack: &Stack) {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon_pid(stack))).unwrap();
+    let status = fs_err::read_to_string(format!("/proc/{}/status", daemon_pid(stack))).unwrap();
     let hwm: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

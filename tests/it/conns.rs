@@ -31,7 +31,7 @@ impl Top {
             let pids: Vec<u32> = processes_mentioning(&home.display().to_string())
                 .into_iter()
                 .filter(|p| {
-                    std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                    fs_err::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
                         let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
                         args.first() == Some(&bin.as_bytes()) && args.contains(&&b"top"[..])
                     })
@@ -147,8 +147,8 @@ fn doctor_stays_small_beside_processes_with_huge_command_lines() {
     let dir = scratch();
     let home = dir.path().join("home");
     let root = dir.path().join("ray_tmp");
-    std::fs::create_dir_all(home.join("secrets")).unwrap();
-    std::fs::create_dir_all(&root).unwrap();
+    fs_err::create_dir_all(home.join("secrets")).unwrap();
+    fs_err::create_dir_all(&root).unwrap();
     // 40 arguments of just under 128 KiB (the kernel's limit for one), 5 MiB in all.
     let arg = "a".repeat(128 * 1024 - 1);
     let mut others = Others(Vec::new());
@@ -181,7 +181,7 @@ fn doctor_stays_small_beside_processes_with_huge_command_lines() {
         "the other user's huge command lines",
         Duration::from_secs(30),
         || {
-            let len = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?.len();
+            let len = fs_err::read(format!("/proc/{pid}/cmdline")).ok()?.len();
             (len > 5 << 20).then_some(len)
         },
     );
@@ -299,7 +299,7 @@ fn status_names_the_user_holding_connections_to_a_prometheus_not_ready() {
     let (stack, _root) = Stack::watching("ray_held", &[]);
     let port = stack.port();
     let prometheus = Pid::from_raw(
-        std::fs::read_to_string(stack.home.join("run/prometheus.pid"))
+        fs_err::read_to_string(stack.home.join("run/prometheus.pid"))
             .expect("Prometheus' PID file")
             .trim()
             .parse()

@@ -51,24 +51,24 @@ fn bad_discovery_files_are_reported_and_the_good_cluster_keeps_its_targets() {
 
     let session = |s: &str| {
         let d = root.join(s);
-        std::fs::create_dir_all(&d).unwrap();
+        fs_err::create_dir_all(&d).unwrap();
         d.join(DISCOVERY)
     };
     let truncated = session("session_truncated_2");
-    std::fs::write(
+    fs_err::write(
         &truncated,
         br#"[{"labels": {"job": "ray"}, "targets": ["127.0.0.1:1"#,
     )
     .unwrap();
     let garbage = session("session_garbage_3");
-    std::fs::write(&garbage, b"\x00\x01 not json at all \xff\xfe").unwrap();
+    fs_err::write(&garbage, b"\x00\x01 not json at all \xff\xfe").unwrap();
     let huge = session("session_huge_4");
-    std::fs::File::create(&huge)
+    fs_err::File::create(&huge)
         .unwrap()
         .set_len(100 << 20)
         .unwrap();
     let dir = session("session_dir_5");
-    std::fs::create_dir(&dir).unwrap();
+    fs_err::create_dir(&dir).unwrap();
     let looped = session("session_loop_6");
     std::os::unix::fs::symlink(&looped, &looped).unwrap();
     let bad_target = session("session_badtarget_7");
@@ -183,7 +183,7 @@ fn the_legacy_layout_one_file_per_temp_dir_is_followed() {
     let roots = scratch();
     let root = roots.path().join("ray_old");
     let session = root.join("session_2024-01-01_00-00-00_000001_5");
-    std::fs::create_dir_all(&session).unwrap();
+    fs_err::create_dir_all(&session).unwrap();
     std::os::unix::fs::symlink(&session, root.join("session_latest")).unwrap();
     let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
     let file = root.join(DISCOVERY);
@@ -205,7 +205,7 @@ fn the_legacy_layout_one_file_per_temp_dir_is_followed() {
 
     // Ray ≥ 2.5x makes the temp-dir file a symlink to the session's file: only the
     // session-scoped file counts, so the cluster is not listed twice.
-    std::fs::remove_file(&file).unwrap();
+    fs_err::remove_file(&file).unwrap();
     let scoped = session.join(DISCOVERY);
     write_discovery(&scoped, &["127.0.0.1:95".into()]);
     std::os::unix::fs::symlink(&scoped, &file).unwrap();

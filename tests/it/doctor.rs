@@ -33,7 +33,7 @@ impl Machine {
             return Machine::private(dir);
         };
         let root = dir.path().join("ray_tmp");
-        std::fs::create_dir_all(&root).unwrap();
+        fs_err::create_dir_all(&root).unwrap();
         Machine {
             _dir: dir,
             home: home.to_path_buf(),
@@ -53,11 +53,11 @@ impl Machine {
     fn private(dir: tempfile::TempDir) -> Machine {
         let home = dir.path().join("home");
         let root = dir.path().join("ray_tmp");
-        std::fs::create_dir_all(home.join("secrets")).unwrap();
+        fs_err::create_dir_all(home.join("secrets")).unwrap();
         for p in [&home, &home.join("secrets")] {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
+            fs_err::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
-        std::fs::create_dir_all(&root).unwrap();
+        fs_err::create_dir_all(&root).unwrap();
         Machine {
             _dir: dir,
             home,
@@ -165,7 +165,7 @@ fn doctor_two_live_sessions_in_one_temp_dir() {
     let evidence = f["evidence"].to_string();
     assert!(evidence.contains("session_a_1") && evidence.contains("session_b_2"));
     drop((a, b));
-    std::fs::remove_dir_all(m.root.join("session_b_2")).unwrap();
+    fs_err::remove_dir_all(m.root.join("session_b_2")).unwrap();
     assert_eq!(status(&m.finding("shared_temp_dir")), "ok");
 }
 
@@ -189,7 +189,7 @@ fn doctor_cluster_on_rays_fixed_ports() {
 fn doctor_stale_discovery_file() {
     let m = Machine::new();
     let dir = m.root.join("session_dead_1");
-    std::fs::create_dir_all(&dir).unwrap();
+    fs_err::create_dir_all(&dir).unwrap();
     let file = dir.join(DISCOVERY);
     write_discovery(&file, &["127.0.0.1:1".into()]);
     std::fs::File::options()
@@ -202,7 +202,7 @@ fn doctor_stale_discovery_file() {
     assert_eq!(status(&f), "warning", "{f}");
     assert!(f["evidence"].to_string().contains("session_dead_1"), "{f}");
     assert!(f["fix"].as_str().unwrap().contains("delete"));
-    std::fs::remove_file(&file).unwrap();
+    fs_err::remove_file(&file).unwrap();
     assert_eq!(status(&m.finding("stale_discovery_files")), "ok");
 }
 
@@ -210,7 +210,7 @@ fn doctor_stale_discovery_file() {
 fn doctor_home_open_to_others() {
     let m = Machine::new();
     let secrets = m.home.join("secrets");
-    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fs_err::set_permissions(&secrets, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (code, report) = m.json();
     let f = finding(&report, "home_permissions");
     assert_eq!(status(&f), "problem", "{f}");
@@ -222,7 +222,7 @@ fn doctor_home_open_to_others() {
             .contains(&format!("chmod go-rwx {}", secrets.display())),
         "{f}"
     );
-    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700)).unwrap();
+    fs_err::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700)).unwrap();
     assert_eq!(status(&m.finding("home_permissions")), "ok");
 }
 
@@ -231,8 +231,8 @@ struct Prometheus(Child);
 impl Prometheus {
     fn start(data: &Path, port: u16, lifecycle: bool) -> Prometheus {
         let config = data.join("prometheus.yml");
-        std::fs::create_dir_all(data).unwrap();
-        std::fs::write(&config, "global: {}\n").unwrap();
+        fs_err::create_dir_all(data).unwrap();
+        fs_err::write(&config, "global: {}\n").unwrap();
         let mut cmd = Command::new("prometheus");
         cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
@@ -312,19 +312,19 @@ fn doctor_foreign_prometheus_with_open_lifecycle_api() {
 fn doctor_attack_fifo_link_and_escapes_in_a_root() {
     let m = Machine::new();
     let fifo_dir = m.root.join("session_fifo_1");
-    std::fs::create_dir_all(&fifo_dir).unwrap();
+    fs_err::create_dir_all(&fifo_dir).unwrap();
     nix::unistd::mkfifo(
         &fifo_dir.join(DISCOVERY),
         nix::sys::stat::Mode::from_bits_truncate(0o644),
     )
     .unwrap();
     let link_dir = m.root.join("session_zero_2");
-    std::fs::create_dir_all(&link_dir).unwrap();
+    fs_err::create_dir_all(&link_dir).unwrap();
     std::os::unix::fs::symlink("/dev/zero", link_dir.join(DISCOVERY)).unwrap();
     // A live session whose discovery file is 4 GiB (sparse): read no further than its bound.
     let huge_dir = m.root.join("session_huge_5");
-    std::fs::create_dir_all(&huge_dir).unwrap();
-    std::fs::File::create(huge_dir.join(DISCOVERY))
+    fs_err::create_dir_all(&huge_dir).unwrap();
+    fs_err::File::create(huge_dir.join(DISCOVERY))
         .unwrap()
         .set_len(4 << 30)
         .unwrap();
@@ -344,7 +344,7 @@ fn doctor_attack_fifo_link_and_escapes_in_a_root() {
 
 /// The `session_*` folders of `root` holding a discovery file.
 fn sessions_with_discovery(root: &Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(root)
+    let mut out: Vec<String> = fs_err::read_dir(root)
         .map(|d| {
             d.flatten()
                 .filter(|e| e.path().join(DISCOVERY).is_file())
@@ -533,7 +533,7 @@ fn doctor_prometheus_short_of_disk_space() {
     }
     let dir = scratch();
     let small = dir.path().join("small");
-    std::fs::create_dir(&small).unwrap();
+    fs_err::create_dir(&small).unwrap();
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=400m,mode=0700", "tmpfs"])
         .arg(&small)
@@ -563,7 +563,7 @@ fn doctor_prometheus_short_of_disk_space() {
     };
     let filler = small.join("filler");
     {
-        let mut file = std::fs::File::create(&filler).unwrap();
+        let mut file = fs_err::File::create(&filler).unwrap();
         let chunk = vec![1u8; 1 << 20];
         while free(&small) > 100 << 20 {
             std::io::Write::write_all(&mut file, &chunk).unwrap();
@@ -577,7 +577,7 @@ fn doctor_prometheus_short_of_disk_space() {
     assert!(evidence(&f).contains("free is below 256 MiB"), "{f}");
     assert!(f["fix"].as_str().unwrap().contains("--retention"), "{f}");
 
-    std::fs::remove_file(&filler).unwrap();
+    fs_err::remove_file(&filler).unwrap();
     assert_eq!(status(&m.finding("prometheus_disk")), "ok");
     drop(stack);
 }
@@ -586,7 +586,7 @@ fn doctor_prometheus_short_of_disk_space() {
 fn doctor_attack_another_users_session_folder_in_a_shared_temp_dir() {
     let other = other_user();
     let m = Machine::in_dir(open_scratch(), None);
-    std::fs::set_permissions(&m.root, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    fs_err::set_permissions(&m.root, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let _mine = FakeHead::start(
         &m.root,
         "session_2026-01-01_00-00-00_000001_1",
@@ -603,7 +603,7 @@ fn doctor_attack_another_users_session_folder_in_a_shared_temp_dir() {
     assert_eq!(status(&f), "problem", "{f}");
     assert!(evidence(&f).contains("session folders of 2 users"), "{f}");
     assert!(evidence(&f).contains(OTHER), "{f}");
-    std::fs::remove_dir(&theirs).unwrap();
+    fs_err::remove_dir(&theirs).unwrap();
     assert_eq!(status(&m.finding("shared_temp_dir")), "ok");
 }
 
@@ -633,7 +633,7 @@ fn doctor_attack_another_users_prometheus_is_found_from_its_command_line() {
     let dir = open_scratch();
     let exe = shared_raywatch(dir.path());
     let root = dir.path().join("ray_tmp");
-    std::fs::create_dir(&root).unwrap();
+    fs_err::create_dir(&root).unwrap();
     let port = free_port();
     let data = scratch();
     let prom = Prometheus::start(&data.path().join("p"), port, true);
@@ -758,7 +758,7 @@ fn doctor_inotify_instances_near_the_limit() {
     // takes 81 % of its instances, and runs doctor.
     let other = other_user();
     let python = system_python();
-    let max: u64 = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+    let max: u64 = fs_err::read_to_string("/proc/sys/fs/inotify/max_user_instances")
         .unwrap()
         .trim()
         .parse()
@@ -767,7 +767,7 @@ fn doctor_inotify_instances_near_the_limit() {
     let dir = open_scratch();
     let exe = shared_raywatch(dir.path());
     let root = dir.path().join("ray_tmp");
-    std::fs::create_dir(&root).unwrap();
+    fs_err::create_dir(&root).unwrap();
     let home = dir.path().join("their-home");
     let script = format!(
         "import ctypes, sys, time\nlibc = ctypes.CDLL(None)\nfds = [libc.inotify_init() for _ in range({hold})]\nassert all(f >= 0 for f in fds), fds\nprint('ready', flush=True)\ntime.sleep(120)\n"

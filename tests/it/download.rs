@@ -138,11 +138,11 @@ fn release_tarball() -> Option<&'static [u8]> {
             };
             let d = scratch();
             let rel = d.path().join(RELEASE);
-            std::fs::create_dir(&rel).unwrap();
-            std::fs::copy(prom, rel.join("prometheus")).unwrap();
-            std::fs::copy(promtool, rel.join("promtool")).unwrap();
-            std::fs::write(rel.join("LICENSE"), "Apache License 2.0\n").unwrap();
-            std::fs::write(rel.join("NOTICE"), "Prometheus\n").unwrap();
+            fs_err::create_dir(&rel).unwrap();
+            fs_err::copy(prom, rel.join("prometheus")).unwrap();
+            fs_err::copy(promtool, rel.join("promtool")).unwrap();
+            fs_err::write(rel.join("LICENSE"), "Apache License 2.0\n").unwrap();
+            fs_err::write(rel.join("NOTICE"), "Prometheus\n").unwrap();
             let out = d.path().join("t.tar.gz");
             let ok = Command::new("tar")
                 .arg("-C")
@@ -154,7 +154,7 @@ fn release_tarball() -> Option<&'static [u8]> {
                 .unwrap()
                 .success();
             assert!(ok, "tar failed");
-            Some(std::fs::read(out).unwrap())
+            Some(fs_err::read(out).unwrap())
         })
         .as_deref()
 }
@@ -196,9 +196,9 @@ impl Ordinary {
         let scratch = open_scratch();
         let exe = shared_raywatch(scratch.path());
         let home = scratch.path().join("home");
-        std::fs::create_dir(&home).unwrap();
+        fs_err::create_dir(&home).unwrap();
         nix::unistd::chown(&home, Some(ids.0.into()), Some(ids.1.into())).unwrap();
-        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        fs_err::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
         let state = home.join("raywatch");
         Ordinary {
             ids,
@@ -259,7 +259,7 @@ impl Drop for Ordinary {
 /// Every file under `dir` (folders left out).
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(entries) = fs_err::read_dir(dir) else {
         return out;
     };
     for e in entries.flatten() {
@@ -309,7 +309,7 @@ fn an_ordinary_user_downloads_verifies_caches_and_runs_prometheus() {
     );
     assert_eq!(mirror.gets(&file), 1);
     let bin = user.cache().join(RELEASE).join("prometheus");
-    let meta = std::fs::metadata(&bin).unwrap();
+    let meta = fs_err::metadata(&bin).unwrap();
     assert_eq!(
         meta.uid(),
         user.ids.0,
@@ -456,18 +456,18 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
     let url = mirror.url(&file);
     let nobody = 65534;
     let shared = open_scratch();
-    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    fs_err::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let marker = shared.path().join("ran");
     let plant = |root: &Path| {
         let rel = root.join(RELEASE);
-        std::fs::create_dir_all(&rel).unwrap();
+        fs_err::create_dir_all(&rel).unwrap();
         let fake = rel.join("prometheus");
-        std::fs::write(
+        fs_err::write(
             &fake,
             format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
         )
         .unwrap();
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        fs_err::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         rel
     };
     let chown_all = |p: &Path, uid: u32| {
@@ -500,9 +500,9 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
 
     // 2. The user's own cache, with a release folder that is a link to another user's.
     let cache = user.cache();
-    std::fs::create_dir_all(&cache).unwrap();
+    fs_err::create_dir_all(&cache).unwrap();
     chown_all(&user.home.join(".cache"), user.ids.0);
-    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    fs_err::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
     let elsewhere = shared.path().join("elsewhere");
     let rel = plant(&elsewhere);
     chown_all(&elsewhere, nobody);
@@ -513,10 +513,10 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
     assert!(!marker.exists(), "a linked Prometheus ran");
 
     // 3. A release folder of the user's own that others may write to.
-    std::fs::remove_file(cache.join(RELEASE)).unwrap();
+    fs_err::remove_file(cache.join(RELEASE)).unwrap();
     let own = plant(&cache);
     chown_all(&own, user.ids.0);
-    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fs_err::set_permissions(&own, std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = user.up(&url, &["--yes"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -527,10 +527,10 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
     assert!(!marker.exists(), "a Prometheus others could change ran");
 
     // 4. ~/.cache itself a link of the user's own, into a folder another user controls.
-    std::fs::remove_dir_all(user.home.join(".cache")).unwrap();
+    fs_err::remove_dir_all(user.home.join(".cache")).unwrap();
     let theirs = shared.path().join("theirs");
-    std::fs::create_dir(&theirs).unwrap();
-    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fs_err::create_dir(&theirs).unwrap();
+    fs_err::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
     chown_all(&theirs, nobody);
     std::os::unix::fs::symlink(&theirs, user.home.join(".cache")).unwrap();
     let ok = Command::new("chown")
@@ -551,7 +551,7 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
     assert!(files_under(&theirs).is_empty());
 
     // 5. A relative XDG_CACHE_HOME is ignored (the XDG spec): the cache stays in HOME.
-    std::fs::remove_file(user.home.join(".cache")).unwrap();
+    fs_err::remove_file(user.home.join(".cache")).unwrap();
     let out = user.raywatch(
         &[
             ("RAYWATCH_PROMETHEUS_URL", &url),
@@ -576,7 +576,7 @@ fn a_release_whose_links_lead_out_of_its_folder_is_refused() {
     let user = Ordinary::new();
     let d = scratch();
     let outside = d.path().join("elsewhere");
-    std::fs::create_dir(&outside).unwrap();
+    fs_err::create_dir(&outside).unwrap();
     // A link out of the release, then the binary "through" it; and a binary
     // folder that is a link inside the release.
     let escaping = tarball_with_links(
@@ -630,14 +630,14 @@ fn tarball_with_links(top: &str, links: &[(&str, &str)], files: &[(&str, &str, u
     let d = scratch();
     for (path, target) in links {
         let p = d.path().join(top).join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(target, &p).unwrap();
     }
     for (path, content, mode) in files {
         let p = d.path().join(top).join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+        fs_err::write(&p, content).unwrap();
+        fs_err::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
     }
     let out = d.path().join("t.tar.gz");
     let ok = Command::new("tar")
@@ -650,7 +650,7 @@ fn tarball_with_links(top: &str, links: &[(&str, &str)], files: &[(&str, &str, u
         .unwrap()
         .success();
     assert!(ok, "tar failed");
-    std::fs::read(out).unwrap()
+    fs_err::read(out).unwrap()
 }
 
 /// A gzipped tarball of one folder `top` holding `files` (path, content, mode).
@@ -658,9 +658,9 @@ fn tarball_of(top: &str, files: &[(&str, &str, u32)]) -> Vec<u8> {
     let d = scratch();
     for (path, content, mode) in files {
         let p = d.path().join(top).join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+        fs_err::write(&p, content).unwrap();
+        fs_err::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
     }
     let out = d.path().join("t.tar.gz");
     let ok = Command::new("tar")
@@ -673,7 +673,7 @@ fn tarball_of(top: &str, files: &[(&str, &str, u32)]) -> Vec<u8> {
         .unwrap()
         .success();
     assert!(ok, "tar failed");
-    std::fs::read(out).unwrap()
+    fs_err::read(out).unwrap()
 }
 
 #[test]
@@ -751,7 +751,7 @@ fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() 
             String::from_utf8_lossy(&out.stdout).trim(),
             path.display().to_string()
         );
-        assert_eq!(std::fs::metadata(&path).unwrap().uid(), user.ids.0);
+        assert_eq!(fs_err::metadata(&path).unwrap().uid(), user.ids.0);
         let again = user.raywatch(&mirrors, &["install", program]);
         assert!(again.status.success(), "{program}: {}", text(&again));
         assert!(
@@ -773,7 +773,7 @@ fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() 
     assert!(user.raywatch(&[], &["down"]).status.success());
 
     // A cached Grafana others could change costs Grafana, not the stack.
-    std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fs_err::set_permissions(&cached, std::fs::Permissions::from_mode(0o777)).unwrap();
     let up = user.raywatch(&mirrors, &["up", "--no-default-watch"]);
     assert!(up.status.success(), "{}", text(&up));
     assert!(

@@ -46,7 +46,7 @@ fn escape_sequences_in_a_temp_dir_name_are_shown_escaped_in_status_and_query() {
     let name = cluster["name"].as_str().unwrap().to_string();
 
     let fifo_dir = root.join("session_fifo_2");
-    std::fs::create_dir(&fifo_dir).unwrap();
+    fs_err::create_dir(&fifo_dir).unwrap();
     let fifo = fifo_dir.join(DISCOVERY);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let fifo_str = fifo.to_str().unwrap();

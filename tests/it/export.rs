@@ -35,7 +35,7 @@ impl FreshPrometheus {
             String::from_utf8_lossy(&out.stderr)
         );
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, "scrape_configs: []\n").unwrap();
+        fs_err::write(&config, "scrape_configs: []\n").unwrap();
         let port = free_port();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
@@ -160,7 +160,7 @@ fn export(stack: &Stack, args: &[&str]) {
 fn gunzip(path: &Path) -> Vec<u8> {
     use std::io::Read;
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+    flate2::read::GzDecoder::new(fs_err::File::open(path).unwrap())
         .read_to_end(&mut out)
         .unwrap();
     out
@@ -236,7 +236,7 @@ fn ray_cluster_export_round_trips_through_promtool_into_a_fresh_prometheus() {
     let (plain, gz) = (out_dir.path().join("a.om"), out_dir.path().join("a.om.gz"));
     export(&stack, &[&name, "--out", plain.to_str().unwrap()]);
     export(&stack, &[&name, "--out", gz.to_str().unwrap()]);
-    let text = std::fs::read(&plain).unwrap();
+    let text = fs_err::read(&plain).unwrap();
     assert!(text.ends_with(b"# EOF\n"));
     let unzipped = gunzip(&gz);
     assert!(
@@ -247,7 +247,7 @@ fn ray_cluster_export_round_trips_through_promtool_into_a_fresh_prometheus() {
     );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
-        std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777,
+        fs_err::metadata(&plain).unwrap().permissions().mode() & 0o777,
         0o600
     );
 
@@ -363,7 +363,7 @@ fn odd_label_values_counters_and_histograms_survive_the_round_trip() {
             file.to_str().unwrap(),
         ],
     );
-    let text = String::from_utf8(std::fs::read(&file).unwrap()).unwrap();
+    let text = String::from_utf8(fs_err::read(&file).unwrap()).unwrap();
     assert!(text.contains("# TYPE odd_requests counter\n"), "{text}");
     assert!(text.contains("# TYPE odd_gauge gauge\n"), "{text}");
     let fresh = FreshPrometheus::from_openmetrics(&file);
@@ -414,9 +414,9 @@ fn planted_links_and_fifos_at_the_out_path_are_replaced_not_followed() {
     });
     let shared = scratch();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    fs_err::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let mine = shared.path().join("precious");
-    std::fs::write(&mine, "mine\n").unwrap();
+    fs_err::write(&mine, "mine\n").unwrap();
     let link: PathBuf = shared.path().join("export.om");
     let fifo: PathBuf = shared.path().join("export2.om");
     let ln = crate::security::as_other(
@@ -439,12 +439,12 @@ fn planted_links_and_fifos_at_the_out_path_are_replaced_not_followed() {
             &stack,
             &[&name, "--from", "10m", "--out", out.to_str().unwrap()],
         );
-        let meta = std::fs::symlink_metadata(out).unwrap();
+        let meta = fs_err::symlink_metadata(out).unwrap();
         assert!(meta.is_file(), "{} is a regular file now", out.display());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         use std::os::unix::fs::MetadataExt;
         assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
-        let text = std::fs::read_to_string(out).unwrap();
+        let text = fs_err::read_to_string(out).unwrap();
         assert!(
             text.contains("planted_gauge{") && text.ends_with("# EOF\n"),
             "{text}"
@@ -452,5 +452,5 @@ fn planted_links_and_fifos_at_the_out_path_are_replaced_not_followed() {
         let peek = crate::security::as_other(other, &["cat", out.to_str().unwrap()]);
         assert!(!peek.status.success(), "the other user reads the export");
     }
-    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "mine\n");
+    assert_eq!(fs_err::read_to_string(&mine).unwrap(), "mine\n");
 }

@@ -67,7 +67,7 @@ impl Central {
                 .arg("-search.disableCache");
             c
         } else {
-            std::fs::write(d.join("prometheus.yml"), "global: {}\n").unwrap();
+            fs_err::write(d.join("prometheus.yml"), "global: {}\n").unwrap();
             let mut c = Command::new("prometheus");
             c.arg(format!(
                 "--config.file={}",
@@ -78,7 +78,7 @@ impl Central {
             .arg("--web.enable-remote-write-receiver");
             if let Some((user, password)) = &self.auth {
                 let hash = bcrypt::hash(password, 4).unwrap();
-                std::fs::write(
+                fs_err::write(
                     d.join("web.yml"),
                     format!("basic_auth_users:\n  {user}: {hash}\n"),
                 )
@@ -424,8 +424,8 @@ fn wrong_remote_write_credentials_are_reported_and_no_secret_shows() {
     let dir = scratch();
     let secret = "wrong-password-8c1f";
     let file = dir.path().join("basic");
-    std::fs::write(&file, format!("central:{secret}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    fs_err::write(&file, format!("central:{secret}\n")).unwrap();
+    fs_err::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (stack, root) = host_stack(
         "node-a",
         &[
@@ -459,11 +459,11 @@ fn wrong_remote_write_credentials_are_reported_and_no_secret_shows() {
         "config.json",
         "prometheus/prometheus.yml",
     ] {
-        everything += &std::fs::read_to_string(stack.home.join(log)).unwrap_or_default();
+        everything += &fs_err::read_to_string(stack.home.join(log)).unwrap_or_default();
     }
     for pid in stack.pids() {
         everything += &String::from_utf8_lossy(
-            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+            &fs_err::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
         );
     }
     assert!(
@@ -488,7 +488,7 @@ fn a_central_prometheus_discovers_both_hosts_by_http_sd() {
         .no_proxy()
         .build()
         .unwrap();
-    let token = std::fs::read_to_string(a.home.join("secrets/sd-token")).unwrap();
+    let token = fs_err::read_to_string(a.home.join("secrets/sd-token")).unwrap();
     let token = token.trim();
     let no = client.get(format!("http://{sa}/sd")).send().unwrap();
     assert_eq!(no.status().as_u16(), 401);
@@ -548,14 +548,14 @@ fn a_central_prometheus_discovers_both_hosts_by_http_sd() {
     );
     let config = String::from_utf8_lossy(&out.stdout)
         .replace("refresh_interval: 15s", "refresh_interval: 5s");
-    std::fs::write(
+    fs_err::write(
         central.path().join("prometheus.yml"),
         format!("global:\n  scrape_interval: 2s\n{config}"),
     )
     .unwrap();
     // Both stacks run on 127.0.0.1: the {host} of both is 127.0.0.1, so one
     // token file would serve both; give each host its own by port instead.
-    let yml = std::fs::read_to_string(central.path().join("prometheus.yml")).unwrap();
+    let yml = fs_err::read_to_string(central.path().join("prometheus.yml")).unwrap();
     let tokens = [(pa, &a), (pb, &b)];
     let mut yml_out = String::new();
     let mut next: Option<u16> = None;
@@ -571,14 +571,14 @@ fn a_central_prometheus_discovers_both_hosts_by_http_sd() {
         {
             let f = central.path().join(format!("sd-{p}.token"));
             let stack = tokens.iter().find(|(q, _)| *q == p).unwrap().1;
-            std::fs::copy(stack.home.join("secrets/sd-token"), &f).unwrap();
+            fs_err::copy(stack.home.join("secrets/sd-token"), &f).unwrap();
             yml_out += &format!("      credentials_file: {}\n", f.display());
             continue;
         }
         yml_out += line;
         yml_out.push('\n');
     }
-    std::fs::write(central.path().join("prometheus.yml"), yml_out).unwrap();
+    fs_err::write(central.path().join("prometheus.yml"), yml_out).unwrap();
     let port = free_port();
     let mut prom = Command::new("prometheus")
         .arg(format!(
@@ -646,12 +646,12 @@ fn agent_mode_names_the_prometheus_version_it_needs() {
     let dir = scratch();
     // A "Prometheus" older than agent mode (2.28, what `up --yes` downloaded before 3.x).
     let old = dir.path().join("prometheus");
-    std::fs::write(
+    fs_err::write(
         &old,
         "#!/bin/sh\necho 'prometheus, version 2.28.1 (branch: HEAD, revision: b0944590)'\n",
     )
     .unwrap();
-    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fs_err::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new(raywatch_bin())
         .env("RAYWATCH_HOME", dir.path().join("home"))
         .args([

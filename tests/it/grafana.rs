@@ -125,14 +125,14 @@ fn instant(stack: &Stack, promql: &str) -> Result<Vec<Value>, String> {
 
 fn dashboards(dir: &Path) -> Vec<(PathBuf, Value)> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
+    for e in fs_err::read_dir(dir).unwrap().flatten() {
         let p = e.path();
         if p.is_dir() {
             out.extend(dashboards(&p));
         } else if p.extension().is_some_and(|x| x == "json") {
             out.push((
                 p.clone(),
-                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap(),
+                serde_json::from_slice(&fs_err::read(&p).unwrap()).unwrap(),
             ));
         }
     }
@@ -232,7 +232,7 @@ fn ray_dashboards_provisioned_queries_evaluate_and_env_wires_ray_dashboard() {
 
     // Provisioning files hold what Grafana's provisioning format requires.
     let ds: Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(home.join("grafana/provisioning/datasources/raywatch.yaml"))
+        &fs_err::read_to_string(home.join("grafana/provisioning/datasources/raywatch.yaml"))
             .unwrap(),
     )
     .unwrap();
@@ -253,7 +253,7 @@ fn ray_dashboards_provisioned_queries_evaluate_and_env_wires_ray_dashboard() {
     assert_eq!(d0["basicAuth"], true);
     let uid = d0["uid"].as_str().unwrap().to_string();
     let prov: Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(home.join("grafana/provisioning/dashboards/raywatch.yaml"))
+        &fs_err::read_to_string(home.join("grafana/provisioning/dashboards/raywatch.yaml"))
             .unwrap(),
     )
     .unwrap();
@@ -263,7 +263,7 @@ fn ray_dashboards_provisioned_queries_evaluate_and_env_wires_ray_dashboard() {
     assert!(p0["name"].is_string());
     let dash_dir = PathBuf::from(p0["options"]["path"].as_str().unwrap());
     assert!(dash_dir.is_dir());
-    let ini = std::fs::read_to_string(home.join("grafana/grafana.ini")).unwrap();
+    let ini = fs_err::read_to_string(home.join("grafana/grafana.ini")).unwrap();
     for line in [
         "http_addr = 127.0.0.1",
         "allow_sign_up = false",
@@ -273,7 +273,7 @@ fn ray_dashboards_provisioned_queries_evaluate_and_env_wires_ray_dashboard() {
         assert!(ini.contains(line), "grafana.ini lacks {line:?}:\n{ini}");
     }
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(home.join("secrets/grafana-admin-password"))
+        &fs_err::metadata(home.join("secrets/grafana-admin-password"))
             .unwrap()
             .permissions(),
     );
@@ -447,7 +447,7 @@ fn grafana_runs_and_serves_the_dashboards_when_installed() {
     let st = stack.status();
     let url = st["grafana"]["url"].as_str().unwrap().to_string();
     let password =
-        std::fs::read_to_string(stack.home.join("secrets/grafana-admin-password")).unwrap();
+        fs_err::read_to_string(stack.home.join("secrets/grafana-admin-password")).unwrap();
     let client = reqwest::blocking::Client::builder()
         .no_proxy()
         .build()

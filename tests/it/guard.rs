@@ -55,7 +55,7 @@ fn with_ray_a_300000_series_target_is_refused_by_the_limit_while_a_real_cluster_
  {
     let base = scratch();
     let (real_root, flood_root) = (base.path().join("ray_real"), base.path().join("ray_flood"));
-    std::fs::create_dir(&flood_root).unwrap();
+    fs_err::create_dir(&flood_root).unwrap();
     // The default sample limit (200 000) is what refuses the flood.
     let stack = Stack::up(&[
         "--no-default-watch",
@@ -236,7 +236,7 @@ fn with_ray_a_300000_series_target_is_refused_by_the_limit_while_a_real_cluster_
         serde_json::json!(["WorkerId"])
     );
     let config: Value =
-        serde_json::from_slice(&std::fs::read(stack.home.join("config.json")).unwrap()).unwrap();
+        serde_json::from_slice(&fs_err::read(stack.home.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["drop_labels"], serde_json::json!(["WorkerId"]));
     // The flood is still refused after the reload.
     assert!(
@@ -255,7 +255,7 @@ fn with_ray_a_300000_series_target_is_refused_by_the_limit_while_a_real_cluster_
 
 /// The `ray` job of a stack's generated prometheus.yml.
 fn ray_job(stack_home: &Path) -> Value {
-    let text = std::fs::read_to_string(stack_home.join("prometheus/prometheus.yml")).unwrap();
+    let text = fs_err::read_to_string(stack_home.join("prometheus/prometheus.yml")).unwrap();
     let yml: Value = serde_yaml_ng::from_str(&text).unwrap();
     yml["scrape_configs"]
         .as_array()

@@ -76,7 +76,7 @@ fn assert_near(what: &str, got: &Value, want: f64) {
 fn ray_and_synthetic_clusters_with_the_daemon_killed_between_are_each_listed_once() {
     let base = scratch();
     let (ta, tb) = (base.path().join("ray_ha"), base.path().join("ray_hb"));
-    std::fs::create_dir_all(&tb).unwrap();
+    fs_err::create_dir_all(&tb).unwrap();
     let watch = [ta.as_path(), tb.as_path()];
     let stack = Stack::up(&[
         "--no-default-watch",
@@ -119,13 +119,13 @@ fn ray_and_synthetic_clusters_with_the_daemon_killed_between_are_each_listed_onc
     drop(b);
     let end_b = now();
     drop(c);
-    std::fs::remove_dir_all(tb.join(sc)).unwrap();
+    fs_err::remove_dir_all(tb.join(sc)).unwrap();
     let end_c = now();
     // Without the daemon, `history` still reads the file: not ended, state unknown.
     let e = entry(&stack, sb).unwrap();
     assert_eq!(e["state"], "unknown", "{e}");
     wait_for("B's file to go stale", Duration::from_secs(30), || {
-        let age = std::fs::metadata(tb.join(sb).join(DISCOVERY))
+        let age = fs_err::metadata(tb.join(sb).join(DISCOVERY))
             .ok()?
             .modified()
             .ok()?
@@ -231,7 +231,7 @@ fn ray_and_synthetic_clusters_with_the_daemon_killed_between_are_each_listed_onc
 fn history_lines(home: &Path, allow_torn_tail: bool) -> usize {
     let mut n = 0;
     for f in ["history.jsonl.1", "history.jsonl"] {
-        let Ok(text) = std::fs::read(home.join(f)) else {
+        let Ok(text) = fs_err::read(home.join(f)) else {
             continue;
         };
         let ends_clean = text.is_empty() || text.ends_with(b"\n");
@@ -268,9 +268,9 @@ fn a_hundred_kill_9s_of_the_daemon_during_churn_leave_a_history_that_parses() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let d = root.join(format!("session_2026-01-01_00-00-00_000000_{}", i % 30));
                 if d.exists() && i.is_multiple_of(3) {
-                    let _ = std::fs::remove_dir_all(&d);
+                    let _ = fs_err::remove_dir_all(&d);
                 } else {
-                    let _ = std::fs::create_dir_all(&d);
+                    let _ = fs_err::create_dir_all(&d);
                     let _ = std::panic::catch_unwind(|| {
                         write_discovery(
                             &d.join(DISCOVERY),
@@ -340,7 +340,7 @@ fn a_hundred_kill_9s_of_the_daemon_during_churn_leave_a_history_that_parses() {
 fn history_escapes_what_came_from_outside() {
     let base = scratch();
     let root = base.path().join("ray_\u{1b}]0;pwned\u{7}\u{1b}[2J");
-    std::fs::create_dir_all(&root).unwrap();
+    fs_err::create_dir_all(&root).unwrap();
     let stack = Stack::up(&["--no-default-watch", "--watch", root.to_str().unwrap()]);
     let _head = FakeHead::start(
         &root,
@@ -432,7 +432,7 @@ fn history_and_open_work_with_the_stack_down_and_odd_history_files_are_refused()
     assert_eq!(stack.run(&["open", "no-such"]).status.code(), Some(3));
 
     let file = stack.home.join("history.jsonl");
-    std::fs::remove_file(&file).unwrap();
+    fs_err::remove_file(&file).unwrap();
     nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let started = std::time::Instant::now();
     let out = stack.run(&["history"]);
@@ -463,8 +463,8 @@ fn history_and_open_work_with_the_stack_down_and_odd_history_files_are_refused()
     });
     assert!(stack.run(&["down"]).status.success());
 
-    std::fs::remove_file(&file).unwrap();
-    let f = std::fs::File::create(&file).unwrap();
+    fs_err::remove_file(&file).unwrap();
+    let f = fs_err::File::create(&file).unwrap();
     f.set_len(1 << 30).unwrap();
     let out = stack.run(&["history"]);
     assert_eq!(out.status.code(), Some(1));

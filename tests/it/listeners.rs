@@ -115,7 +115,7 @@ fn gateway_serves_owner(url: &str, limit: Duration) -> Result<(), String> {
 }
 
 fn open_descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+    fs_err::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
 }
@@ -145,7 +145,7 @@ fn idle_connections_to_the_sd_port_neither_exhaust_the_daemon_nor_end_its_cluste
     }
     let dir = scratch();
     let root = dir.path().join("ray_idle");
-    std::fs::create_dir(&root).unwrap();
+    fs_err::create_dir(&root).unwrap();
     let sd_port = free_port();
     let sd = format!("127.0.0.1:{sd_port}");
     let stack = up_as_an_ordinary_user(
@@ -180,7 +180,7 @@ fn idle_connections_to_the_sd_port_neither_exhaust_the_daemon_nor_end_its_cluste
         .to_string();
     let daemon = daemon_pid(&stack);
     // The daemon raised its soft limit to the hard one.
-    let limits = std::fs::read_to_string(format!("/proc/{daemon}/limits")).unwrap();
+    let limits = fs_err::read_to_string(format!("/proc/{daemon}/limits")).unwrap();
     let files: Vec<&str> = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
@@ -252,7 +252,7 @@ fn another_user_posting_to_sd_gets_404_like_any_other_request() {
     let python = system_python();
     let dir = scratch();
     let root = dir.path().join("ray_post");
-    std::fs::create_dir(&root).unwrap();
+    fs_err::create_dir(&root).unwrap();
     let sd = format!("127.0.0.1:{}", free_port());
     let stack = Stack::up_at(
         &dir.path().join("home"),
@@ -353,7 +353,7 @@ fn a_flood_of_sockets_and_a_trickle_of_connects_starve_neither_the_gateway_nor_t
     let other = other_user();
     let python = system_python();
     let connections = 20_000;
-    let hard = std::fs::read_to_string("/proc/self/limits")
+    let hard = fs_err::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|t| {
             let line = t
@@ -368,7 +368,7 @@ fn a_flood_of_sockets_and_a_trickle_of_connects_starve_neither_the_gateway_nor_t
             "a hard limit of 15 000 open files (not {hard}): each attacker holds 14 000"
         ));
     }
-    let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    let (lo, hi) = fs_err::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|t| {
             let mut it = t.split_whitespace().map(|v| v.parse::<u32>().ok());
@@ -504,7 +504,7 @@ struct SoftLimit {
 
 impl SoftLimit {
     fn set(pid: u32, soft: usize) -> SoftLimit {
-        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let limits = fs_err::read_to_string(format!("/proc/{pid}/limits")).unwrap();
         let was = limits
             .lines()
             .find(|l| l.starts_with("Max open files"))
@@ -614,7 +614,7 @@ fn over_tls_the_sd_port_is_bounded_too_and_serves_only_get_sd() {
         unmet("openssl, to make a test certificate");
     }
     let root = dir.path().join("ray_tls");
-    std::fs::create_dir(&root).unwrap();
+    fs_err::create_dir(&root).unwrap();
     let port = free_port();
     let sd = format!("127.0.0.1:{port}");
     let stack = Stack::up_at(
@@ -637,11 +637,11 @@ fn over_tls_the_sd_port_is_bounded_too_and_serves_only_get_sd() {
         "session_2026-01-01_00-00-00_000001_1",
         vec![endpoint.addr.clone()],
     );
-    let token = std::fs::read_to_string(stack.home.join("secrets/sd-token")).unwrap();
+    let token = fs_err::read_to_string(stack.home.join("secrets/sd-token")).unwrap();
     let client = reqwest::blocking::Client::builder()
         .no_proxy()
         .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+            reqwest::Certificate::from_pem(&fs_err::read(&cert).unwrap()).unwrap(),
         )
         .timeout(Duration::from_secs(10))
         .build()

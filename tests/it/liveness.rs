@@ -26,7 +26,7 @@ fn gcs_pids(session: &str) -> Vec<u32> {
     processes_mentioning(session)
         .into_iter()
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            fs_err::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 c.split(|b| *b == 0)
                     .next()
                     .is_some_and(|argv0| String::from_utf8_lossy(argv0).ends_with("gcs_server"))
@@ -41,11 +41,11 @@ fn a_session_folder_another_user_moves_away_keeps_its_cluster_live_until_its_gcs
     let dir = open_scratch();
     // Ray's temp and session folders are writable by everyone.
     let root = dir.path().join("ray_moved");
-    std::fs::create_dir(&root).unwrap();
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fs_err::create_dir(&root).unwrap();
+    fs_err::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
     // Where the other user takes the session folder: a folder of its own.
     let away = dir.path().join("away");
-    std::fs::create_dir(&away).unwrap();
+    fs_err::create_dir(&away).unwrap();
     std::os::unix::fs::chown(&away, Some(other.0), Some(other.1)).unwrap();
     let liveness = Duration::from_secs(12);
     let stack = Stack::up_at(
@@ -63,7 +63,7 @@ fn a_session_folder_another_user_moves_away_keeps_its_cluster_live_until_its_gcs
     let session_dir = file.parent().unwrap().to_path_buf();
     assert_ne!(session_dir, root, "this Ray writes a session-scoped file");
     let session = session_of(&file);
-    std::fs::set_permissions(&session_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fs_err::set_permissions(&session_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let name = format!("{}-ray_moved", user());
     let node = format!("127.0.0.1:{}", ray.metrics_port);
     let up = format!("up{{ray_io_cluster=\"{name}\",instance=\"{node}\"}}");
@@ -239,11 +239,11 @@ fn a_port_another_user_binds_after_a_cluster_lists_it_is_never_scraped() {
     let python = system_python();
     let dir = open_scratch();
     let drop_dir = dir.path().join("attacker");
-    std::fs::create_dir(&drop_dir).unwrap();
-    std::fs::set_permissions(&drop_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fs_err::create_dir(&drop_dir).unwrap();
+    fs_err::set_permissions(&drop_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let script = dir.path().join("attacker.py");
-    std::fs::write(&script, ATTACKER).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    fs_err::write(&script, ATTACKER).unwrap();
+    fs_err::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (stack, root) = Stack::watching("ray_late", &["--liveness", "5m"]);
     let mut goods = Vec::new();
     let mut attackers = Attackers(Vec::new());
@@ -257,7 +257,7 @@ fn a_port_another_user_binds_after_a_cluster_lists_it_is_never_scraped() {
             "session_2026-01-01_00-00-00_000001_{}",
             100 + round
         ));
-        std::fs::create_dir(&session).unwrap();
+        fs_err::create_dir(&session).unwrap();
         let late = format!("127.0.0.1:{port}");
         let good = MetricsEndpoint::serve("victim_marker 1\n");
         write_discovery(&session.join(DISCOVERY), &[good.addr.clone(), late.clone()]);
@@ -292,7 +292,7 @@ fn a_port_another_user_binds_after_a_cluster_lists_it_is_never_scraped() {
     ));
     let forged = stack.query("count_over_time(raywatch_attacker_marker[30m])");
     let requests =
-        String::from_utf8_lossy(&std::fs::read(drop_dir.join("requests.log")).unwrap_or_default())
+        String::from_utf8_lossy(&fs_err::read(drop_dir.join("requests.log")).unwrap_or_default())
             .into_owned();
     assert!(
         forged.is_empty() && scraped_up.is_empty() && requests.is_empty(),
@@ -315,7 +315,7 @@ fn a_late_listener_of_the_victim_is_published_and_scraped() {
     // A remote target of a multi-node cluster cannot be checked here: published as it is.
     let remote = "192.0.2.7:9100".to_string();
     let session: PathBuf = root.join("session_2026-01-01_00-00-00_000001_7");
-    std::fs::create_dir(&session).unwrap();
+    fs_err::create_dir(&session).unwrap();
     write_discovery(&session.join(DISCOVERY), &[late.clone(), remote.clone()]);
     let name = format!("{}-ray_victim_late", user());
     // Nobody listens yet: shown as waiting, not published.

@@ -9,7 +9,7 @@ use std::path::Path;
 fn tests() -> BTreeMap<String, String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
     let mut found = BTreeMap::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    for entry in fs_err::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "rs") {
             continue;
@@ -18,7 +18,7 @@ fn tests() -> BTreeMap<String, String> {
         if module == "needs" {
             continue; // this file names the markers it looks for
         }
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = fs_err::read_to_string(&path).unwrap();
         for chunk in text.split("#[test]").skip(1) {
             let Some(start) = chunk.find("fn ") else {
                 continue;
@@ -36,7 +36,7 @@ fn tests() -> BTreeMap<String, String> {
 fn listed() -> BTreeMap<String, BTreeSet<String>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/needs.txt");
     let mut needs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for line in std::fs::read_to_string(path).unwrap().lines() {
+    for line in fs_err::read_to_string(path).unwrap().lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;

@@ -29,7 +29,7 @@ struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = fs_err::remove_dir_all(&self.0);
     }
 }
 
@@ -176,7 +176,7 @@ fn the_readme_flow_turns_rays_token_auth_on_and_another_user_cannot_submit_jobs(
         .path()
         .join(format!("raywatch-{}", nix::unistd::geteuid()));
     assert_eq!(temp_dir, private.join("ray"));
-    let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+    let mode = fs_err::metadata(&private).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "{mode:o}");
     assert!(text.contains("unset RAY_AUTH_TOKEN"), "{text}");
     let api = var(&env, "RAY_API_SERVER_ADDRESS").unwrap();
@@ -192,9 +192,9 @@ fn the_readme_flow_turns_rays_token_auth_on_and_another_user_cannot_submit_jobs(
     assert_eq!(var(&env, "RAY_AUTH_MODE").as_deref(), Some("token"));
     let token_file = PathBuf::from(var(&env, "RAY_AUTH_TOKEN_PATH").unwrap());
     assert!(token_file.starts_with(dir.path().join("home/secrets")));
-    let meta = std::fs::metadata(&token_file).unwrap();
+    let meta = fs_err::metadata(&token_file).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    let token = std::fs::read_to_string(&token_file).unwrap();
+    let token = fs_err::read_to_string(&token_file).unwrap();
     assert!(token.len() >= 32, "{token:?}");
     assert!(!text.contains(&token), "env printed the token: {text}");
     // Generated once: a second `env` hands out the same file and token.
@@ -203,7 +203,7 @@ fn the_readme_flow_turns_rays_token_auth_on_and_another_user_cannot_submit_jobs(
         var(&env2, "RAY_AUTH_TOKEN_PATH"),
         var(&env, "RAY_AUTH_TOKEN_PATH")
     );
-    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
+    assert_eq!(fs_err::read_to_string(&token_file).unwrap(), token);
 
     let mut ray = RayCluster::start_with_env(&temp_dir, false, &env);
     ray.wait_discovery(Duration::from_secs(120));
@@ -286,7 +286,7 @@ fn doctor_and_status_flag_a_cluster_whose_job_api_needs_no_token() {
     // A cluster started the usual way, without `raywatch env` (token auth off,
     // RAY_AUTH_MODE=disabled), its temp dir attached by hand.
     let temp_dir = dir.path().join("ray_open");
-    std::fs::create_dir(&temp_dir).unwrap();
+    fs_err::create_dir(&temp_dir).unwrap();
     let out = stack.run(&["attach", temp_dir.to_str().unwrap(), "--name", "plain"]);
     assert!(
         out.status.success(),
@@ -324,7 +324,7 @@ fn with_rays_own_token_file_a_cluster_is_fully_monitored_and_a_readable_file_is_
     // Ray's own way: `ray get-auth-token --generate` writes $HOME/.ray/auth_token
     // with a plain open(); later `ray start`s then turn token auth on by themselves.
     let user_home = dir.path().join("user");
-    std::fs::create_dir(&user_home).unwrap();
+    fs_err::create_dir(&user_home).unwrap();
     let out = std::process::Command::new(ray_bin())
         .args(["get-auth-token", "--generate"])
         .env("HOME", &user_home)
@@ -339,7 +339,7 @@ fn with_rays_own_token_file_a_cluster_is_fully_monitored_and_a_readable_file_is_
         String::from_utf8_lossy(&out.stderr)
     );
     // As under the usual umask 022 (whatever this process's umask is).
-    std::fs::set_permissions(&ray_token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    fs_err::set_permissions(&ray_token, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let temp_dir = dir.path().join("ray_implicit");
     let (mut env, _) = env_for(&stack, &temp_dir, &[]);
@@ -379,7 +379,7 @@ fn with_rays_own_token_file_a_cluster_is_fully_monitored_and_a_readable_file_is_
     assert_eq!(f["status"], "problem", "{f:#}");
     assert!(f["evidence"].to_string().contains("0644"), "{f:#}");
     assert!(f["fix"].as_str().unwrap().contains("chmod 600"), "{f:#}");
-    std::fs::set_permissions(&ray_token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    fs_err::set_permissions(&ray_token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let doc = doctor(&stack, &user_home, &temp_dir);
     assert_eq!(finding(&doc, "ray_token_file")["status"], "ok");
 
@@ -437,12 +437,12 @@ fn env_refuses_a_temp_dir_another_user_created_or_can_redirect_unless_trusted() 
         &PathBuf::from(format!("{}/", link.display())),
         "symbolic link",
     );
-    let _ = std::fs::remove_file(&link);
+    let _ = fs_err::remove_file(&link);
 
     // The private default's folder, squatted by the other user, is refused too.
     let shared = dir.path().join("shared_tmp");
-    std::fs::create_dir(&shared).unwrap();
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    fs_err::create_dir(&shared).unwrap();
+    fs_err::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let squat = shared.join(format!("raywatch-{}", nix::unistd::geteuid()));
     let out = crate::security::as_other(other, &["mkdir", "-m", "0777", squat.to_str().unwrap()]);
     assert!(out.status.success());
@@ -482,8 +482,8 @@ fn a_token_file_others_could_read_is_replaced() {
     let stack = Stack::up_at(&dir.path().join("home"), &["--no-default-watch"]);
     let (env, _) = env_for(&stack, &dir.path().join("ray_a"), &[]);
     let token_file = PathBuf::from(var(&env, "RAY_AUTH_TOKEN_PATH").unwrap());
-    let old = std::fs::read_to_string(&token_file).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let old = fs_err::read_to_string(&token_file).unwrap();
+    fs_err::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = stack.run(&[
         "env",
         "--temp-dir",
@@ -492,9 +492,9 @@ fn a_token_file_others_could_read_is_replaced() {
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("wrote a new token"), "{err}");
-    let new = std::fs::read_to_string(&token_file).unwrap();
+    let new = fs_err::read_to_string(&token_file).unwrap();
     assert_ne!(new, old);
-    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    let mode = fs_err::metadata(&token_file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -561,9 +561,9 @@ fn a_dashboard_port_another_user_holds_is_neither_asked_nor_believed() {
     // and names a port the other user holds: it died, they took the port.
     let port = free_port();
     let (log, ready) = (dir.path().join("requests"), dir.path().join("ready"));
-    std::fs::write(&log, "").unwrap();
-    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    fs_err::write(&log, "").unwrap();
+    fs_err::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    fs_err::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let _squatter = KillOnDrop(
         command_as(other, python)
             .arg("-c")
@@ -581,8 +581,8 @@ fn a_dashboard_port_another_user_holds_is_neither_asked_nor_believed() {
     });
     let temp_dir = dir.path().join("ray_fake");
     let script = dir.path().join("ray/dashboard/dashboard.py");
-    std::fs::create_dir_all(script.parent().unwrap()).unwrap();
-    std::fs::write(&script, "import time\ntime.sleep(120)\n").unwrap();
+    fs_err::create_dir_all(script.parent().unwrap()).unwrap();
+    fs_err::write(&script, "import time\ntime.sleep(120)\n").unwrap();
     let _mine = KillOnDrop(
         std::process::Command::new(python)
             .arg(&script)
@@ -604,7 +604,7 @@ fn a_dashboard_port_another_user_holds_is_neither_asked_nor_believed() {
         "{f:#}"
     );
     assert_eq!(
-        std::fs::read_to_string(&log).unwrap(),
+        fs_err::read_to_string(&log).unwrap(),
         "",
         "the other user's listener was asked"
     );

@@ -25,7 +25,7 @@ fn prometheus_processes(home: &Path) -> Vec<u32> {
 /// daemon sweeps them.
 fn assert_home_parses(home: &Path) {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
+        for e in fs_err::read_dir(dir).unwrap().flatten() {
             let p = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
             if ["data", "logs", "targets.tmp", "plugins"].contains(&name.as_str())
@@ -44,7 +44,7 @@ fn assert_home_parses(home: &Path) {
     let mut files = Vec::new();
     walk(home, &mut files);
     for f in files {
-        let text = std::fs::read(&f).unwrap();
+        let text = fs_err::read(&f).unwrap();
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         if name.ends_with(".json") {
             serde_json::from_slice::<Value>(&text)
@@ -105,12 +105,12 @@ fn a_killed_prometheus_is_back_and_scraping_within_10_s() {
 fn a_crash_loop_is_shown_with_its_output_and_backoff() {
     let dir = scratch();
     let bin = dir.path().join("prometheus");
-    std::fs::write(
+    fs_err::write(
         &bin,
         "#!/bin/sh\necho \"boom: this prometheus cannot start ($*)\" >&2\nexit 3\n",
     )
     .unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fs_err::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let home = dir.path().join("home");
     let stack = Stack::adopt(home.clone());
     let out = stack.run(&[
@@ -272,9 +272,9 @@ fn two_hundred_kill_9s_of_the_daemon_during_churn_leave_every_file_parseable() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let d = root.join(format!("session_churn_{}", i % 40));
                 if d.exists() && i.is_multiple_of(3) {
-                    let _ = std::fs::remove_dir_all(&d);
+                    let _ = fs_err::remove_dir_all(&d);
                 } else {
-                    let _ = std::fs::create_dir_all(&d);
+                    let _ = fs_err::create_dir_all(&d);
                     let _ = std::panic::catch_unwind(|| {
                         write_discovery(
                             &d.join(DISCOVERY),
@@ -317,7 +317,7 @@ fn two_hundred_kill_9s_of_the_daemon_during_churn_leave_every_file_parseable() {
     );
     assert_eq!(prometheus_processes(&stack.home).len(), 1);
     assert_home_parses(&stack.home);
-    let leftovers: Vec<_> = std::fs::read_dir(stack.home.join("targets.tmp"))
+    let leftovers: Vec<_> = fs_err::read_dir(stack.home.join("targets.tmp"))
         .unwrap()
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
@@ -332,7 +332,7 @@ fn a_hundred_parallel_attaches_then_detaches_end_in_the_expected_set() {
             let d = base
                 .path()
                 .join(format!("c{i}/session_2026-01-01_00-00-00_000001_{i}"));
-            std::fs::create_dir_all(&d).unwrap();
+            fs_err::create_dir_all(&d).unwrap();
             let f = d.join(DISCOVERY);
             write_discovery(&f, &[format!("127.0.0.1:{}", 2000 + i)]);
             f
@@ -367,7 +367,7 @@ fn a_hundred_parallel_attaches_then_detaches_end_in_the_expected_set() {
     let expected: Vec<String> = (0..100).map(|i| format!("att-{i:03}")).collect();
     assert_eq!(live_names(), expected);
     let saved: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(stack.home.join("attachments.json")).unwrap())
+        serde_json::from_slice(&fs_err::read(stack.home.join("attachments.json")).unwrap())
             .unwrap();
     assert_eq!(saved.len(), 100);
 
@@ -379,7 +379,7 @@ fn a_hundred_parallel_attaches_then_detaches_end_in_the_expected_set() {
     );
     assert_eq!(live_names(), Vec::<String>::new());
     let saved: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(stack.home.join("attachments.json")).unwrap())
+        serde_json::from_slice(&fs_err::read(stack.home.join("attachments.json")).unwrap())
             .unwrap();
     assert!(saved.is_empty());
 }
@@ -403,9 +403,9 @@ fn a_full_disk_is_reported_keeps_old_targets_and_recovers() {
     let base = scratch();
     let small = base.path().join("small");
     let big = base.path().join("big");
-    std::fs::create_dir_all(&small).unwrap();
-    std::fs::create_dir_all(big.join("pdata")).unwrap();
-    std::fs::create_dir_all(big.join("gdata")).unwrap();
+    fs_err::create_dir_all(&small).unwrap();
+    fs_err::create_dir_all(big.join("pdata")).unwrap();
+    fs_err::create_dir_all(big.join("gdata")).unwrap();
     assert!(
         Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
@@ -418,7 +418,7 @@ fn a_full_disk_is_reported_keeps_old_targets_and_recovers() {
     // The home lives on the small disk; Prometheus' and Grafana's data are bound elsewhere.
     let home = small.join("home");
     for (d, src) in [("prometheus/data", "pdata"), ("grafana/data", "gdata")] {
-        std::fs::create_dir_all(home.join(d)).unwrap();
+        fs_err::create_dir_all(home.join(d)).unwrap();
         assert!(
             Command::new("mount")
                 .arg("--bind")
@@ -431,7 +431,7 @@ fn a_full_disk_is_reported_keeps_old_targets_and_recovers() {
         mounts.0.push(home.join(d));
     }
     for d in [home.clone(), home.join("prometheus"), home.join("grafana")] {
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        fs_err::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
     let root = base.path().join("ray_disk");
     let stack = Stack::up_at(
@@ -447,7 +447,7 @@ fn a_full_disk_is_reported_keeps_old_targets_and_recovers() {
 
     // Fill the disk.
     let filler = small.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
+    let mut f = fs_err::File::create(&filler).unwrap();
     let chunk = vec![0u8; 64 << 10];
     while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
     drop(f);
@@ -464,7 +464,7 @@ fn a_full_disk_is_reported_keeps_old_targets_and_recovers() {
     );
     assert_eq!(stack.instances_of(&name), vec!["127.0.0.1:71".to_string()]);
 
-    std::fs::remove_file(&filler).unwrap();
+    fs_err::remove_file(&filler).unwrap();
     let second = format!("{name}-2");
     wait_for(
         "recovery once space returns",
@@ -484,7 +484,7 @@ fn odd_filesystem_states_are_survived() {
     let name = format!("{}-ray_odd", user());
 
     // A dangling session_latest next to a real session.
-    std::fs::create_dir_all(&root).unwrap();
+    fs_err::create_dir_all(&root).unwrap();
     std::os::unix::fs::symlink("/nonexistent/session_x", root.join("session_latest")).unwrap();
     let head = FakeHead::start(&root, "session_a_1", vec!["127.0.0.1:81".into()]);
     wait_for(
@@ -497,8 +497,8 @@ fn odd_filesystem_states_are_survived() {
     // The discovery file replaced by a directory: reported, the cluster dies, then comes back.
     drop(head);
     let file = root.join("session_a_1").join(DISCOVERY);
-    std::fs::remove_file(&file).unwrap();
-    std::fs::create_dir(&file).unwrap();
+    fs_err::remove_file(&file).unwrap();
+    fs_err::create_dir(&file).unwrap();
     wait_for("the directory reported", Duration::from_secs(20), || {
         stack.status()["rejected"]
             .as_array()
@@ -510,7 +510,7 @@ fn odd_filesystem_states_are_survived() {
     wait_for("the cluster to leave", Duration::from_secs(20), || {
         stack.instances_of(&name).is_empty().then_some(())
     });
-    std::fs::remove_dir(&file).unwrap();
+    fs_err::remove_dir(&file).unwrap();
     let head = FakeHead::start(&root, "session_a_1", vec!["127.0.0.1:81".into()]);
     wait_for("the cluster back", Duration::from_secs(20), || {
         (stack.instances_of(&name) == ["127.0.0.1:81"]).then_some(())
@@ -518,7 +518,7 @@ fn odd_filesystem_states_are_survived() {
     drop(head);
 
     // The watched root deleted and created again.
-    std::fs::remove_dir_all(&root).unwrap();
+    fs_err::remove_dir_all(&root).unwrap();
     wait_for(
         "the cluster gone with its root",
         Duration::from_secs(20),
@@ -534,7 +534,7 @@ fn odd_filesystem_states_are_survived() {
     // A file whose mtime lies an hour ahead does not stay alive once its writer stops.
     let (stack2, future_root) = Stack::watching("ray_future", &["--liveness", "6s"]);
     let session = future_root.join("session_f_1");
-    std::fs::create_dir_all(&session).unwrap();
+    fs_err::create_dir_all(&session).unwrap();
     let f = session.join(DISCOVERY);
     let _held = hold(&["127.0.0.1:83".into()]);
     write_discovery(&f, &["127.0.0.1:83".into()]);
@@ -609,10 +609,10 @@ fn up_on_a_running_stack_applies_changed_settings_and_keeps_the_last_good_config
     );
     assert!(config_yaml().contains("scrape_interval: 5s"));
     let saved: Value =
-        serde_json::from_slice(&std::fs::read(stack.home.join("config.json")).unwrap()).unwrap();
+        serde_json::from_slice(&fs_err::read(stack.home.join("config.json")).unwrap()).unwrap();
     assert_eq!(saved["scrape_interval"], "5s");
     assert!(
-        std::fs::read_to_string(stack.home.join("prometheus/prometheus.yml"))
+        fs_err::read_to_string(stack.home.join("prometheus/prometheus.yml"))
             .unwrap()
             .contains("scrape_interval: 5s")
     );
@@ -634,7 +634,7 @@ fn parallel_ups_on_one_home_end_in_exactly_one_stack() {
     let daemons: Vec<u32> = processes_mentioning(home_str)
         .into_iter()
         .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
+            fs_err::read(format!("/proc/{p}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains("daemon"))
         })
         .collect();

@@ -44,8 +44,8 @@ pub fn system_python() -> &'static str {
 /// A copy of raywatch the other user can execute, wherever the repo lives.
 pub fn shared_raywatch(dir: &Path) -> std::path::PathBuf {
     let dest = dir.join("raywatch");
-    std::fs::copy(raywatch_bin(), &dest).unwrap();
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fs_err::copy(raywatch_bin(), &dest).unwrap();
+    fs_err::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
     dest
 }
 
@@ -61,7 +61,7 @@ pub fn as_other((uid, gid): (u32, u32), args: &[&str]) -> Output {
 /// permissions stand between them and the stack.
 pub fn open_scratch() -> tempfile::TempDir {
     let d = scratch();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    fs_err::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
 
@@ -124,7 +124,7 @@ fn prometheus_refuses_anonymous_callers_and_has_no_lifecycle_api() {
         ("run/raywatch.sock", 0o600),
         (".", 0o700),
     ] {
-        let m = std::fs::symlink_metadata(stack.home.join(path))
+        let m = fs_err::symlink_metadata(stack.home.join(path))
             .unwrap()
             .permissions()
             .mode()
@@ -209,9 +209,9 @@ fn another_user_can_neither_reach_nor_mislead_the_stack() {
     // file planted in the user's own session folder is rejected with the reason.
     let root = shared.path().join("ray_victim");
     let session = root.join("session_2026-01-01_00-00-00_000001_7");
-    std::fs::create_dir_all(&session).unwrap();
+    fs_err::create_dir_all(&session).unwrap();
     for d in [&root, &session] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        fs_err::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
     plant(
         &root
@@ -263,7 +263,7 @@ fn another_user_can_neither_reach_nor_mislead_the_stack() {
         }),
         "a cluster was made of the other user's files: {st:#}"
     );
-    let _ = std::fs::remove_dir_all(&planted_root);
+    let _ = fs_err::remove_dir_all(&planted_root);
 }
 
 #[test]
@@ -271,8 +271,8 @@ fn a_home_another_user_prepared_is_refused() {
     let other = other_user();
     let shared = open_scratch();
     let drop_box = shared.path().join("dropbox");
-    std::fs::create_dir(&drop_box).unwrap();
-    std::fs::set_permissions(&drop_box, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    fs_err::create_dir(&drop_box).unwrap();
+    fs_err::set_permissions(&drop_box, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let up = |home: &Path| -> String {
         let out = Command::new(raywatch_bin())
             .args(["--home", home.to_str().unwrap(), "up", "--no-default-watch"])
@@ -325,7 +325,7 @@ fn a_home_another_user_prepared_is_refused() {
             .success()
     );
     let mine = shared.path().join("mine");
-    std::fs::create_dir(&mine).unwrap();
+    fs_err::create_dir(&mine).unwrap();
     std::os::unix::fs::symlink(&open_dir, mine.join("state")).unwrap();
     let err = up(&mine.join("state").join("home"));
     assert!(err.contains("others can write to"), "{err}");
@@ -349,7 +349,7 @@ fn hostile_discovery_files_are_rejected_and_the_daemon_stays_up() {
 
     let session = |s: &str| {
         let d = root.join(s);
-        std::fs::create_dir_all(&d).unwrap();
+        fs_err::create_dir_all(&d).unwrap();
         d.join(DISCOVERY)
     };
     let shadow = session("session_shadow_2");
@@ -363,10 +363,10 @@ fn hostile_discovery_files_are_rejected_and_the_daemon_stays_up() {
         big.extend_from_slice(br#""127.0.0.1:1", "#);
     }
     big.extend_from_slice(br#""127.0.0.1:1"]}]"#);
-    std::fs::write(&huge, &big).unwrap();
+    fs_err::write(&huge, &big).unwrap();
     drop(big);
     let nested = session("session_nested_5");
-    std::fs::write(&nested, "[".repeat(100_000)).unwrap();
+    fs_err::write(&nested, "[".repeat(100_000)).unwrap();
     let scheme = session("session_scheme_6");
     write_discovery(&scheme, &["file:///etc/passwd".into()]);
     let path = session("session_path_7");
@@ -379,7 +379,7 @@ fn hostile_discovery_files_are_rejected_and_the_daemon_stays_up() {
             .collect::<Vec<_>>(),
     );
     let latin1 = session("session_latin1_10");
-    std::fs::write(
+    fs_err::write(
         &latin1,
         b"[{\"labels\": {\"job\": \"caf\xe9\"}, \"targets\": [\"127.0.0.1:1\"]}]",
     )
@@ -484,7 +484,7 @@ fn without_inotify_the_daemon_rescans_and_says_so() {
     let shared = open_scratch();
     let mine = shared.path().join("o");
     let root = mine.join("ray_noinotify");
-    std::fs::create_dir_all(&root).unwrap();
+    fs_err::create_dir_all(&root).unwrap();
     for d in [&mine, &root] {
         nix::unistd::chown(
             d.as_path(),

@@ -9,8 +9,8 @@ use crate::support::{Stack, on_path, scratch, wait_for};
 
 /// An executable shell script at `path`.
 fn script(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fs_err::write(path, text).unwrap();
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 #[test]
@@ -21,7 +21,7 @@ fn status_answers_while_a_settings_change_is_checked_by_promtool() {
     };
     let dir = scratch();
     let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
+    fs_err::create_dir(&bin).unwrap();
     // The promtool beside this Prometheus takes 6 s per check once `slow` exists.
     let (slow, checking) = (dir.path().join("slow"), dir.path().join("checking"));
     script(
@@ -45,7 +45,7 @@ fn status_answers_while_a_settings_change_is_checked_by_promtool() {
             bin.join("prometheus").to_str().unwrap(),
         ],
     );
-    std::fs::write(&slow, "").unwrap();
+    fs_err::write(&slow, "").unwrap();
     let mut up = stack.cmd();
     up.args(["up", "--scrape-interval", "5s"]);
     let change = std::thread::spawn(move || up.output().unwrap());

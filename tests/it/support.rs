@@ -76,7 +76,7 @@ impl Stack {
     pub fn watching(name: &str, extra: &[&str]) -> (Stack, PathBuf) {
         let dir = scratch();
         let root = dir.path().join(name);
-        std::fs::create_dir(&root).unwrap();
+        fs_err::create_dir(&root).unwrap();
         let watch = ["--no-default-watch", "--watch", root.to_str().unwrap()];
         let mut stack = Stack::up_at(&dir.path().join("home"), &[&watch[..], extra].concat());
         stack._dir = Some(dir);
@@ -135,7 +135,7 @@ impl Stack {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.home.join("logs/daemon.log")).unwrap_or_default()
+        fs_err::read_to_string(self.home.join("logs/daemon.log")).unwrap_or_default()
     }
 
     pub fn status(&self) -> Value {
@@ -167,12 +167,12 @@ impl Stack {
     /// Prometheus' port, as the stack's config.json has it (the daemon keeps it current).
     pub fn port(&self) -> u16 {
         let config: Value =
-            serde_json::from_slice(&std::fs::read(self.home.join("config.json")).unwrap()).unwrap();
+            serde_json::from_slice(&fs_err::read(self.home.join("config.json")).unwrap()).unwrap();
         config["prometheus_port"].as_u64().unwrap() as u16
     }
 
     pub fn password(&self) -> String {
-        std::fs::read_to_string(self.home.join("secrets/prometheus-password"))
+        fs_err::read_to_string(self.home.join("secrets/prometheus-password"))
             .unwrap()
             .trim()
             .to_string()
@@ -237,7 +237,7 @@ impl Stack {
     pub fn pids(&self) -> Vec<u32> {
         ["run/daemon.pid", "run/prometheus.pid"]
             .iter()
-            .filter_map(|f| std::fs::read_to_string(self.home.join(f)).ok())
+            .filter_map(|f| fs_err::read_to_string(self.home.join(f)).ok())
             .filter_map(|s| s.trim().parse().ok())
             .collect()
     }
@@ -246,7 +246,7 @@ impl Stack {
 /// Whether any process runs with `needle` on its command line.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+    for e in fs_err::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
@@ -256,7 +256,7 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         if state(pid).is_none_or(|s| s == 'Z') {
             continue;
         }
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+        if let Ok(cmd) = fs_err::read(format!("/proc/{pid}/cmdline"))
             && String::from_utf8_lossy(&cmd)
                 .replace('\0', " ")
                 .contains(needle)
@@ -282,8 +282,8 @@ impl Drop for Stack {
 /// `<home>/targets/` holds it), or None when none does.
 pub fn published_group(home: &Path, cluster: &str) -> Option<Value> {
     let mut found = None;
-    for e in std::fs::read_dir(home.join("targets")).ok()?.flatten() {
-        let Ok(bytes) = std::fs::read(e.path()) else {
+    for e in fs_err::read_dir(home.join("targets")).ok()?.flatten() {
+        let Ok(bytes) = fs_err::read(e.path()) else {
             continue;
         };
         let groups: Vec<Value> = serde_json::from_slice(&bytes)
@@ -386,7 +386,7 @@ impl FakeHead {
         period: Duration,
     ) -> FakeHead {
         let dir = temp_dir.join(session);
-        std::fs::create_dir_all(&dir).unwrap();
+        fs_err::create_dir_all(&dir).unwrap();
         let file = dir.join(DISCOVERY);
         let held = hold(&targets);
         write_discovery(&file, &targets);
@@ -449,7 +449,7 @@ impl Drop for MetricsEndpoint {
 
 /// The daemon's PID of a stack.
 pub fn daemon_pid(stack: &Stack) -> u32 {
-    std::fs::read_to_string(stack.home.join("run/daemon.pid"))
+    fs_err::read_to_string(stack.home.join("run/daemon.pid"))
         .unwrap()
         .trim()
         .parse()
@@ -474,7 +474,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    fs_err::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -485,11 +485,11 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// inotify watches a process holds (lines of its inotify descriptors' fdinfo).
 pub fn inotify_watches(pid: u32) -> usize {
     let mut n = 0;
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+    for e in fs_err::read_dir(format!("/proc/{pid}/fdinfo"))
         .unwrap()
         .flatten()
     {
-        if let Ok(text) = std::fs::read_to_string(e.path()) {
+        if let Ok(text) = fs_err::read_to_string(e.path()) {
             n += text
                 .lines()
                 .filter(|l| l.starts_with("inotify wd:"))
@@ -624,7 +624,7 @@ impl RayCluster {
             .unwrap()
             .get(format!("http://127.0.0.1:{}{path}", self.dashboard_port));
         if let Some(f) = &self.token_file {
-            let token = std::fs::read_to_string(f).unwrap();
+            let token = fs_err::read_to_string(f).unwrap();
             req = req.bearer_auth(token.trim());
         }
         req.send().ok()
@@ -637,7 +637,7 @@ impl RayCluster {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("ray start exited early: {status}");
             }
-            let entries = std::fs::read_dir(&self.temp_dir).ok()?;
+            let entries = fs_err::read_dir(&self.temp_dir).ok()?;
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with("session_") && name != "session_latest" {
@@ -648,7 +648,7 @@ impl RayCluster {
                 }
             }
             let legacy = self.temp_dir.join(DISCOVERY);
-            std::fs::symlink_metadata(&legacy)
+            fs_err::symlink_metadata(&legacy)
                 .is_ok_and(|m| m.is_file())
                 .then(|| (legacy, Instant::now()))
         })
@@ -714,7 +714,7 @@ pub fn cluster_session(file: &Path) -> String {
     {
         return session_of(file);
     }
-    std::fs::read_link(parent.join("session_latest"))
+    fs_err::read_link(parent.join("session_latest"))
         .unwrap()
         .file_name()
         .unwrap()

@@ -66,7 +66,7 @@ struct Driver {
 
 impl Driver {
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        fs_err::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -94,11 +94,11 @@ impl Driver {
     /// CPU: one runs, the others wait).
     fn start(ray: &Path, temp_dir: &Path, finished: usize, long: usize) -> Driver {
         let script = temp_dir.with_extension("workload.py");
-        std::fs::write(&script, WORKLOAD).unwrap();
+        fs_err::write(&script, WORKLOAD).unwrap();
         let python = ray.with_file_name("python");
         let address = wait_for("the cluster's GCS address", Duration::from_secs(60), || {
             let f = temp_dir.join("ray_current_cluster");
-            std::fs::read_to_string(&f)
+            fs_err::read_to_string(&f)
                 .ok()
                 .filter(|s| !s.trim().is_empty())
                 .map(|_| f)
@@ -112,7 +112,12 @@ impl Driver {
             .env("RAY_USAGE_STATS_ENABLED", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(temp_dir.with_extension("driver.log")).unwrap())
+            .stderr(
+                fs_err::File::create(temp_dir.with_extension("driver.log"))
+                    .unwrap()
+                    .into_parts()
+                    .0,
+            )
             .process_group(0)
             .spawn()
             .unwrap();
@@ -652,7 +657,7 @@ fn recorded_values_are_the_live_values() {
 #[test]
 fn without_the_rules_top_asks_live_and_up_turns_them_back_on() {
     let (stack, root) = Stack::watching("ray_norules", &["--no-top-rules"]);
-    let yml = std::fs::read_to_string(stack.home.join("prometheus/prometheus.yml")).unwrap();
+    let yml = fs_err::read_to_string(stack.home.join("prometheus/prometheus.yml")).unwrap();
     assert!(!yml.contains("rule_files"), "{yml}");
     let endpoint = MetricsEndpoint::serve(&every_value_metrics("session_nr_1"));
     let _head = FakeHead::start(&root, "session_nr_1", vec![endpoint.addr.clone()]);
@@ -817,7 +822,7 @@ fn a_central_stores_hostile_labels_are_escaped_and_credentials_come_from_safe_fi
     let api = FakeApi::serve(body);
     let dir = scratch();
     let token = dir.path().join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
+    fs_err::write(&token, "s3cret\n").unwrap();
     let out = Command::new(raywatch_bin())
         .args(["top", "--once", "--prometheus", &api.url, "--bearer-file"])
         .arg(&token)
@@ -848,7 +853,7 @@ fn a_central_stores_hostile_labels_are_escaped_and_credentials_come_from_safe_fi
     let fifo = dir.path().join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits(0o600).unwrap()).unwrap();
     let huge = dir.path().join("huge");
-    std::fs::write(&huge, vec![b'x'; 1 << 20]).unwrap();
+    fs_err::write(&huge, vec![b'x'; 1 << 20]).unwrap();
     for (file, why) in [(&link, "link"), (&fifo, "FIFO"), (&huge, "")] {
         let out = Command::new(raywatch_bin())
             .args([
@@ -924,7 +929,7 @@ fn another_users_credential_file_is_refused() {
     let other = crate::security::other_user();
     let dir = crate::security::open_scratch();
     let token = dir.path().join("token");
-    std::fs::write(&token, "planted\n").unwrap();
+    fs_err::write(&token, "planted\n").unwrap();
     nix::unistd::chown(
         &token,
         Some(nix::unistd::Uid::from_raw(other.0)),
@@ -986,7 +991,7 @@ fn ctrl_c_and_sigterm_restore_the_terminal() {
             let pids: Vec<u32> = processes_mentioning(&stack.home.display().to_string())
                 .into_iter()
                 .filter(|p| {
-                    std::fs::read(format!("/proc/{p}/cmdline"))
+                    fs_err::read(format!("/proc/{p}/cmdline"))
                         .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"top"))
                 })
                 .collect();

@@ -118,11 +118,11 @@ fn the_wheel_is_manylinux_and_its_raywatch_runs_a_stack_from_a_fresh_venv() {
     );
 
     // The wheel's metadata: the licence, and a README that starts with pip.
-    let metadata = std::fs::read_dir(venv.join("lib"))
+    let metadata = fs_err::read_dir(venv.join("lib"))
         .unwrap()
         .flatten()
         .map(|py| py.path().join("site-packages"))
-        .flat_map(|sp| std::fs::read_dir(sp).into_iter().flatten().flatten())
+        .flat_map(|sp| fs_err::read_dir(sp).into_iter().flatten().flatten())
         .map(|e| e.path())
         .find(|p| {
             p.file_name()
@@ -130,7 +130,7 @@ fn the_wheel_is_manylinux_and_its_raywatch_runs_a_stack_from_a_fresh_venv() {
                 .is_some_and(|n| n.starts_with("raywatch-") && n.ends_with(".dist-info"))
         })
         .expect("no raywatch-*.dist-info in the venv");
-    let meta = std::fs::read_to_string(metadata.join("METADATA")).unwrap();
+    let meta = fs_err::read_to_string(metadata.join("METADATA")).unwrap();
     assert!(
         meta.contains(&format!("\nVersion: {}\n", env!("CARGO_PKG_VERSION"))),
         "{meta}"
@@ -161,7 +161,7 @@ fn the_wheel_is_manylinux_and_its_raywatch_runs_a_stack_from_a_fresh_venv() {
 
     // The venv's raywatch runs a stack against the Prometheus installed here.
     let root = dir.path().join("ray_wheel");
-    std::fs::create_dir(&root).unwrap();
+    fs_err::create_dir(&root).unwrap();
     let stack = Stack::up_with(
         &installed,
         &dir.path().join("home"),
