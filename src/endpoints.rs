@@ -118,6 +118,7 @@ impl Endpoints {
     }
 
     /// Looks up every endpoint in one read of the socket tables.
+    #[cfg(test)]
     pub fn refresh<'a>(
         &mut self,
         endpoints: impl Iterator<Item = &'a String>,

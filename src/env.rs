@@ -83,6 +83,7 @@ pub fn home_dir() -> Option<PathBuf> {
 }
 
 /// `$RAYWATCH_BIN`: the `raywatch` binary `raywatch-bench` runs.
+#[cfg(feature = "bench")]
 pub fn raywatch_bin() -> Option<PathBuf> {
     non_empty("RAYWATCH_BIN").map(PathBuf::from)
 }

@@ -42,17 +42,6 @@ pub fn path(p: &Path) -> Cow<'_, str> {
     }
 }
 
-/// Formats a string as [`text`] does, without an intermediate `String`.
-/// (Width and alignment flags are ignored: pad a [`text`] result instead.)
-#[derive(Debug, Clone, Copy)]
-pub struct Text<'a>(pub &'a str);
-
-impl fmt::Display for Text<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_escaped(f, self.0, false)
-    }
-}
-
 /// Whether `c` must not reach a terminal as it is.
 pub fn is_control(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
@@ -192,12 +181,5 @@ mod tests {
         assert_eq!(path(bad), "/tmp/caf\u{fffd}");
         let bad_and_ctl = Path::new(OsStr::from_bytes(b"/tmp/\xe9\x1b[2J"));
         assert_eq!(path(bad_and_ctl), "/tmp/\u{fffd}\\e[2J");
-    }
-
-    #[test]
-    fn the_display_wrapper_matches_text() {
-        for s in ["plain", "a\x1b[31mred\u{9b}\u{202e}\n\\"] {
-            assert_eq!(Text(s).to_string(), text(s));
-        }
     }
 }

@@ -59,13 +59,6 @@ pub fn default_temp_dir_parents() -> Vec<PathBuf> {
     parents
 }
 
-/// Ray's default temp dir: `$RAY_TMPDIR/ray`, else `/tmp/ray`.
-pub fn default_temp_dir() -> PathBuf {
-    crate::env::ray_tmpdir()
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join(DEFAULT_TEMP_DIR_NAME)
-}
-
 /// The session a path belongs to: its `session_*` component, if any.
 pub fn session_in_path(path: &Path) -> Option<String> {
     path.components()

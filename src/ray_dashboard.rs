@@ -108,14 +108,6 @@ pub enum JobApi {
 }
 
 impl JobApi {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            JobApi::Token => "token",
-            JobApi::Open => "open",
-            JobApi::Unknown(_) => "unknown",
-        }
-    }
-
     /// The answer as the status report names it.
     pub fn access(&self) -> crate::status::JobAccess {
         match self {

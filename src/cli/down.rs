@@ -25,7 +25,7 @@ pub(super) fn down(home: &Home, purge: bool) -> Result<Exit> {
         .block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(5),
-                api::call(&home.socket(), api::Route::Shutdown, None),
+                api::request(&home.socket(), &api::ShutdownRequest),
             )
             .await
         })

@@ -118,7 +118,7 @@ fn run(cli: Cli) -> Result<Exit> {
 }
 
 fn init_logging(file: Option<PathBuf>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAYWATCH_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(crate::env::LOG_FILTER)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = match file {

@@ -34,10 +34,7 @@ use crate::config::StackConfig;
 use crate::home::Home;
 use crate::status::StatusReport;
 
-pub use inotify::{InotifyLimits, inotify_limits};
-pub use servers::{Lifecycle, lifecycle};
-pub use sessions::{FIXED_PORTS, LIVE_WITHIN, STALE_AFTER};
-pub use stack::{DiskUse, MIN_FREE_BYTES, disk_finding, home_permissions};
+pub use inotify::InotifyLimits;
 
 /// How long doctor waits for the daemon's status report.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);

@@ -20,17 +20,19 @@ pub mod schema;
 pub mod secrets;
 pub mod version;
 
-pub use answer::{
-    MAX_ANSWER, Point, QueryData, RangeSeries, RuleGroup, RuleState, Sample, Series, parse_answer,
-};
-pub use args::{READ_TIMEOUT, args, args_for, max_connections, open_files_limit};
+pub use answer::{Point, RangeSeries, RuleGroup, Sample, Series, parse_answer};
+pub use args::{READ_TIMEOUT, args};
 pub use client::{Client, Counted, Counter, Readiness};
 pub use disk::disk_use;
 pub use files::write_files;
-pub use listener::{ListenerError, verify_listener};
-pub use schema::{PrometheusYml, RecordingRules, prometheus_yml};
-pub use secrets::{ensure_password, ensure_secret, rotate_password};
-pub use version::{AGENT_SINCE, WEB_CONFIG_SINCE, major_version, version};
+pub use schema::RecordingRules;
+// Used by tests elsewhere in the crate (generated_files, top's rules).
+#[cfg(test)]
+pub use answer::RuleState;
+#[cfg(test)]
+pub use args::args_for;
+pub use secrets::{ensure_secret, rotate_password};
+pub use version::{AGENT_SINCE, WEB_CONFIG_SINCE, version};
 
 /// The user Prometheus' basic auth knows.
 pub const USER: &str = "raywatch";

@@ -213,11 +213,6 @@ impl Registry {
         self.claims.contains_key(endpoint)
     }
 
-    /// Every endpoint a live cluster lists.
-    pub fn listed(&self) -> impl Iterator<Item = &String> {
-        self.claims.keys()
-    }
-
     /// Remembers the name a previous daemon gave to a session, so that a restart
     /// of raywatch does not rename clusters (and so split their series).
     pub fn prefer(&mut self, temp_dir: PathBuf, session: String, name: String) {

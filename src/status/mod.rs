@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::supervisor::ChildStatus;
 
 pub use crate::remote_write::RemoteWriteStatus;
-pub use render::{dashboard_line, human_bytes, render, ssh_hint, stack_lines};
+pub use render::{human_bytes, render, ssh_hint, stack_lines};
 pub use sizes::{ScrapeSizes, annotate};
 
 pub const SCHEMA: u32 = 1;
