@@ -4,19 +4,7 @@ use std::path::Path;
 
 /// The major version of a Prometheus binary (`prometheus --version`).
 pub fn major_version(bin: &Path) -> Option<u32> {
-    let out = std::process::Command::new(bin)
-        .arg("--version")
-        .output()
-        .ok()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    parse_major_version(&text)
-}
-
-/// `prometheus, version 2.42.0+ds (…)` → 2.
-pub fn parse_major_version(text: &str) -> Option<u32> {
-    let rest = text.split("version ").nth(1)?;
-    rest.split('.').next()?.trim().parse().ok()
+    version(bin).map(|(major, _)| major)
 }
 
 /// Agent mode needs Prometheus ≥ 2.32.
