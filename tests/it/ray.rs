@@ -37,8 +37,8 @@ fn two_clusters(ray: &std::path::Path, session_scoped: bool) {
     // Both clusters keep Ray's fixed autoscaler/dashboard metrics ports, so both list them.
     let mut a = RayCluster::start_with(ray, &ta, true, &[]);
     let mut b = RayCluster::start_with(ray, &tb, true, &[]);
-    let (file_a, seen_a) = a.wait_discovery(Duration::from_secs(120));
-    let (file_b, seen_b) = b.wait_discovery(Duration::from_secs(120));
+    let (file_a, _) = a.wait_discovery(Duration::from_secs(120));
+    let (file_b, _) = b.wait_discovery(Duration::from_secs(120));
     assert_eq!(
         file_a.parent() != Some(ta.as_path()),
         session_scoped,
@@ -48,20 +48,28 @@ fn two_clusters(ray: &std::path::Path, session_scoped: bool) {
     let (name_a, name_b) = (format!("{}-ray_a", user()), format!("{}-ray_b", user()));
     let (session_a, session_b) = (cluster_session(&file_a), cluster_session(&file_b));
 
-    for (name, port, seen) in [
-        (&name_a, a.metrics_port, seen_a),
-        (&name_b, b.metrics_port, seen_b),
-    ] {
-        let node = format!("127.0.0.1:{port}");
-        wait_for(
+    // A node target is published once its listener is there (see endpoints.rs):
+    // Ray's metrics agent starts after the discovery file, on a loaded machine
+    // a minute or more later. raywatch's share is measured from the moment the
+    // endpoint serves.
+    for (name, cluster) in [(&name_a, &a), (&name_b, &b)] {
+        let node = format!("127.0.0.1:{}", cluster.metrics_port);
+        cluster.wait(
+            &format!("{name}'s metrics agent to serve {node}"),
+            Duration::from_secs(180),
+            || served_session(&node),
+        );
+        let serving = Instant::now();
+        wait_explained(
             &format!("{name}'s node target in Prometheus"),
             Duration::from_secs(60),
             || stack.instances_of(name).contains(&node).then_some(()),
+            || stack.diagnostics(),
         );
-        let took = seen.elapsed();
+        let took = serving.elapsed();
         assert!(
             took < Duration::from_secs(20),
-            "{name} appeared {took:?} after its discovery file"
+            "{name}'s node target appeared {took:?} after its endpoint served"
         );
     }
     for labels in stack.active_target_labels() {
@@ -79,7 +87,8 @@ fn two_clusters(ray: &std::path::Path, session_scoped: bool) {
     // Ray's node reporter starts after the discovery file, and later still on a
     // loaded machine (60 s was once not enough in a full run): two minutes.
     for (name, session) in [(&name_a, &session_a), (&name_b, &session_b)] {
-        let series = wait_for(
+        let cluster = if name == &name_a { &a } else { &b };
+        let series = cluster.wait(
             &format!("ray_node_cpu_utilization of {name}"),
             Duration::from_secs(120),
             || {

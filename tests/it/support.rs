@@ -27,17 +27,88 @@ pub fn raywatch(args: &[&str]) -> assert_cmd::Command {
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_explained(what, limit, f, String::new)
+}
+
+/// [`wait_for`], whose panic also carries what `explain` says then (e.g. a
+/// cluster's [`ray_diagnostics`]).
+pub fn wait_explained<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f() {
             return v;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
+            panic!(
+                "timed out after {limit:?} waiting for {what}\n{}",
+                explain()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// What a timed-out wait on a real Ray cluster needs to be understood in a CI
+/// log: the machine's load, memory and disk, and the tails of the cluster's own
+/// logs (its GCS, raylet and agents), which say whether a part crashed, never
+/// started or was starved.
+pub fn ray_diagnostics(temp_dir: &Path) -> String {
+    let mut out = String::new();
+    let loadavg = fs_err::read_to_string("/proc/loadavg").unwrap_or_default();
+    let available = fs_err::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemAvailable"))
+        .unwrap_or_default()
+        .to_string();
+    out += &format!("load: {}{available}\n", loadavg.trim_end());
+    if let Ok(fs) = nix::sys::statvfs::statvfs(temp_dir.parent().unwrap_or(temp_dir)) {
+        let mib = |blocks: u64| blocks * fs.fragment_size() / (1 << 20);
+        out += &format!(
+            "disk: {} MiB free of {} MiB\n",
+            mib(fs.blocks_available()),
+            mib(fs.blocks())
+        );
+    }
+    let logs = temp_dir.join("session_latest/logs");
+    let mut names: Vec<String> = fs_err::read_dir(&logs)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    [
+                        "gcs_server",
+                        "raylet",
+                        "dashboard_agent",
+                        "dashboard.",
+                        "monitor.",
+                    ]
+                    .iter()
+                    .any(|p| n.starts_with(p))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    for name in names {
+        let text = fs_err::read_to_string(logs.join(&name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(12)..];
+        if !tail.is_empty() {
+            out += &format!(
+                "--- {name} (last {} lines)\n{}\n",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+    out
 }
 
 /// A fresh temp dir that does not match /tmp/ray* (so no default root sees it).
@@ -232,6 +303,20 @@ impl Stack {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{name} not in Prometheus' /metrics"))
+    }
+
+    /// What a timed-out wait on this stack needs to be understood in a CI log:
+    /// `raywatch status` and the tail of the daemon's log.
+    pub fn diagnostics(&self) -> String {
+        let status = self.run(&["status"]);
+        let log = fs_err::read_to_string(self.home.join("logs/daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "--- raywatch status\n{}{}--- daemon.log (last lines)\n{}\n",
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&status.stderr),
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        )
     }
 
     pub fn pids(&self) -> Vec<u32> {
@@ -633,7 +718,8 @@ impl RayCluster {
     /// Waits for the cluster's discovery file: session-scoped (Ray ≥ 2.5x), or
     /// a regular file at the temp-dir level (older Ray); returns it and when it appeared.
     pub fn wait_discovery(&mut self, limit: Duration) -> (PathBuf, Instant) {
-        wait_for("Ray's session discovery file", limit, || {
+        let temp_dir = self.temp_dir.clone();
+        let found = || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("ray start exited early: {status}");
             }
@@ -651,7 +737,16 @@ impl RayCluster {
             fs_err::symlink_metadata(&legacy)
                 .is_ok_and(|m| m.is_file())
                 .then(|| (legacy, Instant::now()))
+        };
+        wait_explained("Ray's session discovery file", limit, found, || {
+            ray_diagnostics(&temp_dir)
         })
+    }
+
+    /// [`wait_for`] on something this cluster does (its endpoints serving,
+    /// its series arriving): a timeout's panic carries [`ray_diagnostics`].
+    pub fn wait<T>(&self, what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+        wait_explained(what, limit, f, || ray_diagnostics(&self.temp_dir))
     }
 
     /// SIGKILL to every process of the cluster, then waits until none is left.

@@ -96,13 +96,18 @@ impl Driver {
         let script = temp_dir.with_extension("workload.py");
         fs_err::write(&script, WORKLOAD).unwrap();
         let python = ray.with_file_name("python");
-        let address = wait_for("the cluster's GCS address", Duration::from_secs(60), || {
-            let f = temp_dir.join("ray_current_cluster");
-            fs_err::read_to_string(&f)
-                .ok()
-                .filter(|s| !s.trim().is_empty())
-                .map(|_| f)
-        });
+        let address = wait_explained(
+            "the cluster's GCS address",
+            Duration::from_secs(120),
+            || {
+                let f = temp_dir.join("ray_current_cluster");
+                fs_err::read_to_string(&f)
+                    .ok()
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|_| f)
+            },
+            || ray_diagnostics(temp_dir),
+        );
         let child = Command::new(python)
             .arg(&script)
             .arg(&address)
@@ -276,9 +281,12 @@ fn ray_two_real_clusters_in_top_once_json_and_on_the_screen() {
         })
     .unwrap_or_else(|| {
         panic!(
-            "timed out waiting for both clusters with their workloads; last snapshot:\n{last:#}\nbusy driver: {}\ncalm driver: {}",
+            "timed out waiting for both clusters with their workloads; last snapshot:\n{last:#}\nbusy driver: {}\ncalm driver: {}\nbusy cluster: {}\ncalm cluster: {}\n{}",
             _busy.log(),
-            _calm.log()
+            _calm.log(),
+            ray_diagnostics(&ta),
+            ray_diagnostics(&tb),
+            stack.diagnostics()
         )
     });
     assert_eq!(snap["clusters"].as_array().unwrap().len(), 2, "{snap:#}");
@@ -452,8 +460,10 @@ fn ray_oldest_supported_ray_2_40_fills_the_same_columns() {
     })
     .unwrap_or_else(|| {
         panic!(
-            "timed out waiting for the Ray 2.40 cluster with its workload; last snapshot:\n{last:#}\ndriver: {}",
-            driver.log()
+            "timed out waiting for the Ray 2.40 cluster with its workload; last snapshot:\n{last:#}\ndriver: {}\ncluster: {}\n{}",
+            driver.log(),
+            ray_diagnostics(&root),
+            stack.diagnostics()
         )
     });
     let c = cluster(&snap, &name).unwrap();
