@@ -66,11 +66,29 @@ pub struct Entry {
     pub ended_unix: Option<f64>,
     #[serde(default)]
     pub end_reason: Option<String>,
+    /// Nodes (metrics endpoints) the cluster stopped listing while it lived,
+    /// oldest first, at most [`crate::registry::MAX_LOST`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes_lost: Vec<NodeLost>,
+}
+
+/// A node a live cluster lost: its endpoint, and when raywatch saw it go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeLost {
+    pub node: String,
+    pub at_unix: f64,
 }
 
 impl Entry {
     pub fn ended(&self) -> bool {
         self.ended_unix.is_some()
+    }
+
+    /// Whether the loss of `node` at `t` (to the millisecond) is recorded.
+    pub fn knows_loss(&self, node: &str, t: f64) -> bool {
+        self.nodes_lost
+            .iter()
+            .any(|l| l.node == node && (l.at_unix - t).abs() < 1e-3)
     }
 }
 
@@ -94,6 +112,8 @@ pub enum Record {
         last_seen: f64,
         reason: String,
     },
+    /// A live cluster stopped listing `node` at `t` (a worker died or left).
+    NodeLost { t: f64, id: String, node: String },
     /// A cluster's whole entry, written when the file is rotated.
     Entry(Entry),
 }
@@ -129,6 +149,7 @@ impl History {
                             last_seen_unix: t,
                             ended_unix: None,
                             end_reason: None,
+                            nodes_lost: Vec::new(),
                         },
                     );
                 }
@@ -152,6 +173,15 @@ impl History {
                     e.ended_unix = Some(t);
                     e.end_reason = Some(reason);
                     e.last_seen_unix = last_seen.max(e.first_seen_unix);
+                }
+            }
+            Record::NodeLost { t, id, node } => {
+                if let Some(e) = self.entries.get_mut(&id)
+                    && !e.knows_loss(&node, t)
+                {
+                    e.nodes_lost.push(NodeLost { node, at_unix: t });
+                    let excess = e.nodes_lost.len().saturating_sub(crate::registry::MAX_LOST);
+                    e.nodes_lost.drain(..excess);
                 }
             }
             Record::Entry(e) => {
@@ -488,6 +518,7 @@ mod tests {
                 last_seen_unix: 2.0,
                 ended_unix: None,
                 end_reason: None,
+                nodes_lost: Vec::new(),
             }),
         ] {
             let line = serde_json::to_string(&r).unwrap();

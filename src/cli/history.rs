@@ -121,6 +121,14 @@ fn render(clusters: &[Listed], running: bool, skipped: usize) -> String {
             }
         }
         let _ = writeln!(out, "    {who}");
+        for l in &e.nodes_lost {
+            let _ = writeln!(
+                out,
+                "    node lost: {} at {}",
+                escape::text(&l.node),
+                when(l.at_unix)
+            );
+        }
         if let Some(reason) = &e.end_reason {
             let _ = writeln!(out, "    ended: {}", escape::text(reason));
         }

@@ -152,6 +152,7 @@ mod tests {
             last_seen_unix: 1_795_791_731.0,
             ended_unix: Some(1_795_791_738.0),
             end_reason: Some("gone".into()),
+            nodes_lost: Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Instant, SystemTime};
 
 use super::clusters::Core;
-use crate::history::{self, History, HistoryLog, Identity, Record};
+use crate::history::{self, Entry, History, HistoryLog, Identity, Record};
 use crate::registry::{Cluster, Origin, State};
 
 impl Core {
@@ -91,9 +91,11 @@ fn catch_up<'a>(
         match &c.state {
             State::Live => {
                 live.push(ident.id.clone());
+                let id = ident.id.clone();
                 if known.is_none_or(|e| e.ended() || e.cluster != ident) {
                     records.push(Record::Seen { t, cluster: ident });
                 }
+                records.extend(losses(known, c, &id));
             }
             State::Dead { since, reason } => {
                 // Dead on first sight (an old session folder) is no
@@ -120,6 +122,22 @@ fn catch_up<'a>(
     }
     records.extend(vanished(history, &present, reconciled, t));
     (records, live)
+}
+
+/// The nodes `c` lost that its history entry `known` does not record yet.
+fn losses<'a>(
+    known: Option<&'a Entry>,
+    c: &'a Cluster,
+    id: &'a str,
+) -> impl Iterator<Item = Record> + 'a {
+    c.lost.iter().filter_map(move |l| {
+        let t = history::unix(l.at);
+        (!known.is_some_and(|e| e.knows_loss(&l.endpoint, t))).then(|| Record::NodeLost {
+            t,
+            id: id.to_string(),
+            node: l.endpoint.clone(),
+        })
+    })
 }
 
 /// Live in the history, unknown to the registry: its files went while raywatch
@@ -175,7 +193,6 @@ fn identity(c: &Cluster, host: &str) -> Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::Entry;
 
     fn entry(id: &str, ended: bool) -> Entry {
         Entry {
@@ -196,6 +213,7 @@ mod tests {
             last_seen_unix: 200.0,
             ended_unix: ended.then_some(300.0),
             end_reason: ended.then(|| "gone".into()),
+            nodes_lost: Vec::new(),
         }
     }
 
@@ -241,5 +259,60 @@ mod tests {
             })
             .collect();
         assert_eq!(ended, [("followed", 200.0), ("live", 200.0)]);
+    }
+
+    #[test]
+    fn a_lost_node_is_recorded_once_with_when_it_went() {
+        use crate::discovery::{Found, Listing};
+        use crate::registry::Registry;
+        use std::time::Duration;
+        let found = Found::for_file(std::path::Path::new(
+            "/tmp/ray_a/session_x_1/prom_metrics_service_discovery.json",
+        ));
+        let mut r = Registry::new(Duration::from_secs(20));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let see = |r: &mut Registry, targets: &[&str], at: SystemTime| {
+            let listing = Listing {
+                targets: targets.iter().map(|t| t.to_string()).collect(),
+                mtime: at,
+                uid: nix::unistd::geteuid().as_raw(),
+            };
+            r.observe(
+                &found,
+                Origin::Watched,
+                Ok(Some(listing)),
+                Instant::now(),
+                at,
+            );
+        };
+        see(&mut r, &["10.213.1.1:8080", "10.213.2.1:8080"], t0);
+        let lost_at = t0 + Duration::from_secs(7);
+        see(&mut r, &["10.213.1.1:8080"], lost_at);
+        let mut h = History::default();
+        let (records, _) = catch_up(&h, r.clusters(), "h", true, lost_at);
+        let lost: Vec<&Record> = records
+            .iter()
+            .filter(|r| matches!(r, Record::NodeLost { .. }))
+            .collect();
+        assert!(
+            matches!(lost[..], [Record::NodeLost { t, node, .. }] if *t == 1_007.0 && node == "10.213.2.1:8080"),
+            "{records:?}"
+        );
+        for rec in records {
+            h.apply(rec);
+        }
+        let (again, _) = catch_up(
+            &h,
+            r.clusters(),
+            "h",
+            true,
+            lost_at + Duration::from_secs(1),
+        );
+        assert!(
+            !again.iter().any(|r| matches!(r, Record::NodeLost { .. })),
+            "{again:?}"
+        );
+        let e = h.entries.values().next().unwrap();
+        assert_eq!(e.nodes_lost.len(), 1);
     }
 }

@@ -145,6 +145,17 @@ impl Core {
             withheld,
             remote_targets: remote_targets(c, &judged.locals),
             samples_per_scrape: None,
+            nodes_lost: if c.is_live() {
+                c.still_lost()
+                    .into_iter()
+                    .map(|l| status::LostNode {
+                        address: l.endpoint.clone(),
+                        since_unix: unix(l.at),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             dashboard: None,
         }
     }

@@ -44,11 +44,51 @@ pub struct Cluster {
     pub gcs_seen: Option<Instant>,
     /// When its discovery file was found gone while the cluster stayed live.
     pub file_gone: Option<SystemTime>,
+    /// Endpoints it stopped listing while it lived (Ray lists its alive
+    /// nodes only, so a worker that died or left drops out), oldest first, at
+    /// most [`MAX_LOST`].
+    pub lost: Vec<NodeLoss>,
+}
+
+/// How many lost endpoints a cluster remembers (the newest).
+pub const MAX_LOST: usize = 64;
+
+/// An endpoint a live cluster stopped listing, and when raywatch saw it go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLoss {
+    pub endpoint: String,
+    pub at: SystemTime,
 }
 
 impl Cluster {
     pub fn is_live(&self) -> bool {
         self.state == State::Live
+    }
+
+    /// Records the endpoints of `before` that `self.targets` no longer lists,
+    /// lost at `at` (a live cluster's new listing).
+    pub(crate) fn note_losses(&mut self, before: &[String], at: SystemTime) {
+        for endpoint in before.iter().filter(|t| !self.targets.contains(t)) {
+            self.lost.push(NodeLoss {
+                endpoint: endpoint.clone(),
+                at,
+            });
+        }
+        let excess = self.lost.len().saturating_sub(MAX_LOST);
+        self.lost.drain(..excess);
+    }
+
+    /// The lost endpoints it does not list again (a worker back on the same
+    /// address is listed, not lost), each with its newest loss.
+    pub fn still_lost(&self) -> Vec<&NodeLoss> {
+        let mut v: Vec<&NodeLoss> = Vec::new();
+        for l in self.lost.iter().rev() {
+            if !self.targets.contains(&l.endpoint) && v.iter().all(|o| o.endpoint != l.endpoint) {
+                v.push(l);
+            }
+        }
+        v.reverse();
+        v
     }
 
     /// Its last sign of life: a rewrite of its discovery file, or its GCS found listening.

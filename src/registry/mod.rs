@@ -16,7 +16,7 @@ use crate::discovery::{Found, Listing, Rejection};
 mod cluster;
 mod naming;
 
-pub use cluster::{Cluster, Origin, RejectionRecord, State};
+pub use cluster::{Cluster, MAX_LOST, Origin, RejectionRecord, State};
 use naming::{base_name, short_hash};
 pub use naming::{labels, sanitize_name, validate_name};
 
@@ -305,6 +305,7 @@ impl Registry {
             gcs_port: None,
             gcs_seen: None,
             file_gone: None,
+            lost: Vec::new(),
         };
         let live = cluster.is_live();
         self.generation += 1;
@@ -338,7 +339,10 @@ impl Registry {
         if c.targets != listing.targets {
             self.generation += 1;
         }
-        c.targets = listing.targets;
+        let before = std::mem::replace(&mut c.targets, listing.targets);
+        if c.is_live() {
+            c.note_losses(&before, wall);
+        }
         c.file_gone = None;
         if changed {
             c.mtime = listing.mtime;
@@ -684,6 +688,79 @@ mod tests {
             mtime,
             uid: nix::unistd::geteuid().as_raw(),
         }))
+    }
+
+    #[test]
+    fn a_worker_a_live_cluster_stops_listing_is_lost_until_listed_again() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let t0 = SystemTime::now();
+        let now = Instant::now();
+        let a = found("/tmp/ray_a", "session_x_111");
+        let (head, b, c) = ("10.213.1.1:8080", "10.213.2.1:8080", "10.213.3.1:8080");
+        let see = |r: &mut Registry, targets: &[&str], secs: u64| {
+            let wall = t0 + Duration::from_secs(secs);
+            r.observe(&a, Origin::Watched, listing(targets, wall), now, wall);
+        };
+        see(&mut r, &[head, b, c], 0);
+        see(&mut r, &[head, b], 5);
+        see(&mut r, &[head, b], 10);
+        let lost = |r: &Registry| {
+            r.get(&a.file)
+                .unwrap()
+                .still_lost()
+                .iter()
+                .map(|l| {
+                    (
+                        l.endpoint.clone(),
+                        l.at.duration_since(t0).unwrap().as_secs(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lost(&r), [(c.to_string(), 5)]);
+        // A worker back on the same address is listed, not lost; its loss stays recorded.
+        see(&mut r, &[head, b, c], 15);
+        assert!(lost(&r).is_empty());
+        assert_eq!(r.get(&a.file).unwrap().lost.len(), 1);
+        see(&mut r, &[head], 20);
+        assert_eq!(lost(&r), [(b.to_string(), 20), (c.to_string(), 20)]);
+    }
+
+    #[test]
+    fn a_dead_clusters_targets_are_no_loss_and_losses_are_bounded() {
+        let mut r = Registry::new(Duration::from_secs(20));
+        let t0 = SystemTime::now();
+        let now = Instant::now();
+        let a = found("/tmp/ray_a", "session_x_111");
+        for i in 0..(MAX_LOST as u64 + 10) {
+            let wall = t0 + Duration::from_secs(i);
+            let (keep, gone) = ("127.0.0.1:1".to_string(), format!("127.0.0.1:{}", 1000 + i));
+            r.observe(
+                &a,
+                Origin::Watched,
+                listing(&[&keep, &gone], wall),
+                now,
+                wall,
+            );
+        }
+        let c = r.get(&a.file).unwrap();
+        assert_eq!(c.lost.len(), MAX_LOST);
+        assert_eq!(
+            c.lost.last().unwrap().endpoint,
+            format!("127.0.0.1:{}", 1000 + MAX_LOST as u64 + 8)
+        );
+        // Dead (its file stale), then rewritten with fewer targets: a revival, not a loss.
+        let late = t0 + Duration::from_secs(500);
+        r.declare_dead(&a.file, late, "test".into());
+        let before = r.get(&a.file).unwrap().lost.len();
+        r.observe(
+            &a,
+            Origin::Watched,
+            listing(&["127.0.0.1:1"], late),
+            now,
+            late,
+        );
+        assert_eq!(r.get(&a.file).unwrap().lost.len(), before);
     }
 
     #[test]

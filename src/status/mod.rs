@@ -170,10 +170,22 @@ pub struct ClusterStatus {
     /// `scrape_samples_scraped`); null before the first scrape.
     #[serde(default)]
     pub samples_per_scrape: Option<f64>,
+    /// Nodes a live cluster stopped listing (Ray lists its alive nodes only):
+    /// lost, unless one comes back on the same address.
+    #[serde(default)]
+    pub nodes_lost: Vec<LostNode>,
     /// The cluster's Ray Dashboard and whether its job API demands Ray's token
     /// (filled in by `raywatch status` itself: the daemon does not ask).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dashboard: Option<DashboardStatus>,
+}
+
+/// A node (metrics endpoint) a live cluster no longer lists.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LostNode {
+    pub address: String,
+    /// When raywatch saw Ray drop it from the cluster's discovery file.
+    pub since_unix: f64,
 }
 
 /// A live cluster's Ray Dashboard, as `raywatch status` found it.
@@ -471,6 +483,38 @@ mod tests {
         let text = render(&r);
         assert!(
             text.contains("      note: its discovery file stopped being rewritten: it is gone from /tmp/ray_\\e[2J/s/d.json"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn a_lost_node_is_listed_under_its_cluster_escaped() {
+        let mut r = report();
+        let mut cluster: ClusterStatus = serde_json::from_value(serde_json::json!({
+            "name": "alice-ray_x", "state": "live", "dead_reason": null,
+            "session": "session_1", "session_dir": null, "temp_dir": "/tmp/ray_x",
+            "discovery_file": "/tmp/ray_x/d.json", "user": "alice", "source": "watch",
+            "last_rewrite_unix": 0.0, "grafana_url": null, "targets": [],
+            "withheld": [], "remote_targets": []
+        }))
+        .unwrap();
+        assert!(
+            cluster.nodes_lost.is_empty(),
+            "a report without the field has none"
+        );
+        cluster.nodes_lost = vec![LostNode {
+            address: "10.213.3.1:8080\u{1b}[2J".into(),
+            since_unix: crate::clock::unix_now() - 90.0,
+        }];
+        r.clusters = vec![cluster];
+        let text = render(&r);
+        assert!(
+            text.contains(
+                "      10.213.3.1:8080\\e[2J     LOST: Ray no longer lists this node (for 1m 30s)"
+            ) || text.contains(
+                "      10.213.3.1:8080\\e[2J     LOST: Ray no longer lists this node (for 1m 31s)"
+            ),
             "{text}"
         );
         assert!(!text.contains('\u{1b}'));

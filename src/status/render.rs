@@ -2,6 +2,7 @@
 //! name that comes from a file, a process or a user escaped.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use super::{
     ClusterStatus, DashboardStatus, GrafanaStatus, Health, JobAccess, PrometheusMode,
@@ -246,6 +247,16 @@ fn target_lines(out: &mut String, c: &ClusterStatus) {
             "      {:<24} not scraped here: {}",
             escape::text(&w.address),
             escape::text(&w.reason)
+        );
+    }
+    for l in &c.nodes_lost {
+        let _ = writeln!(
+            out,
+            "      {:<24} LOST: Ray no longer lists this node (for {})",
+            escape::text(&l.address),
+            humantime::format_duration(Duration::from_secs(
+                (crate::clock::unix_now() - l.since_unix).max(0.0) as u64
+            ))
         );
     }
 }
