@@ -35,6 +35,9 @@ pub const PENDING_STATES: &str = "PENDING.*|SUBMITTED_TO_WORKER";
 /// nothing; the newest sample within this window does not.
 pub const FRESH: &str = "60s";
 
+/// How long a node whose target went is counted lost (its cluster still live).
+pub const LOST_WINDOW: &str = "10m";
+
 /// `metric{selector}`'s newest sample within [`FRESH`], `offset` ago when given.
 fn fresh(metric: &str, selector: &str, offset: Option<&str>) -> String {
     match offset {
@@ -177,9 +180,23 @@ fn resource_values() -> Vec<(&'static str, String)> {
         )
     };
     vec![
+        // A node reporting whose target is still scraped: a worker Ray no
+        // longer lists leaves `up` at once (its target is gone) while its last
+        // report stays fresh for a minute.
         (
             "nodes_up",
-            format!("count by ({KEY}) ({})", ours("ray_node_cpu_utilization")),
+            format!(
+                "count by ({KEY}) ({} and on({KEY}, instance) up{{{OURS}}})",
+                ours("ray_node_cpu_utilization")
+            ),
+        ),
+        // Nodes that reported within LOST_WINDOW and whose target is gone: Ray
+        // dropped them from the cluster's list (a dead or removed worker).
+        (
+            "nodes_lost",
+            format!(
+                "count by ({KEY}) (max by ({KEY}, instance) (last_over_time(ray_node_cpu_utilization{{{RAY}}}[{LOST_WINDOW}])) unless on({KEY}, instance) up{{{OURS}}})"
+            ),
         ),
         (
             "nodes_total",

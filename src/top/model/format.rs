@@ -82,9 +82,10 @@ pub fn cells(c: &Cluster) -> Vec<String> {
                 None => DASH.into(),
             },
             Column::Age => age(c.age_seconds),
-            Column::Nodes => match (c.nodes_up, c.nodes_total) {
-                (None, None) => DASH.into(),
-                (u, t) => format!("{}/{}", num(u), num(t)),
+            Column::Nodes => match (c.nodes_up, c.nodes_total, c.nodes_lost) {
+                (None, None, _) => DASH.into(),
+                (u, t, Some(lost)) if lost > 0 => format!("{}/{} -{lost}", num(u), num(t)),
+                (u, t, _) => format!("{}/{}", num(u), num(t)),
             },
             Column::Cpu => percent(c.cpu_percent),
             Column::Mem => used_of(c.mem_used_bytes, c.mem_total_bytes),

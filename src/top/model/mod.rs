@@ -62,6 +62,9 @@ pub struct Cluster {
     pub age_seconds: Option<f64>,
     pub nodes_up: Option<u64>,
     pub nodes_total: Option<u64>,
+    /// Nodes that reported within the last [`crate::top::queries::LOST_WINDOW`]
+    /// and that Ray no longer lists (a worker died or left); 0 when none.
+    pub nodes_lost: Option<u64>,
     /// The average of its nodes' CPU %.
     pub cpu_percent: Option<f64>,
     pub mem_used_bytes: Option<f64>,
@@ -210,7 +213,13 @@ fn add_live_values(c: &mut Cluster, f: &Fields) {
     let plus = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
     let mib = |v: Option<f64>| v.map(|v| v * 1024.0 * 1024.0);
     c.nodes_up = count(get("nodes_up").or(get("nodes_total").map(|_| 0.0)));
-    c.nodes_total = count(get("nodes_total")).or(c.nodes_up);
+    // Ray's own count lags a joining node by a report or two: never fewer in
+    // total than up.
+    c.nodes_total = match (count(get("nodes_total")), c.nodes_up) {
+        (Some(t), Some(u)) => Some(t.max(u)),
+        (t, u) => t.or(u),
+    };
+    c.nodes_lost = count(get("nodes_lost").or(c.nodes_up.map(|_| 0.0)));
     c.cpu_percent = get("cpu");
     c.mem_used_bytes = get("mem_used");
     c.mem_total_bytes = get("mem_total");
@@ -299,6 +308,43 @@ mod tests {
             None,
         );
         assert_eq!(c[0].tasks_running, Some(0), "ray_tasks without RUNNING: 0");
+    }
+
+    fn nodes_cell(c: &Cluster) -> String {
+        let i = Column::ALL
+            .iter()
+            .position(|k| *k == Column::Nodes)
+            .unwrap();
+        format::cells(c).swap_remove(i)
+    }
+
+    #[test]
+    fn never_more_nodes_up_than_in_total_and_lost_ones_are_counted() {
+        let live = |extra: &[(&str, &str)]| {
+            let mut s = vec![sample("targets", "a", "3"), sample("last_seen", "a", "100")];
+            s.extend(extra.iter().map(|(f, v)| sample(f, "a", v)));
+            clusters(&s, 100.0, None).remove(0)
+        };
+        // Ray's own count lags a joining node.
+        let c = live(&[("nodes_up", "2"), ("nodes_total", "1")]);
+        assert_eq!(
+            (c.nodes_up, c.nodes_total, c.nodes_lost),
+            (Some(2), Some(2), Some(0))
+        );
+        assert_eq!(nodes_cell(&c), "2/2");
+        // A worker gone from Ray's list while Ray still counts it.
+        let c = live(&[("nodes_up", "2"), ("nodes_total", "3"), ("nodes_lost", "1")]);
+        assert_eq!(
+            (c.nodes_up, c.nodes_total, c.nodes_lost),
+            (Some(2), Some(3), Some(1))
+        );
+        assert_eq!(nodes_cell(&c), "2/3 -1");
+        // No node series at all: nothing known, nothing lost.
+        let c = live(&[]);
+        assert_eq!(
+            (c.nodes_up, c.nodes_total, c.nodes_lost),
+            (None, None, None)
+        );
     }
 
     #[test]
