@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -584,12 +585,77 @@ pub fn inotify_watches(pid: u32) -> usize {
     n
 }
 
+/// A free port for a process a test starts later (Ray binds the ports it is
+/// given seconds after `ray start`; a port another process takes meanwhile ends
+/// the whole cluster, since `ray start --block` stops every part once one dies).
+///
+/// So the port is neither from the kernel's ephemeral range (which every
+/// `bind(0)` and `connect()` of the machine draws from: Ray's own parts,
+/// Prometheus, the clients) nor from Ray's worker ports (10002-19999), and it
+/// is reserved for this test process by a lock on a file named after it
+/// (released when the process exits), so tests running side by side never
+/// pick the same one. It is free on every address when picked.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    static HELD: std::sync::Mutex<Vec<nix::fcntl::Flock<std::fs::File>>> =
+        std::sync::Mutex::new(Vec::new());
+    let ephemeral_low: u16 = fs_err::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (20_000u16, ephemeral_low.saturating_sub(1).min(32_767));
+    if high <= low + 1000 {
+        // An unusual ephemeral range: the kernel's pick, bound at once.
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    }
+    let dir = port_lock_dir();
+    let span = u64::from(high - low) + 1;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .subsec_nanos();
+    let start = u64::from(std::process::id()).wrapping_mul(2_654_435_761) ^ u64::from(nanos);
+    for i in 0..span {
+        let port = low + ((start.wrapping_add(i)) % span) as u16;
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            HELD.lock().unwrap().push(lock);
+            return port;
+        }
+    }
+    panic!("no free port in {low}-{high} (locks in {})", dir.display());
+}
+
+/// Where [`free_port`]'s locks live: a folder of this uid's own in /tmp,
+/// refused when someone else made it (another user could otherwise hold
+/// locks that starve the tests, or plant links).
+fn port_lock_dir() -> PathBuf {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = nix::unistd::geteuid().as_raw();
+    let dir = PathBuf::from(format!("/tmp/rwtest-ports-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = fs_err::symlink_metadata(&dir).unwrap();
+    assert!(
+        meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0,
+        "{} is not a private folder of uid {uid}: remove it and run the tests again",
+        dir.display()
+    );
+    dir
 }
 
 /// The `ray` executable of the test virtualenv (set up by scripts/test).
