@@ -217,6 +217,9 @@ async fn run_once(
     tracing::info!("{name} started (pid {pid})");
     tokio::select! {
         res = child.wait() => {
+            // Reaped: its PID may name another process from now on, so no
+            // signal may go to it (`signal` reads this).
+            st.lock().unwrap().pid = None;
             let what = match res {
                 Ok(s) => s.to_string(),
                 Err(e) => e.to_string(),
@@ -225,7 +228,6 @@ async fn run_once(
             // Let the output pumps catch the last lines.
             tokio::time::sleep(Duration::from_millis(100)).await;
             let mut s = st.lock().unwrap();
-            s.pid = None;
             s.last_exit = Some(what);
             s.last_output = tail.lines();
             s.restarts += 1;
