@@ -252,7 +252,11 @@ fn a_command_that_needs_the_stack_exits_3_with_the_cause_then_the_hint() {
             assert_eq!(v["running"], false);
         }
     }
-    let runs: Vec<_> = commands.iter().copied().zip(&outs).collect();
+    let runs: Vec<_> = commands
+        .iter()
+        .map(|args| format!("raywatch {}", args.join(" ")))
+        .zip(&outs)
+        .collect();
     assert_transcripts("needs-the-stack", &runs, scratch_filters(dir.path()));
     assert!(!home.exists(), "nothing was created");
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::security::{open_scratch, other_user, shared_raywatch};
+use crate::snapshots::{assert_transcript, assert_transcripts, regex_escape, scratch_filters};
 use crate::support::*;
 
 /// The release folder and tarball name the mirror serves (the installed Prometheus' version).
@@ -209,6 +210,27 @@ impl Ordinary {
         }
     }
 
+    /// Snapshot filters for this user's outputs: its scratch folder, the
+    /// mirror's port, sizes, checksums (of a tarball built here) and its uid.
+    fn filters(&self) -> Vec<(String, String)> {
+        let mut f = vec![
+            (r"\b[0-9a-f]{64}\b".to_string(), "[sha256]".to_string()),
+            (format!(r"\buid {}\b", self.ids.0), "uid [uid]".to_string()),
+            // The tarball's length (of the Prometheus installed here), and how
+            // much of it a trickling mirror sent in time.
+            (
+                r"after \d+ of \d+ bytes".to_string(),
+                "after [half] of [all] bytes".to_string(),
+            ),
+            (
+                r"\d+ bytes in the last (\d+s) \(\d+ in all\)".to_string(),
+                "[n] bytes in the last $1 ([n] in all)".to_string(),
+            ),
+        ];
+        f.extend(scratch_filters(self._scratch.path()));
+        f
+    }
+
     fn cache(&self) -> PathBuf {
         self.home.join(".cache/raywatch")
     }
@@ -298,15 +320,11 @@ fn an_ordinary_user_downloads_verifies_caches_and_runs_prometheus() {
     ]);
     let url = mirror.url(&file);
 
+    // `up` says which way it got Prometheus: downloaded from the mirror
+    // $RAYWATCH_PROMETHEUS_URL names, its SHA-256 verified.
     let first = user.up(&url, &["--yes"]);
-    let said = text(&first);
-    assert!(first.status.success(), "{said}");
-    assert!(
-        said.contains("downloading Prometheus")
-            && said.contains("$RAYWATCH_PROMETHEUS_URL is set")
-            && said.contains("SHA-256 verified"),
-        "up does not say which way it got Prometheus: {said}"
-    );
+    assert!(first.status.success(), "{}", text(&first));
+    assert_transcript("download-first-up", &first, user.filters());
     assert_eq!(mirror.gets(&file), 1);
     let bin = user.cache().join(RELEASE).join("prometheus");
     let meta = fs_err::metadata(&bin).unwrap();
@@ -325,11 +343,7 @@ fn an_ordinary_user_downloads_verifies_caches_and_runs_prometheus() {
     // The second `up` takes the cache: nothing is fetched again, and it says so.
     let second = user.up(&url, &[]);
     assert!(second.status.success(), "{}", text(&second));
-    assert!(
-        text(&second).contains("from raywatch's cache"),
-        "{}",
-        text(&second)
-    );
+    assert_transcript("download-second-up-from-the-cache", &second, user.filters());
     assert_eq!(
         mirror.gets(&file),
         1,
@@ -366,59 +380,55 @@ fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
     let wrong = "ab".repeat(32);
     let wrong_pin = [("RAYWATCH_PROMETHEUS_SHA256", wrong.as_str())];
     let stall = [("RAYWATCH_DOWNLOAD_STALL", "2s")];
-    type Case<'a> = (&'a str, Reply, Reply, &'a [(&'a str, &'a str)], &'a str);
+    type Case<'a> = (&'a str, Reply, Reply, &'a [(&'a str, &'a str)]);
     let cases: Vec<Case> = vec![
         (
             "a tampered tarball",
             Reply::Body(good_sums.clone()),
             Reply::Body(tampered),
             &[],
-            "SHA-256",
         ),
         (
             "a wrong RAYWATCH_PROMETHEUS_SHA256",
             Reply::Body(good_sums.clone()),
             Reply::Body(tarball.to_vec()),
             &wrong_pin,
-            "RAYWATCH_PROMETHEUS_SHA256",
         ),
         (
             "a download cut off mid-body",
             Reply::Body(good_sums.clone()),
             Reply::CutAfter(tarball.to_vec(), tarball.len() / 2),
             &[],
-            "broke off",
         ),
         (
             "a short body with no stated length",
             Reply::Body(good_sums.clone()),
             Reply::Unframed(tarball[..tarball.len() / 2].to_vec()),
             &[],
-            "SHA-256",
         ),
         (
             "a checksum list without the tarball",
             Reply::Body(b"0000  other.tar.gz\n".to_vec()),
             Reply::Body(tarball.to_vec()),
             &[],
-            "gives no SHA-256",
         ),
         (
             "a mirror that trickles (RAYWATCH_DOWNLOAD_STALL=2s)",
             Reply::Body(good_sums.clone()),
             Reply::Trickle(tarball.to_vec()),
             &stall,
-            "stalled",
         ),
         (
             "a checksum list that never ends",
             Reply::Body(vec![b'0'; 3 << 20]),
             Reply::Body(tarball.to_vec()),
             &[],
-            "larger than",
         ),
     ];
-    for (what, sums, body, env, expect) in cases {
+    // Each refusal: exit code 1, the error naming what was wrong, a hint, and
+    // no "raywatch is up".
+    let mut refusals = Vec::new();
+    for (what, sums, body, env) in cases {
         let mirror = Mirror::serve(vec![
             ("/rel/sha256sums.txt", sums),
             (&format!("/rel/{file}"), body),
@@ -427,21 +437,17 @@ fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
         let mut vars = vec![("RAYWATCH_PROMETHEUS_URL", url.as_str())];
         vars.extend_from_slice(env);
         let out = user.raywatch(&vars, &["up", "--yes", "--no-default-watch"]);
-        let said = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{what}: {said}");
-        assert!(
-            said.contains(expect),
-            "{what}: expected {expect:?} in {said}"
-        );
-        assert!(said.contains("hint:"), "{what}: no hint in {said}");
-        assert!(!said.contains("raywatch is up"), "{what}: {said}");
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
         let left = files_under(&user.cache());
         assert!(left.is_empty(), "{what} left {left:?}");
         assert!(
             !user.state.join("run/daemon.pid").exists(),
             "{what}: a daemon was started"
         );
+        refusals.push((what, out));
     }
+    let runs: Vec<_> = refusals.iter().map(|(what, out)| (what, out)).collect();
+    assert_transcripts("download-refusals", &runs, user.filters());
 }
 
 #[test]
@@ -494,9 +500,10 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
         &["up", "--yes", "--no-default-watch"],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("uid 65534"), "{}", text(&out));
-    assert!(text(&out).contains("XDG_CACHE_HOME"), "{}", text(&out));
     assert!(!marker.exists(), "a planted Prometheus ran");
+    // The refusals name the other owner (uid 65534) and XDG_CACHE_HOME, a
+    // symbolic link, a folder writable by others, a cache others can write to.
+    let mut refusals = vec![("a cache another user made in XDG_CACHE_HOME", out)];
 
     // 2. The user's own cache, with a release folder that is a link to another user's.
     let cache = user.cache();
@@ -509,8 +516,8 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
     std::os::unix::fs::symlink(&rel, cache.join(RELEASE)).unwrap();
     let out = user.up(&url, &["--yes"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("symbolic link"), "{}", text(&out));
     assert!(!marker.exists(), "a linked Prometheus ran");
+    refusals.push(("a release folder linked to another user's", out));
 
     // 3. A release folder of the user's own that others may write to.
     fs_err::remove_file(cache.join(RELEASE)).unwrap();
@@ -519,12 +526,8 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
     fs_err::set_permissions(&own, std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = user.up(&url, &["--yes"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("writable by other users"),
-        "{}",
-        text(&out)
-    );
     assert!(!marker.exists(), "a Prometheus others could change ran");
+    refusals.push(("a release folder others may write to", out));
 
     // 4. ~/.cache itself a link of the user's own, into a folder another user controls.
     fs_err::remove_dir_all(user.home.join(".cache")).unwrap();
@@ -542,13 +545,20 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
     assert!(ok);
     let out = user.up(&url, &["--yes"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("others can write to"), "{}", text(&out));
     assert_eq!(
         mirror.gets(&file),
         0,
         "it downloaded into another user's folder"
     );
     assert!(files_under(&theirs).is_empty());
+    refusals.push(("~/.cache a link into another user's folder", out));
+    let mut filters = vec![(
+        regex_escape(&shared.path().display().to_string()),
+        "[shared]".to_string(),
+    )];
+    filters.extend(user.filters());
+    let runs: Vec<_> = refusals.iter().map(|(what, out)| (what, out)).collect();
+    assert_transcripts("download-caches-others-could-change", &runs, filters);
 
     // 5. A relative XDG_CACHE_HOME is ignored (the XDG spec): the cache stays in HOME.
     fs_err::remove_file(user.home.join(".cache")).unwrap();
@@ -592,13 +602,11 @@ fn a_release_whose_links_lead_out_of_its_folder_is_refused() {
             ("conf/defaults.ini", "", 0o644),
         ],
     );
-    for (what, tarball, expect) in [
-        ("a link out of the folder", escaping, "outside its folder"),
-        (
-            "a binary reached through a link",
-            inner,
-            "not laid out like",
-        ),
+    // Refused as a link "outside its folder", and as "not laid out like" a release.
+    let mut refusals = Vec::new();
+    for (what, tarball) in [
+        ("a link out of the folder", escaping),
+        ("a binary reached through a link", inner),
     ] {
         let file = "grafana-12.3.0.linux-amd64.tar.gz";
         let mirror = Mirror::serve(vec![(
@@ -615,14 +623,16 @@ fn a_release_whose_links_lead_out_of_its_folder_is_refused() {
             &["install", "grafana", "--yes"],
         );
         assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
-        assert!(text(&out).contains(expect), "{what}: {}", text(&out));
         assert!(
             files_under(&user.cache()).is_empty(),
             "{what}: {:?}",
             files_under(&user.cache())
         );
         assert!(files_under(&outside).is_empty(), "{what}: wrote outside");
+        refusals.push((what, out));
     }
+    let runs: Vec<_> = refusals.iter().map(|(what, out)| (what, out)).collect();
+    assert_transcripts("download-links-out-of-the-release", &runs, user.filters());
 }
 
 /// [`tarball_of`] with symbolic links (path, target) in the top folder, made first.
@@ -705,18 +715,10 @@ fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() 
     ];
 
     // Without --yes and without a terminal: it says what it would fetch, and fetches nothing.
+    // It names `raywatch install grafana --yes`, the tarball and its .sha256.
     let asked = user.raywatch(&mirrors, &["install", "grafana"]);
     assert_eq!(asked.status.code(), Some(1), "{}", text(&asked));
-    assert!(
-        text(&asked).contains("`raywatch install grafana --yes` gets Grafana"),
-        "{}",
-        text(&asked)
-    );
-    assert!(
-        text(&asked).contains(&format!("{g_url}.sha256")),
-        "{}",
-        text(&asked)
-    );
+    assert_transcript("download-install-grafana-asks", &asked, user.filters());
     assert_eq!(mirror.gets(g_file), 0);
 
     for (program, bin) in [
@@ -736,10 +738,10 @@ fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() 
         assert_eq!(fs_err::metadata(&path).unwrap().uid(), user.ids.0);
         let again = user.raywatch(&mirrors, &["install", program]);
         assert!(again.status.success(), "{program}: {}", text(&again));
-        assert!(
-            text(&again).contains("already in raywatch's cache"),
-            "{}",
-            text(&again)
+        assert_transcript(
+            &format!("download-install-{program}-again"),
+            &again,
+            user.filters(),
         );
     }
     assert_eq!((mirror.gets(g_file), mirror.gets(a_file)), (1, 1));
@@ -756,13 +758,13 @@ fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() 
 
     // A cached Grafana others could change costs Grafana, not the stack.
     fs_err::set_permissions(&cached, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // `up` warns that it does not run the cached Grafana, writable by other users.
     let up = user.raywatch(&mirrors, &["up", "--no-default-watch"]);
     assert!(up.status.success(), "{}", text(&up));
-    assert!(
-        text(&up).contains("warning: not running the cached Grafana")
-            && text(&up).contains("writable by other users"),
-        "{}",
-        text(&up)
+    assert_transcript(
+        "download-up-skips-a-grafana-others-could-change",
+        &up,
+        user.filters(),
     );
     let report: serde_json::Value =
         serde_json::from_slice(&user.raywatch(&[], &["status", "--json"]).stdout).unwrap();
@@ -786,6 +788,7 @@ fn as_root_with_apt_alertmanager_comes_from_debian_with_its_open_service_off() {
         .unwrap();
     let said = text(&out);
     assert!(out.status.success(), "{said}");
+    // Which of the two it says depends on whether an earlier run installed the package.
     assert!(
         said.contains("installing Debian's prometheus-alertmanager package with apt-get (raywatch runs as root")
             || said.contains("Alertmanager is on PATH; nothing to do"),

@@ -77,15 +77,15 @@ pub fn assert_transcript(name: &str, out: &std::process::Output, filters: Vec<(S
 }
 
 /// Snapshots the [`transcript`]s of several commands as `name`, each under a
-/// `$ raywatch <args>` line, with `filters`.
-pub fn assert_transcripts(
+/// `=== <label>` line (the command, or the case it shows), with `filters`.
+pub fn assert_transcripts<L: std::fmt::Display>(
     name: &str,
-    runs: &[(&[&str], &std::process::Output)],
+    runs: &[(L, &std::process::Output)],
     filters: Vec<(String, String)>,
 ) {
     let text: Vec<String> = runs
         .iter()
-        .map(|(args, out)| format!("$ raywatch {}\n{}", args.join(" "), transcript(out)))
+        .map(|(label, out)| format!("=== {label}\n{}", transcript(out)))
         .collect();
     with_filters(filters, || insta::assert_snapshot!(name, text.join("\n")));
 }
