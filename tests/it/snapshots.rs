@@ -71,6 +71,19 @@ pub fn scratch_filters(scratch: &std::path::Path) -> Vec<(String, String)> {
     ]
 }
 
+/// `filters`, except that they leave each of `kept` (literal phrases, such as a
+/// size that is a fixed bound and not the measure of something) as it is.
+pub fn keeping(kept: &[&str], filters: Vec<(String, String)>) -> Vec<(String, String)> {
+    // Each kept phrase's spaces become U+0001 until every filter has run.
+    let mut all: Vec<(String, String)> = kept
+        .iter()
+        .map(|k| (regex_escape(k), k.replace(' ', "\u{1}")))
+        .collect();
+    all.extend(filters);
+    all.push(("\u{1}".into(), " ".into()));
+    all
+}
+
 /// Snapshots `out`'s [`transcript`] as `name`, with `filters`.
 pub fn assert_transcript(name: &str, out: &std::process::Output, filters: Vec<(String, String)>) {
     with_filters(filters, || insta::assert_snapshot!(name, transcript(out)));
