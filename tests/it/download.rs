@@ -454,121 +454,169 @@ fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
     assert_transcripts("download-refusals", &runs, filters);
 }
 
-#[test]
-fn a_cache_another_user_could_have_changed_is_never_run() {
-    let tarball = tarball();
-    let user = Ordinary::new();
-    let file = format!("{RELEASE}.tar.gz");
-    let mirror = Mirror::serve(vec![
-        ("/rel/sha256sums.txt", Reply::Body(sums_for(tarball))),
-        (&format!("/rel/{file}"), Reply::Body(tarball.to_vec())),
-    ]);
-    let url = mirror.url(&file);
-    let nobody = 65534;
-    let shared = open_scratch();
-    fs_err::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let marker = shared.path().join("ran");
-    let plant = |root: &Path| {
+/// The uid another user's planted files belong to.
+const NOBODY: u32 = 65534;
+
+/// Hands everything under `p` to `uid`.
+fn chown_all(p: &Path, uid: u32) {
+    let ok = Command::new("chown")
+        .args(["-R", &format!("{uid}:{uid}")])
+        .arg(p)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// The second user, a mirror with the good release, and a shared sticky
+/// folder in which another user (nobody) plants Prometheus binaries that
+/// touch `marker` if they ever run.
+struct Planted {
+    user: Ordinary,
+    mirror: Mirror,
+    file: String,
+    url: String,
+    shared: tempfile::TempDir,
+    marker: PathBuf,
+}
+
+impl Planted {
+    fn new() -> Planted {
+        let tarball = tarball();
+        let user = Ordinary::new();
+        let file = format!("{RELEASE}.tar.gz");
+        let mirror = Mirror::serve(vec![
+            ("/rel/sha256sums.txt", Reply::Body(sums_for(tarball))),
+            (&format!("/rel/{file}"), Reply::Body(tarball.to_vec())),
+        ]);
+        let url = mirror.url(&file);
+        let shared = open_scratch();
+        fs_err::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let marker = shared.path().join("ran");
+        Planted {
+            user,
+            mirror,
+            file,
+            url,
+            shared,
+            marker,
+        }
+    }
+
+    /// A release folder under `root` whose `prometheus` touches the marker.
+    fn plant(&self, root: &Path) -> PathBuf {
         let rel = root.join(RELEASE);
         fs_err::create_dir_all(&rel).unwrap();
         let fake = rel.join("prometheus");
         fs_err::write(
             &fake,
-            format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
+            format!("#!/bin/sh\ntouch {}\nexit 1\n", self.marker.display()),
         )
         .unwrap();
         fs_err::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         rel
-    };
-    let chown_all = |p: &Path, uid: u32| {
-        let ok = Command::new("chown")
-            .args(["-R", &format!("{uid}:{uid}")])
-            .arg(p)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    };
+    }
 
-    // 1. XDG_CACHE_HOME in a shared folder, where another user made raywatch/ first.
-    let xdg = shared.path().join("cache");
-    let planted = xdg.join("raywatch");
-    plant(&planted);
-    chown_all(&xdg, nobody);
+    /// The user's own cache folder, made as raywatch makes it (theirs, 0700).
+    fn own_cache(&self) -> PathBuf {
+        let cache = self.user.cache();
+        fs_err::create_dir_all(&cache).unwrap();
+        chown_all(&self.user.home.join(".cache"), self.user.ids.0);
+        fs_err::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+        cache
+    }
+
+    /// Snapshots a refusal: exit code 1, and the planted binary never ran.
+    fn refused(&self, name: &str, out: &Output) {
+        assert_eq!(out.status.code(), Some(1), "{}", text(out));
+        assert!(!self.marker.exists(), "a planted Prometheus ran");
+        let mut filters = vec![(
+            regex_escape(&self.shared.path().display().to_string()),
+            "[shared]".to_string(),
+        )];
+        filters.extend(self.user.filters());
+        assert_transcript(name, out, filters);
+    }
+}
+
+/// XDG_CACHE_HOME in a shared folder, where another user made raywatch/ first:
+/// the refusal names the owner (uid 65534) and XDG_CACHE_HOME.
+#[test]
+fn a_cache_another_user_made_under_xdg_cache_home_is_never_run() {
+    let p = Planted::new();
+    let xdg = p.shared.path().join("cache");
+    p.plant(&xdg.join("raywatch"));
+    chown_all(&xdg, NOBODY);
     let xdg_s = xdg.display().to_string();
-    let out = user.raywatch(
+    let out = p.user.raywatch(
         &[
-            ("RAYWATCH_PROMETHEUS_URL", &url),
+            ("RAYWATCH_PROMETHEUS_URL", &p.url),
             ("XDG_CACHE_HOME", &xdg_s),
         ],
         &["up", "--yes", "--no-default-watch"],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(!marker.exists(), "a planted Prometheus ran");
-    // The refusals name the other owner (uid 65534) and XDG_CACHE_HOME, a
-    // symbolic link, a folder writable by others, a cache others can write to.
-    let mut refusals = vec![("a cache another user made in XDG_CACHE_HOME", out)];
+    p.refused("download-cache-of-another-user-in-xdg-cache-home", &out);
+}
 
-    // 2. The user's own cache, with a release folder that is a link to another user's.
-    let cache = user.cache();
-    fs_err::create_dir_all(&cache).unwrap();
-    chown_all(&user.home.join(".cache"), user.ids.0);
-    fs_err::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let elsewhere = shared.path().join("elsewhere");
-    let rel = plant(&elsewhere);
-    chown_all(&elsewhere, nobody);
+/// The user's own cache, with a release folder that is a symbolic link to another user's.
+#[test]
+fn a_cached_release_linked_to_another_users_folder_is_never_run() {
+    let p = Planted::new();
+    let cache = p.own_cache();
+    let elsewhere = p.shared.path().join("elsewhere");
+    let rel = p.plant(&elsewhere);
+    chown_all(&elsewhere, NOBODY);
     std::os::unix::fs::symlink(&rel, cache.join(RELEASE)).unwrap();
-    let out = user.up(&url, &["--yes"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(!marker.exists(), "a linked Prometheus ran");
-    refusals.push(("a release folder linked to another user's", out));
+    let out = p.user.up(&p.url, &["--yes"]);
+    p.refused("download-cached-release-a-link", &out);
+}
 
-    // 3. A release folder of the user's own that others may write to.
-    fs_err::remove_file(cache.join(RELEASE)).unwrap();
-    let own = plant(&cache);
-    chown_all(&own, user.ids.0);
+/// A release folder of the user's own that others may write to.
+#[test]
+fn a_cached_release_others_may_write_to_is_never_run() {
+    let p = Planted::new();
+    let own = p.plant(&p.own_cache());
+    chown_all(&own, p.user.ids.0);
     fs_err::set_permissions(&own, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = user.up(&url, &["--yes"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(!marker.exists(), "a Prometheus others could change ran");
-    refusals.push(("a release folder others may write to", out));
+    let out = p.user.up(&p.url, &["--yes"]);
+    p.refused("download-cached-release-writable-by-others", &out);
+}
 
-    // 4. ~/.cache itself a link of the user's own, into a folder another user controls.
-    fs_err::remove_dir_all(user.home.join(".cache")).unwrap();
-    let theirs = shared.path().join("theirs");
+/// ~/.cache itself a link of the user's own, into a folder another user
+/// controls (others can write to it): nothing is downloaded into it.
+#[test]
+fn a_cache_linked_into_a_folder_others_can_write_gets_no_download() {
+    let p = Planted::new();
+    let theirs = p.shared.path().join("theirs");
     fs_err::create_dir(&theirs).unwrap();
     fs_err::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
-    chown_all(&theirs, nobody);
-    std::os::unix::fs::symlink(&theirs, user.home.join(".cache")).unwrap();
+    chown_all(&theirs, NOBODY);
+    let dot_cache = p.user.home.join(".cache");
+    std::os::unix::fs::symlink(&theirs, &dot_cache).unwrap();
     let ok = Command::new("chown")
-        .args(["-h", &format!("{}:{}", user.ids.0, user.ids.1)])
-        .arg(user.home.join(".cache"))
+        .args(["-h", &format!("{}:{}", p.user.ids.0, p.user.ids.1)])
+        .arg(&dot_cache)
         .status()
         .unwrap()
         .success();
     assert!(ok);
-    let out = user.up(&url, &["--yes"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = p.user.up(&p.url, &["--yes"]);
+    p.refused("download-cache-linked-into-others-folder", &out);
     assert_eq!(
-        mirror.gets(&file),
+        p.mirror.gets(&p.file),
         0,
         "it downloaded into another user's folder"
     );
     assert!(files_under(&theirs).is_empty());
-    refusals.push(("~/.cache a link into another user's folder", out));
-    let mut filters = vec![(
-        regex_escape(&shared.path().display().to_string()),
-        "[shared]".to_string(),
-    )];
-    filters.extend(user.filters());
-    let runs: Vec<_> = refusals.iter().map(|(what, out)| (what, out)).collect();
-    assert_transcripts("download-caches-others-could-change", &runs, filters);
+}
 
-    // 5. A relative XDG_CACHE_HOME is ignored (the XDG spec): the cache stays in HOME.
-    fs_err::remove_file(user.home.join(".cache")).unwrap();
-    let out = user.raywatch(
+/// A relative XDG_CACHE_HOME is ignored (the XDG spec): the cache stays in HOME.
+#[test]
+fn a_relative_xdg_cache_home_is_ignored_and_the_cache_stays_in_home() {
+    let p = Planted::new();
+    let out = p.user.raywatch(
         &[
-            ("RAYWATCH_PROMETHEUS_URL", &url),
+            ("RAYWATCH_PROMETHEUS_URL", &p.url),
             ("XDG_CACHE_HOME", "rel/cache"),
         ],
         &["install", "prometheus", "--yes"],
@@ -576,13 +624,14 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        user.cache()
+        p.user
+            .cache()
             .join(RELEASE)
             .join("prometheus")
             .display()
             .to_string()
     );
-    assert!(!marker.exists());
+    assert!(!p.marker.exists());
 }
 
 #[test]
