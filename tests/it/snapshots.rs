@@ -53,13 +53,19 @@ pub fn transcript(out: &std::process::Output) -> String {
     )
 }
 
-/// Filters for a command run with a home in `scratch`: the folder, ports, pids, sizes.
+/// Filters for a command run with a home in `scratch`: the folder, then [`filters`].
 pub fn scratch_filters(scratch: &std::path::Path) -> Vec<(String, String)> {
+    let mut f = vec![(
+        regex_escape(&scratch.display().to_string()),
+        "[scratch]".into(),
+    )];
+    f.extend(filters());
+    f
+}
+
+/// Filters for what changes from run to run in any output: ports, pids, sizes, the architecture.
+pub fn filters() -> Vec<(String, String)> {
     vec![
-        (
-            regex_escape(&scratch.display().to_string()),
-            "[scratch]".into(),
-        ),
         (r"127\.0\.0\.1:\d+".into(), "127.0.0.1:[port]".into()),
         (r"\bport \d+".into(), "port [port]".into()),
         (r"pid \d+".into(), "pid [pid]".into()),
