@@ -448,10 +448,9 @@ fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
         );
         refusals.push((what, out));
     }
-    let runs: Vec<_> = refusals.iter().map(|(what, out)| (what, out)).collect();
     // The checksum list's bound is a fixed size, not one measured here.
     let filters = keeping(&["larger than 1024 KiB"], user.filters());
-    assert_transcripts("download-refusals", &runs, filters);
+    assert_transcripts("download-refusals", &refusals, filters);
 }
 
 /// The uid another user's planted files belong to.
@@ -684,8 +683,11 @@ fn a_release_whose_links_lead_out_of_its_folder_is_refused() {
         assert!(files_under(&outside).is_empty(), "{what}: wrote outside");
         refusals.push((what, out));
     }
-    let runs: Vec<_> = refusals.iter().map(|(what, out)| (what, out)).collect();
-    assert_transcripts("download-links-out-of-the-release", &runs, user.filters());
+    assert_transcripts(
+        "download-links-out-of-the-release",
+        &refusals,
+        user.filters(),
+    );
 }
 
 /// [`tarball_of`] with symbolic links (path, target) in the top folder, made first.

@@ -293,10 +293,9 @@ fn drop_labels_that_would_break_raywatch_or_are_not_label_names_are_refused_with
             out,
         ));
     }
-    let runs: Vec<_> = refusals.iter().map(|(what, out)| (what, out)).collect();
     crate::snapshots::assert_transcripts(
         "drop-labels-refused",
-        &runs,
+        &refusals,
         crate::snapshots::stack_filters(&stack),
     );
     // Nothing was applied: the running config is unchanged.

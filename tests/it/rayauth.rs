@@ -483,8 +483,7 @@ fn env_refuses_a_temp_dir_another_user_created_or_can_redirect_unless_trusted() 
         ),
     ];
     filters.extend(env_filters(&stack));
-    let runs: Vec<_> = outs.iter().map(|(what, out)| (what, out)).collect();
-    assert_transcripts("env-refuses-temp-dirs-of-others", &runs, filters);
+    assert_transcripts("env-refuses-temp-dirs-of-others", &outs, filters);
     drop(stack);
 
     // Trusting that user's uid lets their folder through.

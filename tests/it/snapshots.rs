@@ -97,14 +97,14 @@ pub fn assert_transcript(name: &str, out: &std::process::Output, filters: Vec<(S
 
 /// Snapshots the [`transcript`]s of several commands as `name`, each under a
 /// `=== <label>` line (the command, or the case it shows), with `filters`.
-pub fn assert_transcripts<L: std::fmt::Display>(
+pub fn assert_transcripts<L: std::fmt::Display, O: std::borrow::Borrow<std::process::Output>>(
     name: &str,
-    runs: &[(L, &std::process::Output)],
+    runs: &[(L, O)],
     filters: Vec<(String, String)>,
 ) {
     let text: Vec<String> = runs
         .iter()
-        .map(|(label, out)| format!("=== {label}\n{}", transcript(out)))
+        .map(|(label, out)| format!("=== {label}\n{}", transcript(out.borrow())))
         .collect();
     with_filters(filters, || insta::assert_snapshot!(name, text.join("\n")));
 }

@@ -888,10 +888,9 @@ fn a_credential_file_that_is_a_link_a_fifo_or_too_big_is_refused_and_nothing_is_
         refusals.push((format!("--basic-auth-file {}", file.display()), out));
     }
     assert!(api.seen.lock().unwrap().is_empty(), "a request went out");
-    let runs: Vec<_> = refusals.iter().map(|(what, out)| (what, out)).collect();
     assert_transcripts(
         "top-credential-files-refused",
-        &runs,
+        &refusals,
         scratch_filters(dir.path()),
     );
 }
