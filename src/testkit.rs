@@ -1,14 +1,19 @@
 //! Synthetic Ray heads, shared by the integration tests and `raywatch-bench`:
-//! discovery files written the way Ray writes them, rewritten on Ray's schedule.
+//! discovery files written the way Ray writes them, rewritten on Ray's schedule,
+//! and listeners holding their targets as a real head's processes do.
 //!
 //! Compiled only with the `testkit` feature (the tests turn it on through the
 //! crate's dev-dependency on itself, and `bench` implies it): the shipped
 //! `raywatch` does not carry it.
 
+use std::collections::HashMap;
+use std::net::{SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 /// Writes a discovery file as Ray does: one group labelled `job: ray` with
 /// every target, through a temp file and a rename.
@@ -71,6 +76,109 @@ fn rewrite(files: &[(PathBuf, Vec<String>)], period: Duration, stop: &AtomicBool
     }
 }
 
+/// Listeners on synthetic clusters' targets, as a real head's processes hold
+/// them (raywatch publishes a local target only while a trusted uid listens on
+/// it); one thread accepts and closes their connections every `poll`. Closed
+/// on drop.
+pub struct Held {
+    listeners: Arc<Mutex<HashMap<String, TcpListener>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Held {
+    /// Holds nothing yet; its thread looks for connections every 250 ms.
+    pub fn new() -> Held {
+        Held::polling(Duration::from_millis(250))
+    }
+
+    /// Holds nothing yet; its thread looks for connections every `poll`.
+    pub fn polling(poll: Duration) -> Held {
+        let listeners: Arc<Mutex<HashMap<String, TcpListener>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (listeners, stop) = (listeners.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for l in listeners.lock().unwrap().values() {
+                        while let Ok((c, _)) = l.accept() {
+                            drop(c);
+                        }
+                    }
+                    std::thread::sleep(poll);
+                }
+            })
+        };
+        Held {
+            listeners,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Listens on `target` (`127.0.0.1:port`), alone.
+    pub fn hold(&self, target: &str) -> anyhow::Result<()> {
+        let l = TcpListener::bind(target).with_context(|| {
+            format!(
+                "cannot listen on {target} for a synthetic cluster: the port is taken, or this \
+                 process is short of file descriptors (raise `ulimit -n`)"
+            )
+        })?;
+        l.set_nonblocking(true)?;
+        self.listeners.lock().unwrap().insert(target.to_string(), l);
+        Ok(())
+    }
+
+    /// Listens on `target` with `SO_REUSEPORT`, so that other sockets of this
+    /// uid (parallel tests) may hold the same port; a port another socket
+    /// holds without it is left to that socket (an error).
+    pub fn share(&self, target: &str) -> anyhow::Result<()> {
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt,
+            socket, sockopt,
+        };
+        use std::os::fd::AsRawFd;
+        let addr: SocketAddrV4 = target
+            .parse()
+            .with_context(|| format!("{target} is not an IPv4 address and port"))?;
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+        bind(fd.as_raw_fd(), &SockaddrIn::from(addr))
+            .with_context(|| format!("cannot listen on {target}: the port is taken"))?;
+        listen(&fd, Backlog::new(16)?)?;
+        self.listeners
+            .lock()
+            .unwrap()
+            .insert(target.to_string(), TcpListener::from(fd));
+        Ok(())
+    }
+
+    /// Stops listening on `target`.
+    pub fn release(&self, target: &str) {
+        self.listeners.lock().unwrap().remove(target);
+    }
+}
+
+impl Default for Held {
+    fn default() -> Held {
+        Held::new()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Sleeps until `due`, in slices of at most 100 ms; false once `stop` is set.
 fn sleep_until(due: Instant, stop: &AtomicBool) -> bool {
     loop {
@@ -111,5 +219,28 @@ mod tests {
         fs_err::remove_file(&files[0].0).unwrap();
         std::thread::sleep(Duration::from_millis(400));
         assert!(!files[0].0.exists(), "a dropped rewriter wrote again");
+    }
+
+    #[test]
+    fn held_targets_accept_until_released_and_a_shared_port_takes_two() {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = probe.local_addr().unwrap().to_string();
+        drop(probe);
+        let held = Held::polling(Duration::from_millis(20));
+        held.share(&target).unwrap();
+        let other = Held::polling(Duration::from_millis(20));
+        other.share(&target).unwrap();
+        assert!(
+            Held::polling(Duration::from_millis(20))
+                .hold(&target)
+                .is_err(),
+            "a port held with SO_REUSEPORT was bound again without it"
+        );
+        std::net::TcpStream::connect(&target).unwrap();
+        drop(other);
+        held.release(&target);
+        assert!(std::net::TcpStream::connect(&target).is_err());
+        held.hold(&target).unwrap();
+        std::net::TcpStream::connect(&target).unwrap();
     }
 }

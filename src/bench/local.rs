@@ -5,11 +5,9 @@
 //! (temp file, then rename), their targets held by listeners of this process
 //! (raywatch publishes a local target only while a trusted uid listens on it).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -26,63 +24,8 @@ pub(crate) const RAY_PERIOD: Duration = Duration::from_secs(5);
 const FIRST_PORT: usize = 30001;
 
 /// Listeners on the synthetic clusters' targets, as a real head's processes
-/// hold them; one thread accepts and closes their connections.
-pub(crate) struct Held {
-    listeners: Arc<Mutex<HashMap<String, std::net::TcpListener>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Held {
-    pub(crate) fn new() -> Held {
-        let listeners: Arc<Mutex<HashMap<String, std::net::TcpListener>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (listeners, stop) = (listeners.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    for l in listeners.lock().unwrap().values() {
-                        while let Ok((c, _)) = l.accept() {
-                            drop(c);
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            })
-        };
-        Held {
-            listeners,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Listens on `target` (`127.0.0.1:port`).
-    pub(crate) fn hold(&self, target: &str) -> Result<()> {
-        let l = std::net::TcpListener::bind(target).with_context(|| {
-            format!(
-                "cannot listen on {target} for a synthetic cluster: the port is taken, or this \
-                 process is short of file descriptors (raise `ulimit -n`)"
-            )
-        })?;
-        l.set_nonblocking(true)?;
-        self.listeners.lock().unwrap().insert(target.to_string(), l);
-        Ok(())
-    }
-
-    pub(crate) fn release(&self, target: &str) {
-        self.listeners.lock().unwrap().remove(target);
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// hold them (the test kit's, shared with the tests).
+pub(crate) use crate::testkit::Held;
 
 pub(crate) struct BenchStack {
     pub(crate) home: Home,

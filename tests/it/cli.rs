@@ -5,6 +5,7 @@ use std::process::Command;
 use predicates::prelude::*;
 use predicates::str::contains;
 
+use crate::snapshots::{assert_transcript, assert_transcripts, scratch_filters, stack_filters};
 use crate::support::*;
 
 #[test]
@@ -22,20 +23,31 @@ fn up_with_a_taken_port_fails_and_names_it() {
         ])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "a user error: {stderr}");
-    assert!(stderr.contains(&format!("port {port}")), "{stderr}");
-    // The hint the port check writes into its message is printed last.
-    let hints = error_lines(&stderr);
-    assert!(
-        hints.len() == 1 && hints[0].starts_with("pick another port"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("in use"), "{stderr}");
-    assert!(
-        stderr.contains(&format!("pid {}", std::process::id())),
-        "holder not named: {stderr}"
-    );
+    // One error naming the port and its holder (this test's process), then
+    // the port check's hint, last; exit code 1 (a user error).
+    error_lines(&String::from_utf8_lossy(&out.stderr));
+    let me = std::env::current_exe().unwrap();
+    let uid = nix::unistd::getuid();
+    let mut filters = vec![
+        (format!(r"\bport {port}\b"), "port [the held port]".into()),
+        (
+            format!(r"\bpid {}\b", std::process::id()),
+            "pid [this test]".into(),
+        ),
+        (
+            format!(r"uid {uid} \({}\)", crate::snapshots::regex_escape(&user())),
+            "uid [uid] ([user])".into(),
+        ),
+        (
+            format!(
+                r"{} [^)]*",
+                crate::snapshots::regex_escape(&me.display().to_string())
+            ),
+            "[this test's command line]".into(),
+        ),
+    ];
+    filters.extend(scratch_filters(dir.path()));
+    assert_transcript("up-with-a-taken-port", &out, filters);
 }
 
 #[test]
@@ -54,26 +66,23 @@ fn up_without_prometheus_says_what_to_install() {
     // One error, then one hint: what `--yes` would download (version, size,
     // checksum, where), then the other ways; exit code 1 (a user error).
     error_lines(&String::from_utf8_lossy(&out.stderr));
-    crate::snapshots::assert_transcript(
-        "up-without-prometheus",
-        &out,
-        crate::snapshots::scratch_filters(dir.path()),
-    );
+    assert_transcript("up-without-prometheus", &out, scratch_filters(dir.path()));
 }
 
 #[test]
-fn second_up_reports_the_running_stack_and_down_leaves_no_process() {
+fn a_second_up_reports_the_running_stack_and_starts_nothing_new() {
     let stack = Stack::up(&["--no-default-watch"]);
     let pids = stack.pids();
     assert_eq!(pids.len(), 2, "daemon and prometheus pids recorded");
 
     let again = stack.run(&["up", "--no-default-watch"]);
-    assert!(again.status.success());
-    let stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout.contains("already running"), "{stdout}");
+    assert_transcript("second-up", &again, stack_filters(&stack));
     assert_eq!(stack.pids(), pids, "a second up started nothing new");
+}
 
-    // Without credentials Prometheus refuses; with them raywatch's own query works.
+#[test]
+fn prometheus_refuses_queries_without_credentials_and_raywatch_query_has_them() {
+    let stack = Stack::up(&["--no-default-watch"]);
     let anon = reqwest::blocking::Client::new()
         .get(format!(
             "http://127.0.0.1:{}/api/v1/query?query=up",
@@ -86,19 +95,22 @@ fn second_up_reports_the_running_stack_and_down_leaves_no_process() {
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
     let body: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
     assert_eq!(body["status"], "success");
+}
 
-    // The human status names every part of the stack, Grafana included.
-    let human = String::from_utf8_lossy(&stack.run(&["status"]).stdout).into_owned();
-    for part in [
-        "daemon",
-        "prometheus",
-        "grafana",
-        "watching",
-        "from a laptop: ssh -N -L",
-    ] {
-        assert!(human.contains(part), "status lacks {part:?}:\n{human}");
-    }
+/// The human status names every part of the stack, Grafana included, and how
+/// to reach it from a laptop.
+#[test]
+fn the_human_status_of_a_stack_without_clusters() {
+    let (stack, _root) = Stack::watching("ray_none", &[]);
+    let status = stack.run(&["status"]);
+    assert_transcript("status-without-clusters", &status, stack_filters(&stack));
+}
 
+#[test]
+fn down_leaves_no_process_then_status_exits_3_and_purge_removes_the_home() {
+    let stack = Stack::up(&["--no-default-watch"]);
+    let pids = stack.pids();
+    assert_eq!(pids.len(), 2, "daemon and prometheus pids recorded");
     let down = stack.run(&["down"]);
     assert!(down.status.success());
     for pid in pids {
@@ -206,11 +218,14 @@ fn error_lines(stderr: &str) -> Vec<String> {
         .collect()
 }
 
+/// Each command that needs the stack, where none runs: exit code 3, the
+/// error, its causes (the socket, then the OS' reason), then the hint; nothing
+/// on stdout but `status --json`'s report.
 #[test]
 fn a_command_that_needs_the_stack_exits_3_with_the_cause_then_the_hint() {
     let dir = scratch();
     let home = dir.path().join("home");
-    for args in [
+    let commands = [
         &["attach", "/tmp"][..],
         &["detach", "x"],
         &["env"],
@@ -218,57 +233,50 @@ fn a_command_that_needs_the_stack_exits_3_with_the_cause_then_the_hint() {
         &["status", "--json"],
         &["open", "x"],
         &["query", "up"],
-    ] {
-        let out = raywatch(args)
-            .env("RAYWATCH_HOME", &home)
-            .assert()
-            .code(3)
-            .get_output()
-            .clone();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
-        let lines: Vec<&str> = err.lines().collect();
-        assert_eq!(
-            lines[0],
-            format!("error: raywatch is not running for {}", home.display()),
-            "{args:?}: {err}"
-        );
-        // error → Caused by (the socket, then the OS' reason) → hint.
-        assert!(
-            lines[1].starts_with("  Caused by: no answer on ")
-                && lines[1].ends_with("run/raywatch.sock"),
-            "{args:?}: {err}"
-        );
-        assert_eq!(
-            lines[2], "  Caused by: No such file or directory (os error 2)",
-            "{args:?}: {err}"
-        );
-        assert_eq!(
-            error_lines(&err),
-            ["start the stack with `raywatch up`"],
-            "{args:?}: {err}"
-        );
-        assert_eq!(lines.len(), 4, "{args:?}: {err}");
-        if args == ["status", "--json"] {
+    ];
+    let outs: Vec<_> = commands
+        .iter()
+        .map(|args| {
+            raywatch(args)
+                .env("RAYWATCH_HOME", &home)
+                .assert()
+                .code(3)
+                .get_output()
+                .clone()
+        })
+        .collect();
+    for (args, out) in commands.iter().zip(&outs) {
+        error_lines(&String::from_utf8_lossy(&out.stderr));
+        if *args == ["status", "--json"] {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(v["running"], false);
-        } else {
-            assert!(out.stdout.is_empty(), "{args:?}");
         }
     }
+    let runs: Vec<_> = commands
+        .iter()
+        .map(|args| format!("raywatch {}", args.join(" ")))
+        .zip(&outs)
+        .collect();
+    assert_transcripts("needs-the-stack", &runs, scratch_filters(dir.path()));
     assert!(!home.exists(), "nothing was created");
 }
 
 #[test]
 fn a_command_line_clap_rejects_is_a_user_error() {
-    raywatch(&["status", "--no-such-flag"])
+    let out = raywatch(&["status", "--no-such-flag"])
         .assert()
         .code(1)
-        .stderr(contains("--no-such-flag"));
-    raywatch(&["--help"])
+        .get_output()
+        .clone();
+    assert_transcript("clap-rejects", &out, vec![]);
+    let help = raywatch(&["--help"])
+        .env("COLUMNS", "100")
         .assert()
         .success()
-        .stdout(contains("Usage: raywatch"));
+        .get_output()
+        .clone();
+    // The same text snapshots::help_texts checks.
+    crate::snapshots::assert_text("help-help", &String::from_utf8_lossy(&help.stdout), vec![]);
 }
 
 #[test]
@@ -287,12 +295,15 @@ fn a_failed_save_is_reported_as_such_and_the_daemon_writes_panics_where_rotation
     let file = stack.home.join("attachments.json");
     fs_err::remove_file(&file).unwrap();
     fs_err::create_dir(&file).unwrap();
-    // The daemon's internal error is raywatch's (2), not the user's.
-    stack
+    // The daemon's internal error is raywatch's (2), not the user's (not
+    // "no attached cluster").
+    let out = stack
         .raywatch(&["detach", "kept"])
         .assert()
         .code(2)
-        .stderr(contains("cannot save the attachments").and(contains("no attached cluster").not()));
+        .get_output()
+        .clone();
+    assert_transcript("failed-save", &out, stack_filters(&stack));
     fs_err::remove_dir(&file).unwrap();
 
     let pid = fs_err::read_to_string(stack.home.join("run/daemon.pid")).unwrap();
@@ -303,6 +314,8 @@ fn a_failed_save_is_reported_as_such_and_the_daemon_writes_panics_where_rotation
 #[test]
 fn completions_print_a_script_for_each_shell_that_knows_the_commands() {
     for shell in ["bash", "zsh", "fish"] {
+        // A script for the shell, not text people read: its exact form is
+        // clap_complete's, so only what it must name is checked.
         raywatch(&["completions", shell])
             .env_remove("HOME")
             .env_remove("XDG_STATE_HOME")
@@ -315,8 +328,10 @@ fn completions_print_a_script_for_each_shell_that_knows_the_commands() {
                     .and(contains("prometheus-port")),
             );
     }
-    raywatch(&["completions", "tcsh"])
+    let out = raywatch(&["completions", "tcsh"])
         .assert()
         .code(1)
-        .stderr(contains("tcsh"));
+        .get_output()
+        .clone();
+    assert_transcript("completions-tcsh", &out, vec![]);
 }

@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::security::{open_scratch, other_user, shared_raywatch};
+use crate::snapshots::{
+    assert_transcript, assert_transcripts, keeping, regex_escape, scratch_filters,
+};
 use crate::support::*;
 
 /// The release folder and tarball name the mirror serves (the installed Prometheus' version).
@@ -209,6 +212,27 @@ impl Ordinary {
         }
     }
 
+    /// Snapshot filters for this user's outputs: its scratch folder, the
+    /// mirror's port, sizes, checksums (of a tarball built here) and its uid.
+    fn filters(&self) -> Vec<(String, String)> {
+        let mut f = vec![
+            (r"\b[0-9a-f]{64}\b".to_string(), "[sha256]".to_string()),
+            (format!(r"\buid {}\b", self.ids.0), "uid [uid]".to_string()),
+            // The tarball's length (of the Prometheus installed here), and how
+            // much of it a trickling mirror sent in time.
+            (
+                r"after \d+ of \d+ bytes".to_string(),
+                "after [half] of [all] bytes".to_string(),
+            ),
+            (
+                r"\d+ bytes in the last (\d+s) \(\d+ in all\)".to_string(),
+                "[n] bytes in the last $1 ([n] in all)".to_string(),
+            ),
+        ];
+        f.extend(scratch_filters(self._scratch.path()));
+        f
+    }
+
     fn cache(&self) -> PathBuf {
         self.home.join(".cache/raywatch")
     }
@@ -298,15 +322,11 @@ fn an_ordinary_user_downloads_verifies_caches_and_runs_prometheus() {
     ]);
     let url = mirror.url(&file);
 
+    // `up` says which way it got Prometheus: downloaded from the mirror
+    // $RAYWATCH_PROMETHEUS_URL names, its SHA-256 verified.
     let first = user.up(&url, &["--yes"]);
-    let said = text(&first);
-    assert!(first.status.success(), "{said}");
-    assert!(
-        said.contains("downloading Prometheus")
-            && said.contains("$RAYWATCH_PROMETHEUS_URL is set")
-            && said.contains("SHA-256 verified"),
-        "up does not say which way it got Prometheus: {said}"
-    );
+    assert!(first.status.success(), "{}", text(&first));
+    assert_transcript("download-first-up", &first, user.filters());
     assert_eq!(mirror.gets(&file), 1);
     let bin = user.cache().join(RELEASE).join("prometheus");
     let meta = fs_err::metadata(&bin).unwrap();
@@ -325,11 +345,7 @@ fn an_ordinary_user_downloads_verifies_caches_and_runs_prometheus() {
     // The second `up` takes the cache: nothing is fetched again, and it says so.
     let second = user.up(&url, &[]);
     assert!(second.status.success(), "{}", text(&second));
-    assert!(
-        text(&second).contains("from raywatch's cache"),
-        "{}",
-        text(&second)
-    );
+    assert_transcript("download-second-up-from-the-cache", &second, user.filters());
     assert_eq!(
         mirror.gets(&file),
         1,
@@ -366,59 +382,55 @@ fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
     let wrong = "ab".repeat(32);
     let wrong_pin = [("RAYWATCH_PROMETHEUS_SHA256", wrong.as_str())];
     let stall = [("RAYWATCH_DOWNLOAD_STALL", "2s")];
-    type Case<'a> = (&'a str, Reply, Reply, &'a [(&'a str, &'a str)], &'a str);
+    type Case<'a> = (&'a str, Reply, Reply, &'a [(&'a str, &'a str)]);
     let cases: Vec<Case> = vec![
         (
             "a tampered tarball",
             Reply::Body(good_sums.clone()),
             Reply::Body(tampered),
             &[],
-            "SHA-256",
         ),
         (
             "a wrong RAYWATCH_PROMETHEUS_SHA256",
             Reply::Body(good_sums.clone()),
             Reply::Body(tarball.to_vec()),
             &wrong_pin,
-            "RAYWATCH_PROMETHEUS_SHA256",
         ),
         (
             "a download cut off mid-body",
             Reply::Body(good_sums.clone()),
             Reply::CutAfter(tarball.to_vec(), tarball.len() / 2),
             &[],
-            "broke off",
         ),
         (
             "a short body with no stated length",
             Reply::Body(good_sums.clone()),
             Reply::Unframed(tarball[..tarball.len() / 2].to_vec()),
             &[],
-            "SHA-256",
         ),
         (
             "a checksum list without the tarball",
             Reply::Body(b"0000  other.tar.gz\n".to_vec()),
             Reply::Body(tarball.to_vec()),
             &[],
-            "gives no SHA-256",
         ),
         (
             "a mirror that trickles (RAYWATCH_DOWNLOAD_STALL=2s)",
             Reply::Body(good_sums.clone()),
             Reply::Trickle(tarball.to_vec()),
             &stall,
-            "stalled",
         ),
         (
             "a checksum list that never ends",
             Reply::Body(vec![b'0'; 3 << 20]),
             Reply::Body(tarball.to_vec()),
             &[],
-            "larger than",
         ),
     ];
-    for (what, sums, body, env, expect) in cases {
+    // Each refusal: exit code 1, the error naming what was wrong, a hint, and
+    // no "raywatch is up".
+    let mut refusals = Vec::new();
+    for (what, sums, body, env) in cases {
         let mirror = Mirror::serve(vec![
             ("/rel/sha256sums.txt", sums),
             (&format!("/rel/{file}"), body),
@@ -427,134 +439,183 @@ fn a_tampered_truncated_or_unlisted_release_is_refused_and_leaves_nothing() {
         let mut vars = vec![("RAYWATCH_PROMETHEUS_URL", url.as_str())];
         vars.extend_from_slice(env);
         let out = user.raywatch(&vars, &["up", "--yes", "--no-default-watch"]);
-        let said = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{what}: {said}");
-        assert!(
-            said.contains(expect),
-            "{what}: expected {expect:?} in {said}"
-        );
-        assert!(said.contains("hint:"), "{what}: no hint in {said}");
-        assert!(!said.contains("raywatch is up"), "{what}: {said}");
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
         let left = files_under(&user.cache());
         assert!(left.is_empty(), "{what} left {left:?}");
         assert!(
             !user.state.join("run/daemon.pid").exists(),
             "{what}: a daemon was started"
         );
+        refusals.push((what, out));
     }
+    // The checksum list's bound is a fixed size, not one measured here.
+    let filters = keeping(&["larger than 1024 KiB"], user.filters());
+    assert_transcripts("download-refusals", &refusals, filters);
 }
 
-#[test]
-fn a_cache_another_user_could_have_changed_is_never_run() {
-    let tarball = tarball();
-    let user = Ordinary::new();
-    let file = format!("{RELEASE}.tar.gz");
-    let mirror = Mirror::serve(vec![
-        ("/rel/sha256sums.txt", Reply::Body(sums_for(tarball))),
-        (&format!("/rel/{file}"), Reply::Body(tarball.to_vec())),
-    ]);
-    let url = mirror.url(&file);
-    let nobody = 65534;
-    let shared = open_scratch();
-    fs_err::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let marker = shared.path().join("ran");
-    let plant = |root: &Path| {
+/// The uid another user's planted files belong to.
+const NOBODY: u32 = 65534;
+
+/// Hands everything under `p` to `uid`.
+fn chown_all(p: &Path, uid: u32) {
+    let ok = Command::new("chown")
+        .args(["-R", &format!("{uid}:{uid}")])
+        .arg(p)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// The second user, a mirror with the good release, and a shared sticky
+/// folder in which another user (nobody) plants Prometheus binaries that
+/// touch `marker` if they ever run.
+struct Planted {
+    user: Ordinary,
+    mirror: Mirror,
+    file: String,
+    url: String,
+    shared: tempfile::TempDir,
+    marker: PathBuf,
+}
+
+impl Planted {
+    fn new() -> Planted {
+        let tarball = tarball();
+        let user = Ordinary::new();
+        let file = format!("{RELEASE}.tar.gz");
+        let mirror = Mirror::serve(vec![
+            ("/rel/sha256sums.txt", Reply::Body(sums_for(tarball))),
+            (&format!("/rel/{file}"), Reply::Body(tarball.to_vec())),
+        ]);
+        let url = mirror.url(&file);
+        let shared = open_scratch();
+        fs_err::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let marker = shared.path().join("ran");
+        Planted {
+            user,
+            mirror,
+            file,
+            url,
+            shared,
+            marker,
+        }
+    }
+
+    /// A release folder under `root` whose `prometheus` touches the marker.
+    fn plant(&self, root: &Path) -> PathBuf {
         let rel = root.join(RELEASE);
         fs_err::create_dir_all(&rel).unwrap();
         let fake = rel.join("prometheus");
         fs_err::write(
             &fake,
-            format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
+            format!("#!/bin/sh\ntouch {}\nexit 1\n", self.marker.display()),
         )
         .unwrap();
         fs_err::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         rel
-    };
-    let chown_all = |p: &Path, uid: u32| {
-        let ok = Command::new("chown")
-            .args(["-R", &format!("{uid}:{uid}")])
-            .arg(p)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    };
+    }
 
-    // 1. XDG_CACHE_HOME in a shared folder, where another user made raywatch/ first.
-    let xdg = shared.path().join("cache");
-    let planted = xdg.join("raywatch");
-    plant(&planted);
-    chown_all(&xdg, nobody);
+    /// The user's own cache folder, made as raywatch makes it (theirs, 0700).
+    fn own_cache(&self) -> PathBuf {
+        let cache = self.user.cache();
+        fs_err::create_dir_all(&cache).unwrap();
+        chown_all(&self.user.home.join(".cache"), self.user.ids.0);
+        fs_err::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+        cache
+    }
+
+    /// Snapshots a refusal: exit code 1, and the planted binary never ran.
+    fn refused(&self, name: &str, out: &Output) {
+        assert_eq!(out.status.code(), Some(1), "{}", text(out));
+        assert!(!self.marker.exists(), "a planted Prometheus ran");
+        let mut filters = vec![(
+            regex_escape(&self.shared.path().display().to_string()),
+            "[shared]".to_string(),
+        )];
+        filters.extend(self.user.filters());
+        assert_transcript(name, out, filters);
+    }
+}
+
+/// XDG_CACHE_HOME in a shared folder, where another user made raywatch/ first:
+/// the refusal names the owner (uid 65534) and XDG_CACHE_HOME.
+#[test]
+fn a_cache_another_user_made_under_xdg_cache_home_is_never_run() {
+    let p = Planted::new();
+    let xdg = p.shared.path().join("cache");
+    p.plant(&xdg.join("raywatch"));
+    chown_all(&xdg, NOBODY);
     let xdg_s = xdg.display().to_string();
-    let out = user.raywatch(
+    let out = p.user.raywatch(
         &[
-            ("RAYWATCH_PROMETHEUS_URL", &url),
+            ("RAYWATCH_PROMETHEUS_URL", &p.url),
             ("XDG_CACHE_HOME", &xdg_s),
         ],
         &["up", "--yes", "--no-default-watch"],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("uid 65534"), "{}", text(&out));
-    assert!(text(&out).contains("XDG_CACHE_HOME"), "{}", text(&out));
-    assert!(!marker.exists(), "a planted Prometheus ran");
+    p.refused("download-cache-of-another-user-in-xdg-cache-home", &out);
+}
 
-    // 2. The user's own cache, with a release folder that is a link to another user's.
-    let cache = user.cache();
-    fs_err::create_dir_all(&cache).unwrap();
-    chown_all(&user.home.join(".cache"), user.ids.0);
-    fs_err::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let elsewhere = shared.path().join("elsewhere");
-    let rel = plant(&elsewhere);
-    chown_all(&elsewhere, nobody);
+/// The user's own cache, with a release folder that is a symbolic link to another user's.
+#[test]
+fn a_cached_release_linked_to_another_users_folder_is_never_run() {
+    let p = Planted::new();
+    let cache = p.own_cache();
+    let elsewhere = p.shared.path().join("elsewhere");
+    let rel = p.plant(&elsewhere);
+    chown_all(&elsewhere, NOBODY);
     std::os::unix::fs::symlink(&rel, cache.join(RELEASE)).unwrap();
-    let out = user.up(&url, &["--yes"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("symbolic link"), "{}", text(&out));
-    assert!(!marker.exists(), "a linked Prometheus ran");
+    let out = p.user.up(&p.url, &["--yes"]);
+    p.refused("download-cached-release-a-link", &out);
+}
 
-    // 3. A release folder of the user's own that others may write to.
-    fs_err::remove_file(cache.join(RELEASE)).unwrap();
-    let own = plant(&cache);
-    chown_all(&own, user.ids.0);
+/// A release folder of the user's own that others may write to.
+#[test]
+fn a_cached_release_others_may_write_to_is_never_run() {
+    let p = Planted::new();
+    let own = p.plant(&p.own_cache());
+    chown_all(&own, p.user.ids.0);
     fs_err::set_permissions(&own, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = user.up(&url, &["--yes"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("writable by other users"),
-        "{}",
-        text(&out)
-    );
-    assert!(!marker.exists(), "a Prometheus others could change ran");
+    let out = p.user.up(&p.url, &["--yes"]);
+    p.refused("download-cached-release-writable-by-others", &out);
+}
 
-    // 4. ~/.cache itself a link of the user's own, into a folder another user controls.
-    fs_err::remove_dir_all(user.home.join(".cache")).unwrap();
-    let theirs = shared.path().join("theirs");
+/// ~/.cache itself a link of the user's own, into a folder another user
+/// controls (others can write to it): nothing is downloaded into it.
+#[test]
+fn a_cache_linked_into_a_folder_others_can_write_gets_no_download() {
+    let p = Planted::new();
+    let theirs = p.shared.path().join("theirs");
     fs_err::create_dir(&theirs).unwrap();
     fs_err::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
-    chown_all(&theirs, nobody);
-    std::os::unix::fs::symlink(&theirs, user.home.join(".cache")).unwrap();
+    chown_all(&theirs, NOBODY);
+    let dot_cache = p.user.home.join(".cache");
+    std::os::unix::fs::symlink(&theirs, &dot_cache).unwrap();
     let ok = Command::new("chown")
-        .args(["-h", &format!("{}:{}", user.ids.0, user.ids.1)])
-        .arg(user.home.join(".cache"))
+        .args(["-h", &format!("{}:{}", p.user.ids.0, p.user.ids.1)])
+        .arg(&dot_cache)
         .status()
         .unwrap()
         .success();
     assert!(ok);
-    let out = user.up(&url, &["--yes"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("others can write to"), "{}", text(&out));
+    let out = p.user.up(&p.url, &["--yes"]);
+    p.refused("download-cache-linked-into-others-folder", &out);
     assert_eq!(
-        mirror.gets(&file),
+        p.mirror.gets(&p.file),
         0,
         "it downloaded into another user's folder"
     );
     assert!(files_under(&theirs).is_empty());
+}
 
-    // 5. A relative XDG_CACHE_HOME is ignored (the XDG spec): the cache stays in HOME.
-    fs_err::remove_file(user.home.join(".cache")).unwrap();
-    let out = user.raywatch(
+/// A relative XDG_CACHE_HOME is ignored (the XDG spec): the cache stays in HOME.
+#[test]
+fn a_relative_xdg_cache_home_is_ignored_and_the_cache_stays_in_home() {
+    let p = Planted::new();
+    let out = p.user.raywatch(
         &[
-            ("RAYWATCH_PROMETHEUS_URL", &url),
+            ("RAYWATCH_PROMETHEUS_URL", &p.url),
             ("XDG_CACHE_HOME", "rel/cache"),
         ],
         &["install", "prometheus", "--yes"],
@@ -562,13 +623,14 @@ fn a_cache_another_user_could_have_changed_is_never_run() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        user.cache()
+        p.user
+            .cache()
             .join(RELEASE)
             .join("prometheus")
             .display()
             .to_string()
     );
-    assert!(!marker.exists());
+    assert!(!p.marker.exists());
 }
 
 #[test]
@@ -592,13 +654,11 @@ fn a_release_whose_links_lead_out_of_its_folder_is_refused() {
             ("conf/defaults.ini", "", 0o644),
         ],
     );
-    for (what, tarball, expect) in [
-        ("a link out of the folder", escaping, "outside its folder"),
-        (
-            "a binary reached through a link",
-            inner,
-            "not laid out like",
-        ),
+    // Refused as a link "outside its folder", and as "not laid out like" a release.
+    let mut refusals = Vec::new();
+    for (what, tarball) in [
+        ("a link out of the folder", escaping),
+        ("a binary reached through a link", inner),
     ] {
         let file = "grafana-12.3.0.linux-amd64.tar.gz";
         let mirror = Mirror::serve(vec![(
@@ -615,14 +675,19 @@ fn a_release_whose_links_lead_out_of_its_folder_is_refused() {
             &["install", "grafana", "--yes"],
         );
         assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out));
-        assert!(text(&out).contains(expect), "{what}: {}", text(&out));
         assert!(
             files_under(&user.cache()).is_empty(),
             "{what}: {:?}",
             files_under(&user.cache())
         );
         assert!(files_under(&outside).is_empty(), "{what}: wrote outside");
+        refusals.push((what, out));
     }
+    assert_transcripts(
+        "download-links-out-of-the-release",
+        &refusals,
+        user.filters(),
+    );
 }
 
 /// [`tarball_of`] with symbolic links (path, target) in the top folder, made first.
@@ -705,18 +770,10 @@ fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() 
     ];
 
     // Without --yes and without a terminal: it says what it would fetch, and fetches nothing.
+    // It names `raywatch install grafana --yes`, the tarball and its .sha256.
     let asked = user.raywatch(&mirrors, &["install", "grafana"]);
     assert_eq!(asked.status.code(), Some(1), "{}", text(&asked));
-    assert!(
-        text(&asked).contains("`raywatch install grafana --yes` gets Grafana"),
-        "{}",
-        text(&asked)
-    );
-    assert!(
-        text(&asked).contains(&format!("{g_url}.sha256")),
-        "{}",
-        text(&asked)
-    );
+    assert_transcript("download-install-grafana-asks", &asked, user.filters());
     assert_eq!(mirror.gets(g_file), 0);
 
     for (program, bin) in [
@@ -736,10 +793,10 @@ fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() 
         assert_eq!(fs_err::metadata(&path).unwrap().uid(), user.ids.0);
         let again = user.raywatch(&mirrors, &["install", program]);
         assert!(again.status.success(), "{program}: {}", text(&again));
-        assert!(
-            text(&again).contains("already in raywatch's cache"),
-            "{}",
-            text(&again)
+        assert_transcript(
+            &format!("download-install-{program}-again"),
+            &again,
+            user.filters(),
         );
     }
     assert_eq!((mirror.gets(g_file), mirror.gets(a_file)), (1, 1));
@@ -756,13 +813,13 @@ fn grafana_and_alertmanager_come_the_same_way_and_up_finds_the_cached_grafana() 
 
     // A cached Grafana others could change costs Grafana, not the stack.
     fs_err::set_permissions(&cached, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // `up` warns that it does not run the cached Grafana, writable by other users.
     let up = user.raywatch(&mirrors, &["up", "--no-default-watch"]);
     assert!(up.status.success(), "{}", text(&up));
-    assert!(
-        text(&up).contains("warning: not running the cached Grafana")
-            && text(&up).contains("writable by other users"),
-        "{}",
-        text(&up)
+    assert_transcript(
+        "download-up-skips-a-grafana-others-could-change",
+        &up,
+        user.filters(),
     );
     let report: serde_json::Value =
         serde_json::from_slice(&user.raywatch(&[], &["status", "--json"]).stdout).unwrap();
@@ -786,6 +843,7 @@ fn as_root_with_apt_alertmanager_comes_from_debian_with_its_open_service_off() {
         .unwrap();
     let said = text(&out);
     assert!(out.status.success(), "{said}");
+    // Which of the two it says depends on whether an earlier run installed the package.
     assert!(
         said.contains("installing Debian's prometheus-alertmanager package with apt-get (raywatch runs as root")
             || said.contains("Alertmanager is on PATH; nothing to do"),

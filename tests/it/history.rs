@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::snapshots::{assert_transcript, stack_filters};
 use crate::support::*;
 
 fn now() -> f64 {
@@ -393,7 +394,7 @@ fn status_shows_prometheus_disk_use_and_a_30_day_default_retention() {
 /// `open` still prints its range; a history file that is a FIFO or absurdly
 /// large is refused by name, without hanging, and the daemon runs on without it.
 #[test]
-fn history_and_open_work_with_the_stack_down_and_odd_history_files_are_refused() {
+fn history_and_open_work_with_the_stack_down() {
     let (stack, root) = Stack::watching("ray_hdown", &[]);
     let head = FakeHead::start(
         &root,
@@ -423,25 +424,27 @@ fn history_and_open_work_with_the_stack_down_and_odd_history_files_are_refused()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        text.contains("/graph?") && text.contains("raywatch is not running"),
-        "{text}"
-    );
+    // The Prometheus graph link (its query holds this run's times) and a word
+    // that raywatch is not running.
+    let mut filters = vec![(r"/graph\?\S+".to_string(), "/graph?[query]".to_string())];
+    filters.extend(stack_filters(&stack));
+    assert_transcript("open-with-the-stack-down", &out, filters);
     // An unknown name with the stack down: "not running" (exit 3).
     assert_eq!(stack.run(&["open", "no-such"]).status.code(), Some(3));
+}
 
+#[test]
+fn a_history_file_that_is_not_a_regular_file_is_refused_at_once_and_the_daemon_records_none() {
+    let (stack, root) = Stack::watching("ray_hfifo", &[]);
+    assert!(stack.run(&["down"]).status.success());
     let file = stack.home.join("history.jsonl");
-    fs_err::remove_file(&file).unwrap();
+    let _ = fs_err::remove_file(&file);
     nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let started = std::time::Instant::now();
     let out = stack.run(&["history"]);
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("history.jsonl") && err.contains("not a regular file"),
-        "{err}"
-    );
+    // The error names history.jsonl: not a regular file.
+    assert_transcript("history-a-fifo", &out, stack_filters(&stack));
     assert!(started.elapsed() < Duration::from_secs(5));
     // The daemon starts anyway, and says why it records no history.
     let out = stack.run(&[
@@ -462,12 +465,18 @@ fn history_and_open_work_with_the_stack_down_and_odd_history_files_are_refused()
             .then_some(())
     });
     assert!(stack.run(&["down"]).status.success());
+}
 
-    fs_err::remove_file(&file).unwrap();
+#[test]
+fn a_history_file_larger_than_raywatch_ever_writes_is_refused() {
+    let stack = Stack::up(&["--no-default-watch"]);
+    assert!(stack.run(&["down"]).status.success());
+    let file = stack.home.join("history.jsonl");
+    let _ = fs_err::remove_file(&file);
     let f = fs_err::File::create(&file).unwrap();
     f.set_len(1 << 30).unwrap();
     let out = stack.run(&["history"]);
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("more than raywatch ever writes"), "{err}");
+    // "more than raywatch ever writes"
+    assert_transcript("history-too-large", &out, stack_filters(&stack));
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::security::{open_scratch, other_user, system_python};
+use crate::snapshots::{assert_transcript, assert_transcripts, regex_escape, stack_filters};
 use crate::support::*;
 
 /// Run by the other user: POSTs a job to a Dashboard and prints the HTTP status.
@@ -23,6 +24,17 @@ try:
 except urllib.error.HTTPError as e:
     print(e.code)
 "#;
+
+/// Snapshot filters for `env` on `stack`: those of [`stack_filters`], and
+/// the note about the `ray` on PATH left out (it depends on the machine's PATH).
+fn env_filters(stack: &Stack) -> Vec<(String, String)> {
+    let mut f = vec![(
+        r"(?m)^note: no `ray` on PATH: .*\n".to_string(),
+        String::new(),
+    )];
+    f.extend(stack_filters(stack));
+    f
+}
 
 /// Removes a folder when dropped.
 struct RemoveOnDrop(PathBuf);
@@ -391,21 +403,15 @@ fn env_refuses_a_temp_dir_another_user_created_or_can_redirect_unless_trusted() 
     let other = other_user();
     let dir = open_scratch();
     let stack = Stack::up_at(&dir.path().join("home"), &["--no-default-watch"]);
-    let refused = |temp_dir: &Path, why: &str| {
+    let refused = |temp_dir: &Path| {
         let out = stack.run(&["env", "--temp-dir", temp_dir.to_str().unwrap()]);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             !out.status.success(),
-            "env accepted {}: {err}",
-            temp_dir.display()
+            "env accepted {}: {}",
+            temp_dir.display(),
+            String::from_utf8_lossy(&out.stderr)
         );
-        assert!(err.contains(why), "{err}");
-        assert!(
-            out.stdout.is_empty(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        err
+        (format!("env --temp-dir {}", temp_dir.display()), out)
     };
     // The other user prepares, in /tmp, the folder the victim is about to name,
     // a folder to put it in, and a link to their own folder.
@@ -426,17 +432,15 @@ fn env_refuses_a_temp_dir_another_user_created_or_can_redirect_unless_trusted() 
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let err = refused(&prepared, "not to you");
-    assert!(
-        err.contains(crate::security::OTHER) && err.contains("--trust-uid"),
-        "{err}"
-    );
-    refused(&parent.join("ray"), "not to you");
-    refused(&link.join("ray"), "symbolic link owned by");
-    refused(
-        &PathBuf::from(format!("{}/", link.display())),
-        "symbolic link",
-    );
+    // Each refusal names the other user and why (the folder belongs not to
+    // you, or is a symbolic link), and the way out (--trust-uid); nothing on
+    // stdout.
+    let mut outs = vec![
+        refused(&prepared),
+        refused(&parent.join("ray")),
+        refused(&link.join("ray")),
+        refused(&PathBuf::from(format!("{}/", link.display()))),
+    ];
     let _ = fs_err::remove_file(&link);
 
     // The private default's folder, squatted by the other user, is refused too.
@@ -453,14 +457,33 @@ fn env_refuses_a_temp_dir_another_user_created_or_can_redirect_unless_trusted() 
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not to you"));
+    outs.push((
+        "env (RAY_TMPDIR with a squatted raywatch-<uid>)".into(),
+        out,
+    ));
 
     // A temp dir others can reach works, with a warning.
     let open = dir.path().join("ray_reachable");
     let out = stack.run(&["env", "--temp-dir", open.to_str().unwrap()]);
     assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("other users can reach"), "{err}");
+    outs.push((format!("env --temp-dir {}", open.display()), out));
+    let mut filters = vec![
+        (regex_escape(&mine), "/tmp/ray_rwprepared_[pid]".to_string()),
+        (
+            format!(r"\buid {}\b", other.0),
+            "uid [other uid]".to_string(),
+        ),
+        (
+            format!(r"--trust-uid {}\b", other.0),
+            "--trust-uid [other uid]".to_string(),
+        ),
+        (
+            format!(r"raywatch-{}\b", nix::unistd::geteuid()),
+            "raywatch-[uid]".to_string(),
+        ),
+    ];
+    filters.extend(env_filters(&stack));
+    assert_transcripts("env-refuses-temp-dirs-of-others", &outs, filters);
     drop(stack);
 
     // Trusting that user's uid lets their folder through.
@@ -490,8 +513,8 @@ fn a_token_file_others_could_read_is_replaced() {
         dir.path().join("ray_b").to_str().unwrap(),
     ]);
     assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("wrote a new token"), "{err}");
+    // It says it wrote a new token.
+    assert_transcript("env-replaces-a-readable-token", &out, env_filters(&stack));
     let new = fs_err::read_to_string(&token_file).unwrap();
     assert_ne!(new, old);
     let mode = fs_err::metadata(&token_file).unwrap().permissions().mode();
@@ -512,17 +535,25 @@ fn env_says_plainly_when_the_ray_on_path_has_no_token_auth() {
             .output()
             .unwrap()
     };
-    let old = env_with_ray(&oldest_ray_bin(), "ray_old");
+    // With Ray 2.40.0 it says that Ray has no token auth; with today's Ray,
+    // nothing about token auth.
+    let oldest = oldest_ray_bin();
+    let old = env_with_ray(&oldest, "ray_old");
     assert!(old.status.success());
-    let err = String::from_utf8_lossy(&old.stderr);
-    assert!(
-        err.contains("Ray 2.40.0") && err.contains("has no token auth"),
-        "{err}"
-    );
     let new = env_with_ray(&ray_bin(), "ray_new");
     assert!(new.status.success());
-    let err = String::from_utf8_lossy(&new.stderr);
-    assert!(!err.contains("token auth"), "{err}");
+    assert_transcripts(
+        "env-with-a-ray-without-token-auth",
+        &[("Ray 2.40.0 on PATH", &old), ("today's Ray on PATH", &new)],
+        [
+            vec![(
+                regex_escape(&oldest.display().to_string()),
+                "[Ray 2.40.0's ray]".to_string(),
+            )],
+            stack_filters(&stack),
+        ]
+        .concat(),
+    );
 }
 
 /// Run by the other user: listens on a port, logs every request line it gets,

@@ -4,17 +4,21 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// Filters for what changes from run to run: the scratch folders, ports, pids, the user.
-fn filters(stack: &Stack) -> Vec<(String, String)> {
+/// Filters for what changes from run to run in a [`Stack`]'s output (its home
+/// in a scratch folder): the folder, ports, pids, sizes, the user and host.
+pub fn stack_filters(stack: &Stack) -> Vec<(String, String)> {
     let scratch = stack.home.parent().unwrap().display().to_string();
     vec![
         (regex_escape(&scratch), "[scratch]".into()),
         (format!(r"\b{}\b", regex_escape(&user())), "[user]".into()),
+        (r"\bport \d+".into(), "port [port]".into()),
         (r"127\.0\.0\.1:\d+".into(), "127.0.0.1:[port]".into()),
         (r"pid \d+".into(), "pid [pid]".into()),
         (r"'\d{4,5}'".into(), "'[port]'".into()),
         (r"-L \d+:".into(), "-L [port]:".into()),
         (r"(?m)@\S+$".into(), "@[host]".into()),
+        // A temp file's random part (tempfile's 6 letters).
+        (r"\.([A-Za-z0-9]{6})\.tmp\b".into(), ".[random].tmp".into()),
         (
             r"\b\d+(\.\d)? (B|KiB|MiB|GiB|TiB)\b".into(),
             "[size]".into(),
@@ -22,7 +26,8 @@ fn filters(stack: &Stack) -> Vec<(String, String)> {
     ]
 }
 
-fn regex_escape(s: &str) -> String {
+/// `s` as a regex that matches it literally.
+pub fn regex_escape(s: &str) -> String {
     s.chars()
         .map(|c| {
             if "\\.+*?()|[]{}^$#&-~".contains(c) {
@@ -48,14 +53,21 @@ pub fn transcript(out: &std::process::Output) -> String {
     )
 }
 
-/// Filters for a command run with a home in `scratch`: the folder, ports, pids, sizes.
+/// Filters for a command run with a home in `scratch`: the folder, then [`filters`].
 pub fn scratch_filters(scratch: &std::path::Path) -> Vec<(String, String)> {
+    let mut f = vec![(
+        regex_escape(&scratch.display().to_string()),
+        "[scratch]".into(),
+    )];
+    f.extend(filters());
+    f
+}
+
+/// Filters for what changes from run to run in any output: ports, pids, sizes, the architecture.
+pub fn filters() -> Vec<(String, String)> {
     vec![
-        (
-            regex_escape(&scratch.display().to_string()),
-            "[scratch]".into(),
-        ),
         (r"127\.0\.0\.1:\d+".into(), "127.0.0.1:[port]".into()),
+        (r"\bport \d+".into(), "port [port]".into()),
         (r"pid \d+".into(), "pid [pid]".into()),
         (
             r"\b\d+(\.\d)? (B|KiB|MiB|GiB|TiB)\b".into(),
@@ -65,9 +77,41 @@ pub fn scratch_filters(scratch: &std::path::Path) -> Vec<(String, String)> {
     ]
 }
 
+/// `filters`, except that they leave each of `kept` (literal phrases, such as a
+/// size that is a fixed bound and not the measure of something) as it is.
+pub fn keeping(kept: &[&str], filters: Vec<(String, String)>) -> Vec<(String, String)> {
+    // Each kept phrase's spaces become U+0001 until every filter has run.
+    let mut all: Vec<(String, String)> = kept
+        .iter()
+        .map(|k| (regex_escape(k), k.replace(' ', "\u{1}")))
+        .collect();
+    all.extend(filters);
+    all.push(("\u{1}".into(), " ".into()));
+    all
+}
+
 /// Snapshots `out`'s [`transcript`] as `name`, with `filters`.
 pub fn assert_transcript(name: &str, out: &std::process::Output, filters: Vec<(String, String)>) {
     with_filters(filters, || insta::assert_snapshot!(name, transcript(out)));
+}
+
+/// Snapshots the [`transcript`]s of several commands as `name`, each under a
+/// `=== <label>` line (the command, or the case it shows), with `filters`.
+pub fn assert_transcripts<L: std::fmt::Display, O: std::borrow::Borrow<std::process::Output>>(
+    name: &str,
+    runs: &[(L, O)],
+    filters: Vec<(String, String)>,
+) {
+    let text: Vec<String> = runs
+        .iter()
+        .map(|(label, out)| format!("=== {label}\n{}", transcript(out.borrow())))
+        .collect();
+    with_filters(filters, || insta::assert_snapshot!(name, text.join("\n")));
+}
+
+/// Snapshots `text` as `name`, with `filters`.
+pub fn assert_text(name: &str, text: &str, filters: Vec<(String, String)>) {
+    with_filters(filters, || insta::assert_snapshot!(name, text));
 }
 
 fn with_filters(f: Vec<(String, String)>, check: impl FnOnce()) {
@@ -113,7 +157,7 @@ fn human_status_and_env() {
     assert!(status.status.success());
     let env = stack.run(&["env", "--temp-dir", root.join("next").to_str().unwrap()]);
     assert!(env.status.success());
-    with_filters(filters(&stack), || {
+    with_filters(stack_filters(&stack), || {
         insta::assert_snapshot!("status", String::from_utf8_lossy(&status.stdout));
         insta::assert_snapshot!("env", String::from_utf8_lossy(&env.stdout));
     });

@@ -394,61 +394,23 @@ pub fn write_discovery(file: &Path, targets: &[String]) {
 /// uid listens on it); each connection is accepted and closed. A port another
 /// socket holds is left to it; `SO_REUSEPORT` lets parallel tests of this uid
 /// hold the same port. Closed on drop.
-pub struct Held {
-    stop: Arc<AtomicBool>,
-}
+pub use raywatch::testkit::Held;
 
 /// Holds every `127.0.0.1:port` of `targets` that this uid can bind.
 pub fn hold(targets: &[String]) -> Held {
-    use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
-        sockopt,
-    };
-    use std::os::fd::AsRawFd;
-    let mut listeners = Vec::new();
+    let held = Held::polling(Duration::from_millis(50));
     for t in targets {
         // Ray's fixed metrics ports are left to the real clusters of parallel tests.
-        let Some(port) = t
+        let ours = t
             .strip_prefix("127.0.0.1:")
             .and_then(|p| p.parse::<u16>().ok())
-            .filter(|p| ![44217, 44227].contains(p))
-        else {
-            continue;
-        };
-        let Ok(fd) = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        ) else {
-            continue;
-        };
-        let bound = setsockopt(&fd, sockopt::ReusePort, &true).is_ok()
-            && bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).is_ok()
-            && listen(&fd, Backlog::new(16).unwrap()).is_ok();
-        if bound {
-            listeners.push(std::net::TcpListener::from(fd));
+            .is_some_and(|p| ![44217, 44227].contains(&p));
+        if ours {
+            // A port this uid cannot bind is left to whoever holds it.
+            let _ = held.share(t);
         }
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    std::thread::spawn(move || {
-        while !s.load(Ordering::Relaxed) {
-            for l in &listeners {
-                while let Ok((c, _)) = l.accept() {
-                    drop(c);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    Held { stop }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    held
 }
 
 /// A synthetic Ray head: rewrites its session's discovery file every second, like
