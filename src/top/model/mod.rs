@@ -210,7 +210,8 @@ fn add_live_values(c: &mut Cluster, f: &Fields) {
     let plus = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
     let mib = |v: Option<f64>| v.map(|v| v * 1024.0 * 1024.0);
     c.nodes_up = count(get("nodes_up").or(get("nodes_total").map(|_| 0.0)));
-    c.nodes_total = count(get("nodes_total")).or(c.nodes_up);
+    // Ray counts a new node a little after its metrics arrive: never fewer in total than up.
+    c.nodes_total = count(get("nodes_total")).max(c.nodes_up);
     c.cpu_percent = get("cpu");
     c.mem_used_bytes = get("mem_used");
     c.mem_total_bytes = get("mem_total");
@@ -299,6 +300,21 @@ mod tests {
             None,
         );
         assert_eq!(c[0].tasks_running, Some(0), "ray_tasks without RUNNING: 0");
+    }
+
+    #[test]
+    fn never_more_nodes_up_than_in_total() {
+        // A worker's metrics arrive before Ray's own count has it.
+        let s = [
+            sample("targets", "a", "4"),
+            sample("nodes_up", "a", "2"),
+            sample("nodes_total", "a", "1"),
+        ];
+        let c = clusters(&s, 100.0, None);
+        assert_eq!((c[0].nodes_up, c[0].nodes_total), (Some(2), Some(2)));
+        let s = [sample("targets", "a", "4"), sample("nodes_total", "a", "3")];
+        let c = clusters(&s, 100.0, None);
+        assert_eq!((c[0].nodes_up, c[0].nodes_total), (Some(0), Some(3)));
     }
 
     #[test]
