@@ -14,6 +14,7 @@ mod fleet;
 mod grafana;
 mod guard;
 mod history;
+mod host;
 mod listeners;
 mod liveness;
 mod needs;
