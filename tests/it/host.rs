@@ -352,24 +352,6 @@ impl Host {
         })
     }
 
-    /// SIGKILLs every process in the host (the host "dies"); waits until none is left.
-    pub fn kill_all(&self) {
-        wait_for(
-            "every process of the host to exit",
-            Duration::from_secs(30),
-            || {
-                let pids = pids_in(&self.ns);
-                for pid in &pids {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(*pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                pids.is_empty().then_some(())
-            },
-        );
-    }
-
     /// The PIDs of the processes in the host.
     pub fn pids(&self) -> Vec<i32> {
         pids_in(&self.ns)

@@ -17,6 +17,7 @@ mod history;
 mod host;
 mod listeners;
 mod liveness;
+mod multinode;
 mod needs;
 mod ray;
 mod rayauth;
