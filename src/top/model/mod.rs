@@ -213,12 +213,8 @@ fn add_live_values(c: &mut Cluster, f: &Fields) {
     let plus = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
     let mib = |v: Option<f64>| v.map(|v| v * 1024.0 * 1024.0);
     c.nodes_up = count(get("nodes_up").or(get("nodes_total").map(|_| 0.0)));
-    // Ray's own count lags a joining node by a report or two: never fewer in
-    // total than up.
-    c.nodes_total = match (count(get("nodes_total")), c.nodes_up) {
-        (Some(t), Some(u)) => Some(t.max(u)),
-        (t, u) => t.or(u),
-    };
+    // Ray counts a new node a little after its metrics arrive: never fewer in total than up.
+    c.nodes_total = count(get("nodes_total")).max(c.nodes_up);
     c.nodes_lost = count(get("nodes_lost").or(c.nodes_up.map(|_| 0.0)));
     c.cpu_percent = get("cpu");
     c.mem_used_bytes = get("mem_used");
@@ -345,6 +341,21 @@ mod tests {
             (c.nodes_up, c.nodes_total, c.nodes_lost),
             (None, None, None)
         );
+    }
+
+    #[test]
+    fn never_more_nodes_up_than_in_total() {
+        // A worker's metrics arrive before Ray's own count has it.
+        let s = [
+            sample("targets", "a", "4"),
+            sample("nodes_up", "a", "2"),
+            sample("nodes_total", "a", "1"),
+        ];
+        let c = clusters(&s, 100.0, None);
+        assert_eq!((c[0].nodes_up, c[0].nodes_total), (Some(2), Some(2)));
+        let s = [sample("targets", "a", "4"), sample("nodes_total", "a", "3")];
+        let c = clusters(&s, 100.0, None);
+        assert_eq!((c[0].nodes_up, c[0].nodes_total), (Some(0), Some(3)));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table};
+use ratatui::widgets::{Block, Paragraph, RenderDirection, Row, Sparkline, Table};
 
 use super::App;
 use crate::escape;
@@ -111,21 +111,30 @@ impl App {
             format!("{title} {window} now {}", shown(latest(series)))
         };
         let points = detail.charts.get(series).cloned().unwrap_or_default();
-        let data: Vec<Option<u64>> = points
-            .iter()
-            .map(|p| p.map(|v| v.max(0.0).round() as u64))
-            .collect();
+        let data = newest_first(&points);
         let max = if series == "running" {
             data.iter().flatten().copied().max().unwrap_or(1).max(1)
         } else {
             100
         };
+        // Newest first, drawn from the right edge: a chart narrower than its
+        // points shows the newest ones (left to right it would show the oldest).
         Sparkline::default()
             .block(Block::bordered().title(label))
+            .direction(RenderDirection::RightToLeft)
             .data(&data)
             .max(max)
             .style(self.style(colour))
     }
+}
+
+/// A chart's points (oldest first) as the sparkline's bars, newest first.
+fn newest_first(points: &[Option<f64>]) -> Vec<Option<u64>> {
+    points
+        .iter()
+        .rev()
+        .map(|p| p.map(|v| v.max(0.0).round() as u64))
+        .collect()
 }
 
 /// The nodes of the cluster view, one row each.
@@ -188,4 +197,101 @@ fn node_row(n: &Node) -> Row<'static> {
         model::used_of(n.object_store_used_bytes, n.object_store_total_bytes),
         model::used_of(n.disk_used_bytes, n.disk_total_bytes),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    use super::super::View;
+    use super::*;
+    use crate::top::model::State;
+
+    /// The cluster view of a cluster whose CPU and memory charts hold `points`
+    /// (61, oldest first, as `top` fetches them), drawn `w` x 16.
+    fn screen(points: Vec<Option<f64>>, w: u16) -> Vec<String> {
+        let mut app = App::new("test".into(), false, Duration::from_secs(2), Duration::ZERO);
+        let cluster = Cluster {
+            name: "alice-ray".into(),
+            user: "alice".into(),
+            state: Some(State::Live),
+            nodes_up: Some(1),
+            nodes_total: Some(1),
+            ..Default::default()
+        };
+        let key = cluster.key();
+        app.clusters = vec![cluster];
+        app.view = View::Cluster(key.clone());
+        let charts: BTreeMap<String, Vec<Option<f64>>> = [
+            ("cpu".to_string(), points.clone()),
+            ("mem".to_string(), points),
+        ]
+        .into();
+        let node = Node {
+            instance: "10.213.0.1:8080".into(),
+            ip: "10.213.0.1".into(),
+            kind: Some("head".into()),
+            ..Default::default()
+        };
+        app.detail = Some((
+            key,
+            Detail {
+                nodes: vec![node],
+                charts,
+                window: Duration::from_secs(15 * 60),
+                grafana_url: None,
+            },
+        ));
+        let mut t = Terminal::new(TestBackend::new(w, 16)).unwrap();
+        t.draw(|f| app.render(f, None)).unwrap();
+        let buf = t.backend().buffer().clone();
+        (0..16)
+            .map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect())
+            .collect()
+    }
+
+    /// The CPU chart's bars (the first chart, inside its border), row by row.
+    fn cpu_chart(lines: &[String], w: u16) -> Vec<String> {
+        let title = lines.iter().position(|l| l.contains("CPU %")).unwrap();
+        let inner = (w / 4 - 2) as usize;
+        lines[title + 1..title + 5]
+            .iter()
+            .map(|l| l.chars().skip(1).take(inner).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_young_clusters_charts_show_its_few_points_at_the_right_edge() {
+        // Two minutes old in a 15-minute window: only the newest 8 of 61 points.
+        let points: Vec<Option<f64>> = (0..61).map(|i| (i >= 53).then_some(80.0)).collect();
+        let lines = screen(points, 120);
+        insta::assert_snapshot!(lines.join("\n"));
+        let chart = cpu_chart(&lines, 120);
+        let bottom: Vec<char> = chart[3].chars().collect();
+        assert_eq!(bottom.len(), 28);
+        assert!(
+            bottom[20..].iter().all(|c| *c == '█') && bottom[..20].iter().all(|c| *c == ' '),
+            "the newest 8 points fill the right edge, nothing else: {chart:#?}"
+        );
+    }
+
+    #[test]
+    fn an_old_clusters_charts_show_the_newest_points_not_the_oldest() {
+        // Idle for its first 40 points, then busy: the chart (28 wide) shows the busy end.
+        let points: Vec<Option<f64>> = (0..61)
+            .map(|i| Some(if i < 40 { 0.0 } else { 100.0 }))
+            .collect();
+        let lines = screen(points, 120);
+        insta::assert_snapshot!(lines.join("\n"));
+        let chart = cpu_chart(&lines, 120);
+        let top: Vec<char> = chart[0].chars().collect();
+        assert!(
+            top[7..].iter().all(|c| *c == '█') && top[..7].iter().all(|c| *c == ' '),
+            "the newest 21 points are 100 %, the 7 before them 0 %: {chart:#?}"
+        );
+    }
 }
