@@ -379,7 +379,9 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
     // live; what status and top show, and when, is recorded.
     worker_c.kill9();
     let killed = Instant::now();
+    let killed_unix = raywatch::clock::unix_now();
     let (mut c_down, mut c_gone, mut up_2, mut total_2) = (None, None, None, None);
+    let (mut lost_in_status, mut lost_in_top) = (None, None);
     let mut seen = Vec::new();
     while killed.elapsed() < Duration::from_secs(150) {
         let s = status_of(&stack_a, &name).expect("the cluster stays listed");
@@ -400,14 +402,25 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
         if total_2.is_none() && total == Some(2) {
             total_2 = Some(at);
         }
+        let lost: Vec<&str> = s["nodes_lost"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|n| n["address"].as_str()).collect())
+            .unwrap_or_default();
+        if lost_in_status.is_none() && lost == [endpoint_c.as_str()] {
+            lost_in_status = Some(at);
+        }
+        if lost_in_top.is_none() && row["nodes_lost"] == 1 {
+            lost_in_top = Some(at);
+        }
         let line = format!(
-            "status C {h:?}, top nodes {up:?}/{total:?} targets {} down {}",
-            row["targets"], row["targets_down"]
+            "status C {h:?} lost {lost:?}, top nodes {up:?}/{total:?} lost {} targets {} down {}",
+            row["nodes_lost"], row["targets"], row["targets_down"]
         );
         if seen.last().is_none_or(|(_, l)| *l != line) {
             seen.push((at, line));
         }
-        if c_gone.is_some() && total_2.is_some() {
+        if c_gone.is_some() && total_2.is_some() && lost_in_status.is_some() && lost_in_top.is_some()
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -417,7 +430,32 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
         eprintln!("  +{at:5.1}s {line}");
     }
     eprintln!(
-        "C's target not up in status: {c_down:?}; gone from status: {c_gone:?}; top nodes up 2: {up_2:?}; top nodes total 2: {total_2:?}"
+        "C's target not up in status: {c_down:?}; gone from status: {c_gone:?}; lost in status: {lost_in_status:?}; lost in top: {lost_in_top:?}; top nodes up 2: {up_2:?}; top nodes total 2: {total_2:?}"
+    );
+    // Ray drops the dead worker from its list: shown lost, not a silent disappearance.
+    assert!(
+        lost_in_status.is_some() && lost_in_status == c_gone,
+        "C left status' targets at {c_gone:?} but was shown lost at {lost_in_status:?}: {seen:?}"
+    );
+    assert!(
+        lost_in_top.is_some(),
+        "top never counted C lost: {seen:?}"
+    );
+    let history = stack_a.run(&["history", "--json"]);
+    let history: Value = serde_json::from_slice(&history.stdout).unwrap();
+    let entry = history["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name.as_str() && c["state"] == "live")
+        .unwrap_or_else(|| panic!("{name} live in the history: {history}"));
+    let losses = entry["nodes_lost"].as_array().unwrap_or_else(|| panic!("{entry}"));
+    assert_eq!(losses.len(), 1, "{entry}");
+    assert_eq!(losses[0]["node"], endpoint_c.as_str(), "{entry}");
+    let at = losses[0]["at_unix"].as_f64().unwrap();
+    assert!(
+        at > killed_unix && at < killed_unix + 150.0,
+        "lost at {at}, killed at {killed_unix}: {entry}"
     );
     assert!(
         c_down.is_some_and(|t| t < 30.0),
