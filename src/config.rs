@@ -100,6 +100,12 @@ pub struct StackConfig {
     /// Prometheus their evaluation each scrape interval; `top` then asks them live.
     #[serde(default)]
     pub no_top_rules: bool,
+    /// Leave out raywatch's built-in alert rules (`up --no-default-alerts`).
+    #[serde(default)]
+    pub no_default_alerts: bool,
+    /// The thresholds of the built-in alert rules (`up --gpu-idle-below` ...).
+    #[serde(default)]
+    pub alerts: crate::alerts::Thresholds,
 }
 
 /// One remote-write destination. Credentials come from files only, never from
@@ -148,6 +154,8 @@ impl Default for StackConfig {
             sample_limit: Default::default(),
             drop_labels: Vec::new(),
             no_top_rules: false,
+            no_default_alerts: false,
+            alerts: crate::alerts::Thresholds::default(),
         }
     }
 }

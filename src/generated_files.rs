@@ -60,7 +60,10 @@ fn prometheus_files() {
     crate::prometheus::write_files(
         &home,
         &cfg,
-        crate::top::rules::for_stack(&cfg).unwrap().as_ref(),
+        &crate::prometheus::Rules {
+            top: crate::top::rules::for_stack(&cfg).unwrap(),
+            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts).unwrap(),
+        },
     )
     .unwrap();
     insta::assert_snapshot!(
@@ -72,6 +75,7 @@ fn prometheus_files() {
         "top-rules.yml",
         read(dir.path(), "prometheus/top-rules.yml")
     );
+    insta::assert_snapshot!("alerts.yml", read(dir.path(), "prometheus/alerts.yml"));
     insta::assert_snapshot!(
         "prometheus-args",
         crate::prometheus::args_for(&home, &cfg, 20_000)
@@ -106,7 +110,10 @@ fn prometheus_files_for_an_agent_that_remote_writes() {
     crate::prometheus::write_files(
         &home,
         &cfg,
-        crate::top::rules::for_stack(&cfg).unwrap().as_ref(),
+        &crate::prometheus::Rules {
+            top: crate::top::rules::for_stack(&cfg).unwrap(),
+            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts).unwrap(),
+        },
     )
     .unwrap();
     insta::assert_snapshot!(
@@ -129,7 +136,7 @@ fn prometheus_files_for_an_agent_that_remote_writes() {
     );
     assert!(!read(dir.path(), "prometheus/prometheus.yml").contains("s3cret"));
     // An agent evaluates no rules.
-    assert!(!home.top_rules().exists());
+    assert!(!home.top_rules().exists() && !home.alert_rules().exists());
 }
 
 #[test]
@@ -147,19 +154,26 @@ fn prometheus_yml_that_remote_writes_keeps_tops_recorded_series_home() {
     crate::prometheus::write_files(
         &home,
         &cfg,
-        crate::top::rules::for_stack(&cfg).unwrap().as_ref(),
+        &crate::prometheus::Rules {
+            top: crate::top::rules::for_stack(&cfg).unwrap(),
+            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts).unwrap(),
+        },
     )
     .unwrap();
     insta::assert_snapshot!(
         "prometheus-remote-write.yml",
         read(dir.path(), "prometheus/prometheus.yml")
     );
-    // Without the rules (`up --no-top-rules`) neither the rules nor the drop.
+    // Without the rules (`up --no-top-rules`, `--no-default-alerts`) neither the rules nor the drop.
     cfg.no_top_rules = true;
+    cfg.no_default_alerts = true;
     crate::prometheus::write_files(
         &home,
         &cfg,
-        crate::top::rules::for_stack(&cfg).unwrap().as_ref(),
+        &crate::prometheus::Rules {
+            top: crate::top::rules::for_stack(&cfg).unwrap(),
+            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts).unwrap(),
+        },
     )
     .unwrap();
     let yml = read(dir.path(), "prometheus/prometheus.yml");

@@ -62,6 +62,10 @@ impl Home {
     pub fn top_rules(&self) -> PathBuf {
         self.prometheus_dir().join("top-rules.yml")
     }
+    /// raywatch's built-in alert rules.
+    pub fn alert_rules(&self) -> PathBuf {
+        self.prometheus_dir().join("alerts.yml")
+    }
     pub fn web_yml(&self) -> PathBuf {
         self.prometheus_dir().join("web.yml")
     }

@@ -16,6 +16,7 @@ mod attach;
 mod clusters;
 mod control;
 mod every;
+mod files;
 mod follow;
 mod harvest;
 mod lifecycle;
@@ -368,12 +369,7 @@ fn prepare(
     // A new password at every start: one that leaked (an old Ray file, a
     // squatter before this fix) stops working with the next `up`.
     let password = crate::prometheus::rotate_password(home)?;
-    crate::prometheus::write_files(
-        home,
-        &config,
-        crate::top::rules::for_stack(&config)?.as_ref(),
-    )?;
-    crate::grafana::write_files(home, &config)?;
+    files::write(home, &config)?;
     // The gateway for Ray: held by the daemon for its whole life.
     let (listener, config) = bind_gateway(home, config)?;
     Ok((password, listener, config))

@@ -150,6 +150,25 @@ pub const SETTINGS: &[Setting] = &[
         shown: Some(("top's recording rules", |c| (!c.no_top_rules).to_string())),
     },
     Setting {
+        field: "no_default_alerts",
+        effects: &[ReloadPrometheus],
+        differs: field!(no_default_alerts),
+        shown: Some(("built-in alert rules", |c| (!c.no_default_alerts).to_string())),
+    },
+    Setting {
+        field: "alerts",
+        effects: &[ReloadPrometheus],
+        differs: field!(alerts),
+        shown: Some(("alert thresholds", |c| {
+            let t = &c.alerts;
+            format!(
+                "GPUs idle below {} % for {}",
+                t.gpu_idle_percent,
+                humantime::format_duration(t.gpu_idle_for)
+            )
+        })),
+    },
+    Setting {
         field: "query_bearer_file",
         effects: &[Nothing],
         differs: field!(query_bearer_file),
@@ -318,12 +337,7 @@ impl SettingsWriter {
             return Err(FRESH_START_ONLY.into());
         }
         let write = || -> anyhow::Result<()> {
-            crate::prometheus::write_files(
-                &self.home,
-                &wanted,
-                crate::top::rules::for_stack(&wanted)?.as_ref(),
-            )?;
-            crate::grafana::write_files(&self.home, &wanted)?;
+            super::files::write(&self.home, &wanted)?;
             wanted.save(&self.home.config())
         };
         write().map_err(|e| format!("{e:#}"))?;
@@ -351,12 +365,7 @@ impl SettingsWriter {
             *note.lock().unwrap() = Some(msg);
             config.prometheus_port = fresh;
             config.save(&self.home.config())?;
-            crate::prometheus::write_files(
-                &self.home,
-                &config,
-                crate::top::rules::for_stack(&config)?.as_ref(),
-            )?;
-            crate::grafana::write_files(&self.home, &config)?;
+            super::files::write(&self.home, &config)?;
             self.live.send_replace(config.clone());
         }
         Ok(config)
@@ -405,6 +414,8 @@ mod tests {
             sample_limit,
             drop_labels,
             no_top_rules,
+            no_default_alerts,
+            alerts,
         )
     }
 

@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::USER;
-use super::schema::{RecordingRules, WebYml, prometheus_yml};
+use super::schema::{Rules, WebYml, prometheus_yml};
 use super::secrets::{ensure_password, write_remote_write_secrets};
 use crate::config::StackConfig;
 use crate::home::Home;
 
-/// Writes the secret (once), web.yml, the recording rules (when there are any) and
+/// Writes the secret (once), web.yml, the rules files (those there are) and
 /// prometheus.yml. Each is checked with promtool, when there is one, before it
 /// replaces the old file.
-pub fn write_files(home: &Home, cfg: &StackConfig, rules: Option<&RecordingRules>) -> Result<()> {
+pub fn write_files(home: &Home, cfg: &StackConfig, rules: &Rules) -> Result<()> {
     // A hand-edited config.json gets the same checks as `up --drop-label`.
     crate::guard::drop_labels(&cfg.drop_labels)
         .with_context(|| format!("{} has a bad drop_labels entry", home.config().display()))?;
@@ -38,8 +38,14 @@ pub fn write_files(home: &Home, cfg: &StackConfig, rules: Option<&RecordingRules
         )?;
     }
     // The rules first: the prometheus.yml naming them may be read at any moment.
-    if let Some(r) = rules {
-        write_checked(home, cfg, &home.top_rules(), &r.yaml, &["check", "rules"])?;
+    let files = [
+        (home.top_rules(), rules.top.as_ref().map(|r| r.yaml.as_str())),
+        (home.alert_rules(), rules.alerts.as_deref()),
+    ];
+    for (path, yaml) in &files {
+        if let Some(yaml) = yaml {
+            write_checked(home, cfg, path, yaml, &["check", "rules"])?;
+        }
     }
     let yml = serde_yaml_ng::to_string(&prometheus_yml(home, cfg, rules))?;
     write_checked(
@@ -49,11 +55,13 @@ pub fn write_files(home: &Home, cfg: &StackConfig, rules: Option<&RecordingRules
         &yml,
         &["check", "config", "--syntax-only"],
     )?;
-    if rules.is_none() {
-        // No longer named by prometheus.yml: a stale copy would only mislead a reader.
-        match fs_err::remove_file(home.top_rules()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
+    // A file no longer named by prometheus.yml: a stale copy would only mislead a reader.
+    for (path, yaml) in &files {
+        if yaml.is_none() {
+            match fs_err::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
         }
     }
     Ok(())
@@ -121,7 +129,7 @@ mod tests {
             drop_labels: vec!["ray_io_cluster".into()],
             ..Default::default()
         };
-        let err = format!("{:#}", write_files(&home, &cfg, None).unwrap_err());
+        let err = format!("{:#}", write_files(&home, &cfg, &Rules::default()).unwrap_err());
         assert!(err.contains("config.json"), "{err}");
         assert!(
             err.contains("\"ray_io_cluster\" would break raywatch"),

@@ -25,7 +25,7 @@ pub use args::{READ_TIMEOUT, args};
 pub use client::{Client, Counted, Counter, Readiness};
 pub use disk::disk_use;
 pub use files::write_files;
-pub use schema::RecordingRules;
+pub use schema::{RecordingRules, Rules};
 // Used by tests elsewhere in the crate (generated_files, top's rules).
 #[cfg(test)]
 pub use answer::RuleState;

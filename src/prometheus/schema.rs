@@ -11,7 +11,7 @@ use crate::home::Home;
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct PrometheusYml {
     pub global: Global,
-    /// The rules files (`raywatch top`'s recording rules; none on an agent).
+    /// The rules files (`raywatch top`'s recording rules, the alert rules; none on an agent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rule_files: Vec<String>,
     pub scrape_configs: Vec<ScrapeConfig>,
@@ -118,6 +118,16 @@ pub struct RecordingRules {
     pub prefix: String,
 }
 
+/// Every rules file a stack's Prometheus evaluates, handed in by their owners:
+/// `top`'s recording rules and raywatch's alert rules (`alerts::for_stack`),
+/// each None when the stack has none.
+#[derive(Default)]
+pub struct Rules {
+    pub top: Option<RecordingRules>,
+    /// The alert rules file, as YAML.
+    pub alerts: Option<String>,
+}
+
 /// prometheus.yml for a stack: one `ray` job reading the targets glob (so
 /// clusters come and go without a reload), and Prometheus scraping itself.
 /// Remote writes leave out `top`'s recorded series: they are derived from the
@@ -127,8 +137,9 @@ pub struct RecordingRules {
 pub fn prometheus_yml(
     home: &Home,
     cfg: &StackConfig,
-    rules: Option<&RecordingRules>,
+    all: &Rules,
 ) -> PrometheusYml {
+    let rules = all.top.as_ref();
     let interval = prometheus_duration(cfg.scrape_interval);
     PrometheusYml {
         global: Global {
@@ -136,10 +147,14 @@ pub fn prometheus_yml(
             evaluation_interval: interval,
             external_labels: BTreeMap::from([("ray_host".to_string(), cfg.ray_host())]),
         },
-        rule_files: match rules {
-            Some(_) => vec![home.top_rules().to_string_lossy().into_owned()],
-            None => vec![],
-        },
+        rule_files: [
+            rules.map(|_| home.top_rules()),
+            all.alerts.as_ref().map(|_| home.alert_rules()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect(),
         remote_write: cfg
             .remote_write
             .iter()
@@ -257,7 +272,7 @@ mod tests {
             gateway_port: 0,
             ..Default::default()
         };
-        let text = serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg, None)).unwrap();
+        let text = serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg, &Rules::default())).unwrap();
         let back: PrometheusYml = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(back.scrape_configs[0].job_name, "ray");
         assert_eq!(

@@ -419,7 +419,10 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
         if seen.last().is_none_or(|(_, l)| *l != line) {
             seen.push((at, line));
         }
-        if c_gone.is_some() && total_2.is_some() && lost_in_status.is_some() && lost_in_top.is_some()
+        if c_gone.is_some()
+            && total_2.is_some()
+            && lost_in_status.is_some()
+            && lost_in_top.is_some()
         {
             break;
         }
@@ -437,10 +440,7 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
         lost_in_status.is_some() && lost_in_status == c_gone,
         "C left status' targets at {c_gone:?} but was shown lost at {lost_in_status:?}: {seen:?}"
     );
-    assert!(
-        lost_in_top.is_some(),
-        "top never counted C lost: {seen:?}"
-    );
+    assert!(lost_in_top.is_some(), "top never counted C lost: {seen:?}");
     let history = stack_a.run(&["history", "--json"]);
     let history: Value = serde_json::from_slice(&history.stdout).unwrap();
     let entry = history["clusters"]
@@ -449,7 +449,9 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
         .iter()
         .find(|c| c["name"] == name.as_str() && c["state"] == "live")
         .unwrap_or_else(|| panic!("{name} live in the history: {history}"));
-    let losses = entry["nodes_lost"].as_array().unwrap_or_else(|| panic!("{entry}"));
+    let losses = entry["nodes_lost"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{entry}"));
     assert_eq!(losses.len(), 1, "{entry}");
     assert_eq!(losses[0]["node"], endpoint_c.as_str(), "{entry}");
     let at = losses[0]["at_unix"].as_f64().unwrap();
