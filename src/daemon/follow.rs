@@ -353,3 +353,116 @@ impl Follow {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: &str = "session_2026-11-27_13-26-35_555015_2972";
+
+    /// A Ray temp dir in a fresh folder (configured as with `up --watch`),
+    /// with one session holding its discovery file.
+    fn temp_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs_err::canonicalize(dir.path()).unwrap().join("ray_t");
+        let session = root.join(SESSION);
+        fs_err::create_dir_all(&session).unwrap();
+        fs_err::write(session.join(DISCOVERY_FILE), "[]").unwrap();
+        (dir, root, session)
+    }
+
+    fn follow(attachments: Vec<Attachment>) -> Follow {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        Follow::new(Watcher::new(tx), attachments)
+    }
+
+    fn me(uid: u32) -> bool {
+        uid == nix::unistd::geteuid().as_raw()
+    }
+
+    #[test]
+    fn a_scan_finds_the_sessions_files_and_watches_their_folders() {
+        let (_dir, root, session) = temp_dir();
+        let mut f = follow(Vec::new());
+        let watch = [root.clone()];
+        let scope = Scope {
+            default_roots: false,
+            watch: &watch,
+            trusted: &me,
+        };
+        let found = f.scan(&scope).unwrap();
+        let file = session.join(DISCOVERY_FILE);
+        assert_eq!(found.keys().collect::<Vec<_>>(), [&file]);
+        assert_eq!(found[&file].session_dir.as_deref(), Some(session.as_path()));
+        assert_eq!(f.origin_for(&file), Some(Origin::Watched));
+        assert_eq!(f.origin_for(Path::new("/elsewhere/x.json")), None);
+        assert!(f.watcher.watched().contains(&root) && f.watcher.watched().contains(&session));
+        assert_eq!(f.foreign_sessions, 0);
+    }
+
+    #[test]
+    fn each_event_asks_for_what_it_concerns() {
+        let (_dir, root, session) = temp_dir();
+        let mut f = follow(Vec::new());
+        let watch = [root.clone()];
+        let scope = Scope {
+            default_roots: false,
+            watch: &watch,
+            trusted: &me,
+        };
+        f.scan(&scope).unwrap();
+        let never = |_: &Path| false;
+        let file = session.join(DISCOVERY_FILE);
+        let mut classify = |paths: Vec<PathBuf>| {
+            let w = f.classify(paths, &scope, &never);
+            (w.files, w.rescan)
+        };
+        // The session's file (twice in a batch: read once); its temp file: nothing.
+        let batch = vec![file.clone(), session.join("x.tmp"), file.clone()];
+        assert_eq!(classify(batch), (vec![file.clone()], false));
+        // Lost events, or the root itself: a rescan.
+        assert_eq!(classify(vec![PathBuf::new()]), (vec![], true));
+        assert_eq!(classify(vec![root.clone()]), (vec![], true));
+        // A new session of this user in the root: its file is read, its folder watched.
+        let new = root.join("session_2026-11-28_09-00-00_000001_1");
+        fs_err::create_dir(&new).unwrap();
+        assert_eq!(
+            classify(vec![new.clone()]),
+            (vec![new.join(DISCOVERY_FILE)], false)
+        );
+        assert!(f.watcher.watched().contains(&new));
+        // Something else in the root, or outside every followed folder: nothing.
+        let other = vec![root.join("logs"), PathBuf::from("/elsewhere/x")];
+        assert_eq!(
+            f.classify(other, &scope, &never).files,
+            Vec::<PathBuf>::new()
+        );
+    }
+
+    #[test]
+    fn an_attached_file_and_its_neighbours_events_read_it() {
+        let (_dir, _root, session) = temp_dir();
+        let file = session.join(DISCOVERY_FILE);
+        let attached = Attachment {
+            path: file.clone(),
+            name: Some("train".into()),
+        };
+        let mut f = follow(vec![attached]);
+        let scope = Scope {
+            default_roots: false,
+            watch: &[],
+            trusted: &me,
+        };
+        let found = f.scan(&scope).unwrap();
+        assert_eq!(found.keys().collect::<Vec<_>>(), [&file]);
+        assert_eq!(
+            f.origin_for(&file),
+            Some(Origin::Attached {
+                name: Some("train".into())
+            })
+        );
+        let never = |_: &Path| false;
+        let wanted = f.classify(vec![session.join("x.tmp")], &scope, &never);
+        assert_eq!((wanted.files, wanted.rescan), (vec![file], false));
+    }
+}
