@@ -49,19 +49,7 @@ fn one(series: usize, per_metric: usize, span: Duration, interval: Duration) -> 
     let start = end - span.as_secs_f64();
     let input = dir.path().join("synthetic.om");
     synthesise(&input, series, per_metric, start, end, interval)?;
-    let out = Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
-        .arg(&input)
-        .arg(home.prometheus_data())
-        .output()
-        .context("cannot run promtool (install Prometheus' promtool)")?;
-    if !out.status.success() {
-        bail!(
-            "promtool refused the synthetic data: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    fs_err::remove_file(&input)?;
+    create_blocks(&input, &home)?;
     let raywatch = super::raywatch_exe()?;
     let run = |args: &[&str]| {
         Command::new(&raywatch)
@@ -86,32 +74,53 @@ fn one(series: usize, per_metric: usize, span: Duration, interval: Duration) -> 
     let result = (|| {
         let plain = measure(&raywatch, &home, &dir.path().join("out.om"), start, end)?;
         let gz = measure(&raywatch, &home, &dir.path().join("out.om.gz"), start, end)?;
-        if plain.samples as usize
-            != series * ((span.as_secs_f64() / interval.as_secs_f64()) as usize + 1)
-        {
+        let points = (span.as_secs_f64() / interval.as_secs_f64()) as usize + 1;
+        if plain.samples as usize != series * points {
             eprintln!(
-                "note: {} samples exported, {} series × {} points synthesised",
+                "note: {} samples exported, {series} series × {points} points synthesised",
                 plain.samples,
-                series,
-                (span.as_secs_f64() / interval.as_secs_f64()) as usize + 1
             );
         }
-        let rate = |m: &Measured| m.samples as f64 / m.wall.as_secs_f64();
-        Ok(format!(
-            "| {series} ({per_metric} per metric) | {} | {} | {:.2} s | {:.0} | {} | {} | {:.2} s | {:.0} | {} |",
-            plain.samples,
-            crate::status::human_bytes(plain.bytes),
-            plain.wall.as_secs_f64(),
-            rate(&plain),
-            crate::status::human_bytes(plain.peak_kib * 1024),
-            crate::status::human_bytes(gz.bytes),
-            gz.wall.as_secs_f64(),
-            rate(&gz),
-            crate::status::human_bytes(gz.peak_kib * 1024),
-        ))
+        Ok(row(series, per_metric, &plain, &gz))
     })();
     let _ = run(&["down"]);
     result
+}
+
+/// Turns the synthetic OpenMetrics file `input` into blocks in `home`'s
+/// Prometheus data folder (with promtool), then removes it.
+fn create_blocks(input: &std::path::Path, home: &Home) -> Result<()> {
+    let out = Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
+        .arg(input)
+        .arg(home.prometheus_data())
+        .output()
+        .context("cannot run promtool (install Prometheus' promtool)")?;
+    if !out.status.success() {
+        bail!(
+            "promtool refused the synthetic data: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fs_err::remove_file(input)?;
+    Ok(())
+}
+
+/// The table row of one series count: the plain export beside the gzip one.
+fn row(series: usize, per_metric: usize, plain: &Measured, gz: &Measured) -> String {
+    let rate = |m: &Measured| m.samples as f64 / m.wall.as_secs_f64();
+    format!(
+        "| {series} ({per_metric} per metric) | {} | {} | {:.2} s | {:.0} | {} | {} | {:.2} s | {:.0} | {} |",
+        plain.samples,
+        crate::status::human_bytes(plain.bytes),
+        plain.wall.as_secs_f64(),
+        rate(plain),
+        crate::status::human_bytes(plain.peak_kib * 1024),
+        crate::status::human_bytes(gz.bytes),
+        gz.wall.as_secs_f64(),
+        rate(gz),
+        crate::status::human_bytes(gz.peak_kib * 1024),
+    )
 }
 
 struct Measured {

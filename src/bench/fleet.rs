@@ -181,7 +181,30 @@ impl Victoria {
         format!("{}/api/v1/write", self.url())
     }
 
-    /// An instant query: the result vector.
+    /// The `/api/v1/export` lines of the series `name` since `start` (unix
+    /// seconds), read bounded like every answer of a query API
+    /// ([`crate::prometheus::answer::read_bounded`]); `success_only`: an HTTP
+    /// error status is an error (else its body is returned as any other).
+    async fn export(
+        &self,
+        http: &reqwest::Client,
+        name: &str,
+        start: i64,
+        success_only: bool,
+    ) -> Result<String> {
+        let mut resp = http
+            .get(format!("{}/api/v1/export", self.url()))
+            .query(&[("match[]", name.to_string()), ("start", start.to_string())])
+            .send()
+            .await?;
+        if success_only {
+            resp = resp.error_for_status()?;
+        }
+        let from = format!("VictoriaMetrics at {}", self.url());
+        let body = crate::prometheus::answer::read_bounded(resp, &from).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// An instant query (through raywatch's one Prometheus client): the result
     /// vector, each sample as JSON (`metric`, `value`).
     pub(crate) async fn query(&self, _http: &reqwest::Client, promql: &str) -> Result<Vec<Value>> {
@@ -403,15 +426,7 @@ fn tick_samples(
     vm: &Victoria,
 ) -> Result<Vec<(i64, f64)>> {
     let start = (unix_ms() / 1e3) as i64 - 60;
-    let body = rt.block_on(async {
-        http.get(format!("{}/api/v1/export", vm.url()))
-            .query(&[("match[]", TICK.to_string()), ("start", start.to_string())])
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await
-    })?;
+    let body = rt.block_on(vm.export(http, TICK, start, true))?;
     Ok(export_samples(&body))
 }
 
@@ -544,17 +559,7 @@ fn victoria_floor(
             Duration::from_millis(20),
             || {
                 let body = rt
-                    .block_on(async {
-                        http.get(format!("{}/api/v1/export", vm.url()))
-                            .query(&[
-                                ("match[]", FLOOR.to_string()),
-                                ("start", (ts / 1000 - 60).to_string()),
-                            ])
-                            .send()
-                            .await?
-                            .text()
-                            .await
-                    })
+                    .block_on(vm.export(http, FLOOR, ts / 1000 - 60, false))
                     .ok()?;
                 export_samples(&body)
                     .iter()

@@ -59,6 +59,48 @@ pub struct Wanted {
     pub rescan: bool,
 }
 
+/// What listing the roots found.
+struct Listing {
+    found: BTreeMap<PathBuf, Found>,
+    /// Session folders of trusted owners.
+    session_dirs: HashSet<PathBuf>,
+    /// Roots refused, with the reason.
+    refused: BTreeMap<PathBuf, String>,
+    /// Session folders of untrusted owners seen.
+    foreign: usize,
+    /// The roots listed that are real folders.
+    scanned: BTreeSet<PathBuf>,
+}
+
+impl Listing {
+    /// Lists every root (see [`discovery::scan_root`]).
+    fn of(roots: &BTreeSet<PathBuf>, trusted: &dyn Fn(u32) -> bool) -> Listing {
+        let mut l = Listing {
+            found: BTreeMap::new(),
+            session_dirs: HashSet::new(),
+            refused: BTreeMap::new(),
+            foreign: 0,
+            scanned: BTreeSet::new(),
+        };
+        for root in roots {
+            let scan = discovery::scan_root(root, trusted);
+            if let Some(r) = scan.refused {
+                l.refused.insert(root.clone(), r.to_string());
+                continue;
+            }
+            if fs_err::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
+                l.scanned.insert(root.clone());
+            }
+            l.foreign += scan.foreign;
+            l.session_dirs.extend(scan.session_dirs);
+            for f in scan.found {
+                l.found.insert(f.file.clone(), f);
+            }
+        }
+        l
+    }
+}
+
 /// The followed folders and the watch on them.
 pub struct Follow {
     pub attachments: Vec<Attachment>,
@@ -116,51 +158,14 @@ impl Follow {
     pub fn scan(&mut self, scope: &Scope) -> Option<BTreeMap<PathBuf, Found>> {
         self.last_scan = Instant::now();
         let exhaustion = crate::untrusted::exhaustion_count();
-        let trusted = scope.trusted;
-        let mut roots: BTreeSet<PathBuf> = BTreeSet::new();
-        let mut parents: BTreeSet<PathBuf> = BTreeSet::new();
-        let mut root_parents = BTreeSet::new();
-        if scope.default_roots {
-            for parent in ray::default_temp_dir_parents() {
-                roots.extend(discovery::roots_in(&parent, trusted));
-                parents.insert(parent.clone());
-                root_parents.insert(parent);
-            }
-        }
-        roots.extend(scope.watch.iter().cloned());
-        parents.extend(
-            scope
-                .watch
-                .iter()
-                .filter_map(|p| p.parent().map(Path::to_path_buf)),
-        );
-        roots.extend(
-            self.attachments
-                .iter()
-                .filter(|a| a.is_root())
-                .map(|a| a.path.clone()),
-        );
-
-        let mut found: BTreeMap<PathBuf, Found> = BTreeMap::new();
-        let mut session_dirs = HashSet::new();
-        let mut refused = BTreeMap::new();
-        let mut foreign = 0;
-        let mut scanned = BTreeSet::new();
-        for root in &roots {
-            let scan = discovery::scan_root(root, trusted);
-            if let Some(r) = scan.refused {
-                refused.insert(root.clone(), r.to_string());
-                continue;
-            }
-            if fs_err::symlink_metadata(root).is_ok_and(|m| m.is_dir()) {
-                scanned.insert(root.clone());
-            }
-            foreign += scan.foreign;
-            session_dirs.extend(scan.session_dirs);
-            for f in scan.found {
-                found.insert(f.file.clone(), f);
-            }
-        }
+        let (roots, parents, root_parents) = self.roots_to_scan(scope);
+        let Listing {
+            mut found,
+            session_dirs,
+            refused,
+            foreign,
+            scanned,
+        } = Listing::of(&roots, scope.trusted);
         if crate::untrusted::exhaustion_count() != exhaustion {
             let msg = "the last scan of Ray's folders was cut short: raywatch is short of file descriptors or memory; the clusters found before are kept as they were, and the scan is retried every 2 s".to_string();
             if self.incomplete.is_none() {
@@ -191,6 +196,39 @@ impl Follow {
         Some(found)
     }
 
+    /// The roots to scan (the default ones, `up --watch` folders, attached
+    /// folders), the folders watched for roots that come and go (their
+    /// parents), and among those the ones whose new `ray*` children are roots.
+    fn roots_to_scan(
+        &self,
+        scope: &Scope,
+    ) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
+        let mut roots: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut parents: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut root_parents = BTreeSet::new();
+        if scope.default_roots {
+            for parent in ray::default_temp_dir_parents() {
+                roots.extend(discovery::roots_in(&parent, scope.trusted));
+                parents.insert(parent.clone());
+                root_parents.insert(parent);
+            }
+        }
+        roots.extend(scope.watch.iter().cloned());
+        parents.extend(
+            scope
+                .watch
+                .iter()
+                .filter_map(|p| p.parent().map(Path::to_path_buf)),
+        );
+        roots.extend(
+            self.attachments
+                .iter()
+                .filter(|a| a.is_root())
+                .map(|a| a.path.clone()),
+        );
+        (roots, parents, root_parents)
+    }
+
     /// Sorts a batch of event paths. Each event costs what it concerns: a
     /// session folder's own file is read again, a new entry of a root is looked
     /// at once (one `stat`, and a watch when it is a session of a trusted
@@ -205,70 +243,82 @@ impl Follow {
     ) -> Wanted {
         let mut wanted = Wanted::default();
         for p in paths {
-            if p.as_os_str().is_empty() {
-                // Events were lost: everything is looked at again.
-                wanted.rescan = true;
-                continue;
-            }
-            let parent = p.parent().map(Path::to_path_buf);
-            let name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-            if let Some(parent) = &parent
-                && self.session_dirs.contains(parent)
-            {
-                if name == DISCOVERY_FILE {
-                    wanted.files.push(p);
-                }
-                continue;
-            }
-            if self.session_dirs.contains(&p) {
-                // The folder itself was removed, renamed or replaced.
-                if !fs_err::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                    self.session_dirs.remove(&p);
-                }
-                wanted.files.push(p.join(DISCOVERY_FILE));
-                continue;
-            }
-            // An attached file, or a file beside it (Ray's temp file before its rename).
-            let attached: Vec<PathBuf> = self
-                .attachments
-                .iter()
-                .filter(|a| a.path == p || (a.path.parent() == parent.as_deref() && !a.is_root()))
-                .map(|a| a.path.clone())
-                .collect();
-            if !attached.is_empty() {
-                wanted.files.extend(attached);
-                continue;
-            }
-            if let Some(root) = parent.as_ref().filter(|d| self.roots.contains(*d)) {
-                self.root_entry(root, &name, &p, scope, followed_legacy, &mut wanted);
-                continue;
-            }
-            if self.roots.contains(&p) || scope.watch.contains(&p) {
-                wanted.rescan = true;
-                continue;
-            }
-            if let Some(parent) = parent.as_ref().filter(|d| self.root_parents.contains(*d)) {
-                if ray::is_temp_dir_name(&name.to_string_lossy())
-                    && let Ok(Some(folder)) = Folder::open(parent)
-                    && discovery::is_default_root(&folder, &name, scope.trusted)
-                {
-                    wanted.rescan = true;
-                }
-                continue;
-            }
-            if self
-                .attachments
-                .iter()
-                .any(|a| parent.as_deref() == Some(a.path.as_path()) || p == a.path)
-            {
-                wanted.rescan = true;
-            }
+            self.classify_one(p, scope, followed_legacy, &mut wanted);
         }
         wanted
             .files
             .sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
         wanted.files.dedup();
         wanted
+    }
+
+    /// What one event path asks for (see [`Follow::classify`]).
+    fn classify_one(
+        &mut self,
+        p: PathBuf,
+        scope: &Scope,
+        followed_legacy: &dyn Fn(&Path) -> bool,
+        wanted: &mut Wanted,
+    ) {
+        if p.as_os_str().is_empty() {
+            // Events were lost: everything is looked at again.
+            wanted.rescan = true;
+            return;
+        }
+        let parent = p.parent().map(Path::to_path_buf);
+        let name = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        if let Some(parent) = &parent
+            && self.session_dirs.contains(parent)
+        {
+            if name == DISCOVERY_FILE {
+                wanted.files.push(p);
+            }
+            return;
+        }
+        if self.session_dirs.contains(&p) {
+            // The folder itself was removed, renamed or replaced.
+            if !fs_err::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                self.session_dirs.remove(&p);
+            }
+            wanted.files.push(p.join(DISCOVERY_FILE));
+            return;
+        }
+        // An attached file, or a file beside it (Ray's temp file before its rename).
+        let attached: Vec<PathBuf> = self
+            .attachments
+            .iter()
+            .filter(|a| a.path == p || (a.path.parent() == parent.as_deref() && !a.is_root()))
+            .map(|a| a.path.clone())
+            .collect();
+        if !attached.is_empty() {
+            wanted.files.extend(attached);
+            return;
+        }
+        if let Some(root) = parent.as_ref().filter(|d| self.roots.contains(*d)) {
+            self.root_entry(root, &name, &p, scope, followed_legacy, wanted);
+            return;
+        }
+        wanted.rescan |= self.asks_rescan(&p, parent.as_deref(), &name, scope);
+    }
+
+    /// Whether an event at `p` (in `parent`, named `name`) outside the session
+    /// folders, attachments' files and roots' entries asks for a rescan: a root
+    /// or a configured folder itself, a new root in /tmp or `$RAY_TMPDIR`, or an
+    /// attached folder's entry.
+    fn asks_rescan(&self, p: &Path, parent: Option<&Path>, name: &OsStr, scope: &Scope) -> bool {
+        if self.roots.contains(p) || scope.watch.iter().any(|w| w == p) {
+            return true;
+        }
+        if let Some(parent) = parent.filter(|d| self.root_parents.contains(*d)) {
+            return ray::is_temp_dir_name(&name.to_string_lossy())
+                && Folder::open(parent)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|f| discovery::is_default_root(&f, name, scope.trusted));
+        }
+        self.attachments
+            .iter()
+            .any(|a| parent == Some(a.path.as_path()) || p == a.path)
     }
 
     /// An event for the entry `name` of a root.
@@ -301,5 +351,118 @@ impl Follow {
             self.session_dirs.insert(path.to_path_buf());
             wanted.files.push(path.join(DISCOVERY_FILE));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: &str = "session_2026-11-27_13-26-35_555015_2972";
+
+    /// A Ray temp dir in a fresh folder (configured as with `up --watch`),
+    /// with one session holding its discovery file.
+    fn temp_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = fs_err::canonicalize(dir.path()).unwrap().join("ray_t");
+        let session = root.join(SESSION);
+        fs_err::create_dir_all(&session).unwrap();
+        fs_err::write(session.join(DISCOVERY_FILE), "[]").unwrap();
+        (dir, root, session)
+    }
+
+    fn follow(attachments: Vec<Attachment>) -> Follow {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        Follow::new(Watcher::new(tx), attachments)
+    }
+
+    fn me(uid: u32) -> bool {
+        uid == nix::unistd::geteuid().as_raw()
+    }
+
+    #[test]
+    fn a_scan_finds_the_sessions_files_and_watches_their_folders() {
+        let (_dir, root, session) = temp_dir();
+        let mut f = follow(Vec::new());
+        let watch = [root.clone()];
+        let scope = Scope {
+            default_roots: false,
+            watch: &watch,
+            trusted: &me,
+        };
+        let found = f.scan(&scope).unwrap();
+        let file = session.join(DISCOVERY_FILE);
+        assert_eq!(found.keys().collect::<Vec<_>>(), [&file]);
+        assert_eq!(found[&file].session_dir.as_deref(), Some(session.as_path()));
+        assert_eq!(f.origin_for(&file), Some(Origin::Watched));
+        assert_eq!(f.origin_for(Path::new("/elsewhere/x.json")), None);
+        assert!(f.watcher.watched().contains(&root) && f.watcher.watched().contains(&session));
+        assert_eq!(f.foreign_sessions, 0);
+    }
+
+    #[test]
+    fn each_event_asks_for_what_it_concerns() {
+        let (_dir, root, session) = temp_dir();
+        let mut f = follow(Vec::new());
+        let watch = [root.clone()];
+        let scope = Scope {
+            default_roots: false,
+            watch: &watch,
+            trusted: &me,
+        };
+        f.scan(&scope).unwrap();
+        let never = |_: &Path| false;
+        let file = session.join(DISCOVERY_FILE);
+        let mut classify = |paths: Vec<PathBuf>| {
+            let w = f.classify(paths, &scope, &never);
+            (w.files, w.rescan)
+        };
+        // The session's file (twice in a batch: read once); its temp file: nothing.
+        let batch = vec![file.clone(), session.join("x.tmp"), file.clone()];
+        assert_eq!(classify(batch), (vec![file.clone()], false));
+        // Lost events, or the root itself: a rescan.
+        assert_eq!(classify(vec![PathBuf::new()]), (vec![], true));
+        assert_eq!(classify(vec![root.clone()]), (vec![], true));
+        // A new session of this user in the root: its file is read, its folder watched.
+        let new = root.join("session_2026-11-28_09-00-00_000001_1");
+        fs_err::create_dir(&new).unwrap();
+        assert_eq!(
+            classify(vec![new.clone()]),
+            (vec![new.join(DISCOVERY_FILE)], false)
+        );
+        assert!(f.watcher.watched().contains(&new));
+        // Something else in the root, or outside every followed folder: nothing.
+        let other = vec![root.join("logs"), PathBuf::from("/elsewhere/x")];
+        assert_eq!(
+            f.classify(other, &scope, &never).files,
+            Vec::<PathBuf>::new()
+        );
+    }
+
+    #[test]
+    fn an_attached_file_and_its_neighbours_events_read_it() {
+        let (_dir, _root, session) = temp_dir();
+        let file = session.join(DISCOVERY_FILE);
+        let attached = Attachment {
+            path: file.clone(),
+            name: Some("train".into()),
+        };
+        let mut f = follow(vec![attached]);
+        let scope = Scope {
+            default_roots: false,
+            watch: &[],
+            trusted: &me,
+        };
+        let found = f.scan(&scope).unwrap();
+        assert_eq!(found.keys().collect::<Vec<_>>(), [&file]);
+        assert_eq!(
+            f.origin_for(&file),
+            Some(Origin::Attached {
+                name: Some("train".into())
+            })
+        );
+        let never = |_: &Path| false;
+        let wanted = f.classify(vec![session.join("x.tmp")], &scope, &never);
+        assert_eq!((wanted.files, wanted.rescan), (vec![file], false));
     }
 }

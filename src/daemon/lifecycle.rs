@@ -2,62 +2,118 @@
 //! ([`crate::history`]): first seen, identity changes, heartbeats, and the end.
 
 use std::collections::BTreeSet;
-use std::time::{Instant, SystemTime};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
 
 use super::clusters::Core;
+use super::every::Every;
+use crate::config::StackConfig;
 use crate::history::{self, Entry, History, HistoryLog, Identity, Record};
-use crate::registry::{Cluster, Origin, State};
+use crate::registry::{Cluster, Origin, Registry, State};
 
-impl Core {
-    /// Opens the history file; a failure is logged and the daemon runs without it.
-    pub fn open_history(&mut self) {
-        let keep = self.settings.borrow().retention;
-        match HistoryLog::open(&self.home.history(), keep) {
+/// The cluster history as the daemon keeps it: its log (None when its file
+/// could not be opened: logged), the heartbeat that records the live clusters
+/// alive, whether the history was reconciled with the clusters found at start,
+/// and the registry generation it last caught up with.
+pub struct HistoryBook {
+    log: Option<HistoryLog>,
+    heartbeat: Every,
+    reconciled: bool,
+    generation: Option<u64>,
+}
+
+/// What a look at the clusters is to record.
+#[derive(Debug, PartialEq, Eq)]
+struct Due {
+    /// Whether the history was reconciled before (else this is the daemon's start).
+    reconciled: bool,
+    /// Whether the live clusters are to be recorded alive.
+    heartbeat: bool,
+}
+
+impl HistoryBook {
+    /// No history yet (see [`HistoryBook::open`]); the first heartbeat due one
+    /// [`history::HEARTBEAT`] after `now`.
+    pub fn new(now: Instant) -> HistoryBook {
+        HistoryBook {
+            log: None,
+            heartbeat: Every::new(history::HEARTBEAT, now),
+            reconciled: false,
+            generation: None,
+        }
+    }
+
+    /// Opens the history file at `path`, keeping `keep` of it; a failure is
+    /// logged and the daemon runs without it.
+    pub fn open(&mut self, path: &Path, keep: Duration) {
+        match HistoryLog::open(path, keep) {
             Ok(log) => {
                 if log.history.skipped_lines > 0 {
                     tracing::warn!(
                         "{}: skipped {} line(s) that did not parse",
-                        self.home.history().display(),
+                        path.display(),
                         log.history.skipped_lines
                     );
                 }
-                self.history = Some(log);
+                self.log = Some(log);
             }
             Err(e) => tracing::error!("the cluster history is not recorded: {e:#}"),
         }
     }
 
-    /// Brings the history in line with the registry (once a second): a live
-    /// cluster it does not know (or knows as ended, or under another name or
-    /// Slurm job) is recorded as seen; a cluster it knows as live that is dead
-    /// or no longer followed is recorded as ended; every [`history::HEARTBEAT`]
-    /// the live ones are recorded alive. All in one append.
-    pub fn record_history(&mut self) {
-        let Some(log) = self.history.as_mut() else {
-            return;
-        };
-        let (now, wall) = (Instant::now(), SystemTime::now());
-        // Nothing to record unless the clusters changed (the registry's
-        // generation counts births, deaths, names and Slurm jobs) or a
-        // heartbeat is due: an idle second costs no walk of every cluster.
-        let generation = self.registry.generation();
-        let heartbeat_due = self.heartbeat.is_due(now);
-        if self.history_reconciled && self.history_generation == Some(generation) && !heartbeat_due
-        {
+    /// Whether anything is to be recorded at `now`, the registry at `generation`:
+    /// nothing unless the clusters changed (the generation counts births,
+    /// deaths, names and Slurm jobs), a heartbeat is due, or the history was not
+    /// reconciled yet. So an idle second costs no walk of every cluster.
+    fn due(&mut self, generation: u64, now: Instant) -> Option<Due> {
+        let heartbeat = self.heartbeat.is_due(now);
+        if self.reconciled && self.generation == Some(generation) && !heartbeat {
+            return None;
+        }
+        self.generation = Some(generation);
+        let reconciled = std::mem::replace(&mut self.reconciled, true);
+        Some(Due {
+            reconciled,
+            heartbeat,
+        })
+    }
+
+    /// Brings the history in line with the registry: a live cluster it does
+    /// not know (or knows as ended, or under another name or Slurm job) is
+    /// recorded as seen; a cluster it knows as live that is dead or no longer
+    /// followed is recorded as ended; every [`history::HEARTBEAT`] the live
+    /// ones are recorded alive. All in one append.
+    fn record(
+        &mut self,
+        registry: &Registry,
+        settings: &watch::Receiver<StackConfig>,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        if self.log.is_none() {
             return;
         }
-        self.history_generation = Some(generation);
-        let settings = self.settings.borrow().clone();
-        log.keep = settings.retention;
+        let Some(due) = self.due(registry.generation(), now) else {
+            return;
+        };
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        let (keep, host) = {
+            let settings = settings.borrow();
+            (settings.retention, settings.ray_host())
+        };
+        log.keep = keep;
         let (mut records, live) = catch_up(
             &log.history,
-            self.registry.clusters(),
-            &settings.ray_host(),
-            self.history_reconciled,
+            registry.clusters(),
+            &host,
+            due.reconciled,
             wall,
         );
-        self.history_reconciled = true;
-        if !live.is_empty() && heartbeat_due {
+        if !live.is_empty() && due.heartbeat {
             self.heartbeat.done(now);
             records.push(Record::Alive {
                 t: history::unix(wall),
@@ -67,6 +123,22 @@ impl Core {
         if let Err(e) = log.append(records) {
             tracing::warn!("cannot record the cluster history: {e:#}");
         }
+    }
+}
+
+impl Core {
+    /// Opens the history file; a failure is logged and the daemon runs without it.
+    pub fn open_history(&mut self) {
+        let keep = self.settings.borrow().retention;
+        self.history.open(&self.home.history(), keep);
+    }
+
+    /// Brings the history in line with the registry (once a second; see
+    /// [`HistoryBook`]).
+    pub fn record_history(&mut self) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        self.history
+            .record(&self.registry, &self.settings, now, wall);
     }
 }
 
@@ -223,6 +295,27 @@ mod tests {
             h.entries.insert(id.into(), entry(id, ended));
         }
         h
+    }
+
+    #[test]
+    fn recorded_at_start_then_only_on_a_change_or_a_heartbeat() {
+        let t0 = Instant::now();
+        let mut book = HistoryBook::new(t0);
+        let due = |reconciled, heartbeat| {
+            Some(Due {
+                reconciled,
+                heartbeat,
+            })
+        };
+        assert_eq!(book.due(5, t0), due(false, false), "the start reconciles");
+        assert_eq!(book.due(5, t0), None, "nothing changed");
+        assert_eq!(book.due(6, t0), due(true, false), "the clusters changed");
+        let beat = t0 + history::HEARTBEAT;
+        assert_eq!(book.due(6, beat), due(true, true));
+        // No live cluster was recorded alive: the heartbeat stays due.
+        assert_eq!(book.due(6, beat), due(true, true));
+        book.heartbeat.done(beat);
+        assert_eq!(book.due(6, beat), None);
     }
 
     #[test]

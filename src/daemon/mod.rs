@@ -2,8 +2,12 @@
 //! runs Prometheus (and Grafana), and answers the control API.
 //!
 //! - [`follow`]: which folders are followed and which discovery files they hold;
-//! - [`clusters`]: the cluster core (observe, liveness, endpoints, publish);
+//! - [`clusters`]: the cluster core, the daemon's state in its parts (observe, liveness);
+//! - [`publish`]: keeping the target files current;
+//! - [`lookups`]: a new cluster's Slurm job and GCS port, an overdue one's GCS probes;
 //! - [`probe`]: asking a cluster's GCS whether it still runs;
+//! - [`trust`]: whom the daemon trusts, and this machine's addresses;
+//! - [`every`]: the periodic chores;
 //! - [`lifecycle`]: each cluster's life, recorded in the history;
 //! - [`report`]: the status report;
 //! - [`control`]: the control API over the Unix socket.
@@ -20,10 +24,13 @@ mod files;
 mod follow;
 mod harvest;
 mod lifecycle;
+mod lookups;
 mod probe;
+mod publish;
 mod published;
 mod report;
 mod settings;
+mod trust;
 
 pub use follow::Attachment;
 

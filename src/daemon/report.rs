@@ -103,18 +103,7 @@ impl Core {
             .iter()
             .map(|t| target_status(&c.name, t, judged.health))
             .collect();
-        let withheld = if c.is_live() {
-            c.targets
-                .iter()
-                .filter(|t| !published.contains(t))
-                .map(|t| status::WithheldTarget {
-                    address: t.clone(),
-                    reason: self.withheld_because(t, judged),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let withheld = self.withheld(c, &published, judged);
         let settings = judged.settings;
         let grafana_url = (settings.grafana_bin.is_some() && c.is_live())
             .then(|| crate::grafana::cluster_url(settings.grafana_port, &c.name, &c.found.session));
@@ -145,19 +134,29 @@ impl Core {
             withheld,
             remote_targets: remote_targets(c, &judged.locals),
             samples_per_scrape: None,
-            nodes_lost: if c.is_live() {
-                c.still_lost()
-                    .into_iter()
-                    .map(|l| status::LostNode {
-                        address: l.endpoint.clone(),
-                        since_unix: unix(l.at),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            nodes_lost: nodes_lost(c),
             dashboard: None,
         }
+    }
+
+    /// A live cluster's targets that are not published under it, and why.
+    fn withheld(
+        &self,
+        c: &Cluster,
+        published: &[String],
+        judged: &Judged,
+    ) -> Vec<status::WithheldTarget> {
+        if !c.is_live() {
+            return Vec::new();
+        }
+        c.targets
+            .iter()
+            .filter(|t| !published.contains(t))
+            .map(|t| status::WithheldTarget {
+                address: t.clone(),
+                reason: self.withheld_because(t, judged),
+            })
+            .collect()
     }
 
     /// Why a live cluster's target `t` is not published under it.
@@ -294,6 +293,20 @@ fn target_status(cluster: &str, t: &str, health: &Up) -> status::TargetStatus {
         samples_per_scrape: None,
         sample_limit_exceeded: None,
     }
+}
+
+/// The nodes a live cluster stopped listing that have not come back.
+fn nodes_lost(c: &Cluster) -> Vec<status::LostNode> {
+    if !c.is_live() {
+        return Vec::new();
+    }
+    c.still_lost()
+        .into_iter()
+        .map(|l| status::LostNode {
+            address: l.endpoint.clone(),
+            since_unix: unix(l.at),
+        })
+        .collect()
 }
 
 /// The targets a cluster lists that are not addresses of this machine.

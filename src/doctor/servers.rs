@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{Finding, Machine, Proc, Status};
+use crate::prometheus::answer::read_at_most;
 
 /// How long one probe of a server may take, all probes running side by side.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,7 +92,7 @@ pub enum Lifecycle {
 /// is on or off.) Never a POST.
 pub async fn lifecycle(client: &reqwest::Client, addr: SocketAddr) -> Lifecycle {
     let probe = async {
-        let mut r = client
+        let r = client
             .get(format!("http://{addr}/api/v1/status/flags"))
             .send()
             .await
@@ -100,13 +101,8 @@ pub async fn lifecycle(client: &reqwest::Client, addr: SocketAddr) -> Lifecycle 
             return Some(Lifecycle::Guarded);
         }
         // Another user's server: read at most MAX_ANSWER bytes of its answer.
-        let mut bytes = Vec::new();
-        while let Some(chunk) = r.chunk().await.ok()? {
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() > MAX_ANSWER {
-                return None;
-            }
-        }
+        let from = format!("the Prometheus at {addr}");
+        let bytes = read_at_most(r, &from, MAX_ANSWER).await.ok()?;
         let body: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         Some(if body["data"]["web.enable-lifecycle"] == "true" {
             Lifecycle::Open
@@ -275,6 +271,61 @@ mod tests {
 
     fn cmd(s: &str) -> Vec<String> {
         s.split(' ').map(String::from).collect()
+    }
+
+    /// A server on a free loopback port that answers every connection with
+    /// `head` and `body` (chunked), the body again and again when `endless`,
+    /// until the client hangs up.
+    async fn serve(head: &'static str, body: String, endless: bool) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let framed = format!("{:x}\r\n{body}\r\n", body.len());
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = s.read(&mut request).await;
+                    let head = format!("{head}\r\ntransfer-encoding: chunked\r\n\r\n");
+                    let _ = s.write_all(head.as_bytes()).await;
+                    while s.write_all(framed.as_bytes()).await.is_ok() && endless {}
+                    let _ = s.write_all(b"0\r\n\r\n").await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_probe_reads_the_flags_and_never_more_than_its_bound() {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let flags = |on: &str, pad: usize| {
+            let pad = "x".repeat(pad);
+            format!(
+                r#"{{"status":"success","data":{{"web.enable-lifecycle":"{on}"}},"pad":"{pad}"}}"#
+            )
+        };
+        let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/json";
+        let cases = [
+            (serve(ok, flags("true", 0), false).await, Lifecycle::Open),
+            (serve(ok, flags("false", 0), false).await, Lifecycle::Off),
+            (
+                serve("HTTP/1.1 401 Unauthorized", "no".into(), false).await,
+                Lifecycle::Guarded,
+            ),
+            // Open, were it read whole: over the bound, it is not read.
+            (
+                serve(ok, flags("true", MAX_ANSWER), false).await,
+                Lifecycle::Silent,
+            ),
+            (
+                serve(ok, "x".repeat(64 << 10), true).await,
+                Lifecycle::Silent,
+            ),
+        ];
+        for (addr, want) in cases {
+            assert_eq!(lifecycle(&client, addr).await, want, "{addr}");
+        }
     }
 
     #[test]

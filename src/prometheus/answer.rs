@@ -69,22 +69,35 @@ pub struct QueryData {
 
 /// The body of an answer, at most [`MAX_ANSWER`] bytes; `from` names the server
 /// in the error (e.g. "Prometheus at http://127.0.0.1:9090").
-pub async fn read_bounded(mut resp: reqwest::Response, from: &str) -> Result<Vec<u8>> {
+pub async fn read_bounded(resp: reqwest::Response, from: &str) -> Result<Vec<u8>> {
+    read_at_most(resp, from, MAX_ANSWER).await
+}
+
+/// The body of an answer, at most `max` bytes (a smaller bound than
+/// [`MAX_ANSWER`], for a server that has no business sending more); `from`
+/// names the server in the error. The crate's one bounded body reader.
+pub async fn read_at_most(mut resp: reqwest::Response, from: &str, max: usize) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
         .await
         .with_context(|| format!("the answer of {from} broke off"))?
     {
-        if body.len() + chunk.len() > MAX_ANSWER {
-            bail!(
-                "the answer of {from} is over {} MiB: refused",
-                MAX_ANSWER >> 20
-            );
+        if body.len() + chunk.len() > max {
+            bail!("the answer of {from} is over {}: refused", size(max));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// A bound for an error message: whole MiB, or KiB below one MiB.
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
 }
 
 /// The data of a query answer, or Prometheus' own error for it.
@@ -191,6 +204,27 @@ mod tests {
     use super::*;
 
     const VECTOR: &str = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"a":"1"},"value":[1,"2"]}]}}"#;
+
+    #[tokio::test]
+    async fn a_body_over_its_bound_is_refused_and_one_at_it_is_read() {
+        let answer = |n: usize| reqwest::Response::from(axum::http::Response::new(vec![b'x'; n]));
+        let read = read_at_most(answer(1024), "a server", 1024).await.unwrap();
+        assert_eq!(read.len(), 1024);
+        let err = read_at_most(answer(1025), "a server", 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the answer of a server is over 1 KiB: refused"
+        );
+        let err = read_bounded(answer(MAX_ANSWER + 1), "Prometheus")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the answer of Prometheus is over 64 MiB: refused"
+        );
+    }
 
     #[test]
     fn a_vector_decodes_and_anything_else_is_an_error_not_an_empty_list() {
