@@ -62,7 +62,8 @@ fn prometheus_files() {
         &cfg,
         &crate::prometheus::Rules {
             top: crate::top::rules::for_stack(&cfg).unwrap(),
-            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts).unwrap(),
+            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
+                .unwrap(),
         },
     )
     .unwrap();
@@ -112,7 +113,8 @@ fn prometheus_files_for_an_agent_that_remote_writes() {
         &cfg,
         &crate::prometheus::Rules {
             top: crate::top::rules::for_stack(&cfg).unwrap(),
-            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts).unwrap(),
+            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
+                .unwrap(),
         },
     )
     .unwrap();
@@ -156,7 +158,8 @@ fn prometheus_yml_that_remote_writes_keeps_tops_recorded_series_home() {
         &cfg,
         &crate::prometheus::Rules {
             top: crate::top::rules::for_stack(&cfg).unwrap(),
-            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts).unwrap(),
+            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
+                .unwrap(),
         },
     )
     .unwrap();
@@ -172,7 +175,8 @@ fn prometheus_yml_that_remote_writes_keeps_tops_recorded_series_home() {
         &cfg,
         &crate::prometheus::Rules {
             top: crate::top::rules::for_stack(&cfg).unwrap(),
-            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts).unwrap(),
+            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
+                .unwrap(),
         },
     )
     .unwrap();

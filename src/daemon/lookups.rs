@@ -152,7 +152,10 @@ impl Core {
         let listening =
             probe::gcs_listening(port, &c.found.session, &self.trust.trusted(), &mut holder);
         self.lookups.set_holder(file, holder);
-        let probe = (file.to_path_buf(), probe::gcs_addresses(c, port));
+        let probe = (
+            file.to_path_buf(),
+            probe::gcs_addresses(c, port, self.trust.locals()),
+        );
         if listening {
             self.registry.gcs_seen(file, now);
         }

@@ -75,17 +75,23 @@ pub fn gcs_port(
     }
 }
 
-/// Where the GCS on `port` of cluster `c` should answer: on loopback and on
-/// the hosts of its targets.
-pub fn gcs_addresses(c: &crate::registry::Cluster, port: u16) -> Vec<String> {
-    let mut hosts: Vec<String> = vec!["127.0.0.1".into()];
-    for t in &c.targets {
-        if let Some((h, _)) = t.rsplit_once(':')
-            && !hosts.iter().any(|x| x == h)
-            && hosts.len() < 4
-        {
-            hosts.push(h.to_string());
-        }
+/// Where the GCS on `port` of cluster `c` answers while it lives: loopback
+/// (the head is usually this machine), and the head's own address when that is
+/// another machine's (a cluster attached from a shared file system). Ray lists
+/// its nodes' endpoints first and the head's autoscaler and dashboard endpoints
+/// last, so the last target's host is the head's. Workers' hosts are not asked:
+/// one that is unreachable would leave a dead head's end unconfirmed until the
+/// liveness bound.
+pub fn gcs_addresses(
+    c: &crate::registry::Cluster,
+    port: u16,
+    locals: &std::collections::BTreeSet<std::net::IpAddr>,
+) -> Vec<String> {
+    let mut hosts: Vec<&str> = vec!["127.0.0.1"];
+    if let Some((head, _)) = c.targets.last().and_then(|t| t.rsplit_once(':'))
+        && !crate::ports::is_local_host(head, locals)
+    {
+        hosts.push(head);
     }
     hosts.into_iter().map(|h| format!("{h}:{port}")).collect()
 }
@@ -202,6 +208,48 @@ mod tests {
         }
         assert_eq!(made, GCS_PORT_TRIES);
         assert!(looks.due(at + Duration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn the_gcs_is_asked_on_loopback_and_a_remote_heads_address_never_on_workers() {
+        use crate::discovery::{Found, Listing};
+        use crate::registry::{Origin, Registry};
+        use std::time::SystemTime;
+        let found = Found::for_file(Path::new(
+            "/tmp/ray_a/session_x_1/prom_metrics_service_discovery.json",
+        ));
+        let addresses = |targets: &[&str], locals: &[&str]| {
+            let mut r = Registry::new(Duration::from_secs(20));
+            let listing = Listing {
+                targets: targets.iter().map(|t| t.to_string()).collect(),
+                mtime: SystemTime::now(),
+                uid: nix::unistd::geteuid().as_raw(),
+            };
+            r.observe(
+                &found,
+                Origin::Watched,
+                Ok(Some(listing)),
+                Instant::now(),
+                SystemTime::now(),
+            );
+            let locals = locals.iter().map(|a| a.parse().unwrap()).collect();
+            gcs_addresses(r.get(&found.file).unwrap(), 6379, &locals)
+        };
+        // Head here (its autoscaler and dashboard endpoints last), workers elsewhere.
+        let nodes = [
+            "10.213.1.1:8080",
+            "10.213.2.1:8080",
+            "10.213.3.1:8080",
+            "10.213.1.1:44217",
+            "10.213.1.1:44227",
+        ];
+        assert_eq!(addresses(&nodes, &["10.213.1.1"]), ["127.0.0.1:6379"]);
+        // Seen from a worker host (attached over a shared file system): the head too.
+        assert_eq!(
+            addresses(&nodes, &["10.213.2.1"]),
+            ["127.0.0.1:6379", "10.213.1.1:6379"]
+        );
+        assert_eq!(addresses(&["127.0.0.1:8080"], &[]), ["127.0.0.1:6379"]);
     }
 
     #[test]

@@ -153,7 +153,9 @@ pub const SETTINGS: &[Setting] = &[
         field: "no_default_alerts",
         effects: &[ReloadPrometheus],
         differs: field!(no_default_alerts),
-        shown: Some(("built-in alert rules", |c| (!c.no_default_alerts).to_string())),
+        shown: Some(("built-in alert rules", |c| {
+            (!c.no_default_alerts).to_string()
+        })),
     },
     Setting {
         field: "alerts",

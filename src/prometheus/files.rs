@@ -39,7 +39,10 @@ pub fn write_files(home: &Home, cfg: &StackConfig, rules: &Rules) -> Result<()> 
     }
     // The rules first: the prometheus.yml naming them may be read at any moment.
     let files = [
-        (home.top_rules(), rules.top.as_ref().map(|r| r.yaml.as_str())),
+        (
+            home.top_rules(),
+            rules.top.as_ref().map(|r| r.yaml.as_str()),
+        ),
         (home.alert_rules(), rules.alerts.as_deref()),
     ];
     for (path, yaml) in &files {
@@ -129,7 +132,10 @@ mod tests {
             drop_labels: vec!["ray_io_cluster".into()],
             ..Default::default()
         };
-        let err = format!("{:#}", write_files(&home, &cfg, &Rules::default()).unwrap_err());
+        let err = format!(
+            "{:#}",
+            write_files(&home, &cfg, &Rules::default()).unwrap_err()
+        );
         assert!(err.contains("config.json"), "{err}");
         assert!(
             err.contains("\"ray_io_cluster\" would break raywatch"),

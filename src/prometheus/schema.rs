@@ -134,11 +134,7 @@ pub struct Rules {
 /// samples sent, keyed without `ray_host` until the external label is added, and a
 /// central store holding them for some hosts only would mislead a `top` there
 /// (which asks live).
-pub fn prometheus_yml(
-    home: &Home,
-    cfg: &StackConfig,
-    all: &Rules,
-) -> PrometheusYml {
+pub fn prometheus_yml(home: &Home, cfg: &StackConfig, all: &Rules) -> PrometheusYml {
     let rules = all.top.as_ref();
     let interval = prometheus_duration(cfg.scrape_interval);
     PrometheusYml {
@@ -272,7 +268,8 @@ mod tests {
             gateway_port: 0,
             ..Default::default()
         };
-        let text = serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg, &Rules::default())).unwrap();
+        let text =
+            serde_yaml_ng::to_string(&prometheus_yml(&home, &cfg, &Rules::default())).unwrap();
         let back: PrometheusYml = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(back.scrape_configs[0].job_name, "ray");
         assert_eq!(
