@@ -27,6 +27,43 @@ pub const DASHBOARDS_DIR: &str = "metrics/grafana/dashboards";
 /// The name of Ray's default temp dir (in /tmp or `$RAY_TMPDIR`).
 pub const DEFAULT_TEMP_DIR_NAME: &str = "ray";
 
+/// Where an endpoint a cluster lists runs: on the head's host (the head
+/// node's metrics, the autoscaler's and the dashboard's), or on a worker's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Head,
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Head => "head",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// The role of each endpoint of a discovery file's list, in order. Ray's head
+/// lists every alive node's metrics endpoint, then its autoscaler's and its
+/// dashboard's, which run on the head: the last endpoint's host is the head's.
+/// (A worker started on the head's own host counts as the head's.)
+pub fn roles(targets: &[String]) -> Vec<Role> {
+    let host = |t: &str| t.rsplit_once(':').map_or(t, |(h, _)| h).to_string();
+    let head = targets.last().map(|t| host(t));
+    targets
+        .iter()
+        .map(|t| {
+            if Some(host(t)) == head {
+                Role::Head
+            } else {
+                Role::Worker
+            }
+        })
+        .collect()
+}
+
 /// Whether `name` is a session folder's name (`session_latest` is a link, not one).
 pub fn is_session_name(name: &str) -> bool {
     name.starts_with("session_") && name != SESSION_LATEST
@@ -86,5 +123,23 @@ mod tests {
             None
         );
         assert!(is_gcs_port_file("gcs_server_port_6379"));
+    }
+
+    #[test]
+    fn the_last_endpoints_host_is_the_heads_the_others_are_workers() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let nodes = list(&[
+            "10.0.0.2:8080",
+            "10.0.0.1:8080",
+            "10.0.0.3:8080",
+            "10.0.0.1:44217",
+            "10.0.0.1:44227",
+        ]);
+        let got: Vec<&str> = roles(&nodes).into_iter().map(Role::as_str).collect();
+        assert_eq!(got, ["worker", "head", "worker", "head", "head"]);
+        assert_eq!(roles(&list(&["127.0.0.1:44217"])), [Role::Head]);
+        assert!(roles(&[]).is_empty());
+        let v6 = list(&["[fd00::2]:8080", "[fd00::1]:8080", "[fd00::1]:44217"]);
+        assert_eq!(roles(&v6), [Role::Worker, Role::Head, Role::Head]);
     }
 }

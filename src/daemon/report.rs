@@ -99,9 +99,15 @@ impl Core {
             .get(&c.name)
             .map(|g| g.targets.clone())
             .unwrap_or_default();
+        // Roles from the cluster's whole list (its head's endpoints come last).
+        let roles: std::collections::HashMap<&String, crate::ray::Role> = c
+            .targets
+            .iter()
+            .zip(crate::ray::roles(&c.targets))
+            .collect();
         let targets = published
             .iter()
-            .map(|t| target_status(&c.name, t, judged.health))
+            .map(|t| target_status(&c.name, t, roles.get(t).copied(), judged.health))
             .collect();
         let withheld = self.withheld(c, &published, judged);
         let settings = judged.settings;
@@ -281,9 +287,15 @@ impl Core {
 }
 
 /// A published target and its health in Prometheus' `up`.
-fn target_status(cluster: &str, t: &str, health: &Up) -> status::TargetStatus {
+fn target_status(
+    cluster: &str,
+    t: &str,
+    role: Option<crate::ray::Role>,
+    health: &Up,
+) -> status::TargetStatus {
     status::TargetStatus {
         address: t.to_string(),
+        role,
         health: match health.get(&(cluster.to_string(), t.to_string())) {
             Some(v) if *v >= 1.0 => Health::Up,
             Some(_) => Health::Down,

@@ -205,6 +205,9 @@ pub struct DashboardStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub address: String,
+    /// On the head's host or a worker's (see [`crate::ray::roles`]).
+    #[serde(default)]
+    pub role: Option<crate::ray::Role>,
     pub health: Health,
     /// Samples its last scrape carried; null before the first scrape.
     #[serde(default)]
@@ -527,6 +530,7 @@ mod tests {
         r.prometheus.drop_labels = vec!["WorkerId".into()];
         let target = |address: &str, health: Health, n: f64| TargetStatus {
             address: address.into(),
+            role: Some(crate::ray::Role::Head),
             health,
             samples_per_scrape: Some(n),
             sample_limit_exceeded: None,
@@ -576,7 +580,7 @@ mod tests {
             "  limits      200000 samples per scrape per target; labels dropped: WorkerId",
             "WARNING     the sample limit refuses 1 target(s): alice-ray_\\e[2J/127.0.0.1:1",
             "300012 samples/scrape",
-            "127.0.0.1:1              down  300000 samples/scrape",
+            "127.0.0.1:1              head   down  300000 samples/scrape",
             "OVER SAMPLE LIMIT: refused: its scrapes carry 300000 samples, over the sample limit of 200000",
             "`raywatch up --sample-limit 380000`",
         ] {

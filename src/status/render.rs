@@ -219,8 +219,9 @@ fn target_lines(out: &mut String, c: &ClusterStatus) {
     for t in &c.targets {
         let _ = writeln!(
             out,
-            "      {:<24} {}{}",
+            "      {:<24} {:<7}{}{}",
             escape::text(&t.address),
+            t.role.map_or("", |r| r.as_str()),
             t.health.as_str(),
             t.samples_per_scrape
                 .map(|n| format!("  {n:.0} samples/scrape"))

@@ -345,6 +345,16 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
     for e in endpoints {
         assert_eq!(health(&c_status, e).as_deref(), Some("up"), "{c_status}");
     }
+    // Each node as the head's or a worker's; the head's autoscaler and
+    // dashboard endpoints run on its host too.
+    for t in c_status["targets"].as_array().unwrap() {
+        let on_a = t["address"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", a.addr));
+        let role = if on_a { "head" } else { "worker" };
+        assert_eq!(t["role"], role, "{c_status}");
+    }
     wait_for("top: nodes 3 up of 3", Duration::from_secs(90), || {
         let row = top_row(&stack_a, &name)?;
         assert_eq!(row["state"], "live", "{row}");
