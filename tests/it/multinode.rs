@@ -2,6 +2,7 @@
 //! see [`crate::host`]): the head and raywatch's stack on A, workers on B and C.
 
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -531,4 +532,175 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
     lan.close();
     let left = processes_mentioning(&dir.path().to_string_lossy());
     assert!(left.is_empty(), "processes left: {left:?}");
+}
+
+/// Removes `/tmp/ray_<job>*` folders the Slurm example made, even after a failure.
+struct JobTempDirs(String);
+
+impl Drop for JobTempDirs {
+    fn drop(&mut self) {
+        for e in fs_err::read_dir("/tmp").unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&self.0) {
+                let _ = fs_err::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// An executable script at `dir/name`.
+fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    fs_err::write(&path, text).unwrap();
+    fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+const SLURM_JOB: &str = r#"
+import os, time, ray
+temp_dir = os.environ["RAYWATCH_TEMP_DIR"]
+ray.init(address=open(os.path.join(temp_dir, "ray_current_cluster")).read().strip())
+while len([n for n in ray.nodes() if n["Alive"]]) < 3:
+    time.sleep(1)
+open(os.environ["RW_READY"], "w").write("3")
+while not os.path.exists(os.environ["RW_STOP"]):
+    time.sleep(0.5)
+"#;
+
+/// examples/slurm/ray-multinode.sbatch itself, run on test host A as its batch
+/// step, with stand-ins for Slurm's `scontrol` (the allocation's nodes: a, b,
+/// c) and `srun` (a step on node b or c runs in that host's namespace, in a
+/// folder of its own where a real node has its own /tmp): raywatch on the head
+/// monitors all three nodes, the job's Slurm id on its record, and `raywatch
+/// down` runs when the job ends.
+#[test]
+fn the_slurm_example_runs_a_three_node_cluster_monitored_from_its_head() {
+    let lan = Lan::new();
+    let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
+    let dir = scratch();
+    let job = format!("rwtest{}", std::process::id());
+    let _dirs = JobTempDirs(format!("ray_{job}"));
+    let shims = dir.path().join("bin");
+    fs_err::create_dir(&shims).unwrap();
+    script(&shims, "scontrol", "#!/bin/sh\nprintf 'a\\nb\\nc\\n'\n");
+    script(
+        &shims,
+        "srun",
+        &format!(
+            r#"#!/bin/sh
+# srun stand-in: the step's command on host -w NODE, its --temp-dir its own.
+node=
+while [ $# -gt 0 ]; do
+  case "$1" in -w) node=$2; shift 2 ;; -*) shift ;; *) break ;; esac
+done
+case "$node" in b) ns='{b}' ;; c) ns='{c}' ;; *) echo "srun stand-in: no node '$node'" >&2; exit 1 ;; esac
+prog=$1; shift; set -- "$prog" "$@"
+for arg do
+  shift
+  case "$arg" in --temp-dir=*) arg="$arg-$node" ;; esac
+  set -- "$@" "$arg"
+done
+# A worker joins a multi-node cluster only with Ray's Linux default (on).
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 exec ip netns exec "$ns" "$@"
+"#,
+            b = b.ns,
+            c = c.ns
+        ),
+    );
+    fs_err::write(dir.path().join("job.py"), SLURM_JOB).unwrap();
+    let (ready, stop) = (dir.path().join("ready"), dir.path().join("stop"));
+    let home = dir.path().join("home");
+    let venv = ray_bin().parent().unwrap().to_path_buf();
+    let own = raywatch_bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}:{}:{}",
+        shims.display(),
+        venv.display(),
+        own.display(),
+        std::env::var("PATH").unwrap()
+    );
+    let sbatch = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/ray-multinode.sbatch");
+    let log = dir.path().join("job.log");
+    let mut batch = a.cmd("bash");
+    batch
+        .arg(&sbatch)
+        .env("PATH", &path)
+        .env("RAYWATCH_HOME", &home)
+        .env("SLURM_JOB_ID", &job)
+        .env("SLURM_JOB_NAME", "ray-multinode")
+        .env("SLURM_JOB_NODELIST", "a,b,c")
+        .env("RAY_JOB_SCRIPT", dir.path().join("job.py"))
+        .env("RW_READY", &ready)
+        .env("RW_STOP", &stop)
+        .env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        .env("RAY_USAGE_STATS_ENABLED", "0")
+        .stdout(fs_err::File::create(&log).unwrap().into_parts().0)
+        .stderr(fs_err::File::options().append(true).open(&log).unwrap().into_parts().0)
+        .process_group(0);
+    let mut batch = batch.spawn().unwrap();
+    let job_log = || fs_err::read_to_string(&log).unwrap_or_default();
+    wait_for("the job's three nodes", Duration::from_secs(240), || {
+        if let Ok(Some(st)) = batch.try_wait() {
+            panic!("the batch script ended ({st}) before its nodes joined:\n{}", job_log());
+        }
+        ready.exists().then_some(())
+    });
+
+    // raywatch on the head: one cluster, its three nodes scraped, the head's
+    // endpoints (node, autoscaler, dashboard) on A, the workers on B and C.
+    let raywatch = |args: &[&str]| {
+        let out = std::process::Command::new(raywatch_bin())
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let cluster = wait_for("the cluster's targets up", Duration::from_secs(120), || {
+        let st = raywatch(&["status", "--json"]);
+        let clusters = st["clusters"].as_array()?;
+        assert!(clusters.len() <= 1, "one cluster, no phantom: {st}");
+        let c = clusters.first()?.clone();
+        let targets = c["targets"].as_array()?;
+        let up = targets.iter().filter(|t| t["health"] == "up").count();
+        (c["state"] == "live" && targets.len() == 5 && up == 5).then_some(c)
+    });
+    let hosts_of = |role: &str| -> Vec<String> {
+        let mut v: Vec<String> = cluster["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["role"] == role)
+            .map(|t| t["address"].as_str().unwrap().rsplit_once(':').unwrap().0.to_string())
+            .collect();
+        v.dedup();
+        v
+    };
+    assert_eq!(hosts_of("head"), [a.addr.to_string()], "{cluster}");
+    let mut workers = hosts_of("worker");
+    workers.sort();
+    let mut expected = vec![b.addr.to_string(), c.addr.to_string()];
+    expected.sort();
+    assert_eq!(workers, expected, "{cluster}");
+    let history = raywatch(&["history", "--json"]);
+    let entry = &history["clusters"][0];
+    assert_eq!(entry["slurm_job_id"], job.as_str(), "{history}");
+    assert_eq!(entry["slurm_job_name"], "ray-multinode", "{history}");
+
+    // The job ends: the script's trap runs `raywatch down`.
+    fs_err::write(&stop, "").unwrap();
+    let status = wait_for("the batch script to end", Duration::from_secs(120), || {
+        batch.try_wait().unwrap()
+    });
+    assert!(status.success(), "the batch script failed ({status}):\n{}", job_log());
+    wait_for("raywatch down on the head", Duration::from_secs(30), || {
+        processes_mentioning(&home.display().to_string())
+            .is_empty()
+            .then_some(())
+    });
+    // Slurm ends a job's processes: here the test hosts' teardown does.
+    drop((a, b, c));
+    lan.close();
 }
