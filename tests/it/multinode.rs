@@ -1,8 +1,8 @@
 //! A real three-node Ray cluster across three test hosts (network namespaces,
 //! see [`crate::host`]): the head and raywatch's stack on A, workers on B and C.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -534,15 +534,14 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
     assert!(left.is_empty(), "processes left: {left:?}");
 }
 
-/// Removes `/tmp/ray_<job>*` folders the Slurm example made, even after a failure.
+/// Removes the temp dirs the Slurm example's nodes made (`/tmp/ray_<job>` on
+/// the head, `-b` and `-c` for the workers), even after a failure.
 struct JobTempDirs(String);
 
 impl Drop for JobTempDirs {
     fn drop(&mut self) {
-        for e in fs_err::read_dir("/tmp").unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&self.0) {
-                let _ = fs_err::remove_dir_all(e.path());
-            }
+        for suffix in ["", "-b", "-c"] {
+            let _ = fs_err::remove_dir_all(format!("/tmp/ray_{}{suffix}", self.0));
         }
     }
 }
@@ -578,8 +577,9 @@ fn the_slurm_example_runs_a_three_node_cluster_monitored_from_its_head() {
     let lan = Lan::new();
     let (a, b, c) = (lan.host("a"), lan.host("b"), lan.host("c"));
     let dir = scratch();
-    let job = format!("rwtest{}", std::process::id());
-    let _dirs = JobTempDirs(format!("ray_{job}"));
+    // A Slurm job id is digits; this one is the test process' own.
+    let job = format!("9{}", std::process::id());
+    let _dirs = JobTempDirs(job.clone());
     let shims = dir.path().join("bin");
     fs_err::create_dir(&shims).unwrap();
     script(&shims, "scontrol", "#!/bin/sh\nprintf 'a\\nb\\nc\\n'\n");
@@ -635,13 +635,23 @@ RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 exec ip netns exec "$ns" "$@"
         .env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         .env("RAY_USAGE_STATS_ENABLED", "0")
         .stdout(fs_err::File::create(&log).unwrap().into_parts().0)
-        .stderr(fs_err::File::options().append(true).open(&log).unwrap().into_parts().0)
+        .stderr(
+            fs_err::File::options()
+                .append(true)
+                .open(&log)
+                .unwrap()
+                .into_parts()
+                .0,
+        )
         .process_group(0);
     let mut batch = batch.spawn().unwrap();
     let job_log = || fs_err::read_to_string(&log).unwrap_or_default();
     wait_for("the job's three nodes", Duration::from_secs(240), || {
         if let Ok(Some(st)) = batch.try_wait() {
-            panic!("the batch script ended ({st}) before its nodes joined:\n{}", job_log());
+            panic!(
+                "the batch script ended ({st}) before its nodes joined:\n{}",
+                job_log()
+            );
         }
         ready.exists().then_some(())
     });
@@ -673,7 +683,15 @@ RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 exec ip netns exec "$ns" "$@"
             .unwrap()
             .iter()
             .filter(|t| t["role"] == role)
-            .map(|t| t["address"].as_str().unwrap().rsplit_once(':').unwrap().0.to_string())
+            .map(|t| {
+                t["address"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit_once(':')
+                    .unwrap()
+                    .0
+                    .to_string()
+            })
             .collect();
         v.dedup();
         v
@@ -684,17 +702,28 @@ RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 exec ip netns exec "$ns" "$@"
     let mut expected = vec![b.addr.to_string(), c.addr.to_string()];
     expected.sort();
     assert_eq!(workers, expected, "{cluster}");
-    let history = raywatch(&["history", "--json"]);
-    let entry = &history["clusters"][0];
-    assert_eq!(entry["slurm_job_id"], job.as_str(), "{history}");
-    assert_eq!(entry["slurm_job_name"], "ray-multinode", "{history}");
+    // The head inherited the job's variables: the cluster's record carries the job.
+    let entry = wait_for(
+        "the Slurm job on the record",
+        Duration::from_secs(60),
+        || {
+            let history = raywatch(&["history", "--json"]);
+            let entry = history["clusters"][0].clone();
+            (entry["slurm_job_id"] == job.as_str()).then_some(entry)
+        },
+    );
+    assert_eq!(entry["slurm_job_name"], "ray-multinode", "{entry}");
 
     // The job ends: the script's trap runs `raywatch down`.
     fs_err::write(&stop, "").unwrap();
     let status = wait_for("the batch script to end", Duration::from_secs(120), || {
         batch.try_wait().unwrap()
     });
-    assert!(status.success(), "the batch script failed ({status}):\n{}", job_log());
+    assert!(
+        status.success(),
+        "the batch script failed ({status}):\n{}",
+        job_log()
+    );
     wait_for("raywatch down on the head", Duration::from_secs(30), || {
         processes_mentioning(&home.display().to_string())
             .is_empty()
