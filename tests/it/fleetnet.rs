@@ -685,6 +685,8 @@ fn pull_over_http_sd_plain_and_tls_by_a_central_prometheus_and_top_at_the_center
         "every target of both hosts up at C {:?} after its Prometheus started",
         started.elapsed()
     );
+    a.assert_home_view();
+    b.assert_home_view();
     let both = vec![
         ("a".to_string(), a.cluster.clone()),
         ("b".to_string(), b.cluster.clone()),
