@@ -4,7 +4,6 @@
 //! Prometheus pulling through http_sd. Push, pull (plain and TLS), `top` at the
 //! center, a link outage, and the refusals, across real addresses.
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,7 +22,7 @@ struct Proc(Child);
 impl Proc {
     /// Spawns `cmd` (from [`Host::cmd`]) with its output to `log`.
     fn spawn(mut cmd: Command, log: &Path) -> Proc {
-        let out = File::create(log).unwrap();
+        let out = fs_err::File::create(log).unwrap().into_file();
         let err = out.try_clone().unwrap();
         let child = cmd
             .stdout(out)
@@ -115,38 +114,58 @@ fn hosts_and_clusters(result: &[Value]) -> Vec<(String, String)> {
     out
 }
 
-/// VictoriaMetrics on host `c`'s address.
+/// VictoriaMetrics on host `c`'s address, in a folder of its own.
 struct Victoria {
-    _proc: Proc,
+    proc: Option<Proc>,
+    host: Host,
+    addr: String,
     url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Victoria {
     fn start(c: &Host) -> Victoria {
-        let dir = scratch();
         let addr = format!("{}:{}", c.addr, free_port());
-        let mut cmd = c.cmd("victoria-metrics");
-        cmd.arg(format!("-httpListenAddr={addr}"))
+        let mut vm = Victoria {
+            proc: None,
+            host: c.clone(),
+            url: format!("http://{addr}"),
+            addr,
+            dir: scratch(),
+        };
+        vm.run();
+        vm
+    }
+
+    /// Starts it (again, on the same address and data) and waits until it is ready.
+    fn run(&mut self) {
+        let mut cmd = self.host.cmd("victoria-metrics");
+        cmd.arg(format!("-httpListenAddr={}", self.addr))
             .arg(format!(
                 "-storageDataPath={}",
-                dir.path().join("data").display()
+                self.dir.path().join("data").display()
             ))
             .arg("-retentionPeriod=1d")
             // Show the newest samples at once (the default hides the last 30 s).
             .arg("-search.latencyOffset=0s")
             .arg("-search.disableCache");
-        let proc = Proc::spawn(cmd, &dir.path().join("vm.log"));
-        let url = format!("http://{addr}");
+        self.proc = Some(Proc::spawn(cmd, &self.dir.path().join("vm.log")));
+        let health = format!("{}/health", self.url);
         wait_for(
             "VictoriaMetrics to be ready on C",
             Duration::from_secs(60),
-            || matches!(http(c, &format!("{url}/health"), None, None), Ok((200, _))).then_some(()),
+            || matches!(http(&self.host, &health, None, None), Ok((200, _))).then_some(()),
         );
-        Victoria {
-            _proc: proc,
-            url,
-            _dir: dir,
+    }
+
+    /// Stops it as a restart does (SIGTERM: it flushes what it holds) and waits for its exit.
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = p.0.wait();
         }
     }
 
@@ -361,12 +380,13 @@ const COUNT: &str = "count by (ray_host, ray_io_cluster) (ray_node_cpu_utilizati
 /// Push: A and B remote-write to VictoriaMetrics on C across the bridge; both
 /// clusters are there by `ray_host` and `ray_io_cluster`, scraped on the
 /// hosts' own addresses. Then A's cable is pulled for 60 s: the scrapes A's
-/// Prometheus took meanwhile reach C once it is back (>= 90 %).
+/// Prometheus took meanwhile reach C once it is back (>= 90 %). Then the
+/// central store restarts: nothing is lost beyond its window.
 #[test]
-fn push_from_two_hosts_to_victoria_metrics_on_a_third_survives_a_60s_link_outage() {
+fn push_from_two_hosts_to_victoria_metrics_on_a_third_survives_a_60s_link_outage_and_its_restart() {
     let lan = Lan::new();
     let (ha, hb, hc) = (lan.host("a"), lan.host("b"), lan.host("c"));
-    let vm = Victoria::start(&hc);
+    let mut vm = Victoria::start(&hc);
     let write = vm.write_url();
     let hosts = [ha.clone(), hb.clone(), hc.clone()];
     let mut a = Node::start(ha, &["--remote-write", &write]);
@@ -486,6 +506,65 @@ fn push_from_two_hosts_to_victoria_metrics_on_a_third_survives_a_60s_link_outage
     ))
     .unwrap_or(0.0);
     assert!(b_during >= 0.8 * window / 2.0, "B's samples: {b_during}");
+
+    // The central store restarts, down for 20 s: what both hosts
+    // scraped before, during and after its restart window is all there.
+    let before = now();
+    vm.stop();
+    let killed_at = now();
+    std::thread::sleep(Duration::from_secs(20));
+    vm.run();
+    let restarted_at = now();
+    // The samples of the 30 s before the crash until 10 s after the restart.
+    let span = (restarted_at + 10.0 - (before - 30.0)).floor();
+    wait_for(
+        "10 s to pass after the restart",
+        Duration::from_secs(20),
+        || (now() > restarted_at + 10.0).then_some(()),
+    );
+    for n in [&a, &b] {
+        let taken = first_value(&n.stack.query(&format!(
+            "count_over_time(up{{ray_io_cluster=\"{}\", instance=\"{}\"}}[{span}s] @ {})",
+            n.cluster,
+            n.endpoint,
+            restarted_at + 10.0
+        )))
+        .unwrap_or(0.0);
+        let series = format!(
+            "up{{ray_host=\"{}\", ray_io_cluster=\"{}\", instance=\"{}\"}}",
+            n.host.name, n.cluster, n.endpoint
+        );
+        let last = std::cell::RefCell::new(0.0);
+        let arrived = wait_explained(
+            &format!(
+                "{}'s samples around the central store's restart",
+                n.host.name
+            ),
+            Duration::from_secs(120),
+            || {
+                let got = first_value(&query_at(
+                    &hc,
+                    &vm.url,
+                    &format!("count_over_time({series}[{span}s])"),
+                    Some(restarted_at + 10.0),
+                ))?;
+                *last.borrow_mut() = got;
+                (got >= 0.9 * taken && taken > 0.0).then_some(got)
+            },
+            || {
+                format!(
+                    "{} of {taken} scrapes arrived\n{}",
+                    last.borrow(),
+                    n.diagnostics()
+                )
+            },
+        );
+        eprintln!(
+            "central store down {:.0} s: {arrived} of the {taken} scrapes {} took in {span} s around it arrived",
+            restarted_at - killed_at,
+            n.host.name
+        );
+    }
 
     let dirs: Vec<PathBuf> = [&a, &b]
         .iter()
