@@ -655,7 +655,8 @@ fn central_targets(c: &Host, base: &str) -> Vec<(String, String, String, String)
 /// Pull: A serves http_sd on its address in plain HTTP, B over TLS; a central
 /// Prometheus on C, configured from `raywatch fleet-config`, discovers both and
 /// scrapes every node of both clusters directly across the bridge; `raywatch
-/// top --prometheus` run on C shows both clusters with their hosts.
+/// top --prometheus` run on C shows both clusters with their hosts. A's head
+/// dies: A's raywatch finds its GCS (on A's address) gone and its targets leave C.
 #[test]
 fn pull_over_http_sd_plain_and_tls_by_a_central_prometheus_and_top_at_the_center() {
     let lan = Lan::new();
@@ -814,6 +815,37 @@ fn pull_over_http_sd_plain_and_tls_by_a_central_prometheus_and_top_at_the_center
         || format!("last top output:\n{}", last.borrow()),
     );
     assert_eq!(snap["values"], "live", "{snap:#}");
+
+    // A's head dies (its head on A's address, not loopback): A's raywatch ends
+    // the cluster and its targets leave C; B's stay.
+    a.ray.kill9();
+    let killed = Instant::now();
+    let b_only: Vec<_> = expected.iter().filter(|t| t.0 == "b").cloned().collect();
+    wait_explained(
+        "A's dead cluster to leave the central Prometheus",
+        Duration::from_secs(60),
+        || (central_targets(&hc, &prom_url) == b_only).then_some(()),
+        || {
+            format!(
+                "{:#?}\n{}",
+                central_targets(&hc, &prom_url),
+                a.diagnostics()
+            )
+        },
+    );
+    let gone_after = killed.elapsed();
+    let st = a.stack.status();
+    let dead = st["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == a.cluster.as_str())
+        .unwrap_or_else(|| panic!("{st:#}"));
+    assert_eq!(dead["state"], "dead", "{dead:#}");
+    eprintln!(
+        "A's head killed: its targets left C after {gone_after:?} ({})",
+        dead["dead_reason"]
+    );
 
     let dirs: Vec<PathBuf> = [&a, &b]
         .iter()
