@@ -470,3 +470,15 @@ fn a_killed_runs_namespaces_are_removed_at_the_next_run() {
     lan.close();
     assert_nothing_left(&made);
 }
+
+impl Lan {
+    /// Pulls `host`'s cable at the switch (`up` false) or plugs it back: its
+    /// port on the bridge goes down or up. Inside the host the interface stays
+    /// up with its address (local traffic keeps flowing); nothing reaches it.
+    pub fn set_link(&self, host: &Host, up: bool) {
+        // The host's port on the bridge is `v<i>`, i the last octet of its address.
+        let port = format!("v{}", host.addr.octets()[3]);
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.switch, "link", "set", &port, state]);
+    }
+}

@@ -11,6 +11,7 @@ mod download;
 mod escapes;
 mod export;
 mod fleet;
+mod fleetnet;
 mod grafana;
 mod guard;
 mod history;
