@@ -487,9 +487,13 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
     assert_eq!(on_b.len(), 1, "{on_b:?}");
     assert_eq!(on_b[0]["state"], "live", "{on_b:?}");
 
-    // The head dies: every Ray process of host A, none of the stack's.
+    // The head dies: every Ray process of host A, none of the stack's, while
+    // worker host B is unreachable (its cable pulled): the GCS probe asks the
+    // head, not the workers' hosts, so the end is confirmed by the GCS refusing
+    // connections, not by the liveness bound.
     head.spare = stack_processes(&stack_a);
     assert!(head.spare.len() >= 2, "the daemon and Prometheus");
+    lan.set_link(&b, false);
     head.kill9();
     let killed = Instant::now();
     let reason = wait_for(
@@ -501,7 +505,11 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
         },
     );
     let dead_after = killed.elapsed().as_secs_f64();
-    // On B too, where the head is on another host.
+    assert!(
+        reason.as_str().is_some_and(|r| r.contains("refuses connections")),
+        "the head's end was not confirmed by its GCS: {reason}"
+    );
+    // On B too, where the head is on another host (unreachable now: by the bound).
     let reason_b = wait_for(
         "B: the cluster to die within the liveness bound",
         (LIVENESS + SLACK).saturating_sub(killed.elapsed()),
