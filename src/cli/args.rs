@@ -44,6 +44,13 @@ pub struct Global {
     pub home: Option<PathBuf>,
 }
 
+/// `raywatch alerts` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AlertsCommand {
+    /// Print the built-in alert rules, as a Prometheus rules file.
+    Rules,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start the stack (Prometheus and the discovery daemon); on a running stack, apply changed settings.
@@ -155,6 +162,17 @@ pub enum Command {
         /// Which of the clusters that had this name (their session, from `raywatch history`) [default: the newest]
         #[arg(long)]
         session: Option<String>,
+    },
+    /// List the alerts firing and pending: which cluster, since when, what to do.
+    ///
+    /// `raywatch alerts rules` prints raywatch's built-in alert rules (with this
+    /// stack's thresholds), for a central Prometheus or vmalert to load.
+    Alerts {
+        /// Print JSON (schema in the README).
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        what: Option<AlertsCommand>,
     },
     /// Print the scrape config a central Prometheus or vmagent uses to discover
     /// the clusters of hosts running `raywatch up --sd-listen`.
@@ -294,6 +312,22 @@ pub struct UpArgs {
     /// Record them again (the default).
     #[arg(long, help_heading = "Prometheus")]
     pub top_rules: bool,
+    /// Leave out raywatch's built-in alert rules (`raywatch alerts rules` shows them).
+    #[arg(long, help_heading = "Alerts", overrides_with = "default_alerts")]
+    pub no_default_alerts: bool,
+    /// Evaluate them again (the default).
+    #[arg(long, help_heading = "Alerts")]
+    pub default_alerts: bool,
+    #[arg(long, value_name = "PERCENT", help_heading = "Alerts", help = with_default(
+        "GPUs a cluster holds below this utilisation fire RayGpusIdle (after --gpu-idle-for)",
+        crate::alerts::Thresholds::default().gpu_idle_percent,
+    ))]
+    pub gpu_idle_below: Option<f64>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Alerts", help = with_default(
+        "How long GPUs may sit idle before RayGpusIdle fires",
+        humantime::format_duration(crate::alerts::Thresholds::default().gpu_idle_for),
+    ))]
+    pub gpu_idle_for: Option<Duration>,
     /// Stop dropping the labels saved earlier.
     #[arg(long, help_heading = "Cardinality", conflicts_with = "drop_label")]
     pub no_drop_label: bool,

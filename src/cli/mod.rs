@@ -14,6 +14,7 @@ use crate::escape;
 use crate::home::Home;
 use crate::status::StatusReport;
 
+mod alerts;
 mod args;
 mod attach;
 mod completions;
@@ -33,7 +34,9 @@ mod top;
 mod up;
 
 pub use crate::error::{Hint, HintExt};
-pub use args::{Cli, Command, CompletionShell, Global, GrafanaCommand, TopArgs, UpArgs};
+pub use args::{
+    AlertsCommand, Cli, Command, CompletionShell, Global, GrafanaCommand, TopArgs, UpArgs,
+};
 pub use error::Exit;
 
 /// Entry point: runs the command; an error is printed as `error:`, `Caused by:`
@@ -92,6 +95,11 @@ fn run(cli: Cli) -> Result<Exit> {
         } => env::env(&home()?, temp_dir, name, !no_ray_auth),
         Command::Open { name } => open::open(&home()?, &name),
         Command::History { since, json } => history::history(&home()?, since, json),
+        Command::Alerts {
+            json: _,
+            what: Some(AlertsCommand::Rules),
+        } => alerts::rules(&home()?),
+        Command::Alerts { json, what: None } => alerts::alerts(&home()?, json),
         Command::Export {
             name,
             out,

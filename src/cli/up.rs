@@ -238,6 +238,21 @@ fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     if args.top_rules {
         base.no_top_rules = false;
     }
+    if args.no_default_alerts {
+        base.no_default_alerts = true;
+    }
+    if args.default_alerts {
+        base.no_default_alerts = false;
+    }
+    if let Some(p) = args.gpu_idle_below {
+        if !(0.0..=100.0).contains(&p) {
+            anyhow::bail!("--gpu-idle-below {p} is not a percentage (0 to 100)");
+        }
+        base.alerts.gpu_idle_percent = p;
+    }
+    if let Some(d) = args.gpu_idle_for {
+        base.alerts.gpu_idle_for = d;
+    }
     if args.no_drop_label {
         base.drop_labels.clear();
     }

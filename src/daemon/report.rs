@@ -72,6 +72,7 @@ impl Core {
             rejected: self.rejected(shared),
             targets_error: self.targets.last_error.clone(),
             remote_write: Vec::new(),
+            alerts: None,
         }
     }
 

@@ -60,6 +60,21 @@ pub enum Readiness {
 }
 
 /// A credential file read with the checks of [`crate::untrusted`]: a regular
+/// An alert as Prometheus' API lists it: firing, or pending (its `for` not yet over).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
+pub struct ActiveAlert {
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// "firing" or "pending".
+    pub state: String,
+    /// Since when its condition holds (RFC 3339).
+    #[serde(default, rename = "activeAt")]
+    pub active_at: Option<String>,
+    #[serde(default)]
+    pub value: String,
+}
+
 /// file of this user, not a link, FIFO or device, at most 16 KiB.
 pub fn read_credential(flag: &str, file: &Path) -> Result<String> {
     let me = nix::unistd::geteuid().as_raw();
@@ -352,6 +367,19 @@ impl Client {
         let (status, body) = self.get(path, &[("type", "record")], None).await?;
         decode_api::<Groups>(path, status, &body)
             .map(|g| g.groups)
+            .with_context(|| format!("{} answered {path} (HTTP {status})", self.describe()))
+    }
+
+    /// The alerts firing and pending (`/api/v1/alerts`).
+    pub async fn alerts(&self) -> Result<Vec<ActiveAlert>> {
+        #[derive(serde::Deserialize)]
+        struct Alerts {
+            alerts: Vec<ActiveAlert>,
+        }
+        let path = "/api/v1/alerts";
+        let (status, body) = self.get(path, &[], None).await?;
+        decode_api::<Alerts>(path, status, &body)
+            .map(|a| a.alerts)
             .with_context(|| format!("{} answered {path} (HTTP {status})", self.describe()))
     }
 

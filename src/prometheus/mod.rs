@@ -22,7 +22,7 @@ pub mod version;
 
 pub use answer::{Point, RangeSeries, RuleGroup, Sample, Series, parse_answer};
 pub use args::{READ_TIMEOUT, args};
-pub use client::{Client, Counted, Counter, Readiness};
+pub use client::{ActiveAlert, Client, Counted, Counter, Readiness};
 pub use disk::disk_use;
 pub use files::write_files;
 pub use schema::{RecordingRules, Rules};

@@ -34,6 +34,17 @@ pub struct StatusReport {
     /// Every remote-write destination, from Prometheus' own metrics and log.
     #[serde(default)]
     pub remote_write: Vec<RemoteWriteStatus>,
+    /// The alerts the stack's Prometheus fires and holds pending (filled in by
+    /// `raywatch status` itself; absent when it could not ask, or as an agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertCounts>,
+}
+
+/// How many alerts fire and wait out their `for` (`raywatch alerts` lists them).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AlertCounts {
+    pub firing: usize,
+    pub pending: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -43,6 +43,19 @@ pub fn render(r: &StatusReport) -> String {
     }
     remote_write_lines(&mut out, r);
     limits_lines(&mut out, r);
+    if let Some(a) = r.alerts {
+        let _ = writeln!(
+            out,
+            "  alerts      {} firing, {} pending{}",
+            a.firing,
+            a.pending,
+            if a.firing + a.pending > 0 {
+                " (`raywatch alerts` lists them)"
+            } else {
+                ""
+            }
+        );
+    }
     warning_lines(&mut out, r);
     let _ = writeln!(out);
     if r.clusters.is_empty() {

@@ -1,5 +1,6 @@
 //! Integration tests: the real `raywatch` binary against a real Prometheus and real Ray.
 
+mod alerts;
 mod attacks;
 mod bench;
 mod cli;

@@ -506,7 +506,9 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
     );
     let dead_after = killed.elapsed().as_secs_f64();
     assert!(
-        reason.as_str().is_some_and(|r| r.contains("refuses connections")),
+        reason
+            .as_str()
+            .is_some_and(|r| r.contains("refuses connections")),
         "the head's end was not confirmed by its GCS: {reason}"
     );
     // On B too, where the head is on another host (unreachable now: by the bound).
