@@ -237,11 +237,10 @@ async fn call_untimed(socket: &Path, route: Route, body: Option<Vec<u8>>) -> Res
             }
         })?;
     let status = resp.status().as_u16();
-    let bytes = resp
-        .bytes()
-        .await
-        .context("the daemon's answer broke off")?;
-    Ok((status, bytes))
+    // Bounded like every answer raywatch reads (a status at thousands of
+    // clusters is a few MiB).
+    let bytes = crate::prometheus::read_bounded(resp, "the daemon").await?;
+    Ok((status, Bytes::from(bytes)))
 }
 
 /// The operating system's error behind a failed connect, for the message.

@@ -87,7 +87,7 @@ impl Sd {
             if !resp.status().is_success() {
                 bail!("GET /sd: {}", resp.status());
             }
-            let body = resp.bytes().await?.to_vec();
+            let body = crate::prometheus::read_bounded(resp, "GET /sd").await?;
             Ok((t.elapsed(), body))
         })
     }

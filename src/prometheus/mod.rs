@@ -20,7 +20,7 @@ pub mod schema;
 pub mod secrets;
 pub mod version;
 
-pub use answer::{Point, RangeSeries, RuleGroup, Sample, Series, parse_answer};
+pub use answer::{Point, RangeSeries, RuleGroup, Sample, Series, parse_answer, read_bounded};
 pub use args::{READ_TIMEOUT, args};
 pub use client::{ActiveAlert, Client, Counted, Counter, Readiness};
 pub use disk::disk_use;
