@@ -210,3 +210,91 @@ mod layers {
         }
     }
 }
+
+/// Sizes a reader need not scroll for, kept by a test: no source file over
+/// [`sizes::FILE_LINES`] lines of code before its tests, no function over
+/// [`sizes::FN_LINES`] lines.
+#[cfg(test)]
+mod sizes {
+    use std::path::PathBuf;
+
+    const FILE_LINES: usize = 700;
+    const FN_LINES: usize = 80;
+
+    fn sources() -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(dir) = stack.pop() {
+            for e in fs_err::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// The length of every `fn` in `code` (its signature to its closing
+    /// brace at the same indentation; rustfmt's layout).
+    fn functions(code: &str) -> Vec<(String, usize)> {
+        let lines: Vec<&str> = code.lines().collect();
+        let mut out = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let body = l.trim_start();
+            let indent = &l[..l.len() - body.len()];
+            let signature = [
+                "fn ",
+                "pub fn ",
+                "pub(crate) fn ",
+                "pub(super) fn ",
+                "async fn ",
+                "pub async fn ",
+                "pub(crate) async fn ",
+                "pub(super) async fn ",
+            ]
+            .iter()
+            .find_map(|p| body.strip_prefix(p));
+            let Some(rest) = signature else { continue };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let close = format!("{indent}}}");
+            if let Some(end) = lines[i + 1..].iter().position(|m| *m == close) {
+                out.push((name, end + 2));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_file_or_function_a_reader_must_scroll_for() {
+        let mut over = Vec::new();
+        for path in sources() {
+            let text = fs_err::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            let n = code
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("//"))
+                .count();
+            if n > FILE_LINES {
+                over.push(format!("{}: {n} lines of code", path.display()));
+            }
+            for (name, len) in functions(code) {
+                if len > FN_LINES {
+                    over.push(format!("{}: fn {name} is {len} lines", path.display()));
+                }
+            }
+        }
+        assert!(over.is_empty(), "{over:#?}");
+        let sample =
+            "fn a() {\n    x();\n}\n    pub fn b(\n        y: u8,\n    ) {\n        z();\n    }\n";
+        assert_eq!(
+            functions(sample),
+            [("a".to_string(), 3), ("b".to_string(), 5)]
+        );
+    }
+}
