@@ -487,6 +487,32 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
     assert_eq!(on_b.len(), 1, "{on_b:?}");
     assert_eq!(on_b[0]["state"], "live", "{on_b:?}");
 
+    // A new worker joins on host C: listed as a worker, scraped, counted.
+    let temp_c2 = dir.path().join("ray-c2");
+    fs_err::create_dir(&temp_c2).unwrap();
+    let (worker_c2, metrics_c2) = worker(&c, &temp_c2);
+    let endpoint_c2 = format!("{}:{metrics_c2}", c.addr);
+    let joined = Instant::now();
+    wait_for(
+        "the new worker up in status and top's nodes 3 up again",
+        Duration::from_secs(150),
+        || {
+            let s = status_of(&stack_a, &name)?;
+            let t = s["targets"]
+                .as_array()?
+                .iter()
+                .find(|t| t["address"] == endpoint_c2.as_str())?
+                .clone();
+            assert_eq!(t["role"], "worker", "{s}");
+            let row = top_row(&stack_a, &name)?;
+            (t["health"] == "up" && nodes(&row).0 == Some(3)).then_some(())
+        },
+    );
+    eprintln!(
+        "a new worker on C: up in status and counted by top {:.1}s after its start",
+        joined.elapsed().as_secs_f64()
+    );
+
     // The head dies: every Ray process of host A, none of the stack's, while
     // worker host B is unreachable (its cable pulled): the GCS probe asks the
     // head, not the workers' hosts, so the end is confirmed by the GCS refusing
@@ -537,7 +563,7 @@ fn a_three_node_cluster_across_three_hosts_loses_a_worker_then_its_head() {
     );
 
     // Everything goes: the nodes, both stacks, then the hosts.
-    drop((head, worker_b, worker_c));
+    drop((head, worker_b, worker_c2, worker_c));
     drop((stack_a, stack_b));
     lan.close();
     let left = processes_mentioning(&dir.path().to_string_lossy());
