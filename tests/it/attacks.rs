@@ -202,6 +202,9 @@ fn after_a_kill_9_of_prometheus_a_squatter_on_its_port_gets_nothing() {
     // `top` uses the same verified client: a clear error, not a screen of forged values.
     let t = stack.run(&["top", "--once"]);
     assert!(!t.status.success(), "top answered through the squatter");
+    // So does `alerts`, which a squatter would love to answer with "all quiet".
+    let al = stack.run(&["alerts"]);
+    assert!(!al.status.success(), "alerts answered through the squatter");
     // Each names the port's holder (the other user) and says it sent it nothing.
     let mut filters = vec![(
         format!(r"\buid {} \({OTHER}\)", other.0),
@@ -210,7 +213,7 @@ fn after_a_kill_9_of_prometheus_a_squatter_on_its_port_gets_nothing() {
     filters.extend(crate::snapshots::stack_filters(&stack));
     crate::snapshots::assert_transcripts(
         "query-and-top-facing-a-squatter",
-        &[("query up", &q), ("top --once", &t)],
+        &[("query up", &q), ("top --once", &t), ("alerts", &al)],
         filters,
     );
     let problem = wait_for(
