@@ -106,6 +106,16 @@ pub struct StackConfig {
     /// The thresholds of the built-in alert rules (`up --gpu-idle-below` ...).
     #[serde(default)]
     pub alerts: crate::alerts::Thresholds,
+    /// The Alertmanager binary, when one was found at `up`.
+    #[serde(default)]
+    pub alertmanager_bin: Option<PathBuf>,
+    /// Loopback port of Alertmanager (reserved even when it does not run).
+    #[serde(default)]
+    pub alertmanager_port: u16,
+    /// Where Alertmanager delivers notifications (`up --notify-webhook URL`);
+    /// Alertmanager runs only when there is one.
+    #[serde(default)]
+    pub notify_webhooks: Vec<String>,
 }
 
 /// One remote-write destination. Credentials come from files only, never from
@@ -156,6 +166,9 @@ impl Default for StackConfig {
             no_top_rules: false,
             no_default_alerts: false,
             alerts: crate::alerts::Thresholds::default(),
+            alertmanager_bin: None,
+            alertmanager_port: 0,
+            notify_webhooks: Vec::new(),
         }
     }
 }

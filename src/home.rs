@@ -62,6 +62,16 @@ impl Home {
     pub fn top_rules(&self) -> PathBuf {
         self.prometheus_dir().join("top-rules.yml")
     }
+    /// Alertmanager's folder: its config, web config and data.
+    pub fn alertmanager_dir(&self) -> PathBuf {
+        self.root.join("alertmanager")
+    }
+    pub fn alertmanager_yml(&self) -> PathBuf {
+        self.alertmanager_dir().join("alertmanager.yml")
+    }
+    pub fn alertmanager_web_yml(&self) -> PathBuf {
+        self.alertmanager_dir().join("web.yml")
+    }
     /// raywatch's built-in alert rules.
     pub fn alert_rules(&self) -> PathBuf {
         self.prometheus_dir().join("alerts.yml")
@@ -137,6 +147,12 @@ impl Home {
     }
     pub fn grafana_log(&self) -> PathBuf {
         self.logs_dir().join("grafana.log")
+    }
+    pub fn alertmanager_pid(&self) -> PathBuf {
+        self.run_dir().join("alertmanager.pid")
+    }
+    pub fn alertmanager_log(&self) -> PathBuf {
+        self.logs_dir().join("alertmanager.log")
     }
     pub fn prometheus_password(&self) -> PathBuf {
         self.secrets_dir().join("prometheus-password")

@@ -8,6 +8,7 @@
 //! without a reload. The CLI talks to the daemon over a Unix socket only its owner
 //! can open.
 
+pub(crate) mod alertmanager;
 pub(crate) mod alerts;
 pub(crate) mod api;
 pub(crate) mod atomic;

@@ -318,6 +318,16 @@ pub struct UpArgs {
     /// Evaluate them again (the default).
     #[arg(long, help_heading = "Alerts")]
     pub default_alerts: bool,
+    /// Send notifications to this URL as Alertmanager's webhook JSON (repeatable;
+    /// replaces the saved list). Alertmanager runs only when there is one.
+    #[arg(long = "notify-webhook", value_name = "URL", help_heading = "Alerts")]
+    pub notify_webhook: Vec<String>,
+    /// Stop sending notifications (and running Alertmanager).
+    #[arg(long, help_heading = "Alerts", conflicts_with = "notify_webhook")]
+    pub no_notify_webhook: bool,
+    /// The Alertmanager binary [default: $RAYWATCH_ALERTMANAGER, `alertmanager` or `prometheus-alertmanager` on PATH, or `raywatch install alertmanager`'s]
+    #[arg(long, value_name = "PATH", help_heading = "Alerts")]
+    pub alertmanager_bin: Option<PathBuf>,
     #[arg(long, value_name = "PERCENT", help_heading = "Alerts", help = with_default(
         "GPUs a cluster holds below this utilisation fire RayGpusIdle (after --gpu-idle-for)",
         crate::alerts::Thresholds::default().gpu_idle_percent,

@@ -27,6 +27,8 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     let (port, auto) = prometheus_port(&args, previous.as_ref())?;
     let grafana_bin = grafana_bin(&args)?;
     let grafana_port = grafana_port(&args, previous.as_ref(), port)?;
+    let alertmanager_bin = alertmanager_bin(&args)?;
+    let alertmanager_port = alertmanager_port(previous.as_ref(), &[port, grafana_port])?;
     // A new home starts from the defaults; the binaries and ports are set below.
     let mut config = previous.unwrap_or_default();
     let version = crate::prometheus::version(&bin);
@@ -42,6 +44,8 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     config.prometheus_port_auto = auto;
     config.grafana_bin = grafana_bin;
     config.grafana_port = grafana_port;
+    config.alertmanager_bin = alertmanager_bin;
+    config.alertmanager_port = alertmanager_port;
     config.prometheus_name = crate::env::ray_prometheus_name()
         .unwrap_or_else(|| crate::config::DEFAULT_PROMETHEUS_NAME.into());
     apply_settings(&args, &mut config)?;
@@ -133,6 +137,34 @@ fn grafana_bin(args: &UpArgs) -> Result<Option<PathBuf>> {
             None
         }),
     })
+}
+
+/// The Alertmanager to run when there are receivers: the flag's, one on PATH,
+/// or `raywatch install alertmanager`'s.
+fn alertmanager_bin(args: &UpArgs) -> Result<Option<PathBuf>> {
+    Ok(
+        match crate::alertmanager::locate(args.alertmanager_bin.as_deref())? {
+            Some(bin) => Some(bin),
+            None => crate::install::cached(crate::install::Program::Alertmanager).unwrap_or(None),
+        },
+    )
+}
+
+/// Alertmanager's port: the previous one while free, else a fresh one other than `taken`.
+fn alertmanager_port(previous: Option<&StackConfig>, taken: &[u16]) -> Result<u16> {
+    if let Some(c) = previous.filter(|c| {
+        c.alertmanager_port != 0
+            && !taken.contains(&c.alertmanager_port)
+            && crate::ports::is_free(c.alertmanager_port)
+    }) {
+        return Ok(c.alertmanager_port);
+    }
+    loop {
+        let p = crate::ports::free_port()?;
+        if !taken.contains(&p) {
+            return Ok(p);
+        }
+    }
 }
 
 /// Grafana's port (reserved even without Grafana): the flag's, else the previous
@@ -238,21 +270,7 @@ fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     if args.top_rules {
         base.no_top_rules = false;
     }
-    if args.no_default_alerts {
-        base.no_default_alerts = true;
-    }
-    if args.default_alerts {
-        base.no_default_alerts = false;
-    }
-    if let Some(p) = args.gpu_idle_below {
-        if !(0.0..=100.0).contains(&p) {
-            anyhow::bail!("--gpu-idle-below {p} is not a percentage (0 to 100)");
-        }
-        base.alerts.gpu_idle_percent = p;
-    }
-    if let Some(d) = args.gpu_idle_for {
-        base.alerts.gpu_idle_for = d;
-    }
+    apply_alerts(args, base)?;
     if args.no_drop_label {
         base.drop_labels.clear();
     }
@@ -278,6 +296,36 @@ fn apply_settings(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
             watch.push(abs);
         }
         base.watch = watch;
+    }
+    Ok(())
+}
+
+/// `up`'s alert settings: the built-in rules on or off, their thresholds, the webhooks.
+fn apply_alerts(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
+    if args.no_default_alerts {
+        base.no_default_alerts = true;
+    }
+    if args.default_alerts {
+        base.no_default_alerts = false;
+    }
+    if let Some(p) = args.gpu_idle_below {
+        if !(0.0..=100.0).contains(&p) {
+            anyhow::bail!("--gpu-idle-below {p} is not a percentage (0 to 100)");
+        }
+        base.alerts.gpu_idle_percent = p;
+    }
+    if let Some(d) = args.gpu_idle_for {
+        base.alerts.gpu_idle_for = d;
+    }
+    if args.no_notify_webhook {
+        base.notify_webhooks.clear();
+    }
+    if !args.notify_webhook.is_empty() {
+        base.notify_webhooks = args
+            .notify_webhook
+            .iter()
+            .map(|u| crate::alertmanager::check_webhook(u))
+            .collect::<Result<_>>()?;
     }
     Ok(())
 }

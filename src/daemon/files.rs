@@ -13,5 +13,6 @@ pub fn write(home: &Home, cfg: &StackConfig) -> Result<()> {
         alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)?,
     };
     crate::prometheus::write_files(home, cfg, &rules)?;
+    crate::alertmanager::write_files(home, cfg)?;
     crate::grafana::write_files(home, cfg)
 }

@@ -112,6 +112,7 @@ pub struct Shared {
     writer: Arc<SettingsWriter>,
     prometheus: Arc<Supervisor>,
     grafana: Option<Arc<Supervisor>>,
+    alertmanager: Option<Arc<Supervisor>>,
     /// The verified client of Prometheus, following its port.
     client: Mutex<crate::prometheus::Client>,
     /// Why Prometheus last moved to another port, if it did.
@@ -213,13 +214,15 @@ pub enum StackProcess {
     Daemon,
     Prometheus,
     Grafana,
+    Alertmanager,
 }
 
 impl StackProcess {
-    pub const ALL: [StackProcess; 3] = [
+    pub const ALL: [StackProcess; 4] = [
         StackProcess::Daemon,
         StackProcess::Prometheus,
         StackProcess::Grafana,
+        StackProcess::Alertmanager,
     ];
 
     pub fn pid_file(self, home: &Home) -> PathBuf {
@@ -227,6 +230,7 @@ impl StackProcess {
             StackProcess::Daemon => home.daemon_pid(),
             StackProcess::Prometheus => home.prometheus_pid(),
             StackProcess::Grafana => home.grafana_pid(),
+            StackProcess::Alertmanager => home.alertmanager_pid(),
         }
     }
 
@@ -245,6 +249,12 @@ impl StackProcess {
                 "--config={}",
                 home.grafana_dir().join("grafana.ini").display()
             )],
+            StackProcess::Alertmanager => {
+                vec![format!(
+                    "--config.file={}",
+                    home.alertmanager_yml().display()
+                )]
+            }
         })
     }
 
@@ -307,6 +317,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     let port_note: Arc<Mutex<Option<String>>> = Arc::default();
     let prometheus = start_prometheus(&home, writer.clone(), port_note.clone());
     let grafana = start_grafana(&home, &config);
+    let alertmanager = start_alertmanager(&home, &config);
     let (fs_tx, fs_rx) = unbounded_channel::<PathBuf>();
     let core = build_core(&home, &config, settings.subscribe(), &fs_tx)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -318,6 +329,7 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
         writer,
         prometheus: prometheus.clone(),
         grafana: grafana.clone(),
+        alertmanager: alertmanager.clone(),
         client: Mutex::new(crate::prometheus::Client::new(
             config.prometheus_port,
             password.clone(),
@@ -354,8 +366,8 @@ async fn serve(home: Home, config: StackConfig) -> Result<()> {
     if let Some(sd) = sd {
         sd.abort();
     }
-    if let Some(g) = &grafana {
-        g.stop().await;
+    for child in [&grafana, &alertmanager].into_iter().flatten() {
+        child.stop().await;
     }
     prometheus.stop().await;
     drop(fs_tx);
@@ -373,6 +385,7 @@ fn prepare(
     sweep_temp_files(home);
     reap_stale_child(home, StackProcess::Prometheus);
     reap_stale_child(home, StackProcess::Grafana);
+    reap_stale_child(home, StackProcess::Alertmanager);
     // A new password at every start: one that leaked (an old Ray file, a
     // squatter before this fix) stops working with the next `up`.
     let password = crate::prometheus::rotate_password(home)?;
@@ -414,6 +427,23 @@ fn start_grafana(home: &Home, config: &StackConfig) -> Option<Arc<Supervisor>> {
             })
         }))
     })
+}
+
+/// Alertmanager, when the stack has somewhere to deliver to; supervised like Prometheus.
+fn start_alertmanager(home: &Home, config: &StackConfig) -> Option<Arc<Supervisor>> {
+    let bin = config
+        .alertmanager_bin
+        .clone()
+        .filter(|_| crate::alertmanager::runs(config))?;
+    let (home, config) = (home.clone(), config.clone());
+    Some(Arc::new(Supervisor::start("alertmanager", move || {
+        Ok(Spec {
+            program: bin.clone(),
+            args: crate::alertmanager::args(&home, &config),
+            log: home.alertmanager_log(),
+            pid_file: home.alertmanager_pid(),
+        })
+    })))
 }
 
 /// The cluster core, with the attachments, the names and the history a previous

@@ -72,6 +72,7 @@ impl Core {
             rejected: self.rejected(shared),
             targets_error: self.targets.last_error.clone(),
             remote_write: Vec::new(),
+            alertmanager: alertmanager_status(shared, &settings),
             alerts: None,
         }
     }
@@ -288,6 +289,21 @@ impl Core {
 }
 
 /// A published target and its health in Prometheus' `up`.
+/// The stack's Alertmanager, when it runs one.
+fn alertmanager_status(
+    shared: &Shared,
+    settings: &StackConfig,
+) -> Option<status::AlertmanagerStatus> {
+    let child = shared.alertmanager.as_ref()?;
+    Some(status::AlertmanagerStatus {
+        url: format!("http://127.0.0.1:{}", settings.alertmanager_port),
+        port: settings.alertmanager_port,
+        binary: settings.alertmanager_bin.clone().unwrap_or_default(),
+        webhooks: settings.notify_webhooks.len(),
+        child: child.status.lock().unwrap().clone(),
+    })
+}
+
 fn target_status(
     cluster: &str,
     t: &str,

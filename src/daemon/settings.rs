@@ -171,6 +171,24 @@ pub const SETTINGS: &[Setting] = &[
         })),
     },
     Setting {
+        field: "alertmanager_bin",
+        effects: &[FreshStart],
+        differs: field!(alertmanager_bin),
+        shown: None,
+    },
+    Setting {
+        field: "alertmanager_port",
+        effects: &[FreshStart],
+        differs: field!(alertmanager_port),
+        shown: None,
+    },
+    Setting {
+        field: "notify_webhooks",
+        effects: &[FreshStart],
+        differs: field!(notify_webhooks),
+        shown: None,
+    },
+    Setting {
         field: "query_bearer_file",
         effects: &[Nothing],
         differs: field!(query_bearer_file),
@@ -418,6 +436,9 @@ mod tests {
             no_top_rules,
             no_default_alerts,
             alerts,
+            alertmanager_bin,
+            alertmanager_port,
+            notify_webhooks,
         )
     }
 

@@ -17,6 +17,22 @@ pub struct PrometheusYml {
     pub scrape_configs: Vec<ScrapeConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_write: Vec<RemoteWriteConfig>,
+    /// The stack's Alertmanager, when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerting: Option<Alerting>,
+}
+
+/// `alerting:` of prometheus.yml.
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct Alerting {
+    pub alertmanagers: Vec<AlertmanagerConfig>,
+}
+
+/// One Alertmanager Prometheus sends alerts to, with its credential.
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct AlertmanagerConfig {
+    pub static_configs: Vec<StaticConfig>,
+    pub basic_auth: BasicAuth,
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -158,6 +174,17 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig, all: &Rules) -> Prometheus
             .map(|(i, rw)| remote_write_config(home, i, rw, rules))
             .collect(),
         scrape_configs: vec![ray_job(home, cfg), self_scrape(home, cfg)],
+        alerting: crate::alertmanager::runs(cfg).then(|| Alerting {
+            alertmanagers: vec![AlertmanagerConfig {
+                static_configs: vec![StaticConfig {
+                    targets: vec![format!("127.0.0.1:{}", cfg.alertmanager_port)],
+                }],
+                basic_auth: BasicAuth {
+                    username: USER.into(),
+                    password_file: home.prometheus_password().to_string_lossy().into_owned(),
+                },
+            }],
+        }),
     }
 }
 

@@ -34,10 +34,25 @@ pub struct StatusReport {
     /// Every remote-write destination, from Prometheus' own metrics and log.
     #[serde(default)]
     pub remote_write: Vec<RemoteWriteStatus>,
+    /// The stack's Alertmanager, when it runs one (`up --notify-webhook`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<AlertmanagerStatus>,
     /// The alerts the stack's Prometheus fires and holds pending (filled in by
     /// `raywatch status` itself; absent when it could not ask, or as an agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertCounts>,
+}
+
+/// The stack's Alertmanager: where, how many receivers, its process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlertmanagerStatus {
+    pub url: String,
+    pub port: u16,
+    pub binary: PathBuf,
+    /// The webhooks notifications go to (`up --notify-webhook`).
+    pub webhooks: usize,
+    #[serde(flatten)]
+    pub child: ChildStatus,
 }
 
 /// How many alerts fire and wait out their `for` (`raywatch alerts` lists them).

@@ -297,6 +297,7 @@ pub fn stack_lines(r: &StatusReport, default_roots: bool) -> String {
         );
     }
     grafana_line(&mut out, &r.grafana);
+    alertmanager_line(&mut out, r);
     watching_line(&mut out, &r.watch, default_roots);
     out
 }
@@ -375,6 +376,21 @@ fn down_lines(out: &mut String, child: &ChildStatus) {
             out,
             "              next start in {:.0} s",
             (next - now).max(0.0)
+        );
+    }
+}
+
+fn alertmanager_line(out: &mut String, r: &StatusReport) {
+    if let Some(a) = &r.alertmanager {
+        let _ = writeln!(
+            out,
+            "  alertmanager {}  pid {}  (notifies {} webhook(s); same user and password as Prometheus)",
+            escape::text(&a.url),
+            a.child
+                .pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            a.webhooks
         );
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::security::other_user;
 use crate::support::*;
 
 /// A node holding two GPUs that do nothing (Ray's GPU series, 2.60 names).
@@ -143,5 +144,139 @@ fn a_threshold_that_is_no_percentage_is_refused_and_the_stack_keeps_its_rules() 
     assert_eq!(
         fs_err::read_to_string(stack.home.join("prometheus/alerts.yml")).unwrap(),
         before
+    );
+}
+
+/// A loopback webhook receiver: every request body it gets, in order.
+struct Webhook {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Webhook {
+    fn start() -> Webhook {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let got = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length.min(1 << 20)];
+                let _ = reader.read_exact(&mut body);
+                got.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Webhook { url, bodies }
+    }
+
+    /// The notifications received, parsed.
+    fn received(&self) -> Vec<Value> {
+        let bodies = self.bodies.lock().unwrap().clone();
+        bodies
+            .iter()
+            .filter_map(|b| serde_json::from_str(b).ok())
+            .collect()
+    }
+}
+
+/// With a webhook, the stack runs Alertmanager (loopback, basic auth): the
+/// idle-GPU alert reaches the webhook as Alertmanager's JSON naming the
+/// cluster, and neither an anonymous caller nor another user gets in.
+#[test]
+fn an_alert_reaches_a_webhook_through_alertmanager_which_refuses_anyone_else() {
+    if on_path("prometheus-alertmanager").is_none() && on_path("alertmanager").is_none() {
+        unmet("alertmanager");
+    }
+    let other = other_user();
+    let hook = Webhook::start();
+    let (stack, root) = Stack::watching(
+        "ray_notify",
+        &["--gpu-idle-for", "1s", "--notify-webhook", &hook.url],
+    );
+    let endpoint = MetricsEndpoint::serve(&idle_gpu_node("session_notify_1"));
+    let _head = FakeHead::start(&root, "session_notify_1", vec![endpoint.addr.clone()]);
+    let name = format!("{}-ray_notify", user());
+    let note = wait_for(
+        "RayGpusIdle at the webhook",
+        Duration::from_secs(120),
+        || {
+            hook.received().into_iter().find(|n| {
+                n["status"] == "firing"
+                    && n["alerts"].as_array().is_some_and(|a| {
+                        a.iter().any(|a| a["labels"]["alertname"] == "RayGpusIdle")
+                    })
+            })
+        },
+    );
+    assert_eq!(note["receiver"], "raywatch", "{note}");
+    assert_eq!(
+        note["groupLabels"]["ray_io_cluster"],
+        name.as_str(),
+        "{note}"
+    );
+    let summary = note["alerts"][0]["annotations"]["summary"]
+        .as_str()
+        .unwrap();
+    assert!(summary.contains(&name), "{summary}");
+
+    // status shows it; its port answers nobody without the stack's credential.
+    let st = stack.status();
+    let am = &st["alertmanager"];
+    assert_eq!(am["webhooks"], 1, "{st}");
+    let url = am["url"].as_str().unwrap().to_string();
+    let anonymous = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{url}/api/v2/alerts"))
+        .send()
+        .unwrap();
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "Alertmanager answered without a credential"
+    );
+    // Another user: no credential to read, and the API refuses them too.
+    let home = stack.home.display().to_string();
+    let out = command_as(other, "sh")
+        .args([
+            "-c",
+            &format!(
+                "cat '{home}/alertmanager/web.yml' '{home}/alertmanager/alertmanager.yml' '{home}/secrets/prometheus-password' 2>&1; \
+                 curl -s -o /dev/null -w '%{{http_code}}' '{url}/api/v2/silences' -X POST -H 'content-type: application/json' -d '{{}}'"
+            ),
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !said.contains("raywatch:") && !said.contains(&hook.url),
+        "{said}"
+    );
+    assert!(said.ends_with("401"), "another user's silence: {said}");
+    // `down` stops Alertmanager with the rest.
+    let pid = am["pid"].as_u64().unwrap() as u32;
+    drop(stack);
+    assert!(
+        state(pid).is_none_or(|s| s == 'Z'),
+        "Alertmanager left running"
     );
 }
