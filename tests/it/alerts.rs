@@ -280,3 +280,131 @@ fn an_alert_reaches_a_webhook_through_alertmanager_which_refuses_anyone_else() {
         "Alertmanager left running"
     );
 }
+
+/// A Ray driver that keeps one task running (and one pending) on a cluster.
+const BUSY: &str = r#"
+import sys, time, ray
+ray.init(address=open(sys.argv[1]).read().strip())
+@ray.remote
+def busy():
+    while True:
+        time.sleep(0.1)
+refs = [busy.remote() for _ in range(2)]
+print("ready", flush=True)
+time.sleep(3600)
+"#;
+
+/// The issue's first promise: a real cluster SIGKILLed while a task runs is
+/// notified as dead (RayClusterDied, critical) within the liveness bound, the
+/// rule's `for`, Alertmanager's group wait and 30 s; an idle cluster stopped
+/// cleanly raises nothing.
+#[test]
+fn ray_a_killed_cluster_with_a_running_task_is_notified_and_an_idle_one_stopped_cleanly_is_not() {
+    if on_path("prometheus-alertmanager").is_none() && on_path("alertmanager").is_none() {
+        unmet("alertmanager");
+    }
+    let hook = Webhook::start();
+    let base = scratch();
+    let (busy_dir, idle_dir) = (base.path().join("ray_busy"), base.path().join("ray_idle"));
+    let stack = Stack::up(&[
+        "--no-default-watch",
+        "--watch",
+        busy_dir.to_str().unwrap(),
+        "--watch",
+        idle_dir.to_str().unwrap(),
+        "--notify-webhook",
+        &hook.url,
+    ]);
+    let mut busy = RayCluster::start_with(&ray_bin(), &busy_dir, false, &[]);
+    let mut idle = RayCluster::start_with(&ray_bin(), &idle_dir, false, &[]);
+    busy.wait_discovery(Duration::from_secs(120));
+    idle.wait_discovery(Duration::from_secs(120));
+    let (busy_name, idle_name) = (
+        format!("{}-ray_busy", user()),
+        format!("{}-ray_idle", user()),
+    );
+
+    // A task running on the busy cluster, as its series say.
+    let script = base.path().join("busy.py");
+    fs_err::write(&script, BUSY).unwrap();
+    let address = busy.wait(
+        "the busy cluster's GCS address",
+        Duration::from_secs(120),
+        || {
+            let f = busy_dir.join("ray_current_cluster");
+            fs_err::read_to_string(&f)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .map(|_| f)
+        },
+    );
+    let mut driver = std::process::Command::new(ray_bin().with_file_name("python"))
+        .arg(&script)
+        .arg(&address)
+        .env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        .env("RAY_USAGE_STATS_ENABLED", "0")
+        .env("RAY_AUTH_MODE", "disabled")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    busy.wait(
+        "a task running on the busy cluster",
+        Duration::from_secs(180),
+        || {
+            let r = stack.query(&format!(
+                r#"sum(ray_tasks{{ray_io_cluster="{busy_name}",State=~"RUNNING.*"}}) > 0"#
+            ));
+            (!r.is_empty()).then_some(())
+        },
+    );
+    // Both clusters scraped, so both have a history a rule could read.
+    wait_for("the idle cluster scraped", Duration::from_secs(120), || {
+        (!stack
+            .query(&format!(r#"up{{ray_io_cluster="{idle_name}"}} == 1"#))
+            .is_empty())
+        .then_some(())
+    });
+
+    // The idle one stopped the way a user stops it, then the busy one killed.
+    idle.terminate();
+    busy.kill9();
+    let _ = driver.kill();
+    let _ = driver.wait();
+    let killed = std::time::Instant::now();
+    let bound = Duration::from_secs(20 + 60 + 10 + 30);
+    let died = |name: &str| {
+        hook.received().into_iter().find(|n| {
+            n["status"] == "firing"
+                && n["alerts"].as_array().is_some_and(|a| {
+                    a.iter().any(|a| {
+                        a["labels"]["alertname"] == "RayClusterDied"
+                            && a["labels"]["ray_io_cluster"] == name
+                    })
+                })
+        })
+    };
+    let note = wait_explained(
+        "RayClusterDied of the killed cluster at the webhook",
+        bound,
+        || died(&busy_name),
+        || format!("received: {:?}\n{}", hook.received(), stack.diagnostics()),
+    );
+    eprintln!(
+        "kill -> notification: {:.1}s",
+        killed.elapsed().as_secs_f64()
+    );
+    let alert = &note["alerts"][0];
+    assert_eq!(alert["labels"]["severity"], "critical", "{note}");
+    let summary = alert["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&busy_name) && summary.contains("ended with tasks"),
+        "{summary}"
+    );
+    assert!(
+        died(&idle_name).is_none(),
+        "the idle cluster, stopped cleanly, was notified as dead: {:?}",
+        hook.received()
+    );
+}

@@ -777,6 +777,21 @@ impl RayCluster {
         wait_explained(what, limit, f, || ray_diagnostics(&self.temp_dir))
     }
 
+    /// Stops the cluster the way a user does (SIGTERM to `ray start --block`,
+    /// which stops its parts), then waits until none is left (SIGKILL after 30 s).
+    pub fn terminate(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pgid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let needle = self.temp_dir.to_string_lossy().into_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && !processes_mentioning(&needle).is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.kill9();
+    }
+
     /// SIGKILL to every process of the cluster, then waits until none is left.
     pub fn kill9(&mut self) {
         let _ = nix::sys::signal::killpg(
