@@ -36,8 +36,10 @@ enum Target {
     Stack {
         port: u16,
         password: String,
-        /// Where the supervisor records Prometheus' PID.
+        /// Where the supervisor records its PID.
         pid_file: Option<PathBuf>,
+        /// Which of the stack's servers: Prometheus, or Alertmanager (for messages).
+        what: &'static str,
     },
     /// A Prometheus-compatible API (Prometheus, VictoriaMetrics, Thanos, Mimir…).
     Remote { auth: Option<Auth> },
@@ -101,6 +103,7 @@ impl Client {
                 port,
                 password,
                 pid_file,
+                what: "Prometheus",
             },
             http,
         }
@@ -122,6 +125,32 @@ impl Client {
             password.trim().to_string(),
             Some(home.prometheus_pid()),
         ))
+    }
+
+    /// The stack's Alertmanager on this home (it shares Prometheus' credential).
+    pub fn alertmanager(home: &Home) -> Result<Client> {
+        let config = StackConfig::load(&home.config())?
+            .filter(crate::alertmanager::runs)
+            .with_context(|| {
+                format!(
+                    "the stack at {} runs no Alertmanager (it runs with `raywatch up --notify-webhook URL`)",
+                    home.root().display()
+                )
+            })?;
+        let mut c = Client::for_home(home)?;
+        c.base = format!("http://127.0.0.1:{}", config.alertmanager_port);
+        if let Target::Stack {
+            port,
+            pid_file,
+            what,
+            ..
+        } = &mut c.target
+        {
+            *port = config.alertmanager_port;
+            *pid_file = Some(home.alertmanager_pid());
+            *what = "Alertmanager";
+        }
+        Ok(c)
     }
 
     /// What `raywatch query` and `top` ask on this home: the stack's Prometheus,
@@ -204,7 +233,7 @@ impl Client {
     /// Where the requests go, for messages (a URL's credentials removed).
     pub fn describe(&self) -> String {
         match &self.target {
-            Target::Stack { .. } => format!("this stack's Prometheus at {}", self.base),
+            Target::Stack { what, .. } => format!("this stack's {what} at {}", self.base),
             Target::Remote { .. } => crate::remote_write::redact(&self.base),
         }
     }
@@ -212,14 +241,20 @@ impl Client {
     /// Checks the listener of the stack's Prometheus (see [`verify_listener`]);
     /// nothing to check for a remote API.
     pub fn verify(&self) -> Result<(), ListenerError> {
-        let Target::Stack { port, pid_file, .. } = &self.target else {
+        let Target::Stack {
+            port,
+            pid_file,
+            what,
+            ..
+        } = &self.target
+        else {
             return Ok(());
         };
         let pid = pid_file
             .as_ref()
             .and_then(|f| fs_err::read_to_string(f).ok())
             .and_then(|s| s.trim().parse().ok());
-        verify_listener(*port, pid)
+        verify_listener(*port, pid, *what)
     }
 
     /// A request to `path` carrying the credentials, once the listener is verified.
