@@ -62,6 +62,55 @@ pub(super) fn rules(home: &Home) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// Silences the notifications of cluster `name` for `duration`, through the
+/// stack's Alertmanager (its listener verified first, like Prometheus').
+pub(super) fn silence(
+    home: &Home,
+    name: &str,
+    duration: std::time::Duration,
+    comment: Option<String>,
+) -> Result<Exit> {
+    anyhow::ensure!(
+        !name.is_empty(),
+        "name the cluster to silence (see `raywatch status`)"
+    );
+    let client = crate::prometheus::Client::alertmanager(home)?;
+    let now = std::time::SystemTime::now();
+    let ends = now + duration;
+    let who = crate::process::user_name(nix::unistd::geteuid().as_raw());
+    let body = serde_json::json!({
+        "matchers": [{"name": "ray_io_cluster", "value": name, "isRegex": false, "isEqual": true}],
+        "startsAt": humantime::format_rfc3339(now).to_string(),
+        "endsAt": humantime::format_rfc3339(ends).to_string(),
+        "createdBy": who,
+        "comment": comment.unwrap_or_else(|| "raywatch alerts silence".into()),
+    });
+    let rt = runtime()?;
+    let (status, _, answer) = rt.block_on(client.forward(
+        reqwest::Method::POST,
+        "/api/v2/silences",
+        None,
+        Some(reqwest::header::HeaderValue::from_static(
+            "application/json",
+        )),
+        serde_json::to_vec(&body)?.into(),
+    ))?;
+    let text = String::from_utf8_lossy(&answer);
+    anyhow::ensure!(
+        status == 200,
+        "Alertmanager refused the silence (HTTP {status}): {}",
+        escape::text(text.trim())
+    );
+    let id: serde_json::Value = serde_json::from_slice(&answer)?;
+    println!(
+        "silenced the notifications of {} until {} (silence {})",
+        escape::text(name),
+        humantime::format_rfc3339_seconds(ends),
+        escape::text(id["silenceID"].as_str().unwrap_or("?"))
+    );
+    Ok(Exit::Success)
+}
+
 fn label<'a>(a: &'a ActiveAlert, name: &str) -> &'a str {
     a.labels.get(name).map_or("", String::as_str)
 }

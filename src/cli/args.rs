@@ -49,6 +49,17 @@ pub struct Global {
 pub enum AlertsCommand {
     /// Print the built-in alert rules, as a Prometheus rules file.
     Rules,
+    /// Silence one cluster's notifications for a while (a planned stop), through the stack's Alertmanager.
+    Silence {
+        /// The cluster's name (its `ray_io_cluster`, as `raywatch status` shows it).
+        name: String,
+        /// How long.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, default_value = "2h")]
+        duration: Duration,
+        /// Why (shown in Alertmanager).
+        #[arg(long)]
+        comment: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -99,6 +99,15 @@ fn run(cli: Cli) -> Result<Exit> {
             json: _,
             what: Some(AlertsCommand::Rules),
         } => alerts::rules(&home()?),
+        Command::Alerts {
+            json: _,
+            what:
+                Some(AlertsCommand::Silence {
+                    name,
+                    duration,
+                    comment,
+                }),
+        } => alerts::silence(&home()?, &name, duration, comment),
         Command::Alerts { json, what: None } => alerts::alerts(&home()?, json),
         Command::Export {
             name,

@@ -254,7 +254,7 @@ impl Client {
             .as_ref()
             .and_then(|f| fs_err::read_to_string(f).ok())
             .and_then(|s| s.trim().parse().ok());
-        verify_listener(*port, pid, *what)
+        verify_listener(*port, pid, what)
     }
 
     /// A request to `path` carrying the credentials, once the listener is verified.

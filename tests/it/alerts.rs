@@ -408,3 +408,103 @@ fn ray_a_killed_cluster_with_a_running_task_is_notified_and_an_idle_one_stopped_
         hook.received()
     );
 }
+
+/// `alerts silence NAME` stops that cluster's notifications (a planned stop),
+/// not the others': both clusters' GPUs sit idle, only the unsilenced one's
+/// alert reaches the webhook, while Prometheus fires both.
+#[test]
+fn a_silenced_cluster_is_not_notified_and_the_others_are() {
+    if on_path("prometheus-alertmanager").is_none() && on_path("alertmanager").is_none() {
+        unmet("alertmanager");
+    }
+    let hook = Webhook::start();
+    let base = scratch();
+    let (quiet, loud) = (base.path().join("ray_quiet"), base.path().join("ray_loud"));
+    for d in [&quiet, &loud] {
+        fs_err::create_dir(d).unwrap();
+    }
+    let stack = Stack::up(&[
+        "--no-default-watch",
+        "--watch",
+        quiet.to_str().unwrap(),
+        "--watch",
+        loud.to_str().unwrap(),
+        "--gpu-idle-for",
+        "1s",
+        "--notify-webhook",
+        &hook.url,
+    ]);
+    let (quiet_name, loud_name) = (
+        format!("{}-ray_quiet", user()),
+        format!("{}-ray_loud", user()),
+    );
+    let out = stack.run(&[
+        "alerts",
+        "silence",
+        &quiet_name,
+        "--for",
+        "2h",
+        "--comment",
+        "planned stop",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(&format!(
+            "silenced the notifications of {quiet_name} until "
+        )),
+        "{said}"
+    );
+
+    let (e1, e2) = (
+        MetricsEndpoint::serve(&idle_gpu_node("session_quiet_1")),
+        MetricsEndpoint::serve(&idle_gpu_node("session_loud_1")),
+    );
+    let _h1 = FakeHead::start(&quiet, "session_quiet_1", vec![e1.addr.clone()]);
+    let _h2 = FakeHead::start(&loud, "session_loud_1", vec![e2.addr.clone()]);
+    let notified = |name: &str| {
+        hook.received().iter().any(|n| {
+            n["alerts"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|a| a["labels"]["ray_io_cluster"] == name))
+        })
+    };
+    wait_for(
+        "the loud cluster notified",
+        Duration::from_secs(120),
+        || notified(&loud_name).then_some(()),
+    );
+    // Prometheus fires both: only the notification is silenced.
+    let out = stack.run(&["alerts", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let firing: Vec<&str> = v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] == "firing" && a["labels"]["alertname"] == "RayGpusIdle")
+        .filter_map(|a| a["labels"]["ray_io_cluster"].as_str())
+        .collect();
+    assert!(firing.contains(&quiet_name.as_str()), "{v}");
+    // Watched for one more group wait (10 s) and a margin: never notified.
+    let watch = std::time::Instant::now();
+    while watch.elapsed() < Duration::from_secs(15) {
+        assert!(!notified(&quiet_name), "{:?}", hook.received());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn silence_without_alertmanager_says_how_to_get_one() {
+    let (stack, _root) = Stack::watching("ray_none", &[]);
+    let out = stack.run(&["alerts", "silence", "x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runs no Alertmanager (it runs with `raywatch up --notify-webhook URL`)"),
+        "{err}"
+    );
+}
