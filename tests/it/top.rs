@@ -669,7 +669,7 @@ fn recorded_values_are_the_live_values() {
 fn without_the_rules_top_asks_live_and_up_turns_them_back_on() {
     let (stack, root) = Stack::watching("ray_norules", &["--no-top-rules"]);
     let yml = fs_err::read_to_string(stack.home.join("prometheus/prometheus.yml")).unwrap();
-    assert!(!yml.contains("rule_files"), "{yml}");
+    assert!(!yml.contains("top-rules.yml"), "{yml}");
     let endpoint = MetricsEndpoint::serve(&every_value_metrics("session_nr_1"));
     let _head = FakeHead::start(&root, "session_nr_1", vec![endpoint.addr.clone()]);
     let name = format!("{}-ray_norules", user());
