@@ -141,6 +141,7 @@ pub fn cluster_values() -> Vec<(&'static str, String)> {
     let mut values = scrape_values();
     values.extend(resource_values());
     values.extend(task_values());
+    values.extend(alert_values());
     values
 }
 
@@ -230,6 +231,15 @@ fn resource_values() -> Vec<(&'static str, String)> {
             store("ray_object_store_available_memory", "AVAILABLE"),
         ),
     ]
+}
+
+/// The alerts firing for a cluster (Prometheus' `ALERTS` series carry the
+/// cluster's labels, as raywatch's rules aggregate by them).
+fn alert_values() -> Vec<(&'static str, String)> {
+    vec![(
+        "alerts_firing",
+        format!(r#"count by ({KEY}) (ALERTS{{alertstate="firing"}})"#),
+    )]
 }
 
 /// A cluster's tasks by state: running, pending (now and two minutes ago), finished,

@@ -88,6 +88,16 @@ fn idle_gpus_fire_their_alert_which_alerts_and_status_show_and_up_turns_off() {
         summary.starts_with(&format!("GPUs held by {name} (user {} on ", user())),
         "{summary}"
     );
+    // top marks the cluster (its recorded values follow within an evaluation).
+    wait_for("top to count the alert", Duration::from_secs(30), || {
+        let top = stack.run(&["top", "--once", "--json"]);
+        let v: Value = serde_json::from_slice(&top.stdout).unwrap();
+        v["clusters"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name.as_str() && c["alerts_firing"].as_u64() >= Some(1))
+            .map(|_| ())
+    });
     // status counts it; `alerts` shows it for people.
     let st = stack.status();
     assert!(

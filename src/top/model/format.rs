@@ -77,6 +77,9 @@ pub fn cells(c: &Cluster) -> Vec<String> {
                 .as_deref()
                 .map_or(DASH.into(), |h| escape::text(h).into_owned()),
             Column::State => match c.state {
+                Some(State::Live) if c.alerts_firing.unwrap_or(0) > 0 => {
+                    format!("live !{}", c.alerts_firing.unwrap_or(0))
+                }
                 Some(State::Live) => "live".into(),
                 Some(State::Dead) => "dead".into(),
                 None => DASH.into(),

@@ -82,6 +82,8 @@ pub struct Cluster {
     pub tasks_pending_before: Option<u64>,
     pub tasks_finished: Option<u64>,
     pub tasks_failed_5m: Option<u64>,
+    /// Alerts firing for it (`raywatch alerts` lists them); 0 when none.
+    pub alerts_firing: Option<u64>,
     pub targets: Option<u64>,
     pub targets_down: Option<u64>,
     pub samples_per_scrape: Option<f64>,
@@ -231,6 +233,7 @@ fn add_live_values(c: &mut Cluster, f: &Fields) {
     c.tasks_pending_before = count(get("tasks_pending_before"));
     c.tasks_finished = tasks("tasks_finished");
     c.tasks_failed_5m = tasks("tasks_failed_5m");
+    c.alerts_firing = count(get("alerts_firing").or(Some(0.0)));
 }
 
 /// Puts each cluster's sparkline (GPU when it has GPUs, else CPU) from a
@@ -356,6 +359,25 @@ mod tests {
         let s = [sample("targets", "a", "4"), sample("nodes_total", "a", "3")];
         let c = clusters(&s, 100.0, None);
         assert_eq!((c[0].nodes_up, c[0].nodes_total), (Some(0), Some(3)));
+    }
+
+    #[test]
+    fn a_live_cluster_with_alerts_firing_says_how_many() {
+        let s = [
+            sample("targets", "a", "1"),
+            sample("last_seen", "a", "100"),
+            sample("alerts_firing", "a", "2"),
+        ];
+        let c = clusters(&s, 100.0, None).remove(0);
+        assert_eq!(c.alerts_firing, Some(2));
+        let state = Column::ALL
+            .iter()
+            .position(|k| *k == Column::State)
+            .unwrap();
+        assert_eq!(format::cells(&c)[state], "live !2");
+        let quiet = clusters(&s[..2], 100.0, None).remove(0);
+        assert_eq!(quiet.alerts_firing, Some(0));
+        assert_eq!(format::cells(&quiet)[state], "live");
     }
 
     #[test]

@@ -232,11 +232,12 @@ impl App {
     }
 }
 
-/// Whether a live cluster's cell of `column` shows trouble: targets down,
-/// pending tasks growing, the object store nearly full.
+/// Whether a live cluster's cell of `column` shows trouble: alerts firing,
+/// targets down, pending tasks growing, the object store nearly full.
 fn trouble(c: &Cluster, column: Option<Column>) -> bool {
     match column {
         Some(Column::Down) => c.targets_down.unwrap_or(0) > 0,
+        Some(Column::State) => c.alerts_firing.unwrap_or(0) > 0,
         Some(Column::Tasks) => c.pending_growing(),
         Some(Column::Store) => c.store_full(),
         _ => false,
