@@ -588,11 +588,22 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
     if hosts == 0 || clusters == 0 || hosts > 250 {
         bail!("--hosts must be 1 to 250 and --clusters at least 1");
     }
+    if seconds < 20 {
+        bail!("--seconds {seconds}: the window needs at least 20 s (two 10 s scrapes)");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
     let load_start = load();
+    let stale = netns::remove_stale()?;
+    if !stale.is_empty() {
+        eprintln!(
+            "fleet-scale: removed {} namespaces a killed run left: {}",
+            stale.len(),
+            stale.join(" ")
+        );
+    }
     let mut lan = Lan::new()?;
     let center = lan.host("c")?;
     let hs = (0..hosts)

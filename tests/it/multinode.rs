@@ -1,8 +1,8 @@
 //! A real three-node Ray cluster across three test hosts (network namespaces,
 //! see [`crate::host`]): the head and raywatch's stack on A, workers on B and C.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -635,13 +635,23 @@ RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 exec ip netns exec "$ns" "$@"
         .env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         .env("RAY_USAGE_STATS_ENABLED", "0")
         .stdout(fs_err::File::create(&log).unwrap().into_parts().0)
-        .stderr(fs_err::File::options().append(true).open(&log).unwrap().into_parts().0)
+        .stderr(
+            fs_err::File::options()
+                .append(true)
+                .open(&log)
+                .unwrap()
+                .into_parts()
+                .0,
+        )
         .process_group(0);
     let mut batch = batch.spawn().unwrap();
     let job_log = || fs_err::read_to_string(&log).unwrap_or_default();
     wait_for("the job's three nodes", Duration::from_secs(240), || {
         if let Ok(Some(st)) = batch.try_wait() {
-            panic!("the batch script ended ({st}) before its nodes joined:\n{}", job_log());
+            panic!(
+                "the batch script ended ({st}) before its nodes joined:\n{}",
+                job_log()
+            );
         }
         ready.exists().then_some(())
     });
@@ -673,7 +683,15 @@ RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 exec ip netns exec "$ns" "$@"
             .unwrap()
             .iter()
             .filter(|t| t["role"] == role)
-            .map(|t| t["address"].as_str().unwrap().rsplit_once(':').unwrap().0.to_string())
+            .map(|t| {
+                t["address"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit_once(':')
+                    .unwrap()
+                    .0
+                    .to_string()
+            })
             .collect();
         v.dedup();
         v
@@ -694,7 +712,11 @@ RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 exec ip netns exec "$ns" "$@"
     let status = wait_for("the batch script to end", Duration::from_secs(120), || {
         batch.try_wait().unwrap()
     });
-    assert!(status.success(), "the batch script failed ({status}):\n{}", job_log());
+    assert!(
+        status.success(),
+        "the batch script failed ({status}):\n{}",
+        job_log()
+    );
     wait_for("raywatch down on the head", Duration::from_secs(30), || {
         processes_mentioning(&home.display().to_string())
             .is_empty()
