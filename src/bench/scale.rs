@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::fleet::{http, mib, runtime};
+use super::fleet::{mib, runtime};
 use super::local::{percentile, sample};
 use super::netns::{self, Host, Lan};
 use crate::discovery::DISCOVERY_FILE;
@@ -643,7 +643,7 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
     // From here this thread (and what it spawns) is on the central host.
     netns::enter(&center.ns)?;
     let rt = runtime()?;
-    let http = http()?;
+    let http = fresh_http()?;
     let center_url = format!("http://{}:{CENTER_PORT}", center.addr);
     let central = match mode {
         Mode::Push => {
@@ -737,11 +737,13 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
             (n >= want).then_some(())
         },
     )?;
+    // A quarter of the window (5 to 30 s) for the remote-write queues to settle.
+    let settle = (seconds / 4).clamp(5, 30);
     eprintln!(
-        "fleet-scale: {want} targets up at the center after {}; settling 30 s, then measuring {seconds} s",
+        "fleet-scale: {want} targets up at the center after {}; settling {settle} s, then measuring {seconds} s",
         secs(t_targets.elapsed())
     );
-    nap(Duration::from_secs(30), &stop)?;
+    nap(Duration::from_secs(settle), &stop)?;
 
     // The steady window.
     let prom_pids = stacks
@@ -798,13 +800,6 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
     let mut sd_fetches: Vec<(Duration, usize)> = Vec::new();
     let mut last_rss = Instant::now() - Duration::from_secs(60);
     let mut next_sd = 0usize;
-    // A new connection per fetch, as a central Prometheus refreshing every 15 s
-    // makes (the host closes a keep-alive connection idle for 10 s).
-    let sd_http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(10))
-        .build()?;
     while t0.elapsed() < Duration::from_secs(seconds) {
         if last_rss.elapsed() >= Duration::from_secs(5) {
             last_rss = Instant::now();
@@ -816,7 +811,7 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
             if mode == Mode::Pull {
                 sd_fetches.push(sd_fetch(
                     &rt,
-                    &sd_http,
+                    &http,
                     &stacks[next_sd % hosts],
                     &hs[next_sd % hosts],
                 )?);
@@ -864,7 +859,7 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
             + targets.iter().map(|t| t.len().div_ceil(10)).sum::<usize>()
     );
     println!(
-        "| window | {window:.0} s, after every target was up and 30 s more; load average (1 min) {load_start} before, {load_end} at the end (2 cores) |"
+        "| window | {window:.0} s, after every target was up and {settle} s more; load average (1 min) {load_start} before, {load_end} at the end (2 cores) |"
     );
     let host_mode = match mode {
         Mode::Push => "agent mode, remote-writing",
@@ -921,6 +916,18 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
     }
     println!("| central data folder at the end | {} |", mib(data / 1024));
     Ok(())
+}
+
+/// An HTTP client opening a new connection per request: the servers here
+/// close idle keep-alive connections (the hosts' http_sd after 10 s,
+/// VictoriaMetrics after a minute), and a central Prometheus refreshing every
+/// 15 s connects anew as well.
+fn fresh_http() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()?)
 }
 
 /// Bytes under `dir` (recursively).
@@ -1029,7 +1036,7 @@ fn central_prometheus(
             center.addr
         ));
     let c = Central::spawn(dir, prom, "prometheus (Debian: apt-get install prometheus)")?;
-    let http = http()?;
+    let http = fresh_http()?;
     let rt = runtime()?;
     wait(
         stop,
