@@ -849,7 +849,7 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
     let (cpu_med, cpu_max) = median_max(host_cpu);
     let center_rss = peak_rss.get(&center_pid).copied().unwrap_or(0);
     let load_end = load();
-    let data = fs_extra_size(central.dir.path());
+    let data = dir_size(central.dir.path());
 
     println!("| figure | value |");
     println!("| --- | --- |");
@@ -931,11 +931,11 @@ fn fresh_http() -> Result<reqwest::Client> {
 }
 
 /// Bytes under `dir` (recursively).
-fn fs_extra_size(dir: &std::path::Path) -> u64 {
+fn dir_size(dir: &std::path::Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
+        let Ok(rd) = fs_err::read_dir(&d) else {
             continue;
         };
         for e in rd.flatten() {
