@@ -97,6 +97,8 @@ pub(crate) struct Lan {
     switch: String,
     /// Every namespace made, in order (the switch first).
     made: Vec<String>,
+    /// The network namespace of the thread that made it.
+    home: fs_err::File,
 }
 
 impl Lan {
@@ -111,6 +113,7 @@ impl Lan {
             switch: format!("{id}-switch"),
             id,
             made: Vec::new(),
+            home: fs_err::File::open("/proc/thread-self/ns/net")?,
         };
         let switch = lan.switch.clone();
         ip(&["netns", "add", &switch])?;
@@ -164,6 +167,9 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
+        // Back to where this thread was made: a thread left in one of these
+        // namespaces would spawn its `ip` there, and list itself forever.
+        let _ = nix::sched::setns(&self.home, nix::sched::CloneFlags::CLONE_NEWNET);
         // Hosts first (their veth ends go with them), the switch last.
         for ns in self.made.iter().rev() {
             remove_namespace(ns);

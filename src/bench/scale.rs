@@ -478,6 +478,20 @@ impl Drop for HostStack {
     }
 }
 
+/// Every host's stack, taken down all at once (each `down` waits for its
+/// Prometheus to finish; one after the other, 20 of them take a minute).
+struct Stacks(Vec<HostStack>);
+
+impl Drop for Stacks {
+    fn drop(&mut self) {
+        std::thread::scope(|s| {
+            for stack in self.0.drain(..) {
+                s.spawn(move || drop(stack));
+            }
+        });
+    }
+}
+
 /// A central program (VictoriaMetrics or Prometheus) in its own temp folder; stopped on drop.
 struct Central {
     child: Child,
@@ -681,7 +695,7 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
 
     // The hosts' stacks and their synthetic clusters.
     let t_up = Instant::now();
-    let mut stacks = Vec::new();
+    let mut stacks = Stacks(Vec::new());
     for (i, h) in hs.iter().enumerate() {
         if stop.load(Ordering::Relaxed) {
             bail!("interrupted");
@@ -694,10 +708,10 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
             ],
             Mode::Pull => vec!["--sd-listen".into(), format!("{}:{SD_PORT}", h.addr)],
         };
-        stacks.push(HostStack::up(h, &format!("h{i}"), &extra)?);
+        stacks.0.push(HostStack::up(h, &format!("h{i}"), &extra)?);
     }
     let mut files = Vec::new();
-    for (stack, mine) in stacks.iter().zip(&targets) {
+    for (stack, mine) in stacks.0.iter().zip(&targets) {
         for (k, t) in mine.iter().enumerate() {
             let d = stack.root.join(format!("session_scale_{k}"));
             fs_err::create_dir(&d)?;
@@ -712,7 +726,7 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
     // The central Prometheus (pull): configured from `raywatch fleet-config`.
     let central = match mode {
         Mode::Push => central,
-        Mode::Pull => Some(central_prometheus(&stacks, &hs, &center, &stop)?),
+        Mode::Pull => Some(central_prometheus(&stacks.0, &hs, &center, &stop)?),
     };
     let central = central.context("no central program")?;
     let query_url = match mode {
@@ -747,6 +761,7 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
 
     // The steady window.
     let prom_pids = stacks
+        .0
         .iter()
         .map(HostStack::prometheus_pid)
         .collect::<Result<Vec<_>>>()?;
@@ -812,7 +827,7 @@ pub fn fleet_scale(hosts: usize, clusters: usize, seconds: u64, mode: Mode) -> R
                 sd_fetches.push(sd_fetch(
                     &rt,
                     &http,
-                    &stacks[next_sd % hosts],
+                    &stacks.0[next_sd % hosts],
                     &hs[next_sd % hosts],
                 )?);
                 next_sd += 1;
