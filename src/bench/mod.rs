@@ -10,6 +10,8 @@ pub mod doctor;
 pub mod export;
 pub mod fleet;
 pub mod local;
+pub mod netns;
+pub mod scale;
 pub mod sd;
 pub mod soak;
 pub mod top;
@@ -85,6 +87,22 @@ pub enum BenchCommand {
         /// Scraping time measured, once every cluster is up.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         duration: Duration,
+    },
+    /// Needs root: N hosts (network namespaces), each a stack with M synthetic
+    /// Ray-sized nodes, feeding one central host: lag, per-host and central RSS and CPU.
+    FleetScale {
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
+        /// Synthetic clusters (of one node, ~800 series) per host.
+        #[arg(long, default_value_t = 50)]
+        clusters: usize,
+        /// The measured window, once every target is up.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// push: agent-mode stacks remote-write to one VictoriaMetrics; pull: one
+        /// central Prometheus scrapes every node through the hosts' http_sd.
+        #[arg(long, value_enum, default_value = "push")]
+        mode: scale::Mode,
     },
     /// One refresh of `raywatch top` with N synthetic clusters: wall time, queries, RSS.
     Top {
@@ -170,6 +188,12 @@ pub fn run(command: BenchCommand) -> Result<()> {
             interval,
         } => export::export(&series, per_metric, span, interval),
         BenchCommand::FleetLag { samples } => fleet::fleet_lag(samples),
+        BenchCommand::FleetScale {
+            hosts,
+            clusters,
+            seconds,
+            mode,
+        } => scale::fleet_scale(hosts, clusters, seconds, mode),
         BenchCommand::Agent {
             clusters,
             series,

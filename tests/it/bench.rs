@@ -90,3 +90,70 @@ fn doctor_bench_times_doctor_on_a_real_stack() {
         "row: {row}"
     );
 }
+
+/// The fleet-scale benchmark, small (its hosts are network namespaces, so it
+/// needs root): two hosts of two Ray-sized nodes each push to the center, the
+/// figures come out, and none of its namespaces is left.
+#[cfg(feature = "bench")]
+#[test]
+fn fleet_scale_bench_measures_a_pushed_fleet_and_leaves_no_namespace() {
+    if !nix::unistd::geteuid().is_root() {
+        crate::support::unmet("root, to create network namespaces");
+    }
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_raywatch-bench"))
+        .args([
+            "fleet-scale",
+            "--hosts",
+            "2",
+            "--clusters",
+            "2",
+            "--seconds",
+            "20",
+        ])
+        .env("RAYWATCH_BIN", raywatch_bin())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "raywatch-bench fleet-scale failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |start: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start:?} in:\n{stdout}"))
+            .to_string()
+    };
+    assert!(
+        row("| fleet | 2 hosts × 2 clusters").contains("series per node"),
+        "{stdout}"
+    );
+    let lag = row("| remote-write lag");
+    assert!(lag.contains("p50") && lag.contains("p95"), "row: {lag}");
+    assert!(row("| per-host Prometheus RSS").contains("MiB"));
+    let ingest = row("| VictoriaMetrics ingestion");
+    let rate: f64 = ingest
+        .split(" | ")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("row: {ingest}"));
+    // Four nodes of ~800 series every 10 s reach the center.
+    assert!(rate > 200.0, "row: {ingest}");
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let left: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("rwb-{pid}-")))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
