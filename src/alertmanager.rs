@@ -1,8 +1,9 @@
 //! Alertmanager in the stack: found, configured from typed structs, and how it is run.
 //!
 //! It runs only when there is somewhere to deliver to (`up --notify-webhook`):
-//! on loopback, on its own free port, with the same basic auth as Prometheus
-//! (the user `raywatch`, the stack's password, in a web config of its own),
+//! on loopback, on its own free port, with basic auth of its own (the user
+//! `raywatch`, a password of its own, never Prometheus': Prometheus' notifier
+//! sends it without checking who holds the port),
 //! its gossip port for high availability off (it would listen on every
 //! address), its data in `<home>/alertmanager/`. Prometheus sends it alerts
 //! with that credential. Alerts are grouped per cluster and alert, resolved
@@ -43,10 +44,9 @@ pub fn locate(flag: Option<&Path>) -> Result<Option<PathBuf>> {
         .ok())
 }
 
-/// Whether the stack runs Alertmanager under `cfg`: a binary, somewhere to
-/// deliver to, and a Prometheus that evaluates rules (not an agent).
+/// Whether the stack runs Alertmanager under `cfg` (see [`StackConfig::runs_alertmanager`]).
 pub fn runs(cfg: &StackConfig) -> bool {
-    cfg.alertmanager_bin.is_some() && !cfg.notify_webhooks.is_empty() && !cfg.agent
+    cfg.runs_alertmanager()
 }
 
 /// Its command line (`down` and a restarted daemon know it by `--config.file`).
@@ -144,32 +144,56 @@ pub fn config(cfg: &StackConfig) -> AlertmanagerYml {
 /// A `--notify-webhook` URL: http or https, with a host, no credentials in it
 /// (they would land in a file and a command line).
 pub fn check_webhook(url: &str) -> Result<String> {
+    // Shown without a user or password it carries.
+    let shown = crate::escape::text(&crate::remote_write::redact(url)).into_owned();
     let u = reqwest::Url::parse(url)
-        .map_err(|e| anyhow::anyhow!("--notify-webhook {url}: not a URL ({e})"))?;
+        .map_err(|e| anyhow::anyhow!("--notify-webhook {shown}: not a URL ({e})"))?;
     ensure!(
         matches!(u.scheme(), "http" | "https") && u.host_str().is_some(),
-        "--notify-webhook {url}: give an http:// or https:// URL with a host"
+        "--notify-webhook {shown}: give an http:// or https:// URL with a host"
     );
     ensure!(
         u.username().is_empty() && u.password().is_none(),
-        "--notify-webhook {url}: a URL with a user or password would be written to alertmanager.yml; use a URL with a token path instead"
+        "--notify-webhook {shown}: a URL with a user or password would be written to alertmanager.yml; use a receiver that takes no credential in its URL"
     );
     Ok(url.to_string())
 }
 
-/// Writes alertmanager.yml and its web config (the basic auth of Prometheus'
-/// web.yml) when the stack runs Alertmanager; checked with `amtool
+/// A fresh password for Alertmanager (at every start of the daemon), so one
+/// that leaked stops working.
+pub fn rotate_password(home: &Home) -> Result<()> {
+    let _ = fs_err::remove_file(home.alertmanager_password());
+    crate::prometheus::ensure_secret(&home.alertmanager_password()).map(|_| ())
+}
+
+/// Writes alertmanager.yml and its web config (basic auth with Alertmanager's
+/// own password) when the stack runs Alertmanager; checked with `amtool
 /// check-config` when there is one.
 pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
     if !runs(cfg) {
         return Ok(());
     }
     fs_err::create_dir_all(home.alertmanager_dir())?;
-    crate::atomic::write(
-        &home.alertmanager_web_yml(),
-        &fs_err::read(home.web_yml())?,
-        0o600,
-    )?;
+    let password = crate::prometheus::ensure_secret(&home.alertmanager_password())?;
+    let current = fs_err::read_to_string(home.alertmanager_web_yml())
+        .ok()
+        .and_then(|t| serde_yaml_ng::from_str::<crate::prometheus::schema::WebYml>(&t).ok())
+        .and_then(|w| w.basic_auth_users.get(crate::prometheus::USER).cloned())
+        .is_some_and(|hash| bcrypt::verify(&password, &hash).unwrap_or(false));
+    if !current {
+        let web = crate::prometheus::schema::WebYml {
+            basic_auth_users: [(
+                crate::prometheus::USER.to_string(),
+                bcrypt::hash(&password, 10)?,
+            )]
+            .into(),
+        };
+        crate::atomic::write(
+            &home.alertmanager_web_yml(),
+            serde_yaml_ng::to_string(&web)?.as_bytes(),
+            0o600,
+        )?;
+    }
     let yml = serde_yaml_ng::to_string(&config(cfg))?;
     let staged = crate::atomic::stage(
         &home.alertmanager_dir(),
@@ -207,10 +231,17 @@ mod tests {
     fn webhooks_must_be_http_urls_without_credentials() {
         assert!(check_webhook("https://hooks.example/t/abc").is_ok());
         assert!(check_webhook("http://127.0.0.1:9000/x").is_ok());
-        for bad in ["ftp://x/y", "not a url", "https://user:pw@hooks.example/"] {
+        for bad in ["ftp://x/y", "not a url"] {
             let e = check_webhook(bad).unwrap_err().to_string();
             assert!(e.starts_with(&format!("--notify-webhook {bad}")), "{e}");
         }
+        let e = check_webhook("https://user:s3cret@hooks.example/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("with a user or password") && !e.contains("s3cret"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -166,8 +166,10 @@ fn cluster_rules(t: &Thresholds) -> Vec<Alert> {
             "RayClusterDied",
             Severity::Critical,
             min,
+            // By session too: a new cluster of the same name (its head restarted)
+            // has `up` of its own, and the old one's end still counts.
             format!(
-                r#"(sum by ({KEY}) (last_over_time(ray_tasks{{State=~"{UNFINISHED}"}}[10m])) > 0) unless on({KEY}) group by ({KEY}) (up)"#
+                r#"(sum by ({KEY}, ray_session) (last_over_time(ray_tasks{{State=~"{UNFINISHED}"}}[10m])) > 0) unless on({KEY}, ray_session) group by ({KEY}, ray_session) (up)"#
             ),
             "Ray cluster {who} ended with tasks still running or pending",
             "The cluster stopped (head killed, OOM, node failure, job cancelled) before its work finished. \
@@ -178,9 +180,12 @@ fn cluster_rules(t: &Thresholds) -> Vec<Alert> {
             "RayNodeLost",
             Severity::Warning,
             Duration::ZERO,
+            // Nodes of a live session only: a new session of the same name has
+            // new endpoints, and the old session's are not lost nodes.
             format!(
-                "(count by ({KEY}) (max by ({KEY}, instance) (last_over_time(ray_node_cpu_utilization[10m])) unless on({KEY}, instance) up) > 0) \
-                 and on({KEY}) group by ({KEY}) (up)"
+                "count by ({KEY}) ((max by ({KEY}, ray_session, instance) (last_over_time(ray_node_cpu_utilization[10m])) \
+                 unless on({KEY}, ray_session, instance) up) \
+                 and on({KEY}, ray_session) group by ({KEY}, ray_session) (up)) > 0"
             ),
             "Ray cluster {who} lost {{ $value }} node(s)",
             "A worker node left the live cluster (its raylet died, its host went down or was preempted). \
@@ -211,11 +216,23 @@ fn cluster_rules(t: &Thresholds) -> Vec<Alert> {
     ]
 }
 
+/// A Ray gauge's newest sample within a minute: some Ray versions drop a gauge
+/// from a scrape between two reports, and an empty evaluation would reset a `for`.
+fn fresh(metric: &str, selector: &str) -> String {
+    format!("last_over_time({metric}{{{selector}}}[60s])")
+}
+
 /// The object store, GPUs held idle, nodes' disks.
 fn resource_rules(t: &Thresholds) -> Vec<Alert> {
     let five = Duration::from_secs(5 * 60);
-    let used = format!("sum by ({KEY}) (ray_object_store_used_memory)");
-    let free = format!("sum by ({KEY}) (ray_object_store_available_memory)");
+    let used = format!(
+        "sum by ({KEY}) ({})",
+        fresh("ray_object_store_used_memory", "")
+    );
+    let free = format!(
+        "sum by ({KEY}) ({})",
+        fresh("ray_object_store_available_memory", "")
+    );
     vec![
         alert(
             "RayObjectStoreFull",
@@ -231,7 +248,10 @@ fn resource_rules(t: &Thresholds) -> Vec<Alert> {
             "RayObjectStoreSpilling",
             Severity::Warning,
             Duration::from_secs(60),
-            format!(r#"sum by ({KEY}) (ray_object_store_memory{{Location="SPILLED"}}) > 0"#),
+            format!(
+                "sum by ({KEY}) ({}) > 0",
+                fresh("ray_object_store_memory", r#"Location="SPILLED""#)
+            ),
             "Ray cluster {who} is spilling objects to disk ({{ $value | humanize1024 }}B spilled)",
             "The object store is full and Ray writes objects to disk, which is slow and fills the disk. \
              See RayObjectStoreFull: fewer live references or a larger object store.",
@@ -241,8 +261,10 @@ fn resource_rules(t: &Thresholds) -> Vec<Alert> {
             Severity::Warning,
             t.gpu_idle_for,
             format!(
-                r#"(avg by ({KEY}) (ray_node_gpus_utilization) < {}) and on({KEY}) (sum by ({KEY}) (ray_resources{{Name="GPU",State="USED"}}) > 0)"#,
-                t.gpu_idle_percent
+                "(avg by ({KEY}) ({}) < {}) and on({KEY}) (sum by ({KEY}) ({}) > 0)",
+                fresh("ray_node_gpus_utilization", ""),
+                t.gpu_idle_percent,
+                fresh("ray_resources", r#"Name="GPU",State="USED""#)
             ),
             "GPUs held by {who} have been idle (below {{ $value | humanize }} %)",
             "The cluster holds GPUs that do no work, on a machine others may be waiting for. \
@@ -254,8 +276,10 @@ fn resource_rules(t: &Thresholds) -> Vec<Alert> {
             Severity::Warning,
             five,
             format!(
-                "max by ({KEY}, instance) (ray_node_disk_usage / (ray_node_disk_usage + ray_node_disk_free)) > {}",
-                t.disk_full
+                "max by ({KEY}, instance) ({u} / ({u} + {f})) > {}",
+                t.disk_full,
+                u = fresh("ray_node_disk_usage", ""),
+                f = fresh("ray_node_disk_free", "")
             ),
             "The disk of node {{ $labels.instance }} of {who} is {{ $value | humanizePercentage }} full",
             "Ray stops accepting objects and logs stop being written when the disk fills. \

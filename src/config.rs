@@ -174,6 +174,12 @@ impl Default for StackConfig {
 }
 
 impl StackConfig {
+    /// Whether the stack runs Alertmanager: a binary, somewhere to deliver to
+    /// (`--notify-webhook`), and a Prometheus that evaluates rules (no agent).
+    pub fn runs_alertmanager(&self) -> bool {
+        self.alertmanager_bin.is_some() && !self.notify_webhooks.is_empty() && !self.agent
+    }
+
     /// The `ray_host` label: `--host-label`, else this machine's short host name.
     pub fn ray_host(&self) -> String {
         self.host_label.clone().unwrap_or_else(short_hostname)

@@ -64,6 +64,7 @@ fn prometheus_files() {
             top: crate::top::rules::for_stack(&cfg).unwrap(),
             alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
                 .unwrap(),
+            alertmanager: false,
         },
     )
     .unwrap();
@@ -115,6 +116,7 @@ fn prometheus_files_for_an_agent_that_remote_writes() {
             top: crate::top::rules::for_stack(&cfg).unwrap(),
             alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
                 .unwrap(),
+            alertmanager: false,
         },
     )
     .unwrap();
@@ -160,6 +162,7 @@ fn prometheus_yml_that_remote_writes_keeps_tops_recorded_series_home() {
             top: crate::top::rules::for_stack(&cfg).unwrap(),
             alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
                 .unwrap(),
+            alertmanager: false,
         },
     )
     .unwrap();
@@ -177,6 +180,7 @@ fn prometheus_yml_that_remote_writes_keeps_tops_recorded_series_home() {
             top: crate::top::rules::for_stack(&cfg).unwrap(),
             alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
                 .unwrap(),
+            alertmanager: false,
         },
     )
     .unwrap();

@@ -157,6 +157,12 @@ impl Home {
     pub fn prometheus_password(&self) -> PathBuf {
         self.secrets_dir().join("prometheus-password")
     }
+    /// Alertmanager's own password (never Prometheus'): Prometheus' notifier
+    /// cannot check who holds Alertmanager's port, so what it sends there is
+    /// worth no more than Alertmanager itself.
+    pub fn alertmanager_password(&self) -> PathBuf {
+        self.secrets_dir().join("alertmanager-password")
+    }
 
     /// Whether the home exists at all (a stack may have been set up here).
     pub fn exists(&self) -> bool {

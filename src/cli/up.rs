@@ -52,6 +52,7 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     if config.agent {
         check_agent_support(&config.prometheus_bin)?;
     }
+    check_notifications(&config)?;
     config.save(&home.config())?;
     if args.foreground {
         // The daemon's own lock keeps it single; `down` must not wait on this one.
@@ -137,6 +138,27 @@ fn grafana_bin(args: &UpArgs) -> Result<Option<PathBuf>> {
             None
         }),
     })
+}
+
+/// Webhooks need an Alertmanager to deliver them and a Prometheus that
+/// evaluates rules: said plainly rather than saved to do nothing.
+fn check_notifications(config: &StackConfig) -> Result<()> {
+    if config.notify_webhooks.is_empty() {
+        return Ok(());
+    }
+    if config.alertmanager_bin.is_none() {
+        return Err(Hint::attach(
+            anyhow!("--notify-webhook needs Alertmanager, and none was found"),
+            "`raywatch install alertmanager` gets it (no root needed), or name one with --alertmanager-bin PATH",
+        ));
+    }
+    if config.agent {
+        return Err(Hint::attach(
+            anyhow!("--notify-webhook with --agent: an agent evaluates no alert rules"),
+            "load `raywatch alerts rules` into the central store's Prometheus or vmalert and notify from there, or drop --agent",
+        ));
+    }
+    Ok(())
 }
 
 /// The Alertmanager to run when there are receivers: the flag's, one on PATH,
@@ -605,6 +627,23 @@ fn tail(path: &Path, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn webhooks_are_refused_without_an_alertmanager_or_with_an_agent() {
+        let mut cfg = StackConfig {
+            notify_webhooks: vec!["http://127.0.0.1:9/hook".into()],
+            ..StackConfig::default()
+        };
+        let e = format!("{:#}", check_notifications(&cfg).unwrap_err());
+        assert!(e.contains("needs Alertmanager, and none was found"), "{e}");
+        cfg.alertmanager_bin = Some("/usr/bin/prometheus-alertmanager".into());
+        assert!(check_notifications(&cfg).is_ok());
+        cfg.agent = true;
+        let e = format!("{:#}", check_notifications(&cfg).unwrap_err());
+        assert!(e.contains("an agent evaluates no alert rules"), "{e}");
+        cfg.notify_webhooks.clear();
+        assert!(check_notifications(&cfg).is_ok());
+    }
     use super::*;
 
     #[test]

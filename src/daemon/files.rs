@@ -11,6 +11,7 @@ pub fn write(home: &Home, cfg: &StackConfig) -> Result<()> {
     let rules = crate::prometheus::Rules {
         top: crate::top::rules::for_stack(cfg)?,
         alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)?,
+        alertmanager: crate::alertmanager::runs(cfg),
     };
     crate::prometheus::write_files(home, cfg, &rules)?;
     crate::alertmanager::write_files(home, cfg)?;

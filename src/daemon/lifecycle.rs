@@ -378,9 +378,13 @@ mod tests {
                 at,
             );
         };
-        see(&mut r, &["10.213.1.1:8080", "10.213.2.1:8080"], t0);
+        see(
+            &mut r,
+            &["10.213.1.1:8080", "10.213.2.1:8080", "10.213.1.1:44217"],
+            t0,
+        );
         let lost_at = t0 + Duration::from_secs(7);
-        see(&mut r, &["10.213.1.1:8080"], lost_at);
+        see(&mut r, &["10.213.1.1:8080", "10.213.1.1:44217"], lost_at);
         let mut h = History::default();
         let (records, _) = catch_up(&h, r.clusters(), "h", true, lost_at);
         let lost: Vec<&Record> = records

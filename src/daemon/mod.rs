@@ -389,6 +389,9 @@ fn prepare(
     // A new password at every start: one that leaked (an old Ray file, a
     // squatter before this fix) stops working with the next `up`.
     let password = crate::prometheus::rotate_password(home)?;
+    if crate::alertmanager::runs(&config) {
+        crate::alertmanager::rotate_password(home)?;
+    }
     files::write(home, &config)?;
     // The gateway for Ray: held by the daemon for its whole life.
     let (listener, config) = bind_gateway(home, config)?;

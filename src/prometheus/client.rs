@@ -130,24 +130,21 @@ impl Client {
     /// The stack's Alertmanager on this home (it shares Prometheus' credential).
     pub fn alertmanager(home: &Home) -> Result<Client> {
         let config = StackConfig::load(&home.config())?
-            .filter(crate::alertmanager::runs)
+            .filter(StackConfig::runs_alertmanager)
             .with_context(|| {
                 format!(
                     "the stack at {} runs no Alertmanager (it runs with `raywatch up --notify-webhook URL`)",
                     home.root().display()
                 )
             })?;
-        let mut c = Client::for_home(home)?;
-        c.base = format!("http://127.0.0.1:{}", config.alertmanager_port);
-        if let Target::Stack {
-            port,
-            pid_file,
-            what,
-            ..
-        } = &mut c.target
-        {
-            *port = config.alertmanager_port;
-            *pid_file = Some(home.alertmanager_pid());
+        let password = fs_err::read_to_string(home.alertmanager_password())
+            .with_context(|| format!("cannot read {}", home.alertmanager_password().display()))?;
+        let mut c = Client::new(
+            config.alertmanager_port,
+            password.trim().to_string(),
+            Some(home.alertmanager_pid()),
+        );
+        if let Target::Stack { what, .. } = &mut c.target {
             *what = "Alertmanager";
         }
         Ok(c)

@@ -142,6 +142,9 @@ pub struct Rules {
     pub top: Option<RecordingRules>,
     /// The alert rules file, as YAML.
     pub alerts: Option<String>,
+    /// Whether the stack's Alertmanager runs to take the alerts (its port is
+    /// the settings'; see `alertmanager::runs`).
+    pub alertmanager: bool,
 }
 
 /// prometheus.yml for a stack: one `ray` job reading the targets glob (so
@@ -174,14 +177,14 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig, all: &Rules) -> Prometheus
             .map(|(i, rw)| remote_write_config(home, i, rw, rules))
             .collect(),
         scrape_configs: vec![ray_job(home, cfg), self_scrape(home, cfg)],
-        alerting: crate::alertmanager::runs(cfg).then(|| Alerting {
+        alerting: all.alertmanager.then(|| Alerting {
             alertmanagers: vec![AlertmanagerConfig {
                 static_configs: vec![StaticConfig {
                     targets: vec![format!("127.0.0.1:{}", cfg.alertmanager_port)],
                 }],
                 basic_auth: BasicAuth {
                     username: USER.into(),
-                    password_file: home.prometheus_password().to_string_lossy().into_owned(),
+                    password_file: home.alertmanager_password().to_string_lossy().into_owned(),
                 },
             }],
         }),

@@ -65,10 +65,17 @@ impl Cluster {
         self.state == State::Live
     }
 
-    /// Records the endpoints of `before` that `self.targets` no longer lists,
-    /// lost at `at` (a live cluster's new listing).
+    /// Records the workers' endpoints of `before` that `self.targets` no longer
+    /// lists, lost at `at` (a live cluster's new listing). The head's own
+    /// endpoints (its autoscaler or dashboard moving to another port) are no
+    /// lost node.
     pub(crate) fn note_losses(&mut self, before: &[String], at: SystemTime) {
-        for endpoint in before.iter().filter(|t| !self.targets.contains(t)) {
+        let roles = crate::ray::roles(before);
+        for (endpoint, _) in before
+            .iter()
+            .zip(roles)
+            .filter(|(t, role)| *role == crate::ray::Role::Worker && !self.targets.contains(t))
+        {
             self.lost.push(NodeLoss {
                 endpoint: endpoint.clone(),
                 at,

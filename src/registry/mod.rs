@@ -697,13 +697,15 @@ mod tests {
         let now = Instant::now();
         let a = found("/tmp/ray_a", "session_x_111");
         let (head, b, c) = ("10.213.1.1:8080", "10.213.2.1:8080", "10.213.3.1:8080");
+        // Ray lists the nodes, then the head's autoscaler and dashboard.
+        let (auto, dash) = ("10.213.1.1:44217", "10.213.1.1:44227");
         let see = |r: &mut Registry, targets: &[&str], secs: u64| {
             let wall = t0 + Duration::from_secs(secs);
             r.observe(&a, Origin::Watched, listing(targets, wall), now, wall);
         };
-        see(&mut r, &[head, b, c], 0);
-        see(&mut r, &[head, b], 5);
-        see(&mut r, &[head, b], 10);
+        see(&mut r, &[head, b, c, auto, dash], 0);
+        see(&mut r, &[head, b, auto, dash], 5);
+        see(&mut r, &[head, b, auto, dash], 10);
         let lost = |r: &Registry| {
             r.get(&a.file)
                 .unwrap()
@@ -719,10 +721,10 @@ mod tests {
         };
         assert_eq!(lost(&r), [(c.to_string(), 5)]);
         // A worker back on the same address is listed, not lost; its loss stays recorded.
-        see(&mut r, &[head, b, c], 15);
+        see(&mut r, &[head, b, c, auto, dash], 15);
         assert!(lost(&r).is_empty());
         assert_eq!(r.get(&a.file).unwrap().lost.len(), 1);
-        see(&mut r, &[head], 20);
+        see(&mut r, &[head, auto, dash], 20);
         assert_eq!(lost(&r), [(b.to_string(), 20), (c.to_string(), 20)]);
     }
 
@@ -734,11 +736,11 @@ mod tests {
         let a = found("/tmp/ray_a", "session_x_111");
         for i in 0..(MAX_LOST as u64 + 10) {
             let wall = t0 + Duration::from_secs(i);
-            let (keep, gone) = ("127.0.0.1:1".to_string(), format!("127.0.0.1:{}", 1000 + i));
+            let (keep, gone) = ("127.0.0.1:1".to_string(), format!("10.0.0.2:{}", 1000 + i));
             r.observe(
                 &a,
                 Origin::Watched,
-                listing(&[&keep, &gone], wall),
+                listing(&[&gone, &keep], wall),
                 now,
                 wall,
             );
@@ -747,7 +749,7 @@ mod tests {
         assert_eq!(c.lost.len(), MAX_LOST);
         assert_eq!(
             c.lost.last().unwrap().endpoint,
-            format!("127.0.0.1:{}", 1000 + MAX_LOST as u64 + 8)
+            format!("10.0.0.2:{}", 1000 + MAX_LOST as u64 + 8)
         );
         // Dead (its file stale), then rewritten with fewer targets: a revival, not a loss.
         let late = t0 + Duration::from_secs(500);

@@ -195,8 +195,10 @@ fn resource_values() -> Vec<(&'static str, String)> {
         // dropped them from the cluster's list (a dead or removed worker).
         (
             "nodes_lost",
+            // Of a live session only: a new cluster of the same name has new
+            // endpoints, and the old session's nodes are no lost ones.
             format!(
-                "count by ({KEY}) (max by ({KEY}, instance) (last_over_time(ray_node_cpu_utilization{{{RAY}}}[{LOST_WINDOW}])) unless on({KEY}, instance) up{{{OURS}}})"
+                "count by ({KEY}) ((max by ({KEY}, ray_session, instance) (last_over_time(ray_node_cpu_utilization{{{RAY}}}[{LOST_WINDOW}])) unless on({KEY}, ray_session, instance) up{{{OURS}}}) and on({KEY}, ray_session) group by ({KEY}, ray_session) (up{{{OURS}}}))"
             ),
         ),
         (
