@@ -23,6 +23,12 @@ pub fn stack_filters(stack: &Stack) -> Vec<(String, String)> {
             r"\b\d+(\.\d)? (B|KiB|MiB|GiB|TiB)\b".into(),
             "[size]".into(),
         ),
+        // What the alert rules hold at that moment (a target down is pending
+        // for 5 minutes once Prometheus has evaluated the rule once).
+        (
+            r"alerts      \d+ firing, \d+ pending.*".into(),
+            "alerts      [n] firing, [n] pending".into(),
+        ),
     ]
 }
 
