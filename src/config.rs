@@ -106,6 +106,10 @@ pub struct StackConfig {
     /// The thresholds of the built-in alert rules (`up --gpu-idle-below` ...).
     #[serde(default)]
     pub alerts: crate::alerts::Thresholds,
+    /// The user's own alert rule files (`up --alert-rules FILE`), as read and
+    /// checked at `up`: a copy, so that the stack never reads another file later.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_rules: Vec<UserRules>,
     /// The Alertmanager binary, when one was found at `up`.
     #[serde(default)]
     pub alertmanager_bin: Option<PathBuf>,
@@ -116,6 +120,14 @@ pub struct StackConfig {
     /// Alertmanager runs only when there is one.
     #[serde(default)]
     pub notify_webhooks: Vec<String>,
+}
+
+/// One rules file of the user's (`up --alert-rules`): where it came from, and its
+/// text as checked by promtool then; Prometheus reads the copy in the stack's home.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserRules {
+    pub source: PathBuf,
+    pub yaml: String,
 }
 
 /// One remote-write destination. Credentials come from files only, never from
@@ -166,6 +178,7 @@ impl Default for StackConfig {
             no_top_rules: false,
             no_default_alerts: false,
             alerts: crate::alerts::Thresholds::default(),
+            user_rules: Vec::new(),
             alertmanager_bin: None,
             alertmanager_port: 0,
             notify_webhooks: Vec::new(),

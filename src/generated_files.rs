@@ -57,17 +57,8 @@ fn prometheus_files() {
     home.ensure().unwrap();
     // No promtool check in a unit test: the binary named does not matter here.
     cfg.prometheus_bin = dir.path().join("no-prometheus");
-    crate::prometheus::write_files(
-        &home,
-        &cfg,
-        &crate::prometheus::Rules {
-            top: crate::top::rules::for_stack(&cfg).unwrap(),
-            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
-                .unwrap(),
-            alertmanager: false,
-        },
-    )
-    .unwrap();
+    crate::prometheus::write_files(&home, &cfg, &crate::daemon::files::rules(&cfg).unwrap())
+        .unwrap();
     insta::assert_snapshot!(
         "prometheus.yml",
         read(dir.path(), "prometheus/prometheus.yml")
@@ -109,17 +100,8 @@ fn prometheus_files_for_an_agent_that_remote_writes() {
             ca_file: None,
         },
     ];
-    crate::prometheus::write_files(
-        &home,
-        &cfg,
-        &crate::prometheus::Rules {
-            top: crate::top::rules::for_stack(&cfg).unwrap(),
-            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
-                .unwrap(),
-            alertmanager: false,
-        },
-    )
-    .unwrap();
+    crate::prometheus::write_files(&home, &cfg, &crate::daemon::files::rules(&cfg).unwrap())
+        .unwrap();
     insta::assert_snapshot!(
         "prometheus-agent.yml",
         read(dir.path(), "prometheus/prometheus.yml")
@@ -155,17 +137,8 @@ fn prometheus_yml_that_remote_writes_keeps_tops_recorded_series_home() {
         basic_auth_file: None,
         ca_file: None,
     }];
-    crate::prometheus::write_files(
-        &home,
-        &cfg,
-        &crate::prometheus::Rules {
-            top: crate::top::rules::for_stack(&cfg).unwrap(),
-            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
-                .unwrap(),
-            alertmanager: false,
-        },
-    )
-    .unwrap();
+    crate::prometheus::write_files(&home, &cfg, &crate::daemon::files::rules(&cfg).unwrap())
+        .unwrap();
     insta::assert_snapshot!(
         "prometheus-remote-write.yml",
         read(dir.path(), "prometheus/prometheus.yml")
@@ -173,17 +146,8 @@ fn prometheus_yml_that_remote_writes_keeps_tops_recorded_series_home() {
     // Without the rules (`up --no-top-rules`, `--no-default-alerts`) neither the rules nor the drop.
     cfg.no_top_rules = true;
     cfg.no_default_alerts = true;
-    crate::prometheus::write_files(
-        &home,
-        &cfg,
-        &crate::prometheus::Rules {
-            top: crate::top::rules::for_stack(&cfg).unwrap(),
-            alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)
-                .unwrap(),
-            alertmanager: false,
-        },
-    )
-    .unwrap();
+    crate::prometheus::write_files(&home, &cfg, &crate::daemon::files::rules(&cfg).unwrap())
+        .unwrap();
     let yml = read(dir.path(), "prometheus/prometheus.yml");
     assert!(
         !yml.contains("rule_files") && !yml.contains("raywatch_top"),

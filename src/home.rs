@@ -76,6 +76,10 @@ impl Home {
     pub fn alert_rules(&self) -> PathBuf {
         self.prometheus_dir().join("alerts.yml")
     }
+    /// The copy of the user's `i`th rules file (`up --alert-rules`).
+    pub fn user_rules(&self, i: usize) -> PathBuf {
+        self.prometheus_dir().join(format!("user-rules-{i}.yml"))
+    }
     pub fn web_yml(&self) -> PathBuf {
         self.prometheus_dir().join("web.yml")
     }

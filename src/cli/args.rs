@@ -349,6 +349,14 @@ pub struct UpArgs {
         humantime::format_duration(crate::alerts::Thresholds::default().gpu_idle_for),
     ))]
     pub gpu_idle_for: Option<Duration>,
+    /// Also evaluate the alerting (or recording) rules of this Prometheus rules file
+    /// (repeatable; replaces the saved list). It is checked with promtool and copied:
+    /// run `up --alert-rules` again after editing it.
+    #[arg(long = "alert-rules", value_name = "FILE", help_heading = "Alerts")]
+    pub alert_rules: Vec<PathBuf>,
+    /// Stop evaluating the rules files given with --alert-rules.
+    #[arg(long, help_heading = "Alerts", conflicts_with = "alert_rules")]
+    pub no_alert_rules: bool,
     /// Stop dropping the labels saved earlier.
     #[arg(long, help_heading = "Cardinality", conflicts_with = "drop_label")]
     pub no_drop_label: bool,

@@ -32,6 +32,7 @@ mod query;
 mod status;
 mod top;
 mod up;
+mod user_rules;
 
 pub use crate::error::{Hint, HintExt};
 pub use args::{

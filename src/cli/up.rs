@@ -53,6 +53,7 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
         check_agent_support(&config.prometheus_bin)?;
     }
     check_notifications(&config)?;
+    super::user_rules::check(&config)?;
     config.save(&home.config())?;
     if args.foreground {
         // The daemon's own lock keeps it single; `down` must not wait on this one.
@@ -221,6 +222,7 @@ fn reconfigure(
         .with_context(|| format!("the running stack has no {}", escape::path(&home.config())))?;
     let mut wanted = current.clone();
     apply_settings(args, &mut wanted)?;
+    super::user_rules::check(&wanted)?;
     let port_change = args
         .prometheus_port
         .is_some_and(|p| p != current.prometheus_port)
@@ -339,6 +341,7 @@ fn apply_alerts(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
     if let Some(d) = args.gpu_idle_for {
         base.alerts.gpu_idle_for = d;
     }
+    super::user_rules::apply(args, base)?;
     if args.no_notify_webhook {
         base.notify_webhooks.clear();
     }

@@ -8,12 +8,21 @@ use crate::home::Home;
 /// Writes Prometheus' files (with `top`'s recording rules and the alert rules
 /// the settings ask for) and Grafana's, each checked before it replaces the old.
 pub fn write(home: &Home, cfg: &StackConfig) -> Result<()> {
-    let rules = crate::prometheus::Rules {
-        top: crate::top::rules::for_stack(cfg)?,
-        alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)?,
-        alertmanager: crate::alertmanager::runs(cfg),
-    };
-    crate::prometheus::write_files(home, cfg, &rules)?;
+    crate::prometheus::write_files(home, cfg, &rules(cfg)?)?;
     crate::alertmanager::write_files(home, cfg)?;
     crate::grafana::write_files(home, cfg)
+}
+
+/// Every rules file the settings give the stack's Prometheus.
+pub fn rules(cfg: &StackConfig) -> Result<crate::prometheus::Rules> {
+    Ok(crate::prometheus::Rules {
+        top: crate::top::rules::for_stack(cfg)?,
+        alerts: crate::alerts::for_stack(cfg.no_default_alerts, cfg.agent, &cfg.alerts)?,
+        // An agent evaluates no rules (`up` refuses --alert-rules with --agent).
+        user: match cfg.agent {
+            true => Vec::new(),
+            false => cfg.user_rules.iter().map(|r| r.yaml.clone()).collect(),
+        },
+        alertmanager: crate::alertmanager::runs(cfg),
+    })
 }

@@ -20,7 +20,7 @@ mod attach;
 mod clusters;
 mod control;
 mod every;
-mod files;
+pub(crate) mod files;
 mod follow;
 mod harvest;
 mod lifecycle;

@@ -171,6 +171,15 @@ pub const SETTINGS: &[Setting] = &[
         })),
     },
     Setting {
+        field: "user_rules",
+        effects: &[ReloadPrometheus],
+        differs: field!(user_rules),
+        shown: Some(("your rules files", |c| {
+            let files: Vec<_> = c.user_rules.iter().map(|r| r.source.display()).collect();
+            format!("{files:?}")
+        })),
+    },
+    Setting {
         field: "alertmanager_bin",
         effects: &[FreshStart],
         differs: field!(alertmanager_bin),
@@ -436,6 +445,7 @@ mod tests {
             no_top_rules,
             no_default_alerts,
             alerts,
+            user_rules,
             alertmanager_bin,
             alertmanager_port,
             notify_webhooks,

@@ -38,13 +38,22 @@ pub fn write_files(home: &Home, cfg: &StackConfig, rules: &Rules) -> Result<()> 
         )?;
     }
     // The rules first: the prometheus.yml naming them may be read at any moment.
-    let files = [
+    let mut files = vec![
         (
             home.top_rules(),
             rules.top.as_ref().map(|r| r.yaml.as_str()),
         ),
         (home.alert_rules(), rules.alerts.as_deref()),
     ];
+    files.extend(
+        rules
+            .user
+            .iter()
+            .enumerate()
+            .map(|(i, y)| (home.user_rules(i), Some(y.as_str()))),
+    );
+    // The copies of user rules files no longer given (at most as many as were ever kept).
+    files.extend((rules.user.len()..MAX_USER_RULES).map(|i| (home.user_rules(i), None)));
     for (path, yaml) in &files {
         if let Some(yaml) = yaml {
             write_checked(home, cfg, path, yaml, &["check", "rules"])?;
@@ -68,6 +77,40 @@ pub fn write_files(home: &Home, cfg: &StackConfig, rules: &Rules) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// At most this many rules files of the user's (`up --alert-rules`).
+pub const MAX_USER_RULES: usize = 16;
+
+/// Checks a rules file's text with `promtool check rules` (the one beside
+/// `prometheus`, else on PATH): Err with promtool's words when it refuses it,
+/// Ok(false) when there is no promtool to ask.
+pub fn check_rules(prometheus: &Path, text: &str) -> Result<bool> {
+    let Some(promtool) = promtool_beside(prometheus) else {
+        return Ok(false);
+    };
+    let mut file = tempfile::Builder::new()
+        .prefix("raywatch-rules-")
+        .suffix(".yml")
+        .tempfile()
+        .context("cannot stage the rules file for promtool")?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(file.path())
+        .output()
+        .with_context(|| format!("cannot run {}", promtool.display()))?;
+    if !out.status.success() {
+        // promtool names the staged copy; the caller names the file it came from.
+        let said = format!(
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .replace(&*file.path().to_string_lossy(), "the file");
+        bail!("promtool check rules: {}", said.trim());
+    }
+    Ok(true)
 }
 
 /// Writes `text` to `dest` in Prometheus' folder unless it holds it already: staged

@@ -142,6 +142,8 @@ pub struct Rules {
     pub top: Option<RecordingRules>,
     /// The alert rules file, as YAML.
     pub alerts: Option<String>,
+    /// The user's own rules files (`up --alert-rules`), as YAML, in order.
+    pub user: Vec<String>,
     /// Whether the stack's Alertmanager runs to take the alerts (its port is
     /// the settings'; see `alertmanager::runs`).
     pub alertmanager: bool,
@@ -168,6 +170,7 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig, all: &Rules) -> Prometheus
         ]
         .into_iter()
         .flatten()
+        .chain((0..all.user.len()).map(|i| home.user_rules(i)))
         .map(|p| p.to_string_lossy().into_owned())
         .collect(),
         remote_write: cfg

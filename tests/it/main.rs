@@ -29,4 +29,5 @@ mod settings;
 mod snapshots;
 mod support;
 mod top;
+mod userrules;
 mod wheel;
