@@ -45,6 +45,8 @@ pub struct Clusters {
 #[derive(Debug, Clone, Default)]
 pub struct Detail {
     pub nodes: Vec<Node>,
+    /// Its alerts firing or pending.
+    pub alerts: Vec<model::ClusterAlert>,
     pub charts: BTreeMap<String, Vec<Option<f64>>>,
     pub window: Duration,
     pub grafana_url: Option<String>,
@@ -139,9 +141,11 @@ pub async fn fetch_cluster(
     let (host, name, _) = key;
     let (start, end, step) = grid(window, 60);
     let (nodes, charts) = (queries::nodes(host, name), queries::charts(host, name));
-    let (samples, series) = tokio::join!(
+    let alerts = queries::alerts(host, name);
+    let (samples, series, alerts) = tokio::join!(
         api.instant(&nodes),
-        api.range::<BTreeMap<String, String>>(&charts, start, end, step)
+        api.range::<BTreeMap<String, String>>(&charts, start, end, step),
+        api.instant(&alerts)
     );
     let grafana_url = match home {
         Some(home) if host.is_empty() => grafana_url(home, name).await,
@@ -149,6 +153,7 @@ pub async fn fetch_cluster(
     };
     Ok(Detail {
         nodes: model::nodes(&samples?),
+        alerts: model::alerts(&alerts?),
         charts: model::charts(&series?, start, end, step.as_secs_f64()),
         window,
         grafana_url,

@@ -302,6 +302,12 @@ pub fn selector(host: &str, name: &str) -> String {
     )
 }
 
+/// The alerts of one cluster, firing and pending: raywatch's rules keep the
+/// cluster's labels, and so do the user's that aggregate by them.
+pub fn alerts(host: &str, name: &str) -> String {
+    format!("ALERTS{{{}}}", selector(host, name))
+}
+
 /// The cluster view's per-node values of one cluster, in one instant query.
 pub fn nodes(host: &str, name: &str) -> String {
     let sel = selector(host, name);

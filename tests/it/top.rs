@@ -1050,3 +1050,46 @@ fn ctrl_c_and_sigterm_restore_the_terminal() {
         );
     }
 }
+
+/// The cluster view lists the cluster's alerts: a held-idle GPU alert fires
+/// (the threshold raised over the endpoint's 50 %) and shows with its severity.
+#[test]
+fn the_cluster_view_lists_the_alerts_of_the_cluster() {
+    let (stack, root) = Stack::watching(
+        "ray_alerted",
+        &["--gpu-idle-below", "80", "--gpu-idle-for", "1s"],
+    );
+    let endpoint = MetricsEndpoint::serve(&every_value_metrics("session_al_1"));
+    let _head = FakeHead::start(&root, "session_al_1", vec![endpoint.addr.clone()]);
+    let name = format!("{}-ray_alerted", user());
+    wait_for(
+        "an alert firing for the cluster",
+        Duration::from_secs(90),
+        || {
+            cluster(&snapshot(&stack, &[]), &name)
+                .filter(|c| c["alerts_firing"].as_u64() >= Some(1))
+                .map(|_| ())
+        },
+    );
+    let tmux = Tmux::start(200, 40);
+    tmux.literal(&format!(
+        "RAYWATCH_HOME='{}' '{}' top --interval 1s",
+        stack.home.display(),
+        raywatch_bin().display()
+    ));
+    tmux.keys(&["Enter"]);
+    tmux.wait_screen("the cluster on the home screen", |s| {
+        s.contains(&name) && s.contains("q quit")
+    });
+    tmux.keys(&["g", "Enter"]);
+    let view = tmux.wait_screen("the cluster view with its alert", |s| {
+        s.contains("INSTANCE") && s.contains("RayGpusIdle (firing, warning)")
+    });
+    assert!(view.contains("alerts:"), "{view}");
+    tmux.keys(&["q"]);
+    wait_for(
+        "the terminal back to normal",
+        Duration::from_secs(10),
+        || (tmux.modes() == "0 1").then_some(()),
+    );
+}

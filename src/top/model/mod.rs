@@ -15,7 +15,7 @@ use crate::prometheus::{Point, Series};
 
 pub use column::{Column, matches, order, sort};
 pub use format::{DASH, Snapshot, age, bytes, cells, num, percent, spark, text_table, used_of};
-pub use nodes::{Gpu, Node, charts, nodes};
+pub use nodes::{ClusterAlert, Gpu, Node, alerts, charts, nodes};
 
 /// The labels of a batched per-cluster answer; any other label is skipped unread.
 #[derive(serde::Deserialize, Debug, Clone, Default, PartialEq)]

@@ -1,5 +1,6 @@
-//! One cluster's view of `raywatch top`: its nodes (with their GPUs) and its charts, from
-//! the answers of [`crate::top::queries::nodes`] and [`crate::top::queries::charts`].
+//! One cluster's view of `raywatch top`: its nodes (with their GPUs), its charts and its
+//! alerts, from the answers of [`crate::top::queries::nodes`],
+//! [`crate::top::queries::charts`] and [`crate::top::queries::alerts`].
 
 use std::collections::BTreeMap;
 
@@ -36,6 +37,33 @@ pub struct Gpu {
     pub util_percent: Option<f64>,
     pub mem_used_bytes: Option<f64>,
     pub mem_total_bytes: Option<f64>,
+}
+
+/// One alert of the cluster, firing or pending (Prometheus' `ALERTS` series).
+#[derive(Serialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClusterAlert {
+    /// "firing" or "pending" (firing sorts first).
+    pub state: String,
+    pub name: String,
+    pub severity: Option<String>,
+}
+
+/// The alerts of one cluster from an answer of [`crate::top::queries::alerts`]:
+/// firing first, then by name; one per alert and state.
+pub fn alerts(samples: &[Sample]) -> Vec<ClusterAlert> {
+    let mut out: Vec<ClusterAlert> = samples
+        .iter()
+        .filter_map(|s| {
+            Some(ClusterAlert {
+                state: s.metric.get("alertstate")?.clone(),
+                name: s.metric.get("alertname")?.clone(),
+                severity: s.metric.get("severity").cloned(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (a.state != "firing", &a.name).cmp(&(b.state != "firing", &b.name)));
+    out.dedup();
+    out
 }
 
 /// The nodes of one cluster from an answer of [`crate::top::queries::nodes`], keyed by IP:

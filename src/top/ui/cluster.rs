@@ -1,5 +1,5 @@
-//! Drawing one cluster's view of `raywatch top`: its summary line, its nodes, four charts
-//! over the chosen window and its Grafana link.
+//! Drawing one cluster's view of `raywatch top`: its summary line, its alerts, its nodes,
+//! four charts over the chosen window and its Grafana link.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -12,6 +12,40 @@ use crate::escape;
 use crate::top::Detail;
 use crate::top::model::{self, Cluster, Column, Key, Node};
 
+/// The cluster's alerts in one line: firing ones in red, pending in yellow.
+fn alert_line(alerts: &[model::ClusterAlert]) -> Line<'static> {
+    if alerts.is_empty() {
+        return Line::from(Span::styled(
+            "alerts: none",
+            Style::default().add_modifier(Modifier::DIM),
+        ));
+    }
+    let mut spans = vec![Span::raw("alerts:")];
+    for a in alerts {
+        let colour = if a.state == "firing" {
+            Color::Red
+        } else {
+            Color::Yellow
+        };
+        let severity = a
+            .severity
+            .as_deref()
+            .map(|s| format!(", {}", escape::text(s)))
+            .unwrap_or_default();
+        spans.push(Span::raw("  "));
+        spans.push(Span::styled(
+            format!(
+                "{} ({}{severity})",
+                escape::text(&a.name),
+                escape::text(&a.state)
+            ),
+            Style::default().fg(colour).add_modifier(Modifier::BOLD),
+        ));
+    }
+    spans.push(Span::raw("  (raywatch alerts)"));
+    Line::from(spans)
+}
+
 /// The charts: title, series name, colour.
 const CHARTS: [(&str, &str, Color); 4] = [
     ("CPU %", "cpu", Color::Green),
@@ -23,8 +57,9 @@ const CHARTS: [(&str, &str, Color); 4] = [
 impl App {
     pub(super) fn render_cluster(&self, f: &mut Frame, area: Rect, key: &Key) {
         let cluster = self.clusters.iter().find(|c| &c.key() == key);
-        let [info, nodes, charts, link] = Layout::vertical([
+        let [info, alerts, nodes, charts, link] = Layout::vertical([
             Constraint::Length(2),
+            Constraint::Length(1),
             Constraint::Min(3),
             Constraint::Length(6),
             Constraint::Length(1),
@@ -40,6 +75,7 @@ impl App {
             f.render_widget(Paragraph::new("loading…"), nodes);
             return;
         };
+        f.render_widget(Paragraph::new(alert_line(&detail.alerts)), alerts);
         f.render_widget(node_table(&detail.nodes), nodes);
         let parts = Layout::horizontal([Constraint::Ratio(1, 4); 4]).split(charts);
         for (chart, part) in CHARTS.into_iter().zip(parts.iter()) {
@@ -214,6 +250,15 @@ mod tests {
     /// The cluster view of a cluster whose CPU and memory charts hold `points`
     /// (61, oldest first, as `top` fetches them), drawn `w` x 16.
     fn screen(points: Vec<Option<f64>>, w: u16) -> Vec<String> {
+        screen_with(points, w, Vec::new())
+    }
+
+    /// [`screen`], the cluster having `alerts`.
+    fn screen_with(
+        points: Vec<Option<f64>>,
+        w: u16,
+        alerts: Vec<model::ClusterAlert>,
+    ) -> Vec<String> {
         let mut app = App::new("test".into(), false, Duration::from_secs(2), Duration::ZERO);
         let cluster = Cluster {
             name: "alice-ray".into(),
@@ -241,6 +286,7 @@ mod tests {
             key,
             Detail {
                 nodes: vec![node],
+                alerts,
                 charts,
                 window: Duration::from_secs(15 * 60),
                 grafana_url: None,
@@ -292,6 +338,44 @@ mod tests {
         assert!(
             top[7..].iter().all(|c| *c == '█') && top[..7].iter().all(|c| *c == ' '),
             "the newest 21 points are 100 %, the 7 before them 0 %: {chart:#?}"
+        );
+    }
+
+    #[test]
+    fn the_clusters_alerts_are_listed_firing_first_and_escaped() {
+        let sample = |name: &str, state: &str| crate::prometheus::Sample {
+            metric: [
+                ("alertname", name),
+                ("alertstate", state),
+                ("severity", "warning"),
+                ("ray_io_cluster", "alice-ray"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            value: (0.0, "1".into()),
+        };
+        let alerts = model::alerts(&[
+            sample("RayTargetDown", "pending"),
+            sample("RayGpusIdle", "firing"),
+            sample("Evil\x1b[2J", "firing"),
+        ]);
+        assert_eq!(
+            alerts.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+            ["Evil\x1b[2J", "RayGpusIdle", "RayTargetDown"]
+        );
+        let lines = screen_with(vec![None; 61], 160, alerts);
+        let line = lines.iter().find(|l| l.starts_with("alerts:")).unwrap();
+        assert!(
+            line.contains("RayGpusIdle (firing, warning)")
+                && line.contains("RayTargetDown (pending, warning)"),
+            "{line}"
+        );
+        assert!(!lines.concat().contains('\x1b'), "{lines:#?}");
+        let none = screen(vec![None; 61], 160);
+        assert!(
+            none.iter().any(|l| l.starts_with("alerts: none")),
+            "{none:#?}"
         );
     }
 }
