@@ -502,8 +502,16 @@ pub fn overview_columns() -> Vec<(&'static str, &'static str)> {
             "Pending tasks",
             r#"sum by (ray_io_cluster) (ray_tasks{State=~"PENDING.*"})"#,
         ),
+        (
+            "Alerts firing",
+            r#"count by (ray_io_cluster) (ALERTS{alertstate="firing"})"#,
+        ),
     ]
 }
+
+/// The overview's second panel: every alert firing, one row per alert and cluster
+/// (Prometheus' `ALERTS` series; raywatch's rules keep the cluster's labels).
+pub const FIRING_ALERTS: &str = r#"ALERTS{alertstate="firing"}"#;
 
 /// The key columns: every live cluster with a running node has a value in each.
 pub const OVERVIEW_KEY_COLUMNS: &[&str] = &[
@@ -574,6 +582,24 @@ pub fn overview_dashboard(datasource_name: &str) -> Value {
                     }]}]
                 }]
             }
+        }, {
+            "id": 2,
+            "type": "table",
+            "title": "Alerts firing (raywatch alerts; a silence: raywatch alerts silence CLUSTER)",
+            "gridPos": {"h": 8, "w": 24, "x": 0, "y": 12},
+            "datasource": ds,
+            "targets": [Target {
+                expr: FIRING_ALERTS.into(),
+                ref_id: "A".into(),
+                instant: true,
+                format: "table".into(),
+                legend_format: "{{alertname}}".into(),
+                datasource: ds.clone(),
+            }],
+            "transformations": [{"id": "organize", "options": {
+                "excludeByName": {"Time": true, "Value": true, "__name__": true, "alertstate": true},
+                "indexByName": {"alertname": 0, "ray_io_cluster": 1, "severity": 2, "ray_user": 3}
+            }}]
         }]
     })
 }

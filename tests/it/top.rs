@@ -1052,9 +1052,11 @@ fn ctrl_c_and_sigterm_restore_the_terminal() {
 }
 
 /// The cluster view lists the cluster's alerts: a held-idle GPU alert fires
-/// (the threshold raised over the endpoint's 50 %) and shows with its severity.
+/// (the threshold raised over the endpoint's 50 %) and shows with its severity;
+/// the Grafana overview's alert panel and column (their queries, as provisioned)
+/// show it too.
 #[test]
-fn the_cluster_view_lists_the_alerts_of_the_cluster() {
+fn the_cluster_view_and_the_grafana_overview_list_the_alerts_of_the_cluster() {
     let (stack, root) = Stack::watching(
         "ray_alerted",
         &["--gpu-idle-below", "80", "--gpu-idle-for", "1s"],
@@ -1087,6 +1089,37 @@ fn the_cluster_view_lists_the_alerts_of_the_cluster() {
     });
     assert!(view.contains("alerts:"), "{view}");
     tmux.keys(&["q"]);
+    let overview: Value = serde_json::from_str(
+        &fs_err::read_to_string(stack.home.join("grafana/dashboards/raywatch-overview.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let panels = overview["panels"].as_array().unwrap();
+    let alert_panel = panels
+        .iter()
+        .find(|p| p["title"].as_str().unwrap().starts_with("Alerts firing"))
+        .expect("an alerts panel");
+    let firing = stack.query(alert_panel["targets"][0]["expr"].as_str().unwrap());
+    assert!(
+        firing
+            .iter()
+            .any(|s| s["metric"]["alertname"] == "RayGpusIdle"
+                && s["metric"]["ray_io_cluster"] == name.as_str()),
+        "{firing:#?}"
+    );
+    let column = panels[0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["legendFormat"] == "Alerts firing")
+        .expect("an alerts column");
+    let counted = stack.query(column["expr"].as_str().unwrap());
+    assert!(
+        counted
+            .iter()
+            .any(|s| s["metric"]["ray_io_cluster"] == name.as_str()),
+        "{counted:#?}"
+    );
     wait_for(
         "the terminal back to normal",
         Duration::from_secs(10),
