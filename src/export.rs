@@ -9,7 +9,9 @@
 //! for. Families are written one after the other (never interleaved), each
 //! series' samples in time order, chunks disjoint (a sample on a boundary
 //! belongs to the earlier chunk), so promtool finds no duplicate and no
-//! out-of-order sample.
+//! out-of-order sample. Series the stack's Prometheus derives itself (alerts,
+//! recording rules' `a:b` names) are left out: they are not the cluster's, they
+//! go on being written after it ends, and the rules re-derive them on import.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -115,6 +117,12 @@ pub async fn to_file(req: &Request<'_>, out: &Path) -> Result<Stats> {
     Ok(stats)
 }
 
+/// Whether a metric is derived by the stack's Prometheus: an alert's state, or a
+/// recording rule's output (by Prometheus' naming convention, the only names with ':').
+fn derived(name: &str) -> bool {
+    matches!(name, "ALERTS" | "ALERTS_FOR_STATE") || name.contains(':')
+}
+
 /// Writes the OpenMetrics text of the request to `w`, ending with `# EOF`.
 pub async fn write(req: &Request<'_>, w: &mut impl Write) -> Result<Stats> {
     let sel = matchers(&req.selector);
@@ -130,7 +138,7 @@ pub async fn write(req: &Request<'_>, w: &mut impl Write) -> Result<Stats> {
             ],
         )
         .await?;
-    let names: BTreeSet<String> = names.into_iter().collect();
+    let names: BTreeSet<String> = names.into_iter().filter(|n| !derived(n)).collect();
     if names.is_empty() {
         bail!(
             "Prometheus has no series with {{{sel}}} between {} and {}",
@@ -295,6 +303,27 @@ fn family_of(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn alerts_and_recorded_series_are_derived_ray_series_are_not() {
+        for name in [
+            "ALERTS",
+            "ALERTS_FOR_STATE",
+            "raywatch_top:cpu",
+            "job:up:sum",
+        ] {
+            assert!(derived(name), "{name}");
+        }
+        for name in [
+            "ray_tasks",
+            "ray_node_cpu_utilization",
+            "up",
+            "ALERTS_total",
+        ] {
+            assert!(!derived(name), "{name}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -65,17 +65,7 @@ fn idle_gpus_fire_their_alert_which_alerts_and_status_show_and_up_turns_off() {
     let endpoint = MetricsEndpoint::serve(&idle_gpu_node("session_idle_1"));
     let _head = FakeHead::start(&root, "session_idle_1", vec![endpoint.addr.clone()]);
     let name = format!("{}-ray_idle", user());
-    let alerts = || -> Vec<Value> {
-        let out = stack.run(&["alerts", "--json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["schema"], 1);
-        v["alerts"].as_array().unwrap().clone()
-    };
+    let alerts = || stack.alerts();
     let idle = wait_for("RayGpusIdle firing", Duration::from_secs(90), || {
         alerts()
             .into_iter()
@@ -489,16 +479,13 @@ fn a_silenced_cluster_is_not_notified_and_the_others_are() {
         || notified(&loud_name).then_some(()),
     );
     // Prometheus fires both: only the notification is silenced.
-    let out = stack.run(&["alerts", "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let firing: Vec<&str> = v["alerts"]
-        .as_array()
-        .unwrap()
+    let alerts = stack.alerts();
+    let firing: Vec<&str> = alerts
         .iter()
         .filter(|a| a["state"] == "firing" && a["labels"]["alertname"] == "RayGpusIdle")
         .filter_map(|a| a["labels"]["ray_io_cluster"].as_str())
         .collect();
-    assert!(firing.contains(&quiet_name.as_str()), "{v}");
+    assert!(firing.contains(&quiet_name.as_str()), "{alerts:#?}");
     // Watched for one more group wait (10 s) and a margin: never notified.
     let watch = std::time::Instant::now();
     while watch.elapsed() < Duration::from_secs(15) {

@@ -238,6 +238,23 @@ fn ray_cluster_export_round_trips_through_promtool_into_a_fresh_prometheus() {
     export(&stack, &[&name, "--out", gz.to_str().unwrap()]);
     let text = fs_err::read(&plain).unwrap();
     assert!(text.ends_with(b"# EOF\n"));
+    // Only the cluster's own series: no alert state or recorded series, which
+    // the stack's rules go on writing after the cluster ended.
+    let text_str = String::from_utf8_lossy(&text);
+    let families: Vec<&str> = text_str
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    assert!(
+        families.contains(&"ray_node_cpu_utilization"),
+        "{families:?}"
+    );
+    assert!(
+        families
+            .iter()
+            .all(|f| !f.starts_with("ALERTS") && !f.contains(':')),
+        "derived series exported: {families:?}"
+    );
     let unzipped = gunzip(&gz);
     assert!(
         unzipped == text,

@@ -220,6 +220,19 @@ impl Stack {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The alerts the stack fires or holds pending (`raywatch alerts --json`).
+    pub fn alerts(&self) -> Vec<Value> {
+        let out = self.run(&["alerts", "--json"]);
+        assert!(
+            out.status.success(),
+            "alerts failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["schema"], 1, "{v}");
+        v["alerts"].as_array().cloned().unwrap_or_default()
+    }
+
     /// The series the stack's Prometheus holds for `promql` at this instant
     /// (`raywatch query --json`).
     pub fn query(&self, promql: &str) -> Vec<Value> {

@@ -33,16 +33,8 @@ const BAD: &str = "groups:
 
 /// The names of the alerts the stack fires or holds pending.
 fn alert_names(stack: &Stack) -> Vec<String> {
-    let out = stack.run(&["alerts", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["alerts"]
-        .as_array()
-        .unwrap()
+    stack
+        .alerts()
         .iter()
         .filter_map(|a| a["labels"]["alertname"].as_str().map(String::from))
         .collect()
