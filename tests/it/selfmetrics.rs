@@ -217,3 +217,64 @@ fn a_detached_cluster_with_running_tasks_raises_no_cluster_died_and_one_that_die
         stack.diagnostics()
     );
 }
+
+/// A worker node Ray stops listing while the cluster lives: raywatch counts it
+/// lost, and RayNodeLost fires on that count, naming the cluster.
+#[test]
+fn a_node_a_live_cluster_stops_listing_is_counted_lost_and_fires_ray_node_lost() {
+    let (stack, root) = Stack::watching("ray_nodes", &[]);
+    let endpoint = MetricsEndpoint::serve(&busy_node("session_nodes_1", 0));
+    // Ray lists its nodes, the head's last: a worker on another address.
+    let worker = format!("127.0.0.2:{}", free_port());
+    let head = FakeHead::start(
+        &root,
+        "session_nodes_1",
+        vec![worker.clone(), endpoint.addr.clone()],
+    );
+    let name = format!("{}-ray_nodes", user());
+    one(
+        &stack,
+        "two nodes up",
+        &format!(r#"raywatch_cluster_nodes{{ray_io_cluster="{name}",state="up"}} == 2"#),
+        Duration::from_secs(60),
+    );
+    assert!(
+        stack
+            .query(&format!(
+                r#"ALERTS{{alertname="RayNodeLost",ray_io_cluster="{name}"}}"#
+            ))
+            .is_empty()
+    );
+    // The worker leaves: Ray's next listing has the head alone.
+    drop(head);
+    let _head = FakeHead::start(&root, "session_nodes_1", vec![endpoint.addr.clone()]);
+    one(
+        &stack,
+        "one node lost",
+        &format!(r#"raywatch_cluster_nodes{{ray_io_cluster="{name}",state="lost"}} == 1"#),
+        Duration::from_secs(30),
+    );
+    let alert = one(
+        &stack,
+        "RayNodeLost firing",
+        &format!(
+            r#"ALERTS{{alertname="RayNodeLost",ray_io_cluster="{name}",alertstate="firing"}}"#
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(alert["metric"]["severity"], "warning", "{alert}");
+    let out = stack.run(&["alerts", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "RayNodeLost")
+        .map(|a| a["annotations"]["summary"].as_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        summary.starts_with(&format!("Ray cluster {name} (user {} on ", user()))
+            && summary.ends_with("lost 1 node(s)"),
+        "{summary}"
+    );
+}
