@@ -18,6 +18,15 @@
 //!   Ray), `lost` (listed before, not now) and `known` (both);
 //! - `raywatch_cluster_node_losses_total`: nodes a live cluster lost so far.
 //!
+//! And the stack's own: `raywatch_inputs_rejected{kind}` (discovery files and
+//! watched roots refused now), `raywatch_reads_exhausted_total` (reads failed
+//! for want of descriptors or memory), `raywatch_endpoints_withheld{reason}`
+//! (listed endpoints not scraped: `foreign`, `no_listener`, `contested`),
+//! `raywatch_gateway_refusals_total{kind}` (`connection`: another user;
+//! `request`: beyond the query API), `raywatch_history_writes_total{result}`,
+//! and the watch budget: `raywatch_watch_folders`, `raywatch_watch_degraded`,
+//! `raywatch_watch_limit` (`fs.inotify.max_user_watches`).
+//!
 //! An ended cluster's series stay [`KEEP_ENDED`] (beyond a rule's `for` and its
 //! evaluation), at most [`MAX_ENDED`] of them (the oldest go first), then go:
 //! the daemon's memory stays flat under any churn.
