@@ -2,8 +2,8 @@
 //!
 //! Ray ships no alert rules. These are written on the series every stack has:
 //! Ray's own (tasks, nodes, object store, GPUs, disks, its memory monitor's
-//! kills), `up` of the targets raywatch publishes (a cluster's targets go
-//! when raywatch finds it dead, a worker's when Ray stops listing it), and
+//! kills), raywatch's own (how each cluster ended, its nodes lost: see
+//! `daemon::metrics`), `up` of the targets raywatch publishes, and
 //! Prometheus' own (remote write, the sample limit). Each rule carries a
 //! severity, a `for`, a summary naming the cluster, its user and host, and a
 //! description saying what to do. [`rules`] renders them for
@@ -159,17 +159,19 @@ pub fn rules(t: &Thresholds) -> AlertFile {
 fn cluster_rules(t: &Thresholds) -> Vec<Alert> {
     let min = Duration::from_secs(60);
     vec![
-        // A cluster raywatch found dead loses its targets (`up` goes); its last
-        // task counts, within 10 minutes, say whether work was left. The `for`
-        // lets `up` come back after a restart of Prometheus before anything fires.
+        // raywatch says how a cluster ended (`died`: found dead by the liveness
+        // bound or its GCS; not a detach, nor a folder no longer watched); its
+        // last task counts, within 10 minutes, say whether work was left. The
+        // `for` lets a cluster found dead by mistake (a head stalled past the
+        // bound, then rewriting again) come back before anything fires.
         alert(
             "RayClusterDied",
             Severity::Critical,
             min,
             // By session too: a new cluster of the same name (its head restarted)
-            // has `up` of its own, and the old one's end still counts.
+            // is live, and the old one's end still counts.
             format!(
-                r#"(sum by ({KEY}, ray_session) (last_over_time(ray_tasks{{State=~"{UNFINISHED}"}}[10m])) > 0) unless on({KEY}, ray_session) group by ({KEY}, ray_session) (up)"#
+                r#"(sum by ({KEY}, ray_session) (last_over_time(ray_tasks{{State=~"{UNFINISHED}"}}[10m])) > 0) and on({KEY}, ray_session) raywatch_cluster_ended_timestamp_seconds{{reason="died"}}"#
             ),
             "Ray cluster {who} ended with tasks still running or pending",
             "The cluster stopped (head killed, OOM, node failure, job cancelled) before its work finished. \
@@ -180,12 +182,12 @@ fn cluster_rules(t: &Thresholds) -> Vec<Alert> {
             "RayNodeLost",
             Severity::Warning,
             Duration::ZERO,
-            // Nodes of a live session only: a new session of the same name has
-            // new endpoints, and the old session's are not lost nodes.
+            // raywatch's count of a live cluster's nodes lost (listed by Ray, then
+            // not), while one was lost within 10 minutes. Only live clusters
+            // have node counts: the nodes of a cluster that ended are no loss.
             format!(
-                "count by ({KEY}) ((max by ({KEY}, ray_session, instance) (last_over_time(ray_node_cpu_utilization[10m])) \
-                 unless on({KEY}, ray_session, instance) up) \
-                 and on({KEY}, ray_session) group by ({KEY}, ray_session) (up)) > 0"
+                "(sum by ({KEY}) (raywatch_cluster_nodes{{state=\"lost\"}}) > 0) \
+                 and on({KEY}) (sum by ({KEY}) (increase(raywatch_cluster_node_losses_total[10m])) > 0)"
             ),
             "Ray cluster {who} lost {{ $value }} node(s)",
             "A worker node left the live cluster (its raylet died, its host went down or was preempted). \

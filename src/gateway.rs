@@ -10,6 +10,10 @@
 //! itself (to a listener it verified, see [`crate::prometheus::Client`]). The
 //! daemon holds this port for its whole life, so Prometheus restarts or moves
 //! never leave Ray pointing at a port someone else can take.
+//!
+//! It also serves raywatch's own metrics ([`METRICS_PATH`]), which the stack's
+//! Prometheus (the same uid) scrapes: no other user gets a connection, so no
+//! credential is needed, nor can leak.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +25,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Where raywatch's own metrics are served.
+pub const METRICS_PATH: &str = "/raywatch/metrics";
+/// Their content type (OpenMetrics text).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Largest request body forwarded (a PromQL form post).
 const MAX_BODY: usize = 1 << 20;
@@ -150,11 +159,29 @@ pub struct Upstream {
     /// The verified, authenticated client of the stack's Prometheus (follows port moves).
     pub client: Box<dyn Fn() -> crate::prometheus::Client + Send + Sync>,
     pub counters: Arc<Counters>,
+    /// raywatch's own metrics, rendered now.
+    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
 }
 
-/// The router: every request goes through [`forward`].
+/// The router: raywatch's own metrics at [`METRICS_PATH`], every other
+/// request through [`forward`].
 pub fn router(upstream: Arc<Upstream>) -> axum::Router {
-    axum::Router::new().fallback(forward).with_state(upstream)
+    axum::Router::new()
+        .route(METRICS_PATH, axum::routing::get(own_metrics))
+        .fallback(forward)
+        .with_state(upstream)
+}
+
+async fn own_metrics(State(up): State<Arc<Upstream>>) -> Response {
+    let text = (up.metrics)();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(METRICS_CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn forward(State(up): State<Arc<Upstream>>, req: Request) -> Response {

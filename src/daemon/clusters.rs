@@ -54,6 +54,8 @@ pub struct Core {
     /// Session dirs whose Grafana dashboards were copied, or are to be looked at again.
     pub(super) harvest: Harvest,
     pub(super) history: HistoryBook,
+    /// raywatch's own metrics of the clusters (see [`super::metrics`]).
+    pub(super) metrics: super::metrics::Book,
 }
 
 /// What to follow, from the live settings.
@@ -90,6 +92,7 @@ impl Core {
             lookups: Lookups::default(),
             harvest: Harvest::default(),
             history: HistoryBook::new(now),
+            metrics: super::metrics::Book::default(),
         }
     }
 
@@ -132,6 +135,11 @@ impl Core {
             return;
         }
         let change = self.registry.observe(found, origin, read, now, wall);
+        if matches!(change, Change::Died(..)) {
+            // Its file went with its session folder (the one death a read finds).
+            self.metrics
+                .note_end(found.file.clone(), super::metrics::EndReason::Removed);
+        }
         if matches!(change, Change::Joined(_) | Change::Revived(_)) {
             self.learn_gcs_port(&found.file, now);
         }
@@ -239,6 +247,8 @@ impl Core {
             if now_a_link {
                 // Ray ≥ 2.5x replaced the temp-dir file with a link to its
                 // session's file, which is followed in its own right.
+                self.metrics
+                    .note_end(file.to_path_buf(), super::metrics::EndReason::Superseded);
                 let change = self.registry.declare_dead(
                     file,
                     SystemTime::now(),
@@ -321,6 +331,7 @@ impl Core {
         }
         self.bookkeep(now);
         self.record_history();
+        self.sync_metrics();
         probes
     }
 

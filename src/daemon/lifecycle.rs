@@ -22,6 +22,9 @@ pub struct HistoryBook {
     heartbeat: Every,
     reconciled: bool,
     generation: Option<u64>,
+    /// Appends to the history so far, and those that failed (raywatch's own metrics).
+    pub writes: u64,
+    pub write_errors: u64,
 }
 
 /// What a look at the clusters is to record.
@@ -42,6 +45,8 @@ impl HistoryBook {
             heartbeat: Every::new(history::HEARTBEAT, now),
             reconciled: false,
             generation: None,
+            writes: 0,
+            write_errors: 0,
         }
     }
 
@@ -120,7 +125,12 @@ impl HistoryBook {
                 ids: live,
             });
         }
+        if records.is_empty() {
+            return;
+        }
+        self.writes += 1;
         if let Err(e) = log.append(records) {
+            self.write_errors += 1;
             tracing::warn!("cannot record the cluster history: {e:#}");
         }
     }

@@ -25,6 +25,7 @@ mod follow;
 mod harvest;
 mod lifecycle;
 mod lookups;
+mod metrics;
 mod probe;
 mod publish;
 mod published;
@@ -392,9 +393,10 @@ fn prepare(
     if crate::alertmanager::runs(&config) {
         crate::alertmanager::rotate_password(home)?;
     }
-    files::write(home, &config)?;
-    // The gateway for Ray: held by the daemon for its whole life.
+    // The gateway for Ray: held by the daemon for its whole life. Bound
+    // first: prometheus.yml names its port (raywatch's own metrics).
     let (listener, config) = bind_gateway(home, config)?;
+    files::write(home, &config)?;
     Ok((password, listener, config))
 }
 
@@ -495,6 +497,17 @@ fn start_gateway(
             Box::new(move || shared.client.lock().unwrap().clone())
         },
         counters: shared.gateway.counters.clone(),
+        metrics: {
+            let shared = shared.clone();
+            Box::new(move || {
+                let snapshot = shared
+                    .core
+                    .lock()
+                    .unwrap()
+                    .metrics_snapshot(&shared.gateway.counters);
+                metrics::render(&snapshot)
+            })
+        },
     });
     let owner = crate::gateway::OwnerOnly::new(
         nix::unistd::geteuid().as_raw(),

@@ -38,3 +38,5 @@ pub use version::{AGENT_SINCE, WEB_CONFIG_SINCE, version};
 pub const USER: &str = "raywatch";
 /// The job every Ray target is scraped under.
 pub const RAY_JOB: &str = "ray";
+/// The job raywatch's own metrics are scraped under.
+pub const RAYWATCH_JOB: &str = "raywatch";

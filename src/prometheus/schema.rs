@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{RAY_JOB, USER};
+use super::{RAY_JOB, RAYWATCH_JOB, USER};
 use crate::config::{StackConfig, prometheus_duration};
 use crate::home::Home;
 
@@ -76,6 +76,12 @@ pub struct TlsConfig {
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct ScrapeConfig {
     pub job_name: String,
+    /// The path scraped (Prometheus' default: /metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_path: Option<String>,
+    /// Whether the scraped series' labels win over the target's (`job`, `instance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub honor_labels: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub file_sd_configs: Vec<FileSdConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -179,7 +185,14 @@ pub fn prometheus_yml(home: &Home, cfg: &StackConfig, all: &Rules) -> Prometheus
             .enumerate()
             .map(|(i, rw)| remote_write_config(home, i, rw, rules))
             .collect(),
-        scrape_configs: vec![ray_job(home, cfg), self_scrape(home, cfg)],
+        scrape_configs: [
+            Some(ray_job(home, cfg)),
+            Some(self_scrape(home, cfg)),
+            raywatch_job(cfg),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         alerting: all.alertmanager.then(|| Alerting {
             alertmanagers: vec![AlertmanagerConfig {
                 static_configs: vec![StaticConfig {
@@ -231,6 +244,8 @@ fn remote_write_config(
 fn ray_job(home: &Home, cfg: &StackConfig) -> ScrapeConfig {
     ScrapeConfig {
         job_name: RAY_JOB.into(),
+        metrics_path: None,
+        honor_labels: None,
         file_sd_configs: vec![FileSdConfig {
             files: vec![
                 home.targets_dir()
@@ -262,6 +277,8 @@ fn ray_job(home: &Home, cfg: &StackConfig) -> ScrapeConfig {
 fn self_scrape(home: &Home, cfg: &StackConfig) -> ScrapeConfig {
     ScrapeConfig {
         job_name: "prometheus".into(),
+        metrics_path: None,
+        honor_labels: None,
         file_sd_configs: vec![],
         static_configs: vec![StaticConfig {
             targets: vec![format!("127.0.0.1:{}", cfg.prometheus_port)],
@@ -273,6 +290,28 @@ fn self_scrape(home: &Home, cfg: &StackConfig) -> ScrapeConfig {
         sample_limit: None,
         metric_relabel_configs: vec![],
     }
+}
+
+/// raywatch's own metrics, from the gateway (which serves only this uid, so
+/// no credential is needed: see [`crate::gateway`]); none before its port is
+/// known. Their cluster labels (`ray_io_cluster`, `ray_user`, `ray_session`,
+/// `ray_temp_dir`) are none of the target's (`job`, `instance`), so they pass
+/// as the daemon wrote them, equal to those the `ray` job's targets give Ray's
+/// series; `honor_labels` stays false, so the target's `job` and `instance`
+/// always name the daemon.
+fn raywatch_job(cfg: &StackConfig) -> Option<ScrapeConfig> {
+    (cfg.gateway_port != 0).then(|| ScrapeConfig {
+        job_name: RAYWATCH_JOB.into(),
+        metrics_path: Some(crate::gateway::METRICS_PATH.into()),
+        honor_labels: Some(false),
+        file_sd_configs: vec![],
+        static_configs: vec![StaticConfig {
+            targets: vec![format!("127.0.0.1:{}", cfg.gateway_port)],
+        }],
+        basic_auth: None,
+        sample_limit: None,
+        metric_relabel_configs: vec![],
+    })
 }
 
 #[cfg(test)]

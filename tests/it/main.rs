@@ -25,6 +25,7 @@ mod ray;
 mod rayauth;
 mod reliability;
 mod security;
+mod selfmetrics;
 mod settings;
 mod snapshots;
 mod support;
