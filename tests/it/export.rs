@@ -273,9 +273,11 @@ fn ray_cluster_export_round_trips_through_promtool_into_a_fresh_prometheus() {
     let last = entry["ended_unix"].as_f64().unwrap() + 60.0;
     let n = assert_same_samples(&stack, &fresh, &selector, first, last);
     assert!(n >= 60, "only {n} samples of ray_node_cpu_utilization");
-    // And every series scraped from the cluster made it, with its labels (the
-    // values `top`'s rules derive from them are the stack's, not exported).
-    let sel = format!("{{ray_io_cluster=\"{name}\",job=\"ray\"}}");
+    // And every series scraped from the cluster made it, with its labels (what the
+    // stack's rules derive from them, alerts included, is the stack's, not exported).
+    let sel = format!(
+        "{{ray_io_cluster=\"{name}\",job=\"ray\",__name__!~\"ALERTS|ALERTS_FOR_STATE|.*:.*\"}}"
+    );
     let ours = series(
         &format!("http://127.0.0.1:{}", stack.port()),
         Some(&stack.password()),
