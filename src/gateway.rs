@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Where raywatch's own metrics are served.
-pub const METRICS_PATH: &str = "/raywatch/metrics";
+pub const METRICS_PATH: &str = crate::prometheus::schema::RAYWATCH_METRICS_PATH;
 /// Their content type (OpenMetrics text).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

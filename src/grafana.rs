@@ -582,25 +582,30 @@ pub fn overview_dashboard(datasource_name: &str) -> Value {
                     }]}]
                 }]
             }
-        }, {
-            "id": 2,
-            "type": "table",
-            "title": "Alerts firing (raywatch alerts; a silence: raywatch alerts silence CLUSTER)",
-            "gridPos": {"h": 8, "w": 24, "x": 0, "y": 12},
-            "datasource": ds,
-            "targets": [Target {
-                expr: FIRING_ALERTS.into(),
-                ref_id: "A".into(),
-                instant: true,
-                format: "table".into(),
-                legend_format: "{{alertname}}".into(),
-                datasource: ds.clone(),
-            }],
-            "transformations": [{"id": "organize", "options": {
-                "excludeByName": {"Time": true, "Value": true, "__name__": true, "alertstate": true},
-                "indexByName": {"alertname": 0, "ray_io_cluster": 1, "severity": 2, "ray_user": 3}
-            }}]
-        }]
+        }, alerts_panel(&ds)]
+    })
+}
+
+/// The overview's table of every alert firing, one row per alert and cluster.
+fn alerts_panel(ds: &DatasourceRef) -> Value {
+    json!({
+        "id": 2,
+        "type": "table",
+        "title": "Alerts firing (raywatch alerts; a silence: raywatch alerts silence CLUSTER)",
+        "gridPos": {"h": 8, "w": 24, "x": 0, "y": 12},
+        "datasource": ds,
+        "targets": [Target {
+            expr: FIRING_ALERTS.into(),
+            ref_id: "A".into(),
+            instant: true,
+            format: "table".into(),
+            legend_format: "{{alertname}}".into(),
+            datasource: ds.clone(),
+        }],
+        "transformations": [{"id": "organize", "options": {
+            "excludeByName": {"Time": true, "Value": true, "__name__": true, "alertstate": true},
+            "indexByName": {"alertname": 0, "ray_io_cluster": 1, "severity": 2, "ray_user": 3}
+        }}]
     })
 }
 

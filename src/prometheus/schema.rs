@@ -292,8 +292,11 @@ fn self_scrape(home: &Home, cfg: &StackConfig) -> ScrapeConfig {
     }
 }
 
+/// Where the gateway serves raywatch's own metrics, for the stack's Prometheus.
+pub const RAYWATCH_METRICS_PATH: &str = "/raywatch/metrics";
+
 /// raywatch's own metrics, from the gateway (which serves only this uid, so
-/// no credential is needed: see [`crate::gateway`]); none before its port is
+/// no credential is needed: see the gateway module); none before its port is
 /// known. Their cluster labels (`ray_io_cluster`, `ray_user`, `ray_session`,
 /// `ray_temp_dir`) are none of the target's (`job`, `instance`), so they pass
 /// as the daemon wrote them, equal to those the `ray` job's targets give Ray's
@@ -302,7 +305,7 @@ fn self_scrape(home: &Home, cfg: &StackConfig) -> ScrapeConfig {
 fn raywatch_job(cfg: &StackConfig) -> Option<ScrapeConfig> {
     (cfg.gateway_port != 0).then(|| ScrapeConfig {
         job_name: RAYWATCH_JOB.into(),
-        metrics_path: Some(crate::gateway::METRICS_PATH.into()),
+        metrics_path: Some(RAYWATCH_METRICS_PATH.into()),
         honor_labels: Some(false),
         file_sd_configs: vec![],
         static_configs: vec![StaticConfig {
