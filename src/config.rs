@@ -116,6 +116,20 @@ pub struct StackConfig {
     /// Alertmanager runs only when there is one.
     #[serde(default)]
     pub notify_webhooks: Vec<String>,
+    /// Slack incoming webhooks (`up --notify-slack-webhook-file F`): the copies
+    /// of their URLs in `<home>/secrets`, which Alertmanager reads (`api_url_file`).
+    #[serde(default)]
+    pub notify_slack: Vec<crate::alertmanager::SecretCopy>,
+    /// Webhooks whose URL carries a token (`up --notify-webhook-file F`): the
+    /// copies in `<home>/secrets`, written into alertmanager.yml (0600).
+    #[serde(default)]
+    pub notify_webhook_files: Vec<crate::alertmanager::SecretCopy>,
+    /// Where e-mail notifications go (`up --notify-email ADDR`), through `smtp`.
+    #[serde(default)]
+    pub notify_email: Vec<String>,
+    /// The mail server for `notify_email` (`up --smtp HOST:PORT`).
+    #[serde(default)]
+    pub smtp: Option<crate::alertmanager::Smtp>,
 }
 
 /// One remote-write destination. Credentials come from files only, never from
@@ -169,15 +183,28 @@ impl Default for StackConfig {
             alertmanager_bin: None,
             alertmanager_port: 0,
             notify_webhooks: Vec::new(),
+            notify_slack: Vec::new(),
+            notify_webhook_files: Vec::new(),
+            notify_email: Vec::new(),
+            smtp: None,
         }
     }
 }
 
 impl StackConfig {
     /// Whether the stack runs Alertmanager: a binary, somewhere to deliver to
-    /// (`--notify-webhook`), and a Prometheus that evaluates rules (no agent).
+    /// (`--notify-webhook` and the other receivers), and a Prometheus that
+    /// evaluates rules (no agent).
     pub fn runs_alertmanager(&self) -> bool {
-        self.alertmanager_bin.is_some() && !self.notify_webhooks.is_empty() && !self.agent
+        self.alertmanager_bin.is_some() && self.has_receivers() && !self.agent
+    }
+
+    /// Whether any notification receiver is configured.
+    pub fn has_receivers(&self) -> bool {
+        !self.notify_webhooks.is_empty()
+            || !self.notify_slack.is_empty()
+            || !self.notify_webhook_files.is_empty()
+            || !self.notify_email.is_empty()
     }
 
     /// The `ray_host` label: `--host-label`, else this machine's short host name.
