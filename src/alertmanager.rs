@@ -343,21 +343,55 @@ pub fn read_secret(flag: &str, file: &Path) -> Result<String> {
     Ok(text.trim().to_string())
 }
 
-/// Stores `secret` (read from the user's `from`) as `<home>/secrets/<name>`, 0600.
-pub fn store_secret(home: &Home, from: &Path, name: &str, secret: &str) -> Result<SecretCopy> {
+/// The prefixes of the copies [`store_secret`] names (`<kind>-<digest>`).
+const COPY_KINDS: [&str; 3] = ["slack", "webhook", "smtp-password"];
+
+/// Stores `secret` (read from the user's `from`) as
+/// `<home>/secrets/<kind>-<digest>`, 0600. Named by its content, a copy never
+/// changes under the settings of a running stack when `up` fails after it is
+/// written; [`prune_copies`] removes those no setting names.
+pub fn store_secret(home: &Home, from: &Path, kind: &str, secret: &str) -> Result<SecretCopy> {
     use sha2::{Digest, Sha256};
-    let file = home.secrets_dir().join(name);
-    crate::atomic::write(&file, secret.as_bytes(), 0o600)?;
-    let digest = Sha256::digest(secret.as_bytes())
+    debug_assert!(COPY_KINDS.contains(&kind));
+    let digest: String = Sha256::digest(secret.as_bytes())
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect();
+    let file = home.secrets_dir().join(format!("{kind}-{digest}"));
+    crate::atomic::write(&file, secret.as_bytes(), 0o600)?;
     Ok(SecretCopy {
         from: from.to_path_buf(),
         file,
         digest,
     })
+}
+
+/// Removes the copies of secrets `cfg` no longer names (a receiver replaced or
+/// removed), once the settings that drop them are saved.
+pub fn prune_copies(home: &Home, cfg: &StackConfig) {
+    let kept: Vec<&Path> = cfg
+        .notify_slack
+        .iter()
+        .chain(&cfg.notify_webhook_files)
+        .chain(cfg.smtp.iter().filter_map(|s| s.auth_password.as_ref()))
+        .map(|c| c.file.as_path())
+        .collect();
+    let Ok(dir) = fs_err::read_dir(home.secrets_dir()) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = COPY_KINDS.iter().any(|k| {
+            name.strip_prefix(k)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|d| d.len() == 16 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+        });
+        if ours && !kept.contains(&entry.path().as_path()) {
+            let _ = fs_err::remove_file(entry.path());
+        }
+    }
 }
 
 /// A stored copy read back (the daemon writes the URLs of
@@ -584,6 +618,28 @@ mod tests {
         // Without a mail server, no e-mail config (up refuses that anyway).
         let no_smtp = StackConfig { smtp: None, ..cfg };
         assert!(config(&no_smtp, &[]).receivers[0].email_configs.is_empty());
+    }
+
+    #[test]
+    fn copies_are_named_by_content_0600_and_pruned_once_no_setting_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().join("h"))).unwrap();
+        fs_err::create_dir_all(home.secrets_dir()).unwrap();
+        fs_err::write(home.secrets_dir().join("prometheus-password"), "p").unwrap();
+        let a = store_secret(&home, Path::new("/u/a"), "slack", "https://h/a").unwrap();
+        let b = store_secret(&home, Path::new("/u/b"), "slack", "https://h/b").unwrap();
+        assert_ne!(a.file, b.file);
+        assert_eq!(a.file.file_name().unwrap().len(), "slack-".len() + 16);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs_err::metadata(&a.file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let cfg = StackConfig {
+            notify_slack: vec![b.clone()],
+            ..StackConfig::default()
+        };
+        prune_copies(&home, &cfg);
+        assert!(!a.file.exists() && b.file.exists());
+        assert!(home.secrets_dir().join("prometheus-password").exists());
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     }
     check_notifications(&config)?;
     config.save(&home.config())?;
+    crate::alertmanager::prune_copies(home, &config);
     if args.foreground {
         // The daemon's own lock keeps it single; `down` must not wait on this one.
         drop(lock);
@@ -274,6 +275,7 @@ fn reconfigure(
     let resp: crate::api::ReconfigureResponse = rt
         .block_on(call_daemon(home, &wanted))
         .context("the running stack kept its previous configuration")?;
+    crate::alertmanager::prune_copies(home, &wanted);
     println!(
         "raywatch is running for {}; applied: {}",
         escape::path(home.root()),
@@ -418,8 +420,7 @@ fn apply_notify(home: &Home, args: &UpArgs, base: &mut StackConfig) -> Result<()
         .transpose()?;
     let store = |kind: &str, got: Vec<(PathBuf, String)>| -> Result<Vec<_>> {
         got.iter()
-            .enumerate()
-            .map(|(i, (from, url))| store_secret(home, from, &format!("{kind}-{i}"), url))
+            .map(|(from, url)| store_secret(home, from, kind, url))
             .collect()
     };
     if !args.notify_slack_webhook_file.is_empty() {

@@ -114,6 +114,20 @@ fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     f
 }
 
+/// The copies of secrets of this kind (`slack`, `webhook`, `smtp-password`) in the home.
+fn copies(home: &Path, kind: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs_err::read_dir(home.join("secrets"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(kind)?.strip_prefix('-'))
+            .is_some_and(|d| d.len() == 16)
+    });
+    found
+}
+
 fn mode(p: &Path) -> u32 {
     fs_err::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -214,7 +228,9 @@ fn a_slack_webhook_gets_slacks_json_naming_the_cluster_and_its_url_stays_secret(
 
     // The URL: a 0600 copy in the home, which the second user cannot read,
     // and nowhere else.
-    let copy = stack.home.join("secrets/slack-0");
+    let copy = copies(&stack.home, "slack")
+        .pop()
+        .expect("a copy of the Slack URL");
     assert_eq!(fs_err::read_to_string(&copy).unwrap().trim(), url);
     assert_eq!(mode(&copy), 0o600);
     let out = command_as(other, "cat").arg(&copy).output().unwrap();
@@ -353,7 +369,9 @@ fn an_alert_is_mailed_through_a_local_smtp_server_with_the_password_from_its_fil
         "the mail server saw no login with the file's password: {}",
         sink.logins()
     );
-    let copy = stack.home.join("secrets/smtp-password");
+    let copy = copies(&stack.home, "smtp-password")
+        .pop()
+        .expect("a copy of the password");
     assert_eq!(fs_err::read_to_string(&copy).unwrap(), password);
     assert_eq!(mode(&copy), 0o600);
     assert_nowhere(&stack, &password);
@@ -459,6 +477,14 @@ fn notify_test_reports_each_receiver_and_names_the_failing_one() {
         .collect();
     assert_eq!(results, [("webhook[0]", "ok"), ("webhook[1]", "ok")]);
     assert!(!hook.received(&format!("/second?token={token}")).is_empty());
+    // The replaced URL's copy is gone; the new one is the only one.
+    let kept = copies(&stack.home, "webhook");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        fs_err::read_to_string(&kept[0])
+            .unwrap()
+            .contains("/second?token=")
+    );
 
     // No stack running: said so, exit 3.
     let down = stack.run(&["down"]);
@@ -563,16 +589,10 @@ fn notify_files_another_user_controls_are_refused_by_up_and_nothing_is_written()
                 "{flag} {}: {err}",
                 file.display()
             );
-            let secrets: Vec<_> = fs_err::read_dir(home.join("secrets"))
-                .map(|d| d.flatten().map(|e| e.file_name()).collect())
-                .unwrap_or_default();
-            assert!(
-                secrets
-                    .iter()
-                    .all(|n| !["slack-0", "webhook-0", "smtp-password"]
-                        .contains(&n.to_str().unwrap_or(""))),
-                "{flag}: a copy was written: {secrets:?}"
-            );
+            for kind in ["slack", "webhook", "smtp-password"] {
+                let made = copies(&home, kind);
+                assert!(made.is_empty(), "{flag}: a copy was written: {made:?}");
+            }
             assert!(!home.join("config.json").exists(), "{flag}: settings saved");
             assert!(
                 processes_mentioning(&home.display().to_string()).is_empty(),
