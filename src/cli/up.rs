@@ -246,8 +246,6 @@ fn reconfigure(
         .with_context(|| format!("the running stack has no {}", escape::path(&home.config())))?;
     let mut wanted = current.clone();
     apply_settings(args, &mut wanted)?;
-    apply_notify(home, args, &mut wanted)?;
-    check_notifications(&wanted)?;
     let port_change = args
         .prometheus_port
         .is_some_and(|p| p != current.prometheus_port)
@@ -263,6 +261,9 @@ fn reconfigure(
             "raywatch down, then raywatch up with the new flags",
         ));
     }
+    // Receivers: their files read and copied, checked like at a fresh start.
+    apply_notify(home, args, &mut wanted)?;
+    check_notifications(&wanted)?;
     if wanted == current {
         println!(
             "raywatch is already running for {} (daemon pid {}): Prometheus at {}",
