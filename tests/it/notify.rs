@@ -381,7 +381,7 @@ fn an_alert_is_mailed_through_a_local_smtp_server_with_the_password_from_its_fil
 /// the working webhook ok, the one on a closed port failed with the reason
 /// (its token-carrying URL not shown), exit 1; a receiver added by `up` on the
 /// running stack reloads Alertmanager, and then every receiver is ok, exit 0.
-/// Without receivers, or without a running stack, it says so.
+/// Without a running stack, or (after `up --no-notify`) without receivers, it says so.
 #[test]
 fn notify_test_reports_each_receiver_and_names_the_failing_one() {
     need_alertmanager();
@@ -494,15 +494,20 @@ fn notify_test_reports_each_receiver_and_names_the_failing_one() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("raywatch is not running for"), "{err}");
 
-    // No receiver configured: said so with how to add one.
-    let (plain, _root) = Stack::watching("ray_plain", &[]);
-    let out = plain.run(&["notify", "test"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // `up --no-notify` starts the stack without receivers: no Alertmanager,
+    // and the copies of the secrets are gone.
+    let out = stack.run(&["up", "--no-notify"]);
     assert!(
-        err.contains("no notification receiver is configured for")
-            && err.contains("--notify-slack-webhook-file FILE"),
-        "{err}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stack.status()["alertmanager"].is_null());
+    assert!(copies(&stack.home, "webhook").is_empty());
+    let out = stack.run(&["notify", "test"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no notification receiver is configured")
     );
 }
 
