@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::config::StackConfig;
+use crate::config::{SecretCopy, StackConfig};
 use crate::home::Home;
 
 /// The receiver every notification goes to (each webhook is one of its configs).
@@ -132,37 +132,6 @@ pub struct EmailConfig {
     pub send_resolved: bool,
     pub headers: std::collections::BTreeMap<String, String>,
     pub text: String,
-}
-
-/// A secret the user gave in a file, copied into `<home>/secrets` (0600) at
-/// `up`: the stack never reads the user's file again, and a link or another
-/// user's file is refused when copied ([`crate::prometheus::client::read_credential`]).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct SecretCopy {
-    /// The file the user named (shown; its content never is).
-    pub from: PathBuf,
-    /// The copy Alertmanager reads.
-    pub file: PathBuf,
-    /// The first 16 hex digits of the content's SHA-256: a changed secret is a
-    /// changed setting, which `up` applies.
-    pub digest: String,
-}
-
-/// The mail server of `--notify-email` (`up --smtp HOST:PORT`).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Smtp {
-    /// `HOST:PORT`.
-    pub smarthost: String,
-    /// The sender (`--smtp-from`, default `raywatch@<hostname>`).
-    pub from: String,
-    /// The user of `--smtp-auth-file` (its first part, `user:password`).
-    #[serde(default)]
-    pub auth_username: Option<String>,
-    /// The copy of the password.
-    #[serde(default)]
-    pub auth_password: Option<SecretCopy>,
-    /// STARTTLS required: always, except to a loopback smarthost (a local relay).
-    pub require_tls: bool,
 }
 
 /// The name of the test alert `raywatch notify test` sends.
@@ -519,6 +488,7 @@ pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Smtp;
 
     #[test]
     fn webhooks_must_be_http_urls_without_credentials() {

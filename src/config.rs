@@ -119,17 +119,48 @@ pub struct StackConfig {
     /// Slack incoming webhooks (`up --notify-slack-webhook-file F`): the copies
     /// of their URLs in `<home>/secrets`, which Alertmanager reads (`api_url_file`).
     #[serde(default)]
-    pub notify_slack: Vec<crate::alertmanager::SecretCopy>,
+    pub notify_slack: Vec<SecretCopy>,
     /// Webhooks whose URL carries a token (`up --notify-webhook-file F`): the
     /// copies in `<home>/secrets`, written into alertmanager.yml (0600).
     #[serde(default)]
-    pub notify_webhook_files: Vec<crate::alertmanager::SecretCopy>,
+    pub notify_webhook_files: Vec<SecretCopy>,
     /// Where e-mail notifications go (`up --notify-email ADDR`), through `smtp`.
     #[serde(default)]
     pub notify_email: Vec<String>,
     /// The mail server for `notify_email` (`up --smtp HOST:PORT`).
     #[serde(default)]
-    pub smtp: Option<crate::alertmanager::Smtp>,
+    pub smtp: Option<Smtp>,
+}
+
+/// A secret the user gave in a file, copied into `<home>/secrets` (0600) at
+/// `up`: the stack never reads the user's file again, and a link or another
+/// user's file is refused when copied (by `read_credential` of the Prometheus client).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SecretCopy {
+    /// The file the user named (shown; its content never is).
+    pub from: PathBuf,
+    /// The copy Alertmanager reads.
+    pub file: PathBuf,
+    /// The first 16 hex digits of the content's SHA-256: a changed secret is a
+    /// changed setting, which `up` applies.
+    pub digest: String,
+}
+
+/// The mail server of `--notify-email` (`up --smtp HOST:PORT`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Smtp {
+    /// `HOST:PORT`.
+    pub smarthost: String,
+    /// The sender (`--smtp-from`, default `raywatch@<hostname>`).
+    pub from: String,
+    /// The user of `--smtp-auth-file` (its first part, `user:password`).
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    /// The copy of the password.
+    #[serde(default)]
+    pub auth_password: Option<SecretCopy>,
+    /// STARTTLS required: always, except to a loopback smarthost (a local relay).
+    pub require_tls: bool,
 }
 
 /// One remote-write destination. Credentials come from files only, never from

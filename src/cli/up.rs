@@ -446,7 +446,7 @@ fn apply_notify(home: &Home, args: &UpArgs, base: &mut StackConfig) -> Result<()
 /// line): the settings, and the password with the file it came from (not yet stored).
 type SmtpPassword = Option<(PathBuf, String)>;
 
-fn smtp_settings(args: &UpArgs, smtp: &str) -> Result<(crate::alertmanager::Smtp, SmtpPassword)> {
+fn smtp_settings(args: &UpArgs, smtp: &str) -> Result<(crate::config::Smtp, SmtpPassword)> {
     const FLAG: &str = "--smtp-auth-file";
     let (smarthost, require_tls) = crate::alertmanager::check_smarthost(smtp)?;
     let from = match &args.smtp_from {
@@ -480,7 +480,7 @@ fn smtp_settings(args: &UpArgs, smtp: &str) -> Result<(crate::alertmanager::Smtp
         ));
     }
     Ok((
-        crate::alertmanager::Smtp {
+        crate::config::Smtp {
             smarthost,
             from,
             auth_username,
