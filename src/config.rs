@@ -120,6 +120,51 @@ pub struct StackConfig {
     /// Alertmanager runs only when there is one.
     #[serde(default)]
     pub notify_webhooks: Vec<String>,
+    /// Slack incoming webhooks (`up --notify-slack-webhook-file F`): the copies
+    /// of their URLs in `<home>/secrets`, which Alertmanager reads (`api_url_file`).
+    #[serde(default)]
+    pub notify_slack: Vec<SecretCopy>,
+    /// Webhooks whose URL carries a token (`up --notify-webhook-file F`): the
+    /// copies in `<home>/secrets`, written into alertmanager.yml (0600).
+    #[serde(default)]
+    pub notify_webhook_files: Vec<SecretCopy>,
+    /// Where e-mail notifications go (`up --notify-email ADDR`), through `smtp`.
+    #[serde(default)]
+    pub notify_email: Vec<String>,
+    /// The mail server for `notify_email` (`up --smtp HOST:PORT`).
+    #[serde(default)]
+    pub smtp: Option<Smtp>,
+}
+
+/// A secret the user gave in a file, copied into `<home>/secrets` (0600) at
+/// `up`: the stack never reads the user's file again, and a link or another
+/// user's file is refused when copied (by `read_credential` of the Prometheus client).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SecretCopy {
+    /// The file the user named (shown; its content never is).
+    pub from: PathBuf,
+    /// The copy Alertmanager reads.
+    pub file: PathBuf,
+    /// The first 16 hex digits of the content's SHA-256: a changed secret is a
+    /// changed setting, which `up` applies.
+    pub digest: String,
+}
+
+/// The mail server of `--notify-email` (`up --smtp HOST:PORT`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Smtp {
+    /// `HOST:PORT`.
+    pub smarthost: String,
+    /// The sender (`--smtp-from`, default `raywatch@<hostname>`).
+    pub from: String,
+    /// The user of `--smtp-auth-file` (its first part, `user:password`).
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    /// The copy of the password.
+    #[serde(default)]
+    pub auth_password: Option<SecretCopy>,
+    /// STARTTLS required: always, except to a loopback smarthost (a local relay).
+    pub require_tls: bool,
 }
 
 /// One rules file of the user's (`up --alert-rules`): where it came from, and its
@@ -182,15 +227,28 @@ impl Default for StackConfig {
             alertmanager_bin: None,
             alertmanager_port: 0,
             notify_webhooks: Vec::new(),
+            notify_slack: Vec::new(),
+            notify_webhook_files: Vec::new(),
+            notify_email: Vec::new(),
+            smtp: None,
         }
     }
 }
 
 impl StackConfig {
     /// Whether the stack runs Alertmanager: a binary, somewhere to deliver to
-    /// (`--notify-webhook`), and a Prometheus that evaluates rules (no agent).
+    /// (`--notify-webhook` and the other receivers), and a Prometheus that
+    /// evaluates rules (no agent).
     pub fn runs_alertmanager(&self) -> bool {
-        self.alertmanager_bin.is_some() && !self.notify_webhooks.is_empty() && !self.agent
+        self.alertmanager_bin.is_some() && self.has_receivers() && !self.agent
+    }
+
+    /// Whether any notification receiver is configured.
+    pub fn has_receivers(&self) -> bool {
+        !self.notify_webhooks.is_empty()
+            || !self.notify_slack.is_empty()
+            || !self.notify_webhook_files.is_empty()
+            || !self.notify_email.is_empty()
     }
 
     /// The `ray_host` label: `--host-label`, else this machine's short host name.

@@ -62,6 +62,21 @@ pub enum AlertsCommand {
     },
 }
 
+/// `raywatch notify` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum NotifyCommand {
+    /// Send a test notification through the stack's Alertmanager to every
+    /// receiver, and say what each answered (exit 1 when any failed).
+    Test {
+        /// Print JSON (schema in the README).
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for every receiver's answer.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+        timeout: Duration,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start the stack (Prometheus and the discovery daemon); on a running stack, apply changed settings.
@@ -184,6 +199,11 @@ pub enum Command {
         json: bool,
         #[command(subcommand)]
         what: Option<AlertsCommand>,
+    },
+    /// Notifications: `raywatch notify test` checks every receiver.
+    Notify {
+        #[command(subcommand)]
+        what: NotifyCommand,
     },
     /// Print the scrape config a central Prometheus or vmagent uses to discover
     /// the clusters of hosts running `raywatch up --sd-listen`.
@@ -336,6 +356,41 @@ pub struct UpArgs {
     /// Stop sending notifications (and running Alertmanager).
     #[arg(long, help_heading = "Alerts", conflicts_with = "notify_webhook")]
     pub no_notify_webhook: bool,
+    /// Send notifications to the Slack incoming webhook whose URL this file holds
+    /// (repeatable; replaces the saved list). The URL is copied into the stack's
+    /// home (0600); it never goes on a command line.
+    #[arg(
+        long = "notify-slack-webhook-file",
+        value_name = "FILE",
+        help_heading = "Alerts"
+    )]
+    pub notify_slack_webhook_file: Vec<PathBuf>,
+    /// Send Alertmanager's webhook JSON to the URL this file holds, for a URL
+    /// carrying a token (repeatable; replaces the saved list).
+    #[arg(
+        long = "notify-webhook-file",
+        value_name = "FILE",
+        help_heading = "Alerts"
+    )]
+    pub notify_webhook_file: Vec<PathBuf>,
+    /// E-mail notifications to this address (repeatable; replaces the saved
+    /// list), through the mail server of --smtp.
+    #[arg(long = "notify-email", value_name = "ADDR", help_heading = "Alerts")]
+    pub notify_email: Vec<String>,
+    /// The mail server for --notify-email, HOST:PORT; STARTTLS is required
+    /// except to a loopback host (a local relay).
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Alerts")]
+    pub smtp: Option<String>,
+    /// A file holding the mail server's `user:password` on one line.
+    #[arg(long, value_name = "FILE", help_heading = "Alerts", requires = "smtp")]
+    pub smtp_auth_file: Option<PathBuf>,
+    /// The sender of e-mail notifications [default: raywatch@<hostname>].
+    #[arg(long, value_name = "ADDR", help_heading = "Alerts", requires = "smtp")]
+    pub smtp_from: Option<String>,
+    /// Remove every notification receiver (webhooks, Slack, e-mail) and stop
+    /// running Alertmanager.
+    #[arg(long, help_heading = "Alerts", conflicts_with_all = ["notify_webhook", "notify_slack_webhook_file", "notify_webhook_file", "notify_email"])]
+    pub no_notify: bool,
     /// The Alertmanager binary [default: $RAYWATCH_ALERTMANAGER, `alertmanager` or `prometheus-alertmanager` on PATH, or `raywatch install alertmanager`'s]
     #[arg(long, value_name = "PATH", help_heading = "Alerts")]
     pub alertmanager_bin: Option<PathBuf>,

@@ -27,6 +27,7 @@ mod fleet;
 mod grafana;
 mod history;
 mod install;
+mod notify;
 mod open;
 mod query;
 mod status;
@@ -36,7 +37,8 @@ mod user_rules;
 
 pub use crate::error::{Hint, HintExt};
 pub use args::{
-    AlertsCommand, Cli, Command, CompletionShell, Global, GrafanaCommand, TopArgs, UpArgs,
+    AlertsCommand, Cli, Command, CompletionShell, Global, GrafanaCommand, NotifyCommand, TopArgs,
+    UpArgs,
 };
 pub use error::Exit;
 
@@ -110,6 +112,9 @@ fn run(cli: Cli) -> Result<Exit> {
                 }),
         } => alerts::silence(&home()?, &name, duration, comment),
         Command::Alerts { json, what: None } => alerts::alerts(&home()?, json),
+        Command::Notify {
+            what: NotifyCommand::Test { json, timeout },
+        } => notify::test(&home()?, json, timeout),
         Command::Export {
             name,
             out,

@@ -286,6 +286,11 @@ async fn config_handler(
     {
         g.restart();
     }
+    if plan.reload_alertmanager
+        && let Some(a) = &shared.alertmanager
+    {
+        a.signal(nix::sys::signal::Signal::SIGHUP);
+    }
     let prometheus = plan.prometheus();
     let mut changes = plan.changes;
     changes.extend(prometheus.map(String::from));

@@ -299,7 +299,9 @@ fn alertmanager_status(
         url: format!("http://127.0.0.1:{}", settings.alertmanager_port),
         port: settings.alertmanager_port,
         binary: settings.alertmanager_bin.clone().unwrap_or_default(),
-        webhooks: settings.notify_webhooks.len(),
+        webhooks: settings.notify_webhooks.len() + settings.notify_webhook_files.len(),
+        slack: settings.notify_slack.len(),
+        email: settings.notify_email.len(),
         child: child.status.lock().unwrap().clone(),
     })
 }

@@ -22,6 +22,10 @@ pub enum Effect {
     RestartPrometheus,
     /// Grafana restarts to read its rewritten files.
     RestartGrafana,
+    /// Alertmanager rereads alertmanager.yml (SIGHUP): its receivers. Starting
+    /// or stopping Alertmanager itself (the first receiver, or none left) takes
+    /// a fresh start ([`plan`]).
+    ReloadAlertmanager,
     /// Nothing running uses it (the CLI reads it, or it is only recorded).
     Nothing,
 }
@@ -193,8 +197,32 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         field: "notify_webhooks",
-        effects: &[FreshStart],
+        effects: &[ReloadAlertmanager],
         differs: field!(notify_webhooks),
+        shown: None,
+    },
+    Setting {
+        field: "notify_slack",
+        effects: &[ReloadAlertmanager],
+        differs: field!(notify_slack),
+        shown: None,
+    },
+    Setting {
+        field: "notify_webhook_files",
+        effects: &[ReloadAlertmanager],
+        differs: field!(notify_webhook_files),
+        shown: None,
+    },
+    Setting {
+        field: "notify_email",
+        effects: &[ReloadAlertmanager],
+        differs: field!(notify_email),
+        shown: None,
+    },
+    Setting {
+        field: "smtp",
+        effects: &[ReloadAlertmanager],
+        differs: field!(smtp),
         shown: None,
     },
     Setting {
@@ -284,6 +312,7 @@ pub struct Plan {
     pub reload_prometheus: bool,
     pub restart_prometheus: bool,
     pub restart_grafana: bool,
+    pub reload_alertmanager: bool,
 }
 
 /// Reads [`SETTINGS`] for the fields that differ between `old` and `new`.
@@ -305,11 +334,46 @@ pub fn plan(old: &StackConfig, new: &StackConfig) -> Plan {
                 ReloadPrometheus => plan.reload_prometheus = true,
                 RestartPrometheus => plan.restart_prometheus = true,
                 RestartGrafana => plan.restart_grafana = true,
+                ReloadAlertmanager => plan.reload_alertmanager = true,
                 Daemon | Nothing => {}
             }
         }
     }
+    // Alertmanager runs only with a receiver: the first one, or the last one
+    // removed, starts or stops it, which only a fresh start does.
+    if old.runs_alertmanager() != new.runs_alertmanager() {
+        plan.fresh_start.push(ALERTMANAGER_STARTS);
+    }
+    if plan.reload_alertmanager {
+        plan.changes.push(format!(
+            "notification receivers {} -> {} (Alertmanager reloaded)",
+            receivers(old),
+            receivers(new)
+        ));
+    }
     plan
+}
+
+/// The pseudo-field of [`Plan::fresh_start`] when Alertmanager would start or stop.
+pub const ALERTMANAGER_STARTS: &str = "alertmanager (receivers added to none, or all removed)";
+
+/// The receivers as `up` lists them: how many of each kind (never a URL).
+fn receivers(c: &StackConfig) -> String {
+    let webhooks = c.notify_webhooks.len() + c.notify_webhook_files.len();
+    let parts: Vec<String> = [
+        (webhooks, "webhook"),
+        (c.notify_slack.len(), "Slack"),
+        (c.notify_email.len(), "e-mail"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 impl Plan {
@@ -328,6 +392,9 @@ impl Plan {
 /// Why a change was refused because of [`Effect::FreshStart`] fields.
 pub const FRESH_START_ONLY: &str =
     "ports, binaries and --sd-listen change only on a fresh start (raywatch down, then up)";
+
+/// Why adding the first receiver, or removing the last, was refused.
+pub const ALERTMANAGER_FRESH_START: &str = "Alertmanager starts with the first notification receiver and stops with the last only on a fresh start (raywatch down, then up with the receivers); receivers of a running Alertmanager change at once";
 
 /// The one writer of the live settings and of the files made from them
 /// (`config.json`, Prometheus' and Grafana's files), so that a change from `up` and
@@ -362,6 +429,9 @@ impl SettingsWriter {
         // The live settings, which include a port the supervisor moved Prometheus to.
         let old = self.live.borrow().clone();
         let plan = plan(&old, &wanted);
+        if plan.fresh_start == [ALERTMANAGER_STARTS] {
+            return Err(ALERTMANAGER_FRESH_START.into());
+        }
         if !plan.fresh_start.is_empty() {
             return Err(FRESH_START_ONLY.into());
         }
@@ -449,6 +519,10 @@ mod tests {
             alertmanager_bin,
             alertmanager_port,
             notify_webhooks,
+            notify_slack,
+            notify_webhook_files,
+            notify_email,
+            smtp,
         )
     }
 
@@ -606,6 +680,32 @@ mod tests {
             p.changes,
             [format!("ray_host {} -> node-b", old.ray_host())]
         );
+    }
+
+    #[test]
+    fn receivers_of_a_running_alertmanager_reload_it_and_the_first_or_last_take_a_fresh_start() {
+        let old = StackConfig {
+            alertmanager_bin: Some("/usr/bin/prometheus-alertmanager".into()),
+            notify_webhooks: vec!["http://127.0.0.1:9/a".into()],
+            ..StackConfig::default()
+        };
+        let new = StackConfig {
+            notify_email: vec!["a@example.org".into()],
+            ..old.clone()
+        };
+        let p = plan(&old, &new);
+        assert!(p.reload_alertmanager && p.fresh_start.is_empty(), "{p:?}");
+        assert_eq!(
+            p.changes,
+            ["notification receivers 1 webhook -> 1 webhook, 1 e-mail (Alertmanager reloaded)"]
+        );
+        assert!(!p.reload_prometheus && !p.restart_prometheus);
+        let none = StackConfig {
+            notify_webhooks: Vec::new(),
+            ..old.clone()
+        };
+        assert_eq!(plan(&old, &none).fresh_start, [ALERTMANAGER_STARTS]);
+        assert_eq!(plan(&none, &old).fresh_start, [ALERTMANAGER_STARTS]);
     }
 
     #[test]

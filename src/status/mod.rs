@@ -49,8 +49,14 @@ pub struct AlertmanagerStatus {
     pub url: String,
     pub port: u16,
     pub binary: PathBuf,
-    /// The webhooks notifications go to (`up --notify-webhook`).
+    /// The webhooks notifications go to (`up --notify-webhook`, `--notify-webhook-file`).
     pub webhooks: usize,
+    /// The Slack webhooks (`up --notify-slack-webhook-file`).
+    #[serde(default)]
+    pub slack: usize,
+    /// The e-mail addresses (`up --notify-email`).
+    #[serde(default)]
+    pub email: usize,
     #[serde(flatten)]
     pub child: ChildStatus,
 }

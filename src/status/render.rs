@@ -384,13 +384,15 @@ fn alertmanager_line(out: &mut String, r: &StatusReport) {
     if let Some(a) = &r.alertmanager {
         let _ = writeln!(
             out,
-            "  alertmanager {}  pid {}  (notifies {} webhook(s); same user and password as Prometheus)",
+            "  alertmanager {}  pid {}  (notifies {} webhook(s), {} Slack, {} e-mail; a password of its own)",
             escape::text(&a.url),
             a.child
                 .pid
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
-            a.webhooks
+            a.webhooks,
+            a.slack,
+            a.email
         );
     }
 }

@@ -21,6 +21,7 @@ mod listeners;
 mod liveness;
 mod multinode;
 mod needs;
+mod notify;
 mod ray;
 mod rayauth;
 mod reliability;
