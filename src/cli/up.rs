@@ -53,6 +53,16 @@ pub(super) fn up(home: &Home, args: UpArgs) -> Result<Exit> {
     if config.agent {
         check_agent_support(&config.prometheus_bin)?;
     }
+    // Receivers and no Alertmanager: got like Prometheus (Debian's package as
+    // root, else the release download, with --yes or the user's consent).
+    if config.has_receivers() && !config.agent && config.alertmanager_bin.is_none() {
+        config.alertmanager_bin = Some(super::install::obtain(
+            &rt,
+            crate::install::Program::Alertmanager,
+            args.yes,
+            "raywatch up",
+        )?);
+    }
     check_notifications(&config)?;
     super::user_rules::check(&config)?;
     config.save(&home.config())?;

@@ -866,3 +866,87 @@ fn as_root_with_apt_alertmanager_comes_from_debian_with_its_open_service_off() {
         String::from_utf8_lossy(&system.stdout)
     );
 }
+
+/// `up` with a notification receiver and no Alertmanager anywhere: without
+/// `--yes` (and no terminal) it says what it would fetch and fetches nothing;
+/// with it, the release is downloaded, checked against the release's
+/// sha256sums.txt, cached, and runs as the stack's Alertmanager.
+#[test]
+fn up_yes_with_a_receiver_downloads_alertmanager_and_runs_it() {
+    let real = on_path("prometheus-alertmanager")
+        .or_else(|| on_path("alertmanager"))
+        .unwrap_or_else(|| unmet("alertmanager"));
+    let prometheus = tarball();
+    let user = Ordinary::new();
+    let top = "alertmanager-0.35.1.linux-amd64";
+    let d = scratch();
+    fs_err::create_dir(d.path().join(top)).unwrap();
+    fs_err::copy(&real, d.path().join(top).join("alertmanager")).unwrap();
+    let tgz = d.path().join("a.tar.gz");
+    let tarred = Command::new("tar")
+        .arg("-C")
+        .arg(d.path())
+        .args(["--owner=0", "--group=0", "-I", "gzip -1", "-cf"])
+        .arg(&tgz)
+        .arg(top)
+        .status()
+        .unwrap();
+    assert!(tarred.success());
+    let alertmanager = fs_err::read(&tgz).unwrap();
+    let (a_file, p_file) = (format!("{top}.tar.gz"), format!("{RELEASE}.tar.gz"));
+    let list = format!(
+        "{}  {a_file}\n{}  {p_file}\n",
+        sha256_hex(&alertmanager),
+        sha256_hex(prometheus)
+    );
+    let mirror = Mirror::serve(vec![
+        (&format!("/rel/{a_file}"), Reply::Body(alertmanager)),
+        (&format!("/rel/{p_file}"), Reply::Body(prometheus.to_vec())),
+        ("/rel/sha256sums.txt", Reply::Body(list.into_bytes())),
+    ]);
+    let (a_url, p_url) = (mirror.url(&a_file), mirror.url(&p_file));
+    let mirrors = [
+        ("RAYWATCH_ALERTMANAGER_URL", a_url.as_str()),
+        ("RAYWATCH_PROMETHEUS_URL", p_url.as_str()),
+    ];
+    let hook = format!("http://127.0.0.1:{}/hook", free_port());
+    let up = [
+        "up",
+        "--no-default-watch",
+        "--notify-webhook",
+        hook.as_str(),
+    ];
+    let got = user.raywatch(&mirrors, &["install", "prometheus", "--yes"]);
+    assert!(got.status.success(), "{}", text(&got));
+
+    let asked = user.raywatch(&mirrors, &up);
+    assert_eq!(asked.status.code(), Some(1), "{}", text(&asked));
+    assert!(
+        text(&asked).contains("--yes") && text(&asked).contains(&a_file),
+        "{}",
+        text(&asked)
+    );
+    assert_eq!(mirror.gets(&a_file), 0, "fetched without consent");
+
+    let yes = user.raywatch(&mirrors, &[&up[..], &["--yes"]].concat());
+    assert!(yes.status.success(), "{}", text(&yes));
+    assert_eq!(mirror.gets(&a_file), 1);
+    let report: serde_json::Value =
+        serde_json::from_slice(&user.raywatch(&[], &["status", "--json"]).stdout).unwrap();
+    let cached = user.cache().join(top).join("alertmanager");
+    assert_eq!(
+        report["alertmanager"]["binary"],
+        cached.display().to_string(),
+        "{report:#}"
+    );
+    assert_eq!(fs_err::metadata(&cached).unwrap().uid(), user.ids.0);
+    assert_eq!(report["alertmanager"]["webhooks"], 1, "{report:#}");
+    // It runs, and answers on its port (with its credential only).
+    let pid = report["alertmanager"]["pid"].as_u64().expect("a pid");
+    assert!(
+        fs_err::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .contains(&cached.display().to_string())
+    );
+    assert!(user.raywatch(&[], &["down"]).status.success());
+}
