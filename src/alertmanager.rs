@@ -419,8 +419,44 @@ pub fn check_address(flag: &str, addr: &str) -> Result<String> {
 /// A fresh password for Alertmanager (at every start of the daemon), so one
 /// that leaked stops working.
 pub fn rotate_password(home: &Home) -> Result<()> {
-    let _ = fs_err::remove_file(home.alertmanager_password());
-    crate::prometheus::ensure_secret(&home.alertmanager_password()).map(|_| ())
+    crate::prometheus::rotate_secret(&home.alertmanager_password()).map(|_| ())
+}
+
+/// A fresh credential before every start of Alertmanager: a new password and
+/// the web config holding its hash. Prometheus' notifier sends the password to
+/// whoever holds Alertmanager's port (it checks no listener); one that another
+/// user took while Alertmanager was down (a crash, a kill) learns a password
+/// that no longer opens the Alertmanager started after them.
+pub fn fresh_credential(home: &Home) -> Result<()> {
+    fs_err::create_dir_all(home.alertmanager_dir())?;
+    rotate_password(home)?;
+    write_web(home)
+}
+
+/// Writes Alertmanager's web config (basic auth with its own password) unless it
+/// holds the password's hash already.
+fn write_web(home: &Home) -> Result<()> {
+    let password = crate::prometheus::ensure_secret(&home.alertmanager_password())?;
+    let current = fs_err::read_to_string(home.alertmanager_web_yml())
+        .ok()
+        .and_then(|t| serde_yaml_ng::from_str::<crate::prometheus::schema::WebYml>(&t).ok())
+        .and_then(|w| w.basic_auth_users.get(crate::prometheus::USER).cloned())
+        .is_some_and(|hash| bcrypt::verify(&password, &hash).unwrap_or(false));
+    if current {
+        return Ok(());
+    }
+    let web = crate::prometheus::schema::WebYml {
+        basic_auth_users: [(
+            crate::prometheus::USER.to_string(),
+            bcrypt::hash(&password, 10)?,
+        )]
+        .into(),
+    };
+    crate::atomic::write(
+        &home.alertmanager_web_yml(),
+        serde_yaml_ng::to_string(&web)?.as_bytes(),
+        0o600,
+    )
 }
 
 /// Writes alertmanager.yml and its web config (basic auth with Alertmanager's
@@ -431,26 +467,7 @@ pub fn write_files(home: &Home, cfg: &StackConfig) -> Result<()> {
         return Ok(());
     }
     fs_err::create_dir_all(home.alertmanager_dir())?;
-    let password = crate::prometheus::ensure_secret(&home.alertmanager_password())?;
-    let current = fs_err::read_to_string(home.alertmanager_web_yml())
-        .ok()
-        .and_then(|t| serde_yaml_ng::from_str::<crate::prometheus::schema::WebYml>(&t).ok())
-        .and_then(|w| w.basic_auth_users.get(crate::prometheus::USER).cloned())
-        .is_some_and(|hash| bcrypt::verify(&password, &hash).unwrap_or(false));
-    if !current {
-        let web = crate::prometheus::schema::WebYml {
-            basic_auth_users: [(
-                crate::prometheus::USER.to_string(),
-                bcrypt::hash(&password, 10)?,
-            )]
-            .into(),
-        };
-        crate::atomic::write(
-            &home.alertmanager_web_yml(),
-            serde_yaml_ng::to_string(&web)?.as_bytes(),
-            0o600,
-        )?;
-    }
+    write_web(home)?;
     let urls = cfg
         .notify_webhook_files
         .iter()

@@ -390,9 +390,6 @@ fn prepare(
     // A new password at every start: one that leaked (an old Ray file, a
     // squatter before this fix) stops working with the next `up`.
     let password = crate::prometheus::rotate_password(home)?;
-    if crate::alertmanager::runs(&config) {
-        crate::alertmanager::rotate_password(home)?;
-    }
     // The gateway for Ray: held by the daemon for its whole life. Bound
     // first: prometheus.yml names its port (raywatch's own metrics).
     let (listener, config) = bind_gateway(home, config)?;
@@ -442,6 +439,7 @@ fn start_alertmanager(home: &Home, config: &StackConfig) -> Option<Arc<Superviso
         .filter(|_| crate::alertmanager::runs(config))?;
     let (home, config) = (home.clone(), config.clone());
     Some(Arc::new(Supervisor::start("alertmanager", move || {
+        crate::alertmanager::fresh_credential(&home)?;
         Ok(Spec {
             program: bin.clone(),
             args: crate::alertmanager::args(&home, &config),

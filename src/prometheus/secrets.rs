@@ -68,12 +68,14 @@ pub fn ensure_password(home: &Home) -> Result<String> {
 /// Replaces the stack's Prometheus password with a fresh one (at every start
 /// of the daemon), so a password that ever leaked stops working.
 pub fn rotate_password(home: &Home) -> Result<String> {
+    rotate_secret(&home.prometheus_password())
+}
+
+/// Replaces the secret at `path` with a fresh one, atomically: a reader sees the
+/// old or the new, never none.
+pub fn rotate_secret(path: &Path) -> Result<String> {
     let secret = random_secret()?;
-    crate::atomic::write(
-        &home.prometheus_password(),
-        format!("{secret}\n").as_bytes(),
-        0o600,
-    )?;
+    crate::atomic::write(path, format!("{secret}\n").as_bytes(), 0o600)?;
     Ok(secret)
 }
 

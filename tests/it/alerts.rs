@@ -10,7 +10,7 @@ use crate::security::other_user;
 use crate::support::*;
 
 /// A node holding two GPUs that do nothing (Ray's GPU series, 2.60 names).
-fn idle_gpu_node(session: &str) -> String {
+pub(crate) fn idle_gpu_node(session: &str) -> String {
     let node = format!(r#"SessionName="{session}",ip="127.0.0.1""#);
     let mut text = String::from("# TYPE ray_node_cpu_utilization gauge\n");
     text += &format!("ray_node_cpu_utilization{{{node}}} 3\n");
@@ -148,13 +148,13 @@ fn a_threshold_that_is_no_percentage_is_refused_and_the_stack_keeps_its_rules() 
 }
 
 /// A loopback webhook receiver: every request body it gets, in order.
-struct Webhook {
-    url: String,
+pub(crate) struct Webhook {
+    pub(crate) url: String,
     bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Webhook {
-    fn start() -> Webhook {
+    pub(crate) fn start() -> Webhook {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -188,7 +188,7 @@ impl Webhook {
     }
 
     /// The notifications received, parsed.
-    fn received(&self) -> Vec<Value> {
+    pub(crate) fn received(&self) -> Vec<Value> {
         let bodies = self.bodies.lock().unwrap().clone();
         bodies
             .iter()

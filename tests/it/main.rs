@@ -1,6 +1,7 @@
 //! Integration tests: the real `raywatch` binary against a real Prometheus and real Ray.
 
 mod alerts;
+mod amsquat;
 mod attacks;
 mod bench;
 mod cli;
