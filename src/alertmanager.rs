@@ -339,12 +339,14 @@ pub fn store_secret(home: &Home, from: &Path, kind: &str, secret: &str) -> Resul
 /// Removes the copies of secrets `cfg` no longer names (a receiver replaced or
 /// removed), once the settings that drop them are saved.
 pub fn prune_copies(home: &Home, cfg: &StackConfig) {
-    let kept: Vec<&Path> = cfg
+    // By name (each names its content): the home may be spelled another way
+    // (through a link) than when the copies were made.
+    let kept: Vec<&std::ffi::OsStr> = cfg
         .notify_slack
         .iter()
         .chain(&cfg.notify_webhook_files)
         .chain(cfg.smtp.iter().filter_map(|s| s.auth_password.as_ref()))
-        .map(|c| c.file.as_path())
+        .filter_map(|c| c.file.file_name())
         .collect();
     let Ok(dir) = fs_err::read_dir(home.secrets_dir()) else {
         return;
@@ -357,7 +359,7 @@ pub fn prune_copies(home: &Home, cfg: &StackConfig) {
                 .and_then(|r| r.strip_prefix('-'))
                 .is_some_and(|d| d.len() == 16 && d.bytes().all(|b| b.is_ascii_hexdigit()))
         });
-        if ours && !kept.contains(&entry.path().as_path()) {
+        if ours && !kept.contains(&entry.file_name().as_os_str()) {
             let _ = fs_err::remove_file(entry.path());
         }
     }
@@ -372,6 +374,23 @@ fn read_copy(c: &SecretCopy) -> Result<String> {
             crate::escape::path(&c.from)
         )
     })
+}
+
+/// Refuses a password sent in the clear to a loopback port any local user could
+/// hold (1024 and up) while the relay there is down: without TLS (allowed only to
+/// loopback) Alertmanager would hand them the password. A port below 1024 is
+/// root's to bind.
+pub fn check_auth_over(smarthost: &str, require_tls: bool) -> Result<()> {
+    let port = smarthost
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(0);
+    ensure!(
+        require_tls || port < 1024,
+        "--smtp-auth-file with --smtp {}: the password would go unencrypted to a loopback port that any local user can take while your relay there is down; use a relay on a port below 1024, or a mail server that speaks TLS",
+        crate::escape::text(smarthost)
+    );
+    Ok(())
 }
 
 /// The smarthost of `--smtp HOST:PORT`, and whether STARTTLS is required:
@@ -639,6 +658,16 @@ mod tests {
         assert!(!check_smarthost("localhost:25").unwrap().1);
         assert!(!check_smarthost("[::1]:25").unwrap().1);
         assert!(check_smarthost("10.0.0.1:25").unwrap().1);
+        // A password goes in the clear only to a port root holds.
+        assert!(check_auth_over("127.0.0.1:25", false).is_ok());
+        assert!(check_auth_over("smtp.example.org:587", true).is_ok());
+        let e = check_auth_over("127.0.0.1:2525", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("127.0.0.1:2525") && e.contains("below 1024"),
+            "{e}"
+        );
         for bad in ["smtp.example.org", ":25", "h:0", "h:x", "u@h:25"] {
             let e = check_smarthost(bad).unwrap_err().to_string();
             assert!(

@@ -9,9 +9,10 @@
 //! for. Families are written one after the other (never interleaved), each
 //! series' samples in time order, chunks disjoint (a sample on a boundary
 //! belongs to the earlier chunk), so promtool finds no duplicate and no
-//! out-of-order sample. Series the stack's Prometheus derives itself (alerts,
-//! recording rules' `a:b` names) are left out: they are not the cluster's, they
-//! go on being written after it ends, and the rules re-derive them on import.
+//! out-of-order sample. Series the stack makes itself (alerts, recording rules'
+//! `a:b` names, raywatch's own `raywatch_…` metrics about the cluster) are left
+//! out: they are not the cluster's, they go on being written after it ends, and
+//! the rules re-derive them on import.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -117,10 +118,13 @@ pub async fn to_file(req: &Request<'_>, out: &Path) -> Result<Stats> {
     Ok(stats)
 }
 
-/// Whether a metric is derived by the stack's Prometheus: an alert's state, or a
-/// recording rule's output (by Prometheus' naming convention, the only names with ':').
+/// Whether a metric is the stack's own: an alert's state, a recording rule's
+/// output (by Prometheus' naming convention, the only names with ':'), or one of
+/// raywatch's metrics (`raywatch_cluster_live`, …; Ray's are `ray_…`).
 fn derived(name: &str) -> bool {
-    matches!(name, "ALERTS" | "ALERTS_FOR_STATE") || name.contains(':')
+    matches!(name, "ALERTS" | "ALERTS_FOR_STATE")
+        || name.contains(':')
+        || name.starts_with("raywatch_")
 }
 
 /// Writes the OpenMetrics text of the request to `w`, ending with `# EOF`.
@@ -311,6 +315,7 @@ mod tests {
             "ALERTS_FOR_STATE",
             "raywatch_top:cpu",
             "job:up:sum",
+            "raywatch_cluster_live",
         ] {
             assert!(derived(name), "{name}");
         }

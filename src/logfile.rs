@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -31,9 +32,12 @@ impl RotatingLog {
     }
 
     fn reopen(&mut self) {
+        // Owner only: a child may log what it is sent (Alertmanager logs a
+        // failing webhook's URL, token and all).
         self.file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.path)
             .ok();
         self.size = self

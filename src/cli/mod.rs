@@ -30,6 +30,7 @@ mod install;
 mod notify;
 mod open;
 mod query;
+mod receivers;
 mod status;
 mod top;
 mod up;

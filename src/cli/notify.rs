@@ -270,9 +270,12 @@ fn judge(
     let mut answers: Vec<Answer> = integrations
         .iter()
         .map(|(name, what)| {
+            // The name whole (webhook[1] is not webhook[10]), the level in any case.
             let failure = lines.iter().rev().find(|l| {
-                (l.contains(&format!("integration={name}")) || l.contains(&format!("/{name}:")))
-                    && (l.contains("level=warn") || l.contains("level=error"))
+                let lower = l.to_ascii_lowercase();
+                l.split_whitespace().any(|w| {
+                    w == format!("integration={name}") || w.ends_with(&format!("/{name}:"))
+                }) && (lower.contains("level=warn") || lower.contains("level=error"))
             });
             Answer {
                 integration: name.clone(),

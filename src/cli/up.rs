@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 
 use super::args::UpArgs;
+use super::receivers::{
+    alertmanager_bin, alertmanager_port, apply_notify, check_notifications, check_receivers,
+};
 use super::{Exit, Hint, call_daemon, fetch_status, init_logging, lock_home, runtime};
 use crate::config::StackConfig;
 use crate::error::HintExt;
@@ -153,78 +156,6 @@ fn grafana_bin(args: &UpArgs) -> Result<Option<PathBuf>> {
     })
 }
 
-/// Receivers need an Alertmanager to deliver them and a Prometheus that
-/// evaluates rules, and e-mail a mail server: said plainly rather than saved
-/// to do nothing.
-fn check_notifications(config: &StackConfig) -> Result<()> {
-    if !config.notify_email.is_empty() && config.smtp.is_none() {
-        return Err(Hint::attach(
-            anyhow!("--notify-email needs a mail server to send through, and none was given"),
-            "add --smtp HOST:PORT (e.g. --smtp smtp.example.org:587 --smtp-auth-file FILE, or --smtp 127.0.0.1:25 for a local relay)",
-        ));
-    }
-    if !config.has_receivers() {
-        return Ok(());
-    }
-    // The flag the message names: the first kind of receiver configured.
-    let flag = [
-        (!config.notify_webhooks.is_empty(), "--notify-webhook"),
-        (
-            !config.notify_webhook_files.is_empty(),
-            "--notify-webhook-file",
-        ),
-        (
-            !config.notify_slack.is_empty(),
-            "--notify-slack-webhook-file",
-        ),
-        (!config.notify_email.is_empty(), "--notify-email"),
-    ]
-    .into_iter()
-    .find_map(|(set, flag)| set.then_some(flag))
-    .unwrap_or("--notify-webhook");
-    if config.alertmanager_bin.is_none() {
-        return Err(Hint::attach(
-            anyhow!("{flag} needs Alertmanager, and none was found"),
-            "`raywatch install alertmanager` gets it (no root needed), or name one with --alertmanager-bin PATH",
-        ));
-    }
-    if config.agent {
-        return Err(Hint::attach(
-            anyhow!("{flag} with --agent: an agent evaluates no alert rules"),
-            "load `raywatch alerts rules` into the central store's Prometheus or vmalert and notify from there, or drop --agent",
-        ));
-    }
-    Ok(())
-}
-
-/// The Alertmanager to run when there are receivers: the flag's, one on PATH,
-/// or `raywatch install alertmanager`'s.
-fn alertmanager_bin(args: &UpArgs) -> Result<Option<PathBuf>> {
-    Ok(
-        match crate::alertmanager::locate(args.alertmanager_bin.as_deref())? {
-            Some(bin) => Some(bin),
-            None => crate::install::cached(crate::install::Program::Alertmanager).unwrap_or(None),
-        },
-    )
-}
-
-/// Alertmanager's port: the previous one while free, else a fresh one other than `taken`.
-fn alertmanager_port(previous: Option<&StackConfig>, taken: &[u16]) -> Result<u16> {
-    if let Some(c) = previous.filter(|c| {
-        c.alertmanager_port != 0
-            && !taken.contains(&c.alertmanager_port)
-            && crate::ports::is_free(c.alertmanager_port)
-    }) {
-        return Ok(c.alertmanager_port);
-    }
-    loop {
-        let p = crate::ports::free_port()?;
-        if !taken.contains(&p) {
-            return Ok(p);
-        }
-    }
-}
-
 /// Grafana's port (reserved even without Grafana): the flag's, else the previous
 /// one while free, else a fresh one other than Prometheus' `port`.
 fn grafana_port(args: &UpArgs, previous: Option<&StackConfig>, port: u16) -> Result<u16> {
@@ -263,7 +194,8 @@ fn reconfigure(
         .is_some_and(|p| p != current.prometheus_port)
         || args.grafana_port.is_some_and(|p| p != current.grafana_port)
         || args.prometheus_bin.is_some()
-        || args.grafana_bin.is_some();
+        || args.grafana_bin.is_some()
+        || args.alertmanager_bin.is_some();
     if port_change {
         return Err(Hint::attach(
             anyhow!(
@@ -273,9 +205,13 @@ fn reconfigure(
             "raywatch down, then raywatch up with the new flags",
         ));
     }
-    // Receivers: their files read and copied, checked like at a fresh start.
+    // Receivers: their files read and copied, checked like at a fresh start; a
+    // refused change leaves no copy behind.
     apply_notify(home, args, &mut wanted)?;
-    check_notifications(&wanted)?;
+    if let Err(e) = check_receivers(home, &current, &wanted) {
+        crate::alertmanager::prune_copies(home, &current);
+        return Err(e);
+    }
     if wanted == current {
         println!(
             "raywatch is already running for {} (daemon pid {}): Prometheus at {}",
@@ -285,9 +221,13 @@ fn reconfigure(
         );
         return Ok(Exit::Success);
     }
-    let resp: crate::api::ReconfigureResponse = rt
-        .block_on(call_daemon(home, &wanted))
-        .context("the running stack kept its previous configuration")?;
+    let resp: crate::api::ReconfigureResponse = match rt.block_on(call_daemon(home, &wanted)) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::alertmanager::prune_copies(home, &current);
+            return Err(e.context("the running stack kept its previous configuration"));
+        }
+    };
     crate::alertmanager::prune_copies(home, &wanted);
     println!(
         "raywatch is running for {}; applied: {}",
@@ -392,116 +332,6 @@ fn apply_alerts(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
             .collect::<Result<_>>()?;
     }
     Ok(())
-}
-
-/// `up`'s receivers whose secrets come from files (Slack, webhooks with a
-/// token, the mail server's password), and `--no-notify`. Every file is read
-/// and checked before anything is written; each secret is then copied into
-/// `<home>/secrets` (0600), which is all the stack reads afterwards.
-fn apply_notify(home: &Home, args: &UpArgs, base: &mut StackConfig) -> Result<()> {
-    use crate::alertmanager::{check_address, check_secret_url, read_secret, store_secret};
-    if args.no_notify {
-        base.notify_webhooks.clear();
-        base.notify_slack.clear();
-        base.notify_webhook_files.clear();
-        base.notify_email.clear();
-        base.smtp = None;
-    }
-    let urls = |flag: &str, files: &[PathBuf]| -> Result<Vec<(PathBuf, String)>> {
-        files
-            .iter()
-            .map(|f| {
-                let url = read_secret(flag, f)?;
-                check_secret_url(flag, f, &url)?;
-                Ok((std::path::absolute(f).unwrap_or_else(|_| f.clone()), url))
-            })
-            .collect()
-    };
-    let slack = urls(
-        "--notify-slack-webhook-file",
-        &args.notify_slack_webhook_file,
-    )?;
-    let hooks = urls("--notify-webhook-file", &args.notify_webhook_file)?;
-    let emails = args
-        .notify_email
-        .iter()
-        .map(|a| check_address("--notify-email", a))
-        .collect::<Result<Vec<_>>>()?;
-    let smtp = args
-        .smtp
-        .as_deref()
-        .map(|s| smtp_settings(args, s))
-        .transpose()?;
-    let store = |kind: &str, got: Vec<(PathBuf, String)>| -> Result<Vec<_>> {
-        got.iter()
-            .map(|(from, url)| store_secret(home, from, kind, url))
-            .collect()
-    };
-    if !args.notify_slack_webhook_file.is_empty() {
-        base.notify_slack = store("slack", slack)?;
-    }
-    if !args.notify_webhook_file.is_empty() {
-        base.notify_webhook_files = store("webhook", hooks)?;
-    }
-    if !emails.is_empty() {
-        base.notify_email = emails;
-    }
-    if let Some((mut smtp, password)) = smtp {
-        if let Some((from, password)) = password {
-            smtp.auth_password = Some(store_secret(home, &from, "smtp-password", &password)?);
-        }
-        base.smtp = Some(smtp);
-    }
-    Ok(())
-}
-
-/// `--smtp`, `--smtp-from` and `--smtp-auth-file` (`user:password` on one
-/// line): the settings, and the password with the file it came from (not yet stored).
-type SmtpPassword = Option<(PathBuf, String)>;
-
-fn smtp_settings(args: &UpArgs, smtp: &str) -> Result<(crate::config::Smtp, SmtpPassword)> {
-    const FLAG: &str = "--smtp-auth-file";
-    let (smarthost, require_tls) = crate::alertmanager::check_smarthost(smtp)?;
-    let from = match &args.smtp_from {
-        Some(a) => crate::alertmanager::check_address("--smtp-from", a)?,
-        None => format!(
-            "raywatch@{}",
-            fs_err::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "localhost".into())
-        ),
-    };
-    let mut auth_username = None;
-    let mut password = None;
-    if let Some(f) = &args.smtp_auth_file {
-        let text = crate::alertmanager::read_secret(FLAG, f)?;
-        let (user, pass) = text
-            .split_once(':')
-            .filter(|(u, p)| !u.is_empty() && !p.is_empty() && !text.contains('\n'))
-            .ok_or_else(|| {
-                anyhow!(
-                    "{FLAG} {} must hold user:password on one line",
-                    escape::path(f)
-                )
-            })?;
-        auth_username = Some(user.to_string());
-        password = Some((
-            std::path::absolute(f).unwrap_or_else(|_| f.clone()),
-            pass.to_string(),
-        ));
-    }
-    Ok((
-        crate::config::Smtp {
-            smarthost,
-            from,
-            auth_username,
-            auth_password: None,
-            require_tls,
-        },
-        password,
-    ))
 }
 
 /// An absolute path to a credentials file that exists (its content is read
@@ -694,6 +524,7 @@ fn daemon_args(home: &Home) -> Vec<std::ffi::OsString> {
 }
 
 fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the raywatch executable")?;
     // Not daemon.log: rotation renames that file, and a panic written to the
@@ -701,6 +532,7 @@ fn spawn_daemon(home: &Home) -> Result<std::process::Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(home.daemon_stderr())
         .with_context(|| format!("cannot open {}", escape::path(&home.daemon_stderr())))?;
     let mut cmd = std::process::Command::new(exe);

@@ -17,7 +17,8 @@ use super::UpArgs;
 use crate::config::{StackConfig, UserRules};
 use crate::escape;
 
-/// The largest rules file read (a rules file of thousands of rules is well under it).
+/// The most a rules file, and all of them together, may hold (thousands of rules
+/// fit; the settings that keep them travel to the daemon in one request).
 pub const MAX_BYTES: u64 = 1 << 20;
 
 /// The group names of a rules file, to refuse raywatch's own.
@@ -47,11 +48,17 @@ pub fn apply(args: &UpArgs, base: &mut StackConfig) -> Result<()> {
         "--alert-rules was given {} times; at most {max} files (merge some into one)",
         args.alert_rules.len()
     );
-    base.user_rules = args
+    let rules: Vec<UserRules> = args
         .alert_rules
         .iter()
         .map(|f| read(f, &base.prometheus_bin))
         .collect::<Result<_>>()?;
+    let total: usize = rules.iter().map(|r| r.yaml.len()).sum();
+    ensure!(
+        total as u64 <= MAX_BYTES,
+        "--alert-rules: the files hold {total} bytes together, over the {MAX_BYTES} raywatch keeps; trim them or merge their rules"
+    );
+    base.user_rules = rules;
     Ok(())
 }
 

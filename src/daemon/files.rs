@@ -8,8 +8,12 @@ use crate::home::Home;
 /// Writes Prometheus' files (with `top`'s recording rules and the alert rules
 /// the settings ask for) and Grafana's, each checked before it replaces the old.
 pub fn write(home: &Home, cfg: &StackConfig) -> Result<()> {
-    crate::prometheus::write_files(home, cfg, &rules(cfg)?)?;
+    let rules = rules(cfg)?;
+    // Alertmanager's first: its check (amtool, the copies of secrets it reads)
+    // is the likelier to refuse, and a refusal then leaves Prometheus' files as
+    // they were (each file is checked before it replaces the old, not the set).
     crate::alertmanager::write_files(home, cfg)?;
+    crate::prometheus::write_files(home, cfg, &rules)?;
     crate::grafana::write_files(home, cfg)
 }
 

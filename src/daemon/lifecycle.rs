@@ -22,7 +22,7 @@ pub struct HistoryBook {
     heartbeat: Every,
     reconciled: bool,
     generation: Option<u64>,
-    /// Appends to the history so far, and those that failed (raywatch's own metrics).
+    /// Appends to the history that succeeded so far, and those that failed (raywatch's own metrics).
     pub writes: u64,
     pub write_errors: u64,
 }
@@ -128,10 +128,12 @@ impl HistoryBook {
         if records.is_empty() {
             return;
         }
-        self.writes += 1;
-        if let Err(e) = log.append(records) {
-            self.write_errors += 1;
-            tracing::warn!("cannot record the cluster history: {e:#}");
+        match log.append(records) {
+            Ok(()) => self.writes += 1,
+            Err(e) => {
+                self.write_errors += 1;
+                tracing::warn!("cannot record the cluster history: {e:#}");
+            }
         }
     }
 }

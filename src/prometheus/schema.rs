@@ -312,10 +312,15 @@ fn raywatch_job(cfg: &StackConfig) -> Option<ScrapeConfig> {
             targets: vec![format!("127.0.0.1:{}", cfg.gateway_port)],
         }],
         basic_auth: None,
-        sample_limit: None,
+        // A few series per cluster (at most 1000 ended ones kept): the bound only
+        // stops someone else on the gateway's port (were the daemon gone) flooding it.
+        sample_limit: Some(RAYWATCH_SAMPLE_LIMIT),
         metric_relabel_configs: vec![],
     })
 }
+
+/// The most samples one scrape of raywatch's own metrics may bring.
+pub const RAYWATCH_SAMPLE_LIMIT: u64 = 100_000;
 
 #[cfg(test)]
 mod tests {

@@ -278,9 +278,16 @@ impl SmtpSink {
         let python = smtp_sink_python();
         let script = dir.join("sink.py");
         fs_err::write(&script, SMTP_SINK).unwrap();
-        let port = free_port();
+        // Below 1024, as a relay that takes a password in the clear must be (root's
+        // ports: no other user can stand in for it); the test runs as root.
+        if !nix::unistd::geteuid().is_root() {
+            unmet("root, for an SMTP port below 1024");
+        }
+        let port = (900..1024)
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port below 1024");
         let mail = dir.join("mail.txt");
-        let mut child = Command::new(python)
+        let child = Command::new(python)
             .arg(&script)
             .arg(port.to_string())
             .arg(&mail)
@@ -289,10 +296,18 @@ impl SmtpSink {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        // Killed on drop from here on, whatever the checks below find.
+        let mut sink = SmtpSink { child, port, mail };
+        let stdout = sink.child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
         assert_eq!(line.trim(), "ready", "the SMTP sink did not start");
-        SmtpSink { child, port, mail }
+        sink
     }
 
     fn mail(&self) -> String {
