@@ -21,6 +21,7 @@ mod listeners;
 mod liveness;
 mod multinode;
 mod needs;
+mod oom;
 mod ray;
 mod rayauth;
 mod reliability;
