@@ -101,6 +101,7 @@ impl Webhook {
 struct Ray {
     head: Child,
     driver: Option<Child>,
+    killed: bool,
 }
 
 impl Ray {
@@ -124,7 +125,11 @@ impl Ray {
             .process_group(0)
             .spawn()
             .with_context(|| format!("cannot run {} start", ray.display()))?;
-        Ok(Ray { head, driver: None })
+        Ok(Ray {
+            head,
+            driver: None,
+            killed: false,
+        })
     }
 
     /// Runs [`BUSY`] against the cluster whose address is in `address_file`.
@@ -137,8 +142,12 @@ impl Ray {
         Ok(())
     }
 
-    /// SIGKILL to the head's whole process group (every process of the cluster).
+    /// SIGKILL to the head's whole process group (every process of the
+    /// cluster), once: its group ID is not signalled after the head is reaped.
     fn kill9(&mut self) {
+        if std::mem::replace(&mut self.killed, true) {
+            return;
+        }
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(self.head.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
