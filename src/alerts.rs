@@ -155,6 +155,26 @@ pub fn rules(t: &Thresholds) -> AlertFile {
     }
 }
 
+/// Workers Ray's memory monitor killed in the last 5 minutes, per cluster.
+///
+/// Ray (2.60) exports its kill counter per (Type, Name) only from that name's
+/// first kill on, at 1: `increase` needs two samples of a series, so it never
+/// counts a first kill. Each series' count now less its count 5 minutes ago;
+/// a series born since then counts whole when its target was scraped before
+/// it appeared (fewer samples than the target's `up`), and not when it came
+/// with its target (a cluster found with old kills).
+fn oom_kills() -> String {
+    let x = "ray_memory_manager_worker_eviction_total";
+    let now = format!("last_over_time({x}[1m])");
+    let then = format!("last_over_time({x}[1m] offset 5m)");
+    let born = format!(
+        "count_over_time({x}[5m]) < on({KEY}, ray_session, job, instance) group_left count_over_time(up[5m])"
+    );
+    format!(
+        "sum by ({KEY}) (clamp_min({now} - {then}, 0) or ({now} and (({born}) unless {then}))) > 0"
+    )
+}
+
 /// A cluster ending with work left, a node lost, workers killed, tasks failing.
 fn cluster_rules(t: &Thresholds) -> Vec<Alert> {
     let min = Duration::from_secs(60);
@@ -198,7 +218,7 @@ fn cluster_rules(t: &Thresholds) -> Vec<Alert> {
             "RayWorkersOOMKilled",
             Severity::Warning,
             Duration::ZERO,
-            format!("sum by ({KEY}) (increase(ray_memory_manager_worker_eviction_total[5m])) > 0"),
+            oom_kills(),
             "Ray's memory monitor killed {{ $value | humanize }} worker(s) of {who} in the last 5 minutes",
             "Workers are killed because the node ran out of memory (RAY_memory_usage_threshold). \
              Give tasks a memory= requirement so fewer run at once, use fewer workers or smaller batches, or a node with more memory.",

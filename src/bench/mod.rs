@@ -6,9 +6,11 @@
 //! one, or `$RAYWATCH_BIN`) against a real Prometheus, in temp homes it removes.
 
 pub mod agent;
+pub mod alert_cost;
 pub mod doctor;
 pub mod export;
 pub mod fleet;
+pub mod kill_notify;
 pub mod local;
 pub mod netns;
 pub mod scale;
@@ -148,6 +150,29 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 300)]
         requests: usize,
     },
+    /// A real Ray cluster with a running task SIGKILLed: time to the webhook's
+    /// notification, split into liveness, rule evaluation and Alertmanager.
+    KillNotify {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The `ray` executable (default: `$RAYWATCH_TEST_RAY`, else ~/.cache/raywatch-venv/bin/ray).
+        #[arg(long)]
+        ray: Option<PathBuf>,
+        /// The stack's scrape (and rule evaluation) interval.
+        #[arg(long, default_value = "10s")]
+        scrape_interval: String,
+    },
+    /// Prometheus' CPU with N synthetic clusters, with and without the built-in alert rules.
+    AlertCost {
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        /// Each measured window.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Windows of each (alternating: rules on, off, on, off, ...).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
 }
 
 /// The `raywatch` binary the benchmarks run: `$RAYWATCH_BIN`, else the one beside this binary.
@@ -211,6 +236,20 @@ pub fn run(command: BenchCommand) -> Result<()> {
             no_top_rules,
         } => top::top(&clusters, refreshes, no_top_rules),
         BenchCommand::Doctor { clusters, runs } => doctor::doctor(clusters, runs),
+        BenchCommand::KillNotify {
+            runs,
+            ray,
+            scrape_interval,
+        } => kill_notify::kill_notify(
+            runs,
+            &ray.unwrap_or_else(kill_notify::default_ray),
+            &scrape_interval,
+        ),
+        BenchCommand::AlertCost {
+            clusters,
+            seconds,
+            rounds,
+        } => alert_cost::alert_cost(clusters, seconds, rounds),
     }
 }
 

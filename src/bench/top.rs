@@ -19,7 +19,7 @@ use crate::top::Source;
 use crate::top::model::Key;
 
 /// The text of synthetic cluster `i`'s node endpoint.
-fn node_metrics(i: usize) -> String {
+pub(crate) fn node_metrics(i: usize) -> String {
     let node = format!(
         r#"IsHeadNode="true",RayNodeType="head",SessionName="session_top_{i}",Version="2.60.0",ip="127.0.0.1""#
     );

@@ -23,6 +23,7 @@ mod liveness;
 mod multinode;
 mod needs;
 mod notify;
+mod oom;
 mod ray;
 mod rayauth;
 mod reliability;
