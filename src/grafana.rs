@@ -175,6 +175,9 @@ pub struct Datasource {
 pub struct DatasourceJson {
     pub time_interval: String,
     pub http_method: String,
+    /// Grafana's Alerting pages list this Prometheus' rules and alerts (raywatch's
+    /// and `--alert-rules` files), read-only, through the datasource.
+    pub manage_alerts: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -220,6 +223,7 @@ pub fn datasources(home: &Home, cfg: &StackConfig) -> DatasourcesFile {
             json_data: DatasourceJson {
                 time_interval: crate::config::prometheus_duration(cfg.scrape_interval),
                 http_method: "POST".into(),
+                manage_alerts: true,
             },
             secure_json_data: BTreeMap::from([(
                 "basicAuthPassword".to_string(),
