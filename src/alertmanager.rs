@@ -435,12 +435,6 @@ pub fn check_address(flag: &str, addr: &str) -> Result<String> {
     Ok(addr.to_string())
 }
 
-/// A fresh password for Alertmanager (at every start of the daemon), so one
-/// that leaked stops working.
-pub fn rotate_password(home: &Home) -> Result<()> {
-    crate::prometheus::rotate_secret(&home.alertmanager_password()).map(|_| ())
-}
-
 /// A fresh credential before every start of Alertmanager: a new password and
 /// the web config holding its hash. Prometheus' notifier sends the password to
 /// whoever holds Alertmanager's port (it checks no listener); one that another
@@ -448,8 +442,61 @@ pub fn rotate_password(home: &Home) -> Result<()> {
 /// that no longer opens the Alertmanager started after them.
 pub fn fresh_credential(home: &Home) -> Result<()> {
     fs_err::create_dir_all(home.alertmanager_dir())?;
-    rotate_password(home)?;
-    write_web(home)
+    let password = crate::prometheus::random_secret()?;
+    // Hashed first: the two files then change a moment apart, so a
+    // notification caught between them (refused) is as unlikely as can be.
+    let hash = bcrypt::hash(&password, 10)?;
+    write_web_hash(home, hash)?;
+    crate::atomic::write(
+        &home.alertmanager_password(),
+        format!("{password}\n").as_bytes(),
+        0o600,
+    )
+}
+
+/// Gives each restart of Alertmanager a fresh credential once it holds its port:
+/// Prometheus' notifier sends the credential to whoever holds the port, so
+/// someone who held it between a restart and Alertmanager's bind (the credential
+/// was rotated at the start) may know it; after this rotation they know nothing
+/// that opens it. The first start needs none (the credential is new and nothing
+/// was sent yet; a start that could not bind makes the next one a restart), and
+/// so a client that read the credential just after `up` is not refused. Runs
+/// while the supervision's status lives.
+pub async fn guard_credential(
+    home: Home,
+    port: u16,
+    status: std::sync::Weak<std::sync::Mutex<crate::supervisor::ChildStatus>>,
+) {
+    let mut done_for = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let Some(status) = status.upgrade() else {
+            return;
+        };
+        let (pid, restarts) = {
+            let s = status.lock().unwrap();
+            (s.pid, s.restarts)
+        };
+        drop(status);
+        let Some(pid) = pid.filter(|p| Some(*p) != done_for) else {
+            continue;
+        };
+        if restarts == 0 {
+            done_for = Some(pid);
+            continue;
+        }
+        let home = home.clone();
+        let rotated = tokio::task::spawn_blocking(move || {
+            crate::prometheus::listener::verify_listener(port, Some(pid), "Alertmanager").is_ok()
+                && fresh_credential(&home).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if rotated {
+            done_for = Some(pid);
+        }
+    }
 }
 
 /// Writes Alertmanager's web config (basic auth with its own password) unless it
@@ -464,12 +511,13 @@ fn write_web(home: &Home) -> Result<()> {
     if current {
         return Ok(());
     }
+    write_web_hash(home, bcrypt::hash(&password, 10)?)
+}
+
+/// Writes Alertmanager's web config with the bcrypt `hash` of its password.
+fn write_web_hash(home: &Home, hash: String) -> Result<()> {
     let web = crate::prometheus::schema::WebYml {
-        basic_auth_users: [(
-            crate::prometheus::USER.to_string(),
-            bcrypt::hash(&password, 10)?,
-        )]
-        .into(),
+        basic_auth_users: [(crate::prometheus::USER.to_string(), hash)].into(),
     };
     crate::atomic::write(
         &home.alertmanager_web_yml(),

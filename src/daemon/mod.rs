@@ -438,7 +438,8 @@ fn start_alertmanager(home: &Home, config: &StackConfig) -> Option<Arc<Superviso
         .clone()
         .filter(|_| crate::alertmanager::runs(config))?;
     let (home, config) = (home.clone(), config.clone());
-    Some(Arc::new(Supervisor::start("alertmanager", move || {
+    let guard = (home.clone(), config.alertmanager_port);
+    let sup = Arc::new(Supervisor::start("alertmanager", move || {
         crate::alertmanager::fresh_credential(&home)?;
         Ok(Spec {
             program: bin.clone(),
@@ -446,7 +447,13 @@ fn start_alertmanager(home: &Home, config: &StackConfig) -> Option<Arc<Superviso
             log: home.alertmanager_log(),
             pid_file: home.alertmanager_pid(),
         })
-    })))
+    }));
+    tokio::spawn(crate::alertmanager::guard_credential(
+        guard.0,
+        guard.1,
+        Arc::downgrade(&sup.status),
+    ));
+    Some(sup)
 }
 
 /// The cluster core, with the attachments, the names and the history a previous

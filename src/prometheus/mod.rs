@@ -31,7 +31,7 @@ pub use schema::{RecordingRules, Rules};
 pub use answer::RuleState;
 #[cfg(test)]
 pub use args::args_for;
-pub use secrets::{ensure_secret, rotate_password, rotate_secret};
+pub use secrets::{ensure_secret, random_secret, rotate_password};
 pub use version::{AGENT_SINCE, WEB_CONFIG_SINCE, version};
 
 /// The user Prometheus' basic auth knows.

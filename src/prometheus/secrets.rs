@@ -68,18 +68,17 @@ pub fn ensure_password(home: &Home) -> Result<String> {
 /// Replaces the stack's Prometheus password with a fresh one (at every start
 /// of the daemon), so a password that ever leaked stops working.
 pub fn rotate_password(home: &Home) -> Result<String> {
-    rotate_secret(&home.prometheus_password())
-}
-
-/// Replaces the secret at `path` with a fresh one, atomically: a reader sees the
-/// old or the new, never none.
-pub fn rotate_secret(path: &Path) -> Result<String> {
     let secret = random_secret()?;
-    crate::atomic::write(path, format!("{secret}\n").as_bytes(), 0o600)?;
+    crate::atomic::write(
+        &home.prometheus_password(),
+        format!("{secret}\n").as_bytes(),
+        0o600,
+    )?;
     Ok(secret)
 }
 
-fn random_secret() -> Result<String> {
+/// A fresh random secret (48 hex digits).
+pub fn random_secret() -> Result<String> {
     let mut bytes = [0u8; 24];
     fs_err::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
