@@ -1,6 +1,7 @@
 //! Synthetic Ray heads, shared by the integration tests and `raywatch-bench`:
 //! discovery files written the way Ray writes them, rewritten on Ray's schedule,
-//! and listeners holding their targets as a real head's processes do.
+//! and listeners holding their targets as a real head's processes do; and a
+//! loopback HTTP sink standing in for a notification receiver.
 //!
 //! Compiled only with the `testkit` feature (the tests turn it on through the
 //! crate's dev-dependency on itself, and `bench` implies it): the shipped
@@ -242,5 +243,78 @@ mod tests {
         assert!(std::net::TcpStream::connect(&target).is_err());
         held.hold(&target).unwrap();
         std::net::TcpStream::connect(&target).unwrap();
+    }
+}
+
+/// One request an [`HttpSink`] received: when, its path, its body.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub path: String,
+    pub body: String,
+}
+
+/// A loopback HTTP server that answers every request `200 ok` and keeps it: a
+/// webhook receiver, or a stand-in for Slack's.
+pub struct HttpSink {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl HttpSink {
+    pub fn start() -> std::io::Result<HttpSink> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let keep = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(stream);
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                let path = first.split(' ').nth(1).unwrap_or("").to_string();
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length.min(1 << 20)];
+                let _ = reader.read_exact(&mut body);
+                let at = Instant::now();
+                if let Ok(mut v) = keep.lock() {
+                    v.push(Received {
+                        at,
+                        path,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                    });
+                }
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            }
+        });
+        Ok(HttpSink { base, got })
+    }
+
+    /// Every request so far, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The JSON bodies received on `path`.
+    pub fn json_on(&self, path: &str) -> Vec<serde_json::Value> {
+        self.received()
+            .iter()
+            .filter(|r| r.path == path)
+            .filter_map(|r| serde_json::from_str(&r.body).ok())
+            .collect()
     }
 }

@@ -7,17 +7,16 @@
 //! Each run starts a stack of its own (`up --notify-webhook`), so no earlier
 //! run's alert group delays the next notification by a group interval.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
 use super::fleet::{FleetStack, wait_for};
 use crate::prometheus::Client;
+use crate::testkit::HttpSink;
 
 /// A Ray driver that keeps one task running (and one pending) on a cluster.
 const BUSY: &str = r#"
@@ -41,50 +40,25 @@ pub fn default_ray() -> PathBuf {
         })
 }
 
-/// A loopback webhook receiver: when each notification arrived, and its body.
+/// A loopback webhook receiver (at `/hook` of an [`HttpSink`]).
 struct Webhook {
     url: String,
-    got: Arc<Mutex<Vec<(Instant, String)>>>,
+    sink: HttpSink,
 }
 
 impl Webhook {
     fn start() -> Result<Webhook> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let url = format!("http://{}/hook", listener.local_addr()?);
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let log = got.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut reader = BufReader::new(stream);
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length.min(1 << 20)];
-                let _ = reader.read_exact(&mut body);
-                let at = Instant::now();
-                if let Ok(mut v) = log.lock() {
-                    v.push((at, String::from_utf8_lossy(&body).into_owned()));
-                }
-                let _ = reader.get_mut().write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-            }
-        });
-        Ok(Webhook { url, got })
+        let sink = HttpSink::start()?;
+        Ok(Webhook {
+            url: format!("{}/hook", sink.base),
+            sink,
+        })
     }
 
     /// When a firing `RayClusterDied` naming `cluster` arrived.
     fn died(&self, cluster: &str) -> Option<Instant> {
-        let got = self.got.lock().ok()?;
-        got.iter().find_map(|(at, body)| {
+        self.sink.received().iter().find_map(|r| {
+            let (at, body) = (&r.at, &r.body);
             let v: serde_json::Value = serde_json::from_str(body).ok()?;
             let hit = v["status"] == "firing"
                 && v["alerts"].as_array()?.iter().any(|a| {

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::security::other_user;
 use crate::support::*;
+use raywatch::testkit::HttpSink;
 
 /// A node holding two GPUs that do nothing (Ray's GPU series, 2.60 names).
 pub(crate) fn idle_gpu_node(session: &str) -> String {
@@ -147,53 +148,24 @@ fn a_threshold_that_is_no_percentage_is_refused_and_the_stack_keeps_its_rules() 
     );
 }
 
-/// A loopback webhook receiver: every request body it gets, in order.
+/// A loopback webhook receiver (at `/hook` of an [`HttpSink`]).
 pub(crate) struct Webhook {
     pub(crate) url: String,
-    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    sink: HttpSink,
 }
 
 impl Webhook {
     pub(crate) fn start() -> Webhook {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let got = bodies.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut reader = BufReader::new(stream);
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length.min(1 << 20)];
-                let _ = reader.read_exact(&mut body);
-                got.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&body).into_owned());
-                let _ = reader.get_mut().write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-            }
-        });
-        Webhook { url, bodies }
+        let sink = HttpSink::start().unwrap();
+        Webhook {
+            url: format!("{}/hook", sink.base),
+            sink,
+        }
     }
 
     /// The notifications received, parsed.
     pub(crate) fn received(&self) -> Vec<Value> {
-        let bodies = self.bodies.lock().unwrap().clone();
-        bodies
-            .iter()
-            .filter_map(|b| serde_json::from_str(b).ok())
-            .collect()
+        self.sink.json_on("/hook")
     }
 }
 

@@ -6,13 +6,13 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::security::other_user;
 use crate::support::*;
+use raywatch::testkit::HttpSink;
 
 fn need_alertmanager() {
     if on_path("prometheus-alertmanager").is_none() && on_path("alertmanager").is_none() {
@@ -49,61 +49,6 @@ fn idle_gpu_node(session: &str) -> String {
     text += &format!("ray_resources{{{node},Name=\"GPU\",State=\"USED\"}} 2\n");
     text += &format!("ray_resources{{{node},Name=\"GPU\",State=\"AVAILABLE\"}} 0\n");
     text
-}
-
-/// A loopback HTTP receiver: the path and body of every POST it gets.
-struct Receiver {
-    base: String,
-    got: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let keep = got.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut reader = BufReader::new(stream);
-                let mut first = String::new();
-                let _ = reader.read_line(&mut first);
-                let path = first.split(' ').nth(1).unwrap_or("").to_string();
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length.min(1 << 20)];
-                let _ = reader.read_exact(&mut body);
-                keep.lock()
-                    .unwrap()
-                    .push((path, String::from_utf8_lossy(&body).into_owned()));
-                let _ = reader.get_mut().write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                );
-            }
-        });
-        Receiver { base, got }
-    }
-
-    /// The JSON bodies received on `path`.
-    fn received(&self, path: &str) -> Vec<Value> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p == path)
-            .filter_map(|(_, b)| serde_json::from_str(b).ok())
-            .collect()
-    }
 }
 
 /// A file only this user reads, holding `text`.
@@ -164,7 +109,7 @@ fn assert_nowhere(stack: &Stack, secret: &str) {
 fn a_slack_webhook_gets_slacks_json_naming_the_cluster_and_its_url_stays_secret() {
     need_alertmanager();
     let other = other_user();
-    let slack = Receiver::start();
+    let slack = HttpSink::start().unwrap();
     let dir = scratch();
     let token = format!("T0KEN{}", std::process::id());
     let url = format!("{}/services/T01/B02/{token}", slack.base);
@@ -186,19 +131,13 @@ fn a_slack_webhook_gets_slacks_json_naming_the_cluster_and_its_url_stays_secret(
         "RayGpusIdle at the Slack webhook",
         Duration::from_secs(120),
         || {
-            slack.received(&path).into_iter().find(|n| {
+            slack.json_on(&path).into_iter().find(|n| {
                 n["attachments"][0]["title"]
                     .as_str()
                     .is_some_and(|t| t.starts_with("[FIRING] RayGpusIdle"))
             })
         },
-        || {
-            format!(
-                "received: {:?}\n{}",
-                slack.got.lock().unwrap(),
-                stack.diagnostics()
-            )
-        },
+        || format!("received: {:?}\n{}", slack.received(), stack.diagnostics()),
     );
     // Slack's shape: attachments with a title, a markdown text and a colour;
     // not Alertmanager's webhook JSON.
@@ -400,7 +339,7 @@ fn an_alert_is_mailed_through_a_local_smtp_server_with_the_password_from_its_fil
 #[test]
 fn notify_test_reports_each_receiver_and_names_the_failing_one() {
     need_alertmanager();
-    let hook = Receiver::start();
+    let hook = HttpSink::start().unwrap();
     let dir = scratch();
     let closed = free_port();
     let token = format!("tok3n{}", std::process::id());
@@ -450,7 +389,7 @@ fn notify_test_reports_each_receiver_and_names_the_failing_one() {
         !said.contains(&token) && !err.contains(&token),
         "{said}{err}"
     );
-    let test = hook.received("/first");
+    let test = hook.json_on("/first");
     assert!(
         test.iter()
             .any(|n| n["alerts"][0]["labels"]["alertname"] == "RaywatchNotifyTest"),
@@ -491,7 +430,7 @@ fn notify_test_reports_each_receiver_and_names_the_failing_one() {
         })
         .collect();
     assert_eq!(results, [("webhook[0]", "ok"), ("webhook[1]", "ok")]);
-    assert!(!hook.received(&format!("/second?token={token}")).is_empty());
+    assert!(!hook.json_on(&format!("/second?token={token}")).is_empty());
     // The replaced URL's copy is gone; the new one is the only one.
     let kept = copies(&stack.home, "webhook");
     assert_eq!(kept.len(), 1, "{kept:?}");
