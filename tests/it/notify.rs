@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::alerts::idle_gpu_node;
 use crate::security::other_user;
 use crate::support::*;
 use raywatch::testkit::HttpSink;
@@ -36,19 +37,6 @@ fn smtp_sink_python() -> PathBuf {
         unmet("aiosmtpd, a Python SMTP server from PyPI in the test virtualenv");
     }
     python
-}
-
-/// A node holding two GPUs that do nothing (Ray's GPU series, 2.60 names).
-fn idle_gpu_node(session: &str) -> String {
-    let node = format!(r#"SessionName="{session}",ip="127.0.0.1""#);
-    let mut text = String::from("# TYPE ray_node_gpus_utilization gauge\n");
-    for gpu in ["0", "1"] {
-        text += &format!("ray_node_gpus_utilization{{{node},GpuIndex=\"{gpu}\"}} 0\n");
-    }
-    text += "# TYPE ray_resources gauge\n";
-    text += &format!("ray_resources{{{node},Name=\"GPU\",State=\"USED\"}} 2\n");
-    text += &format!("ray_resources{{{node},Name=\"GPU\",State=\"AVAILABLE\"}} 0\n");
-    text
 }
 
 /// A file only this user reads, holding `text`.
